@@ -1,0 +1,150 @@
+# tpckv - replicated key-value store
+#
+#   make            build ./serve and ./clie (warnings are errors)
+#   make run        install missing packages, build, start a local server + demo
+#   make test       install missing packages, build, unit tests (plain and under
+#                   ASan+UBSan), then the end-to-end ./test.sh
+#   make unit       unit tests only;  make e2e   ./test.sh only
+#   make deps       install the Debian packages the build and tests need
+#   make install    copy serve and clie to $(PREFIX)/bin
+#   make clean
+#
+# Options: SANITIZE=address,undefined (sanitized build in build/san),
+#          DEBUG=1 (-O0, build in build/debug), CC=clang, V=1 (show commands).
+
+PREFIX ?= /usr/local
+CC ?= cc
+
+DEB_PKGS := gcc make pkg-config libuv1-dev libcunit1-dev libssl-dev openssl \
+            python3 python3-pymemcache procps coreutils
+
+ifdef SANITIZE
+  BUILD := build/san
+  SAN_FLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+else ifdef DEBUG
+  BUILD := build/debug
+else
+  BUILD := build/rel
+endif
+
+ifdef DEBUG
+  OPT := -O0 -g3
+else
+  OPT := -O2 -g
+endif
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wstrict-prototypes \
+        -Wmissing-prototypes -Wvla -Wpointer-arith -Wcast-align
+CPPFLAGS += -D_GNU_SOURCE -Ilib
+CFLAGS ?=
+CFLAGS += -std=c11 $(OPT) $(WARN) $(SAN_FLAGS) -MMD -MP
+LDFLAGS += $(SAN_FLAGS)
+
+# pkg-config runs only when a rule needs it (lazy =).
+UV_CFLAGS = $(shell pkg-config --cflags libuv 2>/dev/null)
+UV_LIBS = $(shell pkg-config --libs libuv 2>/dev/null || echo -luv)
+CUNIT_LIBS = $(shell pkg-config --libs cunit 2>/dev/null || echo -lcunit)
+
+ifeq ($(V),1)
+  Q :=
+else
+  Q := @
+endif
+
+LIB_SRC := $(wildcard lib/*.c)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+SERVE_OBJ := $(BUILD)/server/main.o
+CLIE_OBJ := $(BUILD)/client/main.o
+UNIT_SRC := $(wildcard tests/unit_*.c)
+UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/%.o)
+UNIT_BIN := $(BUILD)/tests/unit
+
+.PHONY: all run test unit unit-run unit-san e2e deps install clean check-deps
+
+all: check-deps serve clie
+
+# Binaries live at the top so `./serve --help` works right after `make`.
+# A sanitized or debug build leaves them in its build dir instead.
+ifeq ($(BUILD),build/rel)
+serve: $(BUILD)/serve
+	$(Q)cp $< $@
+clie: $(BUILD)/clie
+	$(Q)cp $< $@
+else
+serve: $(BUILD)/serve
+clie: $(BUILD)/clie
+endif
+.PHONY: serve clie
+
+$(BUILD)/serve: $(SERVE_OBJ) $(BUILD)/libtpckv.a
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(UV_LIBS) -lm
+
+$(BUILD)/clie: $(CLIE_OBJ) $(BUILD)/libtpckv.a
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(UV_LIBS) -lm
+
+$(BUILD)/libtpckv.a: $(LIB_OBJ)
+	@echo "  AR      $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(UNIT_BIN): $(UNIT_OBJ) $(BUILD)/libtpckv.a
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUNIT_LIBS) $(UV_LIBS) -lm
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(CPPFLAGS) $(UV_CFLAGS) $(CFLAGS) -c -o $@ $<
+
+# Fails early, with the fix, when a build dependency is missing.
+check-deps:
+	@pkg-config --exists libuv 2>/dev/null || \
+	  { echo "libuv1-dev (and pkg-config) missing: run 'make deps' first" >&2; exit 1; }
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' \
+	    || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+	  echo "make deps: all packages present"; \
+	fi
+
+run: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)./server/demo.sh
+
+unit-run: $(UNIT_BIN)
+	@echo "== unit tests ($(BUILD))"
+	$(Q)$(UNIT_BIN)
+
+unit: check-deps
+	$(Q)$(MAKE) --no-print-directory unit-run
+	$(Q)$(MAKE) --no-print-directory unit-san
+
+unit-san:
+	$(Q)$(MAKE) --no-print-directory SANITIZE=address,undefined unit-run
+
+e2e: all
+	$(Q)./test.sh
+
+test: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)$(MAKE) --no-print-directory unit
+	$(Q)./test.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 serve clie $(DESTDIR)$(PREFIX)/bin/
+
+clean:
+	rm -rf build serve clie
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,72 @@
+/*
+ * limits.h - every bound tpckv puts on a resource, in one place.
+ *
+ * Each limit has a one-line reason. Those a user may need to change have a
+ * serve flag (named beside the value); the rest are fixed by the protocol or
+ * are safety margins that no workload should reach.
+ *
+ * Units go last in names: _bytes, _ms, _count.
+ */
+#ifndef TPCKV_LIMITS_H
+#define TPCKV_LIMITS_H
+
+/* memcached protocol: keys are 1..250 bytes (doc/protocol.txt). Fixed. */
+#define LIMIT_KEY_BYTES_MAX 250
+
+/* --max-value: largest value a client may store (memcached's -I default). */
+#define LIMIT_VALUE_BYTES_DEFAULT (1024 * 1024)
+/* Upper bound for --max-value: keeps item sizes in a uint32_t with room. */
+#define LIMIT_VALUE_BYTES_CEILING (1024 * 1024 * 1024)
+
+/* A non-retrieval command line (set, incr, ...) is at most about 330 bytes;
+ * a line with no newline after this many bytes is garbage and the connection
+ * is closed (memcached uses the same 2048). Fixed. */
+#define LIMIT_LINE_BYTES_MAX 2048
+
+/* --max-line: a get/gets/gat/gats line may list many keys; it may be this
+ * long. Also the most a connection buffers while waiting for a newline. */
+#define LIMIT_GET_LINE_BYTES_DEFAULT (1024 * 1024)
+
+/* --max-get-keys: keys in one retrieval command. Each costs an output header
+ * (~300 bytes) and a reference to an item until the reply is written. */
+#define LIMIT_GET_KEYS_DEFAULT 100000
+
+/* --max-conns: simultaneous client connections (memcached's default). */
+#define LIMIT_CONNS_DEFAULT 1024
+
+/* --max-memory: bytes of item data the store may hold, in MiB. Above it,
+ * writes fail with SERVER_ERROR out of memory; nothing is evicted. */
+#define LIMIT_MEMORY_MB_DEFAULT 1024
+
+/* --max-output: bytes of replies queued for one connection before the server
+ * stops reading its requests (backpressure; it resumes when the client reads). */
+#define LIMIT_CONN_OUTPUT_BYTES_DEFAULT (4 * 1024 * 1024)
+
+/* --idle-timeout: seconds a connection may be silent; 0 = never close. */
+#define LIMIT_IDLE_TIMEOUT_S_DEFAULT 0
+
+/* Read buffer a connection starts with; it grows to fit one request. */
+#define LIMIT_READ_BUF_BYTES_INITIAL (16 * 1024)
+
+/* A connection's read buffer grown past this is shrunk back once idle. */
+#define LIMIT_READ_BUF_BYTES_KEEP (64 * 1024)
+
+/* UDP (memcached framing): a datagram carries 8 header bytes and at most 1392
+ * bytes of reply, 1400 in all; a reply spans at most 65535 datagrams (u16). */
+#define LIMIT_UDP_HEADER_BYTES 8
+#define LIMIT_UDP_PAYLOAD_BYTES 1392
+#define LIMIT_UDP_DATAGRAMS_MAX 65535
+/* Largest request datagram we read (IPv4 UDP payload maximum). */
+#define LIMIT_UDP_REQUEST_BYTES_MAX 65527
+
+/* Longest log line; longer messages are cut with "...". */
+#define LIMIT_LOG_LINE_BYTES 4096
+
+/* Hash table: initial buckets (power of two) and the most it may grow to. */
+#define LIMIT_HASH_BUCKETS_INITIAL 1024
+#define LIMIT_HASH_BUCKETS_MAX (1u << 30)
+
+/* Relative exptimes above this are absolute unix times (memcached rule). */
+#define LIMIT_EXPTIME_RELATIVE_MAX_S (60 * 60 * 24 * 30)
+
+#endif /* TPCKV_LIMITS_H */

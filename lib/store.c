@@ -1,0 +1,649 @@
+/*
+ * store.c - hash table of reference-counted items (see store.h for the API).
+ *
+ * Table: chained buckets, a power of two of them, indexed by a seeded 32-bit
+ * hash of the key. It grows when items outnumber buckets and shrinks when they
+ * fall under an eighth. Resizing is incremental (as in Redis's dict): a second
+ * table is allocated and every store call moves one bucket across, so no
+ * single request pays for rehashing millions of items. While moving, lookups
+ * search both tables and inserts go to the new one.
+ *
+ * Liveness: an item is dead once its exptime has passed, or when a delayed
+ * flush_all has come due and the item was written before it. Dead items are
+ * never returned; they are reclaimed when a lookup meets them, by
+ * store_expire_step() walking the table in the background, and by a full sweep
+ * when a write would otherwise hit the memory limit.
+ *
+ * Memory: bytes counts item_size() of every item in the table; reserved counts
+ * items prepared but not yet committed. A prepare that would take
+ * bytes + reserved past max_bytes (crediting the item it replaces) fails with
+ * STORE_NO_MEMORY: the store never evicts live data to make room.
+ */
+#include "store.h"
+
+#include "limits.h"
+#include "util.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct table {
+    struct item **b;
+    size_t size; /* buckets, a power of two (0 = unused) */
+    size_t used; /* items */
+};
+
+struct store {
+    struct store_config cfg;
+    struct table t[2]; /* t[1] is in use only while resizing */
+    size_t rehash_idx; /* next t[0] bucket to move; valid while t[1].size */
+    size_t expire_cursor;
+    size_t min_buckets;
+    uint64_t bytes;
+    uint64_t reserved;
+    uint64_t total_items;
+    uint64_t expired_reclaimed;
+    int64_t flush_at_ms;  /* a delayed flush_all not yet due; 0 = none */
+    int64_t next_expiry_ms; /* no item expires before this (a lower bound) */
+};
+
+/* ---- items ---------------------------------------------------------------- */
+
+size_t item_size(size_t nkey, size_t nval)
+{
+    return sizeof(struct item) + nkey + nval + 2;
+}
+
+void item_ref(struct item *it)
+{
+    it->refcount++;
+}
+
+void item_unref(struct item *it)
+{
+    assert(it->refcount > 0);
+    if (--it->refcount == 0)
+        free(it);
+}
+
+/* A new item with refcount 1 and value v1 followed by v2 (either may be
+ * empty), or NULL if malloc fails. */
+static struct item *item_new(const char *key, size_t nkey, const char *v1, size_t n1,
+                             const char *v2, size_t n2)
+{
+    struct item *it = malloc(item_size(nkey, n1 + n2));
+
+    if (it == NULL)
+        return NULL;
+    memset(it, 0, sizeof(*it));
+    it->refcount = 1;
+    it->nkey = (uint8_t)nkey;
+    it->nval = (uint32_t)(n1 + n2);
+    memcpy(it->data, key, nkey);
+    if (n1)
+        memcpy(it->data + nkey, v1, n1);
+    if (n2)
+        memcpy(it->data + nkey + n1, v2, n2);
+    memcpy(it->data + nkey + n1 + n2, "\r\n", 2);
+    return it;
+}
+
+/* ---- hashing -------------------------------------------------------------- */
+
+static uint64_t fmix64(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+/* Seeded hash: eight bytes at a time through a multiply-xorshift mixer. The
+ * seed keeps an attacker from precomputing colliding keys. */
+static uint32_t hash_key(uint64_t seed, const char *k, size_t n)
+{
+    uint64_t h = seed ^ ((uint64_t)n * 0x9e3779b97f4a7c15ULL);
+    uint64_t w;
+
+    while (n >= 8) {
+        memcpy(&w, k, 8);
+        h = (h ^ fmix64(w)) * 0x9e3779b97f4a7c15ULL;
+        h = (h << 29) | (h >> 35);
+        k += 8;
+        n -= 8;
+    }
+    w = 0;
+    memcpy(&w, k, n);
+    h ^= fmix64(w ^ ((uint64_t)n << 56));
+    return (uint32_t)fmix64(h);
+}
+
+/* ---- table ---------------------------------------------------------------- */
+
+static bool resizing(const struct store *s)
+{
+    return s->t[1].size != 0;
+}
+
+static int table_init(struct table *t, size_t size)
+{
+    t->b = calloc(size, sizeof(*t->b));
+    if (t->b == NULL)
+        return -ENOMEM;
+    t->size = size;
+    t->used = 0;
+    return 0;
+}
+
+/* Moves up to n buckets from t[0] to t[1] (and skips at most 10n empty ones);
+ * finishes the resize when t[0] is empty. */
+static void rehash_step(struct store *s, size_t n)
+{
+    size_t empty_visits = n * 10;
+
+    if (!resizing(s))
+        return;
+    while (n > 0 && s->t[0].used > 0) {
+        assert(s->rehash_idx < s->t[0].size);
+        struct item *it = s->t[0].b[s->rehash_idx];
+        if (it == NULL) {
+            s->rehash_idx++;
+            if (--empty_visits == 0)
+                return;
+            continue;
+        }
+        while (it) {
+            struct item *next = it->hnext;
+            size_t i = it->hash & (s->t[1].size - 1);
+            it->hnext = s->t[1].b[i];
+            s->t[1].b[i] = it;
+            s->t[0].used--;
+            s->t[1].used++;
+            it = next;
+        }
+        s->t[0].b[s->rehash_idx++] = NULL;
+        n--;
+    }
+    if (s->t[0].used == 0) {
+        free(s->t[0].b);
+        s->t[0] = s->t[1];
+        memset(&s->t[1], 0, sizeof(s->t[1]));
+        s->rehash_idx = 0;
+        s->expire_cursor = 0;
+    }
+}
+
+static void start_resize(struct store *s, size_t size)
+{
+    if (resizing(s) || size == s->t[0].size)
+        return;
+    /* If memory is short, keep the current table: it still works, only with
+     * longer chains. */
+    if (table_init(&s->t[1], size) < 0)
+        return;
+    s->rehash_idx = 0;
+}
+
+static void maybe_resize(struct store *s)
+{
+    size_t used = s->t[0].used + s->t[1].used;
+    size_t size = s->t[0].size;
+
+    if (resizing(s))
+        return;
+    if (used > size && size < LIMIT_HASH_BUCKETS_MAX) {
+        start_resize(s, size * 2);
+    } else if (size > s->min_buckets && used < size / 8) {
+        size_t target = s->min_buckets;
+        while (target < used * 2)
+            target *= 2;
+        start_resize(s, target);
+    }
+}
+
+/* The link that points at key's item (so it can be unlinked), or NULL.
+ * *tab is set to the table holding it. */
+static struct item **find_link(struct store *s, const char *key, size_t nkey, uint32_t h,
+                               struct table **tab)
+{
+    for (int t = 0; t < 2; t++) {
+        struct table *tb = &s->t[t];
+        if (tb->size == 0)
+            break;
+        struct item **link = &tb->b[h & (tb->size - 1)];
+        for (; *link; link = &(*link)->hnext) {
+            struct item *it = *link;
+            if (it->hash == h && it->nkey == nkey && memcmp(it->data, key, nkey) == 0) {
+                *tab = tb;
+                return link;
+            }
+        }
+    }
+    return NULL;
+}
+
+static void unlink_item(struct store *s, struct table *tab, struct item **link)
+{
+    struct item *it = *link;
+
+    *link = it->hnext;
+    it->hnext = NULL;
+    tab->used--;
+    s->bytes -= item_size(it->nkey, it->nval);
+    item_unref(it);
+}
+
+static void insert_item(struct store *s, struct item *it)
+{
+    struct table *tab = resizing(s) ? &s->t[1] : &s->t[0];
+    size_t i = it->hash & (tab->size - 1);
+
+    it->hnext = tab->b[i];
+    tab->b[i] = it;
+    tab->used++;
+    s->bytes += item_size(it->nkey, it->nval);
+    s->total_items++;
+    if (it->exptime_ms != 0 && it->exptime_ms < s->next_expiry_ms)
+        s->next_expiry_ms = it->exptime_ms;
+}
+
+static bool item_live(const struct store *s, const struct item *it, int64_t now_ms)
+{
+    if (it->exptime_ms != 0 && it->exptime_ms <= now_ms)
+        return false;
+    if (s->flush_at_ms != 0 && now_ms >= s->flush_at_ms && it->mtime_ms < s->flush_at_ms)
+        return false;
+    return true;
+}
+
+/* Calls fn on every link of both tables; fn returns true to unlink the item.
+ * Returns the number unlinked. */
+static size_t sweep(struct store *s, int64_t now_ms, bool everything)
+{
+    size_t n = 0;
+    int64_t next = INT64_MAX;
+
+    for (int t = 0; t < 2; t++) {
+        struct table *tb = &s->t[t];
+        for (size_t i = 0; i < tb->size; i++) {
+            struct item **link = &tb->b[i];
+            while (*link) {
+                struct item *it = *link;
+                if (everything || !item_live(s, it, now_ms)) {
+                    unlink_item(s, tb, link);
+                    n++;
+                } else {
+                    if (it->exptime_ms != 0 && it->exptime_ms < next)
+                        next = it->exptime_ms;
+                    link = &it->hnext;
+                }
+            }
+        }
+    }
+    s->next_expiry_ms = next;
+    return n;
+}
+
+/* A delayed flush_all that came due is carried out in full at once. */
+static void flush_if_due(struct store *s, int64_t now_ms)
+{
+    if (s->flush_at_ms != 0 && now_ms >= s->flush_at_ms) {
+        s->expired_reclaimed += sweep(s, now_ms, false);
+        s->flush_at_ms = 0;
+    }
+}
+
+/* Housekeeping every public call does first. */
+static void tick(struct store *s, int64_t now_ms)
+{
+    flush_if_due(s, now_ms);
+    rehash_step(s, 1);
+}
+
+/* The live item under key, reclaiming a dead one found there. */
+static struct item *lookup_live(struct store *s, const char *key, size_t nkey, uint32_t h,
+                                int64_t now_ms)
+{
+    struct table *tab;
+    struct item **link = find_link(s, key, nkey, h, &tab);
+
+    if (link == NULL)
+        return NULL;
+    if (!item_live(s, *link, now_ms)) {
+        unlink_item(s, tab, link);
+        s->expired_reclaimed++;
+        return NULL;
+    }
+    return *link;
+}
+
+/* ---- public API ------------------------------------------------------------ */
+
+const char *store_status_name(enum store_status st)
+{
+    static const char *const names[] = {
+        [STORE_OK] = "ok",
+        [STORE_NOT_STORED] = "not stored",
+        [STORE_EXISTS] = "exists",
+        [STORE_NOT_FOUND] = "not found",
+        [STORE_NON_NUMERIC] = "non-numeric value",
+        [STORE_TOO_LARGE] = "value too large",
+        [STORE_NO_MEMORY] = "out of memory",
+    };
+    if ((unsigned)st >= ARRAY_SIZE(names))
+        return "?";
+    return names[st];
+}
+
+struct store *store_new(const struct store_config *cfg)
+{
+    struct store *s = calloc(1, sizeof(*s));
+    size_t size = cfg->initial_buckets ? cfg->initial_buckets : LIMIT_HASH_BUCKETS_INITIAL;
+
+    if (s == NULL)
+        return NULL;
+    /* Round up to a power of two. */
+    size_t p = 16;
+    while (p < size && p < LIMIT_HASH_BUCKETS_MAX)
+        p *= 2;
+    s->cfg = *cfg;
+    s->min_buckets = p;
+    s->next_expiry_ms = INT64_MAX;
+    if (table_init(&s->t[0], p) < 0) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void store_free(struct store *s)
+{
+    if (s == NULL)
+        return;
+    sweep(s, 0, true);
+    free(s->t[0].b);
+    free(s->t[1].b);
+    free(s);
+}
+
+struct item *store_get(struct store *s, const char *key, size_t nkey, int64_t now_ms)
+{
+    tick(s, now_ms);
+    return lookup_live(s, key, nkey, hash_key(s->cfg.seed, key, nkey), now_ms);
+}
+
+/* Parses an item's value as memcached's incr does: 1..20 digits, optionally
+ * followed by spaces (older servers padded decremented numbers). */
+static bool value_to_u64(const struct item *it, uint64_t *out)
+{
+    const char *v = item_value(it);
+    size_t n = it->nval;
+
+    while (n > 0 && v[n - 1] == ' ')
+        n--;
+    return n > 0 && n <= 20 && util_parse_u64(v, n, out) == 0;
+}
+
+/* Checks that an item of nval value bytes fits, crediting the item it will
+ * replace; reclaims expired items once before giving up. */
+static bool room_for(struct store *s, size_t nkey, size_t nval, const struct item *old,
+                     int64_t now_ms)
+{
+    uint64_t need = item_size(nkey, nval);
+    uint64_t credit = old ? item_size(old->nkey, old->nval) : 0;
+
+    if (s->bytes + s->reserved + need <= s->cfg.max_bytes + credit)
+        return true;
+    if (now_ms < s->next_expiry_ms)
+        return false;
+    s->expired_reclaimed += sweep(s, now_ms, false);
+    return s->bytes + s->reserved + need <= s->cfg.max_bytes + credit;
+}
+
+static int reject(struct store_change *ch, enum store_status st)
+{
+    ch->status = st;
+    return -1;
+}
+
+int store_prepare(struct store *s, const struct store_op *op, uint64_t new_cas, int64_t now_ms,
+                  struct store_change *ch)
+{
+    struct item *cur = NULL;
+    const char *v1 = op->value, *v2 = NULL;
+    size_t n1 = op->nvalue, n2 = 0;
+    uint32_t flags = op->flags;
+    int64_t exptime = op->exptime_ms;
+    char num[24];
+
+    memset(ch, 0, offsetof(struct store_change, key));
+    ch->type = op->type;
+    ch->cas = new_cas;
+    ch->now_ms = now_ms;
+    tick(s, now_ms);
+
+    if (op->type == STORE_FLUSH) {
+        ch->flush_at_ms = op->flush_at_ms;
+        return 0;
+    }
+    assert(op->nkey > 0 && op->nkey <= LIMIT_KEY_BYTES_MAX);
+    ch->hash = hash_key(s->cfg.seed, op->key, op->nkey);
+    memcpy(ch->key, op->key, op->nkey);
+    ch->nkey = (uint8_t)op->nkey;
+    cur = lookup_live(s, op->key, op->nkey, ch->hash, now_ms);
+
+    switch (op->type) {
+    case STORE_SET:
+        break;
+    case STORE_ADD:
+        if (cur)
+            return reject(ch, STORE_NOT_STORED);
+        break;
+    case STORE_REPLACE:
+        if (!cur)
+            return reject(ch, STORE_NOT_STORED);
+        break;
+    case STORE_APPEND:
+    case STORE_PREPEND:
+        if (!cur)
+            return reject(ch, STORE_NOT_STORED);
+        if ((uint64_t)cur->nval + op->nvalue > s->cfg.value_bytes_max)
+            return reject(ch, STORE_TOO_LARGE);
+        /* The value changes; flags and expiry stay the item's. */
+        flags = cur->flags;
+        exptime = cur->exptime_ms;
+        if (op->type == STORE_APPEND) {
+            v1 = item_value(cur), n1 = cur->nval;
+            v2 = op->value, n2 = op->nvalue;
+        } else {
+            v2 = item_value(cur), n2 = cur->nval;
+        }
+        break;
+    case STORE_CAS:
+        if (!cur)
+            return reject(ch, STORE_NOT_FOUND);
+        if (cur->cas != op->cas)
+            return reject(ch, STORE_EXISTS);
+        break;
+    case STORE_DELETE:
+        if (!cur)
+            return reject(ch, STORE_NOT_FOUND);
+        return 0;
+    case STORE_TOUCH:
+        if (!cur)
+            return reject(ch, STORE_NOT_FOUND);
+        ch->exptime_ms = op->exptime_ms;
+        return 0;
+    case STORE_INCR:
+    case STORE_DECR: {
+        uint64_t v;
+        if (!cur)
+            return reject(ch, STORE_NOT_FOUND);
+        if (!value_to_u64(cur, &v))
+            return reject(ch, STORE_NON_NUMERIC);
+        if (op->type == STORE_INCR)
+            v += op->delta; /* wraps at 2^64, as memcached does */
+        else
+            v = v > op->delta ? v - op->delta : 0;
+        ch->number = v;
+        n1 = util_fmt_u64(num, v);
+        v1 = num;
+        flags = cur->flags;
+        exptime = cur->exptime_ms;
+        break;
+    }
+    case STORE_FLUSH:
+        break;
+    }
+
+    if (n1 + n2 > s->cfg.value_bytes_max)
+        return reject(ch, STORE_TOO_LARGE);
+    if (!room_for(s, op->nkey, n1 + n2, cur, now_ms))
+        return reject(ch, STORE_NO_MEMORY);
+    ch->item = item_new(op->key, op->nkey, v1, n1, v2, n2);
+    if (ch->item == NULL)
+        return reject(ch, STORE_NO_MEMORY);
+    ch->item->cas = new_cas;
+    ch->item->flags = flags;
+    ch->item->exptime_ms = exptime;
+    ch->item->mtime_ms = now_ms;
+    ch->item->hash = ch->hash;
+    ch->reserved = item_size(op->nkey, n1 + n2);
+    s->reserved += ch->reserved;
+    return 0;
+}
+
+void store_commit(struct store *s, struct store_change *ch)
+{
+    struct table *tab;
+    struct item **link;
+
+    assert(ch->status == STORE_OK);
+    if (ch->type == STORE_FLUSH) {
+        if (ch->flush_at_ms <= ch->now_ms) {
+            s->flush_at_ms = 0;
+            sweep(s, ch->now_ms, true);
+        } else {
+            s->flush_at_ms = ch->flush_at_ms; /* the latest flush_all wins */
+        }
+        return;
+    }
+    link = find_link(s, ch->key, ch->nkey, ch->hash, &tab);
+    if (ch->type == STORE_TOUCH) {
+        if (link) {
+            (*link)->exptime_ms = ch->exptime_ms;
+            if (ch->exptime_ms != 0 && ch->exptime_ms < s->next_expiry_ms)
+                s->next_expiry_ms = ch->exptime_ms;
+        }
+        return;
+    }
+    if (link)
+        unlink_item(s, tab, link);
+    if (ch->item) {
+        s->reserved -= ch->reserved;
+        /* Written already expired (negative exptime): it only removes. */
+        if (ch->item->exptime_ms != 0 && ch->item->exptime_ms <= ch->now_ms)
+            item_unref(ch->item);
+        else
+            insert_item(s, ch->item);
+        ch->item = NULL;
+    }
+    maybe_resize(s);
+}
+
+void store_abort(struct store *s, struct store_change *ch)
+{
+    if (ch->item) {
+        s->reserved -= ch->reserved;
+        item_unref(ch->item);
+        ch->item = NULL;
+    }
+}
+
+enum store_status store_apply(struct store *s, const struct store_op *op, uint64_t new_cas,
+                              int64_t now_ms, struct store_change *ch)
+{
+    if (store_prepare(s, op, new_cas, now_ms, ch) == 0)
+        store_commit(s, ch);
+    return ch->status;
+}
+
+size_t store_expire_step(struct store *s, int64_t now_ms, size_t max_buckets)
+{
+    size_t n = 0;
+    struct table *tb = &s->t[0];
+
+    tick(s, now_ms);
+    if (resizing(s)) {
+        /* Help the resize along instead; expiry resumes after it. */
+        rehash_step(s, max_buckets);
+        return 0;
+    }
+    for (size_t k = 0; k < max_buckets && k < tb->size; k++) {
+        size_t i = s->expire_cursor++ & (tb->size - 1);
+        struct item **link = &tb->b[i];
+        while (*link) {
+            if (!item_live(s, *link, now_ms)) {
+                unlink_item(s, tb, link);
+                n++;
+            } else {
+                link = &(*link)->hnext;
+            }
+        }
+    }
+    s->expired_reclaimed += n;
+    maybe_resize(s);
+    return n;
+}
+
+long store_collect(struct store *s, const char *prefix, size_t nprefix, int64_t now_ms,
+                   struct item ***out)
+{
+    struct item **arr = NULL;
+    size_t n = 0, cap = 0;
+
+    tick(s, now_ms);
+    for (int t = 0; t < 2; t++) {
+        struct table *tb = &s->t[t];
+        for (size_t i = 0; i < tb->size; i++) {
+            for (struct item *it = tb->b[i]; it; it = it->hnext) {
+                if (!item_live(s, it, now_ms) || it->nkey < nprefix ||
+                    memcmp(it->data, prefix, nprefix) != 0)
+                    continue;
+                if (n == cap) {
+                    size_t ncap = cap ? cap * 2 : 64;
+                    struct item **p = realloc(arr, ncap * sizeof(*p));
+                    if (p == NULL) {
+                        for (size_t k = 0; k < n; k++)
+                            item_unref(arr[k]);
+                        free(arr);
+                        return -ENOMEM;
+                    }
+                    arr = p;
+                    cap = ncap;
+                }
+                item_ref(it);
+                arr[n++] = it;
+            }
+        }
+    }
+    *out = arr;
+    return (long)n;
+}
+
+void store_get_stats(const struct store *s, struct store_stats *st)
+{
+    st->curr_items = s->t[0].used + s->t[1].used;
+    st->total_items = s->total_items;
+    st->bytes = s->bytes;
+    st->reserved_bytes = s->reserved;
+    st->max_bytes = s->cfg.max_bytes;
+    st->expired_reclaimed = s->expired_reclaimed;
+    st->hash_buckets = s->t[0].size + s->t[1].size;
+    st->hash_bytes = st->hash_buckets * sizeof(struct item *);
+    st->hash_is_expanding = resizing(s);
+}

@@ -1,0 +1,184 @@
+/*
+ * store.h - the in-memory key-value store: items, hash table, versions (CAS),
+ * expiry and memory accounting. Pure code: no I/O, and no clock - every call
+ * that needs the time takes now_ms (unix milliseconds) from the caller, so a
+ * coordinator can give all replicas one "now" and a test can set it.
+ *
+ * A store belongs to one thread. Items are immutable once stored (except the
+ * expiry time, which touch changes in place) and reference-counted, so a
+ * reply can keep sending an item's bytes after the key was overwritten.
+ *
+ * Writes go in two steps, so two-phase commit can run between them:
+ *   store_prepare()  evaluates the op's condition against the current state,
+ *                    builds the new item and reserves its memory; the outcome
+ *                    (STORED, NOT_FOUND, ...) is known here.
+ *   store_commit()   installs the prepared change; it cannot fail.
+ *   store_abort()    drops it and releases the reservation.
+ * A single node calls prepare then commit at once (store_apply()).
+ */
+#ifndef TPCKV_STORE_H
+#define TPCKV_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct item {
+    struct item *hnext; /* hash chain */
+    uint64_t cas;       /* version: unique per write */
+    int64_t exptime_ms; /* absolute unix ms; 0 = never */
+    int64_t mtime_ms;   /* when written; a delayed flush_all compares it */
+    uint32_t hash;
+    uint32_t flags; /* the client's opaque flags */
+    uint32_t nval;  /* value bytes, without the trailing "\r\n" */
+    uint32_t refcount;
+    uint8_t nkey;
+    char data[]; /* key, then value, then "\r\n" (so a reply sends both at once) */
+};
+
+static inline const char *item_key(const struct item *it)
+{
+    return it->data;
+}
+
+static inline const char *item_value(const struct item *it)
+{
+    return it->data + it->nkey;
+}
+
+/* Bytes an item is accounted for (header, key, value, "\r\n"). */
+size_t item_size(size_t nkey, size_t nval);
+
+/* Reference counting. The store holds one reference to each stored item;
+ * anyone keeping an item past the next store call takes another. */
+void item_ref(struct item *it);
+void item_unref(struct item *it);
+
+struct store_config {
+    uint64_t max_bytes;       /* item bytes the store may hold */
+    uint64_t value_bytes_max; /* largest value (append/prepend/incr results) */
+    uint64_t seed;            /* hash seed; randomize it against collision floods */
+    size_t initial_buckets;   /* power of two; 0 = default */
+};
+
+enum store_op_type {
+    STORE_SET,
+    STORE_ADD,
+    STORE_REPLACE,
+    STORE_APPEND,
+    STORE_PREPEND,
+    STORE_CAS,
+    STORE_DELETE,
+    STORE_INCR,
+    STORE_DECR,
+    STORE_TOUCH,
+    STORE_FLUSH,
+};
+
+/* One write. Pointers are borrowed for the duration of store_prepare(). */
+struct store_op {
+    enum store_op_type type;
+    const char *key;
+    size_t nkey;
+    const char *value; /* set..cas */
+    size_t nvalue;
+    uint32_t flags;     /* set, add, replace, cas */
+    int64_t exptime_ms; /* set, add, replace, cas, touch: absolute, 0 = never */
+    uint64_t cas;       /* cas: the version the client read */
+    uint64_t delta;     /* incr, decr */
+    int64_t flush_at_ms; /* flush: when; 0 or <= now = immediately */
+};
+
+enum store_status {
+    STORE_OK = 0,      /* STORED, DELETED, TOUCHED, OK, or the incr/decr value */
+    STORE_NOT_STORED,  /* add on a present key; replace/append/prepend on a missing one */
+    STORE_EXISTS,      /* cas: the key was written since the client read it */
+    STORE_NOT_FOUND,   /* delete/incr/decr/touch/cas on a missing key */
+    STORE_NON_NUMERIC, /* incr/decr of a value that is not a decimal u64 */
+    STORE_TOO_LARGE,   /* the resulting value would exceed value_bytes_max */
+    STORE_NO_MEMORY,   /* max_bytes reached (nothing is evicted), or malloc failed */
+};
+
+const char *store_status_name(enum store_status st);
+
+/* A prepared write: see store_prepare(). Opaque to callers except status,
+ * cas and number. */
+struct store_change {
+    enum store_status status;
+    enum store_op_type type;
+    uint64_t cas;       /* the version the write will have */
+    uint64_t number;    /* incr/decr: the new value */
+    struct item *item;  /* the new item (owned), or NULL */
+    int64_t exptime_ms; /* touch */
+    int64_t flush_at_ms;
+    int64_t now_ms;
+    size_t reserved; /* bytes reserved for item */
+    uint32_t hash;
+    char key[256];
+    uint8_t nkey;
+};
+
+struct store_stats {
+    uint64_t curr_items;  /* items in the table (expired ones until reclaimed) */
+    uint64_t total_items; /* items ever stored */
+    uint64_t bytes;       /* accounted bytes of the items in the table */
+    uint64_t reserved_bytes;
+    uint64_t max_bytes;
+    uint64_t expired_reclaimed;
+    uint64_t hash_buckets;
+    uint64_t hash_bytes;
+    bool hash_is_expanding;
+};
+
+/* Returns a new empty store, or NULL if out of memory. */
+struct store *store_new(const struct store_config *cfg);
+/* Frees the store and drops its references to every item. */
+void store_free(struct store *s);
+
+/*
+ * Looks key up. Returns the live item (borrowed: valid until the next store
+ * call unless item_ref()'d), or NULL when absent, expired or flushed. Dead
+ * items met on the way are reclaimed.
+ */
+struct item *store_get(struct store *s, const char *key, size_t nkey, int64_t now_ms);
+
+/*
+ * Evaluates op against the current state and prepares its effect; new_cas is
+ * the version a successful write gets. Fills *ch; ch->status is the outcome
+ * the client will see. Returns 0 when ch->status is STORE_OK (the change must
+ * then be committed or aborted), or -1 when the op has no effect (the
+ * condition failed or a limit was hit; nothing to commit or abort).
+ * The key must be valid (1..250 bytes); the store does not re-check syntax.
+ */
+int store_prepare(struct store *s, const struct store_op *op, uint64_t new_cas, int64_t now_ms,
+                  struct store_change *ch);
+
+/* Installs a change prepared with status STORE_OK. Never fails. */
+void store_commit(struct store *s, struct store_change *ch);
+
+/* Drops a change prepared with status STORE_OK. */
+void store_abort(struct store *s, struct store_change *ch);
+
+/* store_prepare() then, if it succeeded, store_commit(). Returns the status. */
+enum store_status store_apply(struct store *s, const struct store_op *op, uint64_t new_cas,
+                              int64_t now_ms, struct store_change *ch);
+
+/*
+ * Reclaims expired and flushed items, visiting at most max_buckets buckets
+ * from where the previous call stopped. Returns the number reclaimed. The
+ * server calls it from a timer so memory comes back without any read.
+ */
+size_t store_expire_step(struct store *s, int64_t now_ms, size_t max_buckets);
+
+/*
+ * Collects the live items whose key starts with prefix[0..nprefix), each
+ * referenced, into a new array (*out, caller frees it after unref'ing every
+ * item). Returns the count, or -ENOMEM. A point-in-time list: writes after
+ * the call do not change it.
+ */
+long store_collect(struct store *s, const char *prefix, size_t nprefix, int64_t now_ms,
+                   struct item ***out);
+
+void store_get_stats(const struct store *s, struct store_stats *st);
+
+#endif /* TPCKV_STORE_H */

@@ -1,0 +1,43 @@
+/*
+ * util.h - small helpers shared by every module: strict number parsing,
+ * clocks, and careful system calls.
+ *
+ * Errors follow lib/'s convention: 0 or a negative errno code (err.h).
+ */
+#ifndef TPCKV_UTIL_H
+#define TPCKV_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/*
+ * Strict decimal parsers over s[0..n): digits only (util_parse_i64 also takes
+ * one leading '-'), no spaces, no '+', at least one digit.
+ * Return 0, -EINVAL (not a number) or -ERANGE (does not fit).
+ */
+int util_parse_u64(const char *s, size_t n, uint64_t *out);
+int util_parse_u32(const char *s, size_t n, uint32_t *out);
+int util_parse_i64(const char *s, size_t n, int64_t *out);
+
+/*
+ * Parses a size for a command-line flag: a decimal number with an optional
+ * binary suffix k, m or g (either case), e.g. "512k" = 524288. Returns 0,
+ * -EINVAL or -ERANGE.
+ */
+int util_parse_size(const char *s, uint64_t *out);
+
+/* Formats v in decimal into dst (at least 21 bytes); returns the length. */
+size_t util_fmt_u64(char *dst, uint64_t v);
+
+/* Wall clock as unix milliseconds (for exptime, logs, stats "time"). */
+int64_t util_now_unix_ms(void);
+
+/* Monotonic clock in nanoseconds (for durations; never jumps). */
+uint64_t util_mono_ns(void);
+
+/* write(2) that retries EINTR and short writes. Returns 0 or -errno. */
+int util_write_all(int fd, const void *buf, size_t n);
+
+#endif /* TPCKV_UTIL_H */

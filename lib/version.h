@@ -1,0 +1,7 @@
+/* version.h - the release number both binaries report. */
+#ifndef TPCKV_VERSION_H
+#define TPCKV_VERSION_H
+
+#define TPCKV_VERSION "0.1.0"
+
+#endif

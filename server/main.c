@@ -1,0 +1,280 @@
+/*
+ * serve - the tpckv server: flags, logging, signals, and the libuv loop.
+ * Everything else lives in lib/ (server.c wires the pieces together).
+ */
+#include "limits.h"
+#include "log.h"
+#include "server.h"
+#include "util.h"
+#include "version.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define MOD "serve"
+
+/* Exit codes: 0 clean stop, 1 runtime failure (cannot bind, ...), 2 usage. */
+enum { EXIT_USAGE = 2 };
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"Usage: serve [OPTION]...\n"
+"Run a tpckv server: a key-value store speaking the memcached text protocol\n"
+"over TCP and UDP. It runs in the foreground; SIGINT or SIGTERM stops it.\n"
+"\n"
+"Network:\n"
+"  -s, --host ADDR         address to listen on (IPv4, IPv6 or a name)\n"
+"                          [default: 127.0.0.1]\n"
+"  -p, --port N            one port number for both TCP and UDP; 0 picks a free\n"
+"                          one (logged at startup)  [default: 11211]\n"
+"  -t, --tcp               serve TCP\n"
+"  -u, --udp               serve UDP (memcached's 8-byte frame header)\n"
+"                          With neither -t nor -u: TCP, plus UDP when ADDR is a\n"
+"                          loopback address. UDP on a public address can be\n"
+"                          abused to amplify traffic, so it must be asked for.\n"
+"\n"
+"Logging:\n"
+"  -l, --log LEVEL         error, warn, info or debug; or 0 (error), 1 (info),\n"
+"                          2 (debug). debug logs every request (keys, never\n"
+"                          values)  [default: info]\n"
+"      --log-file FILE     append log lines to FILE instead of stderr\n"
+"\n"
+"Limits (sizes take a k, m or g suffix: 512k, 2m):\n"
+"  -m, --max-memory MB     memory for items, in MiB; when full, writes fail with\n"
+"                          SERVER_ERROR out of memory and nothing is evicted\n"
+"                          [default: %d]\n"
+"  -c, --max-conns N       simultaneous client connections; more are told\n"
+"                          SERVER_ERROR too many connections  [default: %d]\n"
+"      --max-value BYTES   largest value; larger ones get SERVER_ERROR object too\n"
+"                          large for cache  [default: %d (1 MiB)]\n"
+"      --max-line BYTES    longest get/gets/gat/gats line  [default: %d]\n"
+"      --max-get-keys N    most keys in one get  [default: %d]\n"
+"      --max-output BYTES  replies queued for one connection before the server\n"
+"                          stops reading its requests  [default: %d]\n"
+"      --idle-timeout SEC  close connections silent this long; 0 = never\n"
+"                          [default: %d]\n"
+"\n"
+"  -h, --help              show this help and exit\n"
+"  -V, --version           show the version and exit\n"
+"\n"
+"Exit status: 0 after a clean stop, 1 if the server cannot start (e.g. the\n"
+"port is taken), 2 for a bad option.\n"
+"\n"
+"Examples:\n"
+"  serve                              TCP and UDP on 127.0.0.1:11211\n"
+"  serve -p 11300 -l debug            another port, log every request\n"
+"  serve -s 0.0.0.0 -t -m 4096        TCP only on every interface, 4 GiB\n"
+"  serve -u -p 11211 --max-value 64k  UDP only, values up to 64 KiB\n"
+"  clie -p 11300 put greeting hello   then talk to it with clie\n",
+            LIMIT_MEMORY_MB_DEFAULT, LIMIT_CONNS_DEFAULT, LIMIT_VALUE_BYTES_DEFAULT,
+            LIMIT_GET_LINE_BYTES_DEFAULT, LIMIT_GET_KEYS_DEFAULT,
+            LIMIT_CONN_OUTPUT_BYTES_DEFAULT, LIMIT_IDLE_TIMEOUT_S_DEFAULT);
+}
+
+static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die_usage(const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "serve: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'serve --help' for more information.\n");
+    exit(EXIT_USAGE);
+}
+
+/* Parses a number flag within [lo, hi]; sizes may carry a k/m/g suffix. */
+static uint64_t num_arg(const char *name, const char *s, uint64_t lo, uint64_t hi)
+{
+    uint64_t v;
+
+    if (util_parse_size(s, &v) < 0 || v < lo || v > hi)
+        die_usage("invalid %s '%s' (expected %llu..%llu)", name, s, (unsigned long long)lo,
+                  (unsigned long long)hi);
+    return v;
+}
+
+/* True when host resolves to a loopback address only. */
+static bool host_is_loopback(const char *host)
+{
+    struct addrinfo hints = {0}, *res, *ai;
+    bool loop = true;
+
+    hints.ai_flags = AI_PASSIVE;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0)
+        return false;
+    for (ai = res; ai; ai = ai->ai_next) {
+        if (ai->ai_family == AF_INET) {
+            uint32_t a = ntohl(((struct sockaddr_in *)ai->ai_addr)->sin_addr.s_addr);
+            loop = loop && (a >> 24) == 127;
+        } else if (ai->ai_family == AF_INET6) {
+            loop = loop && IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr);
+        } else {
+            loop = false;
+        }
+    }
+    freeaddrinfo(res);
+    return loop;
+}
+
+struct ctx {
+    struct server *srv;
+    uv_signal_t sigint, sigterm;
+};
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct ctx *ctx = h->data;
+
+    log_info(MOD, "%s received, shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    server_stop(ctx->srv);
+    uv_close((uv_handle_t *)&ctx->sigint, NULL);
+    uv_close((uv_handle_t *)&ctx->sigterm, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_LOG_FILE = 256, OPT_MAX_VALUE, OPT_MAX_LINE, OPT_MAX_GET_KEYS, OPT_MAX_OUTPUT,
+           OPT_IDLE_TIMEOUT };
+    static const struct option opts[] = {
+        {"host", required_argument, NULL, 's'},
+        {"port", required_argument, NULL, 'p'},
+        {"tcp", no_argument, NULL, 't'},
+        {"udp", no_argument, NULL, 'u'},
+        {"log", required_argument, NULL, 'l'},
+        {"log-file", required_argument, NULL, OPT_LOG_FILE},
+        {"max-memory", required_argument, NULL, 'm'},
+        {"max-conns", required_argument, NULL, 'c'},
+        {"max-value", required_argument, NULL, OPT_MAX_VALUE},
+        {"max-line", required_argument, NULL, OPT_MAX_LINE},
+        {"max-get-keys", required_argument, NULL, OPT_MAX_GET_KEYS},
+        {"max-output", required_argument, NULL, OPT_MAX_OUTPUT},
+        {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    struct server_config cfg;
+    const char *log_file = NULL;
+    bool want_tcp = false, want_udp = false;
+    enum log_level lvl = LOG_LEVEL_INFO;
+    struct ctx ctx;
+    uv_loop_t loop;
+    int c, r, err;
+
+    server_config_defaults(&cfg);
+    while ((c = getopt_long(argc, argv, "s:p:tul:m:c:hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 's':
+            cfg.host = optarg;
+            break;
+        case 'p':
+            cfg.port = (int)num_arg("port", optarg, 0, 65535);
+            break;
+        case 't':
+            want_tcp = true;
+            break;
+        case 'u':
+            want_udp = true;
+            break;
+        case 'l':
+            if (log_parse_level(optarg, &lvl) < 0)
+                die_usage("invalid log level '%s' (error, warn, info, debug, 0, 1, 2)", optarg);
+            break;
+        case OPT_LOG_FILE:
+            log_file = optarg;
+            break;
+        case 'm':
+            cfg.max_memory_bytes = num_arg("max-memory (MiB)", optarg, 1, 1u << 24) << 20;
+            break;
+        case 'c':
+            cfg.max_conns = num_arg("max-conns", optarg, 1, 1000000);
+            break;
+        case OPT_MAX_VALUE:
+            cfg.value_bytes_max = num_arg("max-value", optarg, 1, LIMIT_VALUE_BYTES_CEILING);
+            break;
+        case OPT_MAX_LINE:
+            cfg.get_line_bytes_max =
+                num_arg("max-line", optarg, LIMIT_LINE_BYTES_MAX, 64u << 20);
+            break;
+        case OPT_MAX_GET_KEYS:
+            cfg.get_keys_max = num_arg("max-get-keys", optarg, 1, 10000000);
+            break;
+        case OPT_MAX_OUTPUT:
+            cfg.conn_output_bytes_max = num_arg("max-output", optarg, 4096, 1ull << 32);
+            break;
+        case OPT_IDLE_TIMEOUT:
+            cfg.idle_timeout_s = (unsigned)num_arg("idle-timeout", optarg, 0, 86400 * 365);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("serve (tpckv) %s\n", TPCKV_VERSION);
+            return 0;
+        default:
+            fprintf(stderr, "Try 'serve --help' for more information.\n");
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc)
+        die_usage("unexpected argument '%s'", argv[optind]);
+
+    log_set_level(lvl);
+    if (log_file && (r = log_open_file(log_file)) < 0) {
+        fprintf(stderr, "serve: cannot open log file %s: %s\n", log_file, strerror(-r));
+        return 1;
+    }
+    if (want_tcp || want_udp) {
+        cfg.tcp = want_tcp;
+        cfg.udp = want_udp;
+    } else {
+        cfg.tcp = true;
+        cfg.udp = host_is_loopback(cfg.host);
+        if (!cfg.udp)
+            log_info(MOD, "UDP is off: %s is not a loopback address (use -u to enable it)",
+                     cfg.host);
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    uv_loop_init(&loop);
+    log_info(MOD, "tpckv serve %s starting, pid %d", TPCKV_VERSION, (int)getpid());
+    ctx.srv = server_new(&loop, &cfg, &err);
+    if (ctx.srv == NULL) {
+        log_error(MOD, "cannot create the server: %s", strerror(-err));
+        return 1;
+    }
+    if ((r = server_start(ctx.srv)) < 0) {
+        log_error(MOD, "cannot listen on %s port %d: %s", cfg.host, cfg.port, uv_strerror(r));
+        uv_run(&loop, UV_RUN_DEFAULT); /* let closed handles finish */
+        server_free(ctx.srv);
+        uv_loop_close(&loop);
+        return 1;
+    }
+    uv_signal_init(&loop, &ctx.sigint);
+    uv_signal_init(&loop, &ctx.sigterm);
+    ctx.sigint.data = ctx.sigterm.data = &ctx;
+    uv_signal_start(&ctx.sigint, on_signal, SIGINT);
+    uv_signal_start(&ctx.sigterm, on_signal, SIGTERM);
+
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    server_free(ctx.srv);
+    r = uv_loop_close(&loop);
+    if (r < 0)
+        log_warn(MOD, "event loop closed with handles open: %s", uv_strerror(r));
+    log_info(MOD, "stopped");
+    log_close();
+    return 0;
+}

@@ -1,0 +1,665 @@
+/*
+ * unit_proto.c - the memcached text parser: every command, every class of
+ * bad input, pipelining, and a stream fed in pieces split at every byte
+ * boundary (which must parse exactly like the stream fed whole).
+ */
+#include "limits.h"
+#include "proto.h"
+#include "unit.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct proto_limits lim = {
+    .value_bytes_max = 64,
+    .get_line_bytes_max = 8192,
+    .get_keys_max = 100,
+};
+
+/* Parses s (NUL-terminated) once. */
+static enum proto_status parse(const char *s, struct proto_req *req, size_t *consumed)
+{
+    return proto_parse(s, strlen(s), &lim, req, consumed);
+}
+
+static void expect_error(const char *s, const char *err, size_t consumed_want)
+{
+    struct proto_req req;
+    size_t consumed;
+    enum proto_status st = parse(s, &req, &consumed);
+
+    CU_ASSERT_EQUAL(st, PROTO_ERROR);
+    if (st == PROTO_ERROR) {
+        CU_ASSERT_STRING_EQUAL(req.error, err);
+        CU_ASSERT_EQUAL(consumed, consumed_want);
+    } else {
+        fprintf(stderr, "\n  input %s: status %d\n", s, st);
+    }
+}
+
+static void test_set_basic(void)
+{
+    struct proto_req req;
+    size_t consumed;
+    const char *s = "set foo 123 60 5\r\nhello\r\nget foo\r\n";
+
+    CU_ASSERT_EQUAL(parse(s, &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.cmd, PROTO_CMD_SET);
+    CU_ASSERT_EQUAL(req.nkey, 3);
+    CU_ASSERT_NSTRING_EQUAL(req.key, "foo", 3);
+    CU_ASSERT_EQUAL(req.flags, 123);
+    CU_ASSERT_EQUAL(req.exptime, 60);
+    CU_ASSERT_EQUAL(req.ndata, 5);
+    CU_ASSERT_NSTRING_EQUAL(req.data, "hello", 5);
+    CU_ASSERT_FALSE(req.noreply);
+    CU_ASSERT_FALSE(req.too_large);
+    CU_ASSERT_EQUAL(consumed, strlen("set foo 123 60 5\r\nhello\r\n"));
+}
+
+static void test_storage_commands(void)
+{
+    static const struct {
+        const char *line;
+        enum proto_cmd cmd;
+    } cases[] = {
+        {"set k 0 0 1\r\nx\r\n", PROTO_CMD_SET},         {"add k 0 0 1\r\nx\r\n", PROTO_CMD_ADD},
+        {"replace k 0 0 1\r\nx\r\n", PROTO_CMD_REPLACE}, {"append k 0 0 1\r\nx\r\n", PROTO_CMD_APPEND},
+        {"prepend k 0 0 1\r\nx\r\n", PROTO_CMD_PREPEND}, {"cas k 0 0 1 99\r\nx\r\n", PROTO_CMD_CAS},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct proto_req req;
+        size_t consumed;
+        CU_ASSERT_EQUAL(parse(cases[i].line, &req, &consumed), PROTO_OK);
+        CU_ASSERT_EQUAL(req.cmd, cases[i].cmd);
+        CU_ASSERT_EQUAL(consumed, strlen(cases[i].line));
+        CU_ASSERT_TRUE(proto_cmd_is_write(req.cmd));
+    }
+}
+
+static void test_cas_fields_and_noreply(void)
+{
+    struct proto_req req;
+    size_t consumed;
+
+    CU_ASSERT_EQUAL(parse("cas k 4294967295 -1 3 18446744073709551615 noreply\r\nabc\r\n", &req,
+                          &consumed),
+                    PROTO_OK);
+    CU_ASSERT_EQUAL(req.flags, 4294967295u);
+    CU_ASSERT_EQUAL(req.exptime, -1);
+    CU_ASSERT_EQUAL(req.cas, UINT64_MAX);
+    CU_ASSERT_TRUE(req.noreply);
+}
+
+static void test_line_ends_in_bare_newline(void)
+{
+    struct proto_req req;
+    size_t consumed;
+
+    CU_ASSERT_EQUAL(parse("get a b\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.nkeys, 2);
+    CU_ASSERT_EQUAL(consumed, 8);
+}
+
+static void test_retrieval(void)
+{
+    struct proto_req req;
+    size_t consumed, pos = 0, nk;
+    const char *k;
+
+    CU_ASSERT_EQUAL(parse("gets  a  bb   ccc \r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.cmd, PROTO_CMD_GETS);
+    CU_ASSERT_EQUAL(req.nkeys, 3);
+    CU_ASSERT_TRUE(proto_next_key(&req, &pos, &k, &nk));
+    CU_ASSERT_EQUAL(nk, 1);
+    CU_ASSERT_NSTRING_EQUAL(k, "a", 1);
+    CU_ASSERT_TRUE(proto_next_key(&req, &pos, &k, &nk));
+    CU_ASSERT_NSTRING_EQUAL(k, "bb", 2);
+    CU_ASSERT_TRUE(proto_next_key(&req, &pos, &k, &nk));
+    CU_ASSERT_EQUAL(nk, 3);
+    CU_ASSERT_FALSE(proto_next_key(&req, &pos, &k, &nk));
+
+    CU_ASSERT_EQUAL(parse("gat 100 x y\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.cmd, PROTO_CMD_GAT);
+    CU_ASSERT_EQUAL(req.exptime, 100);
+    CU_ASSERT_EQUAL(req.nkeys, 2);
+    CU_ASSERT_EQUAL(parse("gats -1 x\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.exptime, -1);
+}
+
+static void test_other_commands(void)
+{
+    struct proto_req req;
+    size_t consumed;
+
+    CU_ASSERT_EQUAL(parse("delete k\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.cmd, PROTO_CMD_DELETE);
+    CU_ASSERT_EQUAL(parse("delete k 0\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(parse("delete k 0 noreply\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_TRUE(req.noreply);
+    CU_ASSERT_EQUAL(parse("incr k 18446744073709551615\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.delta, UINT64_MAX);
+    CU_ASSERT_EQUAL(parse("decr k 5 noreply\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.cmd, PROTO_CMD_DECR);
+    CU_ASSERT_TRUE(req.noreply);
+    CU_ASSERT_EQUAL(parse("touch k 10\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.exptime, 10);
+    CU_ASSERT_EQUAL(parse("flush_all\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.delay, 0);
+    CU_ASSERT_EQUAL(parse("flush_all 30 noreply\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.delay, 30);
+    CU_ASSERT_TRUE(req.noreply);
+    CU_ASSERT_EQUAL(parse("flush_all noreply\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_TRUE(req.noreply);
+    CU_ASSERT_EQUAL(parse("version\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.cmd, PROTO_CMD_VERSION);
+    CU_ASSERT_EQUAL(parse("verbosity 1\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.verbosity, 1);
+    CU_ASSERT_EQUAL(parse("stats\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.narg, 0);
+    CU_ASSERT_EQUAL(parse("stats settings\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_NSTRING_EQUAL(req.arg, "settings", 8);
+    CU_ASSERT_EQUAL(parse("quit\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.cmd, PROTO_CMD_QUIT);
+    CU_ASSERT_EQUAL(parse("keys user:\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.cmd, PROTO_CMD_KEYS);
+    CU_ASSERT_NSTRING_EQUAL(req.arg, "user:", 5);
+    CU_ASSERT_EQUAL(parse("keys\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.narg, 0);
+}
+
+static void test_unknown_and_missing_args(void)
+{
+    expect_error("bogus slkdsldkfjsd\r\n", "ERROR", 20);
+    expect_error("\r\n", "ERROR", 2);
+    expect_error("   \r\n", "ERROR", 5);
+    expect_error("GET foo\r\n", "ERROR", 9); /* commands are case-sensitive */
+    expect_error("get\r\n", "ERROR", 5);
+    expect_error("gets   \r\n", "ERROR", 9);
+    expect_error("gat 10\r\n", "ERROR", 8);
+    expect_error("delete\r\n", "ERROR", 8);
+    expect_error("verbosity\r\n", "ERROR", 11);
+    expect_error("incr k\r\n", "ERROR", 8);
+    expect_error("version extra\r\n", "ERROR", 15);
+}
+
+static void test_bad_numbers(void)
+{
+    const char *fmt = "CLIENT_ERROR bad command line format";
+
+    /* A bad field with a valid <bytes>: the data block is swallowed. */
+    expect_error("set k abc 0 1\r\nx\r\n", fmt, 18);
+    expect_error("set k 0 x 1\r\nx\r\n", fmt, 16);
+    expect_error("set k 4294967296 0 1\r\nx\r\n", fmt, 25);
+    expect_error("cas bad 0 0 1 blah\r\nx\r\n", fmt, 23);
+    /* cas without its cas value (newer memcached says CLIENT_ERROR). */
+    expect_error("cas foo 0 0 6 \r\nbarva2\r\n", fmt, 24);
+    /* <bytes> itself bad: nothing can be swallowed. */
+    expect_error("set k 0 0 -1\r\n", fmt, 14);
+    expect_error("set k 0 0 4294967295\r\n", fmt, 22);
+    expect_error("set k 0 0 2147483647\r\nscooby", fmt, 22);
+    expect_error("set k 0 0 abc\r\n", fmt, 15);
+    expect_error("set k 0 0\r\n", fmt, 11);
+    expect_error("set k 0 0 1 junk\r\nx\r\n", fmt, 21);
+    expect_error("incr k abc\r\n", "CLIENT_ERROR invalid numeric delta argument", 12);
+    expect_error("incr k -1\r\n", "CLIENT_ERROR invalid numeric delta argument", 11);
+    expect_error("incr k 18446744073709551616\r\n", "CLIENT_ERROR invalid numeric delta argument",
+                 29);
+    expect_error("touch k soon\r\n", "CLIENT_ERROR invalid exptime argument", 14);
+    expect_error("flush_all invalid\r\n", "CLIENT_ERROR invalid exptime argument", 19);
+    expect_error("gat x k\r\n", "CLIENT_ERROR invalid exptime argument", 9);
+    expect_error("verbosity x\r\n", fmt, 13);
+    expect_error("delete a b c d e\r\n",
+                 "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]", 18);
+    expect_error("delete k 10\r\n",
+                 "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]", 13);
+    expect_error("stats a b\r\n", fmt, 11);
+}
+
+static void test_noreply_on_errors(void)
+{
+    struct proto_req req;
+    size_t consumed;
+
+    /* memcached stays silent for these: a noreply client reads nothing. */
+    CU_ASSERT_EQUAL(parse("delete k 10 noreply\r\n", &req, &consumed), PROTO_ERROR);
+    CU_ASSERT_TRUE(req.noreply);
+    CU_ASSERT_EQUAL(parse("verbosity noreply\r\n", &req, &consumed), PROTO_ERROR);
+    CU_ASSERT_TRUE(req.noreply);
+    CU_ASSERT_EQUAL(parse("set k x 0 1 noreply\r\nx\r\n", &req, &consumed), PROTO_ERROR);
+    CU_ASSERT_TRUE(req.noreply);
+    /* An unknown command is never silent. */
+    CU_ASSERT_EQUAL(parse("frob noreply\r\n", &req, &consumed), PROTO_ERROR);
+    CU_ASSERT_FALSE(req.noreply);
+    /* stats takes no noreply: "noreply" is just an (unknown) argument. */
+    CU_ASSERT_EQUAL(parse("stats noreply\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_FALSE(req.noreply);
+}
+
+static void test_bad_keys(void)
+{
+    char line[600];
+    char key[252];
+    const char *too_long = "CLIENT_ERROR bad command line format: key longer than 250 bytes";
+    const char *ctrl = "CLIENT_ERROR bad command line format: key has control characters";
+
+    memset(key, 'k', 251);
+    key[251] = '\0';
+    snprintf(line, sizeof(line), "get %s\r\n", key);
+    expect_error(line, too_long, strlen(line));
+    snprintf(line, sizeof(line), "get ok %s\r\n", key);
+    expect_error(line, too_long, strlen(line));
+    snprintf(line, sizeof(line), "set %s 0 0 1\r\nx\r\n", key);
+    expect_error(line, too_long, strlen(line));
+    snprintf(line, sizeof(line), "delete %s\r\n", key);
+    expect_error(line, too_long, strlen(line));
+    snprintf(line, sizeof(line), "incr %s 1\r\n", key);
+    expect_error(line, too_long, strlen(line));
+    expect_error("get a\x01z\r\n", ctrl, 9);
+    expect_error("set a\tb 0 0 1\r\nx\r\n", ctrl, 18);
+    expect_error("touch \x7f 1\r\n", ctrl, 11);
+
+    /* 250 bytes is fine. */
+    struct proto_req req;
+    size_t consumed;
+    key[250] = '\0';
+    snprintf(line, sizeof(line), "get %s\r\n", key);
+    CU_ASSERT_EQUAL(parse(line, &req, &consumed), PROTO_OK);
+    CU_ASSERT_TRUE(proto_key_valid(key, 250));
+    CU_ASSERT_FALSE(proto_key_valid(key, 0));
+    CU_ASSERT_TRUE(proto_key_valid("\xc3\xa9t\xc3\xa9", 5)); /* UTF-8 is allowed */
+}
+
+static void test_too_many_keys(void)
+{
+    char line[1024] = "get";
+    struct proto_req req;
+    size_t consumed;
+
+    for (int i = 0; i < 100; i++)
+        strcat(line, " k");
+    strcat(line, "\r\n");
+    CU_ASSERT_EQUAL(parse(line, &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.nkeys, 100);
+    line[strlen(line) - 2] = '\0';
+    strcat(line, " k\r\n");
+    expect_error(line, "CLIENT_ERROR too many keys in one request", strlen(line));
+}
+
+static void test_data_block(void)
+{
+    struct proto_req req;
+    size_t consumed;
+
+    /* Value longer than announced, or missing its \r\n: bad data chunk, and
+     * the announced block plus two bytes are dropped. */
+    expect_error("set k 0 0 3\r\nabcdef\r\n", "CLIENT_ERROR bad data chunk", 18);
+    expect_error("set k 0 0 3\r\nabc\n\nset", "CLIENT_ERROR bad data chunk", 18);
+    /* Zero-length and binary values. */
+    CU_ASSERT_EQUAL(parse("set k 0 0 0\r\n\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.ndata, 0);
+    const char bin[] = "set k 0 0 4\r\n\0\r\n\x01\r\n";
+    CU_ASSERT_EQUAL(proto_parse(bin, sizeof(bin) - 1, &lim, &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.ndata, 4);
+    CU_ASSERT_EQUAL(memcmp(req.data, "\0\r\n\x01", 4), 0);
+    /* Incomplete block: tell the caller how much is needed. */
+    CU_ASSERT_EQUAL(parse("set k 0 0 10\r\nabc", &req, &consumed), PROTO_NEED_MORE);
+    CU_ASSERT_EQUAL(req.need, 14 + 12);
+    CU_ASSERT_EQUAL(consumed, 0);
+}
+
+static void test_too_large_is_swallowed(void)
+{
+    struct proto_req req;
+    size_t consumed;
+
+    /* 65 > value_bytes_max (64): reported at once, block swallowed even
+     * though none of it has arrived yet. */
+    CU_ASSERT_EQUAL(parse("set big 0 0 65\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_TRUE(req.too_large);
+    CU_ASSERT_EQUAL(req.cmd, PROTO_CMD_SET);
+    CU_ASSERT_NSTRING_EQUAL(req.key, "big", 3);
+    CU_ASSERT_PTR_NULL(req.data);
+    CU_ASSERT_EQUAL(consumed, 16 + 65 + 2);
+    CU_ASSERT_EQUAL(parse("set ok 0 0 64\r\n", &req, &consumed), PROTO_NEED_MORE);
+}
+
+static void test_long_lines(void)
+{
+    char *buf = malloc(20000);
+    struct proto_req req;
+    size_t consumed;
+
+    /* A non-retrieval line with no newline past 2048 bytes: hang up. */
+    memset(buf, ' ', 3000);
+    memcpy(buf, "incr ", 5);
+    CU_ASSERT_EQUAL(proto_parse(buf, 3000, &lim, &req, &consumed), PROTO_CLOSE);
+    CU_ASSERT_EQUAL(proto_parse(buf, 2048, &lim, &req, &consumed), PROTO_NEED_MORE);
+    /* Garbage without any newline. */
+    memset(buf, 'x', 3000);
+    CU_ASSERT_EQUAL(proto_parse(buf, 3000, &lim, &req, &consumed), PROTO_CLOSE);
+    /* Same, complete with its newline. */
+    memcpy(buf + 2998, "\r\n", 2);
+    CU_ASSERT_EQUAL(proto_parse(buf, 3000, &lim, &req, &consumed), PROTO_CLOSE);
+    /* A get line may be longer (up to get_line_bytes_max = 8192)... */
+    memset(buf, ' ', 8192);
+    memcpy(buf, "get ", 4);
+    CU_ASSERT_EQUAL(proto_parse(buf, 5000, &lim, &req, &consumed), PROTO_NEED_MORE);
+    memcpy(buf + 5000, "k\r\n", 3);
+    CU_ASSERT_EQUAL(proto_parse(buf, 5003, &lim, &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.nkeys, 1);
+    CU_ASSERT_EQUAL(consumed, 5003);
+    /* ...but not longer. */
+    memset(buf, ' ', 9000);
+    memcpy(buf, "gets ", 5);
+    CU_ASSERT_EQUAL(proto_parse(buf, 9000, &lim, &req, &consumed), PROTO_CLOSE);
+    free(buf);
+}
+
+static void test_http_hangs_up(void)
+{
+    struct proto_req req;
+    size_t consumed;
+
+    CU_ASSERT_EQUAL(parse("GET / HTTP/1.0\r\n", &req, &consumed), PROTO_CLOSE);
+    CU_ASSERT_EQUAL(parse("PUT /asdf/asd/fasdfasdf/sadf HTTP/1.1\r\n", &req, &consumed),
+                    PROTO_CLOSE);
+    CU_ASSERT_EQUAL(parse("DELETE HTTP/1.1\r\n", &req, &consumed), PROTO_CLOSE);
+    CU_ASSERT_EQUAL(parse("a b c d e f g h i j HTTP/1.1\r\n", &req, &consumed), PROTO_CLOSE);
+}
+
+/* ---- streaming: the connection's loop, fed in pieces ---------------------- */
+
+struct event {
+    enum proto_status st;
+    enum proto_cmd cmd;
+    bool too_large, noreply;
+    char key[16];
+    size_t nkeys, ndata;
+    char data[32];
+    const char *error;
+};
+
+#define MAX_EVENTS 64
+
+/* Feeds stream[0..len) in pieces that end at the offsets in cuts[] (then the
+ * rest), the way a connection does: buffer, parse every complete request,
+ * swallow refused data blocks. Returns the number of events. */
+static size_t run_stream(const char *stream, size_t len, const size_t *cuts, size_t ncuts,
+                         struct event *ev)
+{
+    char *buf = malloc(len + 1);
+    size_t blen = 0, off = 0, nev = 0, swallow = 0;
+    bool closed = false;
+
+    for (size_t piece = 0; piece <= ncuts && !closed; piece++) {
+        size_t end = piece < ncuts ? cuts[piece] : len;
+        size_t n = end - off;
+        memcpy(buf + blen, stream + off, n);
+        blen += n;
+        off = end;
+        size_t d = blen < swallow ? blen : swallow;
+        memmove(buf, buf + d, blen - d);
+        blen -= d;
+        swallow -= d;
+        size_t pos = 0;
+        while (!closed && swallow == 0 && pos < blen) {
+            struct proto_req req;
+            size_t consumed;
+            enum proto_status st = proto_parse(buf + pos, blen - pos, &lim, &req, &consumed);
+            if (st == PROTO_NEED_MORE)
+                break;
+            CU_ASSERT_FATAL(nev < MAX_EVENTS);
+            struct event *e = &ev[nev++];
+            memset(e, 0, sizeof(*e));
+            e->st = st;
+            e->cmd = req.cmd;
+            e->too_large = req.too_large;
+            e->noreply = req.noreply;
+            e->error = st == PROTO_OK ? NULL : req.error;
+            if (req.key)
+                memcpy(e->key, req.key, req.nkey < 15 ? req.nkey : 15);
+            e->nkeys = req.nkeys;
+            e->ndata = req.ndata;
+            if (req.data)
+                memcpy(e->data, req.data, req.ndata < 31 ? req.ndata : 31);
+            if (st == PROTO_CLOSE) {
+                closed = true;
+                break;
+            }
+            CU_ASSERT(consumed > 0);
+            if (consumed > blen - pos) {
+                swallow = consumed - (blen - pos);
+                pos = blen;
+            } else {
+                pos += consumed;
+            }
+        }
+        memmove(buf, buf + pos, blen - pos);
+        blen -= pos;
+    }
+    free(buf);
+    return nev;
+}
+
+static bool same_events(const struct event *a, size_t na, const struct event *b, size_t nb)
+{
+    if (na != nb)
+        return false;
+    for (size_t i = 0; i < na; i++) {
+        if (a[i].st != b[i].st || a[i].cmd != b[i].cmd || a[i].too_large != b[i].too_large ||
+            a[i].noreply != b[i].noreply || a[i].nkeys != b[i].nkeys ||
+            a[i].ndata != b[i].ndata || strcmp(a[i].key, b[i].key) != 0 ||
+            memcmp(a[i].data, b[i].data, sizeof(a[i].data)) != 0 ||
+            (a[i].error == NULL) != (b[i].error == NULL) ||
+            (a[i].error && strcmp(a[i].error, b[i].error) != 0))
+            return false;
+    }
+    return true;
+}
+
+/* Every kind of request, good and bad, back to back. */
+static const char pipeline[] =
+    "set a 1 0 3\r\nxyz\r\n"
+    "get a b c\r\n"
+    "set big 0 0 70 noreply\r\n"
+    "0123456789012345678901234567890123456789012345678901234567890123456789\r\n"
+    "add b 0 0 4\r\n\r\n\r\n\r\n"
+    "bogus\r\n"
+    "set k 0 0 2\r\nabcd\r\n"
+    "incr a 5 noreply\r\n"
+    "cas k x 0 3 7\r\nabc\r\n"
+    "gats 10 a b\n"
+    "delete a\r\n"
+    "stats\r\n"
+    "set c 0 0 0\r\n\r\n"
+    "get c\r\n"
+    "GET / HTTP/1.1\r\n"
+    "get never\r\n";
+
+static void test_pipeline_whole(void)
+{
+    struct event ev[MAX_EVENTS];
+    size_t n = run_stream(pipeline, sizeof(pipeline) - 1, NULL, 0, ev);
+
+    if (n != 15)
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, "\n  event %zu: st %d cmd %s key %s err %s", i, ev[i].st,
+                    proto_cmd_name(ev[i].cmd), ev[i].key, ev[i].error ? ev[i].error : "-");
+    CU_ASSERT_EQUAL_FATAL(n, 15);
+    CU_ASSERT_EQUAL(ev[0].cmd, PROTO_CMD_SET);
+    CU_ASSERT_STRING_EQUAL(ev[0].data, "xyz");
+    CU_ASSERT_EQUAL(ev[1].nkeys, 3);
+    CU_ASSERT_TRUE(ev[2].too_large);
+    CU_ASSERT_TRUE(ev[2].noreply);
+    CU_ASSERT_EQUAL(ev[3].cmd, PROTO_CMD_ADD);
+    CU_ASSERT_EQUAL(ev[3].ndata, 4);
+    CU_ASSERT_EQUAL(ev[4].st, PROTO_ERROR); /* bogus */
+    CU_ASSERT_STRING_EQUAL(ev[5].error, "CLIENT_ERROR bad data chunk");
+    CU_ASSERT_EQUAL(ev[6].st, PROTO_ERROR); /* the "\r\n" left after abcd */
+    CU_ASSERT_EQUAL(ev[7].cmd, PROTO_CMD_INCR);
+    CU_ASSERT_EQUAL(ev[8].st, PROTO_ERROR); /* cas with bad flags, block swallowed */
+    CU_ASSERT_EQUAL(ev[9].cmd, PROTO_CMD_GATS);
+    CU_ASSERT_EQUAL(ev[10].cmd, PROTO_CMD_DELETE);
+    CU_ASSERT_EQUAL(ev[11].cmd, PROTO_CMD_STATS);
+    CU_ASSERT_EQUAL(ev[12].ndata, 0);
+    CU_ASSERT_EQUAL(ev[13].cmd, PROTO_CMD_GET);
+    CU_ASSERT_EQUAL(ev[14].st, PROTO_CLOSE); /* and nothing after the hang-up */
+}
+
+static void test_split_at_every_byte(void)
+{
+    struct event whole[MAX_EVENTS], part[MAX_EVENTS];
+    size_t len = sizeof(pipeline) - 1;
+    size_t nw = run_stream(pipeline, len, NULL, 0, whole);
+    size_t bad = 0;
+
+    for (size_t cut = 1; cut < len; cut++) {
+        size_t np = run_stream(pipeline, len, &cut, 1, part);
+        if (!same_events(whole, nw, part, np)) {
+            if (bad++ == 0)
+                fprintf(stderr, "\n  split at %zu differs\n", cut);
+        }
+    }
+    CU_ASSERT_EQUAL(bad, 0);
+}
+
+static void test_byte_at_a_time(void)
+{
+    struct event whole[MAX_EVENTS], part[MAX_EVENTS];
+    size_t len = sizeof(pipeline) - 1;
+    size_t *cuts = malloc(len * sizeof(*cuts));
+
+    for (size_t i = 0; i < len - 1; i++)
+        cuts[i] = i + 1;
+    size_t nw = run_stream(pipeline, len, NULL, 0, whole);
+    size_t np = run_stream(pipeline, len, cuts, len - 1, part);
+    CU_ASSERT_TRUE(same_events(whole, nw, part, np));
+    free(cuts);
+}
+
+/* Random bytes must never crash the parser, read out of bounds (ASan), or
+ * report a request that consumed nothing. */
+static void test_garbage(void)
+{
+    unsigned seed = 12345;
+    char buf[512];
+    static const char alphabet[] = "set get 0 1 2 9 -\r\n \x00\xff abc noreply cas incr";
+
+    for (int round = 0; round < 20000; round++) {
+        size_t len = (size_t)(rand_r(&seed) % sizeof(buf));
+        bool text = rand_r(&seed) & 1;
+        for (size_t i = 0; i < len; i++)
+            buf[i] = text ? alphabet[rand_r(&seed) % (sizeof(alphabet) - 1)]
+                          : (char)rand_r(&seed);
+        size_t pos = 0;
+        while (pos < len) {
+            struct proto_req req;
+            size_t consumed;
+            enum proto_status st = proto_parse(buf + pos, len - pos, &lim, &req, &consumed);
+            if (st == PROTO_NEED_MORE || st == PROTO_CLOSE)
+                break;
+            CU_ASSERT_FATAL(consumed > 0);
+            if (st == PROTO_ERROR)
+                CU_ASSERT_PTR_NOT_NULL(req.error);
+            pos += consumed;
+        }
+    }
+}
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static void test_exptime(void)
+{
+    int64_t now = 1700000000000;
+
+    CU_ASSERT_EQUAL(proto_exptime_abs_ms(0, now), 0);
+    CU_ASSERT_EQUAL(proto_exptime_abs_ms(-1, now), PROTO_EXPTIME_EXPIRED);
+    CU_ASSERT_EQUAL(proto_exptime_abs_ms(10, now), now + 10000);
+    CU_ASSERT_EQUAL(proto_exptime_abs_ms(LIMIT_EXPTIME_RELATIVE_MAX_S, now),
+                    now + (int64_t)LIMIT_EXPTIME_RELATIVE_MAX_S * 1000);
+    /* Past 30 days it is an absolute unix time (here one in the past). */
+    CU_ASSERT_EQUAL(proto_exptime_abs_ms(LIMIT_EXPTIME_RELATIVE_MAX_S + 1, now),
+                    (int64_t)(LIMIT_EXPTIME_RELATIVE_MAX_S + 1) * 1000);
+    CU_ASSERT_EQUAL(proto_exptime_abs_ms(1800000000, now), 1800000000000);
+}
+
+static void test_value_header(void)
+{
+    char hdr[PROTO_VALUE_HDR_MAX];
+    size_t n = proto_fmt_value_hdr(hdr, "foo", 3, 4294967295u, 0, false, 0);
+
+    CU_ASSERT_STRING_EQUAL(hdr, "VALUE foo 4294967295 0\r\n");
+    CU_ASSERT_EQUAL(n, strlen(hdr));
+    n = proto_fmt_value_hdr(hdr, "k", 1, 0, 1048576, true, UINT64_MAX);
+    CU_ASSERT_STRING_EQUAL(hdr, "VALUE k 0 1048576 18446744073709551615\r\n");
+    CU_ASSERT_EQUAL(n, strlen(hdr));
+}
+
+/* ---- UDP framing ----------------------------------------------------------- */
+
+static void test_udp_header(void)
+{
+    unsigned char d[16];
+    struct proto_udp_hdr h = {0xbeef, 0, 1, 0}, out;
+
+    proto_udp_encode(d, &h);
+    CU_ASSERT_EQUAL(d[0], 0xbe);
+    CU_ASSERT_EQUAL(d[1], 0xef);
+    CU_ASSERT_EQUAL(d[5], 1);
+    CU_ASSERT_EQUAL(proto_udp_decode(d, 8, &out), 0);
+    CU_ASSERT_EQUAL(out.req_id, 0xbeef);
+    CU_ASSERT_EQUAL(out.total, 1);
+    CU_ASSERT_EQUAL(proto_udp_decode(d, 7, &out), -EINVAL); /* short */
+    h.total = 2;
+    proto_udp_encode(d, &h);
+    CU_ASSERT_EQUAL(proto_udp_decode(d, 16, &out), -EMSGSIZE); /* multi-datagram */
+    h.total = 1;
+    h.seq = 1;
+    proto_udp_encode(d, &h);
+    CU_ASSERT_EQUAL(proto_udp_decode(d, 16, &out), -EMSGSIZE);
+    h.total = 0;
+    h.seq = 0;
+    proto_udp_encode(d, &h);
+    CU_ASSERT_EQUAL(proto_udp_decode(d, 16, &out), -EMSGSIZE);
+}
+
+static void test_udp_datagrams(void)
+{
+    CU_ASSERT_EQUAL(proto_udp_datagrams(0), 0);
+    CU_ASSERT_EQUAL(proto_udp_datagrams(1), 1);
+    CU_ASSERT_EQUAL(proto_udp_datagrams(LIMIT_UDP_PAYLOAD_BYTES), 1);
+    CU_ASSERT_EQUAL(proto_udp_datagrams(LIMIT_UDP_PAYLOAD_BYTES + 1), 2);
+    CU_ASSERT_EQUAL(proto_udp_datagrams(1048576 + 100), 754);
+}
+
+void unit_proto_register(void)
+{
+    CU_pSuite s = unit_suite("proto");
+    unit_test(s, "set with data block", test_set_basic);
+    unit_test(s, "all storage commands", test_storage_commands);
+    unit_test(s, "cas fields, noreply", test_cas_fields_and_noreply);
+    unit_test(s, "bare \\n line end", test_line_ends_in_bare_newline);
+    unit_test(s, "get/gets/gat/gats keys", test_retrieval);
+    unit_test(s, "delete incr touch flush stats ...", test_other_commands);
+    unit_test(s, "unknown command, missing args", test_unknown_and_missing_args);
+    unit_test(s, "bad numbers", test_bad_numbers);
+    unit_test(s, "noreply silences errors", test_noreply_on_errors);
+    unit_test(s, "bad keys", test_bad_keys);
+    unit_test(s, "too many keys", test_too_many_keys);
+    unit_test(s, "data block framing", test_data_block);
+    unit_test(s, "too large is swallowed", test_too_large_is_swallowed);
+    unit_test(s, "long lines", test_long_lines);
+    unit_test(s, "HTTP request hangs up", test_http_hangs_up);
+    unit_test(s, "pipeline parsed whole", test_pipeline_whole);
+    unit_test(s, "split at every byte boundary", test_split_at_every_byte);
+    unit_test(s, "one byte at a time", test_byte_at_a_time);
+    unit_test(s, "random garbage", test_garbage);
+    unit_test(s, "exptime rules", test_exptime);
+    unit_test(s, "VALUE header", test_value_header);
+
+    CU_pSuite u = unit_suite("udp");
+    unit_test(u, "frame header", test_udp_header);
+    unit_test(u, "datagram count", test_udp_datagrams);
+}
