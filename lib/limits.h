@@ -56,7 +56,8 @@
 #define LIMIT_UDP_HEADER_BYTES 8
 #define LIMIT_UDP_PAYLOAD_BYTES 1392
 #define LIMIT_UDP_DATAGRAMS_MAX 65535
-/* Largest request datagram we read (IPv4 UDP payload maximum). */
+/* Largest request datagram we read (the IPv6 UDP payload maximum; IPv4
+ * allows 65507, so this is enough for both). */
 #define LIMIT_UDP_REQUEST_BYTES_MAX 65527
 
 /* Longest log line; longer messages are cut with "...". */
