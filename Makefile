@@ -82,7 +82,7 @@ $(BUILD)/serve: $(SERVE_OBJ) $(BUILD)/libtpckv.a
 
 $(BUILD)/clie: $(CLIE_OBJ) $(BUILD)/libtpckv.a
 	@echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(UV_LIBS) -lm
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ -lm
 
 $(BUILD)/libtpckv.a: $(LIB_OBJ)
 	@echo "  AR      $@"
@@ -147,4 +147,4 @@ install: all
 clean:
 	rm -rf build serve clie
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(LIB_OBJ:.o=.d) $(SERVE_OBJ:.o=.d) $(CLIE_OBJ:.o=.d) $(UNIT_OBJ:.o=.d)

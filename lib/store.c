@@ -260,8 +260,8 @@ static bool item_live(const struct store *s, const struct item *it, int64_t now_
     return true;
 }
 
-/* Calls fn on every link of both tables; fn returns true to unlink the item.
- * Returns the number unlinked. */
+/* Unlinks every dead item (every item, with everything) from both tables and
+ * recomputes next_expiry_ms. Returns the number unlinked. */
 static size_t sweep(struct store *s, int64_t now_ms, bool everything)
 {
     size_t n = 0;
@@ -502,6 +502,10 @@ int store_prepare(struct store *s, const struct store_op *op, uint64_t new_cas, 
 
     if (n1 + n2 > s->cfg.value_bytes_max)
         return reject(ch, STORE_TOO_LARGE);
+    /* Written already expired (negative exptime, or a past unix time): it
+     * only removes the old value, so it needs no room and no new item. */
+    if (exptime != 0 && exptime <= now_ms)
+        return 0;
     if (!room_for(s, op->nkey, n1 + n2, cur, now_ms))
         return reject(ch, STORE_NO_MEMORY);
     ch->item = item_new(op->key, op->nkey, v1, n1, v2, n2);
@@ -545,11 +549,7 @@ void store_commit(struct store *s, struct store_change *ch)
         unlink_item(s, tab, link);
     if (ch->item) {
         s->reserved -= ch->reserved;
-        /* Written already expired (negative exptime): it only removes. */
-        if (ch->item->exptime_ms != 0 && ch->item->exptime_ms <= ch->now_ms)
-            item_unref(ch->item);
-        else
-            insert_item(s, ch->item);
+        insert_item(s, ch->item);
         ch->item = NULL;
     }
     maybe_resize(s);

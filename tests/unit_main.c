@@ -49,7 +49,9 @@ int main(int argc, char **argv)
             registers[i]();
 
     CU_basic_set_mode(CU_BRM_NORMAL);
+    failed = 0;
     if (argc > 1) {
+        /* Each run starts its counts afresh: add them up. */
         for (int i = 1; i < argc; i++) {
             CU_pSuite s = CU_get_suite(argv[i]);
             if (s == NULL) {
@@ -58,11 +60,12 @@ int main(int argc, char **argv)
                 return 2;
             }
             CU_basic_run_suite(s);
+            failed += CU_get_number_of_failures() + CU_get_number_of_tests_failed();
         }
     } else {
         CU_basic_run_tests();
+        failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
     }
-    failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
     CU_cleanup_registry();
     return failed ? 1 : 0;
 }
