@@ -16,7 +16,7 @@ PREFIX ?= /usr/local
 CC ?= cc
 
 DEB_PKGS := gcc make pkg-config libuv1-dev libcunit1-dev libssl-dev openssl \
-            python3 python3-pymemcache procps coreutils
+            python3 python3-pymemcache libmemcached-tools procps coreutils
 
 ifdef SANITIZE
   BUILD := build/san
@@ -66,10 +66,11 @@ all: check-deps serve clie
 # Binaries live at the top so `./serve --help` works right after `make`.
 # A sanitized or debug build leaves them in its build dir instead.
 ifeq ($(BUILD),build/rel)
+# Copied by rename, so a rebuild works while ./serve is running.
 serve: $(BUILD)/serve
-	$(Q)cp $< $@
+	$(Q)cp $< $@.tmp && mv -f $@.tmp $@
 clie: $(BUILD)/clie
-	$(Q)cp $< $@
+	$(Q)cp $< $@.tmp && mv -f $@.tmp $@
 else
 serve: $(BUILD)/serve
 clie: $(BUILD)/clie

@@ -13,6 +13,7 @@
  *   incr|decr <key> <delta:u64> [noreply]
  *   flush_all [<delay>] [noreply]   verbosity <level> [noreply]
  *   stats [<arg>]   version   quit  keys [<prefix>]
+ *   (version and quit ignore any arguments, as memcached 1.6 does)
  *
  * Error handling keeps the byte stream in sync whenever it can:
  *   - unknown command, empty line, missing arguments  -> "ERROR"
@@ -343,8 +344,7 @@ static enum proto_status parse_other(const struct token *tok, size_t ntok, size_
         return *consumed = line_len, PROTO_OK;
     case PROTO_CMD_VERSION:
     case PROTO_CMD_QUIT:
-        if (ntok != 1)
-            return fail(req, "ERROR", line_len, consumed);
+        /* memcached 1.6 ignores anything after these (and tools expect it). */
         return *consumed = line_len, PROTO_OK;
     default:
         return fail(req, "ERROR", line_len, consumed);

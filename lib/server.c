@@ -87,6 +87,7 @@ struct server {
     uint64_t next_cas;
     uint64_t started_mono_ns;
     int64_t now_ms; /* wall clock, read once per event */
+    enum log_level log_base; /* the level serve started with ("verbosity 0") */
     struct counters st;
     char *udp_rbuf;
 };
@@ -493,13 +494,17 @@ static int execute(struct server *srv, struct conn *c, struct outq *o,
     case PROTO_CMD_VERSION:
         return reply(o, "VERSION " PROTO_VERSION_STRING "\r\n");
     case PROTO_CMD_VERBOSITY: {
-        /* memcached's levels map onto ours like -l's numbers. */
-        enum log_level lvl = req->verbosity == 0   ? LOG_LEVEL_ERROR
-                             : req->verbosity == 1 ? LOG_LEVEL_INFO
-                                                   : LOG_LEVEL_DEBUG;
-        log_warn(MOD, "verbosity %u from a client: log level now %s", req->verbosity,
-                 log_level_name(lvl));
-        log_set_level(lvl);
+        /* memcached's 0 is its normal level: ours is the one serve started
+         * with. 1 raises it to at least info, 2 and up to debug. */
+        enum log_level lvl = req->verbosity == 0 ? srv->log_base
+                             : req->verbosity == 1
+                                 ? (srv->log_base > LOG_LEVEL_INFO ? srv->log_base : LOG_LEVEL_INFO)
+                                 : LOG_LEVEL_DEBUG;
+        if (lvl != log_get_level()) {
+            log_warn(MOD, "verbosity %u from a client: log level now %s", req->verbosity,
+                     log_level_name(lvl));
+            log_set_level(lvl);
+        }
         return req->noreply ? 0 : reply(o, "OK\r\n");
     }
     case PROTO_CMD_STATS:
@@ -1069,6 +1074,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     srv->lim.get_line_bytes_max = cfg->get_line_bytes_max;
     srv->lim.get_keys_max = cfg->get_keys_max;
     srv->next_cas = 1;
+    srv->log_base = log_get_level();
     srv->started_mono_ns = util_mono_ns();
     sc.max_bytes = cfg->max_memory_bytes;
     sc.value_bytes_max = cfg->value_bytes_max;
