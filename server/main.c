@@ -115,11 +115,15 @@ static bool host_is_loopback(const char *host)
     if (getaddrinfo(host, NULL, &hints, &res) != 0)
         return false;
     for (ai = res; ai; ai = ai->ai_next) {
+        /* Copied out: ai_addr is only as aligned as a struct sockaddr. */
         if (ai->ai_family == AF_INET) {
-            uint32_t a = ntohl(((struct sockaddr_in *)ai->ai_addr)->sin_addr.s_addr);
-            loop = loop && (a >> 24) == 127;
+            struct sockaddr_in sin;
+            memcpy(&sin, ai->ai_addr, sizeof(sin));
+            loop = loop && (ntohl(sin.sin_addr.s_addr) >> 24) == 127;
         } else if (ai->ai_family == AF_INET6) {
-            loop = loop && IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr);
+            struct sockaddr_in6 sin6;
+            memcpy(&sin6, ai->ai_addr, sizeof(sin6));
+            loop = loop && IN6_IS_ADDR_LOOPBACK(&sin6.sin6_addr);
         } else {
             loop = false;
         }
