@@ -58,6 +58,7 @@
 
 #include "limits.h"
 #include "log.h"
+#include "proto.h"
 #include "util.h"
 
 #include <errno.h>
@@ -105,14 +106,8 @@ const char *client_error(const struct client *c)
 
 bool client_key_valid(const char *key, size_t len)
 {
-    if (key == NULL || len == 0 || len > LIMIT_KEY_BYTES_MAX)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)key[i];
-        if (ch <= 0x20 || ch == 0x7f)
-            return false;
-    }
-    return true;
+    /* The server's rule, so clie refuses exactly what serve would. */
+    return key != NULL && proto_key_valid(key, len);
 }
 
 static bool span_is(const char *s, size_t n, const char *lit)
@@ -508,17 +503,6 @@ int client_reply_parse_more(struct client_reply *r, const char *buf, size_t len)
 /* ------------------------------------------------------------------------ */
 /* UDP reassembly                                                           */
 
-static uint16_t get_be16(const unsigned char *p)
-{
-    return (uint16_t)((unsigned)p[0] << 8 | p[1]);
-}
-
-static void put_be16(unsigned char *p, uint16_t v)
-{
-    p[0] = (unsigned char)(v >> 8);
-    p[1] = (unsigned char)v;
-}
-
 void client_udp_asm_init(struct client_udp_asm *a, uint16_t id)
 {
     memset(a, 0, sizeof(*a));
@@ -537,17 +521,17 @@ void client_udp_asm_free(struct client_udp_asm *a)
 
 int client_udp_asm_add(struct client_udp_asm *a, const void *dgram, size_t len)
 {
-    const unsigned char *h = dgram;
-    uint16_t id, seq, total;
+    struct proto_udp_hdr h;
+    uint16_t seq, total;
     struct client_udp_part *part;
     size_t n;
 
     if (len < LIMIT_UDP_HEADER_BYTES)
         return CLIENT_UDP_IGNORED;
-    id = get_be16(h);
-    seq = get_be16(h + 2);
-    total = get_be16(h + 4);
-    if (id != a->id || total == 0 || seq >= total)
+    proto_udp_read(dgram, &h);
+    seq = h.seq;
+    total = h.total;
+    if (h.req_id != a->id || total == 0 || seq >= total)
         return CLIENT_UDP_IGNORED;
     if (a->total == 0) {
         a->parts = calloc(total, sizeof(*a->parts));
@@ -565,7 +549,7 @@ int client_udp_asm_add(struct client_udp_asm *a, const void *dgram, size_t len)
         part->data = malloc(n);
         if (part->data == NULL)
             return -ENOMEM;
-        memcpy(part->data, h + LIMIT_UDP_HEADER_BYTES, n);
+        memcpy(part->data, (const char *)dgram + LIMIT_UDP_HEADER_BYTES, n);
     }
     part->len = n;
     part->have = true;
@@ -966,13 +950,14 @@ static int udp_collect(struct client *c, struct client_reply *r, uint16_t id,
             if (rc < 0)
                 goto out;
             if (log_enabled(LOG_LEVEL_DEBUG)) {
-                if (n >= LIMIT_UDP_HEADER_BYTES)
-                    log_debug(MOD, "udp datagram id %u seq %u of %u, %zd bytes%s",
-                              get_be16(c->dgram), get_be16(c->dgram + 2),
-                              get_be16(c->dgram + 4), n,
-                              rc == CLIENT_UDP_IGNORED ? ": ignored" : "");
-                else
+                struct proto_udp_hdr h;
+                if (n >= LIMIT_UDP_HEADER_BYTES) {
+                    proto_udp_read(c->dgram, &h);
+                    log_debug(MOD, "udp datagram id %u seq %u of %u, %zd bytes%s", h.req_id,
+                              h.seq, h.total, n, rc == CLIENT_UDP_IGNORED ? ": ignored" : "");
+                } else {
                     log_debug(MOD, "udp datagram of %zd bytes: ignored", n);
+                }
             }
             if (rc != CLIENT_UDP_DONE)
                 continue;
@@ -1030,7 +1015,8 @@ static int udp_exchange(struct client *c, const struct client_request *req,
         uint16_t id = c->next_id++;
         ssize_t w;
 
-        put_be16((unsigned char *)c->out.data, id);
+        struct proto_udp_hdr h = {.req_id = id, .seq = 0, .total = 1, .reserved = 0};
+        proto_udp_encode(c->out.data, &h);
         r->attempts = attempt;
         log_debug(MOD, "udp request id %u, attempt %u of %u, %zu bytes", id, attempt,
                   attempts, size);

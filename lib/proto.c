@@ -448,16 +448,21 @@ size_t proto_fmt_value_hdr(char *dst, const char *key, size_t nkey, uint32_t fla
     return o;
 }
 
-int proto_udp_decode(const void *dgram, size_t len, struct proto_udp_hdr *hdr)
+void proto_udp_read(const void *dgram, struct proto_udp_hdr *hdr)
 {
     const unsigned char *p = dgram;
 
-    if (len < LIMIT_UDP_HEADER_BYTES)
-        return -EINVAL;
     hdr->req_id = (uint16_t)(p[0] << 8 | p[1]);
     hdr->seq = (uint16_t)(p[2] << 8 | p[3]);
     hdr->total = (uint16_t)(p[4] << 8 | p[5]);
     hdr->reserved = (uint16_t)(p[6] << 8 | p[7]);
+}
+
+int proto_udp_decode(const void *dgram, size_t len, struct proto_udp_hdr *hdr)
+{
+    if (len < LIMIT_UDP_HEADER_BYTES)
+        return -EINVAL;
+    proto_udp_read(dgram, hdr);
     if (hdr->total != 1 || hdr->seq != 0)
         return -EMSGSIZE;
     return 0;

@@ -165,6 +165,10 @@ struct proto_udp_hdr {
  * datagrams (requests must fit one) or is not sequence 0.
  */
 int proto_udp_decode(const void *dgram, size_t len, struct proto_udp_hdr *hdr);
+
+/* Reads the header of any datagram, request or reply, without checking it;
+ * the caller has checked that it holds at least 8 bytes. */
+void proto_udp_read(const void *dgram, struct proto_udp_hdr *hdr);
 void proto_udp_encode(void *dst, const struct proto_udp_hdr *hdr);
 
 /* Datagrams needed for a reply of n bytes (0 for an empty reply). */
