@@ -6,13 +6,14 @@
 # and values come from `openssl rand`, several clie processes in parallel,
 # every value read back and compared byte for byte), throws malformed input at
 # them, runs a memcached client library nobody on the team wrote (pymemcache)
-# and libmemcached's conformance checker (memccapable),
-# checks limits, kills and restarts a server, and stops everything it started
-# by PID, whatever happens.
+# and libmemcached's conformance checker (memccapable), checks limits, kills
+# servers with SIGKILL at random moments and checks that every acknowledged
+# write survived, and stops everything it started by PID, whatever happens.
 #
 # Prints one line per check and ends with "N passed, N failed"; exits 1 if
 # anything failed. Knobs: E2E_KEYS (keys per workload, default 1000),
-# E2E_WORKERS (parallel clie workers, default 4), SERVE, CLIE (binaries).
+# E2E_WORKERS (parallel clie workers, default 4), E2E_CRASH_ROUNDS (kill -9
+# rounds, default 5), SERVE, CLIE (binaries).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -107,7 +108,9 @@ start_server() {
     local name=$1 port=$2 log=$tmp/$1.log
     shift 2
     : >"$log"
-    "$SERVE" -s 127.0.0.1 -p "$port" --log-file "$log" "$@" 2>>"$log" &
+    # Each server gets its own data directory under the test's temp dir
+    # (kept across a restart of the same NAME).
+    "$SERVE" -s 127.0.0.1 -p "$port" -d "$tmp/$name.data" --log-file "$log" "$@" 2>>"$log" &
     SPID[$name]=$!
     for _ in $(seq 200); do
         if grep -q 'listening on' "$log"; then
@@ -500,28 +503,113 @@ PYEOF
 
 kill_restart() {
     local name=$1 port=${SPORT[$1]} pids=() i
-    # Writers keep going while the server is killed under them.
+    # Writers keep going while the server is killed under them; each notes
+    # the keys the server acknowledged.
     for ((i = 0; i < 3; i++)); do
-        (for ((j = 0; j < 200; j++)); do cl -t -p "$port" --timeout 500 put "load:$i:$j" "v$j" >/dev/null 2>&1 || true; done) &
+        (for ((j = 0; j < 300; j++)); do
+            if [ "$(cl -t -p "$port" --timeout 1000 put "load:$i:$j" "v$j" 2>/dev/null)" = STORED ]; then
+                echo "load:$i:$j v$j"
+            fi
+        done) >"$tmp/acked.$i" &
         pids+=($!)
     done
-    sleep 0.3
+    sleep 0.5
     kill9_server "$name"
     ok "$name: killed with SIGKILL during a write load"
     for p in "${pids[@]}"; do wait "$p" || true; done
     if start_server "$name" "$port" -t; then
-        ok "$name: restarted on the same port $port"
+        ok "$name: restarted on the same port $port and data directory"
     else
         not_ok "$name: restart on port $port"
         return
     fi
-    expect_out STORED "$name: serving after restart" -t -p "$port" put after restart
-    expect_out restart "$name: read after restart" -t -p "$port" get after
-    # This release keeps data in memory only (the write-ahead log is the next
-    # milestone): a restarted server starts empty, and says so in README.
-    local items
-    items=$(cl -t -p "$port" stats | sed -n 's/^curr_items //p')
-    check "$name: in-memory release: restarted store holds only the new key ($items)" [ "$items" = 1 ]
+    local acked=0 lost=0 key val
+    while read -r key val; do
+        acked=$((acked + 1))
+        [ "$(cl -t -p "$port" get "$key" 2>/dev/null)" = "$val" ] || lost=$((lost + 1))
+    done < <(cat "$tmp"/acked.*)
+    check "$name: all $acked writes acknowledged before the kill survived it ($lost lost)" \
+        [ "$acked" -gt 0 -a "$lost" -eq 0 ]
+    # The randomized workload from before the kill, byte for byte.
+    local res
+    res=$(run_workers reader "$tmp/$name-items" "$port" -t)
+    check "$name: the $KEYS-key workload reads back byte for byte after kill -9 ($res)" \
+        [ "${res#* }" = 0 ]
+}
+
+# Rounds of: parallel writers, kill -9 at a random moment, restart, check
+# that the store holds exactly what the acknowledged writes imply. Small
+# snapshot and segment sizes make snapshots and segment removal happen
+# between and during the rounds.
+crash_rounds() {
+    local rounds=${E2E_CRASH_ROUNDS:-5} port state=$tmp/crash.json r wpid line rc
+    start_server crash 0 -t --snapshot-bytes 64k --wal-segment-bytes 32k
+    port=${SPORT[crash]}
+    for ((r = 1; r <= rounds; r++)); do
+        timeout 120 "$PY" tests/e2e_crash.py write "$port" "$state" 60 >"$tmp/crash.w" 2>&1 &
+        wpid=$!
+        sleep "$((RANDOM % 2)).$((RANDOM % 10))$((RANDOM % 10))"
+        kill9_server crash
+        rc=0
+        wait "$wpid" || rc=$?
+        check "crash round $r: writer: $(tail -n 1 "$tmp/crash.w")" [ "$rc" -eq 0 ]
+        start_server crash "$port" -t --snapshot-bytes 64k --wal-segment-bytes 32k || {
+            not_ok "crash round $r: restart failed: $(tail -n 2 "$tmp/crash.log")"
+            return
+        }
+        rc=0
+        timeout 120 "$PY" tests/e2e_crash.py verify "$port" "$state" >"$tmp/crash.v" 2>&1 || rc=$?
+        while IFS= read -r line; do
+            case $line in
+            "ok - "*) ok "crash round $r: ${line#ok - }" ;;
+            "FAIL - "*) not_ok "crash round $r: ${line#FAIL - }" ;;
+            *) echo "     $line" ;;
+            esac
+        done <"$tmp/crash.v"
+        [ "$rc" -eq 0 ] || not_ok "crash round $r: verify exited $rc"
+    done
+    cl -t -p "$port" stats >"$tmp/crash.stats"
+    local snaps recs
+    snaps=$(sed -n 's/^recovery_snapshot_lsn //p' "$tmp/crash.stats")
+    recs=$(sed -n 's/^recovery_records //p' "$tmp/crash.stats")
+    check "crash: the last restart loaded a snapshot (at log position $snaps) and replayed $recs records after it" \
+        [ "${snaps:-0}" -gt 0 ]
+    stop_server crash
+}
+
+# Durability details: a second serve on a busy data directory, a snapshot
+# taken on request then used by a restart, and expiry kept across restarts.
+durability_checks() {
+    local port log=$tmp/second.log rc=0 holder
+    start_server dur 0 -t
+    port=${SPORT[dur]}
+    holder=${SPID[dur]}
+    timeout 10 "$SERVE" -p 0 -t -d "$tmp/dur.data" >"$log" 2>&1 || rc=$?
+    if [ "$rc" -eq 1 ] && grep -q "in use by another serve (pid $holder)" "$log"; then
+        ok "a second serve on the same data directory is refused, naming pid $holder"
+    else
+        not_ok "second serve on a busy data dir: exit $rc: $(cat "$log")"
+    fi
+    local i
+    for ((i = 0; i < 200; i++)); do cl -t -p "$port" -q put "snap:$i" "value $i"; done
+    cl -t -p "$port" -q -e 3 put "snap:brief" soon
+    cl -t -p "$port" -q -e 100000 put "snap:long" later
+    expect_out OK "snapshot command answers OK once the snapshot is on disk" -t -p "$port" snapshot
+    for ((i = 0; i < 50; i++)); do cl -t -p "$port" -q put "after:$i" "v$i"; done
+    cl -t -p "$port" -q delete snap:0
+    check "a snapshot file exists" [ -n "$(compgen -G "$tmp/dur.data/snap-*.snap" || true)" ]
+    stop_server dur
+    start_server dur "$port" -t
+    cl -t -p "$port" stats >"$tmp/dur.stats"
+    check "restart loaded the snapshot ($(sed -n 's/^recovery_snapshot_items //p' "$tmp/dur.stats") items) and replayed the log after it ($(sed -n 's/^recovery_records //p' "$tmp/dur.stats") records)" \
+        [ "$(sed -n 's/^recovery_snapshot_items //p' "$tmp/dur.stats")" -ge 200 ]
+    expect_exit 1 "a key deleted after the snapshot stays deleted" -t -p "$port" get snap:0
+    expect_out "value 199" "a key from the snapshot is back" -t -p "$port" get snap:199
+    expect_out "v49" "a key written after the snapshot is back" -t -p "$port" get after:49
+    expect_out later "an expiry time survives the restart (not yet due)" -t -p "$port" get snap:long
+    sleep 3
+    expect_exit 1 "an expiry time survives the restart (due now: gone)" -t -p "$port" get snap:brief
+    stop_server dur
 }
 
 echo "== tpckv end-to-end test (keys per workload: $KEYS, parallel clients: $WORKERS)"
@@ -555,6 +643,12 @@ limits_checks
 echo "-- kill -9 and restart"
 kill_restart tcp
 stop_server tcp
+
+echo "-- crash rounds: kill -9 at random moments, check every acknowledged write"
+crash_rounds
+
+echo "-- durability: data directory lock, snapshots, expiry across restarts"
+durability_checks
 
 leftover=$(for p in "${SPID[@]}"; do kill -0 "$p" 2>/dev/null && echo "$p"; done || true)
 check "every server this test started has stopped" [ -z "$leftover" ]

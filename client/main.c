@@ -57,6 +57,7 @@ struct opts {
     uint16_t port;
     enum client_transport transport;
     int timeout_ms;
+    bool timeout_given;
     unsigned retries;
     uint32_t flags;
     int32_t exptime;
@@ -101,6 +102,7 @@ static int run_keys(struct ctx *x, const struct subcmd *sc, char **args, int n);
 static int run_stats(struct ctx *x, const struct subcmd *sc, char **args, int n);
 static int run_flush(struct ctx *x, const struct subcmd *sc, char **args, int n);
 static int run_version(struct ctx *x, const struct subcmd *sc, char **args, int n);
+static int run_snapshot(struct ctx *x, const struct subcmd *sc, char **args, int n);
 static int run_help(struct ctx *x, const struct subcmd *sc, char **args, int n);
 static const struct subcmd *find_subcmd(const char *name);
 
@@ -204,6 +206,12 @@ static const struct subcmd subcmds[] = {
      "  clie flush\n"
      "  clie flush 10\n",
      run_flush},
+    {"snapshot", NULL, "snapshot", 0, 0, "", "make the server write a snapshot now",
+     "Asks a tpckv server to snapshot its store (tpckv extension) and waits until\n"
+     "the snapshot is on disk, then prints OK. Log segments it covers are removed.\n"
+     "Without --timeout, waits up to 10 minutes (a large store takes a while).\n",
+     "  clie snapshot\n",
+     run_snapshot},
     {"version", NULL, "version", 0, 0, "", "print the server's version",
      "Prints the version string the server reports.\n", "  clie version\n", run_version},
     {"help", NULL, NULL, 0, 1, "[COMMAND]", "show this help, or a command's details",
@@ -838,6 +846,23 @@ static int run_flush(struct ctx *x, const struct subcmd *sc, char **args, int n)
     return is_error_reply(&x->r) ? server_error(x) : unexpected(x, sc);
 }
 
+static int run_snapshot(struct ctx *x, const struct subcmd *sc, char **args, int n)
+{
+    int rc;
+
+    (void)args;
+    (void)n;
+    if (!x->o.timeout_given)
+        x->o.timeout_ms = 600000;
+    if ((rc = line_start(x, sc->verb)) != 0)
+        return rc;
+    if ((rc = exchange(x, NULL, 0, false)) != 0)
+        return rc;
+    if (x->r.type == CLIENT_REPLY_OK)
+        return report_word(x, true);
+    return is_error_reply(&x->r) ? server_error(x) : unexpected(x, sc);
+}
+
 static int run_version(struct ctx *x, const struct subcmd *sc, char **args, int n)
 {
     int rc;
@@ -952,6 +977,7 @@ static int parse_args(struct ctx *x, int argc, char **argv, char **pos, int *npo
                 return usage_error(NULL, "--timeout must be 1..%d milliseconds, not '%s'",
                                    TIMEOUT_MS_MAX, optarg);
             x->o.timeout_ms = (int)u;
+            x->o.timeout_given = true;
             break;
         case OPT_RETRIES:
             if (parse_u32_arg(optarg, RETRIES_MAX, &u) < 0)

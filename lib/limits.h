@@ -45,6 +45,21 @@
 /* --idle-timeout: seconds a connection may be silent; 0 = never close. */
 #define LIMIT_IDLE_TIMEOUT_S_DEFAULT 0
 
+/* -d/--data-dir: where the log, snapshots and lock file live. */
+#define LIMIT_DATA_DIR_DEFAULT "./data"
+
+/* --fsync-interval: in --fsync batch, fsyncs are at least this far apart. */
+#define LIMIT_FSYNC_INTERVAL_MS_DEFAULT 10
+
+/* --snapshot-bytes: log growth that starts a snapshot (and at least the size
+ * of the last snapshot, so rewriting the store costs no more than the log it
+ * replaces). Bounds restart time and disk use. */
+#define LIMIT_SNAPSHOT_BYTES_DEFAULT (64ull << 20)
+
+/* --wal-segment-bytes: a log segment is closed past this size; whole
+ * segments are what a snapshot lets us delete. */
+#define LIMIT_WAL_SEGMENT_BYTES_DEFAULT (32ull << 20)
+
 /* Read buffer a connection starts with; it grows to fit one request. */
 #define LIMIT_READ_BUF_BYTES_INITIAL (16 * 1024)
 

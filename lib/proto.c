@@ -12,7 +12,7 @@
  *   delete <key> [0] [noreply]      touch <key> <exptime> [noreply]
  *   incr|decr <key> <delta:u64> [noreply]
  *   flush_all [<delay>] [noreply]   verbosity <level> [noreply]
- *   stats [<arg>]   version   quit  keys [<prefix>]
+ *   stats [<arg>]   version   quit  keys [<prefix>]   snapshot
  *   (version and quit ignore any arguments, as memcached 1.6 does)
  *
  * Error handling keeps the byte stream in sync whenever it can:
@@ -72,6 +72,7 @@ static const struct {
     {"stats", PROTO_CMD_STATS},
     {"quit", PROTO_CMD_QUIT},
     {"keys", PROTO_CMD_KEYS},
+    {"snapshot", PROTO_CMD_SNAPSHOT},
 };
 
 const char *proto_cmd_name(enum proto_cmd cmd)
@@ -341,6 +342,10 @@ static enum proto_status parse_other(const struct token *tok, size_t ntok, size_
             req->arg = tok[1].p;
             req->narg = tok[1].n;
         }
+        return *consumed = line_len, PROTO_OK;
+    case PROTO_CMD_SNAPSHOT:
+        if (ntok != 1)
+            return fail(req, E_FORMAT, line_len, consumed);
         return *consumed = line_len, PROTO_OK;
     case PROTO_CMD_VERSION:
     case PROTO_CMD_QUIT:

@@ -38,7 +38,8 @@ enum proto_cmd {
     PROTO_CMD_VERBOSITY,
     PROTO_CMD_STATS,
     PROTO_CMD_QUIT,
-    PROTO_CMD_KEYS, /* extension: keys [prefix] */
+    PROTO_CMD_KEYS,     /* extension: keys [prefix] */
+    PROTO_CMD_SNAPSHOT, /* extension: snapshot (answers once it is durable) */
     PROTO_CMD__COUNT
 };
 

@@ -1,56 +1,78 @@
 /*
- * server.c - serve's network side: libuv TCP and UDP on one port, and the
- * execution of parsed requests against the store.
+ * server.c - serve's network side: libuv TCP and UDP on one port, the
+ * execution of parsed requests against the store, and durability (the
+ * write-ahead log, snapshots, recovery at start).
  *
- * TCP connection life:
+ * CONNECTIONS. A TCP connection reads into its buffer; every complete
+ * request in it is parsed and executed in order, and their replies leave in
+ * one write. The buffer grows to hold one request at most and shrinks back
+ * when idle; a data block over --max-value is discarded as it arrives. A UDP
+ * datagram is run through the same machinery as a short-lived connection
+ * whose replies are cut into datagrams at the end.
  *
- *   accept --> READING --(request complete)--> execute, queue reply
- *                 ^  |                              |
- *                 |  +--(reply queue > max)--> BLOCKED (not reading) --+
- *                 +--------------(client drained replies)--------------+
- *   any state --(EOF, error, quit, PROTO_CLOSE, idle)--> CLOSING --> freed
+ *   READING --(request)--> execute --(read / failed condition)--> reply
+ *      ^                      |
+ *      |                      +--(key locked by a pending write)--> WAITING
+ *      |                      +--(write prepared, log record appended)--> PENDING
+ *      |                                                                   |
+ *      +------(record durable: commit, reply)  or  (lock released)---------+
  *
- * Input is read into a per-connection buffer; every complete request in it is
- * parsed and executed in order, and their replies leave in one write. The
- * buffer grows to hold one request at most (a line, or a line and its data
- * block) and shrinks back when idle. A data block over --max-value is never
- * buffered: the connection discards ("swallows") it as it arrives.
+ * While a connection has a write pending or is waiting, it executes nothing
+ * else, so its replies stay in request order and a read after its own write
+ * sees that write. Replies reference stored items instead of copying values
+ * (outq.h); a client that stops reading is not read from once --max-output
+ * bytes are queued for it.
  *
- * Replies reference stored items instead of copying values (outq.h). If a
- * client stops reading, its queue stops growing at --max-output: the server
- * stops reading that client's requests until the queue drains (backpressure,
- * other clients are unaffected).
+ * WRITES. store_prepare() evaluates the condition (add: absent, cas: version,
+ * incr: numeric...) against the committed state and builds the new item. A
+ * failed condition is answered at once: nothing changes, nothing is logged.
+ * Otherwise the write locks its keys, its effect is appended to the log as
+ * one record, and only when the log says the record is durable is the change
+ * committed to the store and the client told STORED. So a reader never sees
+ * a value that a crash could take back, and a write on a locked key waits
+ * for the first to finish instead of evaluating against a state about to
+ * change. flush_all takes every key: it waits for pending writes to drain,
+ * and writes wait for it. If the log fails, no write is acknowledged again:
+ * they get SERVER_ERROR while reads go on.
  *
- * UDP: each datagram carries memcached's 8-byte header and whole requests;
- * the reply is cut into datagrams of at most 1392 payload bytes with the same
- * request id, numbered 0..n-1. Malformed datagrams are counted and dropped.
- *
- * Writes are executed as store_prepare + store_commit at once: this is the
- * single-replica, in-memory path. The write-ahead log and two-phase commit
- * will sit between the two calls.
+ * SNAPSHOTS. When the log has grown by --snapshot-bytes (and by at least the
+ * size of the last snapshot, so rewriting the store costs at most as much
+ * as the log it replaces), on SIGUSR1, or on the "snapshot" command, serve
+ * forks: the child writes the copy-on-write image of the store as it stands
+ * after the last committed record and exits; the parent keeps serving,
+ * notices the exit in its timer, and removes the log segments and older
+ * snapshots the new one covers.
  */
 #include "server.h"
 
+#include "datadir.h"
 #include "limits.h"
 #include "log.h"
 #include "outq.h"
 #include "proto.h"
+#include "recover.h"
+#include "snap.h"
 #include "store.h"
 #include "util.h"
+#include "wal.h"
 
 #include <assert.h>
 #include <errno.h>
 #include <netdb.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MOD "server"
 #define IOV_BATCH 64
-#define EXPIRE_INTERVAL_MS 100
+#define TIMER_INTERVAL_MS 100
 #define EXPIRE_BUCKETS_PER_TICK 4096
 
 struct counters {
@@ -67,36 +89,86 @@ struct counters {
     uint64_t store_too_large, store_no_memory;
     uint64_t bytes_read, bytes_written;
     uint64_t udp_requests, udp_replies, udp_dropped;
+    uint64_t writes_logged, writes_waited, writes_failed;
 };
 
 struct conn;
+struct wreq;
+
+/* Connections blocked until something finishes (a write holding a key,
+ * pending writes draining before a flush, a snapshot). FIFO. */
+struct waitlist {
+    struct conn *head, *tail;
+};
 
 struct server {
     uv_loop_t *loop;
     struct server_config cfg;
     struct proto_limits lim;
     struct store *store;
+    struct wal *wal;
+    int lock_fd;
     uv_tcp_t tcp;
     uv_udp_t udp;
     uv_timer_t timer;
-    bool tcp_open, udp_open, timer_open, stopping;
+    uv_signal_t sigchld; /* a snapshot child finished */
+    bool tcp_open, udp_open, timer_open, sigchld_open, stopping;
     int port;
-    struct conn *conns; /* doubly linked list of open connections */
-    size_t nconns;
+    struct conn *conns; /* open TCP connections and UDP requests in progress */
+    size_t nconns;      /* TCP connections */
+    size_t nudp;        /* UDP requests in progress */
     uint64_t next_conn_id;
     uint64_t next_cas;
     uint64_t started_mono_ns;
-    int64_t now_ms; /* wall clock, read once per event */
+    int64_t now_ms;          /* wall clock, read once per event */
     enum log_level log_base; /* the level serve started with ("verbosity 0") */
     struct counters st;
     char *udp_rbuf;
+    struct buf scratch; /* encodes log records */
+
+    /* Writes. */
+    size_t npending;          /* writes appended and not yet durable */
+    uint64_t applied_lsn;     /* last log record committed to the store */
+    uint64_t appended_bytes;  /* log bytes appended since start */
+    struct wreq *flush_wreq;  /* a flush_all in flight holds every key */
+    struct waitlist barrier;  /* a flush waiting for pending writes to drain,
+                                 and the writes queued behind it */
+
+    /* Recovery and snapshots. */
+    struct recover_result rec;
+    pid_t snap_pid;
+    uint64_t snap_lsn;
+    uint64_t snap_started_ns;
+    uint64_t snap_appended_at; /* appended_bytes when the last one started */
+    uint64_t snap_last_bytes;
+    uint64_t snap_last_ms;
+    uint64_t snap_last_lsn;
+    uint64_t snapshots, snapshot_failures;
+    struct waitlist snap_cur;  /* "snapshot" commands the running one answers */
+    struct waitlist snap_next; /* ...and those that need a newer one */
+};
+
+/* A write between its log append and its commit. */
+struct wreq {
+    struct server *srv;
+    struct conn *c;
+    enum proto_cmd cmd;
+    bool noreply;
+    bool too_large; /* a refused oversized set: the reply is an error */
+    bool locked;
+    uint64_t cas;
+    size_t nch;
+    struct store_change *ch; /* nch prepared changes */
+    struct store_change one;
+    struct waitlist waiters; /* connections waiting for our keys */
 };
 
 struct conn {
-    uv_tcp_t tcp; /* first: the handle's address is the conn's */
+    uv_tcp_t tcp; /* first: the handle's address is the conn's (TCP only) */
     struct server *srv;
     struct conn *prev, *next;
     uint64_t id;
+    bool udp;
     char *rbuf;
     size_t rlen, rcap;
     size_t need;      /* don't parse until rlen >= need */
@@ -106,11 +178,18 @@ struct conn {
     size_t in_flight; /* bytes handed to uv_write */
     bool reading;
     bool closing;
+    bool handle_closed; /* uv_close done: free once no write is pending */
     bool close_after_flush;
     uint64_t last_active_ms;
+    struct wreq *pending;      /* our write awaiting durability */
+    struct waitlist *waiting;  /* the list we wait on, or NULL */
+    struct conn *wait_next;
     /* keys [prefix] streams its reply: the point-in-time list and position. */
     struct item **keys;
     size_t nkeys, keys_pos;
+    /* UDP: where the reply goes. */
+    struct sockaddr_storage addr;
+    uint16_t udp_req_id;
     char peer[INET6_ADDRSTRLEN + 8];
 };
 
@@ -135,6 +214,11 @@ void server_config_defaults(struct server_config *cfg)
     cfg->get_keys_max = LIMIT_GET_KEYS_DEFAULT;
     cfg->conn_output_bytes_max = LIMIT_CONN_OUTPUT_BYTES_DEFAULT;
     cfg->idle_timeout_s = LIMIT_IDLE_TIMEOUT_S_DEFAULT;
+    cfg->data_dir = LIMIT_DATA_DIR_DEFAULT;
+    cfg->fsync_mode = WAL_FSYNC_ALWAYS;
+    cfg->fsync_interval_ms = LIMIT_FSYNC_INTERVAL_MS_DEFAULT;
+    cfg->snapshot_bytes = LIMIT_SNAPSHOT_BYTES_DEFAULT;
+    cfg->wal_segment_bytes = LIMIT_WAL_SEGMENT_BYTES_DEFAULT;
 }
 
 static const char *esc_key(char *dst, size_t cap, const char *k, size_t n)
@@ -142,17 +226,69 @@ static const char *esc_key(char *dst, size_t cap, const char *k, size_t n)
     return log_escape(dst, cap, k, n);
 }
 
+static void waitlist_push(struct waitlist *wl, struct conn *c)
+{
+    assert(c->waiting == NULL);
+    c->wait_next = NULL;
+    if (wl->tail)
+        wl->tail->wait_next = c;
+    else
+        wl->head = c;
+    wl->tail = c;
+    c->waiting = wl;
+}
+
+/* Takes c off the list it waits on (a connection that closes). */
+static void waitlist_remove(struct conn *c)
+{
+    struct waitlist *wl = c->waiting;
+    struct conn *prev = NULL;
+
+    if (wl == NULL)
+        return;
+    for (struct conn *x = wl->head; x; prev = x, x = x->wait_next) {
+        if (x != c)
+            continue;
+        if (prev)
+            prev->wait_next = c->wait_next;
+        else
+            wl->head = c->wait_next;
+        if (wl->tail == c)
+            wl->tail = prev;
+        break;
+    }
+    c->waiting = NULL;
+    c->wait_next = NULL;
+}
+
+static void conn_process(struct conn *c);
+
+/* Lets every connection on wl run again, in arrival order. */
+static void waitlist_wake(struct waitlist *wl)
+{
+    struct conn *c = wl->head;
+
+    wl->head = wl->tail = NULL;
+    while (c) {
+        struct conn *next = c->wait_next;
+        c->waiting = NULL;
+        c->wait_next = NULL;
+        conn_process(c);
+        c = next;
+    }
+}
+
 /* ---- executing requests ----------------------------------------------------- */
 
 /* What a request asks of its connection afterwards. */
 enum after {
-    AFTER_CONTINUE,
-    AFTER_CLOSE, /* quit: close once the replies are out */
-    AFTER_KEYS,  /* stream the collected key list */
+    AFTER_CONTINUE, /* done; go on with the next request */
+    AFTER_CLOSE,    /* quit: close once the replies are out */
+    AFTER_KEYS,     /* stream the collected key list */
+    AFTER_PENDING,  /* a write is in the log: wait for it; request consumed */
+    AFTER_WAIT,     /* blocked before starting: request NOT consumed, rerun later */
 };
 
-/* Queues reply text. An allocation failure here means the server is out of
- * memory; the connection is closed rather than sending a partial reply. */
 static int reply(struct outq *o, const char *s)
 {
     return outq_str(o, s);
@@ -186,6 +322,8 @@ static enum store_op_type op_type_of(enum proto_cmd cmd)
     case PROTO_CMD_DECR:
         return STORE_DECR;
     case PROTO_CMD_TOUCH:
+    case PROTO_CMD_GAT:
+    case PROTO_CMD_GATS:
         return STORE_TOUCH;
     default:
         assert(cmd == PROTO_CMD_FLUSH_ALL);
@@ -224,6 +362,9 @@ static void count_write(struct server *srv, enum proto_cmd cmd, enum store_statu
     case PROTO_CMD_FLUSH_ALL:
         c->cmd_flush++;
         break;
+    case PROTO_CMD_GAT:
+    case PROTO_CMD_GATS:
+        break; /* counted per key with the reads */
     default:
         c->cmd_set++;
         break;
@@ -264,69 +405,334 @@ static const char *write_reply(enum proto_cmd cmd, enum store_status st)
     return "SERVER_ERROR internal error\r\n";
 }
 
-/* The single-replica write path: evaluate, then commit at once. */
-static enum store_status apply_op(struct server *srv, const struct store_op *op,
-                                  struct store_change *ch)
+static int reply_log_failed(struct server *srv, struct outq *o)
 {
-    return store_apply(srv->store, op, srv->next_cas++, srv->now_ms, ch);
+    char line[160];
+    snprintf(line, sizeof(line),
+             "SERVER_ERROR write-ahead log failed (%s): writes are refused\r\n",
+             strerror(-wal_error(srv->wal)));
+    return reply(o, line);
 }
 
-static int exec_write(struct server *srv, struct outq *o, const struct proto_req *req)
+/* The effect of a prepared change, as the log records it. */
+static void change_to_op(const struct store_change *ch, struct wal_op *op)
 {
-    struct store_op op = {0};
-    struct store_change ch;
-    enum store_status st;
+    memset(op, 0, sizeof(*op));
+    op->key = ch->key;
+    op->nkey = ch->nkey;
+    if (ch->type == STORE_FLUSH) {
+        op->kind = WAL_OP_FLUSH;
+        op->flush_at_ms = ch->flush_at_ms;
+        op->mtime_ms = ch->now_ms;
+    } else if (ch->type == STORE_TOUCH) {
+        op->kind = WAL_OP_TOUCH;
+        op->exptime_ms = ch->exptime_ms;
+    } else if (ch->item) {
+        const struct item *it = ch->item;
+        op->kind = WAL_OP_PUT;
+        op->value = item_value(it);
+        op->nvalue = it->nval;
+        op->flags = it->flags;
+        op->exptime_ms = it->exptime_ms;
+        op->mtime_ms = it->mtime_ms;
+        op->cas = it->cas;
+    } else {
+        /* delete, or a write born expired: the key goes */
+        op->kind = WAL_OP_DEL;
+    }
+}
 
-    if (req->too_large) {
-        /* memcached drops the old value of a set that was refused for size,
-         * so a reader never mistakes it for the new one. */
-        if (req->cmd == PROTO_CMD_SET) {
-            op.type = STORE_DELETE;
-            op.key = req->key;
-            op.nkey = req->nkey;
-            apply_op(srv, &op, &ch);
+/* Encodes the WRITE record for w's changes into srv->scratch. */
+static int encode_write(struct server *srv, struct wreq *w)
+{
+    struct wal_txn txn = {.txid = w->cas, .epoch = 0, .coordinator = 0, .nops = (uint32_t)w->nch};
+    struct wal_op op;
+    size_t n = WAL_TXN_BYTES;
+    int r;
+
+    for (size_t i = 0; i < w->nch; i++) {
+        change_to_op(&w->ch[i], &op);
+        n += wal_op_size(&op);
+    }
+    srv->scratch.len = 0;
+    if ((r = buf_reserve(&srv->scratch, n)) < 0)
+        return r;
+    wal_txn_encode(srv->scratch.data, &txn);
+    srv->scratch.len = WAL_TXN_BYTES;
+    for (size_t i = 0; i < w->nch; i++) {
+        change_to_op(&w->ch[i], &op);
+        srv->scratch.len += wal_op_encode(srv->scratch.data + srv->scratch.len, &op);
+    }
+    return 0;
+}
+
+static void wreq_free(struct wreq *w)
+{
+    if (w->ch != &w->one)
+        free(w->ch);
+    free(w);
+}
+
+static void wreq_unlock(struct wreq *w)
+{
+    struct server *srv = w->srv;
+
+    if (!w->locked)
+        return;
+    for (size_t i = 0; i < w->nch; i++)
+        if (w->ch[i].type != STORE_FLUSH)
+            store_unlock(srv->store, w->ch[i].key, w->ch[i].nkey, w);
+    w->locked = false;
+}
+
+static void conn_free(struct conn *c);
+static void conn_flush(struct conn *c);
+static int exec_retrieval(struct server *srv, struct conn *c, const struct proto_req *req);
+static void snapshot_maybe(struct server *srv);
+
+/* The log record of w is durable (status 0) or never will be: finish it. */
+static void wreq_done(void *arg, uint64_t lsn, int status)
+{
+    struct wreq *w = arg;
+    struct server *srv = w->srv;
+    struct conn *c = w->c;
+
+    refresh_now(srv);
+    if (status == 0) {
+        for (size_t i = 0; i < w->nch; i++)
+            store_commit(srv->store, &w->ch[i]);
+        srv->applied_lsn = lsn;
+    } else {
+        for (size_t i = 0; i < w->nch; i++)
+            store_abort(srv->store, &w->ch[i]);
+        srv->st.writes_failed++;
+    }
+    wreq_unlock(w);
+    srv->npending--;
+    if (srv->flush_wreq == w)
+        srv->flush_wreq = NULL;
+
+    if (c) {
+        c->pending = NULL;
+        if (c->handle_closed || c->closing) {
+            if (c->handle_closed)
+                conn_free(c);
+        } else if (status < 0) {
+            if (!w->noreply && reply_log_failed(srv, &c->out) < 0)
+                c->close_after_flush = true;
+        } else if (w->cmd == PROTO_CMD_GAT || w->cmd == PROTO_CMD_GATS) {
+            /* The touches are in: now read, and answer the request. The
+             * request line is still at the front of the buffer. */
+            struct proto_req req;
+            size_t consumed;
+            enum proto_status st =
+                proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
+            assert(st == PROTO_OK);
+            (void)st;
+            if (exec_retrieval(srv, c, &req) < 0)
+                c->close_after_flush = true;
+            memmove(c->rbuf, c->rbuf + consumed, c->rlen - consumed);
+            c->rlen -= consumed;
+        } else if (!w->noreply) {
+            int r;
+            if (w->too_large) {
+                r = reply(&c->out, "SERVER_ERROR object too large for cache\r\n");
+            } else if (w->cmd == PROTO_CMD_INCR || w->cmd == PROTO_CMD_DECR) {
+                char num[24];
+                size_t n = util_fmt_u64(num, w->ch[0].number);
+                memcpy(num + n, "\r\n", 2);
+                r = outq_text(&c->out, num, n + 2);
+            } else {
+                r = reply(&c->out, write_reply(w->cmd, STORE_OK));
+            }
+            if (r < 0)
+                c->close_after_flush = true;
         }
-        srv->st.store_too_large++;
-        srv->st.cmd_set++;
-        return req->noreply ? 0 : reply(o, "SERVER_ERROR object too large for cache\r\n");
     }
-
-    op.type = op_type_of(req->cmd);
-    op.key = req->key;
-    op.nkey = req->nkey;
-    op.value = req->data;
-    op.nvalue = req->ndata;
-    op.flags = req->flags;
-    op.cas = req->cas;
-    op.delta = req->delta;
-    op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
-    if (req->cmd == PROTO_CMD_FLUSH_ALL)
-        op.flush_at_ms = req->delay > 0 ? proto_exptime_abs_ms(req->delay, srv->now_ms) : 0;
-
-    st = apply_op(srv, &op, &ch);
-    count_write(srv, req->cmd, st);
-    if (log_enabled(LOG_LEVEL_DEBUG)) {
-        char k[96];
-        log_debug(MOD, "%s %s (%zu bytes) -> %s", proto_cmd_name(req->cmd),
-                  esc_key(k, sizeof(k), req->key, req->nkey), req->ndata,
-                  store_status_name(st));
-    }
-    if (req->noreply)
-        return 0;
-    if (st == STORE_OK && (req->cmd == PROTO_CMD_INCR || req->cmd == PROTO_CMD_DECR)) {
-        char num[24];
-        size_t n = util_fmt_u64(num, ch.number);
-        memcpy(num + n, "\r\n", 2);
-        return outq_text(o, num, n + 2);
-    }
-    return reply(o, write_reply(req->cmd, st));
+    struct waitlist waiters = w->waiters;
+    wreq_free(w);
+    if (c && !c->handle_closed)
+        conn_process(c);
+    waitlist_wake(&waiters);
+    if (srv->npending == 0)
+        waitlist_wake(&srv->barrier);
+    snapshot_maybe(srv);
 }
 
-static int exec_retrieval(struct server *srv, struct outq *o, const struct proto_req *req)
+/*
+ * Blocks c until whatever holds one of the keys of the request finishes.
+ * Returns true if c must wait.
+ */
+static bool must_wait(struct server *srv, struct conn *c, const struct proto_req *req)
+{
+    struct wreq *holder = NULL;
+
+    if (srv->flush_wreq) {
+        holder = srv->flush_wreq;
+    } else if (srv->barrier.head || (req->cmd == PROTO_CMD_FLUSH_ALL && srv->npending > 0)) {
+        /* A flush waits for the writes in flight to drain, and writes that
+         * come after it queue behind it (so it is not starved). */
+        srv->st.writes_waited++;
+        waitlist_push(&srv->barrier, c);
+        return true;
+    } else if (req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS) {
+        size_t pos = 0, nk;
+        const char *k;
+        while (holder == NULL && proto_next_key(req, &pos, &k, &nk))
+            holder = store_lock_holder(srv->store, k, nk);
+    } else {
+        holder = store_lock_holder(srv->store, req->key, req->nkey);
+    }
+    if (holder == NULL)
+        return false;
+    srv->st.writes_waited++;
+    waitlist_push(&holder->waiters, c);
+    return true;
+}
+
+/* Runs a write: prepare, and either answer at once (condition failed) or
+ * lock, log and wait for durability. */
+static int exec_write(struct server *srv, struct conn *c, const struct proto_req *req)
+{
+    struct outq *o = &c->out;
+    struct store_op op = {0};
+    struct wreq *w;
+    enum store_status st = STORE_OK;
+    int r;
+
+    if (wal_error(srv->wal)) {
+        srv->st.writes_failed++;
+        return req->noreply ? 0 : reply_log_failed(srv, o);
+    }
+    if (must_wait(srv, c, req))
+        return AFTER_WAIT;
+
+    w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return -ENOMEM;
+    w->srv = srv;
+    w->cmd = req->cmd;
+    w->noreply = req->noreply;
+    w->cas = srv->next_cas++;
+    w->ch = &w->one;
+
+    if (req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS) {
+        /* One touch per key present; keys absent are simply not found. */
+        size_t pos = 0, nk, n = 0;
+        const char *k;
+        if (req->nkeys > 1 && (w->ch = calloc(req->nkeys, sizeof(*w->ch))) == NULL) {
+            free(w);
+            return -ENOMEM;
+        }
+        op.type = STORE_TOUCH;
+        op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
+        while (proto_next_key(req, &pos, &k, &nk)) {
+            bool dup = false;
+            for (size_t i = 0; i < n && !dup; i++)
+                dup = w->ch[i].nkey == nk && memcmp(w->ch[i].key, k, nk) == 0;
+            op.key = k;
+            op.nkey = nk;
+            srv->st.cmd_touch++;
+            if (!dup && store_prepare(srv->store, &op, w->cas, srv->now_ms, &w->ch[n]) == 0) {
+                n++;
+                srv->st.touch_hits++;
+            } else if (!dup) {
+                srv->st.touch_misses++;
+            }
+        }
+        w->nch = n;
+        if (n == 0) {
+            wreq_free(w);
+            return exec_retrieval(srv, c, req);
+        }
+    } else {
+        op.type = op_type_of(req->cmd);
+        op.key = req->key;
+        op.nkey = req->nkey;
+        op.value = req->data;
+        op.nvalue = req->ndata;
+        op.flags = req->flags;
+        op.cas = req->cas;
+        op.delta = req->delta;
+        op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
+        if (req->cmd == PROTO_CMD_FLUSH_ALL)
+            op.flush_at_ms = req->delay > 0 ? proto_exptime_abs_ms(req->delay, srv->now_ms) : 0;
+        if (req->too_large) {
+            /* memcached drops the old value of a set refused for size, so a
+             * reader never takes it for the new one. */
+            srv->st.store_too_large++;
+            srv->st.cmd_set++;
+            w->too_large = true;
+            op.type = STORE_DELETE;
+            if (req->cmd != PROTO_CMD_SET ||
+                store_prepare(srv->store, &op, w->cas, srv->now_ms, &w->one) < 0) {
+                wreq_free(w);
+                return req->noreply ? 0 : reply(o, "SERVER_ERROR object too large for cache\r\n");
+            }
+        } else {
+            store_prepare(srv->store, &op, w->cas, srv->now_ms, &w->one);
+            st = w->one.status;
+            count_write(srv, req->cmd, st);
+        }
+        w->nch = 1;
+        if (log_enabled(LOG_LEVEL_DEBUG)) {
+            char k[96];
+            log_debug(MOD, "conn %llu: %s %s (%zu bytes) -> %s", (unsigned long long)c->id,
+                      proto_cmd_name(req->cmd), esc_key(k, sizeof(k), req->key, req->nkey),
+                      req->ndata, st == STORE_OK ? "logging" : store_status_name(st));
+        }
+        if (st != STORE_OK) {
+            /* Nothing changes, so nothing to log: answer now. */
+            wreq_free(w);
+            return req->noreply ? 0 : reply(o, write_reply(req->cmd, st));
+        }
+    }
+
+    /* Lock the keys, log the effect, wait for durability. */
+    for (size_t i = 0; i < w->nch; i++) {
+        void *holder;
+        if (w->ch[i].type == STORE_FLUSH)
+            continue;
+        r = store_lock(srv->store, w->ch[i].key, w->ch[i].nkey, w, &holder);
+        assert(r == 0 || r == -ENOMEM); /* must_wait saw every key free */
+        if (r < 0) {
+            w->locked = true;
+            goto fail;
+        }
+    }
+    w->locked = true;
+    if ((r = encode_write(srv, w)) < 0)
+        goto fail;
+    int64_t lsn = wal_append(srv->wal, WAL_REC_WRITE, srv->scratch.data, srv->scratch.len,
+                             wreq_done, w);
+    if (lsn < 0) {
+        r = (int)lsn;
+        goto fail;
+    }
+    srv->appended_bytes += WAL_RECORD_HEADER_BYTES + srv->scratch.len;
+    srv->st.writes_logged++;
+    srv->npending++;
+    if (req->cmd == PROTO_CMD_FLUSH_ALL)
+        srv->flush_wreq = w;
+    w->c = c;
+    c->pending = w;
+    return AFTER_PENDING;
+fail:
+    for (size_t i = 0; i < w->nch; i++)
+        store_abort(srv->store, &w->ch[i]);
+    wreq_unlock(w);
+    wreq_free(w);
+    if (r == -ENOMEM)
+        return r;
+    srv->st.writes_failed++;
+    return req->noreply ? 0 : reply_log_failed(srv, o);
+}
+
+/* Answers a retrieval (get, gets; gat and gats once their touches are in). */
+static int exec_retrieval(struct server *srv, struct conn *c, const struct proto_req *req)
 {
     bool with_cas = req->cmd == PROTO_CMD_GETS || req->cmd == PROTO_CMD_GATS;
-    bool touch = req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS;
-    int64_t exptime_ms = touch ? proto_exptime_abs_ms(req->exptime, srv->now_ms) : 0;
+    struct outq *o = &c->out;
     size_t pos = 0, nk;
     const char *k;
     char hdr[PROTO_VALUE_HDR_MAX];
@@ -335,16 +741,6 @@ static int exec_retrieval(struct server *srv, struct outq *o, const struct proto
     while (proto_next_key(req, &pos, &k, &nk)) {
         struct item *it;
         srv->st.cmd_get++;
-        if (touch) {
-            struct store_op op = {.type = STORE_TOUCH, .key = k, .nkey = nk,
-                                  .exptime_ms = exptime_ms};
-            struct store_change ch;
-            srv->st.cmd_touch++;
-            if (apply_op(srv, &op, &ch) == STORE_OK)
-                srv->st.touch_hits++;
-            else
-                srv->st.touch_misses++;
-        }
         it = store_get(srv->store, k, nk, srv->now_ms);
         if (it == NULL) {
             srv->st.get_misses++;
@@ -358,7 +754,8 @@ static int exec_retrieval(struct server *srv, struct outq *o, const struct proto
     if (log_enabled(LOG_LEVEL_DEBUG)) {
         char ks[96];
         size_t skip = strspn(req->keys, " ");
-        log_debug(MOD, "%s %zu key(s): %s", proto_cmd_name(req->cmd), req->nkeys,
+        log_debug(MOD, "conn %llu: %s %zu key(s): %s", (unsigned long long)c->id,
+                  proto_cmd_name(req->cmd), req->nkeys,
                   esc_key(ks, sizeof(ks), req->keys + skip, req->keys_len - skip));
     }
     return reply(o, "END\r\n");
@@ -373,9 +770,9 @@ static void stat_u64(struct outq *o, const char *name, uint64_t v)
 
 static void stat_str(struct outq *o, const char *name, const char *v)
 {
-    char line[256];
+    char line[512];
     int n = snprintf(line, sizeof(line), "STAT %s %s\r\n", name, v);
-    outq_text(o, line, (size_t)n);
+    outq_text(o, line, (size_t)(n < (int)sizeof(line) ? n : (int)sizeof(line) - 1));
 }
 
 static int exec_stats(struct server *srv, struct outq *o, const struct proto_req *req)
@@ -383,6 +780,7 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
     const struct server_config *cfg = &srv->cfg;
     struct counters *c = &srv->st;
     struct store_stats ss;
+    struct wal_stats ws;
     char v[64];
 
     if (req->narg == 5 && memcmp(req->arg, "reset", 5) == 0) {
@@ -405,6 +803,11 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
         stat_u64(o, "idle_timeout", cfg->idle_timeout_s);
         stat_str(o, "evictions", "off");
         stat_u64(o, "num_threads", 1);
+        stat_str(o, "data_dir", cfg->data_dir);
+        stat_str(o, "fsync", wal_fsync_mode_name(cfg->fsync_mode));
+        stat_u64(o, "fsync_interval_ms", cfg->fsync_interval_ms);
+        stat_u64(o, "snapshot_bytes", cfg->snapshot_bytes);
+        stat_u64(o, "wal_segment_bytes", cfg->wal_segment_bytes);
         return reply(o, "END\r\n");
     }
     if (req->narg > 0) {
@@ -418,6 +821,7 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
     }
 
     store_get_stats(srv->store, &ss);
+    wal_get_stats(srv->wal, &ws);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     stat_u64(o, "pid", (uint64_t)getpid());
@@ -470,27 +874,56 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
     stat_u64(o, "hash_buckets", ss.hash_buckets);
     stat_u64(o, "hash_bytes", ss.hash_bytes);
     stat_u64(o, "hash_is_expanding", ss.hash_is_expanding);
+    /* durability */
+    stat_str(o, "fsync", wal_fsync_mode_name(cfg->fsync_mode));
+    stat_u64(o, "recovery_ms", srv->rec.elapsed_ms);
+    stat_u64(o, "recovery_snapshot_lsn", srv->rec.snap_lsn);
+    stat_u64(o, "recovery_snapshot_items", srv->rec.snap_items);
+    stat_u64(o, "recovery_records", srv->rec.records);
+    stat_u64(o, "recovery_truncated_bytes", srv->rec.truncated_bytes);
+    stat_u64(o, "wal_bytes", ws.bytes);
+    stat_u64(o, "wal_segments", ws.segments);
+    stat_u64(o, "wal_records", ws.records);
+    stat_u64(o, "wal_next_lsn", ws.next_lsn);
+    stat_u64(o, "wal_durable_lsn", ws.durable_lsn);
+    stat_u64(o, "wal_batches", ws.batches);
+    stat_u64(o, "wal_fsyncs", ws.fsyncs);
+    stat_u64(o, "wal_fsync_us_avg", ws.fsyncs ? ws.fsync_us_total / ws.fsyncs : 0);
+    stat_u64(o, "wal_fsync_us_max", ws.fsync_us_max);
+    stat_u64(o, "wal_fsync_us_last", ws.fsync_us_last);
+    stat_str(o, "wal_error", ws.error ? strerror(-ws.error) : "none");
+    stat_u64(o, "writes_logged", c->writes_logged);
+    stat_u64(o, "writes_waited", c->writes_waited);
+    stat_u64(o, "writes_failed", c->writes_failed);
+    stat_u64(o, "writes_pending", srv->npending);
+    stat_u64(o, "snapshots", srv->snapshots);
+    stat_u64(o, "snapshot_failures", srv->snapshot_failures);
+    stat_u64(o, "snapshot_in_progress", srv->snap_pid != 0);
+    stat_u64(o, "snapshot_last_lsn", srv->snap_last_lsn);
+    stat_u64(o, "snapshot_last_bytes", srv->snap_last_bytes);
+    stat_u64(o, "snapshot_last_ms", srv->snap_last_ms);
     return reply(o, "END\r\n");
 }
 
+static int start_snapshot(struct server *srv);
+
 /*
- * Executes one request, queueing its reply on o. c is NULL for UDP. Returns
- * what the connection must do next, or -ENOMEM.
+ * Executes one request, queueing its reply on c->out. Returns what the
+ * connection must do next (enum after), or -ENOMEM.
  */
-static int execute(struct server *srv, struct conn *c, struct outq *o,
-                   const struct proto_req *req)
+static int execute(struct server *srv, struct conn *c, const struct proto_req *req)
 {
+    struct outq *o = &c->out;
     int r = 0;
 
-    if (proto_cmd_is_write(req->cmd))
-        return exec_write(srv, o, req);
+    if (proto_cmd_is_write(req->cmd) || req->too_large ||
+        req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS)
+        return exec_write(srv, c, req);
 
     switch (req->cmd) {
     case PROTO_CMD_GET:
     case PROTO_CMD_GETS:
-    case PROTO_CMD_GAT:
-    case PROTO_CMD_GATS:
-        return exec_retrieval(srv, o, req);
+        return exec_retrieval(srv, c, req);
     case PROTO_CMD_VERSION:
         return reply(o, "VERSION " PROTO_VERSION_STRING "\r\n");
     case PROTO_CMD_VERBOSITY: {
@@ -511,23 +944,26 @@ static int execute(struct server *srv, struct conn *c, struct outq *o,
         return exec_stats(srv, o, req);
     case PROTO_CMD_QUIT:
         return AFTER_CLOSE;
+    case PROTO_CMD_SNAPSHOT:
+        /* Answered when a snapshot that includes every write committed so
+         * far is durable. */
+        if (srv->snap_pid == 0) {
+            if ((r = start_snapshot(srv)) < 0) {
+                char line[128];
+                snprintf(line, sizeof(line), "SERVER_ERROR cannot snapshot: %s\r\n",
+                         strerror(-r));
+                return reply(o, line);
+            }
+            waitlist_push(&srv->snap_cur, c);
+        } else {
+            waitlist_push(&srv->snap_next, c);
+        }
+        return AFTER_PENDING;
     case PROTO_CMD_KEYS: {
         struct item **items;
         long n = store_collect(srv->store, req->arg, req->narg, srv->now_ms, &items);
         if (n < 0)
             return reply(o, "SERVER_ERROR out of memory listing keys\r\n");
-        if (c == NULL) {
-            /* UDP: the whole list goes in this reply. */
-            for (long i = 0; i < n && r == 0; i++) {
-                if ((r = outq_text(o, "KEY ", 4)) == 0 &&
-                    (r = outq_text(o, item_key(items[i]), items[i]->nkey)) == 0)
-                    r = outq_text(o, "\r\n", 2);
-            }
-            for (long i = 0; i < n; i++)
-                item_unref(items[i]);
-            free(items);
-            return r ? r : reply(o, "END\r\n");
-        }
         c->keys = items;
         c->nkeys = (size_t)n;
         c->keys_pos = 0;
@@ -538,23 +974,35 @@ static int execute(struct server *srv, struct conn *c, struct outq *o,
     }
 }
 
-/* ---- TCP connections ------------------------------------------------------- */
+/* ---- connections (TCP and UDP) ---------------------------------------------- */
 
-static void conn_flush(struct conn *c);
-static void conn_process(struct conn *c);
-
-static void conn_on_close(uv_handle_t *h)
+static void conn_link(struct server *srv, struct conn *c)
 {
-    struct conn *c = (struct conn *)h;
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    c->id = ++srv->next_conn_id;
+    c->last_active_ms = util_mono_ns() / 1000000u;
+}
+
+/* Frees a connection that has no handle open and no write pending. */
+static void conn_free(struct conn *c)
+{
     struct server *srv = c->srv;
 
+    assert(c->pending == NULL);
+    waitlist_remove(c);
     if (c->prev)
         c->prev->next = c->next;
     else
         srv->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    srv->nconns--;
+    if (c->udp)
+        srv->nudp--;
+    else
+        srv->nconns--;
     for (size_t i = c->keys_pos; i < c->nkeys; i++)
         item_unref(c->keys[i]);
     free(c->keys);
@@ -564,22 +1012,41 @@ static void conn_on_close(uv_handle_t *h)
     free(c);
 }
 
+static void conn_on_close(uv_handle_t *h)
+{
+    struct conn *c = (struct conn *)h;
+
+    c->handle_closed = true;
+    /* A write in the log still points at us: wreq_done frees us then. */
+    if (c->pending == NULL)
+        conn_free(c);
+}
+
 static void conn_close(struct conn *c, const char *why)
 {
     if (c->closing)
         return;
     c->closing = true;
+    waitlist_remove(c);
     if (why)
         log_info(MOD, "conn %llu from %s closed: %s", (unsigned long long)c->id, c->peer, why);
+    if (c->udp) {
+        c->handle_closed = true;
+        if (c->pending == NULL)
+            conn_free(c);
+        return;
+    }
     uv_close((uv_handle_t *)&c->tcp, conn_on_close);
 }
 
-/* Emits queued "KEY" lines while the output queue has room. */
+/* Emits queued "KEY" lines while the output queue has room (TCP), or all of
+ * them (UDP: one reply). */
 static void conn_stream_keys(struct conn *c)
 {
     struct outq *o = &c->out;
 
-    while (c->keys && c->keys_pos < c->nkeys && o->bytes < c->srv->cfg.conn_output_bytes_max) {
+    while (c->keys && c->keys_pos < c->nkeys &&
+           (c->udp || o->bytes < c->srv->cfg.conn_output_bytes_max)) {
         struct item *it = c->keys[c->keys_pos];
         if (outq_text(o, "KEY ", 4) < 0 || outq_text(o, item_key(it), it->nkey) < 0 ||
             outq_text(o, "\r\n", 2) < 0) {
@@ -616,9 +1083,10 @@ static void conn_on_write(uv_write_t *req, int status)
     conn_stream_keys(c);
     if (!c->closing)
         conn_process(c);
-    if (!c->closing)
-        conn_flush(c);
 }
+
+/* Cuts the UDP reply into datagrams and sends them; frees the request. */
+static void udp_finish(struct conn *c);
 
 static void conn_flush(struct conn *c)
 {
@@ -627,10 +1095,10 @@ static void conn_flush(struct conn *c)
     size_t n, total = 0;
     int r;
 
-    if (c->closing || c->in_flight)
+    if (c->closing || c->in_flight || c->udp)
         return;
     if (c->out.bytes == 0) {
-        if (c->close_after_flush)
+        if (c->close_after_flush && c->pending == NULL)
             conn_close(c, NULL);
         return;
     }
@@ -653,7 +1121,7 @@ static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 
 static void conn_set_reading(struct conn *c, bool on)
 {
-    if (c->closing || c->reading == on)
+    if (c->closing || c->udp || c->reading == on)
         return;
     c->reading = on;
     if (!on)
@@ -662,35 +1130,50 @@ static void conn_set_reading(struct conn *c, bool on)
         conn_close(c, "cannot read");
 }
 
-/* Parses and executes every complete request in the read buffer. */
+/* Parses and executes every complete request in the read buffer, until one
+ * has to wait. */
 static void conn_process(struct conn *c)
 {
     struct server *srv = c->srv;
     size_t pos = 0;
 
     refresh_now(srv);
-    while (!c->closing && !c->close_after_flush && c->keys == NULL) {
+    while (!c->closing && !c->close_after_flush && c->keys == NULL && c->pending == NULL &&
+           c->waiting == NULL && !srv->stopping) {
         struct proto_req req;
         size_t consumed;
         enum proto_status st;
         int r = 0;
 
-        if (c->out.bytes >= srv->cfg.conn_output_bytes_max)
+        if (!c->udp && c->out.bytes >= srv->cfg.conn_output_bytes_max)
             break; /* backpressure: resume from conn_on_write */
         if (c->rlen - pos == 0 || c->rlen - pos < c->need)
             break;
         st = proto_parse(c->rbuf + pos, c->rlen - pos, &srv->lim, &req, &consumed);
         if (st == PROTO_NEED_MORE) {
+            if (c->udp) {
+                /* A UDP request must be whole in its datagram. */
+                r = reply_line(&c->out, "CLIENT_ERROR incomplete request: a UDP request "
+                                        "must fit one datagram");
+                pos = c->rlen;
+                if (r < 0)
+                    goto oom;
+                continue;
+            }
             c->need = req.need;
             break;
         }
         c->need = 0;
         if (st == PROTO_CLOSE) {
             srv->st.protocol_closes++;
-            /* Replies to earlier requests still go out, then we hang up. */
-            log_info(MOD, "conn %llu from %s: %s; closing", (unsigned long long)c->id, c->peer,
-                     req.error);
-            c->close_after_flush = true;
+            if (c->udp) {
+                srv->st.udp_dropped++;
+            } else {
+                /* Replies to earlier requests still go out, then we hang up. */
+                log_info(MOD, "conn %llu from %s: %s; closing", (unsigned long long)c->id,
+                         c->peer, req.error);
+                c->close_after_flush = true;
+            }
             pos = c->rlen;
             break;
         }
@@ -705,23 +1188,33 @@ static void conn_process(struct conn *c)
                           log_escape(line, sizeof(line), c->rbuf + pos, ll));
             }
         } else {
-            r = execute(srv, c, &c->out, &req);
+            /* A request that waits stays unconsumed, and so does a gat whose
+             * touches are being logged (wreq_done reads it then): the buffer
+             * is compacted below, so either is at its front afterwards. */
+            r = execute(srv, c, &req);
+            if (r == AFTER_WAIT)
+                break;
+            if (r == AFTER_PENDING &&
+                (req.cmd == PROTO_CMD_GAT || req.cmd == PROTO_CMD_GATS))
+                break;
         }
         /* A refused data block may extend past what we have: swallow the rest. */
         if (consumed > c->rlen - pos) {
-            c->swallow = consumed - (c->rlen - pos);
+            c->swallow = c->udp ? 0 : consumed - (c->rlen - pos);
             pos = c->rlen;
         } else {
             pos += consumed;
         }
-        if (r < 0) {
-            conn_close(c, "out of memory");
-            return;
-        }
-        if (r == AFTER_CLOSE)
-            c->close_after_flush = true;
-        else if (r == AFTER_KEYS)
+        if (r < 0)
+            goto oom;
+        if (r == AFTER_CLOSE) {
+            if (c->udp)
+                pos = c->rlen; /* quit: nothing to close, drop the rest */
+            else
+                c->close_after_flush = true;
+        } else if (r == AFTER_KEYS) {
             conn_stream_keys(c);
+        }
     }
     if (c->closing)
         return;
@@ -731,14 +1224,25 @@ static void conn_process(struct conn *c)
         memmove(c->rbuf, c->rbuf + pos, c->rlen - pos);
         c->rlen -= pos;
     }
+    if (c->udp) {
+        if (c->rlen == 0 && c->pending == NULL && c->waiting == NULL && c->keys == NULL)
+            udp_finish(c);
+        return;
+    }
     if (c->rlen == 0 && c->rcap > LIMIT_READ_BUF_BYTES_KEEP) {
         free(c->rbuf);
         c->rbuf = NULL;
         c->rcap = 0;
     }
-    bool blocked = c->out.bytes >= srv->cfg.conn_output_bytes_max || c->keys != NULL;
+    /* Busy connections read on (so their replies keep draining), but stop at
+     * the output limit, or while a request waits. */
+    bool blocked = c->out.bytes >= srv->cfg.conn_output_bytes_max || c->keys != NULL ||
+                   c->pending != NULL || c->waiting != NULL;
     conn_set_reading(c, !blocked && !c->close_after_flush);
     conn_flush(c);
+    return;
+oom:
+    conn_close(c, "out of memory");
 }
 
 static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -789,7 +1293,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     c->srv->st.bytes_read += (uint64_t)nread;
     c->rlen += (size_t)nread;
-    c->last_active_ms = (uint64_t)(util_mono_ns() / 1000000u);
+    c->last_active_ms = util_mono_ns() / 1000000u;
     if (c->swallow) {
         size_t d = c->rlen < c->swallow ? c->rlen : (size_t)c->swallow;
         memmove(c->rbuf, c->rbuf + d, c->rlen - d);
@@ -827,6 +1331,21 @@ static void reject_conn(struct server *srv, uv_tcp_t *t)
     }
 }
 
+static void addr_name(const struct sockaddr_storage *ss, char *dst, size_t cap)
+{
+    if (ss->ss_family == AF_INET6)
+        uv_ip6_name((const struct sockaddr_in6 *)ss, dst, cap);
+    else
+        uv_ip4_name((const struct sockaddr_in *)ss, dst, cap);
+}
+
+static int addr_port(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+}
+
 static void on_connection(uv_stream_t *listener, int status)
 {
     struct server *srv = listener->data;
@@ -860,12 +1379,7 @@ static void on_connection(uv_stream_t *listener, int status)
         return;
     }
     outq_init(&c->out, false);
-    c->id = ++srv->next_conn_id;
-    c->last_active_ms = (uint64_t)(util_mono_ns() / 1000000u);
-    c->next = srv->conns;
-    if (srv->conns)
-        srv->conns->prev = c;
-    srv->conns = c;
+    conn_link(srv, c);
     srv->nconns++;
     srv->st.total_connections++;
     uv_tcp_nodelay(&c->tcp, 1);
@@ -873,17 +1387,9 @@ static void on_connection(uv_stream_t *listener, int status)
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET6) {
-            uv_ip6_name((struct sockaddr_in6 *)&ss, host, sizeof(host));
-            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-        } else {
-            uv_ip4_name((struct sockaddr_in *)&ss, host, sizeof(host));
-            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        }
-    }
-    snprintf(c->peer, sizeof(c->peer), "%s:%d", host, port);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0)
+        addr_name(&ss, host, sizeof(host));
+    snprintf(c->peer, sizeof(c->peer), "%s:%d", host, addr_port(&ss));
     log_debug(MOD, "conn %llu from %s", (unsigned long long)c->id, c->peer);
     conn_set_reading(c, true);
 }
@@ -891,11 +1397,17 @@ static void on_connection(uv_stream_t *listener, int status)
 /* ---- UDP --------------------------------------------------------------------- */
 
 struct udp_send {
-    struct server *srv;
     unsigned pending;
     uv_udp_send_t *reqs;
     char *data;
 };
+
+static void udp_send_free(struct udp_send *us)
+{
+    free(us->reqs);
+    free(us->data);
+    free(us);
+}
 
 static void udp_on_send(uv_udp_send_t *req, int status)
 {
@@ -903,11 +1415,8 @@ static void udp_on_send(uv_udp_send_t *req, int status)
 
     if (status < 0 && status != UV_ECANCELED)
         log_debug(MOD, "udp send: %s", uv_strerror(status));
-    if (--us->pending == 0) {
-        free(us->reqs);
-        free(us->data);
-        free(us);
-    }
+    if (--us->pending == 0)
+        udp_send_free(us);
 }
 
 /* Cuts reply[0..n) into datagrams for req_id and sends them to addr. */
@@ -918,7 +1427,7 @@ static void udp_send_reply(struct server *srv, uint16_t req_id, const char *repl
     const size_t dg = LIMIT_UDP_HEADER_BYTES + LIMIT_UDP_PAYLOAD_BYTES;
     struct udp_send *us;
 
-    if (count == 0)
+    if (count == 0 || !srv->udp_open)
         return;
     if (count > LIMIT_UDP_DATAGRAMS_MAX) {
         static const char msg[] = "SERVER_ERROR reply too large for UDP\r\n";
@@ -931,12 +1440,9 @@ static void udp_send_reply(struct server *srv, uint16_t req_id, const char *repl
     us->reqs = calloc(count, sizeof(*us->reqs));
     us->data = malloc(count * dg);
     if (us->reqs == NULL || us->data == NULL) {
-        free(us->reqs);
-        free(us->data);
-        free(us);
+        udp_send_free(us);
         return;
     }
-    us->srv = srv;
     us->pending = (unsigned)count;
     for (size_t i = 0; i < count; i++) {
         size_t off = i * LIMIT_UDP_PAYLOAD_BYTES;
@@ -947,18 +1453,26 @@ static void udp_send_reply(struct server *srv, uint16_t req_id, const char *repl
         memcpy(d + LIMIT_UDP_HEADER_BYTES, reply_bytes + off, len);
         uv_buf_t b = uv_buf_init(d, (unsigned)(LIMIT_UDP_HEADER_BYTES + len));
         us->reqs[i].data = us;
-        if (uv_udp_send(&us->reqs[i], &srv->udp, &b, 1, addr, udp_on_send) < 0) {
+        if (uv_udp_send(&us->reqs[i], &srv->udp, &b, 1, addr, udp_on_send) < 0 &&
+            --us->pending == 0) {
             /* Not sent: account for it as if its callback ran. */
-            if (--us->pending == 0) {
-                free(us->reqs);
-                free(us->data);
-                free(us);
-                return;
-            }
+            udp_send_free(us);
+            return;
         }
     }
     srv->st.udp_replies++;
     srv->st.bytes_written += n;
+}
+
+static void udp_finish(struct conn *c)
+{
+    struct server *srv = c->srv;
+
+    if (c->out.bytes)
+        udp_send_reply(srv, c->udp_req_id, c->out.flatbuf.data, c->out.flatbuf.len,
+                       (const struct sockaddr *)&c->addr);
+    c->closing = c->handle_closed = true;
+    conn_free(c);
 }
 
 static void udp_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -974,8 +1488,8 @@ static void udp_on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
 {
     struct server *srv = h->data;
     struct proto_udp_hdr hdr;
-    struct outq o;
-    size_t pos, len;
+    struct conn *c;
+    size_t n;
 
     if (nread == 0 && addr == NULL)
         return; /* nothing more to read */
@@ -985,49 +1499,173 @@ static void udp_on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
     }
     srv->st.bytes_read += (uint64_t)nread;
     if ((flags & UV_UDP_PARTIAL) || addr == NULL ||
-        proto_udp_decode(buf->base, (size_t)nread, &hdr) < 0) {
+        proto_udp_decode(buf->base, (size_t)nread, &hdr) < 0 || srv->stopping ||
+        srv->nudp >= srv->cfg.max_conns) {
         srv->st.udp_dropped++;
-        log_debug(MOD, "udp: dropped a malformed datagram of %zd bytes", nread);
+        log_debug(MOD, "udp: dropped a datagram of %zd bytes", nread);
         return;
     }
     srv->st.udp_requests++;
-    refresh_now(srv);
-    outq_init(&o, true);
-    pos = LIMIT_UDP_HEADER_BYTES;
-    len = (size_t)nread;
-    while (pos < len) {
-        struct proto_req req;
-        size_t consumed;
-        enum proto_status st = proto_parse(buf->base + pos, len - pos, &srv->lim, &req, &consumed);
-        int r = 0;
+    /* Run the datagram's requests as a connection of its own. */
+    n = (size_t)nread - LIMIT_UDP_HEADER_BYTES;
+    c = calloc(1, sizeof(*c));
+    if (c == NULL || (n && (c->rbuf = malloc(n)) == NULL)) {
+        free(c);
+        srv->st.udp_dropped++;
+        return;
+    }
+    c->srv = srv;
+    c->udp = true;
+    c->rcap = c->rlen = n;
+    memcpy(c->rbuf, buf->base + LIMIT_UDP_HEADER_BYTES, n);
+    c->udp_req_id = hdr.req_id;
+    memcpy(&c->addr, addr, addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                       : sizeof(struct sockaddr_in));
+    outq_init(&c->out, true);
+    conn_link(srv, c);
+    srv->nudp++;
+    snprintf(c->peer, sizeof(c->peer), "udp");
+    conn_process(c);
+}
 
-        if (st == PROTO_NEED_MORE) {
-            /* A UDP request must be whole in its datagram. */
-            r = reply_line(&o, "CLIENT_ERROR incomplete request: a UDP request must fit one "
-                               "datagram");
-            pos = len;
-        } else if (st == PROTO_CLOSE) {
-            srv->st.udp_dropped++;
-            pos = len;
-        } else if (st == PROTO_ERROR) {
-            if (!req.noreply)
-                r = reply_line(&o, req.error);
-            pos += consumed;
-        } else {
-            /* A refused data block cannot continue into another datagram. */
-            r = execute(srv, NULL, &o, &req);
-            pos += consumed;
-            if (r == AFTER_CLOSE)
-                pos = len; /* quit: nothing to close, drop the rest */
-        }
-        if (r < 0) {
-            outq_free(&o);
-            return;
+/* ---- snapshots ----------------------------------------------------------------- */
+
+static int start_snapshot(struct server *srv)
+{
+    struct snap_header h = {
+        .lsn = srv->applied_lsn,
+        .next_cas = srv->next_cas,
+        .flush_at_ms = store_flush_at(srv->store),
+    };
+    pid_t pid;
+
+    if (srv->snap_pid)
+        return -EBUSY;
+    if (wal_error(srv->wal))
+        return wal_error(srv->wal);
+    refresh_now(srv);
+    pid = fork();
+    if (pid < 0) {
+        log_error(MOD, "snapshot: fork: %s", strerror(errno));
+        return -errno;
+    }
+    if (pid == 0) {
+        /* The child: a frozen copy of the store. Write it and leave without
+         * running atexit handlers or touching the parent's loop. */
+        uint64_t items = 0;
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        int r = snap_write_store(srv->cfg.data_dir, srv->store, &h, srv->now_ms, &items);
+        if (r < 0)
+            log_error(MOD, "snapshot %llu: %s", (unsigned long long)h.lsn, strerror(-r));
+        _exit(r < 0 ? 1 : 0);
+    }
+    srv->snap_pid = pid;
+    srv->snap_lsn = h.lsn;
+    srv->snap_started_ns = util_mono_ns();
+    srv->snap_appended_at = srv->appended_bytes;
+    log_info(MOD, "snapshot of log position %llu started (pid %d)", (unsigned long long)h.lsn,
+             (int)pid);
+    return 0;
+}
+
+int server_snapshot(struct server *srv)
+{
+    return start_snapshot(srv);
+}
+
+/* Removes snapshots older than the one at lsn. */
+static void remove_old_snapshots(struct server *srv, uint64_t lsn)
+{
+    struct datadir_file *f;
+    long n = datadir_list(srv->cfg.data_dir, "snap-", ".snap", &f);
+    char path[4200];
+
+    for (long i = 0; i < n; i++) {
+        if (f[i].seq >= lsn)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", srv->cfg.data_dir, f[i].name);
+        if (unlink(path) < 0)
+            log_warn(MOD, "cannot remove %s: %s", path, strerror(errno));
+    }
+    if (n > 0)
+        free(f);
+}
+
+/* Answers every connection on wl with line. */
+static void snapshot_answer(struct waitlist *wl, const char *line)
+{
+    for (struct conn *c = wl->head; c; c = c->wait_next)
+        if (!c->closing)
+            reply(&c->out, line);
+    waitlist_wake(wl);
+}
+
+/* Polled by the timer: has the snapshot child finished? */
+static void snapshot_check(struct server *srv)
+{
+    int status;
+    pid_t r;
+
+    if (srv->snap_pid == 0)
+        return;
+    r = waitpid(srv->snap_pid, &status, WNOHANG);
+    if (r == 0 || (r < 0 && errno == EINTR))
+        return;
+    srv->snap_pid = 0;
+    uint64_t ms = (util_mono_ns() - srv->snap_started_ns) / 1000000u;
+    if (r > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        char path[4200];
+        struct stat sb;
+        datadir_path(path, sizeof(path), srv->cfg.data_dir, "snap-", srv->snap_lsn, ".snap");
+        srv->snap_last_bytes = stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+        srv->snap_last_ms = ms;
+        srv->snap_last_lsn = srv->snap_lsn;
+        srv->snapshots++;
+        int removed = wal_remove_covered(srv->wal, srv->snap_lsn);
+        remove_old_snapshots(srv, srv->snap_lsn);
+        log_info(MOD, "snapshot %s done: %llu bytes in %llu ms; %d log segment(s) removed",
+                 path, (unsigned long long)srv->snap_last_bytes, (unsigned long long)ms,
+                 removed > 0 ? removed : 0);
+        snapshot_answer(&srv->snap_cur, "OK\r\n");
+    } else {
+        srv->snapshot_failures++;
+        log_error(MOD, "snapshot of log position %llu failed (%s %d)",
+                  (unsigned long long)srv->snap_lsn,
+                  r > 0 && WIFSIGNALED(status) ? "signal" : "exit status",
+                  r > 0 ? (WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status)) : -1);
+        snapshot_answer(&srv->snap_cur, "SERVER_ERROR snapshot failed (see the server log)\r\n");
+    }
+    /* Commands that arrived during it want a newer one. */
+    if (srv->snap_next.head) {
+        srv->snap_cur = srv->snap_next;
+        for (struct conn *c = srv->snap_cur.head; c; c = c->wait_next)
+            c->waiting = &srv->snap_cur;
+        srv->snap_next.head = srv->snap_next.tail = NULL;
+        int e = start_snapshot(srv);
+        if (e < 0) {
+            char line[128];
+            snprintf(line, sizeof(line), "SERVER_ERROR cannot snapshot: %s\r\n", strerror(-e));
+            snapshot_answer(&srv->snap_cur, line);
         }
     }
-    if (o.bytes)
-        udp_send_reply(srv, hdr.req_id, o.flatbuf.data, o.flatbuf.len, addr);
-    outq_free(&o);
+}
+
+static void on_sigchld(uv_signal_t *h, int signum)
+{
+    (void)signum;
+    snapshot_check(h->data);
+}
+
+/* Starts a snapshot when the log has grown enough since the last one. */
+static void snapshot_maybe(struct server *srv)
+{
+    uint64_t grown = srv->appended_bytes - srv->snap_appended_at;
+
+    if (srv->snap_pid || srv->stopping || grown < srv->cfg.snapshot_bytes ||
+        grown < srv->snap_last_bytes)
+        return;
+    start_snapshot(srv);
 }
 
 /* ---- timers, lifecycle ------------------------------------------------------ */
@@ -1038,12 +1676,19 @@ static void on_timer(uv_timer_t *t)
 
     refresh_now(srv);
     store_expire_step(srv->store, srv->now_ms, EXPIRE_BUCKETS_PER_TICK);
+    /* Normally woken by the last pending write; this catches a barrier left
+     * with nothing to wait for (its flush's connection closed). */
+    if (srv->npending == 0 && srv->barrier.head)
+        waitlist_wake(&srv->barrier);
+    snapshot_check(srv);
+    snapshot_maybe(srv);
     if (srv->cfg.idle_timeout_s) {
         uint64_t now = util_mono_ns() / 1000000u;
         uint64_t limit = (uint64_t)srv->cfg.idle_timeout_s * 1000;
         for (struct conn *c = srv->conns, *next; c; c = next) {
             next = c->next;
-            if (!c->closing && now - c->last_active_ms > limit && c->out.bytes == 0) {
+            if (!c->udp && !c->closing && now - c->last_active_ms > limit &&
+                c->out.bytes == 0 && c->pending == NULL && c->waiting == NULL) {
                 srv->st.idle_kicks++;
                 conn_close(c, "idle timeout");
             }
@@ -1059,7 +1704,8 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     if (cfg->max_conns == 0 || cfg->value_bytes_max == 0 ||
         cfg->value_bytes_max > LIMIT_VALUE_BYTES_CEILING || cfg->get_keys_max == 0 ||
         cfg->get_line_bytes_max < LIMIT_LINE_BYTES_MAX || cfg->conn_output_bytes_max == 0 ||
-        (!cfg->tcp && !cfg->udp)) {
+        (!cfg->tcp && !cfg->udp) || cfg->data_dir == NULL || cfg->data_dir[0] == '\0' ||
+        cfg->wal_segment_bytes < 4096) {
         *err = -EINVAL;
         return NULL;
     }
@@ -1070,6 +1716,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     }
     srv->loop = loop;
     srv->cfg = *cfg;
+    srv->lock_fd = -1;
     srv->lim.value_bytes_max = cfg->value_bytes_max;
     srv->lim.get_line_bytes_max = cfg->get_line_bytes_max;
     srv->lim.get_keys_max = cfg->get_keys_max;
@@ -1105,35 +1752,92 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss)
     r = getaddrinfo(host, ps, &hints, &res);
     if (r != 0)
         return r == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL;
+    memset(ss, 0, sizeof(*ss));
     memcpy(ss, res->ai_addr, res->ai_addrlen);
     freeaddrinfo(res);
     return 0;
 }
 
-static void addr_name(const struct sockaddr_storage *ss, char *dst, size_t cap)
+static int say(char *err, size_t cap, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int say(char *err, size_t cap, int code, const char *fmt, ...)
 {
-    if (ss->ss_family == AF_INET6)
-        uv_ip6_name((const struct sockaddr_in6 *)ss, dst, cap);
-    else
-        uv_ip4_name((const struct sockaddr_in *)ss, dst, cap);
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(err, cap, fmt, ap);
+    va_end(ap);
+    return code;
 }
 
-static int bound_port(const struct sockaddr_storage *ss)
+/* Locks the data directory, recovers the store, opens the log. */
+static int open_data(struct server *srv, char *err, size_t cap)
 {
-    if (ss->ss_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
-    return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+    const char *dir = srv->cfg.data_dir;
+    struct wal_config wc = {
+        .dir = dir,
+        .fsync_mode = srv->cfg.fsync_mode,
+        .fsync_interval_ms = srv->cfg.fsync_interval_ms,
+        .segment_bytes = srv->cfg.wal_segment_bytes,
+        .io = srv->cfg.wal_io,
+    };
+    pid_t holder;
+    int r;
+
+    r = datadir_lock(dir, &holder);
+    if (r == -EWOULDBLOCK) {
+        if (holder > 0)
+            return say(err, cap, r, "data directory %s is in use by another serve (pid %d); "
+                                    "stop it, or give this one its own --data-dir",
+                       dir, (int)holder);
+        return say(err, cap, r, "data directory %s is locked by another process", dir);
+    }
+    if (r < 0)
+        return say(err, cap, r, "cannot lock data directory %s: %s", dir, strerror(-r));
+    srv->lock_fd = r;
+
+    refresh_now(srv);
+    r = recover(dir, srv->store, srv->now_ms, &srv->rec, err, cap);
+    if (r < 0)
+        return r;
+    srv->next_cas = srv->rec.next_cas;
+    srv->applied_lsn = srv->rec.next_lsn - 1;
+    /* The first snapshot waits until the log has grown past what replay
+     * just had to read. */
+    srv->snap_last_lsn = srv->rec.snap_lsn;
+
+    struct store_stats ss;
+    store_get_stats(srv->store, &ss);
+    log_info(MOD, "recovered %s in %llu ms: snapshot at %llu (%llu items), %llu log records "
+             "replayed; %llu items, %llu bytes",
+             dir, (unsigned long long)srv->rec.elapsed_ms, (unsigned long long)srv->rec.snap_lsn,
+             (unsigned long long)srv->rec.snap_items, (unsigned long long)srv->rec.records,
+             (unsigned long long)ss.curr_items, (unsigned long long)ss.bytes);
+    if (ss.bytes > srv->cfg.max_memory_bytes)
+        log_warn(MOD, "the recovered data (%llu bytes) exceeds --max-memory: writes that add "
+                      "data will fail until some is deleted",
+                 (unsigned long long)ss.bytes);
+
+    r = wal_open(&srv->wal, srv->loop, &wc, srv->rec.next_lsn);
+    if (r < 0)
+        return say(err, cap, r, "cannot open the write-ahead log in %s: %s", dir, strerror(-r));
+    return 0;
 }
 
-int server_start(struct server *srv)
+int server_start(struct server *srv, char *err, size_t errcap)
 {
     struct sockaddr_storage ss;
     char name[INET6_ADDRSTRLEN];
     int r, len;
 
+    err[0] = '\0';
+    if ((r = open_data(srv, err, errcap)) < 0)
+        goto fail_quiet;
     r = resolve(srv->cfg.host, srv->cfg.port, &ss);
-    if (r < 0)
-        return r;
+    if (r < 0) {
+        say(err, errcap, r, "cannot resolve %s: %s", srv->cfg.host, strerror(-r));
+        goto fail;
+    }
     addr_name(&ss, name, sizeof(name));
     srv->port = srv->cfg.port;
 
@@ -1143,10 +1847,10 @@ int server_start(struct server *srv)
         srv->tcp_open = true;
         if ((r = uv_tcp_bind(&srv->tcp, (struct sockaddr *)&ss, 0)) < 0 ||
             (r = uv_listen((uv_stream_t *)&srv->tcp, 1024, on_connection)) < 0)
-            goto fail;
+            goto fail_listen;
         len = sizeof(ss);
         uv_tcp_getsockname(&srv->tcp, (struct sockaddr *)&ss, &len);
-        srv->port = bound_port(&ss);
+        srv->port = addr_port(&ss);
     }
     if (srv->cfg.udp) {
         /* With port 0, UDP takes the port TCP got, so one number serves both. */
@@ -1159,22 +1863,32 @@ int server_start(struct server *srv)
         srv->udp_open = true;
         if ((r = uv_udp_bind(&srv->udp, (struct sockaddr *)&ss, 0)) < 0 ||
             (r = uv_udp_recv_start(&srv->udp, udp_alloc, udp_on_recv)) < 0)
-            goto fail;
+            goto fail_listen;
         len = sizeof(ss);
         uv_udp_getsockname(&srv->udp, (struct sockaddr *)&ss, &len);
-        srv->port = bound_port(&ss);
+        srv->port = addr_port(&ss);
     }
     uv_timer_init(srv->loop, &srv->timer);
     srv->timer.data = srv;
     srv->timer_open = true;
-    uv_timer_start(&srv->timer, on_timer, EXPIRE_INTERVAL_MS, EXPIRE_INTERVAL_MS);
+    uv_timer_start(&srv->timer, on_timer, TIMER_INTERVAL_MS, TIMER_INTERVAL_MS);
+    /* The timer also polls, in case a SIGCHLD is coalesced or missed. */
+    uv_signal_init(srv->loop, &srv->sigchld);
+    srv->sigchld.data = srv;
+    srv->sigchld_open = true;
+    uv_signal_start(&srv->sigchld, on_sigchld, SIGCHLD);
     log_info(MOD, "listening on %s%s%s %s port %d (max %zu connections, %llu MiB, values up to "
-             "%zu bytes)",
+             "%zu bytes; data in %s, fsync %s)",
              srv->cfg.tcp ? "tcp" : "", srv->cfg.tcp && srv->cfg.udp ? "+" : "",
              srv->cfg.udp ? "udp" : "", name, srv->port, srv->cfg.max_conns,
-             (unsigned long long)(srv->cfg.max_memory_bytes >> 20), srv->cfg.value_bytes_max);
+             (unsigned long long)(srv->cfg.max_memory_bytes >> 20), srv->cfg.value_bytes_max,
+             srv->cfg.data_dir, wal_fsync_mode_name(srv->cfg.fsync_mode));
     return 0;
+fail_listen:
+    say(err, errcap, r, "cannot listen on %s port %d: %s", srv->cfg.host, srv->cfg.port,
+        uv_strerror(r));
 fail:
+fail_quiet:
     server_stop(srv);
     return r;
 }
@@ -1195,9 +1909,27 @@ void server_stop(struct server *srv)
         uv_close((uv_handle_t *)&srv->udp, NULL);
     if (srv->timer_open)
         uv_close((uv_handle_t *)&srv->timer, NULL);
-    srv->tcp_open = srv->udp_open = srv->timer_open = false;
-    for (struct conn *c = srv->conns; c; c = c->next)
+    if (srv->sigchld_open)
+        uv_close((uv_handle_t *)&srv->sigchld, NULL);
+    srv->tcp_open = srv->udp_open = srv->timer_open = srv->sigchld_open = false;
+    if (srv->snap_pid) {
+        /* A half-written snapshot is only a .tmp file: recovery removes it. */
+        kill(srv->snap_pid, SIGKILL);
+        waitpid(srv->snap_pid, NULL, 0);
+        srv->snap_pid = 0;
+        snapshot_answer(&srv->snap_cur, "SERVER_ERROR shutting down\r\n");
+    }
+    snapshot_answer(&srv->snap_next, "SERVER_ERROR shutting down\r\n");
+    for (struct conn *c = srv->conns, *next; c; c = next) {
+        next = c->next;
         conn_close(c, NULL);
+    }
+    /* Pending writes finish (durable or not) before the log closes; their
+     * connections are gone, so nobody is told, and they free themselves. */
+    if (srv->wal) {
+        wal_close(srv->wal);
+        srv->wal = NULL;
+    }
 }
 
 void server_free(struct server *srv)
@@ -1206,6 +1938,9 @@ void server_free(struct server *srv)
         return;
     assert(srv->conns == NULL);
     store_free(srv->store);
+    buf_free(&srv->scratch);
     free(srv->udp_rbuf);
+    if (srv->lock_fd >= 0)
+        close(srv->lock_fd);
     free(srv);
 }

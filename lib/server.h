@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "wal.h"
+
 struct server_config {
     const char *host; /* address to bind (IPv4 or IPv6 literal, or a name) */
     int port;         /* one port number for TCP and UDP; 0 = let the kernel pick */
@@ -26,6 +28,13 @@ struct server_config {
     size_t conn_output_bytes_max;
     unsigned idle_timeout_s; /* 0 = never */
     uint64_t hash_seed;
+    /* Durability. */
+    const char *data_dir;
+    enum wal_fsync_mode fsync_mode;
+    unsigned fsync_interval_ms;
+    uint64_t snapshot_bytes;    /* log growth that triggers a snapshot */
+    uint64_t wal_segment_bytes;
+    const struct wal_io *wal_io; /* NULL: real system calls (tests inject faults) */
 };
 
 /* Fills cfg with the defaults from limits.h (TCP on, UDP off, 127.0.0.1:11211). */
@@ -38,10 +47,16 @@ void server_config_defaults(struct server_config *cfg);
 struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int *err);
 
 /*
- * Binds and starts listening. Returns 0 or a negative libuv/errno code
- * (-EADDRINUSE, -EADDRNOTAVAIL, -EACCES, ...); on error nothing stays bound.
+ * Locks the data directory, recovers the store from it (snapshot, then the
+ * log), opens the log, then binds and starts listening. Returns 0 or a
+ * negative errno/libuv code; err (errcap bytes) then says what failed and,
+ * for a damaged data directory, what to do. -EWOULDBLOCK: another serve
+ * holds the data directory. On error nothing stays bound.
  */
-int server_start(struct server *srv);
+int server_start(struct server *srv, char *err, size_t errcap);
+
+/* Starts a snapshot now (SIGUSR1). Returns 0, or -EBUSY if one is running. */
+int server_snapshot(struct server *srv);
 
 /* The TCP or UDP port actually bound (useful with port 0). */
 int server_port(const struct server *srv);

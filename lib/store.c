@@ -47,6 +47,17 @@ struct store {
     uint64_t expired_reclaimed;
     int64_t flush_at_ms;  /* a delayed flush_all not yet due; 0 = none */
     int64_t next_expiry_ms; /* no item expires before this (a lower bound) */
+    uint64_t max_cas;       /* highest cas of any item ever inserted */
+    struct lock_entry **locks; /* key lock table: chained, power-of-two size */
+    size_t lock_buckets, nlocks;
+};
+
+struct lock_entry {
+    struct lock_entry *next;
+    void *owner;
+    uint32_t hash;
+    uint8_t nkey;
+    char key[];
 };
 
 /* ---- items ---------------------------------------------------------------- */
@@ -247,6 +258,8 @@ static void insert_item(struct store *s, struct item *it)
     tab->used++;
     s->bytes += item_size(it->nkey, it->nval);
     s->total_items++;
+    if (it->cas > s->max_cas)
+        s->max_cas = it->cas;
     if (it->exptime_ms != 0 && it->exptime_ms < s->next_expiry_ms)
         s->next_expiry_ms = it->exptime_ms;
 }
@@ -365,6 +378,13 @@ void store_free(struct store *s)
     if (s == NULL)
         return;
     sweep(s, 0, true);
+    for (size_t i = 0; i < s->lock_buckets; i++) {
+        for (struct lock_entry *e = s->locks[i], *next; e; e = next) {
+            next = e->next;
+            free(e);
+        }
+    }
+    free(s->locks);
     free(s->t[0].b);
     free(s->t[1].b);
     free(s);
@@ -646,4 +666,195 @@ void store_get_stats(const struct store *s, struct store_stats *st)
     st->hash_buckets = s->t[0].size + s->t[1].size;
     st->hash_bytes = st->hash_buckets * sizeof(struct item *);
     st->hash_is_expanding = resizing(s);
+}
+
+/* ---- loading logged effects ---------------------------------------------- */
+
+/* Unlinks whatever item key has, live or dead. */
+static void remove_key(struct store *s, const char *key, size_t nkey, uint32_t h)
+{
+    struct table *tab;
+    struct item **link = find_link(s, key, nkey, h, &tab);
+
+    if (link)
+        unlink_item(s, tab, link);
+}
+
+int store_load_put(struct store *s, const char *key, size_t nkey, const char *value,
+                   size_t nvalue, uint32_t flags, int64_t exptime_ms, int64_t mtime_ms,
+                   uint64_t cas, int64_t now_ms)
+{
+    uint32_t h = hash_key(s->cfg.seed, key, nkey);
+    struct item *it;
+
+    assert(nkey > 0 && nkey <= LIMIT_KEY_BYTES_MAX);
+    tick(s, now_ms);
+    remove_key(s, key, nkey, h);
+    if (cas > s->max_cas)
+        s->max_cas = cas; /* even if the item is dead: its cas was handed out */
+    if (exptime_ms != 0 && exptime_ms <= now_ms)
+        return 0;
+    it = item_new(key, nkey, value, nvalue, NULL, 0);
+    if (it == NULL)
+        return -ENOMEM;
+    it->cas = cas;
+    it->flags = flags;
+    it->exptime_ms = exptime_ms;
+    it->mtime_ms = mtime_ms;
+    it->hash = h;
+    insert_item(s, it);
+    maybe_resize(s);
+    return 0;
+}
+
+void store_load_del(struct store *s, const char *key, size_t nkey, int64_t now_ms)
+{
+    tick(s, now_ms);
+    remove_key(s, key, nkey, hash_key(s->cfg.seed, key, nkey));
+    maybe_resize(s);
+}
+
+void store_load_touch(struct store *s, const char *key, size_t nkey, int64_t exptime_ms,
+                      int64_t now_ms)
+{
+    struct table *tab;
+    struct item **link;
+
+    tick(s, now_ms);
+    link = find_link(s, key, nkey, hash_key(s->cfg.seed, key, nkey), &tab);
+    if (link) {
+        (*link)->exptime_ms = exptime_ms;
+        if (exptime_ms != 0 && exptime_ms < s->next_expiry_ms)
+            s->next_expiry_ms = exptime_ms;
+    }
+}
+
+void store_load_flush(struct store *s, int64_t flush_at_ms, int64_t mtime_ms, int64_t now_ms)
+{
+    struct store_change ch;
+
+    memset(&ch, 0, sizeof(ch));
+    ch.type = STORE_FLUSH;
+    ch.flush_at_ms = flush_at_ms;
+    ch.now_ms = mtime_ms;
+    tick(s, now_ms);
+    store_commit(s, &ch);
+}
+
+void store_clear(struct store *s)
+{
+    sweep(s, 0, true);
+    s->flush_at_ms = 0;
+    s->max_cas = 0;
+}
+
+int64_t store_flush_at(const struct store *s)
+{
+    return s->flush_at_ms;
+}
+
+uint64_t store_max_cas(const struct store *s)
+{
+    return s->max_cas;
+}
+
+int store_for_each(struct store *s, int64_t now_ms, int (*fn)(void *arg, const struct item *it),
+                   void *arg)
+{
+    for (int t = 0; t < 2; t++) {
+        struct table *tb = &s->t[t];
+        for (size_t i = 0; i < tb->size; i++) {
+            for (struct item *it = tb->b[i]; it; it = it->hnext) {
+                if (!item_live(s, it, now_ms))
+                    continue;
+                int r = fn(arg, it);
+                if (r)
+                    return r;
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---- key locks --------------------------------------------------------------- */
+
+static struct lock_entry **lock_link(struct store *s, const char *key, size_t nkey, uint32_t h)
+{
+    if (s->lock_buckets == 0)
+        return NULL;
+    struct lock_entry **link = &s->locks[h & (s->lock_buckets - 1)];
+    for (; *link; link = &(*link)->next)
+        if ((*link)->hash == h && (*link)->nkey == nkey && memcmp((*link)->key, key, nkey) == 0)
+            return link;
+    return link; /* the empty link at the end of the chain */
+}
+
+static int locks_grow(struct store *s)
+{
+    size_t n = s->lock_buckets ? s->lock_buckets * 2 : 256;
+    struct lock_entry **b = calloc(n, sizeof(*b));
+
+    if (b == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < s->lock_buckets; i++) {
+        for (struct lock_entry *e = s->locks[i], *next; e; e = next) {
+            next = e->next;
+            e->next = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+        }
+    }
+    free(s->locks);
+    s->locks = b;
+    s->lock_buckets = n;
+    return 0;
+}
+
+int store_lock(struct store *s, const char *key, size_t nkey, void *owner, void **holder)
+{
+    uint32_t h = hash_key(s->cfg.seed, key, nkey);
+    struct lock_entry **link, *e;
+
+    assert(owner != NULL && nkey > 0 && nkey <= LIMIT_KEY_BYTES_MAX);
+    if (s->nlocks >= s->lock_buckets && locks_grow(s) < 0)
+        return -ENOMEM;
+    link = lock_link(s, key, nkey, h);
+    if (*link) {
+        *holder = (*link)->owner;
+        return (*link)->owner == owner ? -EDEADLK : -EBUSY;
+    }
+    e = malloc(sizeof(*e) + nkey);
+    if (e == NULL)
+        return -ENOMEM;
+    e->next = NULL;
+    e->owner = owner;
+    e->hash = h;
+    e->nkey = (uint8_t)nkey;
+    memcpy(e->key, key, nkey);
+    *link = e;
+    s->nlocks++;
+    return 0;
+}
+
+void store_unlock(struct store *s, const char *key, size_t nkey, void *owner)
+{
+    struct lock_entry **link = lock_link(s, key, nkey, hash_key(s->cfg.seed, key, nkey));
+
+    if (link && *link && (*link)->owner == owner) {
+        struct lock_entry *e = *link;
+        *link = e->next;
+        free(e);
+        s->nlocks--;
+    }
+}
+
+void *store_lock_holder(struct store *s, const char *key, size_t nkey)
+{
+    struct lock_entry **link = lock_link(s, key, nkey, hash_key(s->cfg.seed, key, nkey));
+
+    return link && *link ? (*link)->owner : NULL;
+}
+
+size_t store_locks(const struct store *s)
+{
+    return s->nlocks;
 }

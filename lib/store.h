@@ -181,4 +181,52 @@ long store_collect(struct store *s, const char *prefix, size_t nprefix, int64_t 
 
 void store_get_stats(const struct store *s, struct store_stats *st);
 
+/* ---- loading logged effects (recovery) ------------------------------------
+ * Each applies an effect read from a snapshot or the write-ahead log,
+ * unconditionally (it was evaluated when first written). They ignore
+ * max_bytes: data that was durable is never dropped at recovery, and writes
+ * are refused later if the store is over its limit. now_ms decides only
+ * whether an item is already dead (then it is not loaded). */
+
+/* Key now holds this item. Returns 0 or -ENOMEM. */
+int store_load_put(struct store *s, const char *key, size_t nkey, const char *value,
+                   size_t nvalue, uint32_t flags, int64_t exptime_ms, int64_t mtime_ms,
+                   uint64_t cas, int64_t now_ms);
+void store_load_del(struct store *s, const char *key, size_t nkey, int64_t now_ms);
+void store_load_touch(struct store *s, const char *key, size_t nkey, int64_t exptime_ms,
+                      int64_t now_ms);
+/* flush_all issued at mtime_ms taking effect at flush_at_ms. */
+void store_load_flush(struct store *s, int64_t flush_at_ms, int64_t mtime_ms, int64_t now_ms);
+
+/* Removes every item (a failed recovery attempt starts over). */
+void store_clear(struct store *s);
+
+/* The pending delayed flush time (0 = none) and the highest cas stored,
+ * for snapshots and for resuming cas numbering after recovery. */
+int64_t store_flush_at(const struct store *s);
+uint64_t store_max_cas(const struct store *s);
+
+/*
+ * Calls fn for every live item; stops early and returns fn's value if it is
+ * not 0. fn must not change the store.
+ */
+int store_for_each(struct store *s, int64_t now_ms, int (*fn)(void *arg, const struct item *it),
+                   void *arg);
+
+/* ---- key locks --------------------------------------------------------------
+ * A write holds its keys from prepare to commit or abort, so no other write
+ * evaluates against a state about to change. Locks are independent of items
+ * (an absent key can be locked, for add). */
+
+/* Locks key for owner (not NULL). Returns 0, or -EBUSY with the holder in
+ * *holder; -ENOMEM. Locking a key the owner already holds is an error
+ * (-EDEADLK): owners lock each key once. */
+int store_lock(struct store *s, const char *key, size_t nkey, void *owner, void **holder);
+/* Releases owner's lock on key (no-op if it holds none). */
+void store_unlock(struct store *s, const char *key, size_t nkey, void *owner);
+/* The owner holding key, or NULL. */
+void *store_lock_holder(struct store *s, const char *key, size_t nkey);
+/* Number of keys locked. */
+size_t store_locks(const struct store *s);
+
 #endif /* TPCKV_STORE_H */

@@ -28,6 +28,52 @@ int util_parse_i64(const char *s, size_t n, int64_t *out);
  */
 int util_parse_size(const char *s, uint64_t *out);
 
+/* Little-endian fixed-width integers, for on-disk formats. */
+static inline void util_put_le16(void *p, uint16_t v)
+{
+    unsigned char *b = p;
+    b[0] = (unsigned char)v;
+    b[1] = (unsigned char)(v >> 8);
+}
+
+static inline void util_put_le32(void *p, uint32_t v)
+{
+    unsigned char *b = p;
+    for (int i = 0; i < 4; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline void util_put_le64(void *p, uint64_t v)
+{
+    unsigned char *b = p;
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline uint16_t util_get_le16(const void *p)
+{
+    const unsigned char *b = p;
+    return (uint16_t)(b[0] | b[1] << 8);
+}
+
+static inline uint32_t util_get_le32(const void *p)
+{
+    const unsigned char *b = p;
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = v << 8 | b[i];
+    return v;
+}
+
+static inline uint64_t util_get_le64(const void *p)
+{
+    const unsigned char *b = p;
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | b[i];
+    return v;
+}
+
 /* Formats v in decimal into dst (at least 21 bytes); returns the length. */
 size_t util_fmt_u64(char *dst, uint64_t v);
 

@@ -7,6 +7,7 @@
 #include "server.h"
 #include "util.h"
 #include "version.h"
+#include "wal.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -43,6 +44,24 @@ static void usage(FILE *f)
 "                          loopback address. UDP on a public address can be\n"
 "                          abused to amplify traffic, so it must be asked for.\n"
 "\n"
+"Durability:\n"
+"  -d, --data-dir DIR      write-ahead log, snapshots and lock file; created if\n"
+"                          missing; one serve per directory  [default: %s]\n"
+"      --fsync MODE        when a write is acknowledged:\n"
+"                            always  after its log record is on disk (fdatasync);\n"
+"                                    one fsync covers every write waiting for it.\n"
+"                                    Survives kill -9 and power loss  [default]\n"
+"                            batch   the same, but fsyncs at most every\n"
+"                                    --fsync-interval ms: fewer fsyncs, more latency\n"
+"                            none    once the kernel has the record, never fsynced.\n"
+"                                    Survives kill -9; A POWER CUT OR OS CRASH LOSES\n"
+"                                    RECENT WRITES\n"
+"      --fsync-interval MS batch mode's minimum time between fsyncs  [default: %d]\n"
+"      --snapshot-bytes BYTES  snapshot the store when the log has grown this\n"
+"                          much (and by at least the last snapshot's size); also\n"
+"                          on SIGUSR1 and the 'snapshot' command  [default: %llu]\n"
+"      --wal-segment-bytes BYTES  size of a log segment file  [default: %llu]\n"
+"\n"
 "Logging:\n"
 "  -l, --log LEVEL         error, warn, info or debug; or 0 (error), 1 (info),\n"
 "                          2 (debug). debug logs every request (keys, never\n"
@@ -67,16 +86,23 @@ static void usage(FILE *f)
 "  -h, --help              show this help and exit\n"
 "  -V, --version           show the version and exit\n"
 "\n"
-"Exit status: 0 after a clean stop, 1 if the server cannot start (e.g. the\n"
-"port is taken), 2 for a bad option.\n"
+"Exit status: 0 after a clean stop, 1 if the server cannot start (the port is\n"
+"taken, the data directory is in use or damaged: the log says which file and\n"
+"what to do), 2 for a bad option.\n"
 "\n"
 "Examples:\n"
-"  serve                              TCP and UDP on 127.0.0.1:11211\n"
+"  serve                              TCP and UDP on 127.0.0.1:11211, data in ./data\n"
+"  serve -d /var/lib/tpckv            keep the data elsewhere\n"
+"  serve --fsync none                 faster writes that a power cut can lose\n"
+"  kill -USR1 $(pidof serve)          take a snapshot now\n"
 "  serve -p 11300 -l debug            another port, log every request\n"
 "  serve -s 0.0.0.0 -t -m 4096        TCP only on every interface, 4 GiB\n"
 "  serve -u -p 11211 --max-value 64k  UDP only, values up to 64 KiB\n"
 "  clie -p 11300 put greeting hello   then talk to it with clie\n",
-            LIMIT_MEMORY_MB_DEFAULT, LIMIT_CONNS_DEFAULT, LIMIT_VALUE_BYTES_DEFAULT,
+            LIMIT_DATA_DIR_DEFAULT, LIMIT_FSYNC_INTERVAL_MS_DEFAULT,
+            (unsigned long long)LIMIT_SNAPSHOT_BYTES_DEFAULT,
+            (unsigned long long)LIMIT_WAL_SEGMENT_BYTES_DEFAULT, LIMIT_MEMORY_MB_DEFAULT,
+            LIMIT_CONNS_DEFAULT, LIMIT_VALUE_BYTES_DEFAULT,
             LIMIT_GET_LINE_BYTES_DEFAULT, LIMIT_GET_KEYS_DEFAULT,
             LIMIT_CONN_OUTPUT_BYTES_DEFAULT, LIMIT_IDLE_TIMEOUT_S_DEFAULT);
 }
@@ -134,23 +160,31 @@ static bool host_is_loopback(const char *host)
 
 struct ctx {
     struct server *srv;
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sigusr1;
 };
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct ctx *ctx = h->data;
 
+    if (signum == SIGUSR1) {
+        int r = server_snapshot(ctx->srv);
+        if (r < 0)
+            log_warn(MOD, "SIGUSR1: no snapshot started: %s", strerror(-r));
+        return;
+    }
     log_info(MOD, "%s received, shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
     server_stop(ctx->srv);
     uv_close((uv_handle_t *)&ctx->sigint, NULL);
     uv_close((uv_handle_t *)&ctx->sigterm, NULL);
+    uv_close((uv_handle_t *)&ctx->sigusr1, NULL);
 }
 
 int main(int argc, char **argv)
 {
     enum { OPT_LOG_FILE = 256, OPT_MAX_VALUE, OPT_MAX_LINE, OPT_MAX_GET_KEYS, OPT_MAX_OUTPUT,
-           OPT_IDLE_TIMEOUT };
+           OPT_IDLE_TIMEOUT, OPT_FSYNC, OPT_FSYNC_INTERVAL, OPT_SNAPSHOT_BYTES,
+           OPT_WAL_SEGMENT_BYTES };
     static const struct option opts[] = {
         {"host", required_argument, NULL, 's'},
         {"port", required_argument, NULL, 'p'},
@@ -165,6 +199,11 @@ int main(int argc, char **argv)
         {"max-get-keys", required_argument, NULL, OPT_MAX_GET_KEYS},
         {"max-output", required_argument, NULL, OPT_MAX_OUTPUT},
         {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+        {"data-dir", required_argument, NULL, 'd'},
+        {"fsync", required_argument, NULL, OPT_FSYNC},
+        {"fsync-interval", required_argument, NULL, OPT_FSYNC_INTERVAL},
+        {"snapshot-bytes", required_argument, NULL, OPT_SNAPSHOT_BYTES},
+        {"wal-segment-bytes", required_argument, NULL, OPT_WAL_SEGMENT_BYTES},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -178,7 +217,7 @@ int main(int argc, char **argv)
     int c, r, err;
 
     server_config_defaults(&cfg);
-    while ((c = getopt_long(argc, argv, "s:p:tul:m:c:hV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:p:tul:m:c:d:hV", opts, NULL)) != -1) {
         switch (c) {
         case 's':
             cfg.host = optarg;
@@ -221,6 +260,24 @@ int main(int argc, char **argv)
         case OPT_IDLE_TIMEOUT:
             cfg.idle_timeout_s = (unsigned)num_arg("idle-timeout", optarg, 0, 86400 * 365);
             break;
+        case 'd':
+            if (optarg[0] == '\0')
+                die_usage("--data-dir needs a directory");
+            cfg.data_dir = optarg;
+            break;
+        case OPT_FSYNC:
+            if (wal_fsync_mode_parse(optarg, &cfg.fsync_mode) < 0)
+                die_usage("invalid --fsync '%s' (always, batch, none)", optarg);
+            break;
+        case OPT_FSYNC_INTERVAL:
+            cfg.fsync_interval_ms = (unsigned)num_arg("fsync-interval", optarg, 1, 60000);
+            break;
+        case OPT_SNAPSHOT_BYTES:
+            cfg.snapshot_bytes = num_arg("snapshot-bytes", optarg, 4096, 1ull << 50);
+            break;
+        case OPT_WAL_SEGMENT_BYTES:
+            cfg.wal_segment_bytes = num_arg("wal-segment-bytes", optarg, 4096, 1ull << 40);
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -259,8 +316,9 @@ int main(int argc, char **argv)
         log_error(MOD, "cannot create the server: %s", strerror(-err));
         return 1;
     }
-    if ((r = server_start(ctx.srv)) < 0) {
-        log_error(MOD, "cannot listen on %s port %d: %s", cfg.host, cfg.port, uv_strerror(r));
+    char msg[1024];
+    if ((r = server_start(ctx.srv, msg, sizeof(msg))) < 0) {
+        log_error(MOD, "cannot start: %s", msg);
         uv_run(&loop, UV_RUN_DEFAULT); /* let closed handles finish */
         server_free(ctx.srv);
         uv_loop_close(&loop);
@@ -268,9 +326,11 @@ int main(int argc, char **argv)
     }
     uv_signal_init(&loop, &ctx.sigint);
     uv_signal_init(&loop, &ctx.sigterm);
-    ctx.sigint.data = ctx.sigterm.data = &ctx;
+    uv_signal_init(&loop, &ctx.sigusr1);
+    ctx.sigint.data = ctx.sigterm.data = ctx.sigusr1.data = &ctx;
     uv_signal_start(&ctx.sigint, on_signal, SIGINT);
     uv_signal_start(&ctx.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&ctx.sigusr1, on_signal, SIGUSR1);
 
     uv_run(&loop, UV_RUN_DEFAULT);
 
