@@ -5,6 +5,7 @@
 #   make test       install missing packages, build, unit tests (plain and under
 #                   ASan+UBSan), then the end-to-end ./test.sh
 #   make unit       unit tests only;  make e2e   ./test.sh only
+#   make bench      durable write throughput figures (tests/bench_wal.sh)
 #   make deps       install the Debian packages the build and tests need
 #   make install    copy serve and clie to $(PREFIX)/bin
 #   make clean
@@ -59,7 +60,7 @@ UNIT_SRC := $(wildcard tests/unit_*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN := $(BUILD)/tests/unit
 
-.PHONY: all run test unit unit-run unit-san e2e deps install clean check-deps
+.PHONY: all run test unit unit-run unit-san e2e bench deps install clean check-deps
 
 all: check-deps serve clie
 
@@ -140,6 +141,11 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(MAKE) --no-print-directory unit
 	$(Q)./test.sh
+
+# Figures, not a test: durable set throughput and group commit.
+bench: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)tests/bench_wal.sh
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin

@@ -3,7 +3,8 @@
 # writes and reads through clie, then keep serving until Ctrl-C.
 #
 # Uses port 11211 when it is free (so plain `./clie get KEY` works), else a
-# free port the kernel picks. Data lives in memory only in this release.
+# free port the kernel picks. Data is kept in ./data (serve's default), so it
+# is still there after Ctrl-C and the next `make run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,7 +56,7 @@ run() {
 }
 
 echo
-echo "== tpckv is serving on 127.0.0.1 port $port (TCP and UDP). A short demo:"
+echo "== tpckv is serving on 127.0.0.1 port $port (TCP and UDP), data in ./data. A short demo:"
 run ./clie -p "$port" put greeting "hello, tpckv"
 run ./clie -p "$port" get greeting
 run ./clie -p "$port" -u get greeting
@@ -73,6 +74,7 @@ cat <<MSG
    ./clie -p $port get mykey                read
    ./clie -p $port -u get mykey             the same over UDP
    ./clie -p $port stats                    server statistics
+   ./clie -p $port snapshot                 write a snapshot now
    ./clie --help                            everything clie can do
    Any memcached client works too: host 127.0.0.1, port $port.
 
