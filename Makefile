@@ -3,7 +3,8 @@
 #   make            build ./serve and ./clie (warnings are errors)
 #   make run        install missing packages, build, start a local server + demo
 #   make test       install missing packages, build, unit tests (plain and under
-#                   ASan+UBSan), then the end-to-end ./test.sh
+#                   ASan+UBSan), ./test.sh against serve built with ASan+UBSan
+#                   (smaller workload), then ./test.sh against the release build
 #   make unit       unit tests only;  make e2e   ./test.sh only
 #   make bench      durable write throughput figures (tests/bench_wal.sh)
 #   make deps       install the Debian packages the build and tests need
@@ -60,7 +61,7 @@ UNIT_SRC := $(wildcard tests/unit_*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN := $(BUILD)/tests/unit
 
-.PHONY: all run test unit unit-run unit-san e2e bench deps install clean check-deps
+.PHONY: all run test unit unit-run unit-san e2e e2e-san bench deps install clean check-deps
 
 all: check-deps serve clie
 
@@ -137,9 +138,17 @@ unit-san:
 e2e: all
 	$(Q)./test.sh
 
+# The end-to-end test again, against a serve built with ASan+UBSan (any
+# report aborts it), on a smaller workload.
+e2e-san: all
+	$(Q)$(MAKE) --no-print-directory SANITIZE=address,undefined build/san/serve
+	@echo "== end-to-end test against serve built with ASan+UBSan"
+	$(Q)SERVE=build/san/serve E2E_KEYS=200 E2E_CRASH_ROUNDS=2 ./test.sh
+
 test: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(MAKE) --no-print-directory unit
+	$(Q)$(MAKE) --no-print-directory e2e-san
 	$(Q)./test.sh
 
 # Figures, not a test: durable set throughput and group commit.

@@ -575,6 +575,8 @@ static bool must_wait(struct server *srv, struct conn *c, const struct proto_req
         srv->st.writes_waited++;
         waitlist_push(&srv->barrier, c);
         return true;
+    } else if (req->cmd == PROTO_CMD_FLUSH_ALL) {
+        return false; /* no write in flight: it may go */
     } else if (req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS) {
         size_t pos = 0, nk;
         const char *k;
@@ -626,17 +628,25 @@ static int exec_write(struct server *srv, struct conn *c, const struct proto_req
         }
         op.type = STORE_TOUCH;
         op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
+        /* Lock as we go: a key already ours is a repeat in the list. */
+        w->locked = true;
         while (proto_next_key(req, &pos, &k, &nk)) {
-            bool dup = false;
-            for (size_t i = 0; i < n && !dup; i++)
-                dup = w->ch[i].nkey == nk && memcmp(w->ch[i].key, k, nk) == 0;
+            void *holder;
+            srv->st.cmd_touch++;
+            r = store_lock(srv->store, k, nk, w, &holder);
+            if (r == -EDEADLK)
+                continue;
+            if (r < 0) {
+                w->nch = n;
+                goto fail;
+            }
             op.key = k;
             op.nkey = nk;
-            srv->st.cmd_touch++;
-            if (!dup && store_prepare(srv->store, &op, w->cas, srv->now_ms, &w->ch[n]) == 0) {
+            if (store_prepare(srv->store, &op, w->cas, srv->now_ms, &w->ch[n]) == 0) {
                 n++;
                 srv->st.touch_hits++;
-            } else if (!dup) {
+            } else {
+                store_unlock(srv->store, k, nk, w);
                 srv->st.touch_misses++;
             }
         }
@@ -688,19 +698,20 @@ static int exec_write(struct server *srv, struct conn *c, const struct proto_req
         }
     }
 
-    /* Lock the keys, log the effect, wait for durability. */
-    for (size_t i = 0; i < w->nch; i++) {
-        void *holder;
-        if (w->ch[i].type == STORE_FLUSH)
-            continue;
-        r = store_lock(srv->store, w->ch[i].key, w->ch[i].nkey, w, &holder);
-        assert(r == 0 || r == -ENOMEM); /* must_wait saw every key free */
-        if (r < 0) {
-            w->locked = true;
-            goto fail;
+    /* Lock the keys (gat's are already), log the effect, wait for
+     * durability. */
+    if (!w->locked) {
+        w->locked = true; /* from here on, failure unlocks what we hold */
+        for (size_t i = 0; i < w->nch; i++) {
+            void *holder;
+            if (w->ch[i].type == STORE_FLUSH)
+                continue;
+            r = store_lock(srv->store, w->ch[i].key, w->ch[i].nkey, w, &holder);
+            assert(r == 0 || r == -ENOMEM); /* must_wait saw every key free */
+            if (r < 0)
+                goto fail;
         }
     }
-    w->locked = true;
     if ((r = encode_write(srv, w)) < 0)
         goto fail;
     int64_t lsn = wal_append(srv->wal, WAL_REC_WRITE, srv->scratch.data, srv->scratch.len,

@@ -128,7 +128,8 @@ static uint32_t hash_key(uint64_t seed, const char *k, size_t n)
         n -= 8;
     }
     w = 0;
-    memcpy(&w, k, n);
+    if (n)
+        memcpy(&w, k, n);
     h ^= fmix64(w ^ ((uint64_t)n << 56));
     return (uint32_t)fmix64(h);
 }

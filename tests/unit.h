@@ -18,6 +18,7 @@ UNIT_REGISTER(util);
 UNIT_REGISTER(proto);
 UNIT_REGISTER(store);
 UNIT_REGISTER(client);
+UNIT_REGISTER(server);
 
 /* Adds a suite or aborts the run: a runner that cannot register is broken. */
 CU_pSuite unit_suite(const char *name);

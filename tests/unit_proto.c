@@ -170,6 +170,10 @@ static void test_other_commands(void)
     CU_ASSERT_NSTRING_EQUAL(req.arg, "user:", 5);
     CU_ASSERT_EQUAL(parse("keys\r\n", &req, &consumed), PROTO_OK);
     CU_ASSERT_EQUAL(req.narg, 0);
+    CU_ASSERT_EQUAL(parse("snapshot\r\n", &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.cmd, PROTO_CMD_SNAPSHOT);
+    CU_ASSERT_FALSE(proto_cmd_is_write(req.cmd));
+    expect_error("snapshot now\r\n", "CLIENT_ERROR bad command line format", 14);
 }
 
 static void test_unknown_and_missing_args(void)
