@@ -43,6 +43,7 @@ struct replay {
     uint64_t after_lsn; /* records up to this one are in the snapshot */
     uint64_t max_txid;
     uint64_t records;
+    int64_t flush_at; /* delayed flush_all pending in what was replayed, 0 = none */
 };
 
 static int efail(char *err, size_t cap, int code, const char *fmt, ...)
@@ -60,9 +61,15 @@ static int efail(char *err, size_t cap, int code, const char *fmt, ...)
 static int load_item(void *arg, const struct wal_op *op)
 {
     struct replay *rp = arg;
+    int64_t exptime = op->exptime_ms;
 
+    /* Written before a delayed flush_all that is due by now: the store has
+     * already carried that flush out (and forgotten it) while loading, so
+     * load the item dead - it still replaces the key's older value. */
+    if (rp->flush_at != 0 && rp->flush_at <= rp->now_ms && op->mtime_ms < rp->flush_at)
+        exptime = rp->flush_at;
     return store_load_put(rp->s, op->key, op->nkey, op->value, op->nvalue, op->flags,
-                          op->exptime_ms, op->mtime_ms, op->cas, rp->now_ms);
+                          exptime, op->mtime_ms, op->cas, rp->now_ms);
 }
 
 static int apply_op(struct replay *rp, const struct wal_op *op)
@@ -78,6 +85,9 @@ static int apply_op(struct replay *rp, const struct wal_op *op)
         return 0;
     case WAL_OP_FLUSH:
         store_load_flush(rp->s, op->flush_at_ms, op->mtime_ms, rp->now_ms);
+        /* As store_commit(): the latest flush_all wins; one not in the
+         * future when issued was carried out at once. */
+        rp->flush_at = op->flush_at_ms > op->mtime_ms ? op->flush_at_ms : 0;
         return 0;
     }
     return -EBADMSG;
@@ -303,6 +313,7 @@ int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_res
     struct snap_header sh = {0};
     char path[4200];
     long nsnap, nseg, from;
+    long damaged = -1; /* the newest snapshot that did not read back */
     int r = 0;
 
     memset(res, 0, sizeof(*res));
@@ -334,6 +345,8 @@ int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_res
             goto out;
         }
         log_error(MOD, "%s; trying an older snapshot", why);
+        if (damaged < 0)
+            damaged = i;
         memset(&sh, 0, sizeof(sh));
         r = 0;
     }
@@ -350,6 +363,7 @@ int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_res
      * replace it with a later one. */
     if (sh.flush_at_ms)
         store_load_flush(s, sh.flush_at_ms, 0, now_ms);
+    rp.flush_at = sh.flush_at_ms;
 
     /* Replay from the last segment that starts at or before snap_lsn + 1. */
     rp.after_lsn = res->snap_lsn;
@@ -360,6 +374,16 @@ int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_res
     res->next_lsn = res->snap_lsn + 1;
     if (nseg > 0 && (r = replay_segments(dir, segs, nseg, from, &rp, res, err, cap)) < 0)
         goto out;
+    /* A damaged snapshot's records must still be in the log. */
+    if (damaged >= 0 && res->next_lsn <= snaps[damaged].seq) {
+        r = efail(err, cap, -ENOENT,
+                  "%s/%s does not read back and records %" PRIu64 " to %" PRIu64 " are "
+                  "nowhere else (the log ends before them). Keep the data directory for "
+                  "inspection and restore that snapshot from a backup; to start anyway "
+                  "without those records, move it out of the directory",
+                  dir, snaps[damaged].name, res->next_lsn, snaps[damaged].seq);
+        goto out;
+    }
     res->records = rp.records;
     res->next_cas = sh.next_cas;
     if (store_max_cas(s) + 1 > res->next_cas)

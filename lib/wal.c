@@ -131,7 +131,8 @@ size_t wal_op_encode(char *dst, const struct wal_op *op)
     case WAL_OP_DEL:
         break;
     }
-    memcpy(p, op->key, nkey);
+    if (nkey)
+        memcpy(p, op->key, nkey); /* a FLUSH has no key (and may have key NULL) */
     p += nkey;
     if (op->kind == WAL_OP_PUT && op->nvalue) {
         memcpy(p, op->value, op->nvalue);

@@ -19,6 +19,8 @@ UNIT_REGISTER(proto);
 UNIT_REGISTER(store);
 UNIT_REGISTER(client);
 UNIT_REGISTER(server);
+UNIT_REGISTER(wal);
+UNIT_REGISTER(recover);
 
 /* Adds a suite or aborts the run: a runner that cannot register is broken. */
 CU_pSuite unit_suite(const char *name);
