@@ -46,18 +46,6 @@ struct replay {
     int64_t flush_at; /* delayed flush_all pending in what was replayed, 0 = none */
 };
 
-static int efail(char *err, size_t cap, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int efail(char *err, size_t cap, int code, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(err, cap, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
 static int load_item(void *arg, const struct wal_op *op)
 {
     struct replay *rp = arg;
@@ -211,14 +199,14 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
 
         snprintf(path, sizeof(path), "%s/%s", dir, segs[i].name);
         if ((r = map_file(path, &data, &len)) < 0)
-            return efail(err, cap, r, "cannot read %s: %s", path, strerror(-r));
+            return util_errf(err, cap, r, "cannot read %s: %s", path, strerror(-r));
         wal_scan_segment(data, len, replay_record, rp, &sc);
         /* A segment must start where the previous one ended (the first may
          * start before the snapshot's lsn: those records are skipped). */
         bool header_ok = sc.status != WAL_SCAN_BAD_HEADER && sc.status != WAL_SCAN_NEWER_FORMAT;
         if (header_ok && sc.first_lsn != segs[i].seq) {
             munmap(data, len);
-            return efail(err, cap, -EBADMSG,
+            return util_errf(err, cap, -EBADMSG,
                          "%s: its header says it starts at record %" PRIu64 ", its name "
                          "says %" PRIu64 ". %s",
                          path, sc.first_lsn, segs[i].seq, do_hint());
@@ -228,7 +216,7 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
         if (!starts_ok) {
             if (data)
                 munmap(data, len);
-            return efail(err, cap, -ENOENT,
+            return util_errf(err, cap, -ENOENT,
                          "the log has a gap: records %" PRIu64 " to %" PRIu64 " are missing "
                          "before %s (a segment file was removed?). %s",
                          expect, sc.first_lsn - 1, path, do_hint());
@@ -241,7 +229,7 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
             log_warn(MOD, "removing %s: its header was never completely written (%zu bytes)",
                      path, len);
             if (unlink(path) < 0)
-                return efail(err, cap, -errno, "cannot remove %s: %s", path, strerror(errno));
+                return util_errf(err, cap, -errno, "cannot remove %s: %s", path, strerror(errno));
             datadir_sync(dir);
             break;
         }
@@ -253,7 +241,7 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
             break;
         case WAL_SCAN_TORN:
             if (!last)
-                return efail(err, cap, -EBADMSG,
+                return util_errf(err, cap, -EBADMSG,
                              "%s is damaged at offset %zu and later segments exist, so this "
                              "is not an interrupted write. %s",
                              path, sc.bad_offset, do_hint());
@@ -261,29 +249,29 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
                           "crash (never acknowledged)",
                      path, len - sc.valid_bytes, sc.valid_bytes);
             if ((r = truncate_durably(path, sc.valid_bytes)) < 0)
-                return efail(err, cap, r, "cannot truncate %s: %s", path, strerror(-r));
+                return util_errf(err, cap, r, "cannot truncate %s: %s", path, strerror(-r));
             res->truncated_bytes += len - sc.valid_bytes;
             break;
         case WAL_SCAN_CORRUPT:
-            return efail(err, cap, -EBADMSG,
+            return util_errf(err, cap, -EBADMSG,
                          "%s is damaged at offset %zu: a record there fails its checksum and "
                          "valid records follow it. %s",
                          path, sc.bad_offset, do_hint());
         case WAL_SCAN_BAD_HEADER:
-            return efail(err, cap, -EBADMSG, "%s does not start with a valid segment header. %s",
+            return util_errf(err, cap, -EBADMSG, "%s does not start with a valid segment header. %s",
                          path, do_hint());
         case WAL_SCAN_NEWER_FORMAT:
-            return efail(err, cap, -EPROTONOSUPPORT,
+            return util_errf(err, cap, -EPROTONOSUPPORT,
                          "%s was written by a newer serve (log format above %d); run that "
                          "version",
                          path, WAL_FORMAT_VERSION);
         case WAL_SCAN_LSN_GAP:
-            return efail(err, cap, -EBADMSG,
+            return util_errf(err, cap, -EBADMSG,
                          "%s: the record at offset %zu is out of sequence (after %" PRIu64
                          "). %s",
                          path, sc.bad_offset, sc.last_lsn, do_hint());
         case WAL_SCAN_STOPPED:
-            return efail(err, cap, sc.cb_error == -ENOMEM ? -ENOMEM : -EBADMSG,
+            return util_errf(err, cap, sc.cb_error == -ENOMEM ? -ENOMEM : -EBADMSG,
                          "%s: cannot apply the record at offset %zu: %s. %s", path,
                          sc.bad_offset,
                          sc.cb_error == -ENOTSUP ? "a record type this serve does not replay"
@@ -323,7 +311,7 @@ int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_res
     nseg = datadir_list(dir, "wal-", ".log", &segs);
     if (nsnap < 0 || nseg < 0) {
         r = nsnap < 0 ? (int)nsnap : (int)nseg;
-        r = efail(err, cap, r, "cannot list %s: %s", dir, strerror(-r));
+        r = util_errf(err, cap, r, "cannot list %s: %s", dir, strerror(-r));
         goto out;
     }
 
@@ -334,14 +322,14 @@ int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_res
         rp.after_lsn = 0;
         r = snap_read(path, &sh, load_item, &rp, why, sizeof(why));
         if (r == 0 && sh.lsn != snaps[i].seq)
-            r = efail(why, sizeof(why), -EBADMSG, "%s: header says lsn %" PRIu64, path, sh.lsn);
+            r = util_errf(why, sizeof(why), -EBADMSG, "%s: header says lsn %" PRIu64, path, sh.lsn);
         if (r == 0) {
             res->snap_lsn = sh.lsn;
             break;
         }
         store_clear(s);
         if (r == -EPROTONOSUPPORT || r == -ENOMEM) {
-            r = efail(err, cap, r, "%s", why);
+            r = util_errf(err, cap, r, "%s", why);
             goto out;
         }
         log_error(MOD, "%s; trying an older snapshot", why);
@@ -376,7 +364,7 @@ int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_res
         goto out;
     /* A damaged snapshot's records must still be in the log. */
     if (damaged >= 0 && res->next_lsn <= snaps[damaged].seq) {
-        r = efail(err, cap, -ENOENT,
+        r = util_errf(err, cap, -ENOENT,
                   "%s/%s does not read back and records %" PRIu64 " to %" PRIu64 " are "
                   "nowhere else (the log ends before them). Keep the data directory for "
                   "inspection and restore that snapshot from a backup; to start anyway "

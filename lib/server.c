@@ -1769,18 +1769,6 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss)
     return 0;
 }
 
-static int say(char *err, size_t cap, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int say(char *err, size_t cap, int code, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(err, cap, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
 /* Locks the data directory, recovers the store, opens the log. */
 static int open_data(struct server *srv, char *err, size_t cap)
 {
@@ -1798,13 +1786,13 @@ static int open_data(struct server *srv, char *err, size_t cap)
     r = datadir_lock(dir, &holder);
     if (r == -EWOULDBLOCK) {
         if (holder > 0)
-            return say(err, cap, r, "data directory %s is in use by another serve (pid %d); "
+            return util_errf(err, cap, r, "data directory %s is in use by another serve (pid %d); "
                                     "stop it, or give this one its own --data-dir",
                        dir, (int)holder);
-        return say(err, cap, r, "data directory %s is locked by another process", dir);
+        return util_errf(err, cap, r, "data directory %s is locked by another process", dir);
     }
     if (r < 0)
-        return say(err, cap, r, "cannot lock data directory %s: %s", dir, strerror(-r));
+        return util_errf(err, cap, r, "cannot lock data directory %s: %s", dir, strerror(-r));
     srv->lock_fd = r;
 
     refresh_now(srv);
@@ -1831,7 +1819,7 @@ static int open_data(struct server *srv, char *err, size_t cap)
 
     r = wal_open(&srv->wal, srv->loop, &wc, srv->rec.next_lsn);
     if (r < 0)
-        return say(err, cap, r, "cannot open the write-ahead log in %s: %s", dir, strerror(-r));
+        return util_errf(err, cap, r, "cannot open the write-ahead log in %s: %s", dir, strerror(-r));
     return 0;
 }
 
@@ -1846,7 +1834,7 @@ int server_start(struct server *srv, char *err, size_t errcap)
         goto fail_quiet;
     r = resolve(srv->cfg.host, srv->cfg.port, &ss);
     if (r < 0) {
-        say(err, errcap, r, "cannot resolve %s: %s", srv->cfg.host, strerror(-r));
+        util_errf(err, errcap, r, "cannot resolve %s: %s", srv->cfg.host, strerror(-r));
         goto fail;
     }
     addr_name(&ss, name, sizeof(name));
@@ -1896,7 +1884,7 @@ int server_start(struct server *srv, char *err, size_t errcap)
              srv->cfg.data_dir, wal_fsync_mode_name(srv->cfg.fsync_mode));
     return 0;
 fail_listen:
-    say(err, errcap, r, "cannot listen on %s port %d: %s", srv->cfg.host, srv->cfg.port,
+    util_errf(err, errcap, r, "cannot listen on %s port %d: %s", srv->cfg.host, srv->cfg.port,
         uv_strerror(r));
 fail:
 fail_quiet:

@@ -202,18 +202,6 @@ int snap_write_store(const char *dir, struct store *s, const struct snap_header 
     return snap_write_end(sw);
 }
 
-static int fail(char *err, size_t cap, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t cap, int code, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(err, cap, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
 static int check(const char *path, const char *data, size_t len, struct snap_header *h,
                  int (*cb)(void *arg, const struct wal_op *op), void *arg, char *err,
                  size_t cap)
@@ -222,18 +210,18 @@ static int check(const char *path, const char *data, size_t len, struct snap_hea
     uint64_t seq = 0;
 
     if (len < SNAP_HEADER_BYTES)
-        return fail(err, cap, -EBADMSG, "%s: %zu bytes, shorter than a snapshot header", path,
+        return util_errf(err, cap, -EBADMSG, "%s: %zu bytes, shorter than a snapshot header", path,
                     len);
     if (memcmp(data, snap_magic, 8) != 0 || util_get_le32(data + 44) != crc32c(0, data, 44))
-        return fail(err, cap, -EBADMSG, "%s: not a tpckv snapshot, or its header is damaged",
+        return util_errf(err, cap, -EBADMSG, "%s: not a tpckv snapshot, or its header is damaged",
                     path);
     if (util_get_le32(data + 8) > SNAP_FORMAT_VERSION)
-        return fail(err, cap, -EPROTONOSUPPORT,
+        return util_errf(err, cap, -EPROTONOSUPPORT,
                     "%s: snapshot format version %" PRIu32 " is newer than this serve "
                     "reads (%d); run a newer serve",
                     path, util_get_le32(data + 8), SNAP_FORMAT_VERSION);
     if (util_get_le32(data + 12) != SNAP_HEADER_BYTES || util_get_le32(data + 40) != 0)
-        return fail(err, cap, -EBADMSG, "%s: unexpected header fields", path);
+        return util_errf(err, cap, -EBADMSG, "%s: unexpected header fields", path);
     h->lsn = util_get_le64(data + 16);
     h->next_cas = util_get_le64(data + 24);
     h->flush_at_ms = (int64_t)util_get_le64(data + 32);
@@ -242,18 +230,18 @@ static int check(const char *path, const char *data, size_t len, struct snap_hea
         struct wal_record rec;
         long n = wal_record_decode(data + off, len - off, &rec);
         if (n < 0)
-            return fail(err, cap, -EBADMSG,
+            return util_errf(err, cap, -EBADMSG,
                         "%s: %s record at offset %zu (after %" PRIu64 " items)", path,
                         n == -EAGAIN ? "truncated" : "damaged", off, seq);
         if (rec.lsn != seq + 1)
-            return fail(err, cap, -EBADMSG, "%s: record %" PRIu64 " out of order at offset %zu",
+            return util_errf(err, cap, -EBADMSG, "%s: record %" PRIu64 " out of order at offset %zu",
                         path, rec.lsn, off);
         if (rec.type == WAL_REC_SNAP_END) {
             if (rec.len != 16 || util_get_le64(rec.payload) != seq)
-                return fail(err, cap, -EBADMSG, "%s: trailer at offset %zu does not match "
+                return util_errf(err, cap, -EBADMSG, "%s: trailer at offset %zu does not match "
                             "the %" PRIu64 " items read", path, off, seq);
             if (off + (size_t)n != len)
-                return fail(err, cap, -EBADMSG, "%s: %zu unexpected bytes after the trailer",
+                return util_errf(err, cap, -EBADMSG, "%s: %zu unexpected bytes after the trailer",
                             path, len - off - (size_t)n);
             return 0;
         }
@@ -261,11 +249,11 @@ static int check(const char *path, const char *data, size_t len, struct snap_hea
         size_t pos = 0;
         if (rec.type != WAL_REC_SNAP_ITEM || wal_op_next(rec.payload, rec.len, &pos, &op) != 1 ||
             op.kind != WAL_OP_PUT || pos != rec.len || op.nkey == 0)
-            return fail(err, cap, -EBADMSG, "%s: malformed item at offset %zu", path, off);
+            return util_errf(err, cap, -EBADMSG, "%s: malformed item at offset %zu", path, off);
         if (cb) {
             int r = cb(arg, &op);
             if (r < 0)
-                return fail(err, cap, r, "%s: loading item at offset %zu: %s", path, off,
+                return util_errf(err, cap, r, "%s: loading item at offset %zu: %s", path, off,
                             strerror(-r));
         }
         seq++;
@@ -282,20 +270,20 @@ int snap_read(const char *path, struct snap_header *h,
 
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return fail(err, errcap, -errno, "%s: %s", path, strerror(errno));
+        return util_errf(err, errcap, -errno, "%s: %s", path, strerror(errno));
     if (fstat(fd, &sb) < 0) {
         r = -errno;
         close(fd);
-        return fail(err, errcap, r, "%s: %s", path, strerror(-r));
+        return util_errf(err, errcap, r, "%s: %s", path, strerror(-r));
     }
     if (sb.st_size == 0) {
         close(fd);
-        return fail(err, errcap, -EBADMSG, "%s: empty file", path);
+        return util_errf(err, errcap, -EBADMSG, "%s: empty file", path);
     }
     map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED)
-        return fail(err, errcap, -errno, "%s: mmap: %s", path, strerror(errno));
+        return util_errf(err, errcap, -errno, "%s: mmap: %s", path, strerror(errno));
     r = check(path, map, (size_t)sb.st_size, h, cb, arg, err, errcap);
     munmap(map, (size_t)sb.st_size);
     return r;

@@ -83,6 +83,13 @@ int64_t util_now_unix_ms(void);
 /* Monotonic clock in nanoseconds (for durations; never jumps). */
 uint64_t util_mono_ns(void);
 
+/*
+ * Formats an error sentence into err (cap bytes) and returns code, so a
+ * function can fail with both in one statement: return util_errf(...).
+ */
+int util_errf(char *err, size_t cap, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* write(2) that retries EINTR and short writes. Returns 0 or -errno. */
 int util_write_all(int fd, const void *buf, size_t n);
 

@@ -318,7 +318,12 @@ static void script_check_flush_all(struct harness *h)
 
 /* ---- tests ------------------------------------------------------------------------ */
 
-static void test_flush_all_is_durable(void)
+
+/* Runs script on a fresh data dir with io, then check on a restart of the
+ * same dir with the real system calls. The injected errors are logged:
+ * keep them out of the test output. */
+static void run_then_restart(const struct wal_io *io, void (*script)(struct harness *h),
+                             void (*check)(struct harness *h))
 {
     struct harness h;
     enum log_level saved = log_get_level();
@@ -328,66 +333,32 @@ static void test_flush_all_is_durable(void)
     memset(&h, 0, sizeof(h));
     make_dir(&h);
     reset_faults();
-    run_server(&h, NULL, script_flush_all);
-    run_server(&h, NULL, script_check_flush_all);
+    run_server(&h, io, script);
+    reset_faults();
+    run_server(&h, NULL, check);
     remove_dir(h.dir);
     log_close();
     log_set_level(saved);
 }
 
-
 static void test_fsync_failure_acknowledges_nothing(void)
 {
-    struct harness h;
-    enum log_level saved = log_get_level();
-
-    log_set_level(LOG_LEVEL_ERROR);
-    log_open_file("/dev/null"); /* the injected errors are logged: keep quiet */
-    memset(&h, 0, sizeof(h));
-    make_dir(&h);
-    reset_faults();
-    run_server(&h, &faulty_io, script_fsync_fails);
-    reset_faults();
-    run_server(&h, NULL, script_check_after_fsync_failure);
-    remove_dir(h.dir);
-    log_close();
-    log_set_level(saved);
+    run_then_restart(&faulty_io, script_fsync_fails, script_check_after_fsync_failure);
 }
 
 static void test_enospc_acknowledges_nothing(void)
 {
-    struct harness h;
-    enum log_level saved = log_get_level();
-
-    log_set_level(LOG_LEVEL_ERROR);
-    log_open_file("/dev/null");
-    memset(&h, 0, sizeof(h));
-    make_dir(&h);
-    reset_faults();
-    run_server(&h, &faulty_io, script_write_enospc);
-    reset_faults();
-    run_server(&h, NULL, script_check_after_enospc);
-    remove_dir(h.dir);
-    log_close();
-    log_set_level(saved);
+    run_then_restart(&faulty_io, script_write_enospc, script_check_after_enospc);
 }
 
 static void test_short_writes_are_completed(void)
 {
-    struct harness h;
-    enum log_level saved = log_get_level();
+    run_then_restart(&faulty_io, script_short_writes, script_check_short_writes);
+}
 
-    log_set_level(LOG_LEVEL_ERROR);
-    log_open_file("/dev/null");
-    memset(&h, 0, sizeof(h));
-    make_dir(&h);
-    reset_faults();
-    run_server(&h, &faulty_io, script_short_writes);
-    reset_faults();
-    run_server(&h, NULL, script_check_short_writes);
-    remove_dir(h.dir);
-    log_close();
-    log_set_level(saved);
+static void test_flush_all_is_durable(void)
+{
+    run_then_restart(NULL, script_flush_all, script_check_flush_all);
 }
 
 void unit_server_register(void)
