@@ -318,7 +318,6 @@ static void script_check_flush_all(struct harness *h)
 
 /* ---- tests ------------------------------------------------------------------------ */
 
-
 /* Runs script on a fresh data dir with io, then check on a restart of the
  * same dir with the real system calls. The injected errors are logged:
  * keep them out of the test output. */
