@@ -96,4 +96,5 @@ for mode in always none; do
 done
 echo "(fsyncs/set far below 1 at 50 connections is group commit: one fdatasync"
 echo " acknowledges every set that arrived while the previous one ran. With"
-echo " --fsync none the log is written but only fsynced at shutdown.)"
+echo " --fsync none the log is written but fsynced only at segment switches"
+echo " and shutdown.)"
