@@ -60,7 +60,6 @@
 #include <errno.h>
 #include <netdb.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,11 +218,6 @@ void server_config_defaults(struct server_config *cfg)
     cfg->fsync_interval_ms = LIMIT_FSYNC_INTERVAL_MS_DEFAULT;
     cfg->snapshot_bytes = LIMIT_SNAPSHOT_BYTES_DEFAULT;
     cfg->wal_segment_bytes = LIMIT_WAL_SEGMENT_BYTES_DEFAULT;
-}
-
-static const char *esc_key(char *dst, size_t cap, const char *k, size_t n)
-{
-    return log_escape(dst, cap, k, n);
 }
 
 static void waitlist_push(struct waitlist *wl, struct conn *c)
@@ -688,7 +682,7 @@ static int exec_write(struct server *srv, struct conn *c, const struct proto_req
         if (log_enabled(LOG_LEVEL_DEBUG)) {
             char k[96];
             log_debug(MOD, "conn %llu: %s %s (%zu bytes) -> %s", (unsigned long long)c->id,
-                      proto_cmd_name(req->cmd), esc_key(k, sizeof(k), req->key, req->nkey),
+                      proto_cmd_name(req->cmd), log_escape(k, sizeof(k), req->key, req->nkey),
                       req->ndata, st == STORE_OK ? "logging" : store_status_name(st));
         }
         if (st != STORE_OK) {
@@ -767,7 +761,7 @@ static int exec_retrieval(struct server *srv, struct conn *c, const struct proto
         size_t skip = strspn(req->keys, " ");
         log_debug(MOD, "conn %llu: %s %zu key(s): %s", (unsigned long long)c->id,
                   proto_cmd_name(req->cmd), req->nkeys,
-                  esc_key(ks, sizeof(ks), req->keys + skip, req->keys_len - skip));
+                  log_escape(ks, sizeof(ks), req->keys + skip, req->keys_len - skip));
     }
     return reply(o, "END\r\n");
 }
