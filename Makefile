@@ -46,6 +46,7 @@ LDFLAGS += $(SAN_FLAGS)
 UV_CFLAGS = $(shell pkg-config --cflags libuv 2>/dev/null)
 UV_LIBS = $(shell pkg-config --libs libuv 2>/dev/null || echo -luv)
 CUNIT_LIBS = $(shell pkg-config --libs cunit 2>/dev/null || echo -lcunit)
+CRYPTO_LIBS = $(shell pkg-config --libs libcrypto 2>/dev/null || echo -lcrypto)
 
 ifeq ($(V),1)
   Q :=
@@ -81,7 +82,7 @@ endif
 
 $(BUILD)/serve: $(SERVE_OBJ) $(BUILD)/libtpckv.a
 	@echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(UV_LIBS) -lm
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(UV_LIBS) $(CRYPTO_LIBS) -lm
 
 $(BUILD)/clie: $(CLIE_OBJ) $(BUILD)/libtpckv.a
 	@echo "  LD      $@"
@@ -93,7 +94,7 @@ $(BUILD)/libtpckv.a: $(LIB_OBJ)
 
 $(UNIT_BIN): $(UNIT_OBJ) $(BUILD)/libtpckv.a
 	@echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUNIT_LIBS) $(UV_LIBS) -lm
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUNIT_LIBS) $(UV_LIBS) $(CRYPTO_LIBS) -lm
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -104,6 +105,8 @@ $(BUILD)/%.o: %.c
 check-deps:
 	@pkg-config --exists libuv 2>/dev/null || \
 	  { echo "libuv1-dev (and pkg-config) missing: run 'make deps' first" >&2; exit 1; }
+	@pkg-config --exists libcrypto 2>/dev/null || \
+	  { echo "libssl-dev (libcrypto) missing: run 'make deps' first" >&2; exit 1; }
 
 deps:
 	@missing=""; \

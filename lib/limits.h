@@ -85,4 +85,47 @@
 /* Relative exptimes above this are absolute unix times (memcached rule). */
 #define LIMIT_EXPTIME_RELATIVE_MAX_S (60 * 60 * 24 * 30)
 
+/* ---- replication ---------------------------------------------------------- */
+
+/* --replicas: at most this many replicas (a txid's low byte names its
+ * coordinator, and every write waits for all of them). */
+#define LIMIT_REPLICAS_MAX 16
+
+/* --prepare-timeout-ms: a coordinator waits this long for every vote before
+ * aborting; an in-doubt participant waits this long before asking around. */
+#define LIMIT_PREPARE_TIMEOUT_MS_DEFAULT 2000
+
+/* --lock-wait-ms: a request on a key held by a prepared transaction waits
+ * this long for the outcome before SERVER_ERROR. */
+#define LIMIT_LOCK_WAIT_MS_DEFAULT 5000
+
+/* A write that loses a lock conflict is retried this many times, after a
+ * jittered backoff growing from 1 ms to at most 50 ms, before
+ * SERVER_ERROR busy. Fixed. */
+#define LIMIT_WRITE_RETRIES 8
+#define LIMIT_RETRY_BACKOFF_MS_MIN 1
+#define LIMIT_RETRY_BACKOFF_MS_MAX 50
+
+/* Decided transactions each replica remembers, to answer a duplicate or
+ * late message and another participant's QUERY. Fixed. */
+#define LIMIT_TPC_REMEMBERED 65536
+
+/* A peer frame carries at most one value plus this much (headers, ops). */
+#define LIMIT_PEER_FRAME_OVERHEAD_BYTES 4096
+
+/* Bytes queued to one peer before the link is dropped as too slow (the
+ * transactions waiting on it then time out and abort). Fixed. */
+#define LIMIT_PEER_OUTPUT_BYTES_MAX (256u << 20)
+
+/* Reconnect backoff to a peer: doubles from min to max. Fixed. */
+#define LIMIT_PEER_RECONNECT_MS_MIN 50
+#define LIMIT_PEER_RECONNECT_MS_MAX 1000
+
+/* A peer must finish the authentication handshake within this. Fixed. */
+#define LIMIT_PEER_HANDSHAKE_MS 5000
+
+/* --secret-file: at least this many bytes of secret. */
+#define LIMIT_SECRET_BYTES_MIN 16
+#define LIMIT_SECRET_BYTES_MAX 4096
+
 #endif /* TPCKV_LIMITS_H */

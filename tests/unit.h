@@ -21,6 +21,8 @@ UNIT_REGISTER(client);
 UNIT_REGISTER(server);
 UNIT_REGISTER(wal);
 UNIT_REGISTER(recover);
+UNIT_REGISTER(tpc);
+UNIT_REGISTER(peer);
 
 /* Adds a suite or aborts the run: a runner that cannot register is broken. */
 CU_pSuite unit_suite(const char *name);

@@ -1,0 +1,1046 @@
+/*
+ * tpc.c - two-phase commit, presumed abort, every replica a participant.
+ *
+ * One struct tpc per replica plays both roles: coordinator of the writes its
+ * clients send, participant in every write (its own included). Transactions
+ * are identified by txid = (sequence << 8) | coordinator id; the sequence is
+ * above the wall clock in microseconds and above every id handed out before,
+ * so ids stay unique across restarts without being logged.
+ *
+ * COORDINATOR, per transaction (cstate):
+ *
+ *   begin ─ local prepare, log PREPARE, send PREPARE to every peer
+ *     │
+ *   C_PREPARING ── a NO vote, --prepare-timeout-ms, a peer link down ──► abort
+ *     │ every vote YES (ours once our PREPARE is durable)
+ *     │ log COMMIT (forced)
+ *   C_COMMITTING ── COMMIT durable: the commit point. Reply to the client,
+ *     │             apply locally, send COMMIT to every peer.
+ *   C_COMMITTED ─── resend COMMIT every resend_us (and when a link comes up)
+ *     │ every peer ACKed
+ *     │ log END (not forced)
+ *   forgotten (remembered as COMMITTED for a while, to answer queries)
+ *
+ *   abort: reply to the client, release the local prepare, log ABORT (not
+ *   forced), send ABORT to every peer. Nothing waits for acknowledgement:
+ *   a participant that never hears of the decision asks, and a coordinator
+ *   that has no record of a transaction answers UNKNOWN, which means aborted.
+ *
+ * PARTICIPANT, per transaction (pstate):
+ *
+ *   PREPARE ─ resource manager prepare (locks, checks, reserves)
+ *     │ no: VOTE NO(reason); remembered as ABORTED
+ *     │ yes: log PREPARE (forced)
+ *   P_PREPARING ── PREPARE durable ──► VOTE YES
+ *   P_PREPARED ─── COMMIT: apply, log COMMIT (forced), ACK once durable
+ *     │        ─── ABORT: release, log ABORT (not forced)
+ *     │        ─── nothing by --prepare-timeout-ms: QUERY the coordinator and
+ *     │            every other replica, again every resend_us. An answer
+ *     │            COMMITTED or ABORTED from anyone decides; UNKNOWN decides
+ *     │            ABORTED only when it comes from the coordinator.
+ *   P_DONE (remembered)
+ *
+ * A participant's COMMIT is forced before its ACK: once every ACK is in, the
+ * coordinator forgets, and a participant that then restarted with only the
+ * PREPARE in its log would be told UNKNOWN, that is aborted.
+ *
+ * Duplicates and late messages: a decided transaction is remembered (up to
+ * remembered_max of them) so a repeated PREPARE is not prepared again, a
+ * repeated COMMIT is ACKed again, and an ABORT that overtakes its PREPARE
+ * makes the PREPARE vote NO. A COMMIT for a txid not known at all is ACKed:
+ * it can only be one this replica committed and forgot (a coordinator
+ * commits only with every participant's YES, and a YES is durable).
+ *
+ * Recovery: the server replays its log and hands over each PREPARE with no
+ * decision after it (tpc_recover_prepared: locks are taken again) and each
+ * COMMIT it coordinated with no END (tpc_recover_committed: resent until
+ * ACKed). tpc_recovered() then aborts the undecided ones it coordinated
+ * (no COMMIT record, so no one can have committed them); the others are
+ * queried at once.
+ */
+#include "tpc.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum cstate { C_NONE, C_PREPARING, C_COMMITTING, C_COMMITTED };
+enum pstate { P_NONE, P_PREPARING, P_PREPARED, P_DONE };
+
+/* What a durable lsn means for the transaction that waits on it. */
+enum wait_kind { W_PREPARE, W_COMMIT_COORD, W_COMMIT_PART };
+
+struct tx {
+    struct tx *hnext;        /* hash chain */
+    struct tx *anext, *aprev; /* active list (undecided, or awaiting ACKs) */
+    struct tx *rnext;        /* remembered FIFO */
+    uint64_t txid, epoch;
+    uint32_t coord;
+    uint8_t cstate, pstate;
+    uint8_t outcome; /* enum tpc_outcome once decided, else TPC_O_PENDING */
+    bool active, remembered, prepare_logged, ack_durable, queried;
+    /* participant */
+    void *handle;
+    uint64_t query_at_us;
+    /* coordinator */
+    void *client;
+    uint32_t yes, acks; /* bitmasks over replica index */
+    uint64_t begun_us, deadline_us, resend_at_us, commit_lsn;
+    /* operations (while undecided) */
+    char *ops;
+    uint32_t nops, nbytes;
+};
+
+struct wait {
+    uint64_t lsn;
+    uint64_t txid;
+    uint8_t kind;
+};
+
+struct tpc {
+    struct tpc_config cfg;
+    struct tpc_env env;
+    uint32_t self_idx;
+    uint32_t all; /* mask of every replica */
+    bool up[TPC_REPLICAS_MAX];
+    bool log_failed;
+    uint64_t seq, min_seq;
+    uint64_t now_us;
+    struct tx **buckets;
+    size_t nbuckets, count;
+    struct tx *active;
+    struct tx *rhead, *rtail;
+    size_t nremembered;
+    struct wait *waits; /* ring of records awaiting durability, lsn order */
+    size_t whead, wlen, wcap;
+    struct tpc_stats st;
+};
+
+static const char *const reason_names[TPC_REASON_MAX + 1] = {
+    "none",       "busy",      "conflict", "no_memory", "log_failed", "timeout",
+    "peer_down",  "bad_ops",   "recovery", "stopping",  "too_large",
+};
+
+const char *tpc_reason_name(enum tpc_reason r)
+{
+    return (unsigned)r <= TPC_REASON_MAX ? reason_names[r] : "invalid";
+}
+
+const char *tpc_outcome_name(enum tpc_outcome o)
+{
+    switch (o) {
+    case TPC_O_UNKNOWN: return "unknown";
+    case TPC_O_COMMITTED: return "committed";
+    case TPC_O_ABORTED: return "aborted";
+    case TPC_O_PENDING: return "pending";
+    }
+    return "invalid";
+}
+
+const char *tpc_msg_type_name(enum tpc_msg_type t)
+{
+    static const char *const names[TPC_MSG_TYPE_MAX + 1] = {
+        "?", "PREPARE", "VOTE", "COMMIT", "ABORT", "ACK", "QUERY", "ANSWER"};
+    return (unsigned)t <= TPC_MSG_TYPE_MAX ? names[t] : "?";
+}
+
+/* ---- replicas ---------------------------------------------------------------- */
+
+static int idx_of(const struct tpc *t, uint32_t id)
+{
+    for (uint32_t i = 0; i < t->cfg.n; i++)
+        if (t->cfg.ids[i] == id)
+            return (int)i;
+    return -1;
+}
+
+static uint32_t bit_of(const struct tpc *t, uint32_t id)
+{
+    int i = idx_of(t, id);
+    return i < 0 ? 0 : 1u << i;
+}
+
+/* ---- the transaction table --------------------------------------------------- */
+
+static size_t bucket_of(const struct tpc *t, uint64_t txid)
+{
+    return (size_t)((txid * 0x9e3779b97f4a7c15ull) >> 32) & (t->nbuckets - 1);
+}
+
+static struct tx *tx_find(const struct tpc *t, uint64_t txid)
+{
+    for (struct tx *x = t->buckets[bucket_of(t, txid)]; x; x = x->hnext)
+        if (x->txid == txid)
+            return x;
+    return NULL;
+}
+
+static void table_grow(struct tpc *t)
+{
+    size_t n = t->nbuckets * 2;
+    struct tx **b = calloc(n, sizeof(*b));
+
+    if (b == NULL)
+        return; /* longer chains, still correct */
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        struct tx *x = t->buckets[i];
+        while (x) {
+            struct tx *next = x->hnext;
+            size_t j = (size_t)((x->txid * 0x9e3779b97f4a7c15ull) >> 32) & (n - 1);
+            x->hnext = b[j];
+            b[j] = x;
+            x = next;
+        }
+    }
+    free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = n;
+}
+
+static struct tx *tx_new(struct tpc *t, uint64_t txid, uint64_t epoch, uint32_t coord)
+{
+    struct tx *x = calloc(1, sizeof(*x));
+
+    if (x == NULL)
+        return NULL;
+    x->txid = txid;
+    x->epoch = epoch;
+    x->coord = coord;
+    x->outcome = TPC_O_PENDING;
+    if (t->count >= t->nbuckets * 2)
+        table_grow(t);
+    size_t b = bucket_of(t, txid);
+    x->hnext = t->buckets[b];
+    t->buckets[b] = x;
+    t->count++;
+    return x;
+}
+
+static void tx_unhash(struct tpc *t, struct tx *x)
+{
+    struct tx **pp = &t->buckets[bucket_of(t, x->txid)];
+
+    while (*pp != x)
+        pp = &(*pp)->hnext;
+    *pp = x->hnext;
+    t->count--;
+}
+
+static void active_add(struct tpc *t, struct tx *x)
+{
+    if (x->active)
+        return;
+    x->active = true;
+    x->aprev = NULL;
+    x->anext = t->active;
+    if (t->active)
+        t->active->aprev = x;
+    t->active = x;
+}
+
+static void active_remove(struct tpc *t, struct tx *x)
+{
+    if (!x->active)
+        return;
+    x->active = false;
+    if (x->aprev)
+        x->aprev->anext = x->anext;
+    else
+        t->active = x->anext;
+    if (x->anext)
+        x->anext->aprev = x->aprev;
+    x->anext = x->aprev = NULL;
+}
+
+static void tx_free(struct tx *x)
+{
+    free(x->ops);
+    free(x);
+}
+
+/* A decided transaction leaves the active list and is remembered; the
+ * oldest remembered are forgotten past remembered_max (but not one whose
+ * participant COMMIT is not durable yet: its ACK is still to go). */
+static void remember(struct tpc *t, struct tx *x)
+{
+    active_remove(t, x);
+    free(x->ops);
+    x->ops = NULL;
+    if (!x->remembered) {
+        x->remembered = true;
+        x->rnext = NULL;
+        if (t->rtail)
+            t->rtail->rnext = x;
+        else
+            t->rhead = x;
+        t->rtail = x;
+        t->nremembered++;
+    }
+    while (t->nremembered > t->cfg.remembered_max && t->rhead &&
+           (t->rhead->pstate != P_DONE || t->rhead->outcome != TPC_O_COMMITTED ||
+            t->rhead->ack_durable || t->rhead->coord == t->cfg.self)) {
+        struct tx *old = t->rhead;
+        t->rhead = old->rnext;
+        if (t->rhead == NULL)
+            t->rtail = NULL;
+        t->nremembered--;
+        tx_unhash(t, old);
+        tx_free(old);
+    }
+}
+
+/* ---- durability waits ------------------------------------------------------------ */
+
+static int wait_push(struct tpc *t, uint64_t lsn, uint64_t txid, enum wait_kind kind)
+{
+    if (t->wlen == t->wcap) {
+        size_t cap = t->wcap ? t->wcap * 2 : 64;
+        struct wait *w = malloc(cap * sizeof(*w));
+        if (w == NULL)
+            return -ENOMEM;
+        for (size_t i = 0; i < t->wlen; i++)
+            w[i] = t->waits[(t->whead + i) % t->wcap];
+        free(t->waits);
+        t->waits = w;
+        t->wcap = cap;
+        t->whead = 0;
+    }
+    t->waits[(t->whead + t->wlen) % t->wcap] =
+        (struct wait){.lsn = lsn, .txid = txid, .kind = (uint8_t)kind};
+    t->wlen++;
+    return 0;
+}
+
+/* ---- output helpers ------------------------------------------------------------- */
+
+static void txn_of(const struct tx *x, struct tpc_txn *txn)
+{
+    *txn = (struct tpc_txn){.txid = x->txid,
+                            .epoch = x->epoch,
+                            .coord = x->coord,
+                            .nops = x->nops,
+                            .ops = x->ops,
+                            .nbytes = x->nbytes};
+}
+
+static void send_msg(struct tpc *t, uint32_t to, uint8_t type, const struct tx *x,
+                     uint8_t arg)
+{
+    struct tpc_msg m = {.type = type,
+                        .from = t->cfg.self,
+                        .to = to,
+                        .epoch = t->cfg.epoch,
+                        .txid = x->txid,
+                        .coord = x->coord};
+
+    if (type == TPC_MSG_VOTE) {
+        m.vote = arg == 0;
+        m.reason = arg;
+    } else if (type == TPC_MSG_ABORT) {
+        m.reason = arg;
+    } else if (type == TPC_MSG_ANSWER) {
+        m.outcome = arg;
+    } else if (type == TPC_MSG_PREPARE) {
+        m.nops = x->nops;
+        m.ops = x->ops;
+        m.nbytes = x->nbytes;
+    }
+    t->st.msgs_out[type]++;
+    t->env.send(t->env.ctx, &m);
+}
+
+static void send_peers(struct tpc *t, uint8_t type, const struct tx *x, uint8_t arg)
+{
+    for (uint32_t i = 0; i < t->cfg.n; i++)
+        if (i != t->self_idx)
+            send_msg(t, t->cfg.ids[i], type, x, arg);
+}
+
+static int64_t log_rec(struct tpc *t, enum tpc_log_type type, const struct tx *x)
+{
+    struct tpc_txn txn;
+
+    txn_of(x, &txn);
+    if (type != TPC_LOG_PREPARE) {
+        txn.ops = NULL;
+        txn.nops = 0;
+        txn.nbytes = 0;
+    }
+    int64_t lsn = t->env.log(t->env.ctx, type, &txn);
+    if (lsn < 0)
+        t->log_failed = true;
+    return lsn;
+}
+
+/* ---- participant ----------------------------------------------------------------- */
+
+/* Releases a local prepare that will not commit. */
+static void part_abort(struct tpc *t, struct tx *x)
+{
+    struct tpc_txn txn;
+
+    assert(x->pstate == P_PREPARING || x->pstate == P_PREPARED);
+    txn_of(x, &txn);
+    t->env.abort(t->env.ctx, &txn, x->handle);
+    x->handle = NULL;
+    if (x->prepare_logged && !t->log_failed)
+        log_rec(t, TPC_LOG_ABORT, x);
+    x->pstate = P_DONE;
+    x->outcome = TPC_O_ABORTED;
+    t->st.part_aborted++;
+}
+
+/* Applies a remote coordinator's commit; the ACK goes once our COMMIT
+ * record is durable. */
+static void part_commit(struct tpc *t, struct tx *x)
+{
+    struct tpc_txn txn;
+
+    assert(x->pstate == P_PREPARED);
+    txn_of(x, &txn);
+    t->env.commit(t->env.ctx, &txn, x->handle);
+    x->handle = NULL;
+    x->pstate = P_DONE;
+    x->outcome = TPC_O_COMMITTED;
+    t->st.part_committed++;
+    if (!t->log_failed) {
+        int64_t lsn = log_rec(t, TPC_LOG_COMMIT, x);
+        if (lsn > 0)
+            wait_push(t, (uint64_t)lsn, x->txid, W_COMMIT_PART);
+    }
+    remember(t, x);
+}
+
+static void on_prepare(struct tpc *t, const struct tpc_msg *m)
+{
+    struct tx *x = tx_find(t, m->txid);
+    struct tpc_txn txn;
+    void *handle = NULL;
+    int r;
+
+    if (m->coord != m->from || m->coord == t->cfg.self || m->nops == 0 ||
+        (m->txid & 0xff) != m->coord) {
+        t->st.msgs_ignored++;
+        return;
+    }
+    if (x) {
+        /* A repeat, or a PREPARE overtaken by its ABORT. */
+        if (x->pstate == P_PREPARED)
+            send_msg(t, m->from, TPC_MSG_VOTE, x, 0);
+        t->st.msgs_ignored++;
+        return;
+    }
+    if ((x = tx_new(t, m->txid, m->epoch, m->coord)) == NULL)
+        return; /* no vote: the coordinator times out */
+    txn = (struct tpc_txn){.txid = m->txid,
+                           .epoch = m->epoch,
+                           .coord = m->coord,
+                           .nops = m->nops,
+                           .ops = m->ops,
+                           .nbytes = m->nbytes};
+    r = t->log_failed ? TPC_R_LOG_FAILED : t->env.prepare(t->env.ctx, &txn, &handle);
+    if (r == 0 && (x->ops = malloc(m->nbytes ? m->nbytes : 1)) == NULL) {
+        t->env.abort(t->env.ctx, &txn, handle);
+        r = TPC_R_NO_MEMORY;
+    }
+    if (r != 0) {
+        t->st.voted_no++;
+        x->pstate = P_DONE;
+        x->outcome = TPC_O_ABORTED;
+        send_msg(t, m->from, TPC_MSG_VOTE, x, (uint8_t)r);
+        remember(t, x);
+        return;
+    }
+    memcpy(x->ops, m->ops, m->nbytes);
+    x->nops = m->nops;
+    x->nbytes = m->nbytes;
+    x->handle = handle;
+    x->pstate = P_PREPARING;
+    active_add(t, x);
+    int64_t lsn = log_rec(t, TPC_LOG_PREPARE, x);
+    if (lsn < 0 || wait_push(t, (uint64_t)lsn, x->txid, W_PREPARE) < 0) {
+        part_abort(t, x);
+        t->st.voted_no++;
+        send_msg(t, m->from, TPC_MSG_VOTE, x, TPC_R_LOG_FAILED);
+        remember(t, x);
+        return;
+    }
+    x->prepare_logged = true;
+}
+
+/* ---- coordinator ----------------------------------------------------------------- */
+
+static void record_latency(struct tpc *t, struct tx *x)
+{
+    uint64_t us = t->now_us > x->begun_us ? t->now_us - x->begun_us : 0;
+
+    t->st.prepare_us_total += us;
+    t->st.prepare_count++;
+    if (us > t->st.prepare_us_max)
+        t->st.prepare_us_max = us;
+}
+
+static void coord_abort(struct tpc *t, struct tx *x, enum tpc_reason why, uint32_t culprit)
+{
+    assert(x->cstate == C_PREPARING);
+    t->st.aborted[why]++;
+    record_latency(t, x);
+    x->cstate = C_NONE;
+    if (x->pstate == P_PREPARING || x->pstate == P_PREPARED)
+        part_abort(t, x);
+    x->pstate = P_DONE;
+    x->outcome = TPC_O_ABORTED;
+    send_peers(t, TPC_MSG_ABORT, x, (uint8_t)why);
+    void *client = x->client;
+    x->client = NULL;
+    remember(t, x);
+    t->env.done(t->env.ctx, client, x->txid, false, why, culprit);
+}
+
+/* Every participant has ACKed: forget the decision. */
+static void coord_finish(struct tpc *t, struct tx *x)
+{
+    x->cstate = C_NONE;
+    if (!t->log_failed)
+        log_rec(t, TPC_LOG_END, x);
+    remember(t, x);
+}
+
+static void check_votes(struct tpc *t, struct tx *x)
+{
+    if (x->cstate != C_PREPARING || x->yes != t->all)
+        return;
+    int64_t lsn = t->log_failed ? -EIO : log_rec(t, TPC_LOG_COMMIT, x);
+    if (lsn < 0 || wait_push(t, (uint64_t)lsn, x->txid, W_COMMIT_COORD) < 0) {
+        coord_abort(t, x, TPC_R_LOG_FAILED, t->cfg.self);
+        return;
+    }
+    x->cstate = C_COMMITTING;
+    x->commit_lsn = (uint64_t)lsn;
+}
+
+/* The COMMIT record is durable: the transaction is committed. */
+static void coord_committed(struct tpc *t, struct tx *x)
+{
+    struct tpc_txn txn;
+
+    assert(x->pstate == P_PREPARED);
+    x->cstate = C_COMMITTED;
+    x->commit_lsn = 0;
+    x->outcome = TPC_O_COMMITTED;
+    t->st.committed++;
+    record_latency(t, x);
+    txn_of(x, &txn);
+    t->env.commit(t->env.ctx, &txn, x->handle);
+    x->handle = NULL;
+    x->pstate = P_DONE;
+    x->acks = 1u << t->self_idx;
+    x->resend_at_us = t->now_us + t->cfg.resend_us;
+    send_peers(t, TPC_MSG_COMMIT, x, 0);
+    void *client = x->client;
+    x->client = NULL;
+    free(x->ops); /* participants have them */
+    x->ops = NULL;
+    if (x->acks == t->all)
+        coord_finish(t, x);
+    t->env.done(t->env.ctx, client, x->txid, true, TPC_R_NONE, t->cfg.self);
+}
+
+uint64_t tpc_next_txid(struct tpc *t, uint64_t wall_us)
+{
+    uint64_t seq = t->seq + 1;
+
+    if (seq < wall_us)
+        seq = wall_us;
+    if (seq < t->min_seq)
+        seq = t->min_seq;
+    t->seq = seq;
+    return (seq << 8) | t->cfg.self;
+}
+
+void tpc_set_min_txid(struct tpc *t, uint64_t txid)
+{
+    uint64_t seq = (txid >> 8) + 1;
+
+    if (seq > t->min_seq)
+        t->min_seq = seq;
+}
+
+int tpc_begin(struct tpc *t, uint64_t txid, uint32_t nops, const char *ops, uint32_t nbytes,
+              void *client, uint64_t now_us, uint32_t *culprit)
+{
+    struct tpc_txn txn = {.txid = txid,
+                          .epoch = t->cfg.epoch,
+                          .coord = t->cfg.self,
+                          .nops = nops,
+                          .ops = ops,
+                          .nbytes = nbytes};
+    void *handle = NULL;
+    struct tx *x;
+    int r;
+
+    t->now_us = now_us;
+    *culprit = t->cfg.self;
+    for (uint32_t i = 0; i < t->cfg.n; i++) {
+        if (i != t->self_idx && !t->up[i]) {
+            *culprit = t->cfg.ids[i];
+            t->st.aborted[TPC_R_PEER_DOWN]++;
+            return TPC_R_PEER_DOWN;
+        }
+    }
+    if (t->log_failed) {
+        t->st.aborted[TPC_R_LOG_FAILED]++;
+        return TPC_R_LOG_FAILED;
+    }
+    if (tx_find(t, txid) || (txid & 0xff) != t->cfg.self || nops == 0) {
+        t->st.aborted[TPC_R_BAD_OPS]++;
+        return TPC_R_BAD_OPS;
+    }
+    if ((r = t->env.prepare(t->env.ctx, &txn, &handle)) != 0) {
+        t->st.aborted[r <= TPC_REASON_MAX ? r : TPC_R_BAD_OPS]++;
+        return r;
+    }
+    if ((x = tx_new(t, txid, t->cfg.epoch, t->cfg.self)) == NULL ||
+        (x->ops = malloc(nbytes ? nbytes : 1)) == NULL) {
+        if (x) {
+            tx_unhash(t, x);
+            tx_free(x);
+        }
+        t->env.abort(t->env.ctx, &txn, handle);
+        t->st.aborted[TPC_R_NO_MEMORY]++;
+        return TPC_R_NO_MEMORY;
+    }
+    memcpy(x->ops, ops, nbytes);
+    x->nops = nops;
+    x->nbytes = nbytes;
+    x->handle = handle;
+    x->pstate = P_PREPARING;
+    int64_t lsn = log_rec(t, TPC_LOG_PREPARE, x);
+    if (lsn < 0 || wait_push(t, (uint64_t)lsn, txid, W_PREPARE) < 0) {
+        t->env.abort(t->env.ctx, &txn, handle);
+        tx_unhash(t, x);
+        tx_free(x);
+        t->st.aborted[TPC_R_LOG_FAILED]++;
+        return TPC_R_LOG_FAILED;
+    }
+    t->st.begun++;
+    x->prepare_logged = true;
+    x->cstate = C_PREPARING;
+    x->client = client;
+    x->begun_us = now_us;
+    x->deadline_us = now_us + t->cfg.prepare_timeout_us;
+    active_add(t, x);
+    send_peers(t, TPC_MSG_PREPARE, x, 0);
+    return 0;
+}
+
+/* ---- inputs ----------------------------------------------------------------------- */
+
+static enum tpc_outcome outcome_here(const struct tpc *t, uint64_t txid)
+{
+    const struct tx *x = tx_find(t, txid);
+
+    if (x == NULL)
+        return TPC_O_UNKNOWN;
+    return (enum tpc_outcome)x->outcome;
+}
+
+enum tpc_outcome tpc_known_outcome(const struct tpc *t, uint64_t txid)
+{
+    return outcome_here(t, txid);
+}
+
+void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
+{
+    struct tx *x;
+    uint32_t from_bit;
+
+    t->now_us = now_us;
+    if (m->type == 0 || m->type > TPC_MSG_TYPE_MAX || m->from == t->cfg.self ||
+        (from_bit = bit_of(t, m->from)) == 0) {
+        t->st.msgs_ignored++;
+        return;
+    }
+    t->st.msgs_in[m->type]++;
+    if (m->epoch != t->cfg.epoch) {
+        t->st.bad_epoch++;
+        return;
+    }
+    if (m->type == TPC_MSG_PREPARE) {
+        on_prepare(t, m);
+        return;
+    }
+    x = tx_find(t, m->txid);
+    switch (m->type) {
+    case TPC_MSG_VOTE:
+        if (x == NULL || x->cstate != C_PREPARING || x->coord != t->cfg.self) {
+            t->st.msgs_ignored++; /* late: already decided */
+        } else if (!m->vote) {
+            uint8_t why = m->reason && m->reason <= TPC_REASON_MAX ? m->reason : TPC_R_BAD_OPS;
+            coord_abort(t, x, (enum tpc_reason)why, m->from);
+        } else {
+            x->yes |= from_bit;
+            check_votes(t, x);
+        }
+        break;
+    case TPC_MSG_COMMIT:
+        if (m->coord != m->from) {
+            t->st.msgs_ignored++;
+        } else if (x == NULL) {
+            /* Committed here and forgotten: say so again. */
+            struct tx tmp = {.txid = m->txid, .coord = m->coord};
+            send_msg(t, m->from, TPC_MSG_ACK, &tmp, 0);
+        } else if (x->pstate == P_PREPARED) {
+            part_commit(t, x);
+        } else if (x->pstate == P_DONE && x->outcome == TPC_O_COMMITTED) {
+            if (x->ack_durable)
+                send_msg(t, m->from, TPC_MSG_ACK, x, 0);
+            else
+                t->st.msgs_ignored++; /* the ACK goes when our record is durable */
+        } else {
+            t->st.msgs_ignored++; /* cannot happen: no YES was given */
+        }
+        break;
+    case TPC_MSG_ABORT:
+        if (m->coord != m->from) {
+            t->st.msgs_ignored++;
+        } else if (x == NULL) {
+            /* Overtook its PREPARE (or we voted and forgot): remember, so a
+             * late PREPARE is not prepared. */
+            if ((x = tx_new(t, m->txid, m->epoch, m->coord)) != NULL) {
+                x->pstate = P_DONE;
+                x->outcome = TPC_O_ABORTED;
+                remember(t, x);
+            }
+        } else if (x->pstate == P_PREPARING || x->pstate == P_PREPARED) {
+            part_abort(t, x);
+            remember(t, x);
+        } else {
+            t->st.msgs_ignored++;
+        }
+        break;
+    case TPC_MSG_ACK:
+        if (x == NULL || x->cstate != C_COMMITTED || (x->acks & from_bit)) {
+            t->st.msgs_ignored++;
+        } else {
+            x->acks |= from_bit;
+            if (x->acks == t->all)
+                coord_finish(t, x);
+        }
+        break;
+    case TPC_MSG_QUERY: {
+        struct tx tmp = {.txid = m->txid, .coord = m->coord};
+        t->st.answers_sent++;
+        send_msg(t, m->from, TPC_MSG_ANSWER, x ? x : &tmp, (uint8_t)outcome_here(t, m->txid));
+        break;
+    }
+    case TPC_MSG_ANSWER:
+        if (x == NULL || x->pstate != P_PREPARED || x->coord == t->cfg.self) {
+            t->st.msgs_ignored++;
+        } else if (m->outcome == TPC_O_COMMITTED) {
+            t->st.resolved_by_query++;
+            part_commit(t, x);
+        } else if (m->outcome == TPC_O_ABORTED ||
+                   (m->outcome == TPC_O_UNKNOWN && m->from == x->coord)) {
+            t->st.resolved_by_query++;
+            part_abort(t, x);
+            remember(t, x);
+        }
+        break;
+    }
+}
+
+void tpc_durable(struct tpc *t, uint64_t lsn, uint64_t now_us)
+{
+    t->now_us = now_us;
+    while (t->wlen > 0 && t->waits[t->whead].lsn <= lsn) {
+        struct wait w = t->waits[t->whead];
+        t->whead = (t->whead + 1) % t->wcap;
+        t->wlen--;
+        struct tx *x = tx_find(t, w.txid);
+        if (x == NULL)
+            continue;
+        switch (w.kind) {
+        case W_PREPARE:
+            if (x->pstate != P_PREPARING)
+                break; /* aborted meanwhile */
+            x->pstate = P_PREPARED;
+            t->st.prepared++;
+            if (x->coord == t->cfg.self) {
+                x->yes |= 1u << t->self_idx;
+                check_votes(t, x);
+            } else {
+                x->query_at_us = now_us + t->cfg.prepare_timeout_us;
+                send_msg(t, x->coord, TPC_MSG_VOTE, x, 0);
+            }
+            break;
+        case W_COMMIT_COORD:
+            if (x->cstate == C_COMMITTING)
+                coord_committed(t, x);
+            break;
+        case W_COMMIT_PART:
+            x->ack_durable = true;
+            send_msg(t, x->coord, TPC_MSG_ACK, x, 0);
+            break;
+        }
+    }
+}
+
+void tpc_log_failed(struct tpc *t, uint64_t now_us)
+{
+    struct tx *x, *next;
+
+    t->now_us = now_us;
+    t->log_failed = true;
+    t->wlen = 0;
+    for (x = t->active; x; x = next) {
+        next = x->anext;
+        if (x->cstate == C_PREPARING) {
+            coord_abort(t, x, TPC_R_LOG_FAILED, t->cfg.self);
+        } else if (x->cstate == C_COMMITTING) {
+            /* The decision may or may not be on disk: the client learns
+             * the outcome is unknown; participants stay in doubt until a
+             * restart reads our log and settles it. */
+            void *client = x->client;
+            x->client = NULL;
+            t->st.aborted[TPC_R_LOG_FAILED]++;
+            t->env.done(t->env.ctx, client, x->txid, false, TPC_R_LOG_FAILED, t->cfg.self);
+        } else if (x->pstate == P_PREPARING && x->coord != t->cfg.self) {
+            part_abort(t, x);
+            t->st.voted_no++;
+            send_msg(t, x->coord, TPC_MSG_VOTE, x, TPC_R_LOG_FAILED);
+            remember(t, x);
+        }
+    }
+}
+
+void tpc_tick(struct tpc *t, uint64_t now_us)
+{
+    struct tx *x, *next;
+
+    t->now_us = now_us;
+    for (x = t->active; x; x = next) {
+        next = x->anext;
+        if (x->cstate == C_PREPARING && now_us >= x->deadline_us) {
+            uint32_t culprit = t->cfg.self;
+            for (uint32_t i = 0; i < t->cfg.n; i++) {
+                if (!(x->yes & (1u << i))) {
+                    culprit = t->cfg.ids[i];
+                    if (i != t->self_idx)
+                        break; /* name a peer before ourselves */
+                }
+            }
+            coord_abort(t, x, TPC_R_TIMEOUT, culprit);
+        } else if (x->cstate == C_COMMITTED && now_us >= x->resend_at_us) {
+            for (uint32_t i = 0; i < t->cfg.n; i++)
+                if (!(x->acks & (1u << i)) && t->up[i])
+                    send_msg(t, t->cfg.ids[i], TPC_MSG_COMMIT, x, 0);
+            x->resend_at_us = now_us + t->cfg.resend_us;
+        } else if (x->cstate == C_NONE && x->pstate == P_PREPARED &&
+                   now_us >= x->query_at_us) {
+            /* In doubt: ask the coordinator and, in case it is down, every
+             * other replica (cooperative termination). */
+            x->queried = true;
+            t->st.queries_sent++;
+            send_peers(t, TPC_MSG_QUERY, x, 0);
+            x->query_at_us = now_us + t->cfg.resend_us;
+        }
+    }
+}
+
+void tpc_peer(struct tpc *t, uint32_t id, bool up, uint64_t now_us)
+{
+    int i = idx_of(t, id);
+    struct tx *x, *next;
+
+    t->now_us = now_us;
+    if (i < 0 || (uint32_t)i == t->self_idx || t->up[i] == up)
+        return;
+    t->up[i] = up;
+    for (x = t->active; x; x = next) {
+        next = x->anext;
+        if (!up && x->cstate == C_PREPARING && !(x->yes & (1u << i))) {
+            coord_abort(t, x, TPC_R_PEER_DOWN, id);
+        } else if (up && x->cstate == C_COMMITTED && !(x->acks & (1u << i))) {
+            send_msg(t, id, TPC_MSG_COMMIT, x, 0);
+        } else if (up && x->cstate == C_NONE && x->pstate == P_PREPARED && x->queried) {
+            t->st.queries_sent++;
+            send_msg(t, id, TPC_MSG_QUERY, x, 0);
+        }
+    }
+}
+
+bool tpc_peer_is_up(const struct tpc *t, uint32_t id)
+{
+    int i = idx_of(t, id);
+
+    return i >= 0 && ((uint32_t)i == t->self_idx || t->up[i]);
+}
+
+/* ---- recovery -------------------------------------------------------------------- */
+
+int tpc_recover_prepared(struct tpc *t, const struct tpc_txn *txn, uint64_t now_us)
+{
+    struct tpc_txn copy = *txn;
+    void *handle = NULL;
+    struct tx *x;
+    int r;
+
+    t->now_us = now_us;
+    if (tx_find(t, txn->txid))
+        return -EEXIST;
+    copy.recovered = true;
+    if ((r = t->env.prepare(t->env.ctx, &copy, &handle)) != 0)
+        return -EIO;
+    if ((x = tx_new(t, txn->txid, txn->epoch, txn->coord)) == NULL ||
+        (x->ops = malloc(txn->nbytes ? txn->nbytes : 1)) == NULL) {
+        if (x) {
+            tx_unhash(t, x);
+            tx_free(x);
+        }
+        t->env.abort(t->env.ctx, &copy, handle);
+        return -ENOMEM;
+    }
+    memcpy(x->ops, txn->ops, txn->nbytes);
+    x->nops = txn->nops;
+    x->nbytes = txn->nbytes;
+    x->handle = handle;
+    x->pstate = P_PREPARED;
+    x->prepare_logged = true;
+    x->query_at_us = now_us; /* ask at the first tick */
+    x->queried = true;
+    active_add(t, x);
+    return 0;
+}
+
+int tpc_recover_committed(struct tpc *t, uint64_t txid, uint64_t epoch, uint64_t now_us)
+{
+    struct tx *x;
+
+    t->now_us = now_us;
+    if (tx_find(t, txid))
+        return -EEXIST;
+    if ((x = tx_new(t, txid, epoch, t->cfg.self)) == NULL)
+        return -ENOMEM;
+    x->cstate = C_COMMITTED;
+    x->pstate = P_DONE;
+    x->outcome = TPC_O_COMMITTED;
+    x->acks = 1u << t->self_idx;
+    x->resend_at_us = now_us;
+    active_add(t, x);
+    return 0;
+}
+
+void tpc_recovered(struct tpc *t, uint64_t now_us)
+{
+    struct tx *x, *next;
+
+    t->now_us = now_us;
+    for (x = t->active; x; x = next) {
+        next = x->anext;
+        if (x->pstate == P_PREPARED && x->coord == t->cfg.self) {
+            /* We never logged a decision, so nobody committed it. */
+            part_abort(t, x);
+            t->st.aborted[TPC_R_RECOVERY]++;
+            send_peers(t, TPC_MSG_ABORT, x, TPC_R_RECOVERY);
+            remember(t, x);
+        } else if (x->cstate == C_COMMITTED && x->acks == t->all) {
+            coord_finish(t, x);
+        }
+    }
+}
+
+/* ---- life cycle and inspection --------------------------------------------------- */
+
+struct tpc *tpc_new(const struct tpc_config *cfg, const struct tpc_env *env, int *err)
+{
+    struct tpc *t;
+    int self = -1;
+
+    *err = -EINVAL;
+    if (cfg->n == 0 || cfg->n > TPC_REPLICAS_MAX || cfg->remembered_max == 0 ||
+        cfg->self >= TPC_REPLICAS_MAX)
+        return NULL;
+    for (uint32_t i = 0; i < cfg->n; i++) {
+        if (cfg->ids[i] >= TPC_REPLICAS_MAX)
+            return NULL;
+        for (uint32_t j = 0; j < i; j++)
+            if (cfg->ids[j] == cfg->ids[i])
+                return NULL;
+        if (cfg->ids[i] == cfg->self)
+            self = (int)i;
+    }
+    if (self < 0)
+        return NULL;
+    *err = -ENOMEM;
+    if ((t = calloc(1, sizeof(*t))) == NULL)
+        return NULL;
+    t->cfg = *cfg;
+    t->env = *env;
+    t->self_idx = (uint32_t)self;
+    t->all = cfg->n == 32 ? ~0u : (1u << cfg->n) - 1;
+    t->nbuckets = 256;
+    if ((t->buckets = calloc(t->nbuckets, sizeof(*t->buckets))) == NULL) {
+        free(t);
+        return NULL;
+    }
+    *err = 0;
+    return t;
+}
+
+void tpc_free(struct tpc *t)
+{
+    if (t == NULL)
+        return;
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        struct tx *x = t->buckets[i];
+        while (x) {
+            struct tx *next = x->hnext;
+            tx_free(x);
+            x = next;
+        }
+    }
+    free(t->buckets);
+    free(t->waits);
+    free(t);
+}
+
+void tpc_get_stats(const struct tpc *t, struct tpc_stats *st)
+{
+    *st = t->st;
+    st->in_doubt = 0;
+    st->active = 0;
+    for (const struct tx *x = t->active; x; x = x->anext) {
+        st->active++;
+        if (x->cstate == C_NONE && x->pstate == P_PREPARED && x->queried)
+            st->in_doubt++;
+    }
+}
+
+int tpc_for_each_open(const struct tpc *t,
+                      int (*fn)(void *arg, const struct tpc_txn *txn, bool prepared), void *arg)
+{
+    for (const struct tx *x = t->active; x; x = x->anext) {
+        struct tpc_txn txn;
+        int r = 0;
+        txn_of(x, &txn);
+        if (x->pstate == P_PREPARING || x->pstate == P_PREPARED)
+            r = fn(arg, &txn, true);
+        else if (x->cstate == C_COMMITTED)
+            r = fn(arg, &txn, false);
+        if (r)
+            return r;
+    }
+    return 0;
+}
+
+uint64_t tpc_unapplied_lsn(const struct tpc *t)
+{
+    uint64_t min = 0;
+
+    for (const struct tx *x = t->active; x; x = x->anext)
+        if (x->cstate == C_COMMITTING && (min == 0 || x->commit_lsn < min))
+            min = x->commit_lsn;
+    return min;
+}

@@ -1,0 +1,229 @@
+/*
+ * tpc.h - two-phase commit: the coordinator and the participant of one
+ * replica, as one pure state machine. The state machine and its messages are
+ * described at the top of tpc.c.
+ *
+ * Pure: no I/O, no clock, no allocation visible to the caller. Inputs are
+ * calls (a client write begins, a message arrives, a log record became
+ * durable, a timer tick, a peer link went up or down), each with the current
+ * monotonic time; outputs go through the callbacks of struct tpc_env
+ * (messages to send, records to log, the resource manager's prepare / commit
+ * / abort, client outcomes). A simulator drives several of them in one
+ * process with a seeded network; the server drives one with libuv.
+ *
+ * A transaction's operations are opaque bytes to this module (the server
+ * encodes them as WAL ops; see wal.h): tpc carries them in PREPARE, logs
+ * them, and hands them to the resource manager.
+ */
+#ifndef TPCKV_TPC_H
+#define TPCKV_TPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Replica ids are 0..TPC_REPLICAS_MAX-1 (the low byte of every txid). */
+#define TPC_REPLICAS_MAX 16
+
+enum tpc_msg_type {
+    TPC_MSG_PREPARE = 1, /* coordinator -> participant: txid, ops */
+    TPC_MSG_VOTE = 2,    /* participant -> coordinator: yes, or no + reason */
+    TPC_MSG_COMMIT = 3,  /* coordinator -> participant: the decision */
+    TPC_MSG_ABORT = 4,   /* coordinator -> participant: the decision */
+    TPC_MSG_ACK = 5,     /* participant -> coordinator: COMMIT is durable here */
+    TPC_MSG_QUERY = 6,   /* an in-doubt participant -> anyone: what became of txid? */
+    TPC_MSG_ANSWER = 7,  /* -> the querier: outcome */
+};
+#define TPC_MSG_TYPE_MAX 7
+
+/* Why a transaction did not commit (a NO vote's reason, an abort's cause). */
+enum tpc_reason {
+    TPC_R_NONE = 0,
+    TPC_R_BUSY = 1,       /* a key is locked by another transaction (retryable) */
+    TPC_R_CONFLICT = 2,   /* a key's version differs from the coordinator's (retryable) */
+    TPC_R_NO_MEMORY = 3,  /* a participant is out of --max-memory */
+    TPC_R_LOG_FAILED = 4, /* a participant's write-ahead log failed */
+    TPC_R_TIMEOUT = 5,    /* a vote did not come within --prepare-timeout-ms */
+    TPC_R_PEER_DOWN = 6,  /* a replica is unreachable */
+    TPC_R_BAD_OPS = 7,    /* a participant could not decode the operations */
+    TPC_R_RECOVERY = 8,   /* undecided when the coordinator restarted */
+    TPC_R_STOPPING = 9,   /* the coordinator is shutting down */
+    TPC_R_TOO_LARGE = 10, /* a resulting value exceeds a participant's --max-value */
+};
+#define TPC_REASON_MAX 10
+
+const char *tpc_reason_name(enum tpc_reason r);
+
+/* A QUERY's answer. */
+enum tpc_outcome {
+    TPC_O_UNKNOWN = 0,   /* no record of txid here (from its coordinator: aborted) */
+    TPC_O_COMMITTED = 1,
+    TPC_O_ABORTED = 2,
+    TPC_O_PENDING = 3,   /* not decided yet; ask again later */
+};
+
+const char *tpc_outcome_name(enum tpc_outcome o);
+const char *tpc_msg_type_name(enum tpc_msg_type t);
+
+/* One message between replicas. The transport adds framing, the checksum,
+ * authentication; from is the authenticated sender. */
+struct tpc_msg {
+    uint8_t type;     /* enum tpc_msg_type */
+    uint8_t vote;     /* VOTE: 1 = yes, 0 = no */
+    uint8_t reason;   /* VOTE no, ABORT: enum tpc_reason */
+    uint8_t outcome;  /* ANSWER: enum tpc_outcome */
+    uint32_t from, to;
+    uint64_t epoch;   /* the sender's cluster configuration epoch */
+    uint64_t txid;
+    uint32_t coord;   /* the transaction's coordinator */
+    uint32_t nops;    /* PREPARE: operations in ops */
+    const char *ops;  /* PREPARE: nbytes of encoded operations (borrowed) */
+    uint32_t nbytes;
+};
+
+/* A transaction as the resource manager and the log see it. */
+struct tpc_txn {
+    uint64_t txid;
+    uint64_t epoch;
+    uint32_t coord;
+    uint32_t nops;
+    const char *ops;
+    uint32_t nbytes;
+    bool recovered; /* re-locked after a restart: its checks passed before */
+};
+
+enum tpc_log_type {
+    TPC_LOG_PREPARE = 2, /* txid, epoch, coord, ops: prepared here (forced) */
+    TPC_LOG_COMMIT = 3,  /* txid committed (forced: the coordinator's commit
+                            point; a participant's, before its ACK) */
+    TPC_LOG_ABORT = 4,   /* txid aborted (not forced: presumed abort) */
+    TPC_LOG_END = 5,     /* coordinator: every participant ACKed txid (not forced) */
+};
+
+struct tpc_env {
+    void *ctx;
+    /* Sends m to m->to (never to ourselves). Delivery is not assumed. */
+    void (*send)(void *ctx, const struct tpc_msg *m);
+    /* Appends a record. Returns its lsn (> 0), or a negative errno if the
+     * log has failed. Durability is reported later by tpc_durable(). For
+     * COMMIT, ABORT and END records, ops is NULL. */
+    int64_t (*log)(void *ctx, enum tpc_log_type type, const struct tpc_txn *t);
+    /* Resource manager. prepare locks t's keys, checks its conditions and
+     * reserves what commit needs; returns 0 (vote yes; *handle is passed
+     * back to commit or abort) or the reason to vote no (nothing held). */
+    int (*prepare)(void *ctx, const struct tpc_txn *t, void **handle);
+    void (*commit)(void *ctx, const struct tpc_txn *t, void *handle);
+    void (*abort)(void *ctx, const struct tpc_txn *t, void *handle);
+    /* A transaction this replica coordinates is decided. client is what
+     * tpc_begin() got. committed: the commit record is durable. Otherwise
+     * reason says why, and culprit names the replica that caused it. */
+    void (*done)(void *ctx, void *client, uint64_t txid, bool committed, enum tpc_reason reason,
+                 uint32_t culprit);
+};
+
+struct tpc_config {
+    uint32_t self;             /* our replica id */
+    uint32_t n;                /* replicas */
+    uint32_t ids[TPC_REPLICAS_MAX]; /* their ids (self among them) */
+    uint64_t epoch;
+    uint64_t prepare_timeout_us; /* votes must come by then, or abort */
+    uint64_t resend_us;          /* COMMIT resent, QUERY repeated this often */
+    size_t remembered_max;       /* decided txids kept to answer duplicates */
+};
+
+struct tpc_stats {
+    uint64_t begun;
+    uint64_t committed;
+    uint64_t aborted[TPC_REASON_MAX + 1]; /* by reason, as coordinator */
+    uint64_t prepared;            /* as participant: yes votes */
+    uint64_t voted_no;
+    uint64_t part_committed, part_aborted;
+    uint64_t in_doubt;            /* now: voted yes, undecided past the timeout */
+    uint64_t active;              /* now: transactions not yet forgotten */
+    uint64_t queries_sent, answers_sent;
+    uint64_t resolved_by_query;
+    uint64_t msgs_in[TPC_MSG_TYPE_MAX + 1], msgs_out[TPC_MSG_TYPE_MAX + 1];
+    uint64_t msgs_ignored;        /* duplicates, late, unknown txid */
+    uint64_t bad_epoch;
+    uint64_t prepare_us_total, prepare_us_max, prepare_count; /* begin to decision */
+};
+
+struct tpc;
+
+/* Returns a new state machine, or NULL (bad config: -EINVAL in *err; -ENOMEM). */
+struct tpc *tpc_new(const struct tpc_config *cfg, const struct tpc_env *env, int *err);
+/* Frees it. Handles still held by the resource manager are not aborted. */
+void tpc_free(struct tpc *t);
+
+/* Sets the lowest txid tpc_next_txid() may return next (after recovery:
+ * past every cas in the store). */
+void tpc_set_min_txid(struct tpc *t, uint64_t txid);
+
+/*
+ * A new transaction id: unique in the cluster (the low byte is our index in
+ * ids[]), greater than every one we gave before and than wall_us (so ids stay
+ * fresh across restarts without being logged). It is also the CAS value of
+ * what the transaction writes.
+ */
+uint64_t tpc_next_txid(struct tpc *t, uint64_t wall_us);
+
+/*
+ * Coordinates txid (from tpc_next_txid) with operations ops[0..nbytes).
+ * The local participant prepares first, synchronously. Returns 0: the
+ * transaction is under way and env->done(client, ...) will be called
+ * exactly once, from a later call. Or returns a reason > 0 and nothing
+ * happened (no done call): a replica is down (*culprit says which), the
+ * local prepare said no, or the log failed. ops is copied.
+ */
+int tpc_begin(struct tpc *t, uint64_t txid, uint32_t nops, const char *ops, uint32_t nbytes,
+              void *client, uint64_t now_us, uint32_t *culprit);
+
+/* A message from a peer. m->ops is borrowed for the call. */
+void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us);
+
+/* Every record with lsn <= lsn is durable. */
+void tpc_durable(struct tpc *t, uint64_t lsn, uint64_t now_us);
+
+/* The log failed: nothing more becomes durable. Pending work aborts. */
+void tpc_log_failed(struct tpc *t, uint64_t now_us);
+
+/* Timeouts, resends, queries. Call often (every few ms). */
+void tpc_tick(struct tpc *t, uint64_t now_us);
+
+/* The link to peer id went up or down (down: prepares waiting on its vote
+ * abort; up: decisions and queries it missed are sent again). */
+void tpc_peer(struct tpc *t, uint32_t id, bool up, uint64_t now_us);
+bool tpc_peer_is_up(const struct tpc *t, uint32_t id);
+
+/* ---- recovery ----------------------------------------------------------------
+ * After the store is rebuilt from the snapshot and log, the server hands tpc
+ * what the log left open, then calls tpc_recovered(). */
+
+/* A PREPARE with no COMMIT or ABORT after it. The resource manager's
+ * prepare is called (recovered = true) to lock its keys again. */
+int tpc_recover_prepared(struct tpc *t, const struct tpc_txn *txn, uint64_t now_us);
+/* A COMMIT we coordinated with no END after it: participants may lack it. */
+int tpc_recover_committed(struct tpc *t, uint64_t txid, uint64_t epoch, uint64_t now_us);
+/* Recovery is complete: transactions we coordinated and never decided are
+ * aborted (presumed abort), the others wait for their coordinators. */
+void tpc_recovered(struct tpc *t, uint64_t now_us);
+
+/* ---- inspection --------------------------------------------------------- */
+
+void tpc_get_stats(const struct tpc *t, struct tpc_stats *st);
+
+/* What a snapshot must carry so the log before it can go: every prepared,
+ * undecided transaction (with its ops) and every commit we coordinated that
+ * is not fully acknowledged. fn is called once per transaction; prepared
+ * tells which. Stops and returns fn's value if not 0. */
+int tpc_for_each_open(const struct tpc *t,
+                      int (*fn)(void *arg, const struct tpc_txn *txn, bool prepared), void *arg);
+
+/* The lowest lsn of a coordinator COMMIT record not yet durable (its effect
+ * is not applied yet), or 0 if none. A snapshot must not claim to cover it. */
+uint64_t tpc_unapplied_lsn(const struct tpc *t);
+
+/* Outcome of txid as this replica knows it (tests, the simulator). */
+enum tpc_outcome tpc_known_outcome(const struct tpc *t, uint64_t txid);
+
+#endif /* TPCKV_TPC_H */

@@ -1,0 +1,740 @@
+/*
+ * unit_tpc.c - the two-phase commit state machine, one transition at a time.
+ *
+ * A fake environment records what the state machine asks for (messages,
+ * log records, resource manager calls, client outcomes); each test feeds it
+ * inputs and checks the outputs. Replica 0 is the one under test unless
+ * said otherwise; replicas 1 and 2 exist only as message senders.
+ */
+#include "unit.h"
+
+#include "tpc.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAXREC 64
+
+struct fake {
+    struct tpc_msg sent[MAXREC];
+    size_t nsent;
+    int log_types[MAXREC];
+    uint64_t log_txids[MAXREC];
+    size_t nlog;
+    int64_t next_lsn;
+    bool log_fails;
+    int prepare_result;
+    int prepares, commits, aborts, recovered_prepares;
+    int dones;
+    bool done_committed;
+    int done_reason;
+    uint32_t done_culprit;
+    void *done_client;
+};
+
+static struct fake F;
+
+static void f_send(void *ctx, const struct tpc_msg *m)
+{
+    (void)ctx;
+    CU_ASSERT_FATAL(F.nsent < MAXREC);
+    F.sent[F.nsent++] = *m;
+    F.sent[F.nsent - 1].ops = NULL; /* borrowed: do not keep */
+}
+
+static int64_t f_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *t)
+{
+    (void)ctx;
+    if (F.log_fails)
+        return -EIO;
+    CU_ASSERT_FATAL(F.nlog < MAXREC);
+    CU_ASSERT((type == TPC_LOG_PREPARE) == (t->ops != NULL));
+    F.log_types[F.nlog] = type;
+    F.log_txids[F.nlog++] = t->txid;
+    return ++F.next_lsn;
+}
+
+static int f_prepare(void *ctx, const struct tpc_txn *t, void **handle)
+{
+    (void)ctx;
+    F.prepares++;
+    if (t->recovered)
+        F.recovered_prepares++;
+    *handle = &F;
+    return F.prepare_result;
+}
+
+static void f_commit(void *ctx, const struct tpc_txn *t, void *handle)
+{
+    (void)ctx;
+    (void)t;
+    CU_ASSERT_PTR_EQUAL(handle, &F);
+    F.commits++;
+}
+
+static void f_abort(void *ctx, const struct tpc_txn *t, void *handle)
+{
+    (void)ctx;
+    (void)t;
+    CU_ASSERT_PTR_EQUAL(handle, &F);
+    F.aborts++;
+}
+
+static void f_done(void *ctx, void *client, uint64_t txid, bool committed, enum tpc_reason reason,
+                   uint32_t culprit)
+{
+    (void)ctx;
+    (void)txid;
+    F.dones++;
+    F.done_client = client;
+    F.done_committed = committed;
+    F.done_reason = reason;
+    F.done_culprit = culprit;
+}
+
+static const struct tpc_env env = {.send = f_send,
+                                   .log = f_log,
+                                   .prepare = f_prepare,
+                                   .commit = f_commit,
+                                   .abort = f_abort,
+                                   .done = f_done};
+
+#define TIMEOUT 1000
+#define RESEND 500
+static const char OPS[] = "opaque-ops";
+
+static struct tpc *mk(uint32_t self, uint32_t n)
+{
+    struct tpc_config cfg = {.self = self,
+                             .n = n,
+                             .epoch = 7,
+                             .prepare_timeout_us = TIMEOUT,
+                             .resend_us = RESEND,
+                             .remembered_max = 4};
+    int err;
+
+    memset(&F, 0, sizeof(F));
+    for (uint32_t i = 0; i < n; i++)
+        cfg.ids[i] = i;
+    struct tpc *t = tpc_new(&cfg, &env, &err);
+    CU_ASSERT_FATAL(t != NULL);
+    for (uint32_t i = 0; i < n; i++)
+        tpc_peer(t, i, true, 0);
+    return t;
+}
+
+static struct tpc_msg msg(uint8_t type, uint32_t from, uint32_t to, uint64_t txid)
+{
+    struct tpc_msg m = {.type = type, .from = from, .to = to, .epoch = 7, .txid = txid,
+                        .coord = (uint32_t)(txid & 0xff)};
+    if (type == TPC_MSG_PREPARE) {
+        m.nops = 1;
+        m.ops = OPS;
+        m.nbytes = sizeof(OPS);
+    }
+    if (type == TPC_MSG_VOTE)
+        m.vote = 1;
+    return m;
+}
+
+static size_t count_sent(uint8_t type)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < F.nsent; i++)
+        n += F.sent[i].type == type;
+    return n;
+}
+
+static uint64_t begin(struct tpc *t, void *client)
+{
+    uint32_t culprit;
+    uint64_t txid = tpc_next_txid(t, 1000);
+    CU_ASSERT_EQUAL_FATAL(tpc_begin(t, txid, 1, OPS, sizeof(OPS), client, 0, &culprit), 0);
+    return txid;
+}
+
+/* ---- coordinator -------------------------------------------------------------- */
+
+static void test_commit_path(void)
+{
+    struct tpc *t = mk(0, 3);
+    int client;
+    uint64_t txid = begin(t, &client);
+    struct tpc_msg m;
+
+    CU_ASSERT_EQUAL(F.prepares, 1);
+    CU_ASSERT_EQUAL(F.nlog, 1);
+    CU_ASSERT_EQUAL(F.log_types[0], TPC_LOG_PREPARE);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_PREPARE), 2);
+    CU_ASSERT_EQUAL(F.sent[0].nops, 1);
+    CU_ASSERT_EQUAL(F.sent[0].epoch, 7);
+
+    m = msg(TPC_MSG_VOTE, 1, 0, txid);
+    tpc_receive(t, &m, 1);
+    CU_ASSERT_EQUAL(F.nlog, 1); /* not yet: our own vote and 2's are missing */
+    tpc_durable(t, 1, 2);       /* our PREPARE: our vote */
+    CU_ASSERT_EQUAL(F.nlog, 1);
+    m = msg(TPC_MSG_VOTE, 2, 0, txid);
+    tpc_receive(t, &m, 3);
+    CU_ASSERT_EQUAL_FATAL(F.nlog, 2);
+    CU_ASSERT_EQUAL(F.log_types[1], TPC_LOG_COMMIT);
+    CU_ASSERT_EQUAL(F.dones, 0); /* the commit point is the durable record */
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_PENDING);
+
+    tpc_durable(t, 2, 4);
+    CU_ASSERT_EQUAL(F.dones, 1);
+    CU_ASSERT(F.done_committed);
+    CU_ASSERT_PTR_EQUAL(F.done_client, &client);
+    CU_ASSERT_EQUAL(F.commits, 1);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_COMMIT), 2);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_COMMITTED);
+
+    m = msg(TPC_MSG_ACK, 1, 0, txid);
+    tpc_receive(t, &m, 5);
+    CU_ASSERT_EQUAL(F.nlog, 2);
+    tpc_receive(t, &m, 5); /* duplicate ACK */
+    m = msg(TPC_MSG_ACK, 2, 0, txid);
+    tpc_receive(t, &m, 6);
+    CU_ASSERT_EQUAL_FATAL(F.nlog, 3);
+    CU_ASSERT_EQUAL(F.log_types[2], TPC_LOG_END);
+    tpc_receive(t, &m, 7); /* late ACK after END */
+
+    struct tpc_stats st;
+    tpc_get_stats(t, &st);
+    CU_ASSERT_EQUAL(st.committed, 1);
+    CU_ASSERT_EQUAL(st.active, 0);
+    CU_ASSERT_EQUAL(st.prepare_count, 1);
+    CU_ASSERT(st.msgs_ignored >= 2);
+    CU_ASSERT_EQUAL(F.dones, 1);
+    tpc_free(t);
+}
+
+static void test_no_vote_aborts(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t txid = begin(t, NULL);
+    struct tpc_msg m = msg(TPC_MSG_VOTE, 2, 0, txid);
+
+    m.vote = 0;
+    m.reason = TPC_R_BUSY;
+    tpc_receive(t, &m, 1);
+    CU_ASSERT_EQUAL(F.dones, 1);
+    CU_ASSERT(!F.done_committed);
+    CU_ASSERT_EQUAL(F.done_reason, TPC_R_BUSY);
+    CU_ASSERT_EQUAL(F.done_culprit, 2);
+    CU_ASSERT_EQUAL(F.aborts, 1);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 2);
+    CU_ASSERT_EQUAL(F.log_types[F.nlog - 1], TPC_LOG_ABORT);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_ABORTED);
+
+    /* Late: our PREPARE turns durable, a YES arrives. Nothing changes. */
+    size_t nlog = F.nlog, nsent = F.nsent;
+    tpc_durable(t, 1, 2);
+    m = msg(TPC_MSG_VOTE, 1, 0, txid);
+    tpc_receive(t, &m, 3);
+    CU_ASSERT_EQUAL(F.nlog, nlog);
+    CU_ASSERT_EQUAL(F.nsent, nsent);
+    CU_ASSERT_EQUAL(F.dones, 1);
+    CU_ASSERT_EQUAL(F.commits, 0);
+
+    struct tpc_stats st;
+    tpc_get_stats(t, &st);
+    CU_ASSERT_EQUAL(st.aborted[TPC_R_BUSY], 1);
+    tpc_free(t);
+}
+
+static void test_timeout_names_silent_peer(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t txid = begin(t, NULL);
+    struct tpc_msg m = msg(TPC_MSG_VOTE, 1, 0, txid);
+
+    tpc_receive(t, &m, 1);
+    tpc_durable(t, 1, 2);
+    tpc_tick(t, TIMEOUT - 1);
+    CU_ASSERT_EQUAL(F.dones, 0);
+    tpc_tick(t, TIMEOUT);
+    CU_ASSERT_EQUAL(F.dones, 1);
+    CU_ASSERT_EQUAL(F.done_reason, TPC_R_TIMEOUT);
+    CU_ASSERT_EQUAL(F.done_culprit, 2);
+    CU_ASSERT_EQUAL(F.aborts, 1);
+    tpc_free(t);
+}
+
+static void test_peer_down_fails_fast(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint32_t culprit = 99;
+
+    tpc_peer(t, 2, false, 0);
+    CU_ASSERT(!tpc_peer_is_up(t, 2));
+    CU_ASSERT_EQUAL(tpc_begin(t, tpc_next_txid(t, 0), 1, OPS, sizeof(OPS), NULL, 0, &culprit),
+                    TPC_R_PEER_DOWN);
+    CU_ASSERT_EQUAL(culprit, 2);
+    CU_ASSERT_EQUAL(F.prepares, 0);
+    CU_ASSERT_EQUAL(F.nlog, 0);
+    CU_ASSERT_EQUAL(F.dones, 0);
+
+    /* Down while a transaction waits for its vote: abort now. */
+    tpc_peer(t, 2, true, 1);
+    uint64_t txid = begin(t, NULL);
+    struct tpc_msg m = msg(TPC_MSG_VOTE, 2, 0, txid);
+    tpc_receive(t, &m, 2);
+    tpc_peer(t, 2, false, 3); /* 2 voted: not the culprit */
+    CU_ASSERT_EQUAL(F.dones, 0);
+    tpc_peer(t, 1, false, 4);
+    CU_ASSERT_EQUAL(F.dones, 1);
+    CU_ASSERT_EQUAL(F.done_reason, TPC_R_PEER_DOWN);
+    CU_ASSERT_EQUAL(F.done_culprit, 1);
+    tpc_free(t);
+}
+
+static void test_local_no_vote(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint32_t culprit;
+
+    F.prepare_result = TPC_R_NO_MEMORY;
+    CU_ASSERT_EQUAL(tpc_begin(t, tpc_next_txid(t, 0), 1, OPS, sizeof(OPS), NULL, 0, &culprit),
+                    TPC_R_NO_MEMORY);
+    CU_ASSERT_EQUAL(culprit, 0);
+    CU_ASSERT_EQUAL(F.nsent, 0);
+    CU_ASSERT_EQUAL(F.nlog, 0);
+    CU_ASSERT_EQUAL(F.dones, 0);
+    tpc_free(t);
+}
+
+static void test_log_failure(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint32_t culprit;
+
+    F.log_fails = true;
+    CU_ASSERT_EQUAL(tpc_begin(t, tpc_next_txid(t, 0), 1, OPS, sizeof(OPS), NULL, 0, &culprit),
+                    TPC_R_LOG_FAILED);
+    CU_ASSERT_EQUAL(F.prepares, 1);
+    CU_ASSERT_EQUAL(F.aborts, 1);
+    CU_ASSERT_EQUAL(F.nsent, 0);
+
+    /* As a participant: vote no. */
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, (5 << 8) | 1);
+    tpc_receive(t, &m, 1);
+    CU_ASSERT_EQUAL_FATAL(F.nsent, 1);
+    CU_ASSERT_EQUAL(F.sent[0].type, TPC_MSG_VOTE);
+    CU_ASSERT_EQUAL(F.sent[0].vote, 0);
+    CU_ASSERT_EQUAL(F.sent[0].reason, TPC_R_LOG_FAILED);
+    tpc_free(t);
+}
+
+static void test_log_fails_at_commit_point(void)
+{
+    struct tpc *t = mk(0, 2);
+    uint64_t txid = begin(t, NULL);
+    struct tpc_msg m = msg(TPC_MSG_VOTE, 1, 0, txid);
+
+    tpc_receive(t, &m, 1);
+    tpc_durable(t, 1, 2);
+    CU_ASSERT_EQUAL(F.log_types[F.nlog - 1], TPC_LOG_COMMIT);
+    tpc_log_failed(t, 3);
+    /* The client hears of the failure; no ABORT goes out (the COMMIT
+     * may be on disk), and the outcome stays pending for queries. */
+    CU_ASSERT_EQUAL(F.dones, 1);
+    CU_ASSERT(!F.done_committed);
+    CU_ASSERT_EQUAL(F.done_reason, TPC_R_LOG_FAILED);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 0);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_PENDING);
+    tpc_free(t);
+}
+
+static void test_single_replica(void)
+{
+    struct tpc *t = mk(0, 1);
+    uint64_t txid = begin(t, NULL);
+
+    CU_ASSERT_EQUAL(F.nsent, 0);
+    tpc_durable(t, 1, 1);
+    CU_ASSERT_EQUAL(F.log_types[1], TPC_LOG_COMMIT);
+    tpc_durable(t, 2, 2);
+    CU_ASSERT_EQUAL(F.dones, 1);
+    CU_ASSERT(F.done_committed);
+    CU_ASSERT_EQUAL(F.log_types[2], TPC_LOG_END);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_COMMITTED);
+    tpc_free(t);
+}
+
+static void test_txids(void)
+{
+    struct tpc *t = mk(3, 4);
+    uint64_t a = tpc_next_txid(t, 5000);
+    uint64_t b = tpc_next_txid(t, 10);  /* clock went back: still increasing */
+    uint64_t c = tpc_next_txid(t, 9000);
+
+    CU_ASSERT_EQUAL(a & 0xff, 3);
+    CU_ASSERT_EQUAL(a >> 8, 5000);
+    CU_ASSERT(b > a);
+    CU_ASSERT_EQUAL(c >> 8, 9000);
+    tpc_set_min_txid(t, (100000ull << 8) | 1);
+    CU_ASSERT(tpc_next_txid(t, 0) >> 8 > 100000);
+    tpc_free(t);
+}
+
+/* ---- participant -------------------------------------------------------------- */
+
+static void test_participant_commit(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t txid = (42 << 8) | 1;
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, txid);
+
+    tpc_receive(t, &m, 0);
+    CU_ASSERT_EQUAL(F.prepares, 1);
+    CU_ASSERT_EQUAL(F.log_types[0], TPC_LOG_PREPARE);
+    CU_ASSERT_EQUAL(F.nsent, 0); /* no vote before the record is durable */
+    tpc_receive(t, &m, 1);       /* duplicate while preparing */
+    CU_ASSERT_EQUAL(F.prepares, 1);
+    CU_ASSERT_EQUAL(F.nsent, 0);
+
+    tpc_durable(t, 1, 2);
+    CU_ASSERT_EQUAL_FATAL(F.nsent, 1);
+    CU_ASSERT_EQUAL(F.sent[0].type, TPC_MSG_VOTE);
+    CU_ASSERT_EQUAL(F.sent[0].vote, 1);
+    CU_ASSERT_EQUAL(F.sent[0].to, 1);
+    tpc_receive(t, &m, 3); /* duplicate after voting: vote again */
+    CU_ASSERT_EQUAL(F.prepares, 1);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_VOTE), 2);
+
+    m = msg(TPC_MSG_COMMIT, 1, 0, txid);
+    tpc_receive(t, &m, 4);
+    CU_ASSERT_EQUAL(F.commits, 1);
+    CU_ASSERT_EQUAL(F.log_types[1], TPC_LOG_COMMIT);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ACK), 0); /* forced first */
+    tpc_receive(t, &m, 5);                       /* duplicate COMMIT, not durable yet */
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ACK), 0);
+    tpc_durable(t, 2, 6);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ACK), 1);
+    tpc_receive(t, &m, 7); /* duplicate COMMIT: ACK again */
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ACK), 2);
+    CU_ASSERT_EQUAL(F.commits, 1);
+
+    /* COMMIT of a txid never seen: committed and forgotten, ACK it. */
+    m = msg(TPC_MSG_COMMIT, 1, 0, (43 << 8) | 1);
+    tpc_receive(t, &m, 8);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ACK), 3);
+    CU_ASSERT_EQUAL(F.commits, 1);
+    tpc_free(t);
+}
+
+static void test_participant_votes_no(void)
+{
+    struct tpc *t = mk(0, 3);
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 2, 0, (9 << 8) | 2);
+
+    F.prepare_result = TPC_R_BUSY;
+    tpc_receive(t, &m, 0);
+    CU_ASSERT_EQUAL_FATAL(F.nsent, 1);
+    CU_ASSERT_EQUAL(F.sent[0].vote, 0);
+    CU_ASSERT_EQUAL(F.sent[0].reason, TPC_R_BUSY);
+    CU_ASSERT_EQUAL(F.nlog, 0);
+    /* A repeat is not prepared again (the lock may be free by now, but
+     * the coordinator has aborted). */
+    F.prepare_result = 0;
+    tpc_receive(t, &m, 1);
+    CU_ASSERT_EQUAL(F.prepares, 1);
+    CU_ASSERT_EQUAL(F.nlog, 0);
+    tpc_free(t);
+}
+
+static void test_abort_overtakes_prepare(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t txid = (11 << 8) | 1;
+    struct tpc_msg m = msg(TPC_MSG_ABORT, 1, 0, txid);
+
+    tpc_receive(t, &m, 0);
+    m = msg(TPC_MSG_PREPARE, 1, 0, txid);
+    tpc_receive(t, &m, 1);
+    CU_ASSERT_EQUAL(F.prepares, 0);
+    CU_ASSERT_EQUAL(F.nlog, 0);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_ABORTED);
+    tpc_free(t);
+}
+
+static void test_participant_abort(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t txid = (12 << 8) | 1;
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, txid);
+
+    tpc_receive(t, &m, 0);
+    tpc_durable(t, 1, 1);
+    m = msg(TPC_MSG_ABORT, 1, 0, txid);
+    tpc_receive(t, &m, 2);
+    CU_ASSERT_EQUAL(F.aborts, 1);
+    CU_ASSERT_EQUAL(F.log_types[1], TPC_LOG_ABORT);
+    tpc_receive(t, &m, 3); /* duplicate */
+    CU_ASSERT_EQUAL(F.aborts, 1);
+    m = msg(TPC_MSG_COMMIT, 1, 0, txid); /* impossible, and ignored */
+    tpc_receive(t, &m, 4);
+    CU_ASSERT_EQUAL(F.commits, 0);
+    tpc_free(t);
+}
+
+static void test_in_doubt_queries(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t txid = (13 << 8) | 1;
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, txid);
+    struct tpc_stats st;
+
+    tpc_receive(t, &m, 0);
+    tpc_durable(t, 1, 0);
+    tpc_tick(t, TIMEOUT - 1);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_QUERY), 0);
+    tpc_tick(t, TIMEOUT);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_QUERY), 2); /* coordinator and replica 2 */
+    tpc_get_stats(t, &st);
+    CU_ASSERT_EQUAL(st.in_doubt, 1);
+    tpc_tick(t, TIMEOUT + RESEND);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_QUERY), 4);
+
+    /* Replica 2 knows nothing: that decides nothing. */
+    m = msg(TPC_MSG_ANSWER, 2, 0, txid);
+    m.outcome = TPC_O_UNKNOWN;
+    tpc_receive(t, &m, TIMEOUT + RESEND + 1);
+    CU_ASSERT_EQUAL(F.aborts + F.commits, 0);
+    m.outcome = TPC_O_PENDING;
+    m.from = 1;
+    tpc_receive(t, &m, TIMEOUT + RESEND + 2);
+    CU_ASSERT_EQUAL(F.aborts + F.commits, 0);
+    /* The coordinator has no record: presumed abort. */
+    m.outcome = TPC_O_UNKNOWN;
+    tpc_receive(t, &m, TIMEOUT + RESEND + 3);
+    CU_ASSERT_EQUAL(F.aborts, 1);
+    tpc_get_stats(t, &st);
+    CU_ASSERT_EQUAL(st.in_doubt, 0);
+    CU_ASSERT_EQUAL(st.resolved_by_query, 1);
+    tpc_free(t);
+}
+
+static void test_cooperative_termination(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t txid = (14 << 8) | 1;
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, txid);
+
+    tpc_receive(t, &m, 0);
+    tpc_durable(t, 1, 0);
+    tpc_peer(t, 1, false, 1); /* the coordinator is gone */
+    tpc_tick(t, TIMEOUT);
+    m = msg(TPC_MSG_ANSWER, 2, 0, txid); /* replica 2 got the COMMIT */
+    m.outcome = TPC_O_COMMITTED;
+    tpc_receive(t, &m, TIMEOUT + 1);
+    CU_ASSERT_EQUAL(F.commits, 1);
+    tpc_durable(t, 2, TIMEOUT + 2);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ACK), 1); /* to the coordinator, for later */
+    tpc_free(t);
+}
+
+static void test_answers_queries(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t txid = begin(t, NULL);
+    struct tpc_msg q = msg(TPC_MSG_QUERY, 1, 0, txid);
+
+    tpc_receive(t, &q, 1);
+    CU_ASSERT_EQUAL(F.sent[F.nsent - 1].type, TPC_MSG_ANSWER);
+    CU_ASSERT_EQUAL(F.sent[F.nsent - 1].outcome, TPC_O_PENDING);
+
+    struct tpc_msg v = msg(TPC_MSG_VOTE, 1, 0, txid);
+    tpc_receive(t, &v, 2);
+    v.from = 2;
+    tpc_receive(t, &v, 2);
+    tpc_durable(t, 1, 3);
+    tpc_durable(t, 2, 3);
+    tpc_receive(t, &q, 4);
+    CU_ASSERT_EQUAL(F.sent[F.nsent - 1].outcome, TPC_O_COMMITTED);
+
+    q.txid = (999 << 8) | 0; /* never begun */
+    tpc_receive(t, &q, 5);
+    CU_ASSERT_EQUAL(F.sent[F.nsent - 1].outcome, TPC_O_UNKNOWN);
+    tpc_free(t);
+}
+
+static void test_commit_resent_until_acked(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t txid = begin(t, NULL);
+    struct tpc_msg v = msg(TPC_MSG_VOTE, 1, 0, txid);
+
+    tpc_receive(t, &v, 0);
+    v.from = 2;
+    tpc_receive(t, &v, 0);
+    tpc_durable(t, 2, 0);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_COMMIT), 2);
+    struct tpc_msg a = msg(TPC_MSG_ACK, 1, 0, txid);
+    tpc_receive(t, &a, 1);
+    tpc_tick(t, RESEND);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_COMMIT), 3); /* only to 2 */
+    CU_ASSERT_EQUAL(F.sent[F.nsent - 1].to, 2);
+    tpc_peer(t, 2, false, RESEND + 1);
+    tpc_tick(t, 2 * RESEND + 1);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_COMMIT), 3); /* link down: nothing */
+    tpc_peer(t, 2, true, 2 * RESEND + 2);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_COMMIT), 4); /* at once when it returns */
+    tpc_free(t);
+}
+
+static void test_wrong_epoch_and_strangers(void)
+{
+    struct tpc *t = mk(0, 3);
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, (15 << 8) | 1);
+    struct tpc_stats st;
+
+    m.epoch = 8;
+    tpc_receive(t, &m, 0);
+    m.epoch = 7;
+    m.from = 9; /* not a replica */
+    tpc_receive(t, &m, 0);
+    m.from = 2; /* claims to be 1's transaction */
+    tpc_receive(t, &m, 0);
+    m = msg(TPC_MSG_VOTE, 1, 0, 12345 << 8); /* unknown txid */
+    tpc_receive(t, &m, 0);
+    m = msg(TPC_MSG_ANSWER, 1, 0, 12345 << 8);
+    tpc_receive(t, &m, 0);
+    CU_ASSERT_EQUAL(F.prepares, 0);
+    CU_ASSERT_EQUAL(F.nsent, 0);
+    tpc_get_stats(t, &st);
+    CU_ASSERT_EQUAL(st.bad_epoch, 1);
+    CU_ASSERT(st.msgs_ignored >= 4);
+    tpc_free(t);
+}
+
+static void test_recovery(void)
+{
+    struct tpc *t = mk(0, 3);
+    struct tpc_txn mine = {.txid = (20 << 8) | 0, .epoch = 7, .coord = 0, .nops = 1,
+                           .ops = OPS, .nbytes = sizeof(OPS)};
+    struct tpc_txn theirs = mine;
+    struct tpc_stats st;
+
+    theirs.txid = (21 << 8) | 2;
+    theirs.coord = 2;
+    CU_ASSERT_EQUAL(tpc_recover_prepared(t, &mine, 0), 0);
+    CU_ASSERT_EQUAL(tpc_recover_prepared(t, &theirs, 0), 0);
+    CU_ASSERT_EQUAL(tpc_recover_prepared(t, &theirs, 0), -EEXIST);
+    CU_ASSERT_EQUAL(tpc_recover_committed(t, (22 << 8) | 0, 7, 0), 0);
+    CU_ASSERT_EQUAL(F.recovered_prepares, 2);
+
+    tpc_recovered(t, 0);
+    /* Ours, undecided: aborted and announced. */
+    CU_ASSERT_EQUAL(F.aborts, 1);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 2);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, mine.txid), TPC_O_ABORTED);
+    /* Theirs: asked about at the first tick; the commit is resent. */
+    tpc_tick(t, 1);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_QUERY), 2);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_COMMIT), 2);
+    struct tpc_msg a = msg(TPC_MSG_ACK, 1, 0, (22 << 8) | 0);
+    tpc_receive(t, &a, 2);
+    a.from = 2;
+    tpc_receive(t, &a, 2);
+    CU_ASSERT_EQUAL(F.log_types[F.nlog - 1], TPC_LOG_END);
+    struct tpc_msg c = msg(TPC_MSG_COMMIT, 2, 0, theirs.txid);
+    tpc_receive(t, &c, 3);
+    CU_ASSERT_EQUAL(F.commits, 1);
+    tpc_get_stats(t, &st);
+    CU_ASSERT_EQUAL(st.aborted[TPC_R_RECOVERY], 1);
+    tpc_free(t);
+}
+
+static int count_open(void *arg, const struct tpc_txn *txn, bool prepared)
+{
+    int *n = arg;
+    (void)txn;
+    n[prepared ? 0 : 1]++;
+    return 0;
+}
+
+static void test_open_for_snapshot(void)
+{
+    struct tpc *t = mk(0, 2);
+    uint64_t a = begin(t, NULL);
+    int n[2] = {0, 0};
+
+    CU_ASSERT_EQUAL(tpc_unapplied_lsn(t), 0);
+    struct tpc_msg v = msg(TPC_MSG_VOTE, 1, 0, a);
+    tpc_receive(t, &v, 0);
+    tpc_durable(t, 1, 0);
+    CU_ASSERT_EQUAL(tpc_unapplied_lsn(t), 2); /* its COMMIT record */
+    tpc_for_each_open(t, count_open, n);
+    CU_ASSERT_EQUAL(n[0], 1);
+    tpc_durable(t, 2, 0);
+    CU_ASSERT_EQUAL(tpc_unapplied_lsn(t), 0);
+    n[0] = n[1] = 0;
+    tpc_for_each_open(t, count_open, n);
+    CU_ASSERT_EQUAL(n[0], 0);
+    CU_ASSERT_EQUAL(n[1], 1); /* committed, not acknowledged */
+    tpc_free(t);
+}
+
+static void test_remembered_bounded(void)
+{
+    struct tpc *t = mk(0, 3);
+    struct tpc_msg m;
+
+    /* remembered_max is 4: the oldest aborts are forgotten. */
+    for (uint64_t i = 1; i <= 10; i++) {
+        m = msg(TPC_MSG_ABORT, 1, 0, (i << 8) | 1);
+        tpc_receive(t, &m, i);
+    }
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, (1 << 8) | 1), TPC_O_UNKNOWN);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, (10 << 8) | 1), TPC_O_ABORTED);
+    tpc_free(t);
+}
+
+static void test_bad_config(void)
+{
+    struct tpc_config cfg = {.self = 5, .n = 2, .ids = {0, 1}, .remembered_max = 1};
+    int err;
+
+    CU_ASSERT_PTR_NULL(tpc_new(&cfg, &env, &err)); /* self not listed */
+    CU_ASSERT_EQUAL(err, -EINVAL);
+    cfg.self = 1;
+    cfg.ids[1] = 0; /* duplicate */
+    CU_ASSERT_PTR_NULL(tpc_new(&cfg, &env, &err));
+    cfg.ids[1] = 16; /* too large */
+    CU_ASSERT_PTR_NULL(tpc_new(&cfg, &env, &err));
+}
+
+void unit_tpc_register(void)
+{
+    CU_pSuite s = unit_suite("tpc");
+
+    unit_test(s, "commit path: votes, forced commit, ACKs, END", test_commit_path);
+    unit_test(s, "a NO vote aborts; late votes change nothing", test_no_vote_aborts);
+    unit_test(s, "prepare timeout aborts, naming the silent peer", test_timeout_names_silent_peer);
+    unit_test(s, "a replica down fails writes fast", test_peer_down_fails_fast);
+    unit_test(s, "local NO vote: begin fails, no callback", test_local_no_vote);
+    unit_test(s, "log failure: begin fails, participant votes no", test_log_failure);
+    unit_test(s, "log fails at the commit point: outcome unknown", test_log_fails_at_commit_point);
+    unit_test(s, "one replica commits alone", test_single_replica);
+    unit_test(s, "txids unique, increasing, name the coordinator", test_txids);
+    unit_test(s, "participant: prepare, vote, commit, ACK; duplicates", test_participant_commit);
+    unit_test(s, "participant votes no and does not re-prepare", test_participant_votes_no);
+    unit_test(s, "ABORT overtaking its PREPARE", test_abort_overtakes_prepare);
+    unit_test(s, "participant abort; impossible COMMIT ignored", test_participant_abort);
+    unit_test(s, "in doubt: queries, presumed abort from the coordinator only",
+              test_in_doubt_queries);
+    unit_test(s, "cooperative termination: another participant knows",
+              test_cooperative_termination);
+    unit_test(s, "QUERY answers: pending, committed, unknown", test_answers_queries);
+    unit_test(s, "COMMIT resent until ACKed, and when a link returns",
+              test_commit_resent_until_acked);
+    unit_test(s, "wrong epoch, strangers, unknown txids ignored", test_wrong_epoch_and_strangers);
+    unit_test(s, "recovery: ours aborted, theirs queried, commits resent", test_recovery);
+    unit_test(s, "open transactions for a snapshot; unapplied commit lsn",
+              test_open_for_snapshot);
+    unit_test(s, "remembered decisions are bounded", test_remembered_bounded);
+    unit_test(s, "bad configurations refused", test_bad_config);
+}
