@@ -6,6 +6,7 @@
 #                   ASan+UBSan), ./test.sh against serve built with ASan+UBSan
 #                   (smaller workload), then ./test.sh against the release build
 #   make unit       unit tests only;  make e2e   ./test.sh only
+#   make sim        the 2PC simulator over SIM_SEEDS seeds (tests/sim.c)
 #   make bench      durable write throughput figures (tests/bench_wal.sh)
 #   make deps       install the Debian packages the build and tests need
 #   make install    copy serve and clie to $(PREFIX)/bin
@@ -61,8 +62,11 @@ CLIE_OBJ := $(BUILD)/client/main.o
 UNIT_SRC := $(wildcard tests/unit_*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN := $(BUILD)/tests/unit
+SIM_OBJ := $(BUILD)/tests/sim.o
+SIM_BIN := $(BUILD)/tests/sim
+SIM_SEEDS ?= 2000
 
-.PHONY: all run test unit unit-run unit-san e2e e2e-san bench deps install clean check-deps
+.PHONY: all run test unit unit-run unit-san sim e2e e2e-san bench deps install clean check-deps
 
 all: check-deps serve clie
 
@@ -95,6 +99,10 @@ $(BUILD)/libtpckv.a: $(LIB_OBJ)
 $(UNIT_BIN): $(UNIT_OBJ) $(BUILD)/libtpckv.a
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUNIT_LIBS) $(UV_LIBS) $(CRYPTO_LIBS) -lm
+
+$(SIM_BIN): $(SIM_OBJ) $(BUILD)/libtpckv.a
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(UV_LIBS) $(CRYPTO_LIBS) -lm
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -138,6 +146,12 @@ unit: check-deps
 unit-san:
 	$(Q)$(MAKE) --no-print-directory SANITIZE=address,undefined unit-run
 
+# The deterministic 2PC simulator over many seeds (a failing seed is printed
+# with the command that replays it).
+sim: check-deps $(SIM_BIN)
+	@echo "== 2PC simulator, $(SIM_SEEDS) seeds"
+	$(Q)$(SIM_BIN) --seeds $(SIM_SEEDS)
+
 e2e: all
 	$(Q)./test.sh
 
@@ -151,6 +165,7 @@ e2e-san: all
 test: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(MAKE) --no-print-directory unit
+	$(Q)$(MAKE) --no-print-directory sim
 	$(Q)$(MAKE) --no-print-directory e2e-san
 	$(Q)./test.sh
 
@@ -166,4 +181,4 @@ install: all
 clean:
 	rm -rf build serve clie
 
--include $(LIB_OBJ:.o=.d) $(SERVE_OBJ:.o=.d) $(CLIE_OBJ:.o=.d) $(UNIT_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(SERVE_OBJ:.o=.d) $(CLIE_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(SIM_OBJ:.o=.d)

@@ -36,18 +36,11 @@
 
 #define MOD "recover"
 
-struct replay {
-    struct store *s;
-    int64_t now_ms;
-    uint64_t after_lsn; /* records up to this one are in the snapshot */
-    uint64_t max_txid;
-    uint64_t records;
-    int64_t flush_at; /* delayed flush_all pending in what was replayed, 0 = none */
-};
+
 
 static int load_item(void *arg, const struct wal_op *op)
 {
-    struct replay *rp = arg;
+    struct recover_replay *rp = arg;
     int64_t exptime = op->exptime_ms;
 
     /* Written before a delayed flush_all that is due by now: the store has
@@ -59,7 +52,7 @@ static int load_item(void *arg, const struct wal_op *op)
                           exptime, op->mtime_ms, op->cas, rp->now_ms);
 }
 
-static int apply_op(struct replay *rp, const struct wal_op *op)
+static int apply_op(struct recover_replay *rp, const struct wal_op *op)
 {
     switch (op->kind) {
     case WAL_OP_PUT:
@@ -76,36 +69,158 @@ static int apply_op(struct replay *rp, const struct wal_op *op)
          * future when issued was carried out at once. */
         rp->flush_at = op->flush_at_ms > op->mtime_ms ? op->flush_at_ms : 0;
         return 0;
+    case WAL_OP_CHECK:
+        return 0; /* a condition, met when the write was prepared */
+    }
+    return -EBADMSG;
+}
+
+/* ---- 2PC ledger ------------------------------------------------------------- */
+
+void recover_ledger_free(struct recover_ledger *l)
+{
+    for (size_t i = 0; i < l->nprepared; i++)
+        free(l->prepared[i].ops);
+    free(l->prepared);
+    free(l->committed);
+    l->prepared = l->committed = NULL;
+    l->nprepared = l->ncommitted = l->cap_prepared = l->cap_committed = 0;
+}
+
+/* Index of txid in a[0..n), searching from the newest, or -1. */
+static long find_txn(const struct recover_txn *a, size_t n, uint64_t txid)
+{
+    for (size_t i = n; i-- > 0;)
+        if (a[i].txid == txid)
+            return (long)i;
+    return -1;
+}
+
+static int push_txn(struct recover_txn **a, size_t *n, size_t *cap, const struct recover_txn *t)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 16;
+        struct recover_txn *p = realloc(*a, c * sizeof(*p));
+        if (p == NULL)
+            return -ENOMEM;
+        *a = p;
+        *cap = c;
+    }
+    (*a)[(*n)++] = *t;
+    return 0;
+}
+
+static void drop_txn(struct recover_txn *a, size_t *n, long i)
+{
+    free(a[i].ops);
+    a[i] = a[--*n];
+}
+
+/* Applies the effects of ops[0..n) (CHECKs are conditions, already met). */
+static int apply_ops(struct recover_replay *rp, uint32_t nops, const char *p, size_t n,
+                     size_t pos)
+{
+    struct wal_op op;
+    int r;
+
+    for (uint32_t i = 0; i < nops; i++) {
+        if (wal_op_next(p, n, &pos, &op) != 1)
+            return -EBADMSG;
+        if (op.kind != WAL_OP_CHECK && (r = apply_op(rp, &op)) < 0)
+            return r;
+    }
+    return pos == n ? 0 : -EBADMSG;
+}
+
+int recover_replay_payload(struct recover_replay *rp, uint8_t type, const char *payload,
+                           size_t len)
+{
+    struct recover_ledger *l = rp->ledger;
+    struct wal_txn txn;
+    size_t pos;
+    long i;
+    int r;
+
+    if (type != WAL_REC_WRITE && l == NULL)
+        return -ENOTSUP; /* a replica's log, opened without --replicas */
+    if (wal_txn_decode(payload, len, &txn, &pos) < 0)
+        return -EBADMSG;
+    if (txn.txid > rp->max_txid)
+        rp->max_txid = txn.txid;
+    rp->records++;
+    switch (type) {
+    case WAL_REC_WRITE:
+        return apply_ops(rp, txn.nops, payload, len, pos);
+    case WAL_REC_PREPARE: {
+        struct recover_txn t = {.txid = txn.txid,
+                                .epoch = txn.epoch,
+                                .coord = txn.coordinator,
+                                .nops = txn.nops,
+                                .nbytes = (uint32_t)(len - pos)};
+        struct wal_op op;
+        size_t p = pos;
+        for (uint32_t k = 0; k < txn.nops; k++)
+            if (wal_op_next(payload, len, &p, &op) != 1)
+                return -EBADMSG;
+        if (p != len || txn.nops == 0)
+            return -EBADMSG;
+        if (find_txn(l->prepared, l->nprepared, txn.txid) >= 0)
+            return 0; /* in the snapshot and in the log after it */
+        if ((t.ops = malloc(t.nbytes ? t.nbytes : 1)) == NULL)
+            return -ENOMEM;
+        memcpy(t.ops, payload + pos, t.nbytes);
+        if ((r = push_txn(&l->prepared, &l->nprepared, &l->cap_prepared, &t)) < 0)
+            free(t.ops);
+        return r;
+    }
+    case WAL_REC_COMMIT:
+        if ((i = find_txn(l->prepared, l->nprepared, txn.txid)) >= 0) {
+            struct recover_txn *t = &l->prepared[i];
+            if ((r = apply_ops(rp, t->nops, t->ops, t->nbytes, 0)) < 0)
+                return r;
+            drop_txn(l->prepared, &l->nprepared, i);
+        }
+        /* A commit we coordinated is resent until an END says every
+         * participant has it. */
+        if ((txn.txid & 0xff) == l->self &&
+            find_txn(l->committed, l->ncommitted, txn.txid) < 0) {
+            struct recover_txn t = {.txid = txn.txid, .epoch = txn.epoch, .coord = l->self};
+            return push_txn(&l->committed, &l->ncommitted, &l->cap_committed, &t);
+        }
+        return 0;
+    case WAL_REC_ABORT:
+        if ((i = find_txn(l->prepared, l->nprepared, txn.txid)) >= 0)
+            drop_txn(l->prepared, &l->nprepared, i);
+        return 0;
+    case WAL_REC_END:
+        if ((i = find_txn(l->committed, l->ncommitted, txn.txid)) >= 0)
+            drop_txn(l->committed, &l->ncommitted, i);
+        return 0;
     }
     return -EBADMSG;
 }
 
 static int replay_record(void *arg, const struct wal_record *rec)
 {
-    struct replay *rp = arg;
-    struct wal_txn txn;
-    struct wal_op op;
-    size_t pos;
-    int r;
+    struct recover_replay *rp = arg;
 
     if (rec->lsn <= rp->after_lsn)
         return 0;
-    if (rec->type != WAL_REC_WRITE)
-        return -ENOTSUP; /* 2PC records arrive with replication */
-    if (wal_txn_decode(rec->payload, rec->len, &txn, &pos) < 0)
-        return -EBADMSG;
-    for (uint32_t i = 0; i < txn.nops; i++) {
-        if (wal_op_next(rec->payload, rec->len, &pos, &op) != 1)
-            return -EBADMSG;
-        if ((r = apply_op(rp, &op)) < 0)
-            return r;
-    }
-    if (pos != rec->len)
-        return -EBADMSG;
-    if (txn.txid > rp->max_txid)
-        rp->max_txid = txn.txid;
-    rp->records++;
-    return 0;
+    return recover_replay_payload(rp, rec->type, rec->payload, rec->len);
+}
+
+/* A 2PC record in a snapshot: a transaction open when it was taken. */
+static int snap_txn(void *arg, const struct wal_record *rec)
+{
+    struct recover_replay *rp = arg;
+
+    int r;
+
+    if (rp->ledger == NULL)
+        return -ENOTSUP;
+    r = recover_replay_payload(rp, rec->type, rec->payload, rec->len);
+    rp->records--; /* counts log records only */
+    return r;
 }
 
 static void remove_tmp_snapshots(const char *dir)
@@ -183,7 +298,7 @@ static const char *do_hint(void)
 
 /* Replays segments segs[from..n). */
 static int replay_segments(const char *dir, struct datadir_file *segs, long n, long from,
-                           struct replay *rp, struct recover_result *res, char *err,
+                           struct recover_replay *rp, struct recover_result *res, char *err,
                            size_t cap)
 {
     uint64_t expect = rp->after_lsn + 1; /* the next lsn we must see */
@@ -273,7 +388,9 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
             return util_errf(err, cap, sc.cb_error == -ENOMEM ? -ENOMEM : -EBADMSG,
                          "%s: cannot apply the record at offset %zu: %s. %s", path,
                          sc.bad_offset,
-                         sc.cb_error == -ENOTSUP ? "a record type this serve does not replay"
+                         sc.cb_error == -ENOTSUP ? "a two-phase commit record: this data directory "
+                                                   "belongs to a replica; start serve with its "
+                                                   "--id and --replicas"
                                                  : strerror(-sc.cb_error),
                          sc.cb_error == -ENOMEM ? "free memory and retry" : do_hint());
         }
@@ -294,9 +411,16 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
 int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_result *res,
             char *err, size_t cap)
 {
+    return recover_cluster(dir, s, now_ms, NULL, res, err, cap);
+}
+
+int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
+                    struct recover_ledger *ledger, struct recover_result *res, char *err,
+                    size_t cap)
+{
     uint64_t t0 = util_mono_ns();
     struct datadir_file *snaps = NULL, *segs = NULL;
-    struct replay rp = {.s = s, .now_ms = now_ms};
+    struct recover_replay rp = {.s = s, .now_ms = now_ms, .ledger = ledger};
     struct snap_header sh = {0};
     char path[4200];
     long nsnap, nseg, from;
@@ -319,7 +443,9 @@ int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_res
         char why[512];
         snprintf(path, sizeof(path), "%s/%s", dir, snaps[i].name);
         rp.after_lsn = 0;
-        r = snap_read(path, &sh, load_item, &rp, why, sizeof(why));
+        if (ledger)
+            recover_ledger_free(ledger);
+        r = snap_read(path, &sh, load_item, snap_txn, &rp, why, sizeof(why));
         if (r == 0 && sh.lsn != snaps[i].seq)
             r = util_errf(why, sizeof(why), -EBADMSG, "%s: header says lsn %" PRIu64, path, sh.lsn);
         if (r == 0) {

@@ -22,6 +22,45 @@ struct recover_result {
     uint64_t elapsed_ms;
 };
 
+/* ---- two-phase commit state left open by the log --------------------------- */
+
+struct recover_txn {
+    uint64_t txid, epoch;
+    uint32_t coord, nops;
+    char *ops; /* owned (NULL for a commit) */
+    uint32_t nbytes;
+};
+
+/* What replay leaves open: PREPAREs with no COMMIT or ABORT after them, and
+ * COMMITs this replica (self) coordinated with no END after them. A COMMIT
+ * applies its PREPARE's operations to the store as it is replayed. */
+struct recover_ledger {
+    uint32_t self;
+    struct recover_txn *prepared;
+    size_t nprepared, cap_prepared;
+    struct recover_txn *committed;
+    size_t ncommitted, cap_committed;
+};
+
+void recover_ledger_free(struct recover_ledger *l);
+
+/* Replay state: what recover() uses, exported so the simulator can replay
+ * records it keeps in memory. */
+struct recover_replay {
+    struct store *s;
+    int64_t now_ms;
+    struct recover_ledger *ledger; /* NULL: 2PC records are refused (-ENOTSUP) */
+    uint64_t after_lsn;            /* records up to this one are in the snapshot */
+    uint64_t max_txid;
+    uint64_t records;
+    int64_t flush_at; /* delayed flush_all pending in what was replayed, 0 = none */
+};
+
+/* Applies one record (WRITE, PREPARE, COMMIT, ABORT, END). Returns 0,
+ * -EBADMSG for a malformed payload, -ENOTSUP, -ENOMEM. */
+int recover_replay_payload(struct recover_replay *rp, uint8_t type, const char *payload,
+                           size_t len);
+
 /*
  * Loads dir into s (which must be empty) as of now_ms. Repairs what a crash
  * can leave behind and nothing else: removes unfinished snapshot files, cuts
@@ -37,5 +76,11 @@ struct recover_result {
  */
 int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_result *res,
             char *err, size_t errcap);
+
+/* recover() for a replica in a cluster: 2PC records are replayed into
+ * ledger (which the caller frees with recover_ledger_free). */
+int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
+                    struct recover_ledger *ledger, struct recover_result *res, char *err,
+                    size_t errcap);
 
 #endif

@@ -53,6 +53,8 @@
 #include "recover.h"
 #include "snap.h"
 #include "store.h"
+#include "tpc.h"
+#include "txn.h"
 #include "util.h"
 #include "wal.h"
 
@@ -72,6 +74,7 @@
 #define MOD "server"
 #define IOV_BATCH 64
 #define TIMER_INTERVAL_MS 100
+#define TICK_INTERVAL_MS 5 /* 2PC timeouts, resends, write retries */
 #define EXPIRE_BUCKETS_PER_TICK 4096
 
 struct counters {
@@ -89,10 +92,12 @@ struct counters {
     uint64_t bytes_read, bytes_written;
     uint64_t udp_requests, udp_replies, udp_dropped;
     uint64_t writes_logged, writes_waited, writes_failed;
+    uint64_t txn_retries, txn_busy, reads_waited, lock_wait_timeouts;
 };
 
 struct conn;
 struct wreq;
+struct creq;
 
 /* Connections blocked until something finishes (a write holding a key,
  * pending writes draining before a flush, a snapshot). FIFO. */
@@ -145,6 +150,41 @@ struct server {
     uint64_t snapshots, snapshot_failures;
     struct waitlist snap_cur;  /* "snapshot" commands the running one answers */
     struct waitlist snap_next; /* ...and those that need a newer one */
+
+    /* Replication (cfg.nreplicas > 0). */
+    bool cluster;
+    struct tpc *tpc;
+    struct peer_net *peers;
+    struct txn_rm rm;
+    struct buf ops;           /* encodes a write's operations */
+    uv_timer_t tick;
+    bool tick_open;
+    struct waitlist retry;    /* writes waiting out a conflict backoff */
+    struct waitlist txn_any;  /* a flush_all waiting for every transaction */
+    struct waitlist wake;     /* woken once the current tpc call returns */
+    struct creq *done_head, *done_tail; /* outcomes to deliver, likewise */
+    uint64_t rng;
+};
+
+/* A client write under two-phase commit (this replica coordinates it). */
+struct creq {
+    struct server *srv;
+    struct conn *c;
+    struct creq *next; /* on the done list */
+    enum proto_cmd cmd;
+    bool noreply;
+    bool too_large; /* a refused oversized set: the reply is an error */
+    bool kept;      /* the request is still at the front of c's buffer */
+    bool committed;
+    uint8_t reason;
+    uint32_t culprit;
+    uint64_t number; /* incr/decr result */
+};
+
+/* What a prepared transaction carries for the server: readers and writers
+ * waiting for its outcome. */
+struct ptx {
+    struct waitlist waiters;
 };
 
 /* A write between its log append and its commit. */
@@ -181,6 +221,10 @@ struct conn {
     bool close_after_flush;
     uint64_t last_active_ms;
     struct wreq *pending;      /* our write awaiting durability */
+    struct creq *cpending;     /* our write under two-phase commit */
+    unsigned attempts;         /* conflict retries of the request in front */
+    uint64_t wait_since_ms;    /* waiting for a transaction's outcome since */
+    uint64_t retry_at_ms;      /* on the retry list until then */
     struct waitlist *waiting;  /* the list we wait on, or NULL */
     struct conn *wait_next;
     /* keys [prefix] streams its reply: the point-in-time list and position. */
@@ -218,6 +262,9 @@ void server_config_defaults(struct server_config *cfg)
     cfg->fsync_interval_ms = LIMIT_FSYNC_INTERVAL_MS_DEFAULT;
     cfg->snapshot_bytes = LIMIT_SNAPSHOT_BYTES_DEFAULT;
     cfg->wal_segment_bytes = LIMIT_WAL_SEGMENT_BYTES_DEFAULT;
+    cfg->epoch = 1;
+    cfg->prepare_timeout_ms = LIMIT_PREPARE_TIMEOUT_MS_DEFAULT;
+    cfg->lock_wait_ms = LIMIT_LOCK_WAIT_MS_DEFAULT;
 }
 
 static void waitlist_push(struct waitlist *wl, struct conn *c)
@@ -780,6 +827,8 @@ static void stat_str(struct outq *o, const char *name, const char *v)
     outq_text(o, line, (size_t)(n < (int)sizeof(line) ? n : (int)sizeof(line) - 1));
 }
 
+static void stats_cluster(struct server *srv, struct outq *o);
+
 static int exec_stats(struct server *srv, struct outq *o, const struct proto_req *req)
 {
     const struct server_config *cfg = &srv->cfg;
@@ -813,6 +862,9 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
         stat_u64(o, "fsync_interval_ms", cfg->fsync_interval_ms);
         stat_u64(o, "snapshot_bytes", cfg->snapshot_bytes);
         stat_u64(o, "wal_segment_bytes", cfg->wal_segment_bytes);
+        stat_u64(o, "replica_id", cfg->id);
+        stat_u64(o, "prepare_timeout_ms", cfg->prepare_timeout_ms);
+        stat_u64(o, "lock_wait_ms", cfg->lock_wait_ms);
         return reply(o, "END\r\n");
     }
     if (req->narg > 0) {
@@ -907,10 +959,13 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
     stat_u64(o, "snapshot_last_lsn", srv->snap_last_lsn);
     stat_u64(o, "snapshot_last_bytes", srv->snap_last_bytes);
     stat_u64(o, "snapshot_last_ms", srv->snap_last_ms);
+    stats_cluster(srv, o);
     return reply(o, "END\r\n");
 }
 
 static int start_snapshot(struct server *srv);
+static int exec_write_cluster(struct server *srv, struct conn *c, const struct proto_req *req);
+static bool read_must_wait(struct server *srv, struct conn *c, const struct proto_req *req);
 
 /*
  * Executes one request, queueing its reply on c->out. Returns what the
@@ -923,11 +978,14 @@ static int execute(struct server *srv, struct conn *c, const struct proto_req *r
 
     if (proto_cmd_is_write(req->cmd) || req->too_large ||
         req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS)
-        return exec_write(srv, c, req);
+        return srv->cluster ? exec_write_cluster(srv, c, req) : exec_write(srv, c, req);
 
     switch (req->cmd) {
     case PROTO_CMD_GET:
     case PROTO_CMD_GETS:
+        if (srv->cluster && read_must_wait(srv, c, req))
+            return AFTER_WAIT;
+        c->wait_since_ms = 0;
         return exec_retrieval(srv, c, req);
     case PROTO_CMD_VERSION:
         return reply(o, "VERSION " PROTO_VERSION_STRING "\r\n");
@@ -979,6 +1037,781 @@ static int execute(struct server *srv, struct conn *c, const struct proto_req *r
     }
 }
 
+/* ---- replication: writes under two-phase commit ------------------------------
+ *
+ * A client write on a replica in a cluster: wait while a prepared
+ * transaction holds one of its keys (bounded by --lock-wait-ms); evaluate it
+ * on the local store with the transaction's id as the new CAS; a failed
+ * condition is answered at once (the local store is current for every key no
+ * transaction holds). Otherwise encode the change as operations (txn.h) and
+ * begin a transaction (tpc.h). The request stays at the front of the
+ * connection's buffer until the outcome: a lock conflict somewhere aborts
+ * the transaction, and the request is evaluated again after a jittered
+ * backoff, up to LIMIT_WRITE_RETRIES times, then SERVER_ERROR busy.
+ *
+ * Reads of a key held by a prepared transaction wait for its outcome, so a
+ * write acknowledged by any replica is seen by a read on any other.
+ *
+ * tpc calls back into the server while it updates its own state, so
+ * outcomes and wake-ups are queued and delivered once the tpc call returns
+ * (after_tpc): nothing re-enters the state machine. */
+
+static uint64_t now_us(void)
+{
+    return util_mono_ns() / 1000u;
+}
+
+static uint64_t mono_ms(void)
+{
+    return util_mono_ns() / 1000000u;
+}
+
+static uint64_t rng_next(struct server *srv)
+{
+    /* splitmix64: jitter only, no need for anything stronger */
+    uint64_t z = (srv->rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static const char *replica_addr(const struct server *srv, uint32_t id, char *buf, size_t cap)
+{
+    for (size_t i = 0; i < srv->cfg.nreplicas; i++) {
+        const struct peer_addr *a = &srv->cfg.replicas[i];
+        if (a->id == id) {
+            snprintf(buf, cap, "%s:%d", a->host, a->port);
+            return buf;
+        }
+    }
+    snprintf(buf, cap, "?");
+    return buf;
+}
+
+/* The reply to a write that did not commit. */
+static int reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason why,
+                            uint32_t culprit, unsigned attempts)
+{
+    char line[512], addr[300];
+
+    switch (why) {
+    case TPC_R_BUSY:
+    case TPC_R_CONFLICT:
+        srv->st.txn_busy++;
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR busy: the key is being written through another replica "
+                 "(gave up after %u retries)\r\n",
+                 attempts);
+        break;
+    case TPC_R_NO_MEMORY:
+        srv->st.store_no_memory++;
+        if (culprit == srv->cfg.id)
+            snprintf(line, sizeof(line), "SERVER_ERROR out of memory storing object\r\n");
+        else
+            snprintf(line, sizeof(line), "SERVER_ERROR out of memory storing object on "
+                                         "replica %u\r\n", culprit);
+        break;
+    case TPC_R_TOO_LARGE:
+        snprintf(line, sizeof(line), "SERVER_ERROR object too large for cache\r\n");
+        break;
+    case TPC_R_LOG_FAILED:
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR write-ahead log failed on replica %u: the write was not "
+                 "committed\r\n",
+                 culprit);
+        break;
+    case TPC_R_TIMEOUT:
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR replica %u (%s) did not answer within %u ms: the write was "
+                 "not applied\r\n",
+                 culprit, replica_addr(srv, culprit, addr, sizeof(addr)),
+                 srv->cfg.prepare_timeout_ms);
+        break;
+    case TPC_R_PEER_DOWN:
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR replica %u (%s) is unreachable: writes need every replica; "
+                 "reads still work\r\n",
+                 culprit, replica_addr(srv, culprit, addr, sizeof(addr)));
+        break;
+    case TPC_R_STOPPING:
+        snprintf(line, sizeof(line), "SERVER_ERROR shutting down: the write was not "
+                                     "acknowledged\r\n");
+        break;
+    default:
+        snprintf(line, sizeof(line), "SERVER_ERROR write aborted by replica %u: %s\r\n", culprit,
+                 tpc_reason_name(why));
+        break;
+    }
+    return reply(o, line);
+}
+
+/* Drops the request at the front of c's buffer (one that was kept while it
+ * waited), after running it as a retrieval if it is a gat. */
+static int consume_front(struct server *srv, struct conn *c, bool run_retrieval)
+{
+    struct proto_req req;
+    size_t consumed;
+    int r = 0;
+
+    enum proto_status st = proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
+    assert(st == PROTO_OK && consumed <= c->rlen);
+    (void)st;
+    if (run_retrieval)
+        r = exec_retrieval(srv, c, &req);
+    memmove(c->rbuf, c->rbuf + consumed, c->rlen - consumed);
+    c->rlen -= consumed;
+    c->attempts = 0;
+    c->wait_since_ms = 0;
+    return r;
+}
+
+/* The request in front of c lost a lock conflict: run it again later. */
+static void schedule_retry(struct server *srv, struct conn *c)
+{
+    unsigned step = c->attempts < 6 ? c->attempts : 6;
+    uint64_t max = (uint64_t)LIMIT_RETRY_BACKOFF_MS_MIN << step;
+
+    if (max > LIMIT_RETRY_BACKOFF_MS_MAX)
+        max = LIMIT_RETRY_BACKOFF_MS_MAX;
+    c->attempts++;
+    srv->st.txn_retries++;
+    c->retry_at_ms = mono_ms() + LIMIT_RETRY_BACKOFF_MS_MIN + rng_next(srv) % max;
+    waitlist_push(&srv->retry, c);
+}
+
+static void deliver_outcome(struct creq *q)
+{
+    struct server *srv = q->srv;
+    struct conn *c = q->c;
+    int r = 0;
+
+    if (c == NULL)
+        goto out;
+    c->cpending = NULL;
+    if (c->handle_closed || c->closing) {
+        if (c->handle_closed)
+            conn_free(c);
+        goto out;
+    }
+    if (!q->committed && (q->reason == TPC_R_BUSY || q->reason == TPC_R_CONFLICT) && q->kept &&
+        c->attempts < LIMIT_WRITE_RETRIES) {
+        schedule_retry(srv, c);
+        goto out;
+    }
+    if (q->committed) {
+        srv->st.writes_logged++;
+        if (q->cmd == PROTO_CMD_GAT || q->cmd == PROTO_CMD_GATS) {
+            r = consume_front(srv, c, true);
+            q->kept = false;
+        } else if (!q->noreply) {
+            if (q->too_large) {
+                r = reply(&c->out, "SERVER_ERROR object too large for cache\r\n");
+            } else if (q->cmd == PROTO_CMD_INCR || q->cmd == PROTO_CMD_DECR) {
+                char num[24];
+                size_t n = util_fmt_u64(num, q->number);
+                memcpy(num + n, "\r\n", 2);
+                r = outq_text(&c->out, num, n + 2);
+            } else {
+                r = reply(&c->out, write_reply(q->cmd, STORE_OK));
+            }
+        }
+    } else {
+        srv->st.writes_failed++;
+        if (!q->noreply)
+            r = reply_txn_failed(srv, &c->out, (enum tpc_reason)q->reason, q->culprit,
+                                 c->attempts);
+    }
+    if (q->kept)
+        consume_front(srv, c, false);
+    c->attempts = 0;
+    if (r < 0)
+        c->close_after_flush = true;
+    conn_process(c);
+out:
+    free(q);
+}
+
+/* Delivers what tpc produced during the call that just returned. */
+static void after_tpc(struct server *srv)
+{
+    while (srv->done_head || srv->wake.head) {
+        struct creq *q = srv->done_head;
+        srv->done_head = srv->done_tail = NULL;
+        while (q) {
+            struct creq *next = q->next;
+            deliver_outcome(q);
+            q = next;
+        }
+        if (srv->wake.head) {
+            struct waitlist wl = srv->wake;
+            srv->wake.head = srv->wake.tail = NULL;
+            for (struct conn *c = wl.head; c; c = c->wait_next)
+                c->waiting = &wl;
+            waitlist_wake(&wl);
+        }
+    }
+}
+
+/* Moves everyone waiting on from to the wake list. */
+static void wake_later(struct server *srv, struct waitlist *from)
+{
+    struct conn *c = from->head;
+
+    from->head = from->tail = NULL;
+    while (c) {
+        struct conn *next = c->wait_next;
+        c->waiting = NULL;
+        waitlist_push(&srv->wake, c);
+        c = next;
+    }
+}
+
+/* ---- the state machine's environment ---- */
+
+static void env_send(void *ctx, const struct tpc_msg *m)
+{
+    struct server *srv = ctx;
+
+    if (srv->peers && !srv->stopping)
+        peer_send(srv->peers, m);
+}
+
+static void on_tpc_durable(void *arg, uint64_t lsn, int status)
+{
+    struct server *srv = arg;
+
+    if (srv->tpc == NULL)
+        return;
+    refresh_now(srv);
+    if (status == 0)
+        tpc_durable(srv->tpc, lsn, now_us());
+    else
+        tpc_log_failed(srv->tpc, now_us());
+    after_tpc(srv);
+    snapshot_maybe(srv);
+}
+
+/* Encodes a 2PC log record's payload (txn head, then PREPARE's ops). */
+static int encode_txn_record(struct buf *b, const struct tpc_txn *t)
+{
+    struct wal_txn head = {.txid = t->txid, .epoch = t->epoch, .coordinator = t->coord,
+                           .nops = t->ops ? t->nops : 0};
+    int r;
+
+    b->len = 0;
+    if ((r = buf_reserve(b, WAL_TXN_BYTES + (t->ops ? t->nbytes : 0))) < 0)
+        return r;
+    wal_txn_encode(b->data, &head);
+    b->len = WAL_TXN_BYTES;
+    if (t->ops) {
+        memcpy(b->data + b->len, t->ops, t->nbytes);
+        b->len += t->nbytes;
+    }
+    return 0;
+}
+
+static int64_t env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *t)
+{
+    struct server *srv = ctx;
+    int r;
+
+    if (srv->wal == NULL || srv->stopping)
+        return -ESHUTDOWN;
+    if ((r = encode_txn_record(&srv->scratch, t)) < 0)
+        return r;
+    int64_t lsn = wal_append(srv->wal, (uint8_t)type, srv->scratch.data, srv->scratch.len,
+                             on_tpc_durable, srv);
+    if (lsn > 0)
+        srv->appended_bytes += WAL_RECORD_HEADER_BYTES + srv->scratch.len;
+    return lsn;
+}
+
+static int env_prepare(void *ctx, const struct tpc_txn *t, void **handle)
+{
+    struct server *srv = ctx;
+    struct txn_prep *p;
+    int r = txn_prepare(&srv->rm, t, &p);
+
+    if (r != 0)
+        return r;
+    if ((p->user = calloc(1, sizeof(struct ptx))) == NULL) {
+        txn_abort(&srv->rm, p);
+        return TPC_R_NO_MEMORY;
+    }
+    *handle = p;
+    return 0;
+}
+
+static void env_release(struct server *srv, struct txn_prep *p, bool commit)
+{
+    struct ptx *x = p->user;
+
+    if (commit)
+        txn_commit(&srv->rm, p);
+    else
+        txn_abort(&srv->rm, p);
+    wake_later(srv, &x->waiters);
+    wake_later(srv, &srv->txn_any);
+    free(x);
+}
+
+static void env_commit(void *ctx, const struct tpc_txn *t, void *handle)
+{
+    (void)t;
+    env_release(ctx, handle, true);
+}
+
+static void env_abort(void *ctx, const struct tpc_txn *t, void *handle)
+{
+    (void)t;
+    env_release(ctx, handle, false);
+}
+
+static void env_done(void *ctx, void *client, uint64_t txid, bool committed,
+                     enum tpc_reason reason, uint32_t culprit)
+{
+    struct server *srv = ctx;
+    struct creq *q = client;
+
+    (void)txid;
+    q->committed = committed;
+    q->reason = (uint8_t)reason;
+    q->culprit = culprit;
+    q->next = NULL;
+    if (srv->done_tail)
+        srv->done_tail->next = q;
+    else
+        srv->done_head = q;
+    srv->done_tail = q;
+}
+
+static void on_peer_msg(void *arg, const struct tpc_msg *m)
+{
+    struct server *srv = arg;
+
+    if (srv->tpc == NULL)
+        return;
+    refresh_now(srv);
+    tpc_receive(srv->tpc, m, now_us());
+    after_tpc(srv);
+}
+
+static void on_peer_link(void *arg, uint32_t id, bool up)
+{
+    struct server *srv = arg;
+
+    if (srv->tpc == NULL)
+        return;
+    refresh_now(srv);
+    tpc_peer(srv->tpc, id, up, now_us());
+    after_tpc(srv);
+}
+
+static void on_tick(uv_timer_t *h)
+{
+    struct server *srv = h->data;
+    uint64_t now = mono_ms();
+
+    if (srv->tpc == NULL)
+        return;
+    refresh_now(srv);
+    tpc_tick(srv->tpc, now_us());
+    /* Writes whose backoff is over run again. */
+    if (srv->retry.head) {
+        struct waitlist due = {0}, later = {0};
+        struct conn *c = srv->retry.head;
+        srv->retry.head = srv->retry.tail = NULL;
+        while (c) {
+            struct conn *next = c->wait_next;
+            c->waiting = NULL;
+            waitlist_push(now >= c->retry_at_ms ? &due : &later, c);
+            c = next;
+        }
+        srv->retry = later;
+        for (c = later.head; c; c = c->wait_next)
+            c->waiting = &srv->retry;
+        for (c = due.head; c; c = c->wait_next)
+            c->waiting = &due;
+        waitlist_wake(&due);
+    }
+    after_tpc(srv);
+}
+
+/* Requests waiting for a transaction's outcome longer than --lock-wait-ms
+ * get an error (the transaction's coordinator may be down). */
+static void lock_wait_timeouts(struct server *srv)
+{
+    uint64_t now = mono_ms();
+
+    for (struct conn *c = srv->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->waiting == NULL || c->waiting == &srv->retry || c->waiting == &srv->snap_cur ||
+            c->waiting == &srv->snap_next || c->wait_since_ms == 0 ||
+            now - c->wait_since_ms < srv->cfg.lock_wait_ms || c->closing)
+            continue;
+        waitlist_remove(c);
+        srv->st.lock_wait_timeouts++;
+        struct proto_req req;
+        size_t consumed;
+        proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
+        char line[200];
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR timed out after %u ms waiting for an undecided transaction "
+                 "on this key (is a replica down?)\r\n",
+                 srv->cfg.lock_wait_ms);
+        if (!req.noreply && reply(&c->out, line) < 0)
+            c->close_after_flush = true;
+        consume_front(srv, c, false);
+        conn_process(c);
+    }
+}
+
+/* ---- client requests ---- */
+
+static void wait_for(struct conn *c, struct waitlist *wl)
+{
+    if (c->wait_since_ms == 0)
+        c->wait_since_ms = mono_ms();
+    waitlist_push(wl, c);
+}
+
+static bool read_must_wait(struct server *srv, struct conn *c, const struct proto_req *req)
+{
+    size_t pos = 0, nk;
+    const char *k;
+
+    while (proto_next_key(req, &pos, &k, &nk)) {
+        struct txn_prep *p = txn_holder(&srv->rm, k, nk);
+        if (p) {
+            srv->st.reads_waited++;
+            wait_for(c, &((struct ptx *)p->user)->waiters);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Appends the operations of one evaluated change, then drops the
+ * evaluation (the transaction prepares it again on every replica). */
+static int encode_and_drop(struct server *srv, struct store_change *ch, uint32_t *nops)
+{
+    uint64_t expected = ch->type == STORE_FLUSH
+                            ? 0
+                            : txn_version(srv->store, ch->key, ch->nkey, ch->now_ms);
+    int r = txn_encode_change(&srv->ops, ch, expected, nops);
+
+    store_abort(srv->store, ch);
+    return r;
+}
+
+static int exec_write_cluster(struct server *srv, struct conn *c, const struct proto_req *req)
+{
+    struct outq *o = &c->out;
+    struct store_op op = {0};
+    struct store_change ch;
+    struct txn_prep *holder = NULL;
+    struct creq *q;
+    uint32_t nops = 0, culprit;
+    uint64_t txid;
+    int r;
+
+    if (wal_error(srv->wal)) {
+        srv->st.writes_failed++;
+        return req->noreply ? 0 : reply_log_failed(srv, o);
+    }
+    /* Wait while a transaction holds a key (a flush_all: any transaction). */
+    if (req->cmd == PROTO_CMD_FLUSH_ALL) {
+        if (srv->rm.prepared > 0) {
+            srv->st.writes_waited++;
+            wait_for(c, &srv->txn_any);
+            return AFTER_WAIT;
+        }
+    } else if (req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS) {
+        size_t pos = 0, nk;
+        const char *k;
+        while (holder == NULL && proto_next_key(req, &pos, &k, &nk))
+            holder = txn_holder(&srv->rm, k, nk);
+    } else {
+        holder = txn_holder(&srv->rm, req->key, req->nkey);
+    }
+    if (holder) {
+        srv->st.writes_waited++;
+        wait_for(c, &((struct ptx *)holder->user)->waiters);
+        return AFTER_WAIT;
+    }
+
+    if ((q = calloc(1, sizeof(*q))) == NULL)
+        return -ENOMEM;
+    q->srv = srv;
+    q->cmd = req->cmd;
+    q->noreply = req->noreply;
+    q->kept = true;
+    txid = tpc_next_txid(srv->tpc, (uint64_t)srv->now_ms * 1000u);
+    srv->ops.len = 0;
+
+    if (req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS) {
+        size_t pos = 0, nk;
+        const char *k;
+        op.type = STORE_TOUCH;
+        op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
+        while (proto_next_key(req, &pos, &k, &nk)) {
+            srv->st.cmd_touch++;
+            op.key = k;
+            op.nkey = nk;
+            if (store_prepare(srv->store, &op, txid, srv->now_ms, &ch) == 0) {
+                srv->st.touch_hits++;
+                if ((r = encode_and_drop(srv, &ch, &nops)) < 0)
+                    goto fail;
+            } else {
+                srv->st.touch_misses++;
+            }
+        }
+        if (nops == 0) {
+            free(q);
+            c->wait_since_ms = 0;
+            return exec_retrieval(srv, c, req);
+        }
+    } else {
+        enum store_status st;
+        op.type = op_type_of(req->cmd);
+        op.key = req->key;
+        op.nkey = req->nkey;
+        op.value = req->data;
+        op.nvalue = req->ndata;
+        op.flags = req->flags;
+        op.cas = req->cas;
+        op.delta = req->delta;
+        op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
+        if (req->cmd == PROTO_CMD_FLUSH_ALL)
+            op.flush_at_ms = req->delay > 0 ? proto_exptime_abs_ms(req->delay, srv->now_ms) : 0;
+        if (req->too_large) {
+            /* As on one replica: a set refused for size drops the old value.
+             * Its data block is being swallowed, so it cannot be kept for a
+             * retry. */
+            srv->st.store_too_large++;
+            srv->st.cmd_set++;
+            q->too_large = true;
+            q->kept = false;
+            op.type = STORE_DELETE;
+            if (req->cmd != PROTO_CMD_SET ||
+                store_prepare(srv->store, &op, txid, srv->now_ms, &ch) < 0) {
+                free(q);
+                return req->noreply ? 0 : reply(o, "SERVER_ERROR object too large for cache\r\n");
+            }
+            st = STORE_OK;
+        } else {
+            store_prepare(srv->store, &op, txid, srv->now_ms, &ch);
+            st = ch.status;
+            if (c->attempts == 0)
+                count_write(srv, req->cmd, st);
+        }
+        if (st != STORE_OK) {
+            free(q);
+            c->wait_since_ms = 0;
+            return req->noreply ? 0 : reply(o, write_reply(req->cmd, st));
+        }
+        q->number = ch.number;
+        if ((r = encode_and_drop(srv, &ch, &nops)) < 0)
+            goto fail;
+    }
+
+    r = tpc_begin(srv->tpc, txid, nops, srv->ops.data, (uint32_t)srv->ops.len, q, now_us(),
+                  &culprit);
+    if (r == 0) {
+        q->c = c;
+        c->cpending = q;
+        after_tpc(srv); /* a failed local prepare of another may have woken someone */
+        return q->kept ? AFTER_WAIT : AFTER_PENDING;
+    }
+    after_tpc(srv);
+    bool kept = q->kept;
+    free(q);
+    if ((r == TPC_R_BUSY || r == TPC_R_CONFLICT) && kept && c->attempts < LIMIT_WRITE_RETRIES) {
+        schedule_retry(srv, c);
+        return AFTER_WAIT;
+    }
+    srv->st.writes_failed++;
+    c->wait_since_ms = 0;
+    unsigned attempts = c->attempts;
+    c->attempts = 0;
+    return req->noreply ? 0 : reply_txn_failed(srv, o, (enum tpc_reason)r, culprit, attempts);
+fail:
+    free(q);
+    return r;
+}
+
+/* Writes the transactions still open into a snapshot (runs in its child). */
+static int snap_open_txn(void *arg, const struct tpc_txn *t, bool prepared)
+{
+    struct snap_writer *sw = arg;
+    struct buf b = {0};
+    int r = encode_txn_record(&b, t);
+
+    if (r == 0)
+        r = snap_write_record(sw, prepared ? WAL_REC_PREPARE : WAL_REC_COMMIT, b.data, b.len);
+    buf_free(&b);
+    return r;
+}
+
+static int snap_extra(void *arg, struct snap_writer *sw)
+{
+    struct server *srv = arg;
+
+    return srv->tpc ? tpc_for_each_open(srv->tpc, snap_open_txn, sw) : 0;
+}
+
+static void stats_cluster(struct server *srv, struct outq *o)
+{
+    struct tpc_stats ts;
+    uint64_t aborted = 0;
+    char name[64];
+
+    stat_u64(o, "replica_id", srv->cfg.id);
+    stat_u64(o, "replicas", srv->cfg.nreplicas ? srv->cfg.nreplicas : 1);
+    if (!srv->cluster)
+        return;
+    stat_u64(o, "config_epoch", srv->cfg.epoch);
+    tpc_get_stats(srv->tpc, &ts);
+    for (int i = 1; i <= TPC_REASON_MAX; i++)
+        aborted += ts.aborted[i];
+    stat_u64(o, "txn_committed", ts.committed);
+    stat_u64(o, "txn_aborted", aborted);
+    for (int i = 1; i <= TPC_REASON_MAX; i++) {
+        snprintf(name, sizeof(name), "txn_aborted_%s", tpc_reason_name((enum tpc_reason)i));
+        stat_u64(o, name, ts.aborted[i]);
+    }
+    stat_u64(o, "txn_retries", srv->st.txn_retries);
+    stat_u64(o, "txn_busy", srv->st.txn_busy);
+    stat_u64(o, "txn_active", ts.active);
+    stat_u64(o, "txn_in_doubt", ts.in_doubt);
+    stat_u64(o, "txn_prepare_us_avg", ts.prepare_count ? ts.prepare_us_total / ts.prepare_count
+                                                       : 0);
+    stat_u64(o, "txn_prepare_us_max", ts.prepare_us_max);
+    stat_u64(o, "txn_prepared", ts.prepared);
+    stat_u64(o, "txn_voted_no", ts.voted_no);
+    stat_u64(o, "txn_part_committed", ts.part_committed);
+    stat_u64(o, "txn_part_aborted", ts.part_aborted);
+    stat_u64(o, "txn_queries_sent", ts.queries_sent);
+    stat_u64(o, "txn_resolved_by_query", ts.resolved_by_query);
+    stat_u64(o, "txn_msgs_ignored", ts.msgs_ignored);
+    stat_u64(o, "txn_bad_epoch", ts.bad_epoch);
+    stat_u64(o, "reads_waited", srv->st.reads_waited);
+    stat_u64(o, "lock_wait_timeouts", srv->st.lock_wait_timeouts);
+    for (size_t i = 0; i < srv->cfg.nreplicas; i++) {
+        uint32_t id = srv->cfg.replicas[i].id;
+        struct peer_link_stats ls;
+        char addr[300];
+        if (id == srv->cfg.id || srv->peers == NULL)
+            continue;
+        peer_get_link_stats(srv->peers, id, &ls);
+        snprintf(name, sizeof(name), "peer_%u_addr", id);
+        stat_str(o, name, replica_addr(srv, id, addr, sizeof(addr)));
+        snprintf(name, sizeof(name), "peer_%u_link", id);
+        stat_str(o, name, peer_link_state_name(ls.state));
+        snprintf(name, sizeof(name), "peer_%u_inbound", id);
+        stat_str(o, name, ls.inbound_up ? "up" : "down");
+        snprintf(name, sizeof(name), "peer_%u_frames_out", id);
+        stat_u64(o, name, ls.frames_out);
+        snprintf(name, sizeof(name), "peer_%u_frames_in", id);
+        stat_u64(o, name, ls.frames_in);
+        snprintf(name, sizeof(name), "peer_%u_writes", id);
+        stat_u64(o, name, ls.writes);
+        snprintf(name, sizeof(name), "peer_%u_connects", id);
+        stat_u64(o, name, ls.connects);
+        snprintf(name, sizeof(name), "peer_%u_auth_failures", id);
+        stat_u64(o, name, ls.auth_failures);
+        snprintf(name, sizeof(name), "peer_%u_last_error", id);
+        stat_str(o, name, ls.last_error[0] ? ls.last_error : "none");
+    }
+}
+
+/* Brings up the 2PC core once the store and log are recovered: the
+ * transactions the log left open are handed over before any message. */
+static int cluster_open(struct server *srv, struct recover_ledger *ledger, char *err, size_t cap)
+{
+    struct tpc_config tc = {
+        .self = srv->cfg.id,
+        .n = (uint32_t)srv->cfg.nreplicas,
+        .epoch = srv->cfg.epoch,
+        .prepare_timeout_us = (uint64_t)srv->cfg.prepare_timeout_ms * 1000u,
+        .resend_us = (uint64_t)srv->cfg.prepare_timeout_ms * 500u,
+        .remembered_max = LIMIT_TPC_REMEMBERED,
+    };
+    struct tpc_env env = {.ctx = srv,
+                          .send = env_send,
+                          .log = env_log,
+                          .prepare = env_prepare,
+                          .commit = env_commit,
+                          .abort = env_abort,
+                          .done = env_done};
+    uint64_t now = now_us();
+    int r;
+
+    for (size_t i = 0; i < srv->cfg.nreplicas; i++)
+        tc.ids[i] = srv->cfg.replicas[i].id;
+    srv->rm.store = srv->store;
+    if ((srv->tpc = tpc_new(&tc, &env, &r)) == NULL)
+        return util_errf(err, cap, r, "cannot start two-phase commit: %s", strerror(-r));
+    uint64_t min = srv->rec.next_cas;
+    if (store_max_cas(srv->store) + 1 > min)
+        min = store_max_cas(srv->store) + 1;
+    tpc_set_min_txid(srv->tpc, min);
+    for (size_t i = 0; i < ledger->nprepared; i++) {
+        const struct recover_txn *x = &ledger->prepared[i];
+        struct tpc_txn t = {.txid = x->txid, .epoch = x->epoch, .coord = x->coord,
+                            .nops = x->nops, .ops = x->ops, .nbytes = x->nbytes};
+        if ((r = tpc_recover_prepared(srv->tpc, &t, now)) < 0)
+            return util_errf(err, cap, -EBADMSG,
+                             "transaction %llu, prepared in the log, cannot be prepared "
+                             "again (%s): the data directory is inconsistent",
+                             (unsigned long long)x->txid, strerror(-r));
+    }
+    for (size_t i = 0; i < ledger->ncommitted; i++)
+        if ((r = tpc_recover_committed(srv->tpc, ledger->committed[i].txid,
+                                       ledger->committed[i].epoch, now)) < 0 && r != -EEXIST)
+            return util_errf(err, cap, r, "recovering transaction decisions: %s", strerror(-r));
+    if (ledger->nprepared || ledger->ncommitted)
+        log_info(MOD, "two-phase commit: %zu prepared transaction(s) to resolve, %zu commit(s) "
+                      "to resend",
+                 ledger->nprepared, ledger->ncommitted);
+    tpc_recovered(srv->tpc, now);
+    after_tpc(srv);
+    return 0;
+}
+
+/* Starts the peer transport (after the client listeners are bound). */
+static int cluster_listen(struct server *srv, char *err, size_t cap)
+{
+    struct peer_config pc = {
+        .self = srv->cfg.id,
+        .n = srv->cfg.nreplicas,
+        .secret = srv->cfg.secret,
+        .nsecret = srv->cfg.nsecret,
+        .epoch = srv->cfg.epoch,
+        .frame_bytes_max = srv->cfg.value_bytes_max + LIMIT_PEER_FRAME_OVERHEAD_BYTES,
+        .output_bytes_max = LIMIT_PEER_OUTPUT_BYTES_MAX,
+        .on_msg = on_peer_msg,
+        .on_link = on_peer_link,
+        .arg = srv,
+    };
+    int r;
+
+    memcpy(pc.replicas, srv->cfg.replicas, sizeof(pc.replicas));
+    if ((r = peer_net_new(&srv->peers, srv->loop, &pc, err, cap)) < 0)
+        return r;
+    peer_net_start(srv->peers);
+    uv_timer_init(srv->loop, &srv->tick);
+    srv->tick.data = srv;
+    srv->tick_open = true;
+    uv_timer_start(&srv->tick, on_tick, TICK_INTERVAL_MS, TICK_INTERVAL_MS);
+    return 0;
+}
+
+int server_peer_port(const struct server *srv)
+{
+    return srv->peers ? peer_net_port(srv->peers) : 0;
+}
+
 /* ---- connections (TCP and UDP) ---------------------------------------------- */
 
 static void conn_link(struct server *srv, struct conn *c)
@@ -996,7 +1829,7 @@ static void conn_free(struct conn *c)
 {
     struct server *srv = c->srv;
 
-    assert(c->pending == NULL);
+    assert(c->pending == NULL && c->cpending == NULL);
     waitlist_remove(c);
     if (c->prev)
         c->prev->next = c->next;
@@ -1022,8 +1855,9 @@ static void conn_on_close(uv_handle_t *h)
     struct conn *c = (struct conn *)h;
 
     c->handle_closed = true;
-    /* A write in the log still points at us: wreq_done frees us then. */
-    if (c->pending == NULL)
+    /* A write in the log still points at us: wreq_done (or the 2PC outcome)
+     * frees us then. */
+    if (c->pending == NULL && c->cpending == NULL)
         conn_free(c);
 }
 
@@ -1037,7 +1871,7 @@ static void conn_close(struct conn *c, const char *why)
         log_info(MOD, "conn %llu from %s closed: %s", (unsigned long long)c->id, c->peer, why);
     if (c->udp) {
         c->handle_closed = true;
-        if (c->pending == NULL)
+        if (c->pending == NULL && c->cpending == NULL)
             conn_free(c);
         return;
     }
@@ -1144,7 +1978,7 @@ static void conn_process(struct conn *c)
 
     refresh_now(srv);
     while (!c->closing && !c->close_after_flush && c->keys == NULL && c->pending == NULL &&
-           c->waiting == NULL && !srv->stopping) {
+           c->cpending == NULL && c->waiting == NULL && !srv->stopping) {
         struct proto_req req;
         size_t consumed;
         enum proto_status st;
@@ -1230,7 +2064,8 @@ static void conn_process(struct conn *c)
         c->rlen -= pos;
     }
     if (c->udp) {
-        if (c->rlen == 0 && c->pending == NULL && c->waiting == NULL && c->keys == NULL)
+        if (c->rlen == 0 && c->pending == NULL && c->cpending == NULL && c->waiting == NULL &&
+            c->keys == NULL)
             udp_finish(c);
         return;
     }
@@ -1242,7 +2077,7 @@ static void conn_process(struct conn *c)
     /* Busy connections read on (so their replies keep draining), but stop at
      * the output limit, or while a request waits. */
     bool blocked = c->out.bytes >= srv->cfg.conn_output_bytes_max || c->keys != NULL ||
-                   c->pending != NULL || c->waiting != NULL;
+                   c->pending != NULL || c->cpending != NULL || c->waiting != NULL;
     conn_set_reading(c, !blocked && !c->close_after_flush);
     conn_flush(c);
     return;
@@ -1548,6 +2383,20 @@ static int start_snapshot(struct server *srv)
         return -EBUSY;
     if (wal_error(srv->wal))
         return wal_error(srv->wal);
+    if (srv->cluster) {
+        /* Every record appended is in the image or in the open
+         * transactions the snapshot carries, except a coordinator's COMMIT
+         * not yet durable (its effect is applied then): stop before it. */
+        struct wal_stats ws;
+        wal_get_stats(srv->wal, &ws);
+        uint64_t unapplied = tpc_unapplied_lsn(srv->tpc);
+        h.lsn = ws.next_lsn - 1;
+        if (unapplied && unapplied - 1 < h.lsn)
+            h.lsn = unapplied - 1;
+        h.next_cas = store_max_cas(srv->store) + 1;
+        if (h.lsn <= srv->snap_last_lsn)
+            return -EAGAIN; /* nothing new to cover */
+    }
     refresh_now(srv);
     pid = fork();
     if (pid < 0) {
@@ -1560,7 +2409,8 @@ static int start_snapshot(struct server *srv)
         uint64_t items = 0;
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
-        int r = snap_write_store(srv->cfg.data_dir, srv->store, &h, srv->now_ms, &items);
+        int r = snap_write_store(srv->cfg.data_dir, srv->store, &h, srv->now_ms, &items,
+                                 srv->cluster ? snap_extra : NULL, srv);
         if (r < 0)
             log_error(MOD, "snapshot %llu: %s", (unsigned long long)h.lsn, strerror(-r));
         _exit(r < 0 ? 1 : 0);
@@ -1687,13 +2537,16 @@ static void on_timer(uv_timer_t *t)
         waitlist_wake(&srv->barrier);
     snapshot_check(srv);
     snapshot_maybe(srv);
+    if (srv->cluster && srv->cfg.lock_wait_ms)
+        lock_wait_timeouts(srv);
     if (srv->cfg.idle_timeout_s) {
         uint64_t now = util_mono_ns() / 1000000u;
         uint64_t limit = (uint64_t)srv->cfg.idle_timeout_s * 1000;
         for (struct conn *c = srv->conns, *next; c; c = next) {
             next = c->next;
             if (!c->udp && !c->closing && now - c->last_active_ms > limit &&
-                c->out.bytes == 0 && c->pending == NULL && c->waiting == NULL) {
+                c->out.bytes == 0 && c->pending == NULL && c->cpending == NULL &&
+                c->waiting == NULL) {
                 srv->st.idle_kicks++;
                 conn_close(c, "idle timeout");
             }
@@ -1710,7 +2563,8 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
         cfg->value_bytes_max > LIMIT_VALUE_BYTES_CEILING || cfg->get_keys_max == 0 ||
         cfg->get_line_bytes_max < LIMIT_LINE_BYTES_MAX || cfg->conn_output_bytes_max == 0 ||
         (!cfg->tcp && !cfg->udp) || cfg->data_dir == NULL || cfg->data_dir[0] == '\0' ||
-        cfg->wal_segment_bytes < 4096) {
+        cfg->wal_segment_bytes < 4096 || cfg->nreplicas > LIMIT_REPLICAS_MAX ||
+        (cfg->nreplicas > 0 && (cfg->prepare_timeout_ms == 0 || cfg->epoch == 0))) {
         *err = -EINVAL;
         return NULL;
     }
@@ -1726,6 +2580,8 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     srv->lim.get_line_bytes_max = cfg->get_line_bytes_max;
     srv->lim.get_keys_max = cfg->get_keys_max;
     srv->next_cas = 1;
+    srv->cluster = cfg->nreplicas > 0;
+    srv->rng = util_mono_ns() ^ ((uint64_t)getpid() << 32);
     srv->log_base = log_get_level();
     srv->started_mono_ns = util_mono_ns();
     sc.max_bytes = cfg->max_memory_bytes;
@@ -1790,9 +2646,15 @@ static int open_data(struct server *srv, char *err, size_t cap)
     srv->lock_fd = r;
 
     refresh_now(srv);
-    r = recover(dir, srv->store, srv->now_ms, &srv->rec, err, cap);
-    if (r < 0)
+    struct recover_ledger ledger = {.self = srv->cfg.id};
+    if (srv->cluster)
+        r = recover_cluster(dir, srv->store, srv->now_ms, &ledger, &srv->rec, err, cap);
+    else
+        r = recover(dir, srv->store, srv->now_ms, &srv->rec, err, cap);
+    if (r < 0) {
+        recover_ledger_free(&ledger);
         return r;
+    }
     srv->next_cas = srv->rec.next_cas;
     srv->applied_lsn = srv->rec.next_lsn - 1;
     /* The first snapshot waits until the log has grown past what replay
@@ -1812,9 +2674,14 @@ static int open_data(struct server *srv, char *err, size_t cap)
                  (unsigned long long)ss.bytes);
 
     r = wal_open(&srv->wal, srv->loop, &wc, srv->rec.next_lsn);
-    if (r < 0)
+    if (r < 0) {
+        recover_ledger_free(&ledger);
         return util_errf(err, cap, r, "cannot open the write-ahead log in %s: %s", dir, strerror(-r));
-    return 0;
+    }
+    if (srv->cluster)
+        r = cluster_open(srv, &ledger, err, cap);
+    recover_ledger_free(&ledger);
+    return r;
 }
 
 int server_start(struct server *srv, char *err, size_t errcap)
@@ -1861,6 +2728,8 @@ int server_start(struct server *srv, char *err, size_t errcap)
         uv_udp_getsockname(&srv->udp, (struct sockaddr *)&ss, &len);
         srv->port = addr_port(&ss);
     }
+    if (srv->cluster && (r = cluster_listen(srv, err, errcap)) < 0)
+        goto fail_quiet;
     uv_timer_init(srv->loop, &srv->timer);
     srv->timer.data = srv;
     srv->timer_open = true;
@@ -1876,6 +2745,9 @@ int server_start(struct server *srv, char *err, size_t errcap)
              srv->cfg.udp ? "udp" : "", name, srv->port, srv->cfg.max_conns,
              (unsigned long long)(srv->cfg.max_memory_bytes >> 20), srv->cfg.value_bytes_max,
              srv->cfg.data_dir, wal_fsync_mode_name(srv->cfg.fsync_mode));
+    if (srv->cluster)
+        log_info(MOD, "replica %u of %zu, peer port %d, config epoch %llu", srv->cfg.id,
+                 srv->cfg.nreplicas, server_peer_port(srv), (unsigned long long)srv->cfg.epoch);
     return 0;
 fail_listen:
     util_errf(err, errcap, r, "cannot listen on %s port %d: %s", srv->cfg.host, srv->cfg.port,
@@ -1904,7 +2776,10 @@ void server_stop(struct server *srv)
         uv_close((uv_handle_t *)&srv->timer, NULL);
     if (srv->sigchld_open)
         uv_close((uv_handle_t *)&srv->sigchld, NULL);
+    if (srv->tick_open)
+        uv_close((uv_handle_t *)&srv->tick, NULL);
     srv->tcp_open = srv->udp_open = srv->timer_open = srv->sigchld_open = false;
+    srv->tick_open = false;
     if (srv->snap_pid) {
         /* A half-written snapshot is only a .tmp file: recovery removes it. */
         kill(srv->snap_pid, SIGKILL);
@@ -1913,6 +2788,29 @@ void server_stop(struct server *srv)
         snapshot_answer(&srv->snap_cur, "SERVER_ERROR shutting down\r\n");
     }
     snapshot_answer(&srv->snap_next, "SERVER_ERROR shutting down\r\n");
+    /* Transactions in flight: their clients are going away, prepared ones
+     * stay in the log for recovery. Nothing re-enters tpc after this. */
+    for (struct conn *c = srv->conns; c; c = c->next) {
+        if (c->cpending) {
+            c->cpending->c = NULL;
+            c->cpending = NULL;
+        }
+    }
+    if (srv->tpc) {
+        tpc_release_all(srv->tpc);
+        tpc_free(srv->tpc);
+        srv->tpc = NULL;
+        srv->wake.head = srv->wake.tail = NULL;
+        for (struct creq *q = srv->done_head, *next; q; q = next) {
+            next = q->next;
+            free(q);
+        }
+        srv->done_head = srv->done_tail = NULL;
+    }
+    if (srv->peers) {
+        peer_net_close(srv->peers);
+        srv->peers = NULL;
+    }
     for (struct conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
         conn_close(c, NULL);
@@ -1932,6 +2830,7 @@ void server_free(struct server *srv)
     assert(srv->conns == NULL);
     store_free(srv->store);
     buf_free(&srv->scratch);
+    buf_free(&srv->ops);
     free(srv->udp_rbuf);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd);

@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "limits.h"
+#include "peer.h"
 #include "wal.h"
 
 struct server_config {
@@ -35,6 +37,16 @@ struct server_config {
     uint64_t snapshot_bytes;    /* log growth that triggers a snapshot */
     uint64_t wal_segment_bytes;
     const struct wal_io *wal_io; /* NULL: real system calls (tests inject faults) */
+    /* Replication. nreplicas 0: a single replica (one-phase commit, no
+     * network). Otherwise every write runs two-phase commit on all of them. */
+    uint32_t id;
+    size_t nreplicas;
+    struct peer_addr replicas[LIMIT_REPLICAS_MAX];
+    const unsigned char *secret; /* cluster secret (borrowed until server_free) */
+    size_t nsecret;
+    uint64_t epoch;
+    unsigned prepare_timeout_ms;
+    unsigned lock_wait_ms;
 };
 
 /* Fills cfg with the defaults from limits.h (TCP on, UDP off, 127.0.0.1:11211). */
@@ -60,6 +72,9 @@ int server_snapshot(struct server *srv);
 
 /* The TCP or UDP port actually bound (useful with port 0). */
 int server_port(const struct server *srv);
+
+/* The peer port bound (a replica in a cluster), or 0. */
+int server_peer_port(const struct server *srv);
 
 /*
  * Stops accepting, closes every connection and handle. The loop then runs

@@ -17,10 +17,14 @@
  *   40  4  reserved, 0
  *   44  4  CRC32C of bytes 0..43
  *
- * BODY: WAL-framed records (wal.c): one SNAP_ITEM per item, whose lsn field
- * numbers the items 1, 2, 3... and whose payload is one PUT op; then one
- * SNAP_END whose payload is the item count (u64) and 8 reserved bytes. The
- * file ends there. Reading checks every CRC, the numbering, the count and
+ * BODY: WAL-framed records (wal.c): one SNAP_ITEM per item, whose payload
+ * is one PUT op; then, for a replica in a cluster, the two-phase commit
+ * state open at the snapshot (a PREPARE record per prepared, undecided
+ * transaction, a COMMIT record per commit it coordinated and not every
+ * participant has acknowledged; payloads as in the log), so the log before
+ * the snapshot can go; then one SNAP_END whose payload is the record count
+ * (u64) and 8 reserved bytes. The lsn fields number the records 1, 2, 3...
+ * The file ends there. Reading checks every CRC, the numbering, the count and
  * that nothing follows the trailer.
  */
 #include "snap.h"
@@ -129,6 +133,13 @@ int snap_write_item(struct snap_writer *sw, const struct wal_op *op)
     return r;
 }
 
+int snap_write_record(struct snap_writer *sw, uint8_t type, const void *payload, size_t n)
+{
+    if (type != WAL_REC_PREPARE && type != WAL_REC_COMMIT)
+        return -EINVAL;
+    return put_record(sw, type, ++sw->count, payload, n);
+}
+
 int snap_write_end(struct snap_writer *sw)
 {
     char end[16];
@@ -186,7 +197,8 @@ static int put_item(void *arg, const struct item *it)
 }
 
 int snap_write_store(const char *dir, struct store *s, const struct snap_header *h,
-                     int64_t now_ms, uint64_t *items)
+                     int64_t now_ms, uint64_t *items,
+                     int (*extra)(void *arg, struct snap_writer *sw), void *extra_arg)
 {
     struct snap_writer *sw;
     int r = snap_write_begin(&sw, dir, h);
@@ -198,11 +210,16 @@ int snap_write_store(const char *dir, struct store *s, const struct snap_header 
         return r;
     }
     *items = sw->count;
+    if (extra && (r = extra(extra_arg, sw)) < 0) {
+        snap_write_abort(sw);
+        return r;
+    }
     return snap_write_end(sw);
 }
 
 static int check(const char *path, const char *data, size_t len, struct snap_header *h,
-                 int (*cb)(void *arg, const struct wal_op *op), void *arg, char *err,
+                 int (*cb)(void *arg, const struct wal_op *op),
+                 int (*txn_cb)(void *arg, const struct wal_record *rec), void *arg, char *err,
                  size_t cap)
 {
     size_t off = SNAP_HEADER_BYTES;
@@ -244,6 +261,18 @@ static int check(const char *path, const char *data, size_t len, struct snap_hea
                             path, len - off - (size_t)n);
             return 0;
         }
+        if (rec.type == WAL_REC_PREPARE || rec.type == WAL_REC_COMMIT) {
+            int r = txn_cb ? txn_cb(arg, &rec) : -ENOTSUP;
+            if (r < 0)
+                return util_errf(err, cap, r == -ENOMEM ? r : -EBADMSG,
+                                 "%s: two-phase commit record at offset %zu: %s", path, off,
+                                 r == -ENOTSUP ? "not expected here (a replica's snapshot "
+                                                 "used without --replicas?)"
+                                               : strerror(-r));
+            seq++;
+            off += (size_t)n;
+            continue;
+        }
         struct wal_op op;
         size_t pos = 0;
         if (rec.type != WAL_REC_SNAP_ITEM || wal_op_next(rec.payload, rec.len, &pos, &op) != 1 ||
@@ -261,7 +290,9 @@ static int check(const char *path, const char *data, size_t len, struct snap_hea
 }
 
 int snap_read(const char *path, struct snap_header *h,
-              int (*cb)(void *arg, const struct wal_op *op), void *arg, char *err, size_t errcap)
+              int (*cb)(void *arg, const struct wal_op *op),
+              int (*txn_cb)(void *arg, const struct wal_record *rec), void *arg, char *err,
+              size_t errcap)
 {
     struct stat sb;
     void *map;
@@ -283,7 +314,7 @@ int snap_read(const char *path, struct snap_header *h,
     close(fd);
     if (map == MAP_FAILED)
         return util_errf(err, errcap, -errno, "%s: mmap: %s", path, strerror(errno));
-    r = check(path, map, (size_t)sb.st_size, h, cb, arg, err, errcap);
+    r = check(path, map, (size_t)sb.st_size, h, cb, txn_cb, arg, err, errcap);
     munmap(map, (size_t)sb.st_size);
     return r;
 }

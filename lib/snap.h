@@ -31,6 +31,10 @@ int snap_write_begin(struct snap_writer **out, const char *dir, const struct sna
 /* Adds one item (op->kind must be WAL_OP_PUT). Returns 0 or -errno. */
 int snap_write_item(struct snap_writer *sw, const struct wal_op *op);
 
+/* Adds a 2PC record (WAL_REC_PREPARE or WAL_REC_COMMIT, payload as in the
+ * log): a transaction still open when the snapshot was taken. */
+int snap_write_record(struct snap_writer *sw, uint8_t type, const void *payload, size_t n);
+
 /*
  * Writes the trailer, fsyncs the file, renames it to snap-<lsn>.snap and
  * fsyncs the directory: only then does the snapshot exist. Frees sw.
@@ -45,19 +49,25 @@ struct store;
 
 /*
  * Writes every item of s live at now_ms as snapshot h->lsn in dir, start to
- * finish (begin, items, end). Runs in a forked child, on a copy-on-write
- * image of the store. Returns 0 or -errno; *items gets the count.
+ * finish (begin, items, extra, end). Runs in a forked child, on a
+ * copy-on-write image of the store. extra (may be NULL) adds records with
+ * snap_write_record(). Returns 0 or -errno; *items gets the item count.
  */
 int snap_write_store(const char *dir, struct store *s, const struct snap_header *h,
-                     int64_t now_ms, uint64_t *items);
+                     int64_t now_ms, uint64_t *items,
+                     int (*extra)(void *arg, struct snap_writer *sw), void *extra_arg);
 
 /*
  * Reads and checks a snapshot file, calling cb for each item (a PUT op whose
- * pointers are valid during the call). Returns 0; -EPROTONOSUPPORT for a
- * newer format; -EBADMSG if the file is damaged (err says where); cb's
- * negative return; or -errno. err (errcap bytes) receives a sentence.
+ * pointers are valid during the call) and txn_cb for each 2PC record (if
+ * txn_cb is NULL, a snapshot holding one is refused with -ENOTSUP).
+ * Returns 0; -EPROTONOSUPPORT for a newer format; -EBADMSG if the file is
+ * damaged (err says where); a callback's negative return; or -errno. err
+ * (errcap bytes) receives a sentence.
  */
 int snap_read(const char *path, struct snap_header *h,
-              int (*cb)(void *arg, const struct wal_op *op), void *arg, char *err, size_t errcap);
+              int (*cb)(void *arg, const struct wal_op *op),
+              int (*txn_cb)(void *arg, const struct wal_record *rec), void *arg, char *err,
+              size_t errcap);
 
 #endif

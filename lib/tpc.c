@@ -1006,6 +1006,29 @@ void tpc_free(struct tpc *t)
     free(t);
 }
 
+void tpc_release_all(struct tpc *t)
+{
+    struct tx *x, *next;
+
+    for (x = t->active; x; x = next) {
+        next = x->anext;
+        if (x->client) {
+            void *client = x->client;
+            x->client = NULL;
+            t->env.done(t->env.ctx, client, x->txid, false, TPC_R_STOPPING, t->cfg.self);
+        }
+        if (x->pstate == P_PREPARING || x->pstate == P_PREPARED) {
+            struct tpc_txn txn;
+            txn_of(x, &txn);
+            t->env.abort(t->env.ctx, &txn, x->handle);
+            x->handle = NULL;
+            x->pstate = P_NONE;
+        }
+        active_remove(t, x);
+    }
+    t->wlen = 0;
+}
+
 void tpc_get_stats(const struct tpc *t, struct tpc_stats *st)
 {
     *st = t->st;

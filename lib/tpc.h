@@ -152,8 +152,15 @@ struct tpc;
 
 /* Returns a new state machine, or NULL (bad config: -EINVAL in *err; -ENOMEM). */
 struct tpc *tpc_new(const struct tpc_config *cfg, const struct tpc_env *env, int *err);
-/* Frees it. Handles still held by the resource manager are not aborted. */
+/* Frees it. Handles still held by the resource manager are not aborted
+ * (a crash in the simulator); see tpc_release_all. */
 void tpc_free(struct tpc *t);
+
+/* A replica shutting down: every client still waiting is told (done with
+ * TPC_R_STOPPING) and every prepared handle goes back to the resource
+ * manager (abort: in memory only; nothing is logged, and the log still
+ * holds what recovery needs). Call tpc_free next. */
+void tpc_release_all(struct tpc *t);
 
 /* Sets the lowest txid tpc_next_txid() may return next (after recovery:
  * past every cas in the store). */

@@ -28,8 +28,8 @@
  * lsn and the next one's first) and stale bytes (an lsn that is not +1).
  *
  * PAYLOADS. WRITE and PREPARE carry a txn head (txid, epoch, coordinator,
- * op count: 24 bytes) and that many ops; COMMIT and ABORT carry txid and
- * epoch. An op is the effect of a write on one key, so replay needs no clock
+ * op count: 24 bytes) and that many ops; COMMIT, ABORT and END carry txid
+ * and epoch. An op is the effect of a write on one key, so replay needs no clock
  * and no evaluation:
  *    0  1  kind (enum wal_op_kind)    1  1  key length
  *    2  2  reserved, 0                4  4  value length (PUT), else 0
@@ -38,6 +38,8 @@
  *   DEL    8: key
  *   TOUCH  8: exptime i64, then key
  *   FLUSH  8: flush_at i64, mtime i64 (no key)
+ *   CHECK  8: expected cas u64, now i64, then key (2PC: the version the
+ *             coordinator saw; a participant whose differs votes no)
  *
  * RECOVERY (see wal_scan_segment and server recovery): records are replayed
  * in lsn order. A bad record with nothing valid after it in the last segment
@@ -95,6 +97,8 @@ size_t wal_op_size(const struct wal_op *op)
         return OP_HEAD_BYTES + 8 + op->nkey;
     case WAL_OP_FLUSH:
         return OP_HEAD_BYTES + 16;
+    case WAL_OP_CHECK:
+        return OP_HEAD_BYTES + 16 + op->nkey;
     }
     return 0;
 }
@@ -125,6 +129,11 @@ size_t wal_op_encode(char *dst, const struct wal_op *op)
         break;
     case WAL_OP_FLUSH:
         util_put_le64(p, (uint64_t)op->flush_at_ms);
+        util_put_le64(p + 8, (uint64_t)op->mtime_ms);
+        p += 16;
+        break;
+    case WAL_OP_CHECK:
+        util_put_le64(p, op->cas);
         util_put_le64(p + 8, (uint64_t)op->mtime_ms);
         p += 16;
         break;
@@ -188,6 +197,7 @@ int wal_op_next(const char *p, size_t n, size_t *pos, struct wal_op *op)
         fixed = 8;
         break;
     case WAL_OP_FLUSH:
+    case WAL_OP_CHECK:
         fixed = 16;
         break;
     default:
@@ -216,6 +226,10 @@ int wal_op_next(const char *p, size_t n, size_t *pos, struct wal_op *op)
         op->flush_at_ms = (int64_t)util_get_le64(h);
         op->mtime_ms = (int64_t)util_get_le64(h + 8);
         break;
+    case WAL_OP_CHECK:
+        op->cas = util_get_le64(h);
+        op->mtime_ms = (int64_t)util_get_le64(h + 8);
+        break;
     case WAL_OP_DEL:
         break;
     }
@@ -230,7 +244,7 @@ int wal_op_next(const char *p, size_t n, size_t *pos, struct wal_op *op)
 
 static bool type_known(unsigned t)
 {
-    return (t >= WAL_REC_WRITE && t <= WAL_REC_ABORT) || t == WAL_REC_SNAP_ITEM ||
+    return (t >= WAL_REC_WRITE && t <= WAL_REC_END) || t == WAL_REC_SNAP_ITEM ||
            t == WAL_REC_SNAP_END;
 }
 

@@ -27,6 +27,7 @@ enum wal_rec_type {
     WAL_REC_PREPARE = 2, /* 2PC participant: ops prepared under txid */
     WAL_REC_COMMIT = 3,  /* 2PC: txid committed */
     WAL_REC_ABORT = 4,   /* 2PC: txid aborted */
+    WAL_REC_END = 5,     /* 2PC coordinator: every participant ACKed txid */
     WAL_REC_SNAP_ITEM = 16, /* snapshot body: one item (a PUT op) */
     WAL_REC_SNAP_END = 17,  /* snapshot trailer */
 };
@@ -36,6 +37,8 @@ enum wal_op_kind {
     WAL_OP_DEL = 2,   /* key removed */
     WAL_OP_TOUCH = 3, /* key's expiry changed */
     WAL_OP_FLUSH = 4, /* flush_all: everything written before flush_at goes */
+    WAL_OP_CHECK = 5, /* 2PC condition: key's version at mtime is cas (0 = absent);
+                         checked at prepare, skipped at replay */
 };
 
 /* The effect of a write on one key, as logged (not the command that caused
@@ -49,13 +52,13 @@ struct wal_op {
     size_t nvalue;
     uint32_t flags;
     int64_t exptime_ms;  /* PUT, TOUCH: absolute unix ms, 0 = never */
-    int64_t mtime_ms;    /* PUT: when written; FLUSH: when issued */
+    int64_t mtime_ms;    /* PUT: when written; FLUSH: when issued; CHECK: "now" */
     int64_t flush_at_ms; /* FLUSH */
-    uint64_t cas;        /* PUT */
+    uint64_t cas;        /* PUT; CHECK: the expected version */
 };
 
-/* The head of a WRITE or PREPARE payload (COMMIT and ABORT have only the
- * first two fields). */
+/* The head of a WRITE or PREPARE payload (COMMIT, ABORT and END have only
+ * the first two fields). */
 struct wal_txn {
     uint64_t txid;
     uint64_t epoch;

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -62,6 +63,24 @@ static void usage(FILE *f)
 "                          on SIGUSR1 and the 'snapshot' command  [default: %llu]\n"
 "      --wal-segment-bytes BYTES  size of a log segment file  [default: %llu]\n"
 "\n"
+"Replication (every write is committed on all replicas by two-phase commit):\n"
+"      --id N              this replica's id in --replicas\n"
+"      --replicas LIST     every replica as ID@HOST:PEERPORT, comma-separated, the\n"
+"                          same list on each (IPv6 hosts in brackets). Replicas\n"
+"                          talk to each other on PEERPORT; clients use -p.\n"
+"                          Without it, serve is a single replica\n"
+"      --secret-file FILE  cluster secret (at least %d bytes; the file should be\n"
+"                          readable by serve only). Peers prove they hold it\n"
+"                          (HMAC-SHA256 challenge-response); required with more\n"
+"                          than one replica. Make one: openssl rand -hex 32 > FILE\n"
+"      --epoch N           cluster configuration epoch; replicas with another\n"
+"                          epoch are refused  [default: 1]\n"
+"      --prepare-timeout-ms MS  a write aborts if a replica has not voted by\n"
+"                          then; an undecided replica asks around after it\n"
+"                          [default: %d]\n"
+"      --lock-wait-ms MS   a request on a key held by an undecided transaction\n"
+"                          waits this long, then SERVER_ERROR  [default: %d]\n"
+"\n"
 "Logging:\n"
 "  -l, --log LEVEL         error, warn, info or debug; or 0 (error), 1 (info),\n"
 "                          2 (debug). debug logs every request (keys, never\n"
@@ -95,13 +114,17 @@ static void usage(FILE *f)
 "  serve -d /var/lib/tpckv            keep the data elsewhere\n"
 "  serve --fsync none                 faster writes that a power cut can lose\n"
 "  kill -USR1 $(pidof serve)          take a snapshot now\n"
+"  serve --id 1 --replicas 1@127.0.0.1:7001,2@127.0.0.1:7002,3@127.0.0.1:7003 \\\n"
+"        --secret-file secret -p 11211 -d data1\n"
+"                                     replica 1 of 3 (start 2 and 3 likewise)\n"
 "  serve -p 11300 -l debug            another port, log every request\n"
 "  serve -s 0.0.0.0 -t -m 4096        TCP only on every interface, 4 GiB\n"
 "  serve -u -p 11211 --max-value 64k  UDP only, values up to 64 KiB\n"
 "  clie -p 11300 put greeting hello   then talk to it with clie\n",
             LIMIT_DATA_DIR_DEFAULT, LIMIT_FSYNC_INTERVAL_MS_DEFAULT,
             (unsigned long long)LIMIT_SNAPSHOT_BYTES_DEFAULT,
-            (unsigned long long)LIMIT_WAL_SEGMENT_BYTES_DEFAULT, LIMIT_MEMORY_MB_DEFAULT,
+            (unsigned long long)LIMIT_WAL_SEGMENT_BYTES_DEFAULT, LIMIT_SECRET_BYTES_MIN,
+            LIMIT_PREPARE_TIMEOUT_MS_DEFAULT, LIMIT_LOCK_WAIT_MS_DEFAULT, LIMIT_MEMORY_MB_DEFAULT,
             LIMIT_CONNS_DEFAULT, LIMIT_VALUE_BYTES_DEFAULT,
             LIMIT_GET_LINE_BYTES_DEFAULT, LIMIT_GET_KEYS_DEFAULT,
             LIMIT_CONN_OUTPUT_BYTES_DEFAULT, LIMIT_IDLE_TIMEOUT_S_DEFAULT);
@@ -184,7 +207,8 @@ int main(int argc, char **argv)
 {
     enum { OPT_LOG_FILE = 256, OPT_MAX_VALUE, OPT_MAX_LINE, OPT_MAX_GET_KEYS, OPT_MAX_OUTPUT,
            OPT_IDLE_TIMEOUT, OPT_FSYNC, OPT_FSYNC_INTERVAL, OPT_SNAPSHOT_BYTES,
-           OPT_WAL_SEGMENT_BYTES };
+           OPT_WAL_SEGMENT_BYTES, OPT_ID, OPT_REPLICAS, OPT_SECRET_FILE, OPT_EPOCH,
+           OPT_PREPARE_TIMEOUT, OPT_LOCK_WAIT };
     static const struct option opts[] = {
         {"host", required_argument, NULL, 's'},
         {"port", required_argument, NULL, 'p'},
@@ -204,12 +228,21 @@ int main(int argc, char **argv)
         {"fsync-interval", required_argument, NULL, OPT_FSYNC_INTERVAL},
         {"snapshot-bytes", required_argument, NULL, OPT_SNAPSHOT_BYTES},
         {"wal-segment-bytes", required_argument, NULL, OPT_WAL_SEGMENT_BYTES},
+        {"id", required_argument, NULL, OPT_ID},
+        {"replicas", required_argument, NULL, OPT_REPLICAS},
+        {"secret-file", required_argument, NULL, OPT_SECRET_FILE},
+        {"epoch", required_argument, NULL, OPT_EPOCH},
+        {"prepare-timeout-ms", required_argument, NULL, OPT_PREPARE_TIMEOUT},
+        {"lock-wait-ms", required_argument, NULL, OPT_LOCK_WAIT},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     struct server_config cfg;
     const char *log_file = NULL;
+    const char *replicas = NULL, *secret_file = NULL;
+    bool have_id = false;
+    unsigned char secret[LIMIT_SECRET_BYTES_MAX + 1];
     bool want_tcp = false, want_udp = false;
     enum log_level lvl = LOG_LEVEL_INFO;
     struct ctx ctx;
@@ -278,6 +311,25 @@ int main(int argc, char **argv)
         case OPT_WAL_SEGMENT_BYTES:
             cfg.wal_segment_bytes = num_arg("wal-segment-bytes", optarg, 4096, 1ull << 40);
             break;
+        case OPT_ID:
+            cfg.id = (uint32_t)num_arg("id", optarg, 0, LIMIT_REPLICAS_MAX - 1);
+            have_id = true;
+            break;
+        case OPT_REPLICAS:
+            replicas = optarg;
+            break;
+        case OPT_SECRET_FILE:
+            secret_file = optarg;
+            break;
+        case OPT_EPOCH:
+            cfg.epoch = num_arg("epoch", optarg, 1, UINT32_MAX);
+            break;
+        case OPT_PREPARE_TIMEOUT:
+            cfg.prepare_timeout_ms = (unsigned)num_arg("prepare-timeout-ms", optarg, 10, 600000);
+            break;
+        case OPT_LOCK_WAIT:
+            cfg.lock_wait_ms = (unsigned)num_arg("lock-wait-ms", optarg, 1, 3600000);
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -291,6 +343,38 @@ int main(int argc, char **argv)
     }
     if (optind < argc)
         die_usage("unexpected argument '%s'", argv[optind]);
+    if (replicas) {
+        char why[512];
+        if (peer_parse_replicas(replicas, cfg.replicas, LIMIT_REPLICAS_MAX, &cfg.nreplicas, why,
+                                sizeof(why)) < 0)
+            die_usage("invalid --replicas: %s", why);
+        if (!have_id)
+            die_usage("--replicas needs --id (which of them this serve is)");
+        bool listed = false;
+        for (size_t i = 0; i < cfg.nreplicas; i++)
+            listed = listed || cfg.replicas[i].id == cfg.id;
+        if (!listed)
+            die_usage("--id %u is not in --replicas", cfg.id);
+        if (cfg.nreplicas > 1 && secret_file == NULL)
+            die_usage("a cluster of %zu replicas needs --secret-file (make one with: "
+                      "openssl rand -hex 32 > FILE)", cfg.nreplicas);
+    } else if (have_id || secret_file) {
+        die_usage("--id and --secret-file go with --replicas");
+    }
+    if (secret_file) {
+        FILE *f = fopen(secret_file, "rb");
+        if (f == NULL)
+            die_usage("cannot read --secret-file %s: %s", secret_file, strerror(errno));
+        size_t n = fread(secret, 1, sizeof(secret), f);
+        fclose(f);
+        while (n > 0 && (secret[n - 1] == '\n' || secret[n - 1] == '\r'))
+            n--; /* a trailing newline from echo or an editor is not part of it */
+        if (n < LIMIT_SECRET_BYTES_MIN || n > LIMIT_SECRET_BYTES_MAX)
+            die_usage("--secret-file %s holds %zu bytes; it needs %d to %d", secret_file, n,
+                      LIMIT_SECRET_BYTES_MIN, LIMIT_SECRET_BYTES_MAX);
+        cfg.secret = secret;
+        cfg.nsecret = n;
+    }
 
     log_set_level(lvl);
     if (log_file && (r = log_open_file(log_file)) < 0) {
@@ -308,6 +392,12 @@ int main(int argc, char **argv)
                      cfg.host);
     }
 
+    if (secret_file && access(secret_file, F_OK) == 0) {
+        struct stat sb;
+        if (stat(secret_file, &sb) == 0 && (sb.st_mode & 077))
+            log_warn(MOD, "--secret-file %s is readable by other users (mode %03o): "
+                          "chmod 600 it", secret_file, (unsigned)(sb.st_mode & 0777));
+    }
     signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&loop);
     log_info(MOD, "tpckv serve %s starting, pid %d", TPCKV_VERSION, (int)getpid());

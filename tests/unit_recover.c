@@ -779,7 +779,7 @@ static void test_snapshot_written_from_a_store_round_trips(void)
     }
     /* One already expired at the snapshot's time: not written. */
     CU_ASSERT_EQUAL(store_load_put(src, "expiring", 8, "e", 1, 0, NOW + 10, NOW, 77, NOW), 0);
-    CU_ASSERT_EQUAL(snap_write_store(d.path, src, &h, NOW + 10, &items), 0);
+    CU_ASSERT_EQUAL(snap_write_store(d.path, src, &h, NOW + 10, &items, NULL, NULL), 0);
     CU_ASSERT_EQUAL(items, 50);
     store_free(src);
 
@@ -1313,7 +1313,7 @@ static void expect_snap_read(const char *path, int code, const char *needle)
     struct items_seen is = {0, 0};
     char err[ERRCAP] = "";
 
-    CU_ASSERT_EQUAL(snap_read(path, &h, on_snap_item, &is, err, sizeof(err)), code);
+    CU_ASSERT_EQUAL(snap_read(path, &h, on_snap_item, NULL, &is, err, sizeof(err)), code);
     CU_ASSERT_PTR_NOT_NULL(strstr(err, path));
     if (strstr(err, needle) == NULL)
         fprintf(stderr, "\n  snap_read error \"%s\" lacks \"%s\"\n", err, needle);
@@ -1334,12 +1334,12 @@ static void test_snap_read_checks_every_part(void)
     tdir_make(&d);
     model_snap(&d, 7);
     snap_path(path, sizeof(path), &d, 7);
-    CU_ASSERT_EQUAL(snap_read(path, &h, on_snap_item, &is, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(snap_read(path, &h, on_snap_item, NULL, &is, err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(is.n, 7);
     CU_ASSERT_EQUAL(is.bad, 0);
     CU_ASSERT(h.lsn == 7 && h.next_cas == 8 && h.flush_at_ms == 0);
     /* The callback's error stops the read and is returned. */
-    CU_ASSERT_EQUAL(snap_read(path, &h, refuse_item, NULL, err, sizeof(err)), -E2BIG);
+    CU_ASSERT_EQUAL(snap_read(path, &h, refuse_item, NULL, NULL, err, sizeof(err)), -E2BIG);
     img = read_all(path, &len);
     CU_ASSERT_PTR_NOT_NULL_FATAL(img);
 

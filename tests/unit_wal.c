@@ -253,6 +253,9 @@ static bool op_equal(const struct wal_op *a, const struct wal_op *b)
                b->cas == 0;
     case WAL_OP_FLUSH:
         return a->flush_at_ms == b->flush_at_ms && a->mtime_ms == b->mtime_ms && b->cas == 0;
+    case WAL_OP_CHECK:
+        return a->cas == b->cas && a->mtime_ms == b->mtime_ms && b->flags == 0 &&
+               b->exptime_ms == 0;
     }
     return false;
 }
@@ -303,7 +306,7 @@ static bool decode_matches(const char *p, size_t n, const struct wal_txn *t,
 static void test_codec_every_op_kind_round_trips(void)
 {
     char key250[250], bin[300];
-    struct wal_op ops[7];
+    struct wal_op ops[8];
     struct wal_txn t = {.txid = 0x0102030405060708ULL, .epoch = 9, .coordinator = 3};
     struct wal_record rec;
     size_t n;
@@ -331,15 +334,18 @@ static void test_codec_every_op_kind_round_trips(void)
     ops[5] = (struct wal_op){.kind = WAL_OP_FLUSH, .flush_at_ms = 1700000099000LL,
                              .mtime_ms = 1700000000000LL};
     ops[6] = (struct wal_op){.kind = WAL_OP_FLUSH, .flush_at_ms = 0, .mtime_ms = 42};
-    t.nops = 7;
+    ops[7] = (struct wal_op){.kind = WAL_OP_CHECK, .key = key250, .nkey = 250,
+                             .cas = UINT64_MAX - 1, .mtime_ms = 1700000000999LL};
+    t.nops = 8;
 
     CU_ASSERT_EQUAL(wal_op_size(&ops[0]), 8 + 32 + 1 + 1);
     CU_ASSERT_EQUAL(wal_op_size(&ops[3]), 8 + 4);
     CU_ASSERT_EQUAL(wal_op_size(&ops[4]), 8 + 8 + 250);
     CU_ASSERT_EQUAL(wal_op_size(&ops[5]), 8 + 16);
+    CU_ASSERT_EQUAL(wal_op_size(&ops[7]), 8 + 16 + 250);
 
     /* One op per payload, then all in one. */
-    for (size_t i = 0; i < 7; i++) {
+    for (size_t i = 0; i < 8; i++) {
         struct wal_txn t1 = t;
         t1.nops = 1;
         payload = encode_write(&t1, &ops[i], 1, &n);
@@ -347,9 +353,9 @@ static void test_codec_every_op_kind_round_trips(void)
         CU_ASSERT(decode_matches(payload, n, &t1, &ops[i], 1));
         free(payload);
     }
-    payload = encode_write(&t, ops, 7, &n);
+    payload = encode_write(&t, ops, 8, &n);
     CU_ASSERT_PTR_NOT_NULL_FATAL(payload);
-    CU_ASSERT(decode_matches(payload, n, &t, ops, 7));
+    CU_ASSERT(decode_matches(payload, n, &t, ops, 8));
 
     /* Framed as a record, with trailing bytes after it that are not its own. */
     recbuf = malloc(WAL_RECORD_HEADER_BYTES + n + 50);
@@ -363,7 +369,7 @@ static void test_codec_every_op_kind_round_trips(void)
     CU_ASSERT_EQUAL(rec.lsn, 12345);
     CU_ASSERT_EQUAL(rec.len, n);
     CU_ASSERT_PTR_EQUAL(rec.payload, recbuf + WAL_RECORD_HEADER_BYTES);
-    CU_ASSERT(decode_matches(rec.payload, rec.len, &t, ops, 7));
+    CU_ASSERT(decode_matches(rec.payload, rec.len, &t, ops, 8));
     free(recbuf);
     free(payload);
 }
@@ -371,7 +377,8 @@ static void test_codec_every_op_kind_round_trips(void)
 static void test_codec_every_record_type_and_empty_payload_round_trip(void)
 {
     static const uint8_t types[] = {WAL_REC_WRITE, WAL_REC_PREPARE, WAL_REC_COMMIT,
-                                    WAL_REC_ABORT, WAL_REC_SNAP_ITEM, WAL_REC_SNAP_END};
+                                    WAL_REC_ABORT, WAL_REC_END, WAL_REC_SNAP_ITEM,
+                                    WAL_REC_SNAP_END};
     char buf[WAL_RECORD_HEADER_BYTES + 16];
     struct wal_record rec;
 
@@ -506,7 +513,7 @@ static void test_decode_rejects_zeroes_absurd_length_unknown_type_and_reserved(v
     CU_ASSERT_EQUAL(wal_record_decode(buf, n, &rec), -EBADMSG);
 
     /* Unknown types and nonzero reserved bytes, even with a matching CRC. */
-    static const unsigned char bad_types[] = {0, 5, 15, 18, 255};
+    static const unsigned char bad_types[] = {0, 6, 15, 18, 255};
     for (size_t i = 0; i < sizeof(bad_types); i++) {
         n = sample_record(buf, 1);
         buf[16] = (char)bad_types[i];

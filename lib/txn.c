@@ -1,0 +1,255 @@
+/*
+ * txn.c - replicated writes: encoding a coordinator's change as operations,
+ * and the resource manager that prepares them on every replica. See txn.h.
+ */
+#include "txn.h"
+
+#include "wal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+uint64_t txn_version(struct store *s, const char *key, size_t nkey, int64_t now_ms)
+{
+    struct item *it = store_get(s, key, nkey, now_ms);
+
+    return it ? it->cas : 0;
+}
+
+void txn_change_to_op(const struct store_change *ch, struct wal_op *op)
+{
+    memset(op, 0, sizeof(*op));
+    op->key = ch->key;
+    op->nkey = ch->nkey;
+    if (ch->type == STORE_FLUSH) {
+        op->kind = WAL_OP_FLUSH;
+        op->flush_at_ms = ch->flush_at_ms;
+        op->mtime_ms = ch->now_ms;
+    } else if (ch->type == STORE_TOUCH) {
+        op->kind = WAL_OP_TOUCH;
+        op->exptime_ms = ch->exptime_ms;
+    } else if (ch->item) {
+        const struct item *it = ch->item;
+        op->kind = WAL_OP_PUT;
+        op->value = item_value(it);
+        op->nvalue = it->nval;
+        op->flags = it->flags;
+        op->exptime_ms = it->exptime_ms;
+        op->mtime_ms = it->mtime_ms;
+        op->cas = it->cas;
+    } else {
+        /* delete, or a write born expired: the key goes */
+        op->kind = WAL_OP_DEL;
+    }
+}
+
+static int append_op(struct buf *b, const struct wal_op *op)
+{
+    size_t n = wal_op_size(op);
+    int r = buf_reserve(b, n);
+
+    if (r < 0)
+        return r;
+    b->len += wal_op_encode(b->data + b->len, op);
+    return 0;
+}
+
+int txn_encode_change(struct buf *b, const struct store_change *ch, uint64_t expected,
+                      uint32_t *nops)
+{
+    struct wal_op op;
+    int r;
+
+    if (ch->type != STORE_FLUSH) {
+        struct wal_op check = {.kind = WAL_OP_CHECK,
+                               .key = ch->key,
+                               .nkey = ch->nkey,
+                               .cas = expected,
+                               .mtime_ms = ch->now_ms};
+        if ((r = append_op(b, &check)) < 0)
+            return r;
+        ++*nops;
+    }
+    txn_change_to_op(ch, &op);
+    if ((r = append_op(b, &op)) < 0)
+        return r;
+    ++*nops;
+    return 0;
+}
+
+static void release(struct txn_rm *rm, struct txn_prep *p, bool commit)
+{
+    for (size_t i = 0; i < p->nch; i++) {
+        struct store_change *ch = &p->ch[i];
+        if (ch->status == STORE_OK) {
+            if (commit)
+                store_commit(rm->store, ch);
+            else
+                store_abort(rm->store, ch);
+        }
+        if (ch->type != STORE_FLUSH)
+            store_unlock(rm->store, ch->key, ch->nkey, p);
+    }
+    if (rm->flush_holder == p)
+        rm->flush_holder = NULL;
+    rm->prepared--;
+    free(p->ch);
+    free(p);
+}
+
+void txn_commit(struct txn_rm *rm, struct txn_prep *p)
+{
+    release(rm, p, true);
+}
+
+void txn_abort(struct txn_rm *rm, struct txn_prep *p)
+{
+    release(rm, p, false);
+}
+
+/* The store operation that reproduces a logged effect. */
+static void effect_to_store_op(const struct wal_op *w, struct store_op *op, uint64_t *cas,
+                               int64_t *now)
+{
+    memset(op, 0, sizeof(*op));
+    op->key = w->key;
+    op->nkey = w->nkey;
+    switch (w->kind) {
+    case WAL_OP_PUT:
+        op->type = STORE_SET;
+        op->value = w->value;
+        op->nvalue = w->nvalue;
+        op->flags = w->flags;
+        op->exptime_ms = w->exptime_ms;
+        *cas = w->cas;
+        *now = w->mtime_ms; /* the item's mtime is the coordinator's clock */
+        break;
+    case WAL_OP_DEL:
+        op->type = STORE_DELETE;
+        break;
+    case WAL_OP_TOUCH:
+        op->type = STORE_TOUCH;
+        op->exptime_ms = w->exptime_ms;
+        break;
+    case WAL_OP_FLUSH:
+        op->type = STORE_FLUSH;
+        op->flush_at_ms = w->flush_at_ms;
+        *now = w->mtime_ms;
+        break;
+    case WAL_OP_CHECK:
+        break;
+    }
+}
+
+static enum tpc_reason reason_of(enum store_status st)
+{
+    switch (st) {
+    case STORE_TOO_LARGE:
+        return TPC_R_TOO_LARGE;
+    case STORE_NO_MEMORY:
+        return TPC_R_NO_MEMORY;
+    default:
+        return TPC_R_CONFLICT;
+    }
+}
+
+int txn_prepare(struct txn_rm *rm, const struct tpc_txn *t, struct txn_prep **out)
+{
+    struct txn_prep *p = calloc(1, sizeof(*p));
+    struct wal_op w, check = {0};
+    bool have_check = false;
+    size_t pos = 0;
+    int r, reason = 0;
+
+    if (p == NULL || (p->ch = calloc(t->nops, sizeof(*p->ch))) == NULL) {
+        free(p);
+        return TPC_R_NO_MEMORY;
+    }
+    rm->prepared++;
+    if (rm->flush_holder) {
+        reason = TPC_R_BUSY;
+        goto fail;
+    }
+    for (uint32_t i = 0; i < t->nops; i++) {
+        if ((r = wal_op_next(t->ops, t->nbytes, &pos, &w)) != 1) {
+            reason = TPC_R_BAD_OPS;
+            goto fail;
+        }
+        if (w.kind == WAL_OP_CHECK) {
+            check = w;
+            have_check = true;
+            continue;
+        }
+        struct store_change *ch = &p->ch[p->nch];
+        struct store_op op;
+        uint64_t cas = t->txid;
+        int64_t now = have_check ? check.mtime_ms : 0;
+
+        if (w.kind == WAL_OP_FLUSH) {
+            /* Every key: nothing else may be prepared. */
+            if (store_locks(rm->store) > 0 || rm->prepared > 1) {
+                reason = TPC_R_BUSY;
+                goto fail;
+            }
+            p->flush = true;
+        } else {
+            void *holder;
+            if (!have_check || check.nkey != w.nkey || memcmp(check.key, w.key, w.nkey) != 0) {
+                reason = TPC_R_BAD_OPS;
+                goto fail;
+            }
+            r = store_lock(rm->store, w.key, w.nkey, p, &holder);
+            if (r == -EBUSY) {
+                reason = TPC_R_BUSY;
+                goto fail;
+            }
+            if (r == -ENOMEM) {
+                reason = TPC_R_NO_MEMORY;
+                goto fail;
+            }
+            if (r == -EDEADLK) { /* the same key twice: one change is enough */
+                have_check = false;
+                continue;
+            }
+            if (!t->recovered &&
+                txn_version(rm->store, w.key, w.nkey, check.mtime_ms) != check.cas) {
+                store_unlock(rm->store, w.key, w.nkey, p);
+                reason = TPC_R_CONFLICT;
+                goto fail;
+            }
+        }
+        have_check = false;
+        effect_to_store_op(&w, &op, &cas, &now);
+        p->nch++;
+        if (store_prepare(rm->store, &op, cas, now, ch) < 0) {
+            /* A delete or touch of a key already gone changes nothing;
+             * anything else is a refusal (the check said it would work). */
+            if (w.kind == WAL_OP_DEL || w.kind == WAL_OP_TOUCH) {
+                ch->status = STORE_NOT_FOUND; /* no change to commit */
+                continue;
+            }
+            reason = reason_of(ch->status);
+            ch->status = STORE_NOT_FOUND;
+            goto fail;
+        }
+    }
+    if (pos != t->nbytes || p->nch == 0) {
+        reason = TPC_R_BAD_OPS;
+        goto fail;
+    }
+    if (p->flush)
+        rm->flush_holder = p;
+    *out = p;
+    return 0;
+fail:
+    release(rm, p, false);
+    return reason;
+}
+
+struct txn_prep *txn_holder(struct txn_rm *rm, const char *key, size_t nkey)
+{
+    if (rm->flush_holder)
+        return rm->flush_holder;
+    return store_lock_holder(rm->store, key, nkey);
+}

@@ -1,0 +1,77 @@
+/*
+ * txn.h - a replicated write as two-phase commit carries it, and the
+ * resource manager that prepares, commits and aborts it on a store.
+ *
+ * The coordinator evaluates a client's write against its own store (which
+ * is current for every key not locked by a transaction: every commit
+ * prepares on every replica first), and turns the outcome into operations:
+ * for each key, a CHECK (the version it saw, at its clock) and the effect
+ * (PUT, DEL, TOUCH; FLUSH has no key and no CHECK). Every replica then
+ * applies the same effect, so items, CAS values and incr results are equal
+ * everywhere, and a replica whose version differs votes no instead of
+ * diverging. The encoding is the WAL op encoding (wal.h), so a PREPARE
+ * record logs the operations exactly as they travelled.
+ */
+#ifndef TPCKV_TXN_H
+#define TPCKV_TXN_H
+
+#include "buf.h"
+#include "store.h"
+#include "tpc.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct wal_op;
+
+/* The version of key a CHECK expects: the live item's cas, 0 if none. */
+uint64_t txn_version(struct store *s, const char *key, size_t nkey, int64_t now_ms);
+
+/*
+ * Appends to b the operations for a change prepared on the coordinator's
+ * store (status STORE_OK): a CHECK of expected (skipped for a flush) and
+ * the effect. Adds the number of operations to *nops. Returns 0 or -ENOMEM.
+ */
+int txn_encode_change(struct buf *b, const struct store_change *ch, uint64_t expected,
+                      uint32_t *nops);
+
+/* A prepared transaction: its store changes and the keys it holds. */
+struct txn_prep {
+    size_t nch;
+    struct store_change *ch;
+    bool flush;
+    void *user; /* the caller's (the server keeps its waiters there) */
+};
+
+/* The resource manager of one replica's store. */
+struct txn_rm {
+    struct store *store;
+    struct txn_prep *flush_holder; /* a prepared flush_all holds every key */
+    size_t prepared;               /* transactions holding locks */
+};
+
+/*
+ * Prepares t's operations: locks each key (no wait: one held by another
+ * transaction is TPC_R_BUSY), checks each CHECK (a different version is
+ * TPC_R_CONFLICT; skipped when t->recovered), and prepares each effect on
+ * the store, reserving its memory (TPC_R_NO_MEMORY, TPC_R_TOO_LARGE).
+ * A flush needs no key locked, and while it is prepared nothing else
+ * prepares. Returns 0 with *out (to pass to txn_commit or txn_abort), or a
+ * reason with nothing held (TPC_R_BAD_OPS for undecodable operations).
+ */
+int txn_prepare(struct txn_rm *rm, const struct tpc_txn *t, struct txn_prep **out);
+
+/* Installs the changes, releases the keys, frees p. */
+void txn_commit(struct txn_rm *rm, struct txn_prep *p);
+
+/* Drops the changes, releases the keys, frees p. */
+void txn_abort(struct txn_rm *rm, struct txn_prep *p);
+
+/* The lock holder of key as a prepared transaction (or the prepared flush),
+ * or NULL: what a read of key must wait for. */
+struct txn_prep *txn_holder(struct txn_rm *rm, const char *key, size_t nkey);
+
+/* The effect of a prepared change as the log records it. */
+void txn_change_to_op(const struct store_change *ch, struct wal_op *op);
+
+#endif /* TPCKV_TXN_H */
