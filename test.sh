@@ -10,6 +10,10 @@
 # servers with SIGKILL at random moments and checks that every acknowledged
 # write survived, and stops everything it started by PID, whatever happens.
 #
+# Then it runs tests/e2e_cluster.sh: three replicas on 127.0.0.1, writes
+# through each read from the others, conflicting writers, kill -9 of a
+# participant and of a coordinator under load, a replica down, a wrong secret.
+#
 # Prints one line per check and ends with "N passed, N failed"; exits 1 if
 # anything failed. Knobs: E2E_KEYS (keys per workload, default 1000),
 # E2E_WORKERS (parallel clie workers, default 4), E2E_CRASH_ROUNDS (kill -9
@@ -707,6 +711,27 @@ PYEOF
     check "damage: the undamaged copy starts (exit $rc)" [ "$rc" -eq 0 ]
 }
 
+# cluster_checks: the 3-replica cluster test (tests/e2e_cluster.sh), its
+# checks counted with ours.
+cluster_checks() {
+    local out=$tmp/cluster.out rc=0 summary p f
+    SERVE="$SERVE" CLIE="$CLIE" timeout 600 tests/e2e_cluster.sh >"$out" 2>&1 || rc=$?
+    grep -E '^(ok|FAIL) ' "$out" || true
+    summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1 || true)
+    if [ -z "$summary" ]; then
+        not_ok "cluster: tests/e2e_cluster.sh ended without a summary (exit $rc): $(tail -n 5 "$out")"
+        return
+    fi
+    p=${summary%% passed*}
+    f=${summary#*passed, }
+    f=${f%% failed*}
+    passed=$((passed + p))
+    failed=$((failed + f))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        not_ok "cluster: tests/e2e_cluster.sh exited $rc"
+    fi
+}
+
 echo "== tpckv end-to-end test (keys per workload: $KEYS, parallel clients: $WORKERS)"
 
 echo "-- UDP: serve -u (UDP only), values up to $UDP_MAX_VALUE bytes"
@@ -747,6 +772,9 @@ durability_checks
 
 echo "-- damaged data directories"
 damage_checks
+
+echo "-- replication: a 3-replica cluster"
+cluster_checks
 
 leftover=$(for p in "${SPID[@]}"; do kill -0 "$p" 2>/dev/null && echo "$p"; done || true)
 check "every server this test started has stopped" [ -z "$leftover" ]

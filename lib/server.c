@@ -2394,8 +2394,6 @@ static int start_snapshot(struct server *srv)
         if (unapplied && unapplied - 1 < h.lsn)
             h.lsn = unapplied - 1;
         h.next_cas = store_max_cas(srv->store) + 1;
-        if (h.lsn <= srv->snap_last_lsn)
-            return -EAGAIN; /* nothing new to cover */
     }
     refresh_now(srv);
     pid = fork();

@@ -23,6 +23,7 @@ UNIT_REGISTER(wal);
 UNIT_REGISTER(recover);
 UNIT_REGISTER(tpc);
 UNIT_REGISTER(peer);
+UNIT_REGISTER(txn);
 
 /* Adds a suite or aborts the run: a runner that cannot register is broken. */
 CU_pSuite unit_suite(const char *name);

@@ -1,0 +1,257 @@
+/*
+ * unit_txn.c - replicated writes: a coordinator's change encoded as
+ * operations and prepared on other stores (lib/txn.c).
+ *
+ * Two stores stand for two replicas: a change evaluated on one ("the
+ * coordinator") must produce the identical item on the other, and a store
+ * whose state differs must refuse it rather than diverge.
+ */
+#include "unit.h"
+
+#include "buf.h"
+#include "store.h"
+#include "txn.h"
+#include "wal.h"
+
+#include <string.h>
+
+#define NOW 1700000000000LL
+
+static struct store *mkstore(void)
+{
+    struct store_config sc = {.max_bytes = 1 << 20, .value_bytes_max = 4096, .seed = 1};
+    struct store *s = store_new(&sc);
+    CU_ASSERT_FATAL(s != NULL);
+    return s;
+}
+
+/* Evaluates op on s as a coordinator does and encodes the result. Returns
+ * the store status; b/nops get the operations when it is STORE_OK. */
+static enum store_status encode(struct store *s, const struct store_op *op, uint64_t txid,
+                                struct buf *b, uint32_t *nops)
+{
+    struct store_change ch;
+
+    b->len = 0;
+    *nops = 0;
+    if (store_prepare(s, op, txid, NOW, &ch) < 0)
+        return ch.status;
+    uint64_t expected =
+        ch.type == STORE_FLUSH ? 0 : txn_version(s, ch.key, ch.nkey, NOW);
+    CU_ASSERT_EQUAL_FATAL(txn_encode_change(b, &ch, expected, nops), 0);
+    store_abort(s, &ch);
+    return STORE_OK;
+}
+
+static int prepare(struct txn_rm *rm, uint64_t txid, const struct buf *b, uint32_t nops,
+                   bool recovered, struct txn_prep **p)
+{
+    struct tpc_txn t = {.txid = txid, .nops = nops, .ops = b->data, .nbytes = (uint32_t)b->len,
+                        .recovered = recovered};
+    return txn_prepare(rm, &t, p);
+}
+
+static struct store_op set_op(const char *key, const char *val)
+{
+    return (struct store_op){.type = STORE_SET, .key = key, .nkey = strlen(key), .value = val,
+                             .nvalue = strlen(val), .flags = 7, .exptime_ms = NOW + 60000};
+}
+
+static void apply_everywhere(struct store **s, size_t n, const struct store_op *op, uint64_t txid)
+{
+    struct buf b = {0};
+    uint32_t nops;
+
+    CU_ASSERT_EQUAL_FATAL(encode(s[0], op, txid, &b, &nops), STORE_OK);
+    for (size_t i = 0; i < n; i++) {
+        struct txn_rm rm = {.store = s[i]};
+        struct txn_prep *p;
+        CU_ASSERT_EQUAL_FATAL(prepare(&rm, txid, &b, nops, false, &p), 0);
+        txn_commit(&rm, p);
+        CU_ASSERT_EQUAL(rm.prepared, 0);
+        CU_ASSERT_EQUAL(store_locks(s[i]), 0);
+    }
+    buf_free(&b);
+}
+
+static void same_item(struct store *a, struct store *b, const char *key)
+{
+    struct item *x = store_get(a, key, strlen(key), NOW);
+    struct item *y = store_get(b, key, strlen(key), NOW);
+
+    CU_ASSERT_FATAL((x == NULL) == (y == NULL));
+    if (x == NULL)
+        return;
+    CU_ASSERT_EQUAL(x->cas, y->cas);
+    CU_ASSERT_EQUAL(x->flags, y->flags);
+    CU_ASSERT_EQUAL(x->exptime_ms, y->exptime_ms);
+    CU_ASSERT_EQUAL(x->mtime_ms, y->mtime_ms);
+    CU_ASSERT_EQUAL_FATAL(x->nval, y->nval);
+    CU_ASSERT_EQUAL(memcmp(item_value(x), item_value(y), x->nval), 0);
+}
+
+static void test_effects_identical_on_every_replica(void)
+{
+    struct store *s[2] = {mkstore(), mkstore()};
+    struct store_op op = set_op("k", "41");
+
+    apply_everywhere(s, 2, &op, 100);
+    same_item(s[0], s[1], "k");
+    CU_ASSERT_EQUAL(store_get(s[1], "k", 1, NOW)->cas, 100);
+
+    op = (struct store_op){.type = STORE_INCR, .key = "k", .nkey = 1, .delta = 1};
+    apply_everywhere(s, 2, &op, 200);
+    same_item(s[0], s[1], "k");
+    CU_ASSERT_EQUAL(memcmp(item_value(store_get(s[1], "k", 1, NOW)), "42", 2), 0);
+
+    op = (struct store_op){.type = STORE_APPEND, .key = "k", .nkey = 1, .value = "x",
+                           .nvalue = 1};
+    apply_everywhere(s, 2, &op, 300);
+    same_item(s[0], s[1], "k");
+
+    op = (struct store_op){.type = STORE_TOUCH, .key = "k", .nkey = 1, .exptime_ms = NOW + 5};
+    apply_everywhere(s, 2, &op, 400);
+    same_item(s[0], s[1], "k");
+    CU_ASSERT_EQUAL(store_get(s[1], "k", 1, NOW)->exptime_ms, NOW + 5);
+
+    op = (struct store_op){.type = STORE_DELETE, .key = "k", .nkey = 1};
+    apply_everywhere(s, 2, &op, 500);
+    CU_ASSERT_PTR_NULL(store_get(s[1], "k", 1, NOW));
+    store_free(s[0]);
+    store_free(s[1]);
+}
+
+static void test_version_mismatch_votes_conflict(void)
+{
+    struct store *a = mkstore(), *b = mkstore();
+    struct store_op op = set_op("k", "v1");
+    struct buf ops = {0};
+    struct txn_rm rm = {.store = b};
+    struct txn_prep *p;
+    uint32_t nops;
+
+    /* b missed nothing but holds another version: refuse. */
+    store_apply(b, &op, 5, NOW, &(struct store_change){0});
+    CU_ASSERT_EQUAL(encode(a, &op, 10, &ops, &nops), STORE_OK);
+    CU_ASSERT_EQUAL(prepare(&rm, 10, &ops, nops, false, &p), TPC_R_CONFLICT);
+    CU_ASSERT_EQUAL(store_locks(b), 0);
+    CU_ASSERT_EQUAL(rm.prepared, 0);
+    /* After a restart the check was already passed: it is skipped. */
+    CU_ASSERT_EQUAL(prepare(&rm, 10, &ops, nops, true, &p), 0);
+    txn_commit(&rm, p);
+    CU_ASSERT_EQUAL(store_get(b, "k", 1, NOW)->cas, 10);
+    buf_free(&ops);
+    store_free(a);
+    store_free(b);
+}
+
+static void test_locked_key_votes_busy(void)
+{
+    struct store *s = mkstore();
+    struct store_op op = set_op("k", "v");
+    struct buf ops = {0};
+    struct txn_rm rm = {.store = s};
+    struct txn_prep *p1, *p2;
+    uint32_t nops;
+
+    CU_ASSERT_EQUAL(encode(s, &op, 10, &ops, &nops), STORE_OK);
+    CU_ASSERT_EQUAL(prepare(&rm, 10, &ops, nops, false, &p1), 0);
+    CU_ASSERT_PTR_EQUAL(txn_holder(&rm, "k", 1), p1);
+    CU_ASSERT_EQUAL(prepare(&rm, 11, &ops, nops, false, &p2), TPC_R_BUSY);
+    txn_abort(&rm, p1);
+    CU_ASSERT_PTR_NULL(txn_holder(&rm, "k", 1));
+    CU_ASSERT_PTR_NULL(store_get(s, "k", 1, NOW)); /* aborted: nothing stored */
+    CU_ASSERT_EQUAL(encode(s, &op, 11, &ops, &nops), STORE_OK);
+    CU_ASSERT_EQUAL(prepare(&rm, 11, &ops, nops, false, &p2), 0);
+    txn_commit(&rm, p2);
+    CU_ASSERT_EQUAL(store_get(s, "k", 1, NOW)->cas, 11);
+    buf_free(&ops);
+    store_free(s);
+}
+
+static void test_flush_holds_every_key(void)
+{
+    struct store *s = mkstore();
+    struct store_op set = set_op("k", "v"), flush = {.type = STORE_FLUSH};
+    struct buf a = {0}, f = {0};
+    struct txn_rm rm = {.store = s};
+    struct txn_prep *p1, *p2;
+    uint32_t na, nf;
+
+    CU_ASSERT_EQUAL(encode(s, &set, 10, &a, &na), STORE_OK);
+    CU_ASSERT_EQUAL(encode(s, &flush, 11, &f, &nf), STORE_OK);
+    CU_ASSERT_EQUAL(nf, 1); /* no CHECK for a flush */
+    CU_ASSERT_EQUAL(prepare(&rm, 10, &a, na, false, &p1), 0);
+    CU_ASSERT_EQUAL(prepare(&rm, 11, &f, nf, false, &p2), TPC_R_BUSY); /* a key is held */
+    txn_commit(&rm, p1);
+    CU_ASSERT_EQUAL(prepare(&rm, 11, &f, nf, false, &p2), 0);
+    CU_ASSERT_PTR_EQUAL(txn_holder(&rm, "other", 5), p2); /* every key */
+    CU_ASSERT_EQUAL(prepare(&rm, 12, &a, na, false, &p1), TPC_R_BUSY);
+    txn_commit(&rm, p2);
+    CU_ASSERT_PTR_NULL(store_get(s, "k", 1, NOW));
+    CU_ASSERT_PTR_NULL(rm.flush_holder);
+    buf_free(&a);
+    buf_free(&f);
+    store_free(s);
+}
+
+static void test_bad_ops_refused(void)
+{
+    struct store *s = mkstore();
+    struct txn_rm rm = {.store = s};
+    struct txn_prep *p;
+    struct buf b = {0};
+    struct wal_op del = {.kind = WAL_OP_DEL, .key = "k", .nkey = 1};
+
+    /* Garbage, a count that disagrees, an effect with no CHECK. */
+    buf_append(&b, "garbage!", 8);
+    CU_ASSERT_EQUAL(prepare(&rm, 1, &b, 1, false, &p), TPC_R_BAD_OPS);
+    b.len = 0;
+    buf_reserve(&b, wal_op_size(&del));
+    b.len = wal_op_encode(b.data, &del);
+    CU_ASSERT_EQUAL(prepare(&rm, 1, &b, 1, false, &p), TPC_R_BAD_OPS);
+    CU_ASSERT_EQUAL(prepare(&rm, 1, &b, 2, false, &p), TPC_R_BAD_OPS);
+    CU_ASSERT_EQUAL(store_locks(s), 0);
+    CU_ASSERT_EQUAL(rm.prepared, 0);
+    buf_free(&b);
+    store_free(s);
+}
+
+static void test_no_memory_votes_no(void)
+{
+    struct store_config sc = {.max_bytes = 300, .value_bytes_max = 4096, .seed = 1};
+    struct store *small = store_new(&sc), *big = mkstore();
+    char val[200];
+    struct store_op op;
+    struct buf b = {0};
+    struct txn_rm rm = {.store = small};
+    struct txn_prep *p;
+    uint32_t nops;
+
+    memset(val, 'x', sizeof(val));
+    op = (struct store_op){.type = STORE_SET, .key = "a", .nkey = 1, .value = val,
+                           .nvalue = sizeof(val)};
+    store_apply(small, &op, 1, NOW, &(struct store_change){0});
+    store_apply(big, &op, 1, NOW, &(struct store_change){0});
+    op.key = "b";
+    CU_ASSERT_EQUAL(encode(big, &op, 10, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL(prepare(&rm, 10, &b, nops, false, &p), TPC_R_NO_MEMORY);
+    CU_ASSERT_EQUAL(store_locks(small), 0);
+    buf_free(&b);
+    store_free(small);
+    store_free(big);
+}
+
+void unit_txn_register(void)
+{
+    CU_pSuite s = unit_suite("txn");
+
+    unit_test(s, "effects give identical items on every replica",
+              test_effects_identical_on_every_replica);
+    unit_test(s, "a different version votes conflict; recovery skips the check",
+              test_version_mismatch_votes_conflict);
+    unit_test(s, "a locked key votes busy; abort leaves nothing", test_locked_key_votes_busy);
+    unit_test(s, "a prepared flush holds every key", test_flush_holds_every_key);
+    unit_test(s, "undecodable operations are refused", test_bad_ops_refused);
+    unit_test(s, "out of memory votes no", test_no_memory_votes_no);
+}
