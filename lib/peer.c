@@ -13,8 +13,8 @@
  *
  * A frame whose total size (4 + len) exceeds frame_bytes_max is refused as
  * soon as its first 4 bytes arrive, before it is buffered. Before the
- * handshake completes the limit is the size of a HELLO, so an
- * unauthenticated client cannot make us buffer more.
+ * handshake completes, and on outbound links always, the limit is the size
+ * of a HELLO, so an unauthenticated client cannot make us buffer more.
  *
  * BODIES:
  *   PREPARE  u64 txid | u32 coord | u32 nops (>= 1) | ops (the rest, >= 1 byte)
@@ -165,7 +165,8 @@ static long frame_decode(const char *buf, size_t len, size_t max, struct peer_fr
     return (long)total;
 }
 
-long peer_frame_decode(const char *buf, size_t len, size_t frame_bytes_max, struct peer_frame *f)
+long peer_frame_decode(const char *buf, size_t len, size_t frame_bytes_max,
+                       struct peer_frame *f)
 {
     const char *why;
 
@@ -369,13 +370,14 @@ int peer_msg_decode(const struct peer_frame *f, struct tpc_msg *m)
 
 static bool host_char_ok(char ch)
 {
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           ch == '.' || ch == '-' || ch == '_';
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+           (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' || ch == '_';
 }
 
 /* Parses one entry s[0..len) into a. The entry is quoted (escaped) in the
  * error sentence. */
-static int parse_entry(const char *s, size_t len, struct peer_addr *a, char *err, size_t errcap)
+static int parse_entry(const char *s, size_t len, struct peer_addr *a, char *err,
+                       size_t errcap)
 {
     char q[128];
     const char *at, *host, *hend, *port;
@@ -386,39 +388,43 @@ static int parse_entry(const char *s, size_t len, struct peer_addr *a, char *err
     log_escape(q, sizeof(q), s, len);
     memset(a, 0, sizeof(*a));
     if (len == 0)
-        return util_errf(err, errcap, -EINVAL,
-                         "--replicas has an empty entry (a comma at the start or end, or two "
-                         "in a row)");
+        return util_errf(
+            err, errcap, -EINVAL,
+            "--replicas has an empty entry (a comma at the start or end, or two "
+            "in a row)");
     at = memchr(s, '@', len);
     if (at == NULL)
         return util_errf(err, errcap, -EINVAL,
                          "--replicas entry \"%s\" is not ID@HOST:PORT (no '@')", q);
     if (util_parse_u32(s, (size_t)(at - s), &id) < 0 || id >= LIMIT_REPLICAS_MAX)
         return util_errf(err, errcap, -EINVAL,
-                         "--replicas entry \"%s\": the id must be a number from 0 to %d", q,
-                         LIMIT_REPLICAS_MAX - 1);
+                         "--replicas entry \"%s\": the id must be a number from 0 to %d",
+                         q, LIMIT_REPLICAS_MAX - 1);
     host = at + 1;
     if (host < s + len && *host == '[') {
         host++;
         hend = memchr(host, ']', (size_t)(s + len - host));
         if (hend == NULL)
-            return util_errf(err, errcap, -EINVAL,
-                             "--replicas entry \"%s\": '[' opens an IPv6 address with no ']'",
-                             q);
+            return util_errf(
+                err, errcap, -EINVAL,
+                "--replicas entry \"%s\": '[' opens an IPv6 address with no ']'", q);
         port = hend + 1;
         nhost = (size_t)(hend - host);
         if (nhost == 0 || nhost >= sizeof(tmp))
             return util_errf(err, errcap, -EINVAL,
-                             "--replicas entry \"%s\": the brackets hold no IPv6 address", q);
+                             "--replicas entry \"%s\": the brackets hold no IPv6 address",
+                             q);
         memcpy(tmp, host, nhost);
         tmp[nhost] = '\0';
         struct in6_addr a6;
         if (inet_pton(AF_INET6, tmp, &a6) != 1)
             return util_errf(err, errcap, -EINVAL,
-                             "--replicas entry \"%s\": [%s] is not an IPv6 address", q, tmp);
+                             "--replicas entry \"%s\": [%s] is not an IPv6 address", q,
+                             tmp);
         if (port >= s + len || *port != ':')
             return util_errf(err, errcap, -EINVAL,
-                             "--replicas entry \"%s\": expected :PORT after the address", q);
+                             "--replicas entry \"%s\": expected :PORT after the address",
+                             q);
         port++;
     } else {
         const char *colon = NULL;
@@ -431,35 +437,39 @@ static int parse_entry(const char *s, size_t len, struct peer_addr *a, char *err
         hend = colon;
         nhost = (size_t)(hend - host);
         if (memchr(host, ':', nhost) != NULL)
-            return util_errf(err, errcap, -EINVAL,
-                             "--replicas entry \"%s\": write an IPv6 address in brackets, "
-                             "e.g. %u@[::1]:7000",
-                             q, id);
+            return util_errf(
+                err, errcap, -EINVAL,
+                "--replicas entry \"%s\": write an IPv6 address in brackets, "
+                "e.g. %u@[::1]:7000",
+                q, id);
         if (nhost == 0)
-            return util_errf(err, errcap, -EINVAL, "--replicas entry \"%s\": the host is empty",
-                             q);
+            return util_errf(err, errcap, -EINVAL,
+                             "--replicas entry \"%s\": the host is empty", q);
         if (nhost >= sizeof(a->host))
             return util_errf(err, errcap, -EINVAL,
-                             "--replicas entry \"%s\": the host is longer than %zu bytes", q,
-                             sizeof(a->host) - 1);
+                             "--replicas entry \"%s\": the host is longer than %zu bytes",
+                             q, sizeof(a->host) - 1);
         for (size_t i = 0; i < nhost; i++)
             if (!host_char_ok(host[i]))
-                return util_errf(err, errcap, -EINVAL,
-                                 "--replicas entry \"%s\": the host has a character a host "
-                                 "name cannot have",
-                                 q);
+                return util_errf(
+                    err, errcap, -EINVAL,
+                    "--replicas entry \"%s\": the host has a character a host "
+                    "name cannot have",
+                    q);
         memcpy(tmp, host, nhost);
         tmp[nhost] = '\0';
         port = colon + 1;
     }
-    if (util_parse_u32(port, (size_t)(s + len - port), &pnum) < 0 || pnum < 1 || pnum > 65535)
-        return util_errf(err, errcap, -EINVAL,
-                         "--replicas entry \"%s\": the port must be a number from 1 to 65535",
-                         q);
+    if (util_parse_u32(port, (size_t)(s + len - port), &pnum) < 0 || pnum < 1 ||
+        pnum > 65535)
+        return util_errf(
+            err, errcap, -EINVAL,
+            "--replicas entry \"%s\": the port must be a number from 1 to 65535", q);
     /* Host names are case-insensitive; one spelling keeps the config hash
      * and the duplicate check from depending on case. */
     for (size_t i = 0; i < nhost; i++)
-        a->host[i] = (tmp[i] >= 'A' && tmp[i] <= 'Z') ? (char)(tmp[i] - 'A' + 'a') : tmp[i];
+        a->host[i] =
+            (tmp[i] >= 'A' && tmp[i] <= 'Z') ? (char)(tmp[i] - 'A' + 'a') : tmp[i];
     a->host[nhost] = '\0';
     a->id = id;
     a->port = (int)pnum;
@@ -476,16 +486,17 @@ int peer_parse_replicas(const char *spec, struct peer_addr *out, size_t cap, siz
 
     *n = 0;
     if (spec == NULL || *spec == '\0')
-        return util_errf(err, errcap, -EINVAL,
-                         "--replicas is empty: list every replica as ID@HOST:PORT, separated "
-                         "by commas");
+        return util_errf(
+            err, errcap, -EINVAL,
+            "--replicas is empty: list every replica as ID@HOST:PORT, separated "
+            "by commas");
     for (;;) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);
 
         if (count == limit)
-            return util_errf(err, errcap, -EINVAL, "--replicas lists more than %zu replicas",
-                             limit);
+            return util_errf(err, errcap, -EINVAL,
+                             "--replicas lists more than %zu replicas", limit);
         r = parse_entry(p, len, &tmp[count], err, errcap);
         if (r < 0)
             return r;
@@ -494,13 +505,15 @@ int peer_parse_replicas(const char *spec, struct peer_addr *out, size_t cap, siz
             log_escape(q, sizeof(q), p, len);
             if (tmp[i].id == tmp[count].id)
                 return util_errf(err, errcap, -EINVAL,
-                                 "--replicas entry \"%s\": replica id %u is listed twice", q,
-                                 tmp[count].id);
-            if (strcmp(tmp[i].host, tmp[count].host) == 0 && tmp[i].port == tmp[count].port)
-                return util_errf(err, errcap, -EINVAL,
-                                 "--replicas entry \"%s\": that address is already replica "
-                                 "%u's",
-                                 q, tmp[i].id);
+                                 "--replicas entry \"%s\": replica id %u is listed twice",
+                                 q, tmp[count].id);
+            if (strcmp(tmp[i].host, tmp[count].host) == 0 &&
+                tmp[i].port == tmp[count].port)
+                return util_errf(
+                    err, errcap, -EINVAL,
+                    "--replicas entry \"%s\": that address is already replica "
+                    "%u's",
+                    q, tmp[i].id);
         }
         count++;
         if (end == NULL)
@@ -564,7 +577,8 @@ uint64_t peer_config_hash(const struct peer_addr *a, size_t n)
         fmt_hostport(hp, sizeof(hp), e->host, e->port);
         len = snprintf(entry, sizeof(entry), "%u@%s,", e->id, hp);
         if (len > 0)
-            h = fnv1a(h, entry, (size_t)len < sizeof(entry) ? (size_t)len : sizeof(entry) - 1);
+            h = fnv1a(h, entry,
+                      (size_t)len < sizeof(entry) ? (size_t)len : sizeof(entry) - 1);
     }
     return h;
 }
@@ -626,9 +640,9 @@ struct peer_conn {
     bool hs_counted; /* inbound, counted in net->inbound_handshakes */
     enum phase phase;
     unsigned char nonce_local[PEER_NONCE_BYTES], nonce_peer[PEER_NONCE_BYTES];
-    struct buf in;   /* bytes read, not yet decoded */
-    struct buf out;  /* frames queued, not yet written */
-    struct buf wbuf; /* the frames of the write in flight */
+    struct buf in;    /* bytes read, not yet decoded */
+    struct buf out;   /* frames queued, not yet written */
+    struct buf wbuf;  /* the frames of the write in flight */
     char remote[280]; /* "host:port", for log lines */
 };
 
@@ -715,8 +729,9 @@ static int random_bytes(void *p, size_t n)
 
 /* HMAC-SHA256(secret, label | n1 | n2 | id1 | id2) into out. Returns 0 or
  * -EIO (libcrypto failed). */
-static int handshake_mac(const struct peer_net *net, const char *label, const unsigned char *n1,
-                         const unsigned char *n2, uint32_t id1, uint32_t id2, unsigned char *out)
+static int handshake_mac(const struct peer_net *net, const char *label,
+                         const unsigned char *n1, const unsigned char *n2, uint32_t id1,
+                         uint32_t id2, unsigned char *out)
 {
     unsigned char msg[32 + 2 * PEER_NONCE_BYTES + 8];
     size_t nl = strlen(label), len = 0;
@@ -731,7 +746,8 @@ static int handshake_mac(const struct peer_net *net, const char *label, const un
     util_put_le32(msg + len, id1);
     util_put_le32(msg + len + 4, id2);
     len += 8;
-    if (HMAC(EVP_sha256(), net->secret, (int)net->cfg.nsecret, msg, len, out, &mdlen) == NULL ||
+    if (HMAC(EVP_sha256(), net->secret, (int)net->cfg.nsecret, msg, len, out, &mdlen) ==
+            NULL ||
         mdlen != PEER_MAC_BYTES)
         return -EIO;
     return 0;
@@ -766,7 +782,8 @@ static void link_event(struct peer_node *nd)
  * first time this cause shows up in this direction, at debug after.
  */
 static void note_failure(struct peer_net *net, struct peer_node *nd, const char *remote,
-                         bool outbound, enum cause cause, enum log_level lvl, const char *msg)
+                         bool outbound, enum cause cause, enum log_level lvl,
+                         const char *msg)
 {
     enum cause *last;
 
@@ -787,11 +804,11 @@ static void note_failure(struct peer_net *net, struct peer_node *nd, const char 
 }
 
 /* A connection failed for cause: note it (see note_failure) and close it. */
-static void conn_fail(struct peer_conn *c, enum cause cause, enum log_level lvl, const char *fmt,
-                      ...) __attribute__((format(printf, 4, 5)));
+static void conn_fail(struct peer_conn *c, enum cause cause, enum log_level lvl,
+                      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
-static void conn_fail(struct peer_conn *c, enum cause cause, enum log_level lvl, const char *fmt,
-                      ...)
+static void conn_fail(struct peer_conn *c, enum cause cause, enum log_level lvl,
+                      const char *fmt, ...)
 {
     char msg[256];
     va_list ap;
@@ -827,7 +844,8 @@ static void on_conn_handle_closed(uv_handle_t *h)
     net_unref(net);
 }
 
-static struct peer_conn *conn_new(struct peer_net *net, bool outbound, struct peer_node *nd)
+static struct peer_conn *conn_new(struct peer_net *net, bool outbound,
+                                  struct peer_node *nd)
 {
     struct peer_conn *c = calloc(1, sizeof(*c));
 
@@ -864,7 +882,8 @@ static void schedule_retry(struct peer_node *nd)
 
     if (net->closing || !nd->retry_open)
         return;
-    nd->backoff_ms = d * 2 > LIMIT_PEER_RECONNECT_MS_MAX ? LIMIT_PEER_RECONNECT_MS_MAX : d * 2;
+    nd->backoff_ms =
+        d * 2 > LIMIT_PEER_RECONNECT_MS_MAX ? LIMIT_PEER_RECONNECT_MS_MAX : d * 2;
     log_debug(MOD, "%s: dialing again in %u ms", nd->name, delay);
     uv_timer_start(&nd->retry, on_retry, delay, 0);
 }
@@ -906,7 +925,8 @@ static void conn_close(struct peer_conn *c, const char *why, bool logged)
         nd->in = NULL;
         nd->st.inbound_up = false;
         if (!net->closing)
-            log_info(MOD, "%s: inbound link closed: %s", nd->name, why);
+            log_at(logged ? LOG_LEVEL_DEBUG : LOG_LEVEL_INFO, MOD,
+                   "%s: inbound link closed: %s", nd->name, why);
     }
     uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
@@ -1018,7 +1038,8 @@ static void schedule(struct peer_net *net)
 }
 
 /* Queues a handshake frame and writes it at once. */
-static void send_frame_now(struct peer_conn *c, uint8_t type, const void *body, size_t nbody)
+static void send_frame_now(struct peer_conn *c, uint8_t type, const void *body,
+                           size_t nbody)
 {
     if (frame_append(&c->out, type, c->net->cfg.epoch, body, nbody) < 0) {
         conn_fail(c, C_IO, LOG_LEVEL_WARN, "out of memory");
@@ -1038,7 +1059,8 @@ static void bad_frame(struct peer_conn *c, const char *why)
 {
     if (c->node != NULL)
         c->node->st.bad_frames++;
-    conn_fail(c, C_BAD_FRAME, LOG_LEVEL_WARN, "malformed frame (%s); closing the link", why);
+    conn_fail(c, C_BAD_FRAME, LOG_LEVEL_WARN, "malformed frame (%s); closing the link",
+              why);
 }
 
 /* Checks a handshake frame's epoch; on a mismatch counts, logs, closes.
@@ -1130,10 +1152,11 @@ static void dialer_hello(struct peer_conn *c, const struct peer_frame *f)
     }
     if (id != nd->addr.id) {
         nd->st.auth_failures++;
-        conn_fail(c, C_WRONG_ID, LOG_LEVEL_WARN,
-                  "answered as replica %u: refusing the link (is --replicas the same on every "
-                  "replica?)",
-                  id);
+        conn_fail(
+            c, C_WRONG_ID, LOG_LEVEL_WARN,
+            "answered as replica %u: refusing the link (is --replicas the same on every "
+            "replica?)",
+            id);
         return;
     }
     memcpy(c->nonce_peer, f->body + 12, PEER_NONCE_BYTES);
@@ -1143,7 +1166,8 @@ static void dialer_hello(struct peer_conn *c, const struct peer_frame *f)
     }
     if (handshake_mac(net, dialer_label, c->nonce_peer, c->nonce_local, net->cfg.self,
                       nd->addr.id, mac) < 0) {
-        conn_fail(c, C_IO, LOG_LEVEL_ERROR, "cannot compute HMAC-SHA256 (libcrypto failed)");
+        conn_fail(c, C_IO, LOG_LEVEL_ERROR,
+                  "cannot compute HMAC-SHA256 (libcrypto failed)");
         return;
     }
     put_hello(net, c->nonce_local, body);
@@ -1162,9 +1186,10 @@ static void dialer_auth(struct peer_conn *c, const struct peer_frame *f)
 
     if (!epoch_ok(c, f))
         return;
-    if (handshake_mac(net, acceptor_label, c->nonce_local, c->nonce_peer, c->node->addr.id,
-                      net->cfg.self, mac) < 0) {
-        conn_fail(c, C_IO, LOG_LEVEL_ERROR, "cannot compute HMAC-SHA256 (libcrypto failed)");
+    if (handshake_mac(net, acceptor_label, c->nonce_local, c->nonce_peer,
+                      c->node->addr.id, net->cfg.self, mac) < 0) {
+        conn_fail(c, C_IO, LOG_LEVEL_ERROR,
+                  "cannot compute HMAC-SHA256 (libcrypto failed)");
         return;
     }
     if (CRYPTO_memcmp(mac, f->body, PEER_MAC_BYTES) != 0) {
@@ -1208,16 +1233,18 @@ static void acceptor_auth(struct peer_conn *c, const struct peer_frame *f)
         return;
     if (handshake_mac(net, dialer_label, c->nonce_local, c->nonce_peer, id, net->cfg.self,
                       mac) < 0) {
-        conn_fail(c, C_IO, LOG_LEVEL_ERROR, "cannot compute HMAC-SHA256 (libcrypto failed)");
+        conn_fail(c, C_IO, LOG_LEVEL_ERROR,
+                  "cannot compute HMAC-SHA256 (libcrypto failed)");
         return;
     }
     if (CRYPTO_memcmp(mac, f->body, PEER_MAC_BYTES) != 0) {
         refuse_auth(c);
         return;
     }
-    if (handshake_mac(net, acceptor_label, c->nonce_peer, c->nonce_local, net->cfg.self, id,
-                      mac) < 0) {
-        conn_fail(c, C_IO, LOG_LEVEL_ERROR, "cannot compute HMAC-SHA256 (libcrypto failed)");
+    if (handshake_mac(net, acceptor_label, c->nonce_peer, c->nonce_local, net->cfg.self,
+                      id, mac) < 0) {
+        conn_fail(c, C_IO, LOG_LEVEL_ERROR,
+                  "cannot compute HMAC-SHA256 (libcrypto failed)");
         return;
     }
     send_frame_now(c, PEER_FRAME_AUTH, mac, sizeof(mac));
@@ -1235,17 +1262,18 @@ static void up_frame(struct peer_conn *c, const struct peer_frame *f)
     char what[64];
 
     if (c->outbound) {
-        snprintf(what, sizeof(what), "type %u on our outbound link, which carries nothing back",
-                 f->type);
+        snprintf(what, sizeof(what),
+                 "type %u on our outbound link, which carries nothing back", f->type);
         bad_frame(c, what);
         return;
     }
     if (f->epoch != net->cfg.epoch) {
         nd->st.epoch_mismatches++;
-        conn_fail(c, C_EPOCH, LOG_LEVEL_WARN,
-                  "a message of configuration epoch %llu differs from ours (%llu): closing the "
-                  "link",
-                  (unsigned long long)f->epoch, (unsigned long long)net->cfg.epoch);
+        conn_fail(
+            c, C_EPOCH, LOG_LEVEL_WARN,
+            "a message of configuration epoch %llu differs from ours (%llu): closing the "
+            "link",
+            (unsigned long long)f->epoch, (unsigned long long)net->cfg.epoch);
         return;
     }
     if (msg_decode(f, &m, &why) < 0) {
@@ -1292,15 +1320,17 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
         *b = uv_buf_init(NULL, 0);
         return;
     }
-    *b = uv_buf_init(c->in.data + c->in.len, (unsigned int)(c->in.cap - c->in.len > UINT32_MAX
-                                                                  ? UINT32_MAX
-                                                                  : c->in.cap - c->in.len));
+    *b = uv_buf_init(c->in.data + c->in.len,
+                     (unsigned int)(c->in.cap - c->in.len > UINT32_MAX
+                                        ? UINT32_MAX
+                                        : c->in.cap - c->in.len));
 }
 
 /* The peer closed c or reading failed. */
 static void read_ended(struct peer_conn *c, ssize_t nread)
 {
-    const char *why = nread == UV_EOF ? "the peer closed the connection" : uv_strerror((int)nread);
+    const char *why =
+        nread == UV_EOF ? "the peer closed the connection" : uv_strerror((int)nread);
 
     if (c->phase == PH_UP) {
         conn_close(c, why, false);
@@ -1314,11 +1344,13 @@ static void read_ended(struct peer_conn *c, ssize_t nread)
         return;
     }
     if (c->outbound) {
-        conn_fail(c, C_CLOSED, LOG_LEVEL_WARN, "connection lost before the handshake: %s", why);
+        conn_fail(c, C_CLOSED, LOG_LEVEL_WARN, "connection lost before the handshake: %s",
+                  why);
         return;
     }
     /* An inbound connection that gave up early: the dialer logs why. */
-    conn_fail(c, C_CLOSED, LOG_LEVEL_DEBUG, "connection closed during the handshake: %s", why);
+    conn_fail(c, C_CLOSED, LOG_LEVEL_DEBUG, "connection closed during the handshake: %s",
+              why);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
@@ -1339,7 +1371,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     if (c->node != NULL)
         c->node->st.bytes_in += (uint64_t)nread;
     while (!c->closing && !net->closing) {
-        size_t max = c->phase == PH_UP ? net->cfg.frame_bytes_max : HS_FRAME_MAX;
+        /* Only an authenticated inbound link carries big frames; nothing
+         * else may make us buffer more than a handshake frame. */
+        size_t max =
+            c->phase == PH_UP && !c->outbound ? net->cfg.frame_bytes_max : HS_FRAME_MAX;
         const char *why = "";
         long r = frame_decode(c->in.data + off, c->in.len - off, max, &f, &why);
 
@@ -1367,10 +1402,12 @@ static void on_handshake_timeout(uv_timer_t *t)
 
     if (c->phase == PH_CONNECTING)
         conn_fail(c, C_TIMEOUT, c->node->ever_up ? LOG_LEVEL_WARN : LOG_LEVEL_INFO,
-                  "cannot connect: no answer within %d ms; retrying", LIMIT_PEER_HANDSHAKE_MS);
+                  "cannot connect: no answer within %d ms; retrying",
+                  LIMIT_PEER_HANDSHAKE_MS);
     else
         conn_fail(c, C_TIMEOUT, LOG_LEVEL_WARN,
-                  "no handshake within %d ms: closing the connection", LIMIT_PEER_HANDSHAKE_MS);
+                  "no handshake within %d ms: closing the connection",
+                  LIMIT_PEER_HANDSHAKE_MS);
 }
 
 static void tune_socket(struct peer_conn *c)
@@ -1575,14 +1612,22 @@ static void on_net_handle_closed(uv_handle_t *h)
     net_unref(h->data);
 }
 
+static void on_retry_closed(uv_handle_t *h)
+{
+    struct peer_node *nd = h->data;
+
+    net_unref(nd->net);
+}
+
 /* Checks the config; returns 0 or -EINVAL with a sentence. */
 static int check_config(const struct peer_config *cfg, char *err, size_t errcap)
 {
     bool seen[LIMIT_REPLICAS_MAX] = {false}, self = false;
 
     if (cfg->n == 0 || cfg->n > LIMIT_REPLICAS_MAX)
-        return util_errf(err, errcap, -EINVAL, "peer configuration: %zu replicas (1 to %d allowed)",
-                         cfg->n, LIMIT_REPLICAS_MAX);
+        return util_errf(err, errcap, -EINVAL,
+                         "peer configuration: %zu replicas (1 to %d allowed)", cfg->n,
+                         LIMIT_REPLICAS_MAX);
     for (size_t i = 0; i < cfg->n; i++) {
         const struct peer_addr *a = &cfg->replicas[i];
         if (a->id >= LIMIT_REPLICAS_MAX)
@@ -1595,19 +1640,21 @@ static int check_config(const struct peer_config *cfg, char *err, size_t errcap)
         if (a->port < 0 || a->port > 65535 || a->host[0] == '\0' ||
             memchr(a->host, '\0', sizeof(a->host)) == NULL)
             return util_errf(err, errcap, -EINVAL,
-                             "peer configuration: replica %u has no valid host and port", a->id);
+                             "peer configuration: replica %u has no valid host and port",
+                             a->id);
         seen[a->id] = true;
         self |= a->id == cfg->self;
     }
     if (!self)
         return util_errf(err, errcap, -EINVAL,
-                         "peer configuration: our id %u is not in the replica list", cfg->self);
+                         "peer configuration: our id %u is not in the replica list",
+                         cfg->self);
     if (cfg->secret == NULL || cfg->nsecret == 0 || cfg->nsecret > INT32_MAX)
         return util_errf(err, errcap, -EINVAL, "peer configuration: no cluster secret");
     if (cfg->frame_bytes_max != 0 && cfg->frame_bytes_max < PEER_FRAME_BYTES_MIN)
         return util_errf(err, errcap, -EINVAL,
-                         "peer configuration: frame_bytes_max %zu is under %d", cfg->frame_bytes_max,
-                         PEER_FRAME_BYTES_MIN);
+                         "peer configuration: frame_bytes_max %zu is under %d",
+                         cfg->frame_bytes_max, PEER_FRAME_BYTES_MIN);
     return 0;
 }
 
@@ -1631,8 +1678,8 @@ static int open_listener(const char *host, int port, int *bound, char *err, size
     r = getaddrinfo(host, ps, &hints, &res);
     if (r != 0) {
         r = r == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL;
-        util_errf(err, errcap, r, "cannot listen on %s for peers: cannot resolve %s: %s", hp,
-                  host, r == -EADDRNOTAVAIL ? "no such host" : uv_strerror(r));
+        util_errf(err, errcap, r, "cannot listen on %s for peers: cannot resolve %s: %s",
+                  hp, host, r == -EADDRNOTAVAIL ? "no such host" : uv_strerror(r));
         goto fail;
     }
     fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -1682,7 +1729,8 @@ int peer_net_new(struct peer_net **out, uv_loop_t *loop, const struct peer_confi
     net->cfg = *cfg;
     net->cfg.secret = net->secret;
     if (net->cfg.frame_bytes_max == 0)
-        net->cfg.frame_bytes_max = LIMIT_VALUE_BYTES_DEFAULT + LIMIT_PEER_FRAME_OVERHEAD_BYTES;
+        net->cfg.frame_bytes_max =
+            LIMIT_VALUE_BYTES_DEFAULT + LIMIT_PEER_FRAME_OVERHEAD_BYTES;
     if (net->cfg.output_bytes_max == 0)
         net->cfg.output_bytes_max = LIMIT_PEER_OUTPUT_BYTES_MAX;
     /* One uv_write takes an unsigned int length. */
@@ -1738,15 +1786,15 @@ int peer_net_new(struct peer_net **out, uv_loop_t *loop, const struct peer_confi
     r = uv_tcp_open(&net->listener, fd);
     if (r < 0) {
         close(fd);
-        util_errf(err, errcap, r, "cannot listen on %s:%d for peers: %s", me->host, me->port,
-                  uv_strerror(r));
+        util_errf(err, errcap, r, "cannot listen on %s:%d for peers: %s", me->host,
+                  me->port, uv_strerror(r));
         peer_net_close(net);
         return r;
     }
     r = uv_listen((uv_stream_t *)&net->listener, LISTEN_BACKLOG, on_connection);
     if (r < 0) {
-        util_errf(err, errcap, r, "cannot listen on %s:%d for peers: %s", me->host, me->port,
-                  uv_strerror(r));
+        util_errf(err, errcap, r, "cannot listen on %s:%d for peers: %s", me->host,
+                  me->port, uv_strerror(r));
         peer_net_close(net);
         return r;
     }
@@ -1755,7 +1803,8 @@ int peer_net_new(struct peer_net **out, uv_loop_t *loop, const struct peer_confi
     *out = net;
     return 0;
 fail_nomem:
-    r = util_errf(err, errcap, -ENOMEM, "cannot set up the peer transport: out of memory");
+    r = util_errf(err, errcap, -ENOMEM,
+                  "cannot set up the peer transport: out of memory");
 fail:
     if (net)
         free(net->secret);
@@ -1797,7 +1846,8 @@ int peer_send(struct peer_net *net, const struct tpc_msg *m)
     size_t size;
     int r;
 
-    if (m->to >= LIMIT_REPLICAS_MAX || !net->nodes[m->to].configured || m->to == net->cfg.self)
+    if (m->to >= LIMIT_REPLICAS_MAX || !net->nodes[m->to].configured ||
+        m->to == net->cfg.self)
         return -EINVAL;
     nd = &net->nodes[m->to];
     c = nd->out;
@@ -1830,7 +1880,8 @@ bool peer_link_up(const struct peer_net *net, uint32_t id)
     return id < LIMIT_REPLICAS_MAX && net->nodes[id].state == PEER_LINK_UP;
 }
 
-void peer_get_link_stats(const struct peer_net *net, uint32_t id, struct peer_link_stats *st)
+void peer_get_link_stats(const struct peer_net *net, uint32_t id,
+                         struct peer_link_stats *st)
 {
     const struct peer_node *nd;
 
@@ -1859,7 +1910,7 @@ void peer_net_close(struct peer_net *net)
         struct peer_node *nd = &net->nodes[i];
         if (nd->retry_open) {
             nd->retry_open = false;
-            uv_close((uv_handle_t *)&nd->retry, on_net_handle_closed);
+            uv_close((uv_handle_t *)&nd->retry, on_retry_closed);
         }
         /* If the lookup already runs, its callback comes later all the
          * same, and gives its reference back then. */

@@ -61,16 +61,16 @@ const char *peer_link_state_name(enum peer_link_state s);
 /* Counters of one peer, since peer_net_new. "out" counters are of the
  * outbound link (ours, to send), "in" counters of the inbound links. */
 struct peer_link_stats {
-    enum peer_link_state state; /* of the outbound link */
-    bool inbound_up;            /* an authenticated inbound link exists */
+    enum peer_link_state state;     /* of the outbound link */
+    bool inbound_up;                /* an authenticated inbound link exists */
     uint64_t frames_out, frames_in; /* tpc messages (handshake frames not counted) */
     uint64_t bytes_out, bytes_in;   /* every byte, handshake included */
-    uint64_t writes;      /* uv_write calls on the outbound link: frames_out/writes =
-                             coalescing */
-    uint64_t connects;    /* outbound links that came up */
-    uint64_t disconnects; /* outbound links that went down after being up */
-    uint64_t auth_failures;     /* handshakes refused: wrong secret, differing
-                                   --replicas, or a peer answering with another id */
+    uint64_t writes;        /* uv_write calls on the outbound link: frames_out/writes =
+                               coalescing */
+    uint64_t connects;      /* outbound links that came up */
+    uint64_t disconnects;   /* outbound links that went down after being up */
+    uint64_t auth_failures; /* handshakes refused: wrong secret, differing
+                               --replicas, or a peer answering with another id */
     uint64_t config_mismatches; /* those of auth_failures due to differing --replicas */
     uint64_t bad_frames;        /* malformed or unexpected frames */
     uint64_t epoch_mismatches;  /* handshakes or frames with another epoch */
@@ -122,7 +122,9 @@ struct peer_net;
  * code with a sentence in err: -EINVAL for a bad config (self not listed,
  * duplicate or out-of-range id, no secret, frame_bytes_max too small), the
  * socket error for the listener ("cannot listen on 127.0.0.1:7001 for
- * peers: address already in use"), -ENOMEM. On error nothing is left open.
+ * peers: address already in use"), -ENOMEM. On error nothing is left open
+ * (except if libuv refuses the already bound socket, which does not happen
+ * in practice: then its handles are closed and freed when the loop runs).
  */
 int peer_net_new(struct peer_net **out, uv_loop_t *loop, const struct peer_config *cfg,
                  char *err, size_t errcap);
@@ -155,7 +157,8 @@ int peer_send(struct peer_net *net, const struct tpc_msg *m);
 bool peer_link_up(const struct peer_net *net, uint32_t id);
 
 /* Fills st for peer id (all zeroes, state down, for self or an unknown id). */
-void peer_get_link_stats(const struct peer_net *net, uint32_t id, struct peer_link_stats *st);
+void peer_get_link_stats(const struct peer_net *net, uint32_t id,
+                         struct peer_link_stats *st);
 void peer_get_net_stats(const struct peer_net *net, struct peer_net_stats *st);
 
 /*
