@@ -124,6 +124,10 @@
 /* A peer must finish the authentication handshake within this. Fixed. */
 #define LIMIT_PEER_HANDSHAKE_MS 5000
 
+/* Inbound peer connections still authenticating at once; more are closed
+ * (a flood of unauthenticated connections costs at most this many). Fixed. */
+#define LIMIT_PEER_HANDSHAKES_MAX 64
+
 /* --secret-file: at least this many bytes of secret. */
 #define LIMIT_SECRET_BYTES_MIN 16
 #define LIMIT_SECRET_BYTES_MAX 4096

@@ -111,10 +111,6 @@
 /* TCP keepalive probes start after this much idleness: a peer whose host
  * vanished (no RST) is noticed even when we have nothing to send. */
 #define KEEPALIVE_DELAY_S 10
-/* Inbound connections still in their handshake; more are closed at once, so
- * a flood of unauthenticated connections cannot exhaust memory. Each is
- * bounded by LIMIT_PEER_HANDSHAKE_MS. (Candidate for limits.h.) */
-#define INBOUND_HANDSHAKES_MAX 64
 /* Listen backlog: replicas are few, but they may all reconnect at once. */
 #define LISTEN_BACKLOG 128
 
@@ -1582,11 +1578,11 @@ static void on_connection(uv_stream_t *srv, int status)
                      ntohs(((struct sockaddr_in *)&ss)->sin_port));
         }
     }
-    if (net->inbound_handshakes >= INBOUND_HANDSHAKES_MAX) {
+    if (net->inbound_handshakes >= LIMIT_PEER_HANDSHAKES_MAX) {
         net->nst.refused_busy++;
         conn_fail(c, C_BUSY, LOG_LEVEL_WARN,
                   "%d handshakes already in progress: refusing the connection",
-                  INBOUND_HANDSHAKES_MAX);
+                  LIMIT_PEER_HANDSHAKES_MAX);
         return;
     }
     net->inbound_handshakes++;
