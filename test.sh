@@ -296,6 +296,8 @@ workload() {
     else
         not_ok "$name: keys e2e: lists $listed keys, want $present"
     fi
+    # Regression: a listing that matches nothing must still end (END).
+    expect_exit 0 "$name: keys with no match answers at once" "$mode" -p "$port" keys 'no-such-prefix:'
 }
 
 # ---- the checks -------------------------------------------------------------------

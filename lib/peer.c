@@ -868,6 +868,7 @@ static struct peer_conn *conn_new(struct peer_net *net, bool outbound,
 }
 
 static void on_retry(uv_timer_t *t);
+static void dial(struct peer_node *nd);
 
 /* Arms the reconnect timer with the current backoff, then doubles it. */
 static void schedule_retry(struct peer_node *nd)
@@ -1129,6 +1130,15 @@ static void inbound_up(struct peer_conn *c)
     if (old != NULL)
         conn_close(old, "replaced by a newer connection from the same peer", false);
     log_info(MOD, "%s: inbound link up (from %s)", nd->name, c->remote);
+    /* The peer is back (it just proved it): if our link to it is waiting
+     * out a backoff, dial now, so its writes do not wait for our votes
+     * until the backoff ends. */
+    if (nd->out == NULL && !nd->resolving && !net->closing) {
+        nd->backoff_ms = LIMIT_PEER_RECONNECT_MS_MIN;
+        if (nd->retry_open)
+            uv_timer_stop(&nd->retry);
+        dial(nd);
+    }
 }
 
 static void dialer_hello(struct peer_conn *c, const struct peer_frame *f)

@@ -1027,6 +1027,10 @@ static int execute(struct server *srv, struct conn *c, const struct proto_req *r
         long n = store_collect(srv->store, req->arg, req->narg, srv->now_ms, &items);
         if (n < 0)
             return reply(o, "SERVER_ERROR out of memory listing keys\r\n");
+        if (n == 0) {
+            free(items);
+            return reply(o, "END\r\n"); /* nothing to stream */
+        }
         c->keys = items;
         c->nkeys = (size_t)n;
         c->keys_pos = 0;
