@@ -1,13 +1,16 @@
 # tpckv - replicated key-value store
 #
 #   make            build ./serve and ./clie (warnings are errors)
-#   make run        install missing packages, build, start a local server + demo
+#   make run        install missing packages, build, start a local 3-replica
+#                   cluster + demo
 #   make test       install missing packages, build, unit tests (plain and under
-#                   ASan+UBSan), ./test.sh against serve built with ASan+UBSan
-#                   (smaller workload), then ./test.sh against the release build
+#                   ASan+UBSan), the 2PC simulator, ./test.sh against serve
+#                   built with ASan+UBSan (smaller workload), then ./test.sh
+#                   against the release build
 #   make unit       unit tests only;  make e2e   ./test.sh only
 #   make sim        the 2PC simulator over SIM_SEEDS seeds (tests/sim.c)
-#   make bench      durable write throughput figures (tests/bench_wal.sh)
+#   make bench      durable write throughput figures (tests/bench_wal.sh), then
+#                   replicated set throughput and latency (tests/bench_repl.sh)
 #   make deps       install the Debian packages the build and tests need
 #   make install    copy serve and clie to $(PREFIX)/bin
 #   make clean
@@ -58,7 +61,7 @@ endif
 LIB_SRC := $(wildcard lib/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 SERVE_OBJ := $(BUILD)/server/main.o
-CLIE_OBJ := $(BUILD)/client/main.o
+CLIE_OBJ := $(BUILD)/client/main.o $(BUILD)/client/bench.o
 UNIT_SRC := $(wildcard tests/unit_*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN := $(BUILD)/tests/unit
@@ -173,6 +176,7 @@ test: deps
 bench: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)tests/bench_wal.sh
+	$(Q)tests/bench_repl.sh
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin

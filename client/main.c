@@ -18,6 +18,7 @@
  * Values are bytes: they are written to stdout with fwrite, exactly, and
  * read from stdin (VALUE "-") with read(2) up to EOF.
  */
+#include "bench.h"
 #include "buf.h"
 #include "client.h"
 #include "limits.h"
@@ -29,6 +30,8 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +50,16 @@ enum {
 enum {
     OPT_TIMEOUT = 256,
     OPT_RETRIES,
+    /* bench */
+    OPT_DURATION,
+    OPT_WARMUP,
+    OPT_RATIO,
+    OPT_KEY_SIZE,
+    OPT_VALUE_SIZE,
+    OPT_KEYS,
+    OPT_PRELOAD,
+    OPT_SEED,
+    OPT_JSON,
 };
 
 #define RETRIES_MAX 1000
@@ -103,6 +116,7 @@ static int run_stats(struct ctx *x, const struct subcmd *sc, char **args, int n)
 static int run_flush(struct ctx *x, const struct subcmd *sc, char **args, int n);
 static int run_version(struct ctx *x, const struct subcmd *sc, char **args, int n);
 static int run_snapshot(struct ctx *x, const struct subcmd *sc, char **args, int n);
+static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n);
 static int run_help(struct ctx *x, const struct subcmd *sc, char **args, int n);
 static const struct subcmd *find_subcmd(const char *name);
 
@@ -214,6 +228,57 @@ static const struct subcmd subcmds[] = {
      run_snapshot},
     {"version", NULL, "version", 0, 0, "", "print the server's version",
      "Prints the version string the server reports.\n", "  clie version\n", run_version},
+    {"bench", NULL, "set/get", 0, -1, "[OPTION]...",
+     "load generator: throughput and latency percentiles",
+     "Drives the server with sets and gets from many connections at once and\n"
+     "reports throughput and latency. Works against any server speaking the\n"
+     "memcached text protocol (tpckv, memcached).\n"
+     "\n"
+     "Each connection sends a request, waits for its reply, then sends the next:\n"
+     "one request outstanding per connection (a closed loop). The connections\n"
+     "are shared out over the threads, each running its own event loop. Keys are\n"
+     "\"key:\" and a zero-padded number, --key-size bytes in all, chosen uniformly\n"
+     "among --keys; every set stores --value-size bytes.\n"
+     "\n"
+     "Options (after `bench`; -s, -p and --timeout may also come before it):\n"
+     "  -c, --conns=N        connections, 1..10000 (default 50)\n"
+     "  -T, --threads=N      threads, 1..256, at most one per connection (default 2)\n"
+     "  -n, --requests=N     measure N requests, then stop\n"
+     "      --duration=SEC   measure for SEC seconds (default 10); not with -n\n"
+     "      --warmup=SEC     first run the load SEC seconds, not counted (default 0)\n"
+     "      --ratio=SET:GET  sets to gets, e.g. 1:9 (default 1:0, sets only)\n"
+     "      --key-size=B     key length in bytes (default 32)\n"
+     "      --value-size=B   value length in bytes, k or m suffix (default 100)\n"
+     "      --keys=N         how many distinct keys (default 100000)\n"
+     "      --preload        set every key once before warming up and measuring\n"
+     "      --seed=N         seed of the key choices (default 1)\n"
+     "      --json           print one JSON object (latencies in microseconds)\n"
+     "                       instead of the report\n"
+     "      --timeout=MS     connect timeout and the longest wait for a reply\n"
+     "                       (default 10000 for bench); a request still without a\n"
+     "                       reply is counted as a timeout, its connection reopened\n"
+     "  -s, --host=ADDR, -p, --port=N   the server, as for every command\n"
+     "\n"
+     "Report: requests completed while measuring and ops/s (every reply counts,\n"
+     "errors too); latency p50, p90, p99, p99.9, max and mean of the successful\n"
+     "requests (log-linear histogram: within 1% from 1 us to 68 s), from just\n"
+     "before a request is written to its whole reply being read; get hits and\n"
+     "misses; errors by kind (ERROR, CLIENT_ERROR, SERVER_ERROR, unexpected\n"
+     "replies), each with the first one seen; failed connection attempts, dropped\n"
+     "connections and reply timeouts. Dropped connections are reopened (after\n"
+     "100 ms, doubling to 1 s); a run with no reply at all for twice --timeout\n"
+     "plus 1 s stops early and says so. --json also gives the latency histogram\n"
+     "(so that runs can be merged). On a terminal, a line per second shows the\n"
+     "progress: ops/s in the last second and so far, p99 so far. Ctrl-C ends the\n"
+     "run early and still reports.\n"
+     "\n"
+     "Exit status: 0 when the run completed, even with errors (they are in the\n"
+     "report); 2 for a bad option; 3 if no connection could be opened.\n",
+     "  clie bench\n"
+     "  clie -p 11300 bench -c 1 --duration 5\n"
+     "  clie bench -c 100 -T 4 --ratio 1:9 --keys 10000 --preload --warmup 2\n"
+     "  clie bench -n 100000 --value-size 4k --json\n",
+     run_bench},
     {"help", NULL, NULL, 0, 1, "[COMMAND]", "show this help, or a command's details",
      "Without COMMAND, the same as --help. With COMMAND, its usage, what it does\n"
      "and examples. Exit status 2 if COMMAND does not exist.\n",
@@ -229,7 +294,8 @@ static const char help_head[] =
     "Usage: clie [OPTION]... COMMAND [ARG]...\n"
     "  or:  clie [OPTION]... -o OP -k KEY [-v VALUE]\n"
     "Talk to a tpckv server (or any memcached text-protocol server) over TCP or UDP:\n"
-    "one command, one request, one reply.\n"
+    "one command, one request, one reply; or measure it with `clie bench`, a load\n"
+    "generator (see `clie help bench`).\n"
     "\n"
     "Connection:\n"
     "  -s, --host=ADDR      server name or IPv4/IPv6 address (default 127.0.0.1)\n"
@@ -289,6 +355,8 @@ static const char help_tail[] =
     "     was not retried and whose outcome is therefore unknown\n"
     "  4  the server answered with an error (ERROR, CLIENT_ERROR ..., SERVER_ERROR\n"
     "     ...; the line is printed on stderr) or with a reply clie cannot parse\n"
+    "  bench: 0 when the run completed, even with errors (its report counts them),\n"
+    "  2 for a bad option, 3 if no connection could be opened\n"
     "\n"
     "Examples:\n"
     "  clie -s 127.0.0.1 -p 11211 -u -o 3 -k foo -v bar    (classic: put)\n"
@@ -880,6 +948,231 @@ static int run_version(struct ctx *x, const struct subcmd *sc, char **args, int 
     return is_error_reply(&x->r) ? server_error(x) : unexpected(x, sc);
 }
 
+/* ------------------------------------------------------------------------ */
+/* bench                                                                    */
+
+static volatile sig_atomic_t bench_interrupt;
+
+static void on_bench_signal(int sig)
+{
+    (void)sig;
+    bench_interrupt = 1;
+}
+
+/* A number of seconds: decimal, finite, in [min, 1 year]; min_open excludes min. */
+static int parse_seconds_arg(const char *s, double min, bool min_open, double *out)
+{
+    char *end;
+    double v;
+
+    if (s[0] == '\0' || isspace((unsigned char)s[0]))
+        return -EINVAL;
+    errno = 0;
+    v = strtod(s, &end);
+    if (*end != '\0' || errno != 0 || !isfinite(v) || v < min || (min_open && v == min) ||
+        v > 365.0 * 24 * 3600)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+static int parse_ratio_arg(const char *s, unsigned *set, unsigned *get)
+{
+    const char *colon = strchr(s, ':');
+    uint32_t a, b;
+
+    if (colon == NULL || util_parse_u32(s, (size_t)(colon - s), &a) < 0 ||
+        util_parse_u32(colon + 1, strlen(colon + 1), &b) < 0 || a > 1000000 ||
+        b > 1000000 || (a == 0 && b == 0))
+        return -EINVAL;
+    *set = a;
+    *get = b;
+    return 0;
+}
+
+static const struct option bench_opts[] = {
+    {"conns", required_argument, NULL, 'c'},
+    {"threads", required_argument, NULL, 'T'},
+    {"requests", required_argument, NULL, 'n'},
+    {"duration", required_argument, NULL, OPT_DURATION},
+    {"warmup", required_argument, NULL, OPT_WARMUP},
+    {"ratio", required_argument, NULL, OPT_RATIO},
+    {"key-size", required_argument, NULL, OPT_KEY_SIZE},
+    {"value-size", required_argument, NULL, OPT_VALUE_SIZE},
+    {"keys", required_argument, NULL, OPT_KEYS},
+    {"preload", no_argument, NULL, OPT_PRELOAD},
+    {"seed", required_argument, NULL, OPT_SEED},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"host", required_argument, NULL, 's'},
+    {"port", required_argument, NULL, 'p'},
+    {"timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+/*
+ * args[-1] is "bench" and args[0..n) the words after it, unparsed (see
+ * parse_args), so they can be given to getopt_long as an argv.
+ */
+static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n)
+{
+    struct bench_config cfg;
+    struct bench_result *res;
+    struct sigaction sa, old_int, old_term;
+    bool json = false, duration_given = false;
+    char err[256];
+    uint64_t u64;
+    uint32_t u;
+    int ch, rc;
+
+    bench_config_default(&cfg);
+    cfg.host = x->o.host;
+    cfg.port = x->o.port;
+    if (x->o.timeout_given)
+        cfg.timeout_ms = x->o.timeout_ms;
+    if (x->o.transport != CLIENT_TCP)
+        return usage_error(sc, "bench speaks TCP only (UDP is planned)");
+
+    optind = 0; /* glibc: start afresh on a new argv */
+    opterr = 0;
+    while ((ch = getopt_long(n + 1, args - 1, "+:c:T:n:s:p:h", bench_opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            if (parse_u32_arg(optarg, BENCH_CONNS_MAX, &u) < 0 || u == 0)
+                return usage_error(sc, "--conns must be 1..%d, not '%s'", BENCH_CONNS_MAX,
+                                   optarg);
+            cfg.conns = u;
+            break;
+        case 'T':
+            if (parse_u32_arg(optarg, BENCH_THREADS_MAX, &u) < 0 || u == 0)
+                return usage_error(sc, "--threads must be 1..%d, not '%s'",
+                                   BENCH_THREADS_MAX, optarg);
+            cfg.threads = u;
+            break;
+        case 'n':
+            if (util_parse_u64(optarg, strlen(optarg), &u64) < 0 || u64 == 0)
+                return usage_error(sc, "--requests must be a number from 1, not '%s'",
+                                   optarg);
+            cfg.requests = u64;
+            break;
+        case OPT_DURATION:
+            if (parse_seconds_arg(optarg, 0, true, &cfg.duration_s) < 0)
+                return usage_error(sc,
+                                   "--duration must be a number of seconds above 0 "
+                                   "(e.g. 10 or 0.5), not '%s'",
+                                   optarg);
+            duration_given = true;
+            break;
+        case OPT_WARMUP:
+            if (parse_seconds_arg(optarg, 0, false, &cfg.warmup_s) < 0)
+                return usage_error(sc,
+                                   "--warmup must be a number of seconds from 0, not "
+                                   "'%s'",
+                                   optarg);
+            break;
+        case OPT_RATIO:
+            if (parse_ratio_arg(optarg, &cfg.ratio_set, &cfg.ratio_get) < 0)
+                return usage_error(sc,
+                                   "--ratio must be SET:GET, two numbers 0..1000000 "
+                                   "not both 0 (e.g. 1:9), not '%s'",
+                                   optarg);
+            break;
+        case OPT_KEY_SIZE:
+            if (parse_u32_arg(optarg, LIMIT_KEY_BYTES_MAX, &u) < 0)
+                return usage_error(sc,
+                                   "--key-size must be a number of bytes up to %d, "
+                                   "not '%s'",
+                                   LIMIT_KEY_BYTES_MAX, optarg);
+            cfg.key_size = u;
+            break;
+        case OPT_VALUE_SIZE:
+            if (util_parse_size(optarg, &u64) < 0 || u64 > BENCH_VALUE_MAX)
+                return usage_error(sc,
+                                   "--value-size must be a number of bytes up to %u "
+                                   "(k and m suffixes allowed), not '%s'",
+                                   BENCH_VALUE_MAX, optarg);
+            cfg.value_size = (unsigned)u64;
+            break;
+        case OPT_KEYS:
+            if (util_parse_u64(optarg, strlen(optarg), &u64) < 0 || u64 == 0)
+                return usage_error(sc, "--keys must be a number from 1, not '%s'",
+                                   optarg);
+            cfg.keys = u64;
+            break;
+        case OPT_PRELOAD:
+            cfg.preload = true;
+            break;
+        case OPT_SEED:
+            if (util_parse_u64(optarg, strlen(optarg), &u64) < 0)
+                return usage_error(sc, "--seed must be a number, not '%s'", optarg);
+            cfg.seed = u64;
+            break;
+        case OPT_JSON:
+            json = true;
+            break;
+        case 's':
+            if (optarg[0] == '\0')
+                return usage_error(sc, "--host must not be empty");
+            cfg.host = optarg;
+            break;
+        case 'p':
+            if (parse_u32_arg(optarg, 65535, &u) < 0 || u == 0)
+                return usage_error(sc, "--port must be 1..65535, not '%s'", optarg);
+            cfg.port = (uint16_t)u;
+            break;
+        case OPT_TIMEOUT:
+            if (parse_u32_arg(optarg, TIMEOUT_MS_MAX, &u) < 0 || u == 0)
+                return usage_error(sc, "--timeout must be 1..%d milliseconds, not '%s'",
+                                   TIMEOUT_MS_MAX, optarg);
+            cfg.timeout_ms = (int)u;
+            break;
+        case 'h':
+            print_subcmd_help(stdout, sc);
+            return EXIT_OK;
+        case ':':
+            return usage_error(sc, "option '%s' needs an argument", args[optind - 2]);
+        default:
+            if (optopt != 0)
+                return usage_error(sc, "unknown bench option '-%c'", optopt);
+            return usage_error(sc, "unknown bench option '%s'", args[optind - 2]);
+        }
+    }
+    if (optind <= n)
+        return usage_error(sc, "unexpected argument '%s'", args[optind - 1]);
+    if (cfg.requests > 0 && duration_given)
+        return usage_error(sc, "give -n/--requests or --duration, not both");
+    if (bench_config_check(&cfg, err, sizeof(err)) < 0)
+        return usage_error(sc, "%s", err);
+
+    res = malloc(sizeof(*res));
+    if (res == NULL) {
+        diag("out of memory");
+        return EXIT_NOANSWER;
+    }
+    bench_interrupt = 0;
+    cfg.interrupt = &bench_interrupt;
+    cfg.live = !json && isatty(STDOUT_FILENO) ? stdout : NULL;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_bench_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    rc = bench_run(&cfg, res, err, sizeof(err));
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (rc < 0) {
+        diag("%s", err);
+        free(res);
+        return rc == -EINVAL ? EXIT_USAGE : EXIT_NOANSWER;
+    }
+    if (json)
+        bench_print_json(stdout, &cfg, res);
+    else
+        bench_print_text(stdout, &cfg, res);
+    free(res);
+    return EXIT_OK;
+}
+
 static const struct subcmd *find_subcmd(const char *name)
 {
     for (size_t i = 0; i < ARRAY_SIZE(subcmds); i++)
@@ -948,6 +1241,9 @@ static int parse_args(struct ctx *x, int argc, char **argv, char **pos, int *npo
         switch (ch) {
         case 1:
             pos[(*npos)++] = optarg;
+            /* bench parses the options after it itself (run_bench). */
+            if (*npos == 1 && strcmp(optarg, "bench") == 0)
+                goto rest;
             break;
         case 's':
             if (optarg[0] == '\0')
@@ -1033,6 +1329,7 @@ static int parse_args(struct ctx *x, int argc, char **argv, char **pos, int *npo
             return usage_error(NULL, "unknown option '%s'", argv[optind - 1]);
         }
     }
+rest:
     while (optind < argc)
         pos[(*npos)++] = argv[optind++];
 
