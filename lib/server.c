@@ -1550,7 +1550,7 @@ static int exec_write_cluster(struct server *srv, struct conn *c, const struct p
     q->cmd = req->cmd;
     q->noreply = req->noreply;
     q->kept = true;
-    txid = tpc_next_txid(srv->tpc, (uint64_t)srv->now_ms * 1000u);
+    txid = tpc_next_txid(srv->tpc, util_now_unix_us());
     srv->ops.len = 0;
 
     if (req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS) {

@@ -47,7 +47,9 @@
  * Duplicates and late messages: a decided transaction is remembered (up to
  * remembered_max of them) so a repeated PREPARE is not prepared again, a
  * repeated COMMIT is ACKed again, and an ABORT that overtakes its PREPARE
- * makes the PREPARE vote NO. A COMMIT for a txid not known at all is ACKed:
+ * makes the PREPARE vote NO. A PREPARE whose txid is known with other
+ * operations (a coordinator that crashed before its first use of the id was
+ * durable can reuse it) votes NO. A COMMIT for a txid not known at all is ACKed:
  * it can only be one this replica committed and forgot (a coordinator
  * commits only with every participant's YES, and a YES is durable).
  *
@@ -425,6 +427,24 @@ static void on_prepare(struct tpc *t, const struct tpc_msg *m)
         return;
     }
     if (x) {
+        bool same = x->ops && x->nops == m->nops && x->nbytes == m->nbytes &&
+                    memcmp(x->ops, m->ops, m->nbytes) == 0;
+        if (!same && (x->pstate == P_PREPARING || x->pstate == P_PREPARED ||
+                      x->outcome == TPC_O_ABORTED)) {
+            /* Not a repeat: the txid again with other operations. A
+             * coordinator that crashed before its first PREPARE was durable
+             * can hand the same id out again. Vote no: a YES (or the one a
+             * pending PREPARE would send) must never count for operations
+             * we did not prepare. An unvoted prepare is dropped; a voted
+             * one waits for its outcome, which is this abort. */
+            if (x->pstate == P_PREPARING) {
+                part_abort(t, x);
+                remember(t, x);
+            }
+            t->st.voted_no++;
+            send_msg(t, m->from, TPC_MSG_VOTE, x, TPC_R_CONFLICT);
+            return;
+        }
         /* A repeat, or a PREPARE overtaken by its ABORT. */
         if (x->pstate == P_PREPARED)
             send_msg(t, m->from, TPC_MSG_VOTE, x, 0);

@@ -80,6 +80,9 @@ size_t util_fmt_u64(char *dst, uint64_t v);
 /* Wall clock as unix milliseconds (for exptime, logs, stats "time"). */
 int64_t util_now_unix_ms(void);
 
+/* Wall clock as unix microseconds (transaction ids start above it). */
+uint64_t util_now_unix_us(void);
+
 /* Monotonic clock in nanoseconds (for durations; never jumps). */
 uint64_t util_mono_ns(void);
 

@@ -460,6 +460,41 @@ static void test_abort_overtakes_prepare(void)
     tpc_free(t);
 }
 
+static void test_reused_txid_votes_no(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t txid = (30 << 8) | 1;
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, txid);
+    static const char other[] = "other-ops";
+
+    /* Prepared and voted for the first use of the id. */
+    tpc_receive(t, &m, 0);
+    tpc_durable(t, 1, 0);
+    CU_ASSERT_EQUAL(F.sent[F.nsent - 1].vote, 1);
+    /* The coordinator restarted and reused the id for other operations. */
+    m.ops = other;
+    m.nbytes = sizeof(other);
+    tpc_receive(t, &m, 1);
+    CU_ASSERT_EQUAL(F.sent[F.nsent - 1].type, TPC_MSG_VOTE);
+    CU_ASSERT_EQUAL(F.sent[F.nsent - 1].vote, 0);
+    CU_ASSERT_EQUAL(F.sent[F.nsent - 1].reason, TPC_R_CONFLICT);
+    CU_ASSERT_EQUAL(F.prepares, 1);
+    CU_ASSERT_EQUAL(F.aborts, 0); /* voted: it waits for the outcome */
+
+    /* Not yet voted: the old prepare is dropped, its YES never sent. */
+    uint64_t txid2 = (31 << 8) | 1;
+    m = msg(TPC_MSG_PREPARE, 1, 0, txid2);
+    tpc_receive(t, &m, 2);
+    m.ops = other;
+    m.nbytes = sizeof(other);
+    tpc_receive(t, &m, 3);
+    CU_ASSERT_EQUAL(F.aborts, 1);
+    size_t votes = count_sent(TPC_MSG_VOTE);
+    tpc_durable(t, 2, 4);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_VOTE), votes);
+    tpc_free(t);
+}
+
 static void test_participant_abort(void)
 {
     struct tpc *t = mk(0, 3);
@@ -724,6 +759,7 @@ void unit_tpc_register(void)
     unit_test(s, "participant votes no and does not re-prepare", test_participant_votes_no);
     unit_test(s, "ABORT overtaking its PREPARE", test_abort_overtakes_prepare);
     unit_test(s, "participant abort; impossible COMMIT ignored", test_participant_abort);
+    unit_test(s, "a txid reused with other operations votes no", test_reused_txid_votes_no);
     unit_test(s, "in doubt: queries, presumed abort from the coordinator only",
               test_in_doubt_queries);
     unit_test(s, "cooperative termination: another participant knows",
