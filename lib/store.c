@@ -527,7 +527,7 @@ int store_prepare(struct store *s, const struct store_op *op, uint64_t new_cas, 
      * only removes the old value, so it needs no room and no new item. */
     if (exptime != 0 && exptime <= now_ms)
         return 0;
-    if (!room_for(s, op->nkey, n1 + n2, cur, now_ms))
+    if (!op->unlimited && !room_for(s, op->nkey, n1 + n2, cur, now_ms))
         return reject(ch, STORE_NO_MEMORY);
     ch->item = item_new(op->key, op->nkey, v1, n1, v2, n2);
     if (ch->item == NULL)

@@ -87,6 +87,8 @@ struct store_op {
     uint64_t cas;       /* cas: the version the client read */
     uint64_t delta;     /* incr, decr */
     int64_t flush_at_ms; /* flush: when; 0 or <= now = immediately */
+    bool unlimited;      /* ignore max_bytes (a prepared write re-locked at
+                            recovery: it was durable, and may commit) */
 };
 
 enum store_status {

@@ -221,6 +221,7 @@ int txn_prepare(struct txn_rm *rm, const struct tpc_txn *t, struct txn_prep **ou
         }
         have_check = false;
         effect_to_store_op(&w, &op, &cas, &now);
+        op.unlimited = t->recovered; /* durable before the crash: it must fit */
         p->nch++;
         if (store_prepare(rm->store, &op, cas, now, ch) < 0) {
             /* A delete or touch of a key already gone changes nothing;

@@ -54,7 +54,9 @@ struct txn_rm {
  * Prepares t's operations: locks each key (no wait: one held by another
  * transaction is TPC_R_BUSY), checks each CHECK (a different version is
  * TPC_R_CONFLICT; skipped when t->recovered), and prepares each effect on
- * the store, reserving its memory (TPC_R_NO_MEMORY, TPC_R_TOO_LARGE).
+ * the store, reserving its memory (TPC_R_NO_MEMORY, TPC_R_TOO_LARGE; a
+ * recovered transaction is not held to max_bytes, as recovery never drops
+ * durable data).
  * A flush needs no key locked, and while it is prepared nothing else
  * prepares. Returns 0 with *out (to pass to txn_commit or txn_abort), or a
  * reason with nothing held (TPC_R_BAD_OPS for undecodable operations).
