@@ -154,6 +154,10 @@ unit-san:
 sim: check-deps $(SIM_BIN)
 	@echo "== 2PC simulator, $(SIM_SEEDS) seeds"
 	$(Q)$(SIM_BIN) --seeds $(SIM_SEEDS)
+	@echo "== 2PC simulator with a bug planted (its checker must catch it)"
+	$(Q)if $(SIM_BIN) --seeds 20 --inject-bug >$(BUILD)/sim-inject.out 2>&1; then \
+	  echo "the simulator did not catch the planted bug" >&2; exit 1; \
+	else echo "caught: $$(tail -n 1 $(BUILD)/sim-inject.out)"; fi
 
 e2e: all
 	$(Q)./test.sh

@@ -2397,7 +2397,11 @@ static int start_snapshot(struct server *srv)
         h.lsn = ws.next_lsn - 1;
         if (unapplied && unapplied - 1 < h.lsn)
             h.lsn = unapplied - 1;
+        /* Ids this replica handed out must not come back after the log
+         * holding them is gone, even those that left no item (a delete). */
         h.next_cas = store_max_cas(srv->store) + 1;
+        if (tpc_last_txid(srv->tpc) + 1 > h.next_cas)
+            h.next_cas = tpc_last_txid(srv->tpc) + 1;
     }
     refresh_now(srv);
     pid = fork();

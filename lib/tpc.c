@@ -579,6 +579,11 @@ uint64_t tpc_next_txid(struct tpc *t, uint64_t wall_us)
     return (seq << 8) | t->cfg.self;
 }
 
+uint64_t tpc_last_txid(const struct tpc *t)
+{
+    return t->seq ? (t->seq << 8) | t->cfg.self : 0;
+}
+
 void tpc_set_min_txid(struct tpc *t, uint64_t txid)
 {
     uint64_t seq = (txid >> 8) + 1;

@@ -167,12 +167,19 @@ void tpc_release_all(struct tpc *t);
 void tpc_set_min_txid(struct tpc *t, uint64_t txid);
 
 /*
- * A new transaction id: unique in the cluster (the low byte is our index in
- * ids[]), greater than every one we gave before and than wall_us (so ids stay
- * fresh across restarts without being logged). It is also the CAS value of
- * what the transaction writes.
+ * A new transaction id: unique in the cluster (the low byte is our replica
+ * id), greater than every one we gave before, than wall_us and than the
+ * floor set by tpc_set_min_txid(). Across a restart the floor (the highest
+ * id in the log and the snapshot) and the clock keep ids fresh; only a
+ * clock stepped back across a crash could repeat an id that was sent but
+ * never logged, and a participant holding it with other operations votes
+ * no. It is also the CAS value of what the transaction writes.
  */
 uint64_t tpc_next_txid(struct tpc *t, uint64_t wall_us);
+
+/* The last id tpc_next_txid() returned (0 if none): a snapshot records it,
+ * so the floor survives the log it replaces. */
+uint64_t tpc_last_txid(const struct tpc *t);
 
 /*
  * Coordinates txid (from tpc_next_txid) with operations ops[0..nbytes).
