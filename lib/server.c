@@ -455,32 +455,22 @@ static int reply_log_failed(struct server *srv, struct outq *o)
     return reply(o, line);
 }
 
-/* The effect of a prepared change, as the log records it. */
-static void change_to_op(const struct store_change *ch, struct wal_op *op)
+/* The store operation a single-key write request (or flush_all) asks for. */
+static void op_of_request(const struct server *srv, const struct proto_req *req,
+                          struct store_op *op)
 {
     memset(op, 0, sizeof(*op));
-    op->key = ch->key;
-    op->nkey = ch->nkey;
-    if (ch->type == STORE_FLUSH) {
-        op->kind = WAL_OP_FLUSH;
-        op->flush_at_ms = ch->flush_at_ms;
-        op->mtime_ms = ch->now_ms;
-    } else if (ch->type == STORE_TOUCH) {
-        op->kind = WAL_OP_TOUCH;
-        op->exptime_ms = ch->exptime_ms;
-    } else if (ch->item) {
-        const struct item *it = ch->item;
-        op->kind = WAL_OP_PUT;
-        op->value = item_value(it);
-        op->nvalue = it->nval;
-        op->flags = it->flags;
-        op->exptime_ms = it->exptime_ms;
-        op->mtime_ms = it->mtime_ms;
-        op->cas = it->cas;
-    } else {
-        /* delete, or a write born expired: the key goes */
-        op->kind = WAL_OP_DEL;
-    }
+    op->type = op_type_of(req->cmd);
+    op->key = req->key;
+    op->nkey = req->nkey;
+    op->value = req->data;
+    op->nvalue = req->ndata;
+    op->flags = req->flags;
+    op->cas = req->cas;
+    op->delta = req->delta;
+    op->exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
+    if (req->cmd == PROTO_CMD_FLUSH_ALL)
+        op->flush_at_ms = req->delay > 0 ? proto_exptime_abs_ms(req->delay, srv->now_ms) : 0;
 }
 
 /* Encodes the WRITE record for w's changes into srv->scratch. */
@@ -492,7 +482,7 @@ static int encode_write(struct server *srv, struct wreq *w)
     int r;
 
     for (size_t i = 0; i < w->nch; i++) {
-        change_to_op(&w->ch[i], &op);
+        txn_change_to_op(&w->ch[i], &op);
         n += wal_op_size(&op);
     }
     srv->scratch.len = 0;
@@ -501,7 +491,7 @@ static int encode_write(struct server *srv, struct wreq *w)
     wal_txn_encode(srv->scratch.data, &txn);
     srv->scratch.len = WAL_TXN_BYTES;
     for (size_t i = 0; i < w->nch; i++) {
-        change_to_op(&w->ch[i], &op);
+        txn_change_to_op(&w->ch[i], &op);
         srv->scratch.len += wal_op_encode(srv->scratch.data + srv->scratch.len, &op);
     }
     return 0;
@@ -697,17 +687,7 @@ static int exec_write(struct server *srv, struct conn *c, const struct proto_req
             return exec_retrieval(srv, c, req);
         }
     } else {
-        op.type = op_type_of(req->cmd);
-        op.key = req->key;
-        op.nkey = req->nkey;
-        op.value = req->data;
-        op.nvalue = req->ndata;
-        op.flags = req->flags;
-        op.cas = req->cas;
-        op.delta = req->delta;
-        op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
-        if (req->cmd == PROTO_CMD_FLUSH_ALL)
-            op.flush_at_ms = req->delay > 0 ? proto_exptime_abs_ms(req->delay, srv->now_ms) : 0;
+        op_of_request(srv, req, &op);
         if (req->too_large) {
             /* memcached drops the old value of a set refused for size, so a
              * reader never takes it for the new one. */
@@ -1577,17 +1557,7 @@ static int exec_write_cluster(struct server *srv, struct conn *c, const struct p
         }
     } else {
         enum store_status st;
-        op.type = op_type_of(req->cmd);
-        op.key = req->key;
-        op.nkey = req->nkey;
-        op.value = req->data;
-        op.nvalue = req->ndata;
-        op.flags = req->flags;
-        op.cas = req->cas;
-        op.delta = req->delta;
-        op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
-        if (req->cmd == PROTO_CMD_FLUSH_ALL)
-            op.flush_at_ms = req->delay > 0 ? proto_exptime_abs_ms(req->delay, srv->now_ms) : 0;
+        op_of_request(srv, req, &op);
         if (req->too_large) {
             /* As on one replica: a set refused for size drops the old value.
              * Its data block is being swallowed, so it cannot be kept for a
