@@ -74,9 +74,9 @@ enum pstate { P_NONE, P_PREPARING, P_PREPARED, P_DONE };
 enum wait_kind { W_PREPARE, W_COMMIT_COORD, W_COMMIT_PART };
 
 struct tx {
-    struct tx *hnext;        /* hash chain */
+    struct tx *hnext;         /* hash chain */
     struct tx *anext, *aprev; /* active list (undecided, or awaiting ACKs) */
-    struct tx *rnext;        /* remembered FIFO */
+    struct tx *rnext;         /* remembered FIFO */
     uint64_t txid, epoch;
     uint32_t coord;
     uint8_t cstate, pstate;
@@ -120,8 +120,8 @@ struct tpc {
 };
 
 static const char *const reason_names[TPC_REASON_MAX + 1] = {
-    "none",       "busy",      "conflict", "no_memory", "log_failed", "timeout",
-    "peer_down",  "bad_ops",   "recovery", "stopping",  "too_large",
+    "none",      "busy",    "conflict", "no_memory", "log_failed", "timeout",
+    "peer_down", "bad_ops", "recovery", "stopping",  "too_large",
 };
 
 const char *tpc_reason_name(enum tpc_reason r)
@@ -132,10 +132,14 @@ const char *tpc_reason_name(enum tpc_reason r)
 const char *tpc_outcome_name(enum tpc_outcome o)
 {
     switch (o) {
-    case TPC_O_UNKNOWN: return "unknown";
-    case TPC_O_COMMITTED: return "committed";
-    case TPC_O_ABORTED: return "aborted";
-    case TPC_O_PENDING: return "pending";
+    case TPC_O_UNKNOWN:
+        return "unknown";
+    case TPC_O_COMMITTED:
+        return "committed";
+    case TPC_O_ABORTED:
+        return "aborted";
+    case TPC_O_PENDING:
+        return "pending";
     }
     return "invalid";
 }
@@ -501,7 +505,8 @@ static void record_latency(struct tpc *t, struct tx *x)
         t->st.prepare_us_max = us;
 }
 
-static void coord_abort(struct tpc *t, struct tx *x, enum tpc_reason why, uint32_t culprit)
+static void coord_abort(struct tpc *t, struct tx *x, enum tpc_reason why,
+                        uint32_t culprit)
 {
     assert(x->cstate == C_PREPARING);
     t->st.aborted[why]++;
@@ -592,8 +597,8 @@ void tpc_set_min_txid(struct tpc *t, uint64_t txid)
         t->min_seq = seq;
 }
 
-int tpc_begin(struct tpc *t, uint64_t txid, uint32_t nops, const char *ops, uint32_t nbytes,
-              void *client, uint64_t now_us, uint32_t *culprit)
+int tpc_begin(struct tpc *t, uint64_t txid, uint32_t nops, const char *ops,
+              uint32_t nbytes, void *client, uint64_t now_us, uint32_t *culprit)
 {
     struct tpc_txn txn = {.txid = txid,
                           .epoch = t->cfg.epoch,
@@ -702,7 +707,8 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
         if (x == NULL || x->cstate != C_PREPARING || x->coord != t->cfg.self) {
             t->st.msgs_ignored++; /* late: already decided */
         } else if (!m->vote) {
-            uint8_t why = m->reason && m->reason <= TPC_REASON_MAX ? m->reason : TPC_R_BAD_OPS;
+            uint8_t why =
+                m->reason && m->reason <= TPC_REASON_MAX ? m->reason : TPC_R_BAD_OPS;
             coord_abort(t, x, (enum tpc_reason)why, m->from);
         } else {
             x->yes |= from_bit;
@@ -757,7 +763,8 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
     case TPC_MSG_QUERY: {
         struct tx tmp = {.txid = m->txid, .coord = m->coord};
         t->st.answers_sent++;
-        send_msg(t, m->from, TPC_MSG_ANSWER, x ? x : &tmp, (uint8_t)outcome_here(t, m->txid));
+        send_msg(t, m->from, TPC_MSG_ANSWER, x ? x : &tmp,
+                 (uint8_t)outcome_here(t, m->txid));
         break;
     }
     case TPC_MSG_ANSWER:
@@ -830,7 +837,8 @@ void tpc_log_failed(struct tpc *t, uint64_t now_us)
             void *client = x->client;
             x->client = NULL;
             t->st.aborted[TPC_R_LOG_FAILED]++;
-            t->env.done(t->env.ctx, client, x->txid, false, TPC_R_LOG_FAILED, t->cfg.self);
+            t->env.done(t->env.ctx, client, x->txid, false, TPC_R_LOG_FAILED,
+                        t->cfg.self);
         } else if (x->pstate == P_PREPARING && x->coord != t->cfg.self) {
             part_abort(t, x);
             t->st.voted_no++;
@@ -1067,7 +1075,8 @@ void tpc_get_stats(const struct tpc *t, struct tpc_stats *st)
 }
 
 int tpc_for_each_open(const struct tpc *t,
-                      int (*fn)(void *arg, const struct tpc_txn *txn, bool prepared), void *arg)
+                      int (*fn)(void *arg, const struct tpc_txn *txn, bool prepared),
+                      void *arg)
 {
     for (const struct tx *x = t->active; x; x = x->anext) {
         struct tpc_txn txn;

@@ -56,10 +56,10 @@ const char *tpc_reason_name(enum tpc_reason r);
 
 /* A QUERY's answer. */
 enum tpc_outcome {
-    TPC_O_UNKNOWN = 0,   /* no record of txid here (from its coordinator: aborted) */
+    TPC_O_UNKNOWN = 0, /* no record of txid here (from its coordinator: aborted) */
     TPC_O_COMMITTED = 1,
     TPC_O_ABORTED = 2,
-    TPC_O_PENDING = 3,   /* not decided yet; ask again later */
+    TPC_O_PENDING = 3, /* not decided yet; ask again later */
 };
 
 const char *tpc_outcome_name(enum tpc_outcome o);
@@ -68,16 +68,16 @@ const char *tpc_msg_type_name(enum tpc_msg_type t);
 /* One message between replicas. The transport adds framing, the checksum,
  * authentication; from is the authenticated sender. */
 struct tpc_msg {
-    uint8_t type;     /* enum tpc_msg_type */
-    uint8_t vote;     /* VOTE: 1 = yes, 0 = no */
-    uint8_t reason;   /* VOTE no, ABORT: enum tpc_reason */
-    uint8_t outcome;  /* ANSWER: enum tpc_outcome */
+    uint8_t type;    /* enum tpc_msg_type */
+    uint8_t vote;    /* VOTE: 1 = yes, 0 = no */
+    uint8_t reason;  /* VOTE no, ABORT: enum tpc_reason */
+    uint8_t outcome; /* ANSWER: enum tpc_outcome */
     uint32_t from, to;
-    uint64_t epoch;   /* the sender's cluster configuration epoch */
+    uint64_t epoch; /* the sender's cluster configuration epoch */
     uint64_t txid;
-    uint32_t coord;   /* the transaction's coordinator */
-    uint32_t nops;    /* PREPARE: operations in ops */
-    const char *ops;  /* PREPARE: nbytes of encoded operations (borrowed) */
+    uint32_t coord;  /* the transaction's coordinator */
+    uint32_t nops;   /* PREPARE: operations in ops */
+    const char *ops; /* PREPARE: nbytes of encoded operations (borrowed) */
     uint32_t nbytes;
 };
 
@@ -117,13 +117,13 @@ struct tpc_env {
     /* A transaction this replica coordinates is decided. client is what
      * tpc_begin() got. committed: the commit record is durable. Otherwise
      * reason says why, and culprit names the replica that caused it. */
-    void (*done)(void *ctx, void *client, uint64_t txid, bool committed, enum tpc_reason reason,
-                 uint32_t culprit);
+    void (*done)(void *ctx, void *client, uint64_t txid, bool committed,
+                 enum tpc_reason reason, uint32_t culprit);
 };
 
 struct tpc_config {
-    uint32_t self;             /* our replica id */
-    uint32_t n;                /* replicas */
+    uint32_t self;                  /* our replica id */
+    uint32_t n;                     /* replicas */
     uint32_t ids[TPC_REPLICAS_MAX]; /* their ids (self among them) */
     uint64_t epoch;
     uint64_t prepare_timeout_us; /* votes must come by then, or abort */
@@ -135,15 +135,15 @@ struct tpc_stats {
     uint64_t begun;
     uint64_t committed;
     uint64_t aborted[TPC_REASON_MAX + 1]; /* by reason, as coordinator */
-    uint64_t prepared;            /* as participant: yes votes */
+    uint64_t prepared;                    /* as participant: yes votes */
     uint64_t voted_no;
     uint64_t part_committed, part_aborted;
-    uint64_t in_doubt;            /* now: voted yes, undecided past the timeout */
-    uint64_t active;              /* now: transactions not yet forgotten */
+    uint64_t in_doubt; /* now: voted yes, undecided past the timeout */
+    uint64_t active;   /* now: transactions not yet forgotten */
     uint64_t queries_sent, answers_sent;
     uint64_t resolved_by_query;
     uint64_t msgs_in[TPC_MSG_TYPE_MAX + 1], msgs_out[TPC_MSG_TYPE_MAX + 1];
-    uint64_t msgs_ignored;        /* duplicates, late, unknown txid */
+    uint64_t msgs_ignored; /* duplicates, late, unknown txid */
     uint64_t bad_epoch;
     uint64_t prepare_us_total, prepare_us_max, prepare_count; /* begin to decision */
 };
@@ -189,8 +189,8 @@ uint64_t tpc_last_txid(const struct tpc *t);
  * happened (no done call): a replica is down (*culprit says which), the
  * local prepare said no, or the log failed. ops is copied.
  */
-int tpc_begin(struct tpc *t, uint64_t txid, uint32_t nops, const char *ops, uint32_t nbytes,
-              void *client, uint64_t now_us, uint32_t *culprit);
+int tpc_begin(struct tpc *t, uint64_t txid, uint32_t nops, const char *ops,
+              uint32_t nbytes, void *client, uint64_t now_us, uint32_t *culprit);
 
 /* A message from a peer. m->ops is borrowed for the call. */
 void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us);
@@ -231,7 +231,8 @@ void tpc_get_stats(const struct tpc *t, struct tpc_stats *st);
  * is not fully acknowledged. fn is called once per transaction; prepared
  * tells which. Stops and returns fn's value if not 0. */
 int tpc_for_each_open(const struct tpc *t,
-                      int (*fn)(void *arg, const struct tpc_txn *txn, bool prepared), void *arg);
+                      int (*fn)(void *arg, const struct tpc_txn *txn, bool prepared),
+                      void *arg);
 
 /* The lowest lsn of a coordinator COMMIT record not yet durable (its effect
  * is not applied yet), or 0 if none. A snapshot must not claim to cover it. */

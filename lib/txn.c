@@ -195,7 +195,8 @@ int txn_prepare(struct txn_rm *rm, const struct tpc_txn *t, struct txn_prep **ou
             p->flush = true;
         } else {
             void *holder;
-            if (!have_check || check.nkey != w.nkey || memcmp(check.key, w.key, w.nkey) != 0) {
+            if (!have_check || check.nkey != w.nkey ||
+                memcmp(check.key, w.key, w.nkey) != 0) {
                 reason = TPC_R_BAD_OPS;
                 goto fail;
             }

@@ -81,8 +81,8 @@ static void f_abort(void *ctx, const struct tpc_txn *t, void *handle)
     F.aborts++;
 }
 
-static void f_done(void *ctx, void *client, uint64_t txid, bool committed, enum tpc_reason reason,
-                   uint32_t culprit)
+static void f_done(void *ctx, void *client, uint64_t txid, bool committed,
+                   enum tpc_reason reason, uint32_t culprit)
 {
     (void)ctx;
     (void)txid;
@@ -126,7 +126,11 @@ static struct tpc *mk(uint32_t self, uint32_t n)
 
 static struct tpc_msg msg(uint8_t type, uint32_t from, uint32_t to, uint64_t txid)
 {
-    struct tpc_msg m = {.type = type, .from = from, .to = to, .epoch = 7, .txid = txid,
+    struct tpc_msg m = {.type = type,
+                        .from = from,
+                        .to = to,
+                        .epoch = 7,
+                        .txid = txid,
                         .coord = (uint32_t)(txid & 0xff)};
     if (type == TPC_MSG_PREPARE) {
         m.nops = 1;
@@ -150,7 +154,8 @@ static uint64_t begin(struct tpc *t, void *client)
 {
     uint32_t culprit;
     uint64_t txid = tpc_next_txid(t, 1000);
-    CU_ASSERT_EQUAL_FATAL(tpc_begin(t, txid, 1, OPS, sizeof(OPS), client, 0, &culprit), 0);
+    CU_ASSERT_EQUAL_FATAL(tpc_begin(t, txid, 1, OPS, sizeof(OPS), client, 0, &culprit),
+                          0);
     return txid;
 }
 
@@ -269,8 +274,9 @@ static void test_peer_down_fails_fast(void)
 
     tpc_peer(t, 2, false, 0);
     CU_ASSERT(!tpc_peer_is_up(t, 2));
-    CU_ASSERT_EQUAL(tpc_begin(t, tpc_next_txid(t, 0), 1, OPS, sizeof(OPS), NULL, 0, &culprit),
-                    TPC_R_PEER_DOWN);
+    CU_ASSERT_EQUAL(
+        tpc_begin(t, tpc_next_txid(t, 0), 1, OPS, sizeof(OPS), NULL, 0, &culprit),
+        TPC_R_PEER_DOWN);
     CU_ASSERT_EQUAL(culprit, 2);
     CU_ASSERT_EQUAL(F.prepares, 0);
     CU_ASSERT_EQUAL(F.nlog, 0);
@@ -296,8 +302,9 @@ static void test_local_no_vote(void)
     uint32_t culprit;
 
     F.prepare_result = TPC_R_NO_MEMORY;
-    CU_ASSERT_EQUAL(tpc_begin(t, tpc_next_txid(t, 0), 1, OPS, sizeof(OPS), NULL, 0, &culprit),
-                    TPC_R_NO_MEMORY);
+    CU_ASSERT_EQUAL(
+        tpc_begin(t, tpc_next_txid(t, 0), 1, OPS, sizeof(OPS), NULL, 0, &culprit),
+        TPC_R_NO_MEMORY);
     CU_ASSERT_EQUAL(culprit, 0);
     CU_ASSERT_EQUAL(F.nsent, 0);
     CU_ASSERT_EQUAL(F.nlog, 0);
@@ -311,8 +318,9 @@ static void test_log_failure(void)
     uint32_t culprit;
 
     F.log_fails = true;
-    CU_ASSERT_EQUAL(tpc_begin(t, tpc_next_txid(t, 0), 1, OPS, sizeof(OPS), NULL, 0, &culprit),
-                    TPC_R_LOG_FAILED);
+    CU_ASSERT_EQUAL(
+        tpc_begin(t, tpc_next_txid(t, 0), 1, OPS, sizeof(OPS), NULL, 0, &culprit),
+        TPC_R_LOG_FAILED);
     CU_ASSERT_EQUAL(F.prepares, 1);
     CU_ASSERT_EQUAL(F.aborts, 1);
     CU_ASSERT_EQUAL(F.nsent, 0);
@@ -367,7 +375,7 @@ static void test_txids(void)
 {
     struct tpc *t = mk(3, 4);
     uint64_t a = tpc_next_txid(t, 5000);
-    uint64_t b = tpc_next_txid(t, 10);  /* clock went back: still increasing */
+    uint64_t b = tpc_next_txid(t, 10); /* clock went back: still increasing */
     uint64_t c = tpc_next_txid(t, 9000);
 
     CU_ASSERT_EQUAL(a & 0xff, 3);
@@ -648,8 +656,12 @@ static void test_wrong_epoch_and_strangers(void)
 static void test_recovery(void)
 {
     struct tpc *t = mk(0, 3);
-    struct tpc_txn mine = {.txid = (20 << 8) | 0, .epoch = 7, .coord = 0, .nops = 1,
-                           .ops = OPS, .nbytes = sizeof(OPS)};
+    struct tpc_txn mine = {.txid = (20 << 8) | 0,
+                           .epoch = 7,
+                           .coord = 0,
+                           .nops = 1,
+                           .ops = OPS,
+                           .nbytes = sizeof(OPS)};
     struct tpc_txn theirs = mine;
     struct tpc_stats st;
 
@@ -748,18 +760,23 @@ void unit_tpc_register(void)
 
     unit_test(s, "commit path: votes, forced commit, ACKs, END", test_commit_path);
     unit_test(s, "a NO vote aborts; late votes change nothing", test_no_vote_aborts);
-    unit_test(s, "prepare timeout aborts, naming the silent peer", test_timeout_names_silent_peer);
+    unit_test(s, "prepare timeout aborts, naming the silent peer",
+              test_timeout_names_silent_peer);
     unit_test(s, "a replica down fails writes fast", test_peer_down_fails_fast);
     unit_test(s, "local NO vote: begin fails, no callback", test_local_no_vote);
     unit_test(s, "log failure: begin fails, participant votes no", test_log_failure);
-    unit_test(s, "log fails at the commit point: outcome unknown", test_log_fails_at_commit_point);
+    unit_test(s, "log fails at the commit point: outcome unknown",
+              test_log_fails_at_commit_point);
     unit_test(s, "one replica commits alone", test_single_replica);
     unit_test(s, "txids unique, increasing, name the coordinator", test_txids);
-    unit_test(s, "participant: prepare, vote, commit, ACK; duplicates", test_participant_commit);
-    unit_test(s, "participant votes no and does not re-prepare", test_participant_votes_no);
+    unit_test(s, "participant: prepare, vote, commit, ACK; duplicates",
+              test_participant_commit);
+    unit_test(s, "participant votes no and does not re-prepare",
+              test_participant_votes_no);
     unit_test(s, "ABORT overtaking its PREPARE", test_abort_overtakes_prepare);
     unit_test(s, "participant abort; impossible COMMIT ignored", test_participant_abort);
-    unit_test(s, "a txid reused with other operations votes no", test_reused_txid_votes_no);
+    unit_test(s, "a txid reused with other operations votes no",
+              test_reused_txid_votes_no);
     unit_test(s, "in doubt: queries, presumed abort from the coordinator only",
               test_in_doubt_queries);
     unit_test(s, "cooperative termination: another participant knows",
@@ -767,7 +784,8 @@ void unit_tpc_register(void)
     unit_test(s, "QUERY answers: pending, committed, unknown", test_answers_queries);
     unit_test(s, "COMMIT resent until ACKed, and when a link returns",
               test_commit_resent_until_acked);
-    unit_test(s, "wrong epoch, strangers, unknown txids ignored", test_wrong_epoch_and_strangers);
+    unit_test(s, "wrong epoch, strangers, unknown txids ignored",
+              test_wrong_epoch_and_strangers);
     unit_test(s, "recovery: ours aborted, theirs queried, commits resent", test_recovery);
     unit_test(s, "open transactions for a snapshot; unapplied commit lsn",
               test_open_for_snapshot);

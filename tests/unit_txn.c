@@ -36,8 +36,7 @@ static enum store_status encode(struct store *s, const struct store_op *op, uint
     *nops = 0;
     if (store_prepare(s, op, txid, NOW, &ch) < 0)
         return ch.status;
-    uint64_t expected =
-        ch.type == STORE_FLUSH ? 0 : txn_version(s, ch.key, ch.nkey, NOW);
+    uint64_t expected = ch.type == STORE_FLUSH ? 0 : txn_version(s, ch.key, ch.nkey, NOW);
     CU_ASSERT_EQUAL_FATAL(txn_encode_change(b, &ch, expected, nops), 0);
     store_abort(s, &ch);
     return STORE_OK;
@@ -46,18 +45,27 @@ static enum store_status encode(struct store *s, const struct store_op *op, uint
 static int prepare(struct txn_rm *rm, uint64_t txid, const struct buf *b, uint32_t nops,
                    bool recovered, struct txn_prep **p)
 {
-    struct tpc_txn t = {.txid = txid, .nops = nops, .ops = b->data, .nbytes = (uint32_t)b->len,
+    struct tpc_txn t = {.txid = txid,
+                        .nops = nops,
+                        .ops = b->data,
+                        .nbytes = (uint32_t)b->len,
                         .recovered = recovered};
     return txn_prepare(rm, &t, p);
 }
 
 static struct store_op set_op(const char *key, const char *val)
 {
-    return (struct store_op){.type = STORE_SET, .key = key, .nkey = strlen(key), .value = val,
-                             .nvalue = strlen(val), .flags = 7, .exptime_ms = NOW + 60000};
+    return (struct store_op){.type = STORE_SET,
+                             .key = key,
+                             .nkey = strlen(key),
+                             .value = val,
+                             .nvalue = strlen(val),
+                             .flags = 7,
+                             .exptime_ms = NOW + 60000};
 }
 
-static void apply_everywhere(struct store **s, size_t n, const struct store_op *op, uint64_t txid)
+static void apply_everywhere(struct store **s, size_t n, const struct store_op *op,
+                             uint64_t txid)
 {
     struct buf b = {0};
     uint32_t nops;
@@ -104,12 +112,13 @@ static void test_effects_identical_on_every_replica(void)
     same_item(s[0], s[1], "k");
     CU_ASSERT_EQUAL(memcmp(item_value(store_get(s[1], "k", 1, NOW)), "42", 2), 0);
 
-    op = (struct store_op){.type = STORE_APPEND, .key = "k", .nkey = 1, .value = "x",
-                           .nvalue = 1};
+    op = (struct store_op){
+        .type = STORE_APPEND, .key = "k", .nkey = 1, .value = "x", .nvalue = 1};
     apply_everywhere(s, 2, &op, 300);
     same_item(s[0], s[1], "k");
 
-    op = (struct store_op){.type = STORE_TOUCH, .key = "k", .nkey = 1, .exptime_ms = NOW + 5};
+    op = (struct store_op){
+        .type = STORE_TOUCH, .key = "k", .nkey = 1, .exptime_ms = NOW + 5};
     apply_everywhere(s, 2, &op, 400);
     same_item(s[0], s[1], "k");
     CU_ASSERT_EQUAL(store_get(s[1], "k", 1, NOW)->exptime_ms, NOW + 5);
@@ -229,8 +238,8 @@ static void test_no_memory_votes_no(void)
     uint32_t nops;
 
     memset(val, 'x', sizeof(val));
-    op = (struct store_op){.type = STORE_SET, .key = "a", .nkey = 1, .value = val,
-                           .nvalue = sizeof(val)};
+    op = (struct store_op){
+        .type = STORE_SET, .key = "a", .nkey = 1, .value = val, .nvalue = sizeof(val)};
     store_apply(small, &op, 1, NOW, &(struct store_change){0});
     store_apply(big, &op, 1, NOW, &(struct store_change){0});
     op.key = "b";
@@ -255,7 +264,8 @@ void unit_txn_register(void)
               test_effects_identical_on_every_replica);
     unit_test(s, "a different version votes conflict; recovery skips the check",
               test_version_mismatch_votes_conflict);
-    unit_test(s, "a locked key votes busy; abort leaves nothing", test_locked_key_votes_busy);
+    unit_test(s, "a locked key votes busy; abort leaves nothing",
+              test_locked_key_votes_busy);
     unit_test(s, "a prepared flush holds every key", test_flush_holds_every_key);
     unit_test(s, "undecodable operations are refused", test_bad_ops_refused);
     unit_test(s, "out of memory votes no, except at recovery", test_no_memory_votes_no);
