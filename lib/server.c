@@ -1920,6 +1920,33 @@ static void conn_flush(struct conn *c)
         bufs[i] = uv_buf_init(iov[i].iov_base, (unsigned)iov[i].iov_len);
         total += iov[i].iov_len;
     }
+    /* Write at once what the socket takes: one writev, where a queued
+     * uv_write costs an epoll_ctl and a loop turn more per reply. A keys
+     * listing or a connection held back by --max-output takes the queued
+     * path, whose callback resumes it. */
+    if (c->keys == NULL && c->out.bytes < c->srv->cfg.conn_output_bytes_max) {
+        r = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)n);
+        if (r < 0 && r != UV_EAGAIN) {
+            conn_close(c, uv_strerror(r));
+            return;
+        }
+        if (r > 0) {
+            outq_consume(&c->out, (size_t)r);
+            c->srv->st.bytes_written += (uint64_t)r;
+            if (c->out.bytes == 0) {
+                if (c->close_after_flush && c->pending == NULL)
+                    conn_close(c, NULL);
+                return;
+            }
+            /* The rest waits for the socket: queue it. */
+            n = outq_iov(&c->out, iov, IOV_BATCH);
+            total = 0;
+            for (size_t i = 0; i < n; i++) {
+                bufs[i] = uv_buf_init(iov[i].iov_base, (unsigned)iov[i].iov_len);
+                total += iov[i].iov_len;
+            }
+        }
+    }
     c->wreq.data = c;
     r = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, conn_on_write);
     if (r < 0) {
