@@ -2077,8 +2077,12 @@ static void conn_process(struct conn *c)
     }
     /* Busy connections read on (so their replies keep draining), but stop at
      * the output limit, or while a request waits. */
+    /* A pending write does not stop reading while the buffer has room: the
+     * next request is usually small and comes after the reply, and stopping
+     * and restarting the socket costs two epoll_ctl calls per write. */
+    bool pend = c->pending != NULL || c->cpending != NULL;
     bool blocked = c->out.bytes >= srv->cfg.conn_output_bytes_max || c->keys != NULL ||
-                   c->pending != NULL || c->cpending != NULL || c->waiting != NULL;
+                   c->waiting != NULL || (pend && c->rcap - c->rlen < 4096);
     conn_set_reading(c, !blocked && !c->close_after_flush);
     conn_flush(c);
     return;
