@@ -26,8 +26,11 @@
 #include "bench.h"
 
 #include "client.h"
+#include "limits.h"
 #include "log.h"
+#include "proto.h"
 #include "util.h"
+#include "zipf.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -53,7 +56,13 @@
 #define LOOP_WAIT_MS 10 /* epoll_wait timeout: how soon a phase change is seen */
 #define SCAN_EVERY_NS (10 * NS_PER_MS) /* timeouts and reconnects */
 #define IN_BUF_MIN 4096u
-#define HDR_CAP (4 + 250 + 32) /* "set " KEY " 0 0 N\r\n" */
+/* A UDP frame header, then "set " KEY " 0 0 N\r\n". */
+#define HDR_CAP (LIMIT_UDP_HEADER_BYTES + 4 + 250 + 32)
+#define UDP_IN_CAP (65536u + LIMIT_UDP_HEADER_BYTES) /* any datagram */
+/* Reassembly: the payload of datagram i of a reply lands at i * UDP_STRIDE;
+ * memcached and serve fill every datagram but the last to 1392 bytes. */
+#define UDP_STRIDE 1400u
+#define UDP_RCVBUF (1024 * 1024)
 
 /* ------------------------------------------------------------------------ */
 /* Configuration                                                            */
@@ -75,6 +84,7 @@ void bench_config_default(struct bench_config *cfg)
     cfg->value_size = 100;
     cfg->keys = 100000;
     cfg->key_dist = BENCH_KEYS_UNIFORM;
+    cfg->zipf_s = BENCH_ZIPF_S_DEFAULT;
     cfg->timeout_ms = 10000;
     cfg->seed = 1;
 }
@@ -105,6 +115,18 @@ int bench_config_check(const struct bench_config *cfg, char *err, size_t cap)
     if (cfg->pipeline < 1 || cfg->pipeline > BENCH_PIPELINE_MAX)
         return util_errf(err, cap, -EINVAL, "pipeline depth must be 1..%d, not %u",
                          BENCH_PIPELINE_MAX, cfg->pipeline);
+    /* Over UDP, replies to requests sent together can come back in any order
+     * and interleaved datagram by datagram: one at a time keeps matching and
+     * reassembly simple and allocation-free. */
+    if (cfg->udp && cfg->pipeline > 1)
+        return util_errf(err, cap, -EINVAL,
+                         "UDP keeps one request outstanding per socket: use -c for "
+                         "more load, not -d %u",
+                         cfg->pipeline);
+    if (cfg->key_dist == BENCH_KEYS_ZIPF &&
+        !(cfg->zipf_s > 0 && cfg->zipf_s <= ZIPF_S_MAX))
+        return util_errf(err, cap, -EINVAL,
+                         "the zipf exponent must be above 0 and at most %g", ZIPF_S_MAX);
     if (cfg->requests == 0 && !(cfg->duration_s > 0 && isfinite(cfg->duration_s)))
         return util_errf(err, cap, -EINVAL, "the duration must be more than 0 seconds");
     if (!(cfg->warmup_s >= 0 && isfinite(cfg->warmup_s)))
@@ -124,85 +146,21 @@ int bench_config_check(const struct bench_config *cfg, char *err, size_t cap)
     if (cfg->value_size > BENCH_VALUE_MAX)
         return util_errf(err, cap, -EINVAL, "the value size must be at most %u bytes",
                          BENCH_VALUE_MAX);
+    if (cfg->udp && (cfg->ratio_set > 0 || cfg->preload)) {
+        /* memcached takes a UDP request in one datagram only, and so do we. */
+        uint64_t dgram = LIMIT_UDP_HEADER_BYTES + strlen("set ") + cfg->key_size +
+                         strlen(" 0 0 \r\n") + digits_of(cfg->value_size) +
+                         (uint64_t)cfg->value_size + 2;
+        if (dgram > BENCH_UDP_REQUEST_MAX)
+            return util_errf(err, cap, -EINVAL,
+                             "a set of %u bytes takes a %" PRIu64
+                             "-byte datagram; over UDP a request must fit one "
+                             "(at most %u bytes): lower --value-size or use TCP",
+                             cfg->value_size, dgram, BENCH_UDP_REQUEST_MAX);
+    }
     if (cfg->timeout_ms < 1)
         return util_errf(err, cap, -EINVAL, "the timeout must be at least 1 ms");
     return 0;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Histogram                                                                */
-
-void bench_hist_init(struct bench_hist *h)
-{
-    memset(h, 0, sizeof(*h));
-    h->min_ns = UINT64_MAX;
-}
-
-unsigned bench_hist_index(uint64_t ns)
-{
-    unsigned msb, shift;
-
-    if (ns < 2 * BENCH_HIST_SUB)
-        return (unsigned)ns;
-    msb = 63u - (unsigned)__builtin_clzll(ns);
-    shift = msb - 7; /* ns >> shift is in [128, 256) */
-    if (shift > 28)
-        return BENCH_HIST_BUCKETS - 1;
-    return shift * BENCH_HIST_SUB + (unsigned)(ns >> shift);
-}
-
-uint64_t bench_hist_bucket_high(unsigned i)
-{
-    unsigned shift;
-
-    if (i < 2 * BENCH_HIST_SUB)
-        return i;
-    shift = i / BENCH_HIST_SUB - 1;
-    return (((uint64_t)(i % BENCH_HIST_SUB + BENCH_HIST_SUB) + 1) << shift) - 1;
-}
-
-void bench_hist_record(struct bench_hist *h, uint64_t ns)
-{
-    h->counts[bench_hist_index(ns)]++;
-    h->total++;
-    h->sum_ns += (double)ns;
-    if (ns > h->max_ns)
-        h->max_ns = ns;
-    if (ns < h->min_ns)
-        h->min_ns = ns;
-}
-
-void bench_hist_merge(struct bench_hist *into, const struct bench_hist *from)
-{
-    for (unsigned i = 0; i < BENCH_HIST_BUCKETS; i++)
-        into->counts[i] += from->counts[i];
-    into->total += from->total;
-    into->sum_ns += from->sum_ns;
-    if (from->max_ns > into->max_ns)
-        into->max_ns = from->max_ns;
-    if (from->min_ns < into->min_ns)
-        into->min_ns = from->min_ns;
-}
-
-uint64_t bench_hist_percentile(const struct bench_hist *h, double p)
-{
-    uint64_t rank, seen = 0;
-
-    if (h->total == 0)
-        return 0;
-    rank = (uint64_t)ceil(p / 100.0 * (double)h->total);
-    if (rank < 1)
-        rank = 1;
-    if (rank > h->total)
-        rank = h->total;
-    for (unsigned i = 0; i < BENCH_HIST_BUCKETS; i++) {
-        seen += h->counts[i];
-        if (seen >= rank) {
-            uint64_t v = bench_hist_bucket_high(i);
-            return v < h->max_ns ? v : h->max_ns;
-        }
-    }
-    return h->max_ns;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -241,26 +199,31 @@ struct conn {
     uint64_t deadline_ns; /* CONNECTING: give up then */
     uint64_t retry_ns;    /* CLOSED: reconnect then */
     unsigned backoff_ms;
-    /* Output: one request at a time, written from iov[iov_i..iov_n). */
-    struct iovec iov[2];
-    unsigned iov_i, iov_n;
-    char set_hdr[HDR_CAP];
-    size_t set_hdr_len;
-    char get_hdr[HDR_CAP];
-    size_t get_hdr_len;
+    /* Output: the queued requests not yet written, iov[iov_i..iov_n) of
+     * iov_cap (two per slot: a request is a header and maybe the value). */
+    struct iovec *iov;
+    unsigned iov_i, iov_n, iov_cap;
+    char *hdrs; /* HDR_CAP bytes per slot: the header of its request */
     /* Input. */
     char *in;
     size_t in_len, in_cap, in_need;
     struct client_reply r;
-    /* Outstanding requests, oldest at q_head. */
-    struct slot q[BENCH_PIPELINE_MAX];
+    /* Outstanding requests, oldest at q_head, a ring of `pipeline` slots. */
+    struct slot *q;
     unsigned q_head, q_n;
     unsigned cycle; /* position in the set:get cycle */
+    /* UDP: the request id of the outstanding request, and its reply's
+     * datagrams so far (udp_len[i] of datagram i, UINT32_MAX if missing). */
+    uint16_t udp_id;
+    uint16_t udp_total, udp_received;
+    uint32_t *udp_len;
+    char *udp_asm;
+    unsigned udp_parts_cap; /* entries of udp_len, UDP_STRIDE-byte parts of udp_asm */
 };
 
 /* Written by its worker, read by the main thread while running. */
 struct live_hist {
-    _Atomic uint64_t counts[BENCH_HIST_BUCKETS];
+    _Atomic uint64_t counts[HIST_BUCKETS];
 };
 
 struct shared;
@@ -286,10 +249,12 @@ struct worker {
     /* Tallies, read after join. */
     struct bench_counts measured, preload;
     uint64_t conn_failures, disconnects, timeouts, lost, unfinished;
+    uint64_t udp_timeouts, late_replies, udp_errors;
     char first_err[BENCH_ERR_COUNT][160];
     char first_conn_err[160];
     _Atomic int first_conn_errno; /* the first failed attempt's errno */
     uint64_t lat_max[BENCH_OP_COUNT], lat_min[BENCH_OP_COUNT];
+    uint64_t lat_overflow[BENCH_OP_COUNT]; /* above HIST_RANGE_MAX_NS */
     double lat_sum[BENCH_OP_COUNT];
     /* Read while running. */
     _Atomic uint64_t live_replies; /* measured replies */
@@ -304,6 +269,10 @@ struct shared {
     socklen_t addrlen;
     char *value; /* value_size bytes, then CRLF */
     unsigned key_digits;
+    /* Request line templates, the key's digits all '0' (put_key). */
+    char set_tpl[HDR_CAP], get_tpl[HDR_CAP];
+    size_t set_tpl_len, get_tpl_len;
+    struct zipf zipf; /* BENCH_KEYS_ZIPF */
     _Atomic int phase;
     _Atomic unsigned settled;   /* workers whose connections were each tried once */
     _Atomic unsigned conns_up;  /* connections whose first attempt succeeded */
@@ -359,26 +328,41 @@ static bool key_is(const struct shared *sh, const char *key, size_t len, uint64_
     return memcmp(key, BENCH_KEY_PREFIX, strlen(BENCH_KEY_PREFIX)) == 0;
 }
 
-static void conn_init(struct conn *c, struct worker *w)
+static int conn_grow(struct conn *c, size_t need);
+static int udp_grow(struct conn *c, unsigned parts);
+
+/* Datagrams the reply to a get of one value may take, so that reassembly
+ * seldom has to grow its buffer while running. */
+static unsigned udp_parts_expected(const struct bench_config *cfg)
+{
+    size_t reply = strlen("VALUE  4294967295 \r\n\r\nEND\r\n") + cfg->key_size +
+                   digits_of(cfg->value_size) + cfg->value_size;
+
+    return (unsigned)(reply / LIMIT_UDP_PAYLOAD_BYTES + 2);
+}
+
+/* Sets c up and allocates everything it will ever need but a larger reply.
+ * Returns 0 or -ENOMEM (conn_free() cleans up either way). */
+static int conn_init(struct conn *c, struct worker *w)
 {
     const struct bench_config *cfg = w->sh->cfg;
-    size_t plen = strlen(BENCH_KEY_PREFIX);
-    char key[256];
-    int n;
 
     memset(c, 0, sizeof(*c));
     c->w = w;
     c->fd = -1;
     c->backoff_ms = BACKOFF_MIN_MS;
-    memcpy(key, BENCH_KEY_PREFIX, plen);
-    memset(key + plen, '0', cfg->key_size - plen);
-    key[cfg->key_size] = '\0';
-    n = snprintf(c->set_hdr, sizeof(c->set_hdr), "set %s 0 0 %u\r\n", key,
-                 cfg->value_size);
-    c->set_hdr_len = (size_t)n;
-    n = snprintf(c->get_hdr, sizeof(c->get_hdr), "get %s\r\n", key);
-    c->get_hdr_len = (size_t)n;
     client_reply_init(&c->r);
+    c->q = calloc(cfg->pipeline, sizeof(*c->q));
+    c->hdrs = malloc((size_t)cfg->pipeline * HDR_CAP);
+    c->iov_cap = 2 * cfg->pipeline;
+    c->iov = calloc(c->iov_cap, sizeof(*c->iov));
+    if (c->q == NULL || c->hdrs == NULL || c->iov == NULL)
+        return -ENOMEM;
+    if (cfg->udp)
+        return conn_grow(c, UDP_IN_CAP) < 0 || udp_grow(c, udp_parts_expected(cfg)) < 0
+                   ? -ENOMEM
+                   : 0;
+    return conn_grow(c, IN_BUF_MIN);
 }
 
 static void conn_free(struct conn *c)
@@ -388,6 +372,16 @@ static void conn_free(struct conn *c)
     c->fd = -1;
     free(c->in);
     c->in = NULL;
+    free(c->q);
+    c->q = NULL;
+    free(c->hdrs);
+    c->hdrs = NULL;
+    free(c->iov);
+    c->iov = NULL;
+    free(c->udp_len);
+    c->udp_len = NULL;
+    free(c->udp_asm);
+    c->udp_asm = NULL;
     client_reply_free(&c->r);
 }
 
@@ -429,6 +423,7 @@ static void conn_close(struct conn *c, uint64_t now)
     c->iov_i = c->iov_n = 0;
     c->in_len = 0;
     c->in_need = 0;
+    c->udp_total = c->udp_received = 0;
     conn_schedule_retry(c, now);
 }
 
@@ -477,12 +472,20 @@ static void conn_connect(struct conn *c, uint64_t now)
     struct epoll_event e;
     int fd, one = 1;
 
-    fd = socket(sh->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    fd = socket(sh->addr.ss_family,
+                (sh->cfg->udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                0);
     if (fd < 0) {
         conn_failed(c, errno, now);
         return;
     }
-    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (sh->cfg->udp) {
+        /* Room for a burst of multi-datagram replies; best effort. */
+        int rcv = UDP_RCVBUF;
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+    } else {
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
     c->fd = fd;
     c->st = CS_CONNECTING;
     c->deadline_ns = now + (uint64_t)sh->cfg->timeout_ms * NS_PER_MS;
@@ -491,13 +494,16 @@ static void conn_connect(struct conn *c, uint64_t now)
         conn_failed(c, errno, now);
         return;
     }
-    e.events = EPOLLOUT;
+    /* A UDP socket is connected at once: it only sets the peer. */
+    e.events = sh->cfg->udp ? EPOLLIN : EPOLLOUT;
     e.data.ptr = c;
     if (epoll_ctl(c->w->ep, EPOLL_CTL_ADD, fd, &e) < 0) {
         conn_failed(c, errno, now);
         return;
     }
-    c->events = EPOLLOUT;
+    c->events = e.events;
+    if (sh->cfg->udp)
+        conn_opened(c, now);
 }
 
 /* CONNECTING and writable: the attempt has ended one way or the other. */
@@ -515,15 +521,27 @@ static void conn_connected(struct conn *c, uint64_t now)
     conn_opened(c, now);
 }
 
-/* Writes what is left of the current request. */
+/* A UDP send or receive failed (errno e): counted, and the socket goes on;
+ * a request that did not go out ends as a UDP timeout. */
+static void udp_error(struct conn *c, const char *what, int e)
+{
+    char msg[160];
+
+    c->w->udp_errors++;
+    snprintf(msg, sizeof(msg), "udp %s: %s", what, strerror(e));
+    set_first(c->w->first_conn_err, sizeof(c->w->first_conn_err), msg);
+}
+
+/* Writes what is left of the queued requests (over UDP, the one datagram). */
 static void conn_flush(struct conn *c, uint64_t now)
 {
     while (c->iov_i < c->iov_n) {
         struct msghdr m = {0};
+        unsigned left = c->iov_n - c->iov_i;
         ssize_t n;
 
         m.msg_iov = &c->iov[c->iov_i];
-        m.msg_iovlen = c->iov_n - c->iov_i;
+        m.msg_iovlen = left < UIO_MAXIOV ? left : UIO_MAXIOV;
         n = sendmsg(c->fd, &m, MSG_NOSIGNAL);
         if (n < 0) {
             char msg[160];
@@ -533,6 +551,11 @@ static void conn_flush(struct conn *c, uint64_t now)
                 if (conn_set_events(c, EPOLLIN | EPOLLOUT) < 0)
                     conn_lost(c, "epoll_ctl failed", now);
                 return;
+            }
+            if (c->w->sh->cfg->udp) {
+                udp_error(c, "send", errno);
+                c->iov_i = c->iov_n;
+                break;
             }
             snprintf(msg, sizeof(msg), "send: %s", strerror(errno));
             conn_lost(c, msg, now);
@@ -556,74 +579,108 @@ static void conn_flush(struct conn *c, uint64_t now)
     }
 }
 
-/* Sends one request. */
+/* Queues one request: its header in its slot's buffer, then iovecs for the
+ * header and (a set) the shared value. conn_fill() writes the batch. */
 static void conn_issue(struct conn *c, enum bench_op op, uint64_t key, int phase)
 {
     struct worker *w = c->w;
     const struct shared *sh = w->sh;
-    struct slot *s;
-    uint64_t now;
+    unsigned idx = (c->q_head + c->q_n) % sh->cfg->pipeline;
+    char *hdr = c->hdrs + (size_t)idx * HDR_CAP;
+    size_t off = sh->cfg->udp ? LIMIT_UDP_HEADER_BYTES : 0;
+    size_t len = op == BENCH_OP_SET ? sh->set_tpl_len : sh->get_tpl_len;
+    struct slot *s = &c->q[idx];
 
-    if (op == BENCH_OP_SET) {
-        put_key(sh, c->set_hdr, key);
-        c->iov[0].iov_base = c->set_hdr;
-        c->iov[0].iov_len = c->set_hdr_len;
-        c->iov[1].iov_base = sh->value;
-        c->iov[1].iov_len = sh->cfg->value_size + 2;
-        c->iov_n = 2;
-    } else {
-        put_key(sh, c->get_hdr, key);
-        c->iov[0].iov_base = c->get_hdr;
-        c->iov[0].iov_len = c->get_hdr_len;
-        c->iov_n = 1;
+    memcpy(hdr + off, op == BENCH_OP_SET ? sh->set_tpl : sh->get_tpl, len);
+    put_key(sh, hdr + off, key);
+    if (sh->cfg->udp) {
+        /* A new id for every request, so a late reply is told apart. */
+        struct proto_udp_hdr fh = {.req_id = ++c->udp_id, .seq = 0, .total = 1};
+        proto_udp_encode(hdr, &fh);
+        c->udp_total = c->udp_received = 0;
     }
-    c->iov_i = 0;
-    s = &c->q[(c->q_head + c->q_n) % BENCH_PIPELINE_MAX];
+    if (c->iov_n + 2 > c->iov_cap) {
+        /* The unwritten iovecs belong to outstanding requests, at most two
+         * each: moved to the front, they leave room. */
+        memmove(c->iov, c->iov + c->iov_i, (c->iov_n - c->iov_i) * sizeof(*c->iov));
+        c->iov_n -= c->iov_i;
+        c->iov_i = 0;
+    }
+    c->iov[c->iov_n].iov_base = hdr;
+    c->iov[c->iov_n].iov_len = off + len;
+    c->iov_n++;
+    if (op == BENCH_OP_SET) {
+        c->iov[c->iov_n].iov_base = sh->value;
+        c->iov[c->iov_n].iov_len = sh->cfg->value_size + 2;
+        c->iov_n++;
+    }
     c->q_n++;
     w->inflight++;
-    now = util_mono_ns();
-    s->sent_ns = now;
+    s->sent_ns = 0; /* set when the batch is written */
     s->key = key;
     s->op = (uint8_t)op;
     s->phase = (uint8_t)phase;
-    conn_flush(c, now);
 }
 
-/* Sends requests while the phase, the pipeline and the quotas allow. */
+static uint64_t next_key(struct worker *w)
+{
+    const struct shared *sh = w->sh;
+
+    if (sh->cfg->key_dist == BENCH_KEYS_ZIPF)
+        return zipf_next(&sh->zipf, &w->rng);
+    return rng_next(&w->rng) % sh->cfg->keys;
+}
+
+/* Queues requests while the phase, the depth and the quotas allow, then
+ * writes them in one go; their latencies start now. */
 static void conn_fill(struct conn *c, uint64_t now)
 {
     struct worker *w = c->w;
     const struct bench_config *cfg = w->sh->cfg;
+    unsigned added = 0;
 
-    (void)now;
-    while (c->st == CS_OPEN && c->q_n < cfg->pipeline && c->iov_i == c->iov_n) {
+    while (c->st == CS_OPEN && c->q_n < cfg->pipeline) {
         enum bench_op op;
-        uint64_t key;
+        bool stop = false;
 
         switch (w->phase) {
         case PH_PRELOAD:
-            if (w->pre_next >= w->pre_end)
-                return;
+            if (w->pre_next >= w->pre_end) {
+                stop = true;
+                break;
+            }
             conn_issue(c, BENCH_OP_SET, w->pre_next++, PH_PRELOAD);
+            added++;
             continue;
         case PH_MEASURE:
             if (w->quota_mode) {
-                if (w->quota == 0)
-                    return;
+                if (w->quota == 0) {
+                    stop = true;
+                    break;
+                }
                 w->quota--;
             }
             break;
         case PH_WARMUP:
             break;
         default:
-            return;
+            stop = true;
+            break;
         }
+        if (stop)
+            break;
         op = c->cycle < cfg->ratio_set ? BENCH_OP_SET : BENCH_OP_GET;
         if (++c->cycle >= cfg->ratio_set + cfg->ratio_get)
             c->cycle = 0;
-        key = rng_next(&w->rng) % cfg->keys;
-        conn_issue(c, op, key, w->phase);
+        conn_issue(c, op, next_key(w), w->phase);
+        added++;
     }
+    if (added == 0)
+        return;
+    now = util_mono_ns();
+    for (unsigned i = c->q_n - added; i < c->q_n; i++)
+        c->q[(c->q_head + i) % cfg->pipeline].sent_ns = now;
+    conn_flush(c, now);
 }
 
 static enum bench_err err_kind(enum client_reply_type t)
@@ -649,7 +706,7 @@ static void conn_reply(struct conn *c, uint64_t now)
     struct bench_counts *k = NULL;
     bool ok = false, hit = false;
 
-    c->q_head = (c->q_head + 1) % BENCH_PIPELINE_MAX;
+    c->q_head = (c->q_head + 1) % w->sh->cfg->pipeline;
     c->q_n--;
     w->inflight--;
     relaxed_inc(&w->progress);
@@ -711,7 +768,9 @@ static void conn_reply(struct conn *c, uint64_t now)
     }
     {
         uint64_t lat = now - s.sent_ns;
-        relaxed_inc(&w->lh[s.op].counts[bench_hist_index(lat)]);
+        relaxed_inc(&w->lh[s.op].counts[hist_index(lat)]);
+        if (lat > HIST_RANGE_MAX_NS)
+            w->lat_overflow[s.op]++;
         w->lat_sum[s.op] += (double)lat;
         if (lat > w->lat_max[s.op])
             w->lat_max[s.op] = lat;
@@ -798,6 +857,142 @@ static void conn_read(struct conn *c)
     conn_fill(c, now);
 }
 
+/* Makes room for a reply of `parts` datagrams. */
+static int udp_grow(struct conn *c, unsigned parts)
+{
+    uint32_t *len;
+    char *buf;
+
+    if (parts <= c->udp_parts_cap)
+        return 0;
+    len = realloc(c->udp_len, parts * sizeof(*len));
+    if (len == NULL)
+        return -ENOMEM;
+    c->udp_len = len;
+    buf = realloc(c->udp_asm, (size_t)parts * UDP_STRIDE);
+    if (buf == NULL)
+        return -ENOMEM;
+    c->udp_asm = buf;
+    c->udp_parts_cap = parts;
+    return 0;
+}
+
+/* The outstanding UDP request is given up on (no reply in time, or a reply
+ * that cannot be parsed): its slot is freed and a datagram still to be sent
+ * is dropped; a reply that comes later is a late one. */
+static void udp_give_up(struct conn *c)
+{
+    c->q_head = (c->q_head + 1) % c->w->sh->cfg->pipeline;
+    c->q_n--;
+    c->w->inflight--;
+    c->iov_i = c->iov_n = 0;
+    c->udp_total = c->udp_received = 0;
+    relaxed_inc(&c->w->progress);
+}
+
+/* A whole UDP reply payload for the outstanding request. */
+static void udp_reply(struct conn *c, const char *buf, size_t len, uint64_t now)
+{
+    int rc = client_reply_parse(&c->r, buf, len);
+
+    c->udp_total = c->udp_received = 0;
+    if (rc == 1) {
+        conn_reply(c, now);
+        return;
+    }
+    {
+        char esc[100], msg[160];
+        const char *nl = memchr(buf, '\n', len);
+        size_t n = nl ? (size_t)(nl - buf) : len;
+        log_escape(esc, sizeof(esc), buf, n);
+        snprintf(msg, sizeof(msg), "%s UDP reply: %s",
+                 rc == 0 ? "incomplete" : "malformed", esc);
+        c->w->udp_errors++;
+        set_first(c->w->first_conn_err, sizeof(c->w->first_conn_err), msg);
+        udp_give_up(c);
+    }
+}
+
+/* One datagram of a reply (header checked to be there). */
+static void udp_datagram(struct conn *c, const char *d, size_t n, uint64_t now)
+{
+    struct worker *w = c->w;
+    struct proto_udp_hdr h;
+    const char *payload = d + LIMIT_UDP_HEADER_BYTES;
+    size_t plen = n - LIMIT_UDP_HEADER_BYTES;
+
+    proto_udp_read(d, &h);
+    if (c->q_n == 0 || h.req_id != c->udp_id) {
+        w->late_replies++;
+        return;
+    }
+    if (h.total == 0 || h.seq >= h.total ||
+        (c->udp_total != 0 && h.total != c->udp_total)) {
+        udp_error(c, "reply", EPROTO);
+        return;
+    }
+    if (h.total == 1) {
+        udp_reply(c, payload, plen, now);
+        return;
+    }
+    if (c->udp_total == 0) {
+        if (udp_grow(c, h.total) < 0) {
+            udp_error(c, "reply", ENOMEM);
+            return;
+        }
+        for (unsigned i = 0; i < h.total; i++)
+            c->udp_len[i] = UINT32_MAX;
+        c->udp_total = h.total;
+        c->udp_received = 0;
+    }
+    if (c->udp_len[h.seq] != UINT32_MAX)
+        return; /* a duplicate */
+    if (plen > UDP_STRIDE) {
+        udp_error(c, "reply", EMSGSIZE);
+        return;
+    }
+    memcpy(c->udp_asm + (size_t)h.seq * UDP_STRIDE, payload, plen);
+    c->udp_len[h.seq] = (uint32_t)plen;
+    if (++c->udp_received < c->udp_total)
+        return;
+    {
+        /* Every part is in: close the gaps of the parts shorter than the
+         * stride (normally the last one only, so nothing moves). */
+        size_t off = 0;
+        for (unsigned i = 0; i < c->udp_total; i++) {
+            if (off != (size_t)i * UDP_STRIDE)
+                memmove(c->udp_asm + off, c->udp_asm + (size_t)i * UDP_STRIDE,
+                        c->udp_len[i]);
+            off += c->udp_len[i];
+        }
+        udp_reply(c, c->udp_asm, off, now);
+    }
+}
+
+static void udp_read(struct conn *c)
+{
+    uint64_t now = util_mono_ns();
+
+    /* Level-triggered: a few datagrams per wake-up, the rest next time. */
+    for (int i = 0; i < 64 && c->st == CS_OPEN; i++) {
+        ssize_t n = recv(c->fd, c->in, c->in_cap, MSG_TRUNC);
+        now = util_mono_ns();
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                udp_error(c, "receive", errno);
+            break;
+        }
+        if ((size_t)n > c->in_cap || n < LIMIT_UDP_HEADER_BYTES) {
+            udp_error(c, "reply", EMSGSIZE);
+            continue;
+        }
+        udp_datagram(c, c->in, (size_t)n, now);
+    }
+    conn_fill(c, now);
+}
+
 static void conn_event(struct conn *c, uint32_t ev, uint64_t now)
 {
     switch (c->st) {
@@ -805,8 +1000,12 @@ static void conn_event(struct conn *c, uint32_t ev, uint64_t now)
         conn_connected(c, now);
         return;
     case CS_OPEN:
-        if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
-            conn_read(c);
+        if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+            if (c->w->sh->cfg->udp)
+                udp_read(c);
+            else
+                conn_read(c);
+        }
         if (c->st == CS_OPEN && (ev & EPOLLOUT)) {
             conn_flush(c, now);
             /* A reply may have come before the request was all written. */
@@ -832,7 +1031,12 @@ static void worker_scan(struct worker *w, uint64_t now)
             break;
         case CS_OPEN:
             if (c->q_n > 0 && now > c->q[c->q_head].sent_ns &&
-                now - c->q[c->q_head].sent_ns >= timeout) {
+                now - c->q[c->q_head].sent_ns >= timeout && w->sh->cfg->udp) {
+                w->udp_timeouts++;
+                udp_give_up(c);
+                conn_fill(c, now);
+            } else if (c->q_n > 0 && now > c->q[c->q_head].sent_ns &&
+                       now - c->q[c->q_head].sent_ns >= timeout) {
                 char msg[160];
                 snprintf(msg, sizeof(msg), "no reply within %d ms",
                          w->sh->cfg->timeout_ms);
@@ -945,9 +1149,49 @@ static int wait_connect(int fd, int timeout_ms)
 }
 
 /*
- * Resolves the server and connects once to each address in turn; the first
- * that accepts is the one every connection will use. Returns 0 or a negative
- * errno code with a sentence in err.
+ * Over UDP nothing says whether a server listens but an answer: sends a
+ * "version" request from a socket connected to addr and waits for a reply
+ * datagram with its id. Returns 0 or an errno code (ETIMEDOUT: no answer).
+ */
+static int udp_probe(int fd, const struct sockaddr *addr, socklen_t len, int timeout_ms)
+{
+    static const char req[] = "\xbe\xef\0\0\0\1\0\0version\r\n";
+    uint64_t deadline = util_mono_ns() + (uint64_t)timeout_ms * NS_PER_MS;
+    char buf[2048];
+
+    if (connect(fd, addr, len) < 0)
+        return errno;
+    if (send(fd, req, sizeof(req) - 1, 0) < 0)
+        return errno;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        uint64_t now = util_mono_ns();
+        ssize_t n;
+        int r;
+
+        if (now >= deadline)
+            return ETIMEDOUT;
+        r = poll(&p, 1, (int)((deadline - now + NS_PER_MS - 1) / NS_PER_MS));
+        if (r < 0 && errno != EINTR)
+            return errno;
+        if (r <= 0)
+            continue;
+        n = recv(fd, buf, sizeof(buf), 0);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return errno;
+        }
+        if (n >= LIMIT_UDP_HEADER_BYTES && memcmp(buf, req, 2) == 0)
+            return 0;
+    }
+}
+
+/*
+ * Resolves the server and connects once to each address in turn (over UDP:
+ * asks it for its version); the first that answers is the one every
+ * connection will use. Returns 0 or a negative errno code with a sentence in
+ * err.
  */
 static int resolve(struct shared *sh, char *err, size_t cap)
 {
@@ -957,7 +1201,7 @@ static int resolve(struct shared *sh, char *err, size_t cap)
     int rc, e = EHOSTUNREACH;
 
     hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_socktype = cfg->udp ? SOCK_DGRAM : SOCK_STREAM;
     snprintf(port, sizeof(port), "%u", cfg->port);
     rc = getaddrinfo(cfg->host, port, &hints, &res);
     if (rc != 0)
@@ -970,7 +1214,9 @@ static int resolve(struct shared *sh, char *err, size_t cap)
             e = errno;
             continue;
         }
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+        if (cfg->udp)
+            e = udp_probe(fd, ai->ai_addr, ai->ai_addrlen, cfg->timeout_ms);
+        else if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
             e = 0;
         else if (errno == EINPROGRESS)
             e = wait_connect(fd, cfg->timeout_ms);
@@ -984,6 +1230,12 @@ static int resolve(struct shared *sh, char *err, size_t cap)
         }
     }
     freeaddrinfo(res);
+    if (ai == NULL && cfg->udp)
+        return util_errf(err, cap, -e,
+                         "no answer over UDP from %s port %u: %s (memcached needs -U "
+                         "PORT to listen on UDP)",
+                         cfg->host, cfg->port,
+                         e == ETIMEDOUT ? "timed out" : strerror(e));
     if (ai == NULL)
         return util_errf(err, cap, -e, "cannot connect to %s port %u: %s", cfg->host,
                          cfg->port, strerror(e));
@@ -1049,25 +1301,24 @@ static void fmt_lat(char *dst, size_t cap, uint64_t ns)
 
 /* One live line: replies in the last second, average so far, p99 so far. */
 static void live_line(const struct bench_config *cfg, struct worker *ws, unsigned nw,
-                      struct bench_hist *tmp, double secs, uint64_t *prev, double dt)
+                      struct hist *tmp, double secs, uint64_t *prev, double dt)
 {
     uint64_t replies = 0, errors = 0;
     char p99[32];
 
-    bench_hist_init(tmp);
+    hist_init(tmp);
     for (unsigned i = 0; i < nw; i++) {
         replies += atomic_load_explicit(&ws[i].live_replies, memory_order_relaxed);
         errors += atomic_load_explicit(&ws[i].live_errors, memory_order_relaxed);
         for (unsigned op = 0; op < BENCH_OP_COUNT; op++)
-            for (unsigned b = 0; b < BENCH_HIST_BUCKETS; b++) {
-                uint64_t v =
-                    atomic_load_explicit(&ws[i].lh[op].counts[b], memory_order_relaxed);
-                tmp->counts[b] += v;
-                tmp->total += v;
+            for (unsigned b = 0; b < HIST_BUCKETS; b++) {
+                hist_add_bucket(
+                    tmp, b,
+                    atomic_load_explicit(&ws[i].lh[op].counts[b], memory_order_relaxed));
             }
     }
     tmp->max_ns = UINT64_MAX; /* percentiles up to the bucket's top */
-    fmt_lat(p99, sizeof(p99), bench_hist_percentile(tmp, 99));
+    fmt_lat(p99, sizeof(p99), hist_percentile(tmp, 99));
     fprintf(cfg->live,
             "%6.0fs %10.0f ops/s now %10.0f ops/s so far   p99 so far %-9s errors "
             "%" PRIu64 "\n",
@@ -1091,8 +1342,8 @@ static void counts_add(struct bench_counts *into, const struct bench_counts *fro
 static void collect(struct bench_result *res, struct worker *ws, unsigned nw)
 {
     for (unsigned op = 0; op < BENCH_OP_COUNT; op++)
-        bench_hist_init(&res->hist[op]);
-    bench_hist_init(&res->all);
+        hist_init(&res->hist[op]);
+    hist_init(&res->all);
     for (unsigned i = 0; i < nw; i++) {
         struct worker *w = &ws[i];
         counts_add(&res->measured, &w->measured);
@@ -1100,18 +1351,19 @@ static void collect(struct bench_result *res, struct worker *ws, unsigned nw)
         res->conn_failures += w->conn_failures;
         res->disconnects += w->disconnects;
         res->timeouts += w->timeouts;
+        res->udp_timeouts += w->udp_timeouts;
+        res->late_replies += w->late_replies;
+        res->udp_errors += w->udp_errors;
         res->lost += w->lost;
         res->unfinished += w->unfinished;
         for (unsigned e = 0; e < BENCH_ERR_COUNT; e++)
             set_first(res->first_err[e], sizeof(res->first_err[e]), w->first_err[e]);
         set_first(res->first_conn_err, sizeof(res->first_conn_err), w->first_conn_err);
         for (unsigned op = 0; op < BENCH_OP_COUNT; op++) {
-            struct bench_hist *h = &res->hist[op];
-            for (unsigned b = 0; b < BENCH_HIST_BUCKETS; b++) {
-                uint64_t v = atomic_load(&w->lh[op].counts[b]);
-                h->counts[b] += v;
-                h->total += v;
-            }
+            struct hist *h = &res->hist[op];
+            for (unsigned b = 0; b < HIST_BUCKETS; b++)
+                hist_add_bucket(h, b, atomic_load(&w->lh[op].counts[b]));
+            h->overflow += w->lat_overflow[op];
             h->sum_ns += w->lat_sum[op];
             if (w->lat_max[op] > h->max_ns)
                 h->max_ns = w->lat_max[op];
@@ -1120,7 +1372,7 @@ static void collect(struct bench_result *res, struct worker *ws, unsigned nw)
         }
     }
     for (unsigned op = 0; op < BENCH_OP_COUNT; op++)
-        bench_hist_merge(&res->all, &res->hist[op]);
+        hist_merge(&res->all, &res->hist[op]);
 }
 
 /* Waits until *counter reaches target, the run is interrupted, or nothing
@@ -1156,7 +1408,7 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res, char *er
 {
     struct shared sh;
     struct worker *ws = NULL;
-    struct bench_hist *tmp = NULL;
+    struct hist *tmp = NULL;
     unsigned nw;
     uint64_t stall_ns, t0 = 0, t_stop = 0, t;
     int rc;
@@ -1167,6 +1419,20 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res, char *er
     memset(&sh, 0, sizeof(sh));
     sh.cfg = cfg;
     sh.key_digits = digits_of(cfg->keys - 1);
+    {
+        size_t plen = strlen(BENCH_KEY_PREFIX);
+        char key[256];
+        memcpy(key, BENCH_KEY_PREFIX, plen);
+        memset(key + plen, '0', cfg->key_size - plen);
+        key[cfg->key_size] = '\0';
+        sh.set_tpl_len = (size_t)snprintf(sh.set_tpl, sizeof(sh.set_tpl),
+                                          "set %s 0 0 %u\r\n", key, cfg->value_size);
+        sh.get_tpl_len =
+            (size_t)snprintf(sh.get_tpl, sizeof(sh.get_tpl), "get %s\r\n", key);
+    }
+    if (cfg->key_dist == BENCH_KEYS_ZIPF &&
+        zipf_init(&sh.zipf, cfg->keys, cfg->zipf_s) < 0)
+        return util_errf(err, cap, -EINVAL, "bad zipf parameters");
     atomic_init(&sh.phase, PH_CONNECT);
     atomic_init(&sh.settled, 0);
     atomic_init(&sh.conns_up, 0);
@@ -1209,7 +1475,7 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res, char *er
             share_start(cfg->requests, i + 1, nw) - share_start(cfg->requests, i, nw);
         for (unsigned op = 0; op < BENCH_OP_COUNT; op++) {
             w->lat_min[op] = UINT64_MAX;
-            for (unsigned b = 0; b < BENCH_HIST_BUCKETS; b++)
+            for (unsigned b = 0; b < HIST_BUCKETS; b++)
                 atomic_init(&w->lh[op].counts[b], 0);
         }
         atomic_init(&w->live_replies, 0);
@@ -1225,9 +1491,10 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res, char *er
                            w->ep < 0 ? strerror(errno) : "out of memory");
             goto out;
         }
+        for (unsigned j = 0; j < w->nconns; j++)
+            w->conns[j].fd = -1; /* for the clean-up, should one fail */
         for (unsigned j = 0; j < w->nconns; j++) {
-            conn_init(&w->conns[j], w);
-            if (conn_grow(&w->conns[j], IN_BUF_MIN) < 0) {
+            if (conn_init(&w->conns[j], w) < 0) {
                 rc = util_errf(err, cap, -ENOMEM, "out of memory");
                 goto out;
             }
@@ -1394,7 +1661,7 @@ static uint64_t err_total(const struct bench_counts *k)
     return n;
 }
 
-static void print_lat_row(FILE *f, const char *name, const struct bench_hist *h)
+static void print_lat_row(FILE *f, const char *name, const struct hist *h)
 {
     static const double ps[] = {50, 90, 99, 99.9};
     char v[32];
@@ -1405,7 +1672,7 @@ static void print_lat_row(FILE *f, const char *name, const struct bench_hist *h)
         return;
     }
     for (unsigned i = 0; i < ARRAY_SIZE(ps); i++) {
-        fmt_lat(v, sizeof(v), bench_hist_percentile(h, ps[i]));
+        fmt_lat(v, sizeof(v), hist_percentile(h, ps[i]));
         fprintf(f, " %10s", v);
     }
     fmt_lat(v, sizeof(v), h->max_ns);
@@ -1421,17 +1688,25 @@ void bench_print_text(FILE *f, const struct bench_config *cfg,
     uint64_t errs = err_total(m);
     double secs = res->elapsed_s > 0 ? res->elapsed_s : 1;
 
-    fprintf(f, "server      %s port %u\n", cfg->host, cfg->port);
+    char dist[48];
+
+    if (cfg->key_dist == BENCH_KEYS_ZIPF)
+        snprintf(dist, sizeof(dist), "zipf, s = %g", cfg->zipf_s);
+    else
+        snprintf(dist, sizeof(dist), "uniform");
+    fprintf(f, "server      %s port %u (%s)\n", cfg->host, cfg->port,
+            cfg->udp ? "UDP" : "TCP");
     fprintf(f,
-            "load        %u connection%s (%u open at start) on %u thread%s, %u request%s "
-            "outstanding per connection\n",
-            cfg->conns, cfg->conns == 1 ? "" : "s", res->conns_up, res->threads,
-            res->threads == 1 ? "" : "s", cfg->pipeline, cfg->pipeline == 1 ? "" : "s");
+            "load        %u %s%s (%u open at start) on %u thread%s, %u request%s "
+            "outstanding per %s\n",
+            cfg->conns, cfg->udp ? "socket" : "connection", cfg->conns == 1 ? "" : "s",
+            res->conns_up, res->threads, res->threads == 1 ? "" : "s", cfg->pipeline,
+            cfg->pipeline == 1 ? "" : "s", cfg->udp ? "socket" : "connection");
     fprintf(f,
-            "workload    set:get %u:%u, %" PRIu64
-            " keys of %u bytes (uniform), values of "
+            "workload    set:get %u:%u, %" PRIu64 " keys of %u bytes (%s), values of "
             "%u bytes\n",
-            cfg->ratio_set, cfg->ratio_get, cfg->keys, cfg->key_size, cfg->value_size);
+            cfg->ratio_set, cfg->ratio_get, cfg->keys, cfg->key_size, dist,
+            cfg->value_size);
     if (cfg->preload)
         fprintf(f,
                 "preload     %" PRIu64 " sets in %.2f s (%.0f sets/s), %" PRIu64
@@ -1481,8 +1756,18 @@ void bench_print_text(FILE *f, const struct bench_config *cfg,
                 "            %" PRIu64 " requests lost with their connection, %" PRIu64
                 " unanswered at the end\n",
                 res->lost, res->unfinished);
+    if (cfg->udp)
+        fprintf(f,
+                "udp         %" PRIu64
+                " UDP timeouts (no whole reply within %d ms), %" PRIu64
+                " late replies dropped, %" PRIu64 " send/receive errors\n",
+                res->udp_timeouts, cfg->timeout_ms, res->late_replies, res->udp_errors);
     if (res->first_conn_err[0] != '\0')
         fprintf(f, "            first problem: %s\n", res->first_conn_err);
+    if (res->all.overflow > 0)
+        fprintf(
+            f, "            %" PRIu64 " latencies above the histogram's range (68.7 s)\n",
+            res->all.overflow);
     if (errs > 0)
         fprintf(f, "WARNING: %.2f%% of the replies were errors (ops/s counts them)\n",
                 100.0 * (double)errs / (double)(m->replies ? m->replies : 1));
@@ -1503,7 +1788,7 @@ static void json_str(FILE *f, const char *s)
     fputc('"', f);
 }
 
-static void json_lat(FILE *f, const char *name, const struct bench_hist *h)
+static void json_lat(FILE *f, const char *name, const struct hist *h)
 {
     fprintf(f, ",\"%s\":", name);
     if (h->total == 0) {
@@ -1513,10 +1798,9 @@ static void json_lat(FILE *f, const char *name, const struct bench_hist *h)
     fprintf(f,
             "{\"count\":%" PRIu64 ",\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,"
             "\"p99_9\":%.1f,\"max\":%.1f,\"min\":%.1f,\"mean\":%.1f}",
-            h->total, (double)bench_hist_percentile(h, 50) / 1000,
-            (double)bench_hist_percentile(h, 90) / 1000,
-            (double)bench_hist_percentile(h, 99) / 1000,
-            (double)bench_hist_percentile(h, 99.9) / 1000, (double)h->max_ns / 1000,
+            h->total, (double)hist_percentile(h, 50) / 1000,
+            (double)hist_percentile(h, 90) / 1000, (double)hist_percentile(h, 99) / 1000,
+            (double)hist_percentile(h, 99.9) / 1000, (double)h->max_ns / 1000,
             (double)h->min_ns / 1000, h->sum_ns / (double)h->total / 1000);
 }
 
@@ -1537,18 +1821,23 @@ void bench_print_json(FILE *f, const struct bench_config *cfg,
 {
     const struct bench_counts *m = &res->measured;
     double secs = res->elapsed_s > 0 ? res->elapsed_s : 1;
+    const char *dist = cfg->key_dist == BENCH_KEYS_ZIPF ? "zipf" : "uniform";
 
     fputs("{\"server\":", f);
     json_str(f, cfg->host);
     fprintf(f,
             ",\"port\":%u,\"conns\":%u,\"conns_open\":%u,\"threads\":%u,"
-            "\"pipeline\":%u,\"ratio\":\"%u:%u\",\"key_size\":%u,\"value_size\":%u,"
-            "\"keys\":%" PRIu64 ",\"key_distribution\":\"uniform\",\"preload\":%s,"
+            "\"pipeline\":%u,\"depth\":%u,\"transport\":\"%s\",\"ratio\":\"%u:%u\","
+            "\"key_size\":%u,\"value_size\":%u,"
+            "\"keys\":%" PRIu64 ",\"key_distribution\":\"%s\",\"dist\":\"%s\","
+            "\"zipf_s\":%g,\"preload\":%s,"
             "\"requests_asked\":%" PRIu64 ",\"duration_asked_s\":%.3f,"
             "\"warmup_s\":%.3f,\"preload_s\":%.3f,\"elapsed_s\":%.3f,"
             "\"interrupted\":%s,\"stalled\":%s,",
             cfg->port, cfg->conns, res->conns_up, res->threads, cfg->pipeline,
-            cfg->ratio_set, cfg->ratio_get, cfg->key_size, cfg->value_size, cfg->keys,
+            cfg->pipeline, cfg->udp ? "udp" : "tcp", cfg->ratio_set, cfg->ratio_get,
+            cfg->key_size, cfg->value_size, cfg->keys, dist, dist,
+            cfg->key_dist == BENCH_KEYS_ZIPF ? cfg->zipf_s : 0.0,
             cfg->preload ? "true" : "false", cfg->requests,
             cfg->requests ? 0.0 : cfg->duration_s, res->warmup_s, res->preload_s,
             res->elapsed_s, res->interrupted ? "true" : "false",
@@ -1564,19 +1853,22 @@ void bench_print_json(FILE *f, const struct bench_config *cfg,
     json_lat(f, "get_latency", &res->hist[BENCH_OP_GET]);
     /* The histogram itself, so runs (e.g. parallel processes) can be merged. */
     fputs(",\"latency_histogram\":{\"unit\":\"ns\",\"bucket_top\":[", f);
-    for (unsigned i = 0, n = 0; i < BENCH_HIST_BUCKETS; i++)
+    for (unsigned i = 0, n = 0; i < HIST_BUCKETS; i++)
         if (res->all.counts[i] > 0)
-            fprintf(f, "%s%" PRIu64, n++ ? "," : "", bench_hist_bucket_high(i));
+            fprintf(f, "%s%" PRIu64, n++ ? "," : "", hist_bucket_high(i));
     fputs("],\"count\":[", f);
-    for (unsigned i = 0, n = 0; i < BENCH_HIST_BUCKETS; i++)
+    for (unsigned i = 0, n = 0; i < HIST_BUCKETS; i++)
         if (res->all.counts[i] > 0)
             fprintf(f, "%s%" PRIu64, n++ ? "," : "", res->all.counts[i]);
     fprintf(f, "],\"max\":%" PRIu64 "}", res->all.total ? res->all.max_ns : 0);
     fprintf(f,
             ",\"conn_failures\":%" PRIu64 ",\"disconnects\":%" PRIu64
-            ",\"timeouts\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"unfinished\":%" PRIu64,
+            ",\"timeouts\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"unfinished\":%" PRIu64
+            ",\"udp_timeouts\":%" PRIu64 ",\"late_replies\":%" PRIu64
+            ",\"udp_errors\":%" PRIu64 ",\"latency_overflow\":%" PRIu64,
             res->conn_failures, res->disconnects, res->timeouts, res->lost,
-            res->unfinished);
+            res->unfinished, res->udp_timeouts, res->late_replies, res->udp_errors,
+            res->all.overflow);
     fputs(",\"first_errors\":{", f);
     for (unsigned i = 0, n = 0; i < BENCH_ERR_COUNT; i++) {
         if (res->first_err[i][0] == '\0')

@@ -2,16 +2,25 @@
  * bench.h - the load generator behind `clie bench`.
  *
  * A closed-loop generator for any memcached text-protocol server: `conns` TCP
- * connections shared out over `threads` worker threads, each thread one epoll
- * loop over its connections (non-blocking sockets). Every connection keeps
- * `pipeline` requests outstanding (1 in this version) and sends the next one
- * as soon as a reply comes back. Each reply's latency (from just before the
- * request is written to when its last byte is parsed) goes into a
- * per-thread, per-operation histogram; the histograms are merged at the end.
+ * connections or connected UDP sockets shared out over `threads` worker
+ * threads, each thread one epoll loop over its connections (non-blocking
+ * sockets). Every TCP connection keeps `pipeline` requests outstanding (the
+ * depth, -d) and sends the next one as soon as a reply comes back; replies
+ * come back in order. Each reply's latency (from when its request is queued,
+ * just before the batch it is in is written, to when its last byte is
+ * parsed) goes into a per-thread, per-operation histogram (lib/hist.h); the
+ * histograms are merged at the end.
  *
- * Nothing is allocated per request: request headers are built in place in
- * per-connection buffers (only the key's digits change), the value comes from
- * one shared read-only buffer, replies are parsed with client_reply_parse()
+ * UDP uses memcached's 8-byte frame (request id, sequence 0, count 1): one
+ * request outstanding per socket, the request in one datagram, the reply
+ * reassembled from as many datagrams as it takes. A reply not complete within
+ * timeout_ms is a UDP timeout (the socket goes on with a new request id); a
+ * datagram carrying an old request id is a late reply, dropped and counted.
+ *
+ * Nothing is allocated per request: request headers are built in per-slot
+ * buffers allocated with the connection (only the key's digits change from a
+ * template), the value comes from one shared read-only buffer and is sent
+ * with sendmsg() iovecs, replies are parsed with client_reply_parse()
  * (lib/client.h) in a per-connection buffer, and histograms are fixed arrays.
  *
  * A run goes through phases, driven by the calling thread:
@@ -25,9 +34,10 @@
  * Connections that fail or are lost later are counted and reopened with a
  * backoff (100 ms doubling to 1 s).
  *
- * Meant to grow (later issue): pipeline > 1 (the per-connection ring of
- * outstanding requests is already there), UDP (a transport per connection),
- * other key distributions (enum bench_key_dist), fixed-rate (open-loop) load.
+ * Keys are chosen uniformly or with a Zipf distribution (lib/zipf.h: key 0
+ * the most frequent), from a per-thread generator seeded with `seed`.
+ *
+ * Meant to grow (later issue): fixed-rate (open-loop) load.
  */
 #ifndef TPCKV_BENCH_H
 #define TPCKV_BENCH_H
@@ -38,15 +48,22 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "hist.h"
+
 /* Limits of the knobs, checked by bench_config_check(). */
 #define BENCH_CONNS_MAX 10000
 #define BENCH_THREADS_MAX 256
-#define BENCH_PIPELINE_MAX 1 /* one request outstanding per connection, for now */
+#define BENCH_PIPELINE_MAX 1024 /* requests outstanding per TCP connection */
 #define BENCH_VALUE_MAX (64u * 1024 * 1024)
+/* A UDP request must fit one datagram: the IPv4 UDP payload maximum. */
+#define BENCH_UDP_REQUEST_MAX 65507u
+#define BENCH_UDP_TIMEOUT_MS 1000 /* default --timeout with --udp */
+#define BENCH_ZIPF_S_DEFAULT 0.99
 #define BENCH_KEY_PREFIX "key:"
 
 enum bench_key_dist {
     BENCH_KEYS_UNIFORM = 0, /* every key equally likely */
+    BENCH_KEYS_ZIPF,        /* key k with weight 1 / (k + 1)^zipf_s */
 };
 
 struct bench_config {
@@ -54,7 +71,8 @@ struct bench_config {
     uint16_t port;
     unsigned conns;                /* connections in all, 1..BENCH_CONNS_MAX */
     unsigned threads;              /* worker threads; no more than conns are used */
-    unsigned pipeline;             /* requests outstanding per connection (1) */
+    unsigned pipeline;             /* depth: requests outstanding per connection */
+    bool udp;                      /* UDP sockets (memcached framing), not TCP */
     uint64_t requests;             /* > 0: measure until this many requests completed */
     double duration_s;             /* requests == 0: measure this long (> 0) */
     double warmup_s;               /* load before measuring, not counted (>= 0) */
@@ -63,6 +81,7 @@ struct bench_config {
     unsigned value_size;           /* bytes of every value set */
     uint64_t keys;                 /* key space: key numbers 0..keys-1 */
     enum bench_key_dist key_dist;
+    double zipf_s;  /* BENCH_KEYS_ZIPF: the exponent, in (0, ZIPF_S_MAX] */
     bool preload;   /* set every key once before warming up */
     int timeout_ms; /* connect, and longest wait for a reply */
     uint64_t seed;  /* for the key choices */
@@ -80,34 +99,6 @@ void bench_config_default(struct bench_config *cfg);
 /* Checks the knobs against each other and the limits. Returns 0, or -EINVAL
  * with a sentence in err. */
 int bench_config_check(const struct bench_config *cfg, char *err, size_t cap);
-
-/*
- * Latency histogram, log-linear as in HdrHistogram: values (nanoseconds)
- * below 256 have a bucket each; above, every power-of-two range [2^k, 2^k+1)
- * is cut into 128 equal buckets, so a bucket is never wider than 1/128 of
- * its values (better than 2 significant digits) from 1 us to 2^36 ns (68.7 s).
- * Larger values are counted in the last bucket (max stays exact).
- */
-#define BENCH_HIST_SUB 128u
-#define BENCH_HIST_BUCKETS (2 * BENCH_HIST_SUB + 28 * BENCH_HIST_SUB) /* 3840 */
-
-struct bench_hist {
-    uint64_t counts[BENCH_HIST_BUCKETS];
-    uint64_t total;
-    uint64_t max_ns;
-    uint64_t min_ns; /* UINT64_MAX while empty */
-    double sum_ns;
-};
-
-void bench_hist_init(struct bench_hist *h);
-unsigned bench_hist_index(uint64_t ns);
-/* The largest value that falls in bucket i. */
-uint64_t bench_hist_bucket_high(unsigned i);
-void bench_hist_record(struct bench_hist *h, uint64_t ns);
-void bench_hist_merge(struct bench_hist *into, const struct bench_hist *from);
-/* The value at percentile p (0 < p <= 100): the highest value of the bucket
- * holding the ceil(p/100 * total)-th smallest value, at most max. 0 if empty. */
-uint64_t bench_hist_percentile(const struct bench_hist *h, double p);
 
 enum bench_op {
     BENCH_OP_SET = 0,
@@ -146,14 +137,17 @@ struct bench_result {
     uint64_t conn_failures; /* connection attempts that failed */
     uint64_t disconnects;   /* open connections dropped: closed by the server, reset,
                                bad reply, or closed after a reply timeout */
-    uint64_t timeouts;      /* requests with no reply within timeout_ms */
+    uint64_t timeouts;      /* TCP requests with no reply within timeout_ms */
+    uint64_t udp_timeouts;  /* UDP requests with no whole reply within timeout_ms */
+    uint64_t late_replies;  /* UDP datagrams for a request already given up on */
+    uint64_t udp_errors;    /* UDP send or receive errors (e.g. ICMP refused) */
     uint64_t lost;          /* requests whose connection was lost before a reply */
     uint64_t unfinished;    /* requests still outstanding when the run ended */
     char first_err[BENCH_ERR_COUNT][160]; /* the first such reply line, escaped */
     char first_conn_err[160];             /* the first connection problem */
     /* Latency of successful measured requests (errors are not in them). */
-    struct bench_hist hist[BENCH_OP_COUNT];
-    struct bench_hist all;
+    struct hist hist[BENCH_OP_COUNT];
+    struct hist all;
 };
 
 /*

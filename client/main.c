@@ -19,6 +19,7 @@
  * read from stdin (VALUE "-") with read(2) up to EOF.
  */
 #include "bench.h"
+#include "zipf.h"
 #include "buf.h"
 #include "client.h"
 #include "limits.h"
@@ -60,6 +61,8 @@ enum {
     OPT_PRELOAD,
     OPT_SEED,
     OPT_JSON,
+    OPT_DIST,
+    OPT_ZIPF_S,
 };
 
 #define RETRIES_MAX 1000
@@ -234,15 +237,27 @@ static const struct subcmd subcmds[] = {
      "reports throughput and latency. Works against any server speaking the\n"
      "memcached text protocol (tpckv, memcached).\n"
      "\n"
-     "Each connection sends a request, waits for its reply, then sends the next:\n"
-     "one request outstanding per connection (a closed loop). The connections\n"
-     "are shared out over the threads, each running its own event loop. Keys are\n"
-     "\"key:\" and a zero-padded number, --key-size bytes in all, chosen uniformly\n"
-     "among --keys; every set stores --value-size bytes.\n"
+     "Each connection sends a request (-d of them), waits for a reply, then sends\n"
+     "the next: a closed loop with -d requests outstanding per connection, their\n"
+     "replies matched in order. The connections are shared out over the threads,\n"
+     "each running its own event loop. Keys are \"key:\" and a zero-padded number,\n"
+     "--key-size bytes in all, chosen among --keys uniformly or (--dist zipf) with\n"
+     "key k weighted 1/(k+1)^S, key 0 the hottest; every set stores --value-size\n"
+     "bytes.\n"
+     "\n"
+     "With -u each connection is a UDP socket speaking memcached's UDP framing\n"
+     "(8-byte header; memcached needs -U PORT): one request outstanding per\n"
+     "socket, a set must fit one datagram (64 KB), replies are reassembled from\n"
+     "several datagrams. A reply not in within --timeout (default 1000 ms over UDP)\n"
+     "counts as a UDP timeout and the socket goes on with a new request id; a\n"
+     "datagram for a request already given up on counts as a late reply.\n"
      "\n"
      "Options (after `bench`; -s, -p and --timeout may also come before it):\n"
      "  -c, --conns=N        connections, 1..10000 (default 50)\n"
      "  -T, --threads=N      threads, 1..256, at most one per connection (default 2)\n"
+     "  -d, --depth=N        requests outstanding per connection, 1..1024 (default 1;\n"
+     "                       1 with -u)\n"
+     "  -u, --udp            UDP instead of TCP (also as `clie -u bench`); -t, --tcp\n"
      "  -n, --requests=N     measure N requests, then stop\n"
      "      --duration=SEC   measure for SEC seconds (default 10); not with -n\n"
      "      --warmup=SEC     first run the load SEC seconds, not counted (default 0)\n"
@@ -250,13 +265,16 @@ static const struct subcmd subcmds[] = {
      "      --key-size=B     key length in bytes (default 32)\n"
      "      --value-size=B   value length in bytes, k or m suffix (default 100)\n"
      "      --keys=N         how many distinct keys (default 100000)\n"
+     "      --dist=D         key distribution: uniform (default) or zipf\n"
+     "      --zipf-s=S       the zipf exponent, above 0 (default 0.99)\n"
      "      --preload        set every key once before warming up and measuring\n"
      "      --seed=N         seed of the key choices (default 1)\n"
      "      --json           print one JSON object (latencies in microseconds)\n"
      "                       instead of the report\n"
      "      --timeout=MS     connect timeout and the longest wait for a reply\n"
-     "                       (default 10000 for bench); a request still without a\n"
-     "                       reply is counted as a timeout, its connection reopened\n"
+     "                       (default 10000 for bench, 1000 with -u); a request still\n"
+     "                       without a reply is counted as a timeout: over TCP its\n"
+     "                       connection is reopened, over UDP the socket goes on\n"
      "  -s, --host=ADDR, -p, --port=N   the server, as for every command\n"
      "\n"
      "Report: requests completed while measuring and ops/s (every reply counts,\n"
@@ -265,7 +283,8 @@ static const struct subcmd subcmds[] = {
      "before a request is written to its whole reply being read; get hits and\n"
      "misses; errors by kind (ERROR, CLIENT_ERROR, SERVER_ERROR, unexpected\n"
      "replies), each with the first one seen; failed connection attempts, dropped\n"
-     "connections and reply timeouts. Dropped connections are reopened (after\n"
+     "connections and reply timeouts; over UDP, UDP timeouts, late replies and send\n"
+     "or receive errors. Dropped connections are reopened (after\n"
      "100 ms, doubling to 1 s); a run with no reply at all for twice --timeout\n"
      "plus 1 s stops early and says so. --json also gives the latency histogram\n"
      "(so that runs can be merged). On a terminal, a line per second shows the\n"
@@ -277,7 +296,9 @@ static const struct subcmd subcmds[] = {
      "  clie bench\n"
      "  clie -p 11300 bench -c 1 --duration 5\n"
      "  clie bench -c 100 -T 4 --ratio 1:9 --keys 10000 --preload --warmup 2\n"
-     "  clie bench -n 100000 --value-size 4k --json\n",
+     "  clie bench -n 100000 --value-size 4k --json\n"
+     "  clie bench -c 4 -d 16 --ratio 1:9 --dist zipf --preload\n"
+     "  clie bench -u -c 20 --ratio 0:1 --preload --keys 1000\n",
      run_bench},
     {"help", NULL, NULL, 0, 1, "[COMMAND]", "show this help, or a command's details",
      "Without COMMAND, the same as --help. With COMMAND, its usage, what it does\n"
@@ -1003,6 +1024,11 @@ static const struct option bench_opts[] = {
     {"preload", no_argument, NULL, OPT_PRELOAD},
     {"seed", required_argument, NULL, OPT_SEED},
     {"json", no_argument, NULL, OPT_JSON},
+    {"depth", required_argument, NULL, 'd'},
+    {"udp", no_argument, NULL, 'u'},
+    {"tcp", no_argument, NULL, 't'},
+    {"dist", required_argument, NULL, OPT_DIST},
+    {"zipf-s", required_argument, NULL, OPT_ZIPF_S},
     {"host", required_argument, NULL, 's'},
     {"port", required_argument, NULL, 'p'},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
@@ -1028,14 +1054,15 @@ static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n)
     bench_config_default(&cfg);
     cfg.host = x->o.host;
     cfg.port = x->o.port;
+    bool timeout_given = x->o.timeout_given;
     if (x->o.timeout_given)
         cfg.timeout_ms = x->o.timeout_ms;
-    if (x->o.transport != CLIENT_TCP)
-        return usage_error(sc, "bench speaks TCP only (UDP is planned)");
+    cfg.udp = x->o.transport == CLIENT_UDP;
 
     optind = 0; /* glibc: start afresh on a new argv */
     opterr = 0;
-    while ((ch = getopt_long(n + 1, args - 1, "+:c:T:n:s:p:h", bench_opts, NULL)) != -1) {
+    while ((ch = getopt_long(n + 1, args - 1, "+:c:T:n:s:p:d:uth", bench_opts, NULL)) !=
+           -1) {
         switch (ch) {
         case 'c':
             if (parse_u32_arg(optarg, BENCH_CONNS_MAX, &u) < 0 || u == 0)
@@ -1110,6 +1137,40 @@ static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n)
         case OPT_JSON:
             json = true;
             break;
+        case 'd':
+            if (parse_u32_arg(optarg, BENCH_PIPELINE_MAX, &u) < 0 || u == 0)
+                return usage_error(sc, "--depth must be 1..%d, not '%s'",
+                                   BENCH_PIPELINE_MAX, optarg);
+            cfg.pipeline = u;
+            break;
+        case 'u':
+            cfg.udp = true;
+            break;
+        case 't':
+            cfg.udp = false;
+            break;
+        case OPT_DIST:
+            if (strcmp(optarg, "uniform") == 0)
+                cfg.key_dist = BENCH_KEYS_UNIFORM;
+            else if (strcmp(optarg, "zipf") == 0)
+                cfg.key_dist = BENCH_KEYS_ZIPF;
+            else
+                return usage_error(sc, "--dist must be uniform or zipf, not '%s'",
+                                   optarg);
+            break;
+        case OPT_ZIPF_S: {
+            char *end;
+            double v;
+            errno = 0;
+            v = strtod(optarg, &end);
+            if (optarg[0] == '\0' || *end != '\0' || errno != 0 || !(v > 0) ||
+                v > ZIPF_S_MAX)
+                return usage_error(
+                    sc, "--zipf-s must be a number above 0 and at most %g, not '%s'",
+                    ZIPF_S_MAX, optarg);
+            cfg.zipf_s = v;
+            break;
+        }
         case 's':
             if (optarg[0] == '\0')
                 return usage_error(sc, "--host must not be empty");
@@ -1125,6 +1186,7 @@ static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n)
                 return usage_error(sc, "--timeout must be 1..%d milliseconds, not '%s'",
                                    TIMEOUT_MS_MAX, optarg);
             cfg.timeout_ms = (int)u;
+            timeout_given = true;
             break;
         case 'h':
             print_subcmd_help(stdout, sc);
@@ -1141,6 +1203,9 @@ static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n)
         return usage_error(sc, "unexpected argument '%s'", args[optind - 1]);
     if (cfg.requests > 0 && duration_given)
         return usage_error(sc, "give -n/--requests or --duration, not both");
+    /* A lost datagram is not worth 10 s of a socket's time. */
+    if (cfg.udp && !timeout_given)
+        cfg.timeout_ms = BENCH_UDP_TIMEOUT_MS;
     if (bench_config_check(&cfg, err, sizeof(err)) < 0)
         return usage_error(sc, "%s", err);
 

@@ -24,6 +24,7 @@ UNIT_REGISTER(recover);
 UNIT_REGISTER(tpc);
 UNIT_REGISTER(peer);
 UNIT_REGISTER(txn);
+UNIT_REGISTER(hist);
 
 /* Adds a suite or aborts the run: a runner that cannot register is broken. */
 CU_pSuite unit_suite(const char *name);
