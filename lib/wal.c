@@ -69,6 +69,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -419,6 +420,9 @@ struct segment {
 struct wal {
     uv_loop_t *loop;
     uv_async_t async;
+    uv_prepare_t prep; /* hands the turn's records to the writer */
+    int open_handles;  /* freed when both handles are closed */
+    atomic_int failed; /* mirrors error, read without the lock */
     struct wal_config cfg;
     char *dir;
     const struct wal_io *io;
@@ -444,6 +448,9 @@ struct wal {
     uint64_t last_sync_ns;
 
     /* Loop thread only. */
+    struct buf staged;     /* records appended this loop turn */
+    uint64_t staged_last;  /* lsn of the last of them */
+    uint64_t staged_count;
     struct waiter *wq; /* ring of callbacks in lsn order */
     size_t wq_head, wq_len, wq_cap;
     uint64_t next_lsn;
@@ -609,6 +616,7 @@ static void *writer_main(void *arg)
         w->st.batches++;
         if (r < 0) {
             w->error = r;
+            atomic_store(&w->failed, r);
             log_error(MOD, "writing the log in %s failed: %s; no more writes will be "
                            "acknowledged",
                       w->dir, strerror(-r));
@@ -622,8 +630,10 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&w->mu);
         int r = sync_fd(w);
         pthread_mutex_lock(&w->mu);
-        if (r < 0)
+        if (r < 0) {
             w->error = r;
+            atomic_store(&w->failed, r);
+        }
     }
     pthread_mutex_unlock(&w->mu);
     if (w->fd >= 0)
@@ -678,6 +688,41 @@ static int wq_push(struct wal *w, uint64_t lsn, wal_done_cb cb, void *arg)
     return 0;
 }
 
+/*
+ * Hands the records appended since the last call to the writer thread: one
+ * lock and at most one wake-up per loop turn, however many records the turn
+ * appended (group commit starts here).
+ */
+static void hand_over(struct wal *w)
+{
+    int r = 0;
+
+    if (w->staged.len == 0)
+        return;
+    pthread_mutex_lock(&w->mu);
+    if (w->error == 0 && (r = buf_append(&w->pending, w->staged.data, w->staged.len)) < 0) {
+        /* Their callbacks are queued: fail the log rather than lose them. */
+        w->error = r;
+        atomic_store(&w->failed, r);
+    }
+    if (r == 0) {
+        w->pending_last = w->staged_last;
+        w->st.records += w->staged_count;
+    }
+    bool failed = w->error != 0;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    w->staged.len = 0;
+    w->staged_count = 0;
+    if (failed)
+        deliver(w); /* the writer will not write them: fail their callbacks now */
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    hand_over(h->data);
+}
+
 static void free_wal(uv_handle_t *h);
 
 int wal_open(struct wal **out, uv_loop_t *loop, const struct wal_config *cfg, uint64_t next_lsn)
@@ -726,10 +771,17 @@ int wal_open(struct wal **out, uv_loop_t *loop, const struct wal_config *cfg, ui
     if ((r = uv_async_init(loop, &w->async, on_async)) < 0)
         goto fail;
     w->async.data = w;
+    w->open_handles = 1;
+    uv_prepare_init(loop, &w->prep);
+    w->prep.data = w;
+    w->open_handles++;
+    uv_prepare_start(&w->prep, on_prepare);
+    uv_unref((uv_handle_t *)&w->prep); /* it alone does not keep the loop running */
     if ((r = pthread_create(&w->thread, NULL, writer_main, w)) != 0) {
         w->io->close(w->fd);
-        /* Freed by the close callback once the loop runs. */
+        /* Freed by the close callbacks once the loop runs. */
         uv_close((uv_handle_t *)&w->async, free_wal);
+        uv_close((uv_handle_t *)&w->prep, free_wal);
         return -r;
     }
     w->thread_started = true;
@@ -750,52 +802,31 @@ int64_t wal_append(struct wal *w, uint8_t type, const void *payload, size_t n, w
                    void *arg)
 {
     uint64_t lsn;
-    int r;
+    int r = atomic_load(&w->failed);
 
-    pthread_mutex_lock(&w->mu);
-    if (w->error || w->stop) {
-        r = w->error ? w->error : -ESHUTDOWN;
-        pthread_mutex_unlock(&w->mu);
+    if (r)
         return r;
-    }
-    if ((r = buf_reserve(&w->pending, WAL_RECORD_HEADER_BYTES + n)) < 0) {
-        pthread_mutex_unlock(&w->mu);
+    if ((r = buf_reserve(&w->staged, WAL_RECORD_HEADER_BYTES + n)) < 0)
         return r;
-    }
-    lsn = w->next_lsn;
-    w->pending.len += wal_record_encode(w->pending.data + w->pending.len, type, lsn, payload, n);
-    w->pending_last = lsn;
-    w->st.records++;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-
-    if ((r = wq_push(w, lsn, cb, arg)) < 0) {
-        /* The record will be written but nobody will be told: fail the log
-         * rather than lose track of an acknowledgement. */
-        pthread_mutex_lock(&w->mu);
-        w->error = r;
-        pthread_mutex_unlock(&w->mu);
-        return r;
-    }
-    w->next_lsn++;
+    if ((r = wq_push(w, w->next_lsn, cb, arg)) < 0)
+        return r; /* nothing staged: the caller learns now */
+    lsn = w->next_lsn++;
+    w->staged.len += wal_record_encode(w->staged.data + w->staged.len, type, lsn, payload, n);
+    w->staged_last = lsn;
+    w->staged_count++;
     return (int64_t)lsn;
 }
 
 int wal_error(const struct wal *w)
 {
-    struct wal *mw = (struct wal *)w;
-    int e;
-
-    pthread_mutex_lock(&mw->mu);
-    e = mw->error;
-    pthread_mutex_unlock(&mw->mu);
-    return e;
+    return atomic_load(&((struct wal *)w)->failed);
 }
 
 void wal_get_stats(struct wal *w, struct wal_stats *st)
 {
     pthread_mutex_lock(&w->mu);
     *st = w->st;
+    st->records += w->staged_count;
     st->durable_lsn = w->durable_lsn;
     st->error = w->error;
     pthread_mutex_unlock(&w->mu);
@@ -835,6 +866,9 @@ static void free_wal(uv_handle_t *h)
 {
     struct wal *w = h->data;
 
+    if (--w->open_handles > 0)
+        return;
+    buf_free(&w->staged);
     buf_free(&w->pending);
     buf_free(&w->writing);
     free(w->wq);
@@ -847,6 +881,7 @@ static void free_wal(uv_handle_t *h)
 
 void wal_close(struct wal *w)
 {
+    hand_over(w);
     pthread_mutex_lock(&w->mu);
     w->stop = true;
     pthread_cond_signal(&w->cv);
@@ -860,4 +895,5 @@ void wal_close(struct wal *w)
     pthread_mutex_unlock(&w->mu);
     deliver(w);
     uv_close((uv_handle_t *)&w->async, free_wal);
+    uv_close((uv_handle_t *)&w->prep, free_wal);
 }
