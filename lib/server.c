@@ -1730,25 +1730,16 @@ static int cluster_open(struct server *srv, struct recover_ledger *ledger, char 
     if (store_max_cas(srv->store) + 1 > min)
         min = store_max_cas(srv->store) + 1;
     tpc_set_min_txid(srv->tpc, min);
-    for (size_t i = 0; i < ledger->nprepared; i++) {
-        const struct recover_txn *x = &ledger->prepared[i];
-        struct tpc_txn t = {.txid = x->txid, .epoch = x->epoch, .coord = x->coord,
-                            .nops = x->nops, .ops = x->ops, .nbytes = x->nbytes};
-        if ((r = tpc_recover_prepared(srv->tpc, &t, now)) < 0)
-            return util_errf(err, cap, -EBADMSG,
-                             "transaction %llu, prepared in the log, cannot be prepared "
-                             "again (%s): the data directory is inconsistent",
-                             (unsigned long long)x->txid, strerror(-r));
-    }
-    for (size_t i = 0; i < ledger->ncommitted; i++)
-        if ((r = tpc_recover_committed(srv->tpc, ledger->committed[i].txid,
-                                       ledger->committed[i].epoch, now)) < 0 && r != -EEXIST)
-            return util_errf(err, cap, r, "recovering transaction decisions: %s", strerror(-r));
     if (ledger->nprepared || ledger->ncommitted)
         log_info(MOD, "two-phase commit: %zu prepared transaction(s) to resolve, %zu commit(s) "
                       "to resend",
                  ledger->nprepared, ledger->ncommitted);
-    tpc_recovered(srv->tpc, now);
+    uint64_t bad = 0;
+    if ((r = txn_resume(srv->tpc, ledger, now, &bad)) < 0)
+        return util_errf(err, cap, -EBADMSG,
+                         "transaction %llu, left open by the log, cannot be taken back (%s): "
+                         "the data directory is inconsistent",
+                         (unsigned long long)bad, strerror(-r));
     after_tpc(srv);
     return 0;
 }

@@ -4,6 +4,7 @@
  */
 #include "txn.h"
 
+#include "recover.h"
 #include "wal.h"
 
 #include <errno.h>
@@ -254,4 +255,33 @@ struct txn_prep *txn_holder(struct txn_rm *rm, const char *key, size_t nkey)
     if (rm->flush_holder)
         return rm->flush_holder;
     return store_lock_holder(rm->store, key, nkey);
+}
+
+int txn_resume(struct tpc *t, const struct recover_ledger *l, uint64_t now_us,
+               uint64_t *bad_txid)
+{
+    int r;
+
+    for (size_t i = 0; i < l->nprepared; i++) {
+        const struct recover_txn *x = &l->prepared[i];
+        struct tpc_txn txn = {.txid = x->txid,
+                              .epoch = x->epoch,
+                              .coord = x->coord,
+                              .nops = x->nops,
+                              .ops = x->ops,
+                              .nbytes = x->nbytes};
+        if ((r = tpc_recover_prepared(t, &txn, now_us)) < 0) {
+            *bad_txid = x->txid;
+            return r;
+        }
+    }
+    for (size_t i = 0; i < l->ncommitted; i++) {
+        r = tpc_recover_committed(t, l->committed[i].txid, l->committed[i].epoch, now_us);
+        if (r < 0 && r != -EEXIST) {
+            *bad_txid = l->committed[i].txid;
+            return r;
+        }
+    }
+    tpc_recovered(t, now_us);
+    return 0;
 }

@@ -73,6 +73,18 @@ void txn_abort(struct txn_rm *rm, struct txn_prep *p);
  * or NULL: what a read of key must wait for. */
 struct txn_prep *txn_holder(struct txn_rm *rm, const char *key, size_t nkey);
 
+struct recover_ledger;
+
+/*
+ * Hands what recovery left open to a new tpc: every undecided PREPARE
+ * (locked again through the resource manager) and every commit it
+ * coordinated without END, then calls tpc_recovered(). Returns 0, or a
+ * negative errno with the transaction that could not be taken back in
+ * *bad_txid (the data directory is then inconsistent).
+ */
+int txn_resume(struct tpc *t, const struct recover_ledger *l, uint64_t now_us,
+               uint64_t *bad_txid);
+
 /* The effect of a prepared change as the log records it. */
 void txn_change_to_op(const struct store_change *ch, struct wal_op *op);
 

@@ -1644,35 +1644,18 @@ static void start(struct sim *s, uint32_t r)
     if (R->snap && R->snap->next_cas - 1 > min)
         min = R->snap->next_cas - 1;
     tpc_set_min_txid(R->tpc, min);
-    for (size_t i = 0; i < ledger.nprepared; i++) {
-        const struct recover_txn *x = &ledger.prepared[i];
-        struct tpc_txn t = {.txid = x->txid,
-                            .epoch = x->epoch,
-                            .coord = x->coord,
-                            .nops = x->nops,
-                            .ops = x->ops,
-                            .nbytes = x->nbytes};
-        s->c.recovered_prepared++;
-        if ((err = tpc_recover_prepared(R->tpc, &t, s->now)) != 0) {
-            struct store_stats st;
-            store_get_stats(R->store, &st);
-            fail(s,
-                 "r%u cannot prepare txid %" PRIx64 " again at recovery (%s): the store "
-                 "holds %" PRIu64 " bytes + %" PRIu64 " reserved of %" PRIu64
-                 " (prepared %zu of %zu so far)",
-                 r, x->txid, strerror(-err), st.bytes, st.reserved_bytes, st.max_bytes, i,
-                 ledger.nprepared);
-        }
+    s->c.recovered_prepared += ledger.nprepared;
+    s->c.recovered_committed += ledger.ncommitted;
+    uint64_t bad = 0;
+    if ((err = txn_resume(R->tpc, &ledger, s->now, &bad)) != 0) {
+        struct store_stats st;
+        store_get_stats(R->store, &st);
+        fail(s,
+             "r%u cannot take txid %" PRIx64 " back at recovery (%s): the store holds %" PRIu64
+             " bytes + %" PRIu64 " reserved of %" PRIu64,
+             r, bad, strerror(-err), st.bytes, st.reserved_bytes, st.max_bytes);
+        tpc_recovered(R->tpc, s->now);
     }
-    for (size_t i = 0; i < ledger.ncommitted; i++) {
-        s->c.recovered_committed++;
-        err = tpc_recover_committed(R->tpc, ledger.committed[i].txid,
-                                    ledger.committed[i].epoch, s->now);
-        if (err < 0 && err != -EEXIST)
-            fail(s, "r%u cannot recover commit %" PRIx64 ": %s", r,
-                 ledger.committed[i].txid, strerror(-err));
-    }
-    tpc_recovered(R->tpc, s->now);
     recover_ledger_free(&ledger);
     schedule(s, rng_range(&s->rng, 1, 1000), EV_TICK, r, 0, R->inc, 0);
     for (uint32_t x = 0; x < s->n; x++)
