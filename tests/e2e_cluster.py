@@ -27,96 +27,17 @@ same keys, flags, cas uniques and values byte for byte. STATE is then
 settled to what the replicas hold. Prints "ok - ..." / "FAIL - ..." lines,
 exits 1 on any failure.
 """
-import base64
 import json
 import os
 import random
-import socket
 import sys
 import threading
 import time
 
-HOST = "127.0.0.1"
+from e2e_crash import Broken, Conn, dec, enc  # one client and state codec for both
+
 THREADS = 3  # per replica written through
 KEYS_PER_THREAD = 30
-
-
-class Broken(Exception):
-    """The connection failed: the outcome of the request is unknown."""
-
-
-class Conn:
-    def __init__(self, port, timeout=10):
-        self.s = socket.create_connection((HOST, port), timeout=timeout)
-        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def close(self):
-        try:
-            self.s.close()
-        except OSError:
-            pass
-
-    def _fill(self):
-        try:
-            d = self.s.recv(65536)
-        except OSError as e:  # includes socket.timeout
-            raise Broken(str(e) or type(e).__name__)
-        if not d:
-            raise Broken("EOF")
-        self.buf += d
-
-    def line(self):
-        while b"\r\n" not in self.buf:
-            self._fill()
-        l, self.buf = self.buf.split(b"\r\n", 1)
-        return l
-
-    def exact(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        b, self.buf = self.buf[:n], self.buf[n:]
-        return b
-
-    def send(self, data):
-        try:
-            self.s.sendall(data)
-        except OSError as e:
-            raise Broken(str(e))
-
-    def gets(self, key):
-        """(flags, cas, value), None if absent; raises RuntimeError on an
-        error reply (e.g. SERVER_ERROR while a key is locked)."""
-        self.send(b"gets %s\r\n" % key)
-        l = self.line()
-        if l == b"END":
-            return None
-        parts = l.split(b" ")
-        if parts[0] != b"VALUE" or parts[1] != key or len(parts) != 5:
-            raise RuntimeError("gets %s: unexpected %r" % (key.decode(), l[:200]))
-        v = self.exact(int(parts[3]) + 2)[:-2]
-        if self.line() != b"END":
-            raise RuntimeError("gets %s: no END" % key.decode())
-        return (int(parts[2]), int(parts[4]), v)
-
-    def keys(self, prefix):
-        self.send(b"keys %s\r\n" % prefix)
-        out = []
-        while True:
-            l = self.line()
-            if l == b"END":
-                return out
-            if not l.startswith(b"KEY "):
-                raise RuntimeError("keys: unexpected %r" % l[:200])
-            out.append(l[4:])
-
-
-def enc(v):
-    return None if v is None else base64.b64encode(v).decode()
-
-
-def dec(v):
-    return None if v is None else base64.b64decode(v)
 
 
 def fmt(x):

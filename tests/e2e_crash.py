@@ -34,32 +34,37 @@ class Broken(Exception):
 
 
 class Conn:
-    def __init__(self, port):
-        self.s = socket.create_connection((HOST, port), timeout=10)
+    """One text-protocol connection (shared with e2e_cluster.py)."""
+
+    def __init__(self, port, timeout=10):
+        self.s = socket.create_connection((HOST, port), timeout=timeout)
         self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
 
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+    def _fill(self):
+        try:
+            d = self.s.recv(65536)
+        except OSError as e:  # includes socket.timeout
+            raise Broken(str(e) or type(e).__name__)
+        if not d:
+            raise Broken("EOF")
+        self.buf += d
+
     def line(self):
         while b"\r\n" not in self.buf:
-            try:
-                d = self.s.recv(65536)
-            except OSError as e:
-                raise Broken(str(e))
-            if not d:
-                raise Broken("EOF")
-            self.buf += d
+            self._fill()
         l, self.buf = self.buf.split(b"\r\n", 1)
         return l
 
     def exact(self, n):
         while len(self.buf) < n:
-            try:
-                d = self.s.recv(65536)
-            except OSError as e:
-                raise Broken(str(e))
-            if not d:
-                raise Broken("EOF")
-            self.buf += d
+            self._fill()
         b, self.buf = self.buf[:n], self.buf[n:]
         return b
 
@@ -82,6 +87,21 @@ class Conn:
             raise RuntimeError("no END")
         return v
 
+    def gets(self, key):
+        """(flags, cas, value), None if absent; raises RuntimeError on an
+        error reply (e.g. SERVER_ERROR while a key is locked)."""
+        self.send(b"gets %s\r\n" % key)
+        l = self.line()
+        if l == b"END":
+            return None
+        parts = l.split(b" ")
+        if parts[0] != b"VALUE" or parts[1] != key or len(parts) != 5:
+            raise RuntimeError("gets %s: unexpected %r" % (key.decode(), l[:200]))
+        v = self.exact(int(parts[3]) + 2)[:-2]
+        if self.line() != b"END":
+            raise RuntimeError("gets %s: no END" % key.decode())
+        return (int(parts[2]), int(parts[4]), v)
+
     def keys(self, prefix):
         self.send(b"keys %s\r\n" % prefix)
         out = []
@@ -89,6 +109,8 @@ class Conn:
             l = self.line()
             if l == b"END":
                 return out
+            if not l.startswith(b"KEY "):
+                raise RuntimeError("keys: unexpected %r" % l[:200])
             out.append(l[4:])
 
 
