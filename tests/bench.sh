@@ -258,34 +258,18 @@ run() {
 cat >"$tmp/report.py" <<'EOF'
 import glob, json, os, statistics, sys
 
+sys.path.insert(0, "tests")  # bench.sh runs from the repository root
+import bench_hist
+
 def load(prefix):
     """One run (maybe several clie processes): ops, p50, p99 (us), errors,
     misses, server cpu %, clie cpu %."""
     runs = [json.load(open(p)) for p in sorted(glob.glob(prefix + ".*.json"))]
-    ops = sum(r["ops_per_sec"] for r in runs)
-    errors = sum(r["measured"]["errors"]["total"] for r in runs)
+    ops, errors, pct = bench_hist.merge(runs)
     misses = sum(r["measured"].get("misses", 0) for r in runs)
     # Timeouts, lost requests, dropped connections (UDP: udp_timeouts).
     probs = sum(r.get(k, 0) or 0 for r in runs for k in
                 ("timeouts", "udp_timeouts", "lost", "disconnects", "conn_failures"))
-    merged, top = {}, 0.0
-    for r in runs:
-        h = r["latency_histogram"]
-        for b, c in zip(h["bucket_top"], h["count"]):
-            merged[b] = merged.get(b, 0) + c
-        top = max(top, h["max"])
-    total = sum(merged.values())
-
-    def pct(p):
-        if total == 0:
-            return 0.0
-        rank = max(1, -(-p * total // 100))
-        seen = 0
-        for b in sorted(merged):
-            seen += merged[b]
-            if seen >= rank:
-                return min(b, top) / 1000.0
-        return top / 1000.0
 
     if len(runs) == 1 and runs[0]["latency"]:
         p50, p99 = runs[0]["latency"]["p50"], runs[0]["latency"]["p99"]

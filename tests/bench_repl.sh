@@ -148,30 +148,13 @@ run() {
     python3 - "$((f1 - f0))" "$((s1 - s0))" "$tmp/$name".*.json <<'EOF'
 import json, sys
 
+sys.path.insert(0, "tests")  # run from the repository root
+import bench_hist
+
 fsyncs, sets = int(sys.argv[1]), int(sys.argv[2])
 runs = [json.load(open(p)) for p in sys.argv[3:]]
-ops = sum(r["ops_per_sec"] for r in runs)
-errors = sum(r["measured"]["errors"]["total"] for r in runs)
-# Merge the processes' latency histograms (same buckets in every clie) and
-# take percentiles of the merged one, as clie does for its own threads.
-merged, top = {}, 0
-for r in runs:
-    h = r["latency_histogram"]
-    for b, c in zip(h["bucket_top"], h["count"]):
-        merged[b] = merged.get(b, 0) + c
-    top = max(top, h["max"])
-total = sum(merged.values())
-
-def pct(p):
-    if total == 0:
-        return 0.0
-    rank = max(1, -(-p * total // 100))
-    seen = 0
-    for b in sorted(merged):
-        seen += merged[b]
-        if seen >= rank:
-            return min(b, top) / 1000.0
-    return top / 1000.0
+# The processes' latency histograms merged, percentiles of the sum.
+ops, errors, pct = bench_hist.merge(runs)
 
 worst99 = max((r["latency"]["p99"] if r["latency"] else 0.0) for r in runs)
 fps = fsyncs / sets if sets > 0 else 0.0
