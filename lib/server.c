@@ -304,19 +304,42 @@ static void waitlist_remove(struct conn *c)
 
 static void conn_process(struct conn *c);
 
-/* Lets every connection on wl run again, in arrival order. */
-static void waitlist_wake(struct waitlist *wl)
+/* Takes the first connection off wl (NULL if empty). */
+static struct conn *waitlist_pop(struct waitlist *wl)
 {
     struct conn *c = wl->head;
 
-    wl->head = wl->tail = NULL;
-    while (c) {
-        struct conn *next = c->wait_next;
-        c->waiting = NULL;
-        c->wait_next = NULL;
+    if (c == NULL)
+        return NULL;
+    wl->head = c->wait_next;
+    if (wl->head == NULL)
+        wl->tail = NULL;
+    c->waiting = NULL;
+    c->wait_next = NULL;
+    return c;
+}
+
+/* Moves every connection on src to the end of dst, in order. */
+static void waitlist_move(struct waitlist *dst, struct waitlist *src)
+{
+    struct conn *c;
+
+    while ((c = waitlist_pop(src)) != NULL)
+        waitlist_push(dst, c);
+}
+
+/* Lets every connection on wl run again, in arrival order. Those still to
+ * run wait on a list of our own meanwhile, so one that closes while an
+ * earlier one runs leaves it properly (waitlist_remove), and connections
+ * that start waiting on wl again are left for the next wake. */
+static void waitlist_wake(struct waitlist *wl)
+{
+    struct waitlist run = {0};
+    struct conn *c;
+
+    waitlist_move(&run, wl);
+    while ((c = waitlist_pop(&run)) != NULL)
         conn_process(c);
-        c = next;
-    }
 }
 
 /* ---- executing requests ----------------------------------------------------- */
@@ -521,6 +544,26 @@ static void conn_flush(struct conn *c);
 static int exec_retrieval(struct server *srv, struct conn *c, const struct proto_req *req);
 static void snapshot_maybe(struct server *srv);
 
+/* Drops the request at the front of c's buffer (one that was kept while it
+ * waited), after running it as a retrieval if it is a gat. */
+static int consume_front(struct server *srv, struct conn *c, bool run_retrieval)
+{
+    struct proto_req req;
+    size_t consumed;
+    int r = 0;
+
+    enum proto_status st = proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
+    assert(st == PROTO_OK && consumed <= c->rlen);
+    (void)st;
+    if (run_retrieval)
+        r = exec_retrieval(srv, c, &req);
+    memmove(c->rbuf, c->rbuf + consumed, c->rlen - consumed);
+    c->rlen -= consumed;
+    c->attempts = 0;
+    c->wait_since_ms = 0;
+    return r;
+}
+
 /* The log record of w is durable (status 0) or never will be: finish it. */
 static void wreq_done(void *arg, uint64_t lsn, int status)
 {
@@ -554,16 +597,8 @@ static void wreq_done(void *arg, uint64_t lsn, int status)
         } else if (w->cmd == PROTO_CMD_GAT || w->cmd == PROTO_CMD_GATS) {
             /* The touches are in: now read, and answer the request. The
              * request line is still at the front of the buffer. */
-            struct proto_req req;
-            size_t consumed;
-            enum proto_status st =
-                proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
-            assert(st == PROTO_OK);
-            (void)st;
-            if (exec_retrieval(srv, c, &req) < 0)
+            if (consume_front(srv, c, true) < 0)
                 c->close_after_flush = true;
-            memmove(c->rbuf, c->rbuf + consumed, c->rlen - consumed);
-            c->rlen -= consumed;
         } else if (!w->noreply) {
             int r;
             if (w->too_large) {
@@ -1129,26 +1164,6 @@ static int reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason 
     return reply(o, line);
 }
 
-/* Drops the request at the front of c's buffer (one that was kept while it
- * waited), after running it as a retrieval if it is a gat. */
-static int consume_front(struct server *srv, struct conn *c, bool run_retrieval)
-{
-    struct proto_req req;
-    size_t consumed;
-    int r = 0;
-
-    enum proto_status st = proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
-    assert(st == PROTO_OK && consumed <= c->rlen);
-    (void)st;
-    if (run_retrieval)
-        r = exec_retrieval(srv, c, &req);
-    memmove(c->rbuf, c->rbuf + consumed, c->rlen - consumed);
-    c->rlen -= consumed;
-    c->attempts = 0;
-    c->wait_since_ms = 0;
-    return r;
-}
-
 /* The request in front of c lost a lock conflict: run it again later. */
 static void schedule_retry(struct server *srv, struct conn *c)
 {
@@ -1226,28 +1241,14 @@ static void after_tpc(struct server *srv)
             deliver_outcome(q);
             q = next;
         }
-        if (srv->wake.head) {
-            struct waitlist wl = srv->wake;
-            srv->wake.head = srv->wake.tail = NULL;
-            for (struct conn *c = wl.head; c; c = c->wait_next)
-                c->waiting = &wl;
-            waitlist_wake(&wl);
-        }
+        waitlist_wake(&srv->wake);
     }
 }
 
 /* Moves everyone waiting on from to the wake list. */
 static void wake_later(struct server *srv, struct waitlist *from)
 {
-    struct conn *c = from->head;
-
-    from->head = from->tail = NULL;
-    while (c) {
-        struct conn *next = c->wait_next;
-        c->waiting = NULL;
-        waitlist_push(&srv->wake, c);
-        c = next;
-    }
+    waitlist_move(&srv->wake, from);
 }
 
 /* ---- the state machine's environment ---- */
@@ -1402,20 +1403,11 @@ static void on_tick(uv_timer_t *h)
     tpc_tick(srv->tpc, now_us());
     /* Writes whose backoff is over run again. */
     if (srv->retry.head) {
-        struct waitlist due = {0}, later = {0};
-        struct conn *c = srv->retry.head;
-        srv->retry.head = srv->retry.tail = NULL;
-        while (c) {
-            struct conn *next = c->wait_next;
-            c->waiting = NULL;
-            waitlist_push(now >= c->retry_at_ms ? &due : &later, c);
-            c = next;
-        }
-        srv->retry = later;
-        for (c = later.head; c; c = c->wait_next)
-            c->waiting = &srv->retry;
-        for (c = due.head; c; c = c->wait_next)
-            c->waiting = &due;
+        struct waitlist all = {0}, due = {0};
+        struct conn *c;
+        waitlist_move(&all, &srv->retry);
+        while ((c = waitlist_pop(&all)) != NULL)
+            waitlist_push(now >= c->retry_at_ms ? &due : &srv->retry, c);
         waitlist_wake(&due);
     }
     after_tpc(srv);
