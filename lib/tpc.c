@@ -1012,7 +1012,7 @@ struct tpc *tpc_new(const struct tpc_config *cfg, const struct tpc_env *env, int
     t->cfg = *cfg;
     t->env = *env;
     t->self_idx = (uint32_t)self;
-    t->all = cfg->n == 32 ? ~0u : (1u << cfg->n) - 1;
+    t->all = (1u << cfg->n) - 1; /* n <= TPC_REPLICAS_MAX (16) */
     t->nbuckets = 256;
     if ((t->buckets = calloc(t->nbuckets, sizeof(*t->buckets))) == NULL) {
         free(t);
