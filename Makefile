@@ -16,7 +16,8 @@
 #   make install    copy serve and clie to $(PREFIX)/bin
 #   make clean
 #
-# Options: SANITIZE=address,undefined (sanitized build in build/san),
+# Options: SANITIZE=address,undefined (sanitized build in build/san;
+#          SANITIZE=thread builds in build/tsan),
 #          DEBUG=1 (-O0, build in build/debug), CC=clang, V=1 (show commands).
 
 PREFIX ?= /usr/local
@@ -25,7 +26,10 @@ CC ?= cc
 DEB_PKGS := gcc make pkg-config libuv1-dev libcunit1-dev libssl-dev openssl \
             python3 python3-pymemcache libmemcached-tools procps coreutils
 
-ifdef SANITIZE
+ifeq ($(SANITIZE),thread)
+  BUILD := build/tsan
+  SAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer
+else ifdef SANITIZE
   BUILD := build/san
   SAN_FLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
 else ifdef DEBUG

@@ -34,6 +34,18 @@
 /* --max-conns: simultaneous client connections (memcached's default). */
 #define LIMIT_CONNS_DEFAULT 1024
 
+/* --max-conn-writes: writes one connection may have in the log at once
+ * (pipelined sets overlap their durability waits; each holds a struct wreq
+ * and its keys' locks until durable). */
+#define LIMIT_CONN_WRITES_DEFAULT 64
+#define LIMIT_CONN_WRITES_MAX 4096
+
+/* --threads: event loops that serve client TCP connections, besides the
+ * main loop (log, replication, timers, UDP). 0 runs everything on the main
+ * loop. The default suits the 2-core machines we measure on. */
+#define LIMIT_THREADS_DEFAULT 2
+#define LIMIT_THREADS_MAX 64
+
 /* --max-memory: bytes of item data the store may hold, in MiB. Above it,
  * writes fail with SERVER_ERROR out of memory; nothing is evicted. */
 #define LIMIT_MEMORY_MB_DEFAULT 1024

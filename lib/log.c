@@ -26,12 +26,12 @@ static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 void log_set_level(enum log_level lvl)
 {
-    log__level = (int)lvl;
+    __atomic_store_n(&log__level, (int)lvl, __ATOMIC_RELAXED);
 }
 
 enum log_level log_get_level(void)
 {
-    return (enum log_level)log__level;
+    return (enum log_level)__atomic_load_n(&log__level, __ATOMIC_RELAXED);
 }
 
 const char *log_level_name(enum log_level lvl)

@@ -31,7 +31,7 @@ enum log_level {
 /* Current level; read by the macros. Set it with log_set_level(). */
 extern int log__level;
 
-#define log_enabled(lvl) ((int)(lvl) <= log__level)
+#define log_enabled(lvl) ((int)(lvl) <= __atomic_load_n(&log__level, __ATOMIC_RELAXED))
 
 #define log_at(lvl, mod, ...)                                                            \
     do {                                                                                 \

@@ -42,6 +42,22 @@
  * after the last committed record and exits; the parent keeps serving,
  * notices the exit in its timer, and removes the log segments and older
  * snapshots the new one covers.
+ *
+ * THREADS. With --threads N > 0, N connection threads serve the TCP
+ * connections, each on an event loop of its own; the main loop accepts them
+ * (handing each to the next thread in turn) and keeps the log's callbacks,
+ * the peer links, the timers and UDP. All server state - store, log, 2PC,
+ * wait lists, counters - sits under one lock, srv->mu. The main thread holds
+ * it whenever its loop runs callbacks (server_run lets go only while it
+ * waits for events); a connection thread takes it for the parsing and
+ * executing of what a read brought, and lets go for the system calls: the
+ * kernel's share of a request (read, writev) runs in parallel. A connection
+ * belongs to its thread: its read buffer, output queue and handle are
+ * touched by nobody else. What another thread has for it (a write durable,
+ * a 2PC outcome, a wake-up, a lock-wait timeout, an idle kick) is posted to
+ * the connection and run by its own thread (conn_post). Replies reference
+ * items whose counts are atomic, so a write that completes outside the lock
+ * may drop the last reference to an item the store has replaced.
  */
 #include "server.h"
 
@@ -60,7 +76,10 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +117,25 @@ struct counters {
 struct conn;
 struct wreq;
 struct creq;
+struct server;
+
+/* An event loop and its thread: [0] is the main loop (the caller's thread),
+ * then the connection threads. */
+struct lthread {
+    struct server *srv;
+    uv_loop_t *loop; /* the main loop, or &own */
+    uv_loop_t own;
+    uv_async_t async; /* posted connections, new sockets, stop */
+    uv_check_t check; /* the end of a loop turn (lt_on_check) */
+    bool async_open;
+    pthread_t thread;
+    bool started, stop, exited;
+    struct conn *inbox_head, *inbox_tail; /* posted connections (srv->mu) */
+    struct conn *flushq;                  /* to write once the lock is let go */
+    int *fds;                             /* accepted sockets to adopt (srv->mu) */
+    size_t nfds, capfds;
+    size_t nconns;
+};
 
 /* Connections blocked until something finishes (a write holding a key,
  * pending writes draining before a flush, a snapshot). FIFO. */
@@ -107,6 +145,12 @@ struct waitlist {
 
 struct server {
     uv_loop_t *loop;
+    /* Threads: see THREADS above. */
+    bool mt;                /* cfg.threads > 0 */
+    pthread_mutex_t mu;
+    unsigned nlt;           /* loops: the main one and the connection threads */
+    struct lthread *lt;
+    unsigned next_lt;       /* the thread the next connection goes to */
     struct server_config cfg;
     struct proto_limits lim;
     struct store *store;
@@ -200,6 +244,8 @@ struct wreq {
     struct store_change *ch; /* nch prepared changes */
     struct store_change one;
     struct waitlist waiters; /* connections waiting for our keys */
+    struct wreq *post_next;  /* posted to c's thread: see conn_post */
+    int post_status;
 };
 
 struct conn {
@@ -220,7 +266,7 @@ struct conn {
     bool handle_closed; /* uv_close done: free once no write is pending */
     bool close_after_flush;
     uint64_t last_active_ms;
-    struct wreq *pending;      /* our write awaiting durability */
+    unsigned npending;         /* our writes in the log, awaiting durability */
     struct creq *cpending;     /* our write under two-phase commit */
     unsigned attempts;         /* conflict retries of the request in front */
     uint64_t wait_since_ms;    /* waiting for a transaction's outcome since */
@@ -234,6 +280,21 @@ struct conn {
     struct sockaddr_storage addr;
     uint16_t udp_req_id;
     char peer[INET6_ADDRSTRLEN + 8];
+    /* Threads: the owner, and what others posted for it (srv->mu). */
+    struct lthread *lt;
+    bool posted, in_flushq;
+    struct conn *post_next, *flush_next;
+    unsigned post;         /* POST_* */
+    struct wreq *post_w, *post_w_tail; /* our writes durable (or failed), in order */
+    struct creq *post_q;   /* a 2PC outcome for us */
+    char *post_line;       /* a line to answer (snapshot) */
+};
+
+/* What another thread posts to a connection. */
+enum {
+    POST_RUN = 1,          /* woken: go on with the buffered requests */
+    POST_LOCK_TIMEOUT = 2, /* its wait for a transaction's outcome timed out */
+    POST_IDLE = 4,         /* maybe idle past --idle-timeout */
 };
 
 /* ---- helpers ---------------------------------------------------------------- */
@@ -251,6 +312,8 @@ void server_config_defaults(struct server_config *cfg)
     cfg->tcp = true;
     cfg->udp = false;
     cfg->max_conns = LIMIT_CONNS_DEFAULT;
+    cfg->threads = LIMIT_THREADS_DEFAULT;
+    cfg->conn_writes_max = LIMIT_CONN_WRITES_DEFAULT;
     cfg->max_memory_bytes = (uint64_t)LIMIT_MEMORY_MB_DEFAULT * 1024 * 1024;
     cfg->value_bytes_max = LIMIT_VALUE_BYTES_DEFAULT;
     cfg->get_line_bytes_max = LIMIT_GET_LINE_BYTES_DEFAULT;
@@ -265,6 +328,82 @@ void server_config_defaults(struct server_config *cfg)
     cfg->epoch = 1;
     cfg->prepare_timeout_ms = LIMIT_PREPARE_TIMEOUT_MS_DEFAULT;
     cfg->lock_wait_ms = LIMIT_LOCK_WAIT_MS_DEFAULT;
+}
+
+/* ---- threads ------------------------------------------------------------------ */
+
+/* Taken by connection threads around what they run; the main thread holds
+ * it whenever its loop runs (server_run). */
+static void srv_lock(struct server *srv)
+{
+    if (srv->mt)
+        pthread_mutex_lock(&srv->mu);
+}
+
+static void srv_unlock(struct server *srv)
+{
+    if (srv->mt)
+        pthread_mutex_unlock(&srv->mu);
+}
+
+/* What this thread queued during its loop's turn: log records (the main
+ * loop hands them to the log writer when it turns, but it may be asleep)
+ * and peer frames (written by the main loop: wake it). */
+static __thread bool tl_wal_staged, tl_kick_main;
+
+/* A connection thread's loop turn is over (uv_check, after its I/O
+ * callbacks): hand its log records to the writer, wake the main loop for
+ * its frames. Once per turn, however many requests the turn ran. */
+static void lt_on_check(uv_check_t *h)
+{
+    struct lthread *lt = h->data;
+    struct server *srv = lt->srv;
+
+    if (!tl_wal_staged && !tl_kick_main)
+        return;
+    srv_lock(srv);
+    if (tl_wal_staged && srv->wal)
+        wal_hand_over(srv->wal);
+    if (tl_kick_main && srv->lt[0].async_open)
+        uv_async_send(&srv->lt[0].async);
+    srv_unlock(srv);
+    tl_wal_staged = tl_kick_main = false;
+}
+
+/* Does the calling thread own c (or has its owner exited)? */
+static bool conn_local(const struct conn *c)
+{
+    return !c->srv->mt || c->lt->exited || pthread_equal(pthread_self(), c->lt->thread);
+}
+
+/* Asks c's thread to run what was set in c (the post_ fields, POST_ bits). */
+static void conn_post(struct conn *c, unsigned what)
+{
+    struct lthread *lt = c->lt;
+
+    c->post |= what;
+    if (c->posted)
+        return;
+    c->posted = true;
+    c->post_next = NULL;
+    if (lt->inbox_tail)
+        lt->inbox_tail->post_next = c;
+    else
+        lt->inbox_head = c;
+    lt->inbox_tail = c;
+    if (lt->async_open)
+        uv_async_send(&lt->async);
+}
+
+static void conn_process(struct conn *c);
+
+/* Lets c run its buffered requests again, on its own thread. */
+static void conn_resume(struct conn *c)
+{
+    if (conn_local(c))
+        conn_process(c);
+    else
+        conn_post(c, POST_RUN);
 }
 
 static void waitlist_push(struct waitlist *wl, struct conn *c)
@@ -302,8 +441,6 @@ static void waitlist_remove(struct conn *c)
     c->wait_next = NULL;
 }
 
-static void conn_process(struct conn *c);
-
 /* Takes the first connection off wl (NULL if empty). */
 static struct conn *waitlist_pop(struct waitlist *wl)
 {
@@ -339,7 +476,7 @@ static void waitlist_wake(struct waitlist *wl)
 
     waitlist_move(&run, wl);
     while ((c = waitlist_pop(&run)) != NULL)
-        conn_process(c);
+        conn_resume(c);
 }
 
 /* ---- executing requests ----------------------------------------------------- */
@@ -564,6 +701,47 @@ static int consume_front(struct server *srv, struct conn *c, bool run_retrieval)
     return r;
 }
 
+/* c's side of a finished write, on c's thread: the reply, then the next
+ * requests. Frees w, and c if it closed meanwhile. */
+static void wreq_finish(struct conn *c, struct wreq *w, int status)
+{
+    struct server *srv = c->srv;
+
+    assert(c->npending > 0);
+    c->npending--;
+    if (c->handle_closed || c->closing) {
+        wreq_free(w);
+        if (c->handle_closed && c->npending == 0 && c->cpending == NULL)
+            conn_free(c);
+        return;
+    }
+    if (status < 0) {
+        if (!w->noreply && reply_log_failed(srv, &c->out) < 0)
+            c->close_after_flush = true;
+    } else if (w->cmd == PROTO_CMD_GAT || w->cmd == PROTO_CMD_GATS) {
+        /* The touches are in: now read, and answer the request. The
+         * request line is still at the front of the buffer. */
+        if (consume_front(srv, c, true) < 0)
+            c->close_after_flush = true;
+    } else if (!w->noreply) {
+        int r;
+        if (w->too_large) {
+            r = reply(&c->out, "SERVER_ERROR object too large for cache\r\n");
+        } else if (w->cmd == PROTO_CMD_INCR || w->cmd == PROTO_CMD_DECR) {
+            char num[24];
+            size_t n = util_fmt_u64(num, w->ch[0].number);
+            memcpy(num + n, "\r\n", 2);
+            r = outq_text(&c->out, num, n + 2);
+        } else {
+            r = reply(&c->out, write_reply(w->cmd, STORE_OK));
+        }
+        if (r < 0)
+            c->close_after_flush = true;
+    }
+    wreq_free(w);
+    conn_process(c);
+}
+
 /* The log record of w is durable (status 0) or never will be: finish it. */
 static void wreq_done(void *arg, uint64_t lsn, int status)
 {
@@ -586,39 +764,22 @@ static void wreq_done(void *arg, uint64_t lsn, int status)
     if (srv->flush_wreq == w)
         srv->flush_wreq = NULL;
 
-    if (c) {
-        c->pending = NULL;
-        if (c->handle_closed || c->closing) {
-            if (c->handle_closed)
-                conn_free(c);
-        } else if (status < 0) {
-            if (!w->noreply && reply_log_failed(srv, &c->out) < 0)
-                c->close_after_flush = true;
-        } else if (w->cmd == PROTO_CMD_GAT || w->cmd == PROTO_CMD_GATS) {
-            /* The touches are in: now read, and answer the request. The
-             * request line is still at the front of the buffer. */
-            if (consume_front(srv, c, true) < 0)
-                c->close_after_flush = true;
-        } else if (!w->noreply) {
-            int r;
-            if (w->too_large) {
-                r = reply(&c->out, "SERVER_ERROR object too large for cache\r\n");
-            } else if (w->cmd == PROTO_CMD_INCR || w->cmd == PROTO_CMD_DECR) {
-                char num[24];
-                size_t n = util_fmt_u64(num, w->ch[0].number);
-                memcpy(num + n, "\r\n", 2);
-                r = outq_text(&c->out, num, n + 2);
-            } else {
-                r = reply(&c->out, write_reply(w->cmd, STORE_OK));
-            }
-            if (r < 0)
-                c->close_after_flush = true;
-        }
+    struct waitlist waiters = {0};
+    waitlist_move(&waiters, &w->waiters);
+    if (c == NULL) {
+        wreq_free(w);
+    } else if (conn_local(c)) {
+        wreq_finish(c, w, status);
+    } else {
+        w->post_status = status;
+        w->post_next = NULL;
+        if (c->post_w_tail)
+            c->post_w_tail->post_next = w;
+        else
+            c->post_w = w;
+        c->post_w_tail = w;
+        conn_post(c, 0);
     }
-    struct waitlist waiters = w->waiters;
-    wreq_free(w);
-    if (c && !c->handle_closed)
-        conn_process(c);
     waitlist_wake(&waiters);
     if (srv->npending == 0)
         waitlist_wake(&srv->barrier);
@@ -669,6 +830,8 @@ static int exec_write(struct server *srv, struct conn *c, const struct proto_req
     int r;
 
     if (wal_error(srv->wal)) {
+        if (c->npending > 0)
+            return AFTER_WAIT; /* our writes in the log are answered first */
         srv->st.writes_failed++;
         return req->noreply ? 0 : reply_log_failed(srv, o);
     }
@@ -738,6 +901,14 @@ static int exec_write(struct server *srv, struct conn *c, const struct proto_req
         } else {
             store_prepare(srv->store, &op, w->cas, srv->now_ms, &w->one);
             st = w->one.status;
+            if (st != STORE_OK && c->npending > 0) {
+                /* Answered now, it would overtake the replies to our writes
+                 * still in the log: evaluate it again once they are in
+                 * (wreq_finish runs us again). */
+                store_abort(srv->store, &w->one);
+                wreq_free(w);
+                return AFTER_WAIT;
+            }
             count_write(srv, req->cmd, st);
         }
         w->nch = 1;
@@ -770,6 +941,7 @@ static int exec_write(struct server *srv, struct conn *c, const struct proto_req
     }
     if ((r = encode_write(srv, w)) < 0)
         goto fail;
+    tl_wal_staged = true;
     int64_t lsn = wal_append(srv->wal, WAL_REC_WRITE, srv->scratch.data, srv->scratch.len,
                              wreq_done, w);
     if (lsn < 0) {
@@ -782,7 +954,7 @@ static int exec_write(struct server *srv, struct conn *c, const struct proto_req
     if (req->cmd == PROTO_CMD_FLUSH_ALL)
         srv->flush_wreq = w;
     w->c = c;
-    c->pending = w;
+    c->npending++;
     return AFTER_PENDING;
 fail:
     for (size_t i = 0; i < w->nch; i++)
@@ -791,6 +963,8 @@ fail:
     wreq_free(w);
     if (r == -ENOMEM)
         return r;
+    if (c->npending > 0)
+        return AFTER_WAIT; /* answered after our writes in the log */
     srv->st.writes_failed++;
     return req->noreply ? 0 : reply_log_failed(srv, o);
 }
@@ -932,12 +1106,12 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
     stat_u64(o, "store_too_large", c->store_too_large);
     stat_u64(o, "store_no_memory", c->store_no_memory);
     stat_u64(o, "bytes_read", c->bytes_read);
-    stat_u64(o, "bytes_written", c->bytes_written);
+    stat_u64(o, "bytes_written", __atomic_load_n(&c->bytes_written, __ATOMIC_RELAXED));
     stat_u64(o, "udp_requests", c->udp_requests);
     stat_u64(o, "udp_replies", c->udp_replies);
     stat_u64(o, "udp_dropped", c->udp_dropped);
     stat_u64(o, "limit_maxbytes", cfg->max_memory_bytes);
-    stat_u64(o, "threads", 1);
+    stat_u64(o, "threads", srv->cfg.threads ? srv->cfg.threads : 1);
     stat_u64(o, "curr_items", ss.curr_items);
     stat_u64(o, "total_items", ss.total_items);
     stat_u64(o, "bytes", ss.bytes);
@@ -1238,7 +1412,12 @@ static void after_tpc(struct server *srv)
         srv->done_head = srv->done_tail = NULL;
         while (q) {
             struct creq *next = q->next;
-            deliver_outcome(q);
+            if (q->c == NULL || conn_local(q->c)) {
+                deliver_outcome(q);
+            } else {
+                q->c->post_q = q;
+                conn_post(q->c, 0);
+            }
             q = next;
         }
         waitlist_wake(&srv->wake);
@@ -1257,8 +1436,10 @@ static void env_send(void *ctx, const struct tpc_msg *m)
 {
     struct server *srv = ctx;
 
-    if (srv->peers && !srv->stopping)
+    if (srv->peers && !srv->stopping) {
+        tl_kick_main = true; /* the main loop writes the frame */
         peer_send(srv->peers, m);
+    }
 }
 
 static void on_tpc_durable(void *arg, uint64_t lsn, int status)
@@ -1304,6 +1485,7 @@ static int64_t env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *
         return -ESHUTDOWN;
     if ((r = encode_txn_record(&srv->scratch, t)) < 0)
         return r;
+    tl_wal_staged = true;
     int64_t lsn = wal_append(srv->wal, (uint8_t)type, srv->scratch.data, srv->scratch.len,
                              on_tpc_durable, srv);
     if (lsn > 0)
@@ -1413,6 +1595,28 @@ static void on_tick(uv_timer_t *h)
     after_tpc(srv);
 }
 
+/* c's request waited too long for a transaction's outcome: answer it with
+ * an error and go on (c's thread). */
+static void lock_wait_expired(struct conn *c)
+{
+    struct server *srv = c->srv;
+    struct proto_req req;
+    size_t consumed;
+    char line[200];
+
+    if (c->closing)
+        return;
+    proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
+    snprintf(line, sizeof(line),
+             "SERVER_ERROR timed out after %u ms waiting for an undecided transaction "
+             "on this key (is a replica down?)\r\n",
+             srv->cfg.lock_wait_ms);
+    if (!req.noreply && reply(&c->out, line) < 0)
+        c->close_after_flush = true;
+    consume_front(srv, c, false);
+    conn_process(c);
+}
+
 /* Requests waiting for a transaction's outcome longer than --lock-wait-ms
  * get an error (the transaction's coordinator may be down). */
 static void lock_wait_timeouts(struct server *srv)
@@ -1427,18 +1631,10 @@ static void lock_wait_timeouts(struct server *srv)
             continue;
         waitlist_remove(c);
         srv->st.lock_wait_timeouts++;
-        struct proto_req req;
-        size_t consumed;
-        proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
-        char line[200];
-        snprintf(line, sizeof(line),
-                 "SERVER_ERROR timed out after %u ms waiting for an undecided transaction "
-                 "on this key (is a replica down?)\r\n",
-                 srv->cfg.lock_wait_ms);
-        if (!req.noreply && reply(&c->out, line) < 0)
-            c->close_after_flush = true;
-        consume_front(srv, c, false);
-        conn_process(c);
+        if (conn_local(c))
+            lock_wait_expired(c);
+        else
+            conn_post(c, POST_LOCK_TIMEOUT);
     }
 }
 
@@ -1786,8 +1982,32 @@ static void conn_free(struct conn *c)
 {
     struct server *srv = c->srv;
 
-    assert(c->pending == NULL && c->cpending == NULL);
+    assert(c->npending == 0 && c->cpending == NULL && c->post_w == NULL && c->post_q == NULL);
     waitlist_remove(c);
+    if (c->posted) {
+        struct lthread *lt = c->lt;
+        struct conn *prev = NULL;
+        for (struct conn *x = lt->inbox_head; x; prev = x, x = x->post_next) {
+            if (x != c)
+                continue;
+            if (prev)
+                prev->post_next = c->post_next;
+            else
+                lt->inbox_head = c->post_next;
+            if (lt->inbox_tail == c)
+                lt->inbox_tail = prev;
+            break;
+        }
+    }
+    if (c->in_flushq) {
+        struct conn **pp = &c->lt->flushq;
+        while (*pp != c)
+            pp = &(*pp)->flush_next;
+        *pp = c->flush_next;
+    }
+    free(c->post_line);
+    if (!c->udp)
+        c->lt->nconns--;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -1810,12 +2030,15 @@ static void conn_free(struct conn *c)
 static void conn_on_close(uv_handle_t *h)
 {
     struct conn *c = (struct conn *)h;
+    struct server *srv = c->srv;
 
+    srv_lock(srv);
     c->handle_closed = true;
     /* A write in the log still points at us: wreq_done (or the 2PC outcome)
      * frees us then. */
-    if (c->pending == NULL && c->cpending == NULL)
+    if (c->npending == 0 && c->cpending == NULL)
         conn_free(c);
+    srv_unlock(srv);
 }
 
 static void conn_close(struct conn *c, const char *why)
@@ -1828,7 +2051,7 @@ static void conn_close(struct conn *c, const char *why)
         log_info(MOD, "conn %llu from %s closed: %s", (unsigned long long)c->id, c->peer, why);
     if (c->udp) {
         c->handle_closed = true;
-        if (c->pending == NULL && c->cpending == NULL)
+        if (c->npending == 0 && c->cpending == NULL)
             conn_free(c);
         return;
     }
@@ -1861,29 +2084,46 @@ static void conn_stream_keys(struct conn *c)
     }
 }
 
+static void lt_flush(struct lthread *lt);
+static void conn_idle_kick(struct conn *c);
+
 static void conn_on_write(uv_write_t *req, int status)
 {
     struct conn *c = req->data;
+    struct server *srv = c->srv;
 
     outq_consume(&c->out, c->in_flight);
-    c->srv->st.bytes_written += status == 0 ? c->in_flight : 0;
+    if (status == 0)
+        __atomic_fetch_add(&srv->st.bytes_written, c->in_flight, __ATOMIC_RELAXED);
     c->in_flight = 0;
+    if (status == UV_ECANCELED || (status == 0 && c->closing))
+        return;
+    srv_lock(srv);
     if (status < 0) {
-        if (status != UV_ECANCELED)
-            conn_close(c, uv_strerror(status));
-        return;
+        conn_close(c, uv_strerror(status));
+    } else {
+        /* Output drained: finish a keys listing, then any requests that waited. */
+        conn_stream_keys(c);
+        if (!c->closing)
+            conn_process(c);
     }
-    if (c->closing)
-        return;
-    /* Output drained: finish a keys listing, then any requests that waited. */
-    conn_stream_keys(c);
-    if (!c->closing)
-        conn_process(c);
+    srv_unlock(srv);
+    lt_flush(c->lt);
 }
 
 /* Cuts the UDP reply into datagrams and sends them; frees the request. */
 static void udp_finish(struct conn *c);
 
+/* conn_close for conn_flush, which runs without the lock. */
+static void conn_close_unlocked(struct conn *c, const char *why)
+{
+    srv_lock(c->srv);
+    conn_close(c, why);
+    srv_unlock(c->srv);
+}
+
+/* Writes c's output queue: at once what the socket takes, the rest queued.
+ * With threads, only c's thread calls it, without the lock (lt_flush). */
 static void conn_flush(struct conn *c)
 {
     struct iovec iov[IOV_BATCH];
@@ -1894,8 +2134,8 @@ static void conn_flush(struct conn *c)
     if (c->closing || c->in_flight || c->udp)
         return;
     if (c->out.bytes == 0) {
-        if (c->close_after_flush && c->pending == NULL)
-            conn_close(c, NULL);
+        if (c->close_after_flush && c->npending == 0)
+            conn_close_unlocked(c, NULL);
         return;
     }
     n = outq_iov(&c->out, iov, IOV_BATCH);
@@ -1910,15 +2150,15 @@ static void conn_flush(struct conn *c)
     if (c->keys == NULL && c->out.bytes < c->srv->cfg.conn_output_bytes_max) {
         r = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)n);
         if (r < 0 && r != UV_EAGAIN) {
-            conn_close(c, uv_strerror(r));
+            conn_close_unlocked(c, uv_strerror(r));
             return;
         }
         if (r > 0) {
             outq_consume(&c->out, (size_t)r);
-            c->srv->st.bytes_written += (uint64_t)r;
+            __atomic_fetch_add(&c->srv->st.bytes_written, (uint64_t)r, __ATOMIC_RELAXED);
             if (c->out.bytes == 0) {
-                if (c->close_after_flush && c->pending == NULL)
-                    conn_close(c, NULL);
+                if (c->close_after_flush && c->npending == 0)
+                    conn_close_unlocked(c, NULL);
                 return;
             }
             /* The rest waits for the socket: queue it. */
@@ -1933,7 +2173,7 @@ static void conn_flush(struct conn *c)
     c->wreq.data = c;
     r = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, conn_on_write);
     if (r < 0) {
-        conn_close(c, uv_strerror(r));
+        conn_close_unlocked(c, uv_strerror(r));
         return;
     }
     c->in_flight = total;
@@ -1960,9 +2200,11 @@ static void conn_process(struct conn *c)
     struct server *srv = c->srv;
     size_t pos = 0;
 
+    assert(conn_local(c));
     refresh_now(srv);
-    while (!c->closing && !c->close_after_flush && c->keys == NULL && c->pending == NULL &&
-           c->cpending == NULL && c->waiting == NULL && !srv->stopping) {
+    while (!c->closing && !c->close_after_flush && c->keys == NULL &&
+           c->npending < srv->cfg.conn_writes_max && c->cpending == NULL && c->waiting == NULL &&
+           !srv->stopping) {
         struct proto_req req;
         size_t consumed;
         enum proto_status st;
@@ -1986,6 +2228,13 @@ static void conn_process(struct conn *c)
             c->need = req.need;
             break;
         }
+        /* With writes of ours in the log, only more plain writes go ahead
+         * (their replies come in log order); anything else would answer
+         * before them, or read around them: it waits, unconsumed, until
+         * they are in. */
+        if (c->npending > 0 && (st != PROTO_OK || !proto_cmd_is_write(req.cmd) ||
+                                req.cmd == PROTO_CMD_FLUSH_ALL || req.too_large))
+            break;
         c->need = 0;
         if (st == PROTO_CLOSE) {
             srv->st.protocol_closes++;
@@ -2048,7 +2297,7 @@ static void conn_process(struct conn *c)
         c->rlen -= pos;
     }
     if (c->udp) {
-        if (c->rlen == 0 && c->pending == NULL && c->cpending == NULL && c->waiting == NULL &&
+        if (c->rlen == 0 && c->npending == 0 && c->cpending == NULL && c->waiting == NULL &&
             c->keys == NULL)
             udp_finish(c);
         return;
@@ -2063,11 +2312,18 @@ static void conn_process(struct conn *c)
     /* A pending write does not stop reading while the buffer has room: the
      * next request is usually small and comes after the reply, and stopping
      * and restarting the socket costs two epoll_ctl calls per write. */
-    bool pend = c->pending != NULL || c->cpending != NULL;
+    bool pend = c->npending > 0 || c->cpending != NULL;
     bool blocked = c->out.bytes >= srv->cfg.conn_output_bytes_max || c->keys != NULL ||
                    c->waiting != NULL || (pend && c->rcap - c->rlen < 4096);
     conn_set_reading(c, !blocked && !c->close_after_flush);
-    conn_flush(c);
+    if (!srv->mt) {
+        conn_flush(c);
+    } else if (!c->in_flushq) {
+        /* Written by lt_flush once the lock is let go. */
+        c->in_flushq = true;
+        c->flush_next = c->lt->flushq;
+        c->lt->flushq = c;
+    }
     return;
 oom:
     conn_close(c, "out of memory");
@@ -2111,15 +2367,18 @@ static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = (struct conn *)s;
+    struct server *srv = c->srv;
 
     (void)buf;
     if (nread == 0)
         return;
+    srv_lock(srv);
     if (nread < 0) {
         conn_close(c, nread == UV_EOF ? NULL : uv_strerror((int)nread));
+        srv_unlock(srv);
         return;
     }
-    c->srv->st.bytes_read += (uint64_t)nread;
+    srv->st.bytes_read += (uint64_t)nread;
     c->rlen += (size_t)nread;
     c->last_active_ms = util_mono_ns() / 1000000u;
     if (c->swallow) {
@@ -2127,10 +2386,11 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         memmove(c->rbuf, c->rbuf + d, c->rlen - d);
         c->rlen -= d;
         c->swallow -= d;
-        if (c->swallow)
-            return;
     }
-    conn_process(c);
+    if (c->swallow == 0)
+        conn_process(c);
+    srv_unlock(srv);
+    lt_flush(c->lt);
 }
 
 static void reject_on_close(uv_handle_t *h)
@@ -2174,6 +2434,9 @@ static int addr_port(const struct sockaddr_storage *ss)
     return ntohs(((const struct sockaddr_in *)ss)->sin_port);
 }
 
+static void conn_hand_over(struct server *srv, uv_stream_t *listener);
+static void conn_start(struct conn *c);
+
 static void on_connection(uv_stream_t *listener, int status)
 {
     struct server *srv = listener->data;
@@ -2197,19 +2460,94 @@ static void on_connection(uv_stream_t *listener, int status)
         }
         return;
     }
+    if (srv->mt) {
+        conn_hand_over(srv, listener);
+        return;
+    }
     c = calloc(1, sizeof(*c));
     if (c == NULL)
         return;
     c->srv = srv;
+    c->lt = &srv->lt[0];
     uv_tcp_init(srv->loop, &c->tcp);
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0) {
         uv_close((uv_handle_t *)&c->tcp, reject_on_close);
         return;
     }
-    outq_init(&c->out, false);
-    conn_link(srv, c);
     srv->nconns++;
     srv->st.total_connections++;
+    conn_start(c);
+}
+
+/* Accepts a connection and hands its socket to the next connection thread
+ * (main thread; lt_adopt takes it there). */
+static void conn_hand_over(struct server *srv, uv_stream_t *listener)
+{
+    struct lthread *lt = &srv->lt[1 + srv->next_lt++ % (srv->nlt - 1)];
+    uv_tcp_t *t = malloc(sizeof(*t));
+    uv_os_fd_t fd;
+    int nfd = -1;
+
+    if (t == NULL)
+        return;
+    uv_tcp_init(srv->loop, t);
+    if (uv_accept(listener, (uv_stream_t *)t) == 0 && uv_fileno((uv_handle_t *)t, &fd) == 0)
+        nfd = fcntl(fd, F_DUPFD_CLOEXEC, 3); /* the handle closes fd; nfd moves */
+    uv_close((uv_handle_t *)t, reject_on_close);
+    if (nfd < 0) {
+        log_warn(MOD, "accept: cannot hand the connection over: %s", strerror(errno));
+        return;
+    }
+    if (lt->nfds == lt->capfds) {
+        size_t ncap = lt->capfds ? lt->capfds * 2 : 16;
+        int *p = realloc(lt->fds, ncap * sizeof(*p));
+        if (p == NULL) {
+            close(nfd);
+            return;
+        }
+        lt->fds = p;
+        lt->capfds = ncap;
+    }
+    lt->fds[lt->nfds++] = nfd;
+    srv->nconns++;
+    srv->st.total_connections++;
+    uv_async_send(&lt->async);
+}
+
+/* Takes the sockets handed to lt (lt's thread, lock held). */
+static void lt_adopt(struct lthread *lt)
+{
+    struct server *srv = lt->srv;
+
+    for (size_t i = 0; i < lt->nfds; i++) {
+        struct conn *c = calloc(1, sizeof(*c));
+        if (c == NULL) {
+            close(lt->fds[i]);
+            srv->nconns--;
+            continue;
+        }
+        c->srv = srv;
+        c->lt = lt;
+        uv_tcp_init(lt->loop, &c->tcp);
+        if (uv_tcp_open(&c->tcp, lt->fds[i]) < 0) {
+            close(lt->fds[i]);
+            srv->nconns--;
+            uv_close((uv_handle_t *)&c->tcp, reject_on_close);
+            continue;
+        }
+        conn_start(c);
+    }
+    lt->nfds = 0;
+}
+
+/* A new TCP connection on its thread: link it, name it, read. */
+static void conn_start(struct conn *c)
+{
+    struct server *srv = c->srv;
+
+    outq_init(&c->out, false);
+    conn_link(srv, c);
+    c->lt->nconns++;
     uv_tcp_nodelay(&c->tcp, 1);
 
     struct sockaddr_storage ss;
@@ -2289,7 +2627,7 @@ static void udp_send_reply(struct server *srv, uint16_t req_id, const char *repl
         }
     }
     srv->st.udp_replies++;
-    srv->st.bytes_written += n;
+    __atomic_fetch_add(&srv->st.bytes_written, (uint64_t)n, __ATOMIC_RELAXED);
 }
 
 static void udp_finish(struct conn *c)
@@ -2344,6 +2682,7 @@ static void udp_on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
     }
     c->srv = srv;
     c->udp = true;
+    c->lt = &srv->lt[0];
     c->rcap = c->rlen = n;
     memcpy(c->rbuf, buf->base + LIMIT_UDP_HEADER_BYTES, n);
     c->udp_req_id = hdr.req_id;
@@ -2354,6 +2693,219 @@ static void udp_on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
     srv->nudp++;
     snprintf(c->peer, sizeof(c->peer), "udp");
     conn_process(c);
+}
+
+/* ---- connection threads ----------------------------------------------------------- */
+
+/* Writes the output of the connections lt ran (lt's thread, lock let go). */
+static void lt_flush(struct lthread *lt)
+{
+    struct conn *c;
+
+    while ((c = lt->flushq) != NULL) {
+        lt->flushq = c->flush_next;
+        c->in_flushq = false;
+        conn_flush(c);
+    }
+}
+
+/* Runs what other threads posted for c (c's thread, lock held). */
+static void conn_run_posted(struct conn *c)
+{
+    unsigned what = c->post;
+    struct wreq *w = c->post_w;
+    struct creq *q = c->post_q;
+    char *line = c->post_line;
+
+    c->post = 0;
+    c->post_w = c->post_w_tail = NULL;
+    c->post_q = NULL;
+    c->post_line = NULL;
+    if (line) {
+        if (!c->closing && reply(&c->out, line) < 0)
+            c->close_after_flush = true;
+        free(line);
+    }
+    if (what & POST_LOCK_TIMEOUT)
+        lock_wait_expired(c);
+    if (what & POST_IDLE)
+        conn_idle_kick(c);
+    /* These may free c (the last of them); they go on with c's requests. */
+    if (w) {
+        while (w) {
+            struct wreq *next = w->post_next;
+            wreq_finish(c, w, w->post_status);
+            w = next;
+        }
+    } else if (q)
+        deliver_outcome(q);
+    else if ((what & POST_RUN) || line)
+        conn_process(c);
+}
+
+static void lt_run_inbox(struct lthread *lt)
+{
+    struct conn *c;
+
+    while ((c = lt->inbox_head) != NULL) {
+        lt->inbox_head = c->post_next;
+        if (lt->inbox_head == NULL)
+            lt->inbox_tail = NULL;
+        c->posted = false;
+        conn_run_posted(c);
+    }
+}
+
+/* A connection thread stops: close its connections and its wake-up
+ * handle, so its loop runs out (lock held). */
+static void lt_close(struct lthread *lt)
+{
+    struct server *srv = lt->srv;
+
+    for (struct conn *c = srv->conns; c; c = c->next)
+        if (c->lt == lt && !c->closing)
+            conn_close(c, NULL);
+    for (size_t i = 0; i < lt->nfds; i++) {
+        close(lt->fds[i]);
+        srv->nconns--;
+    }
+    lt->nfds = 0;
+    if (lt->async_open) {
+        lt->async_open = false;
+        uv_close((uv_handle_t *)&lt->async, NULL);
+        uv_close((uv_handle_t *)&lt->check, NULL);
+    }
+}
+
+static void lt_on_async(uv_async_t *h)
+{
+    struct lthread *lt = h->data;
+    struct server *srv = lt->srv;
+    bool main = lt == &srv->lt[0]; /* the main loop runs with the lock held */
+
+    if (!main)
+        srv_lock(srv);
+    lt_adopt(lt);
+    lt_run_inbox(lt);
+    if (lt->stop)
+        lt_close(lt);
+    if (!main) {
+        srv_unlock(srv);
+        lt_flush(lt);
+    }
+}
+
+static void *lt_main(void *arg)
+{
+    struct lthread *lt = arg;
+
+    uv_run(lt->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static int lt_start(struct server *srv, char *err, size_t cap)
+{
+    struct lthread *main = &srv->lt[0];
+    int r;
+
+    main->thread = pthread_self();
+    if (!srv->mt)
+        return 0;
+    if ((r = uv_async_init(srv->loop, &main->async, lt_on_async)) < 0)
+        return util_errf(err, cap, r, "cannot create the main loop's wake-up: %s", uv_strerror(r));
+    main->async.data = main;
+    main->async_open = true;
+    for (unsigned i = 1; i < srv->nlt; i++) {
+        struct lthread *lt = &srv->lt[i];
+        if ((r = uv_loop_init(&lt->own)) < 0)
+            return util_errf(err, cap, r, "cannot create an event loop: %s", uv_strerror(r));
+        lt->loop = &lt->own;
+        if ((r = uv_async_init(lt->loop, &lt->async, lt_on_async)) < 0) {
+            uv_loop_close(lt->loop);
+            lt->loop = NULL;
+            return util_errf(err, cap, r, "cannot create an event loop: %s", uv_strerror(r));
+        }
+        lt->async.data = lt;
+        lt->async_open = true;
+        uv_check_init(lt->loop, &lt->check);
+        lt->check.data = lt;
+        uv_check_start(&lt->check, lt_on_check);
+        uv_unref((uv_handle_t *)&lt->check);
+        if ((r = pthread_create(&lt->thread, NULL, lt_main, lt)) != 0) {
+            uv_close((uv_handle_t *)&lt->async, NULL);
+            uv_close((uv_handle_t *)&lt->check, NULL);
+            lt->async_open = false;
+            uv_run(lt->loop, UV_RUN_DEFAULT);
+            uv_loop_close(lt->loop);
+            lt->loop = NULL;
+            return util_errf(err, cap, -r, "cannot start a connection thread: %s", strerror(r));
+        }
+        lt->started = true;
+    }
+    return 0;
+}
+
+/* Stops the connection threads and waits for them (main thread, lock
+ * held: let go meanwhile). What they leave posted runs here. */
+static void lt_stop_all(struct server *srv)
+{
+    for (unsigned i = 1; i < srv->nlt; i++) {
+        struct lthread *lt = &srv->lt[i];
+        if (lt->started && lt->async_open) {
+            lt->stop = true;
+            uv_async_send(&lt->async);
+        }
+    }
+    pthread_mutex_unlock(&srv->mu);
+    for (unsigned i = 1; i < srv->nlt; i++) {
+        struct lthread *lt = &srv->lt[i];
+        if (lt->started) {
+            pthread_join(lt->thread, NULL);
+            lt->started = false;
+        }
+    }
+    pthread_mutex_lock(&srv->mu);
+    for (unsigned i = 1; i < srv->nlt; i++) {
+        struct lthread *lt = &srv->lt[i];
+        lt->exited = true;
+        if (lt->loop) {
+            int r = uv_loop_close(lt->loop);
+            if (r < 0)
+                log_warn(MOD, "connection thread %u: loop closed with handles open: %s", i,
+                         uv_strerror(r));
+            lt->loop = NULL;
+        }
+        lt_run_inbox(lt);
+        for (size_t k = 0; k < lt->nfds; k++) {
+            close(lt->fds[k]);
+            srv->nconns--;
+        }
+        lt->nfds = 0;
+    }
+    lt_run_inbox(&srv->lt[0]);
+    if (srv->lt[0].async_open) {
+        srv->lt[0].async_open = false;
+        uv_close((uv_handle_t *)&srv->lt[0].async, NULL);
+    }
+}
+
+int server_run(struct server *srv)
+{
+    int alive;
+
+    if (!srv->mt)
+        return uv_run(srv->loop, UV_RUN_DEFAULT);
+    pthread_mutex_lock(&srv->mu);
+    while ((alive = uv_run(srv->loop, UV_RUN_NOWAIT)) != 0) {
+        struct pollfd p = {.fd = uv_backend_fd(srv->loop), .events = POLLIN};
+        int timeout = uv_backend_timeout(srv->loop);
+        pthread_mutex_unlock(&srv->mu);
+        if (poll(&p, 1, timeout) < 0 && errno != EINTR)
+            log_warn(MOD, "poll: %s", strerror(errno));
+        pthread_mutex_lock(&srv->mu);
+    }
+    pthread_mutex_unlock(&srv->mu);
+    return alive;
 }
 
 /* ---- snapshots ----------------------------------------------------------------- */
@@ -2437,13 +2989,24 @@ static void remove_old_snapshots(struct server *srv, uint64_t lsn)
         free(f);
 }
 
-/* Answers every connection on wl with line. */
+/* Answers every connection on wl with line (each on its own thread). */
 static void snapshot_answer(struct waitlist *wl, const char *line)
 {
-    for (struct conn *c = wl->head; c; c = c->wait_next)
-        if (!c->closing)
-            reply(&c->out, line);
-    waitlist_wake(wl);
+    struct waitlist run = {0};
+    struct conn *c;
+
+    waitlist_move(&run, wl);
+    while ((c = waitlist_pop(&run)) != NULL) {
+        if (conn_local(c)) {
+            if (!c->closing)
+                reply(&c->out, line);
+            conn_process(c);
+        } else {
+            free(c->post_line);
+            c->post_line = strdup(line); /* NULL: the wake-up goes alone */
+            conn_post(c, POST_RUN);
+        }
+    }
 }
 
 /* Polled by the timer: has the snapshot child finished? */
@@ -2515,6 +3078,20 @@ static void snapshot_maybe(struct server *srv)
 
 /* ---- timers, lifecycle ------------------------------------------------------ */
 
+/* Closes c if it is idle past --idle-timeout with nothing owed (c's thread). */
+static void conn_idle_kick(struct conn *c)
+{
+    struct server *srv = c->srv;
+    uint64_t now = util_mono_ns() / 1000000u;
+
+    if (srv->cfg.idle_timeout_s == 0 || c->closing ||
+        now - c->last_active_ms <= (uint64_t)srv->cfg.idle_timeout_s * 1000 ||
+        c->out.bytes != 0 || c->npending > 0 || c->cpending != NULL || c->waiting != NULL)
+        return;
+    srv->st.idle_kicks++;
+    conn_close(c, "idle timeout");
+}
+
 static void on_timer(uv_timer_t *t)
 {
     struct server *srv = t->data;
@@ -2534,12 +3111,13 @@ static void on_timer(uv_timer_t *t)
         uint64_t limit = (uint64_t)srv->cfg.idle_timeout_s * 1000;
         for (struct conn *c = srv->conns, *next; c; c = next) {
             next = c->next;
-            if (!c->udp && !c->closing && now - c->last_active_ms > limit &&
-                c->out.bytes == 0 && c->pending == NULL && c->cpending == NULL &&
-                c->waiting == NULL) {
-                srv->st.idle_kicks++;
-                conn_close(c, "idle timeout");
-            }
+            if (c->udp || c->closing || now - c->last_active_ms <= limit ||
+                c->npending > 0 || c->cpending != NULL || c->waiting != NULL)
+                continue;
+            if (conn_local(c))
+                conn_idle_kick(c);
+            else
+                conn_post(c, POST_IDLE); /* its output queue is its thread's */
         }
     }
 }
@@ -2554,6 +3132,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
         cfg->get_line_bytes_max < LIMIT_LINE_BYTES_MAX || cfg->conn_output_bytes_max == 0 ||
         (!cfg->tcp && !cfg->udp) || cfg->data_dir == NULL || cfg->data_dir[0] == '\0' ||
         cfg->wal_segment_bytes < 4096 || cfg->nreplicas > LIMIT_REPLICAS_MAX ||
+        cfg->threads > LIMIT_THREADS_MAX || cfg->conn_writes_max == 0 ||
         (cfg->nreplicas > 0 && (cfg->prepare_timeout_ms == 0 || cfg->epoch == 0))) {
         *err = -EINVAL;
         return NULL;
@@ -2565,6 +3144,24 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     }
     srv->loop = loop;
     srv->cfg = *cfg;
+    srv->mt = cfg->threads > 0;
+    srv->nlt = 1 + cfg->threads;
+    srv->lt = calloc(srv->nlt, sizeof(*srv->lt));
+    if (srv->lt == NULL) {
+        free(srv);
+        *err = -ENOMEM;
+        return NULL;
+    }
+    for (unsigned i = 0; i < srv->nlt; i++)
+        srv->lt[i].srv = srv;
+    srv->lt[0].loop = loop;
+    /* Adaptive: the sections are short, so a waiter spins a little before
+     * it sleeps (a futex sleep and wake costs more than most sections). */
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&srv->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
     srv->lock_fd = -1;
     srv->lim.value_bytes_max = cfg->value_bytes_max;
     srv->lim.get_line_bytes_max = cfg->get_line_bytes_max;
@@ -2584,6 +3181,8 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     if (srv->store == NULL || srv->udp_rbuf == NULL) {
         store_free(srv->store);
         free(srv->udp_rbuf);
+        pthread_mutex_destroy(&srv->mu);
+        free(srv->lt);
         free(srv);
         *err = -ENOMEM;
         return NULL;
@@ -2683,6 +3282,8 @@ int server_start(struct server *srv, char *err, size_t errcap)
     err[0] = '\0';
     if ((r = open_data(srv, err, errcap)) < 0)
         goto fail_quiet;
+    if ((r = lt_start(srv, err, errcap)) < 0)
+        goto fail_quiet;
     r = resolve(srv->cfg.host, srv->cfg.port, &ss);
     if (r < 0) {
         util_errf(err, errcap, r, "cannot resolve %s: %s", srv->cfg.host, strerror(-r));
@@ -2744,7 +3345,11 @@ fail_listen:
         uv_strerror(r));
 fail:
 fail_quiet:
+    if (srv->mt)
+        pthread_mutex_lock(&srv->mu); /* server_stop runs as if from the loop */
     server_stop(srv);
+    if (srv->mt)
+        pthread_mutex_unlock(&srv->mu);
     return r;
 }
 
@@ -2781,7 +3386,11 @@ void server_stop(struct server *srv)
     /* Transactions in flight: their clients are going away, prepared ones
      * stay in the log for recovery. Nothing re-enters tpc after this. */
     for (struct conn *c = srv->conns; c; c = c->next) {
-        if (c->cpending) {
+        if (c->post_q) {
+            free(c->post_q); /* an outcome posted to c's thread, not run yet */
+            c->post_q = NULL;
+            c->cpending = NULL;
+        } else if (c->cpending) {
             c->cpending->c = NULL;
             c->cpending = NULL;
         }
@@ -2801,6 +3410,10 @@ void server_stop(struct server *srv)
         peer_net_close(srv->peers);
         srv->peers = NULL;
     }
+    /* Connection threads close their connections and exit; what they leave
+     * is this thread's to finish. */
+    if (srv->mt)
+        lt_stop_all(srv);
     for (struct conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
         conn_close(c, NULL);
@@ -2824,5 +3437,9 @@ void server_free(struct server *srv)
     free(srv->udp_rbuf);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd);
+    for (unsigned i = 0; i < srv->nlt; i++)
+        free(srv->lt[i].fds);
+    free(srv->lt);
+    pthread_mutex_destroy(&srv->mu);
     free(srv);
 }

@@ -2,8 +2,11 @@
  * server.h - the network side of serve: TCP and UDP listeners on one port,
  * client connections, and the glue from parsed requests to the store.
  *
- * Everything runs on one libuv loop, owned by the caller. A struct server is
- * self-contained (no globals), so tests can run several in one process.
+ * The main libuv loop is owned by the caller; with cfg.threads > 0 the
+ * server also runs that many connection threads, each with a loop of its
+ * own, and the caller must drive the main loop with server_run() (which
+ * takes the server's lock around everything the loop runs). A struct server
+ * is self-contained (no globals), so tests can run several in one process.
  */
 #ifndef TPCKV_SERVER_H
 #define TPCKV_SERVER_H
@@ -23,11 +26,13 @@ struct server_config {
     bool tcp;
     bool udp;
     size_t max_conns;
+    unsigned threads; /* connection threads; 0 = all on the main loop */
     uint64_t max_memory_bytes;
     size_t value_bytes_max;
     size_t get_line_bytes_max;
     size_t get_keys_max;
     size_t conn_output_bytes_max;
+    unsigned conn_writes_max; /* one connection's writes in the log at once */
     unsigned idle_timeout_s; /* 0 = never */
     uint64_t hash_seed;
     /* Durability. */
@@ -77,8 +82,16 @@ int server_port(const struct server *srv);
 int server_peer_port(const struct server *srv);
 
 /*
- * Stops accepting, closes every connection and handle. The loop then runs
- * out of work and uv_run() returns; call server_free() after that.
+ * Runs the main loop until the server has stopped and every handle is
+ * closed (uv_run(UV_RUN_DEFAULT) with the server's lock held except while
+ * the loop waits for events). Returns uv_run's value.
+ */
+int server_run(struct server *srv);
+
+/*
+ * Stops accepting, closes every connection and handle, and joins the
+ * connection threads. The loop then runs out of work and server_run()
+ * returns; call server_free() after that.
  */
 void server_stop(struct server *srv);
 

@@ -67,15 +67,19 @@ size_t item_size(size_t nkey, size_t nval)
     return sizeof(struct item) + nkey + nval + 2;
 }
 
+/* Atomic: a connection thread drops the reference its reply held while
+ * the store, under the server's lock on another thread, drops its own. */
 void item_ref(struct item *it)
 {
-    it->refcount++;
+    __atomic_fetch_add(&it->refcount, 1, __ATOMIC_RELAXED);
 }
 
 void item_unref(struct item *it)
 {
-    assert(it->refcount > 0);
-    if (--it->refcount == 0)
+    uint32_t old = __atomic_fetch_sub(&it->refcount, 1, __ATOMIC_ACQ_REL);
+
+    assert(old > 0);
+    if (old == 1)
         free(it);
 }
 

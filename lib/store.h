@@ -4,9 +4,11 @@
  * that needs the time takes now_ms (unix milliseconds) from the caller, so a
  * coordinator can give all replicas one "now" and a test can set it.
  *
- * A store belongs to one thread. Items are immutable once stored (except the
- * expiry time, which touch changes in place) and reference-counted, so a
- * reply can keep sending an item's bytes after the key was overwritten.
+ * A store belongs to one thread at a time (serve: whoever holds its lock).
+ * Items are immutable once stored (except the expiry time, which touch
+ * changes in place) and reference-counted with atomic counts, so a reply can
+ * keep sending an item's bytes after the key was overwritten, from another
+ * thread and without the lock.
  *
  * Writes go in two steps, so two-phase commit can run between them:
  *   store_prepare()  evaluates the op's condition against the current state,

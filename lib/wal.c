@@ -437,6 +437,7 @@ struct wal {
     uint64_t durable_lsn;
     int error;
     bool stop;
+    bool busy; /* a batch is being written (by the thread, or inline) */
     struct segment *segs; /* oldest first; the last is being written */
     size_t nsegs, capsegs;
     struct wal_stats st;
@@ -449,6 +450,7 @@ struct wal {
 
     /* Loop thread only. */
     struct buf staged;     /* records appended this loop turn */
+    struct buf inline_buf; /* --fsync none: the batch being written inline */
     uint64_t staged_last;  /* lsn of the last of them */
     uint64_t staged_count;
     struct waiter *wq; /* ring of callbacks in lsn order */
@@ -605,6 +607,7 @@ static void *writer_main(void *arg)
         w->writing = tmp;
         w->pending.len = 0;
         uint64_t last = w->pending_last;
+        w->busy = true;
         pthread_mutex_unlock(&w->mu);
 
         int r = write_batch(w, w->writing.data, w->writing.len);
@@ -613,6 +616,7 @@ static void *writer_main(void *arg)
         w->writing.len = 0;
 
         pthread_mutex_lock(&w->mu);
+        w->busy = false;
         w->st.batches++;
         if (r < 0) {
             w->error = r;
@@ -689,6 +693,57 @@ static int wq_push(struct wal *w, uint64_t lsn, wal_done_cb cb, void *arg)
 }
 
 /*
+ * --fsync none, with the writer idle and the batch fitting the current
+ * segment: write it here and now, and run its callbacks. No fsync waits,
+ * so a thread round trip would cost more than the write(2). Returns false
+ * (nothing done) when the writer thread must take it.
+ */
+static bool write_inline(struct wal *w)
+{
+    uint64_t last, count;
+    int r;
+
+    if (w->cfg.fsync_mode != WAL_FSYNC_NONE)
+        return false;
+    pthread_mutex_lock(&w->mu);
+    if (w->error || w->busy || w->stop || w->pending.len > 0 || w->fd < 0 ||
+        w->cur_bytes + w->staged.len > w->cfg.segment_bytes) {
+        pthread_mutex_unlock(&w->mu);
+        return false;
+    }
+    w->busy = true; /* the thread leaves the file alone meanwhile */
+    pthread_mutex_unlock(&w->mu);
+
+    /* Callbacks append: the batch moves out of staged first. */
+    struct buf tmp = w->inline_buf;
+    w->inline_buf = w->staged;
+    w->staged = tmp;
+    w->staged.len = 0;
+    last = w->staged_last;
+    count = w->staged_count;
+    w->staged_count = 0;
+    r = append_bytes(w, w->inline_buf.data, w->inline_buf.len);
+    w->inline_buf.len = 0;
+
+    pthread_mutex_lock(&w->mu);
+    w->busy = false;
+    w->st.batches++;
+    w->st.records += count;
+    if (r < 0) {
+        w->error = r;
+        atomic_store(&w->failed, r);
+    } else {
+        w->durable_lsn = last;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (r < 0)
+        log_error(MOD, "writing the log in %s failed: %s; no more writes will be acknowledged",
+                  w->dir, strerror(-r));
+    deliver(w);
+    return true;
+}
+
+/*
  * Hands the records appended since the last call to the writer thread: one
  * lock and at most one wake-up per loop turn, however many records the turn
  * appended (group commit starts here).
@@ -697,7 +752,7 @@ static void hand_over(struct wal *w)
 {
     int r = 0;
 
-    if (w->staged.len == 0)
+    if (w->staged.len == 0 || write_inline(w))
         return;
     pthread_mutex_lock(&w->mu);
     if (w->error == 0 && (r = buf_append(&w->pending, w->staged.data, w->staged.len)) < 0) {
@@ -721,6 +776,11 @@ static void hand_over(struct wal *w)
 static void on_prepare(uv_prepare_t *h)
 {
     hand_over(h->data);
+}
+
+void wal_hand_over(struct wal *w)
+{
+    hand_over(w);
 }
 
 static void free_wal(uv_handle_t *h);
@@ -869,6 +929,7 @@ static void free_wal(uv_handle_t *h)
     if (--w->open_handles > 0)
         return;
     buf_free(&w->staged);
+    buf_free(&w->inline_buf);
     buf_free(&w->pending);
     buf_free(&w->writing);
     free(w->wq);

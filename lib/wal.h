@@ -211,6 +211,14 @@ int wal_open(struct wal **out, uv_loop_t *loop, const struct wal_config *cfg, ui
 int64_t wal_append(struct wal *w, uint8_t type, const void *payload, size_t n, wal_done_cb cb,
                    void *arg);
 
+/*
+ * Hands the records appended so far to the writer thread now, rather than
+ * when the loop next turns. For a caller on another thread that holds
+ * whatever lock serializes it with the loop thread (serve's connection
+ * threads), so its records need not wait for the loop to wake up.
+ */
+void wal_hand_over(struct wal *w);
+
 /* The sticky error (0 while healthy). */
 int wal_error(const struct wal *w);
 

@@ -93,6 +93,13 @@ static void usage(FILE *f)
 "                          [default: %d]\n"
 "  -c, --max-conns N       simultaneous client connections; more are told\n"
 "                          SERVER_ERROR too many connections  [default: %d]\n"
+"      --max-conn-writes N  writes one connection may have waiting for the log\n"
+"                          at once (pipelined sets); later requests wait\n"
+"                          [default: %d]\n"
+"      --threads N         threads serving TCP connections, each with an event\n"
+"                          loop; the main thread keeps the log, replication,\n"
+"                          timers and UDP. 0: everything on the main thread\n"
+"                          [default: %d, at most %d]\n"
 "      --max-value BYTES   largest value; larger ones get SERVER_ERROR object too\n"
 "                          large for cache  [default: %d (1 MiB)]\n"
 "      --max-line BYTES    longest get/gets/gat/gats line  [default: %d]\n"
@@ -125,7 +132,9 @@ static void usage(FILE *f)
             (unsigned long long)LIMIT_SNAPSHOT_BYTES_DEFAULT,
             (unsigned long long)LIMIT_WAL_SEGMENT_BYTES_DEFAULT, LIMIT_SECRET_BYTES_MIN,
             LIMIT_PREPARE_TIMEOUT_MS_DEFAULT, LIMIT_LOCK_WAIT_MS_DEFAULT, LIMIT_MEMORY_MB_DEFAULT,
-            LIMIT_CONNS_DEFAULT, LIMIT_VALUE_BYTES_DEFAULT,
+            LIMIT_CONNS_DEFAULT, LIMIT_CONN_WRITES_DEFAULT, LIMIT_THREADS_DEFAULT,
+            LIMIT_THREADS_MAX,
+            LIMIT_VALUE_BYTES_DEFAULT,
             LIMIT_GET_LINE_BYTES_DEFAULT, LIMIT_GET_KEYS_DEFAULT,
             LIMIT_CONN_OUTPUT_BYTES_DEFAULT, LIMIT_IDLE_TIMEOUT_S_DEFAULT);
 }
@@ -208,7 +217,7 @@ int main(int argc, char **argv)
     enum { OPT_LOG_FILE = 256, OPT_MAX_VALUE, OPT_MAX_LINE, OPT_MAX_GET_KEYS, OPT_MAX_OUTPUT,
            OPT_IDLE_TIMEOUT, OPT_FSYNC, OPT_FSYNC_INTERVAL, OPT_SNAPSHOT_BYTES,
            OPT_WAL_SEGMENT_BYTES, OPT_ID, OPT_REPLICAS, OPT_SECRET_FILE, OPT_EPOCH,
-           OPT_PREPARE_TIMEOUT, OPT_LOCK_WAIT };
+           OPT_PREPARE_TIMEOUT, OPT_LOCK_WAIT, OPT_THREADS, OPT_CONN_WRITES };
     static const struct option opts[] = {
         {"host", required_argument, NULL, 's'},
         {"port", required_argument, NULL, 'p'},
@@ -218,6 +227,8 @@ int main(int argc, char **argv)
         {"log-file", required_argument, NULL, OPT_LOG_FILE},
         {"max-memory", required_argument, NULL, 'm'},
         {"max-conns", required_argument, NULL, 'c'},
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"max-conn-writes", required_argument, NULL, OPT_CONN_WRITES},
         {"max-value", required_argument, NULL, OPT_MAX_VALUE},
         {"max-line", required_argument, NULL, OPT_MAX_LINE},
         {"max-get-keys", required_argument, NULL, OPT_MAX_GET_KEYS},
@@ -327,6 +338,13 @@ int main(int argc, char **argv)
         case OPT_PREPARE_TIMEOUT:
             cfg.prepare_timeout_ms = (unsigned)num_arg("prepare-timeout-ms", optarg, 10, 600000);
             break;
+        case OPT_CONN_WRITES:
+            cfg.conn_writes_max =
+                (unsigned)num_arg("max-conn-writes", optarg, 1, LIMIT_CONN_WRITES_MAX);
+            break;
+        case OPT_THREADS:
+            cfg.threads = (unsigned)num_arg("threads", optarg, 0, LIMIT_THREADS_MAX);
+            break;
         case OPT_LOCK_WAIT:
             cfg.lock_wait_ms = (unsigned)num_arg("lock-wait-ms", optarg, 1, 3600000);
             break;
@@ -422,7 +440,7 @@ int main(int argc, char **argv)
     uv_signal_start(&ctx.sigterm, on_signal, SIGTERM);
     uv_signal_start(&ctx.sigusr1, on_signal, SIGUSR1);
 
-    uv_run(&loop, UV_RUN_DEFAULT);
+    server_run(ctx.srv);
 
     server_free(ctx.srv);
     r = uv_loop_close(&loop);

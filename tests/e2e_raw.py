@@ -161,6 +161,36 @@ expect("pipelined requests answered in order",
        b"STORED\r\nSTORED\r\nVALUE p1 0 1\r\na\r\nVALUE p2 0 1\r\nb\r\nEND\r\nDELETED\r\nEND\r\n",
        end=b"DELETED\r\nEND\r\n")
 
+# Pipelined writes overlap in the log (--max-conn-writes), yet every reply
+# keeps its place: failed conditions, errors and reads that come after
+# writes still in the log wait for them, and see them.
+s = conn()
+s.sendall(b"delete q1 noreply\r\ndelete q2 noreply\r\ndelete q3 noreply\r\nversion\r\n")
+read_until(s, b"\r\n")
+want = []
+req = b""
+for i in range(100):
+    req += b"set pq%d 0 0 %d\r\n%d\r\n" % (i, len(b"%d" % i), i)
+    want.append(b"STORED\r\n")
+    if i % 10 == 9:
+        req += b"append pq%d 0 0 1 noreply\r\nx\r\n" % i  # no reply
+        req += b"replace missing%d 0 0 1\r\ny\r\n" % i   # NOT_STORED (answered in place)
+        want.append(b"NOT_STORED\r\n")
+        req += b"get pq%d\r\n" % i                           # sees its set and append
+        want.append(b"VALUE pq%d 0 %d\r\n%dx\r\nEND\r\n" % (i, len(b"%d" % i) + 1, i))
+req += b"set q1 0 0 1\r\na\r\nadd q1 0 0 1\r\nb\r\nset q2 0 0 1\r\n5\r\nincr q2 3\r\nbogus\r\n"
+want += [b"STORED\r\n", b"NOT_STORED\r\n", b"STORED\r\n", b"8\r\n", b"ERROR\r\n"]
+req += b"gets q1\r\n"
+s.sendall(req)
+got = read_until(s, b"\r\na\r\nEND\r\n")
+prefix = b"".join(want)
+ok = got.startswith(prefix) and got[len(prefix):].startswith(b"VALUE q1 0 1 ") and \
+    got.endswith(b"\r\na\r\nEND\r\n")
+report(ok, "136 pipelined requests (sets, noreply appends, failed replaces, add, incr, an "
+       "error, gets): replies in order, each read sees the writes before it",
+       "got %r" % got[:300] if not ok else "")
+s.close()
+
 # A request sent one byte at a time.
 s = conn()
 for b in b"set slow 5 0 4\r\nabcd\r\n":

@@ -128,7 +128,7 @@ static void run_server(struct harness *h, const struct wal_io *io,
     uv_async_init(&h->loop, &h->done, on_done);
     h->done.data = h;
     CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, client_main, h), 0);
-    uv_run(&h->loop, UV_RUN_DEFAULT);
+    server_run(h->srv);
     pthread_join(t, NULL);
     server_free(h->srv);
     CU_ASSERT_EQUAL(uv_loop_close(&h->loop), 0);
