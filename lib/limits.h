@@ -78,6 +78,12 @@
 /* A connection's read buffer grown past this is shrunk back once idle. */
 #define LIMIT_READ_BUF_BYTES_KEEP (64 * 1024)
 
+/* The write-ahead log's three batch buffers (records staged this loop turn,
+ * handed to the writer, being written) grow to the largest batch; one grown
+ * past this (a burst of large values) is freed once it carries a batch that
+ * fills under a quarter of it, so a burst does not pin its memory for good. */
+#define LIMIT_WAL_BUF_BYTES_KEEP (1024 * 1024)
+
 /* UDP (memcached framing): a datagram carries 8 header bytes and at most 1392
  * bytes of reply, 1400 in all; a reply spans at most 65535 datagrams (u16). */
 #define LIMIT_UDP_HEADER_BYTES 8

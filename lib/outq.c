@@ -15,6 +15,9 @@
 #include <string.h>
 
 #define BLOCK_BYTES 16384
+/* Segment slots kept while the queue is empty (more were needed by a long
+ * multi-get or pipeline; they are freed once it has been sent). */
+#define SEGS_KEEP 1024
 
 struct outq_block {
     size_t len, cap;
@@ -166,8 +169,27 @@ void outq_consume(struct outq *q, size_t n)
         seg_release(s);
         q->head++;
     }
-    if (q->head == q->tail)
+    if (q->head == q->tail) {
         q->head = q->tail = 0;
+        /* Empty: the current block's text is all sent, so it is refilled
+         * from the start instead of being replaced by a new block once full
+         * (one block per connection instead of one per BLOCK_BYTES of
+         * replies, freed between stored items); one made larger for a long
+         * text goes. A segment array grown for a large pipeline goes too. */
+        if (q->cur && q->cur->refs == 1) {
+            if (q->cur->cap > BLOCK_BYTES) {
+                block_unref(q->cur);
+                q->cur = NULL;
+            } else {
+                q->cur->len = 0;
+            }
+        }
+        if (q->cap > SEGS_KEEP) {
+            free(q->seg);
+            q->seg = NULL;
+            q->cap = 0;
+        }
+    }
 }
 
 void outq_free(struct outq *q)

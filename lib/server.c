@@ -62,6 +62,7 @@
 #include "server.h"
 
 #include "datadir.h"
+#include "freelist.h"
 #include "limits.h"
 #include "log.h"
 #include "outq.h"
@@ -173,6 +174,7 @@ struct server {
     struct counters st;
     char *udp_rbuf;
     struct buf scratch; /* encodes log records */
+    struct freelist wreqs; /* spare struct wreq: one per write, reused (freelist.h) */
 
     /* Writes. */
     size_t npending;          /* writes appended and not yet durable */
@@ -661,7 +663,7 @@ static void wreq_free(struct wreq *w)
 {
     if (w->ch != &w->one)
         free(w->ch);
-    free(w);
+    freelist_put(&w->srv->wreqs, w);
 }
 
 static void wreq_unlock(struct wreq *w)
@@ -838,7 +840,7 @@ static int exec_write(struct server *srv, struct conn *c, const struct proto_req
     if (must_wait(srv, c, req))
         return AFTER_WAIT;
 
-    w = calloc(1, sizeof(*w));
+    w = freelist_get(&srv->wreqs);
     if (w == NULL)
         return -ENOMEM;
     w->srv = srv;
@@ -852,7 +854,7 @@ static int exec_write(struct server *srv, struct conn *c, const struct proto_req
         size_t pos = 0, nk, n = 0;
         const char *k;
         if (req->nkeys > 1 && (w->ch = calloc(req->nkeys, sizeof(*w->ch))) == NULL) {
-            free(w);
+            freelist_put(&srv->wreqs, w);
             return -ENOMEM;
         }
         op.type = STORE_TOUCH;
@@ -3163,6 +3165,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     pthread_mutex_init(&srv->mu, &ma);
     pthread_mutexattr_destroy(&ma);
     srv->lock_fd = -1;
+    freelist_init(&srv->wreqs, sizeof(struct wreq), cfg->max_conns);
     srv->lim.value_bytes_max = cfg->value_bytes_max;
     srv->lim.get_line_bytes_max = cfg->get_line_bytes_max;
     srv->lim.get_keys_max = cfg->get_keys_max;
@@ -3434,6 +3437,7 @@ void server_free(struct server *srv)
     store_free(srv->store);
     buf_free(&srv->scratch);
     buf_free(&srv->ops);
+    freelist_clear(&srv->wreqs);
     free(srv->udp_rbuf);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd);

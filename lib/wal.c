@@ -64,6 +64,7 @@
 #include "buf.h"
 #include "crc32c.h"
 #include "datadir.h"
+#include "limits.h"
 #include "log.h"
 #include "util.h"
 
@@ -613,7 +614,12 @@ static void *writer_main(void *arg)
         int r = write_batch(w, w->writing.data, w->writing.len);
         if (r == 0 && w->cfg.fsync_mode != WAL_FSYNC_NONE)
             r = sync_fd(w);
+        /* A buffer a burst grew is freed once it carries a batch that
+         * needs under a quarter of it: steady large batches keep theirs. */
+        size_t used = w->writing.len;
         w->writing.len = 0;
+        if (w->writing.cap > LIMIT_WAL_BUF_BYTES_KEEP && used < w->writing.cap / 4)
+            buf_free(&w->writing);
 
         pthread_mutex_lock(&w->mu);
         w->busy = false;
@@ -767,6 +773,8 @@ static void hand_over(struct wal *w)
     bool failed = w->error != 0;
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
+    if (w->staged.cap > LIMIT_WAL_BUF_BYTES_KEEP && w->staged.len < w->staged.cap / 4)
+        buf_free(&w->staged); /* as the writer does with its buffer */
     w->staged.len = 0;
     w->staged_count = 0;
     if (failed)

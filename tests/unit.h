@@ -25,6 +25,8 @@ UNIT_REGISTER(tpc);
 UNIT_REGISTER(peer);
 UNIT_REGISTER(txn);
 UNIT_REGISTER(hist);
+UNIT_REGISTER(freelist);
+UNIT_REGISTER(outq);
 
 /* Adds a suite or aborts the run: a runner that cannot register is broken. */
 CU_pSuite unit_suite(const char *name);

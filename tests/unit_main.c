@@ -38,7 +38,8 @@ int main(int argc, char **argv)
         unit_log_register,  unit_util_register,  unit_proto_register,
         unit_store_register, unit_client_register, unit_server_register,
         unit_wal_register, unit_recover_register, unit_tpc_register,
-        unit_peer_register, unit_txn_register, unit_hist_register,
+        unit_peer_register, unit_txn_register, unit_hist_register, unit_freelist_register,
+        unit_outq_register,
     };
     unsigned failed;
 

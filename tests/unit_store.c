@@ -12,6 +12,7 @@
 #include "unit.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,6 +181,16 @@ static void collect_free(struct item **arr, long n)
 }
 
 /* ---- set / get ----------------------------------------------------------- */
+
+/* An item costs its header up to the data (no tail padding), key, value and
+ * "\r\n": 183 bytes for a 32-byte key and a 100-byte value, so malloc gives
+ * it a 192-byte chunk (the padded 190 would take 208). */
+static void test_item_size_has_no_padding(void)
+{
+    CU_ASSERT_EQUAL(item_size(0, 0), offsetof(struct item, data) + 2);
+    CU_ASSERT_EQUAL(item_size(32, 100), offsetof(struct item, data) + 134);
+    CU_ASSERT(item_size(32, 100) <= 184);
+}
 
 static void test_set_get_round_trip(void)
 {
@@ -1945,6 +1956,7 @@ void unit_store_register(void)
     CU_pSuite s = unit_suite("store");
 
     unit_test(s, "set/get round trip", test_set_get_round_trip);
+    unit_test(s, "item size has no padding", test_item_size_has_no_padding);
     unit_test(s, "value stored with trailing CRLF", test_value_stored_with_trailing_crlf);
     unit_test(s, "binary value with NUL and CRLF", test_binary_value_with_nul_and_crlf);
     unit_test(s, "empty value", test_empty_value);
