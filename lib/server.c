@@ -126,11 +126,12 @@ struct lthread {
     struct server *srv;
     uv_loop_t *loop; /* the main loop, or &own */
     uv_loop_t own;
-    uv_async_t async; /* posted connections, new sockets, stop */
+    uv_async_t async; /* posted connections, new sockets, log batches, stop */
     uv_check_t check; /* the end of a loop turn (lt_on_check) */
     bool async_open;
     pthread_t thread;
     bool started, stop, exited;
+    bool async_live; /* async may be sent to from any thread (srv->wake_mu) */
     struct conn *inbox_head, *inbox_tail; /* posted connections (srv->mu) */
     struct conn *flushq;                  /* to write once the lock is let go */
     int *fds;                             /* accepted sockets to adopt (srv->mu) */
@@ -149,6 +150,7 @@ struct server {
     /* Threads: see THREADS above. */
     bool mt;                /* cfg.threads > 0 */
     pthread_mutex_t mu;
+    pthread_mutex_t wake_mu; /* the log writer's wake-ups vs closing loops */
     unsigned nlt;           /* loops: the main one and the connection threads */
     struct lthread *lt;
     unsigned next_lt;       /* the thread the next connection goes to */
@@ -356,20 +358,31 @@ static __thread bool tl_wal_staged, tl_kick_main;
 /* A connection thread's loop turn is over (uv_check, after its I/O
  * callbacks): hand its log records to the writer, wake the main loop for
  * its frames. Once per turn, however many requests the turn ran. */
+static void lt_flush(struct lthread *lt);
+
 static void lt_on_check(uv_check_t *h)
 {
     struct lthread *lt = h->data;
     struct server *srv = lt->srv;
+    bool staged = tl_wal_staged, kick = tl_kick_main;
 
-    if (!tl_wal_staged && !tl_kick_main)
+    if (!staged && !kick)
         return;
-    srv_lock(srv);
-    if (tl_wal_staged && srv->wal)
-        wal_hand_over(srv->wal);
-    if (tl_kick_main && srv->lt[0].async_open)
-        uv_async_send(&srv->lt[0].async);
-    srv_unlock(srv);
     tl_wal_staged = tl_kick_main = false;
+    srv_lock(srv);
+    /* Under --fsync none this writes the batch and runs its callbacks:
+     * our connections' replies are queued for lt_flush, and their next
+     * writes staged anew (tl_wal_staged again). */
+    if (staged && srv->wal)
+        wal_hand_over(srv->wal);
+    if ((kick || tl_kick_main) && srv->lt[0].async_open)
+        uv_async_send(&srv->lt[0].async);
+    tl_kick_main = false;
+    /* Records staged meanwhile go at the next turn: make it come now. */
+    if (tl_wal_staged && lt->async_open)
+        uv_async_send(&lt->async);
+    srv_unlock(srv);
+    lt_flush(lt);
 }
 
 /* Does the calling thread own c (or has its owner exited)? */
@@ -2086,7 +2099,6 @@ static void conn_stream_keys(struct conn *c)
     }
 }
 
-static void lt_flush(struct lthread *lt);
 static void conn_idle_kick(struct conn *c);
 
 static void conn_on_write(uv_write_t *req, int status)
@@ -2758,6 +2770,27 @@ static void lt_run_inbox(struct lthread *lt)
     }
 }
 
+/* The log writer finished a batch (its thread): wake the connection
+ * threads, the first of which runs the callbacks, so replies need not wait
+ * for the main loop to wake, run them and post them. */
+static void on_wal_batch(void *arg)
+{
+    struct server *srv = arg;
+
+    pthread_mutex_lock(&srv->wake_mu);
+    for (unsigned i = 1; i < srv->nlt; i++)
+        if (srv->lt[i].async_live)
+            uv_async_send(&srv->lt[i].async);
+    pthread_mutex_unlock(&srv->wake_mu);
+}
+
+static void lt_async_dead(struct lthread *lt)
+{
+    pthread_mutex_lock(&lt->srv->wake_mu);
+    lt->async_live = false;
+    pthread_mutex_unlock(&lt->srv->wake_mu);
+}
+
 /* A connection thread stops: close its connections and its wake-up
  * handle, so its loop runs out (lock held). */
 static void lt_close(struct lthread *lt)
@@ -2774,6 +2807,7 @@ static void lt_close(struct lthread *lt)
     lt->nfds = 0;
     if (lt->async_open) {
         lt->async_open = false;
+        lt_async_dead(lt);
         uv_close((uv_handle_t *)&lt->async, NULL);
         uv_close((uv_handle_t *)&lt->check, NULL);
     }
@@ -2787,6 +2821,8 @@ static void lt_on_async(uv_async_t *h)
 
     if (!main)
         srv_lock(srv);
+    if (!main && srv->wal)
+        wal_deliver(srv->wal); /* on_wal_batch; runs nothing otherwise */
     lt_adopt(lt);
     lt_run_inbox(lt);
     if (lt->stop)
@@ -2829,11 +2865,15 @@ static int lt_start(struct server *srv, char *err, size_t cap)
         }
         lt->async.data = lt;
         lt->async_open = true;
+        pthread_mutex_lock(&srv->wake_mu);
+        lt->async_live = true;
+        pthread_mutex_unlock(&srv->wake_mu);
         uv_check_init(lt->loop, &lt->check);
         lt->check.data = lt;
         uv_check_start(&lt->check, lt_on_check);
         uv_unref((uv_handle_t *)&lt->check);
         if ((r = pthread_create(&lt->thread, NULL, lt_main, lt)) != 0) {
+            lt_async_dead(lt);
             uv_close((uv_handle_t *)&lt->async, NULL);
             uv_close((uv_handle_t *)&lt->check, NULL);
             lt->async_open = false;
@@ -3164,6 +3204,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
     pthread_mutex_init(&srv->mu, &ma);
     pthread_mutexattr_destroy(&ma);
+    pthread_mutex_init(&srv->wake_mu, NULL);
     srv->lock_fd = -1;
     freelist_init(&srv->wreqs, sizeof(struct wreq), cfg->max_conns);
     srv->lim.value_bytes_max = cfg->value_bytes_max;
@@ -3185,6 +3226,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
         store_free(srv->store);
         free(srv->udp_rbuf);
         pthread_mutex_destroy(&srv->mu);
+        pthread_mutex_destroy(&srv->wake_mu);
         free(srv->lt);
         free(srv);
         *err = -ENOMEM;
@@ -3221,6 +3263,8 @@ static int open_data(struct server *srv, char *err, size_t cap)
         .fsync_interval_ms = srv->cfg.fsync_interval_ms,
         .segment_bytes = srv->cfg.wal_segment_bytes,
         .io = srv->cfg.wal_io,
+        .on_batch = srv->mt ? on_wal_batch : NULL,
+        .on_batch_arg = srv,
     };
     pid_t holder;
     int r;
@@ -3445,5 +3489,6 @@ void server_free(struct server *srv)
         free(srv->lt[i].fds);
     free(srv->lt);
     pthread_mutex_destroy(&srv->mu);
+    pthread_mutex_destroy(&srv->wake_mu);
     free(srv);
 }

@@ -634,6 +634,11 @@ static void *writer_main(void *arg)
             w->durable_lsn = last;
         }
         uv_async_send(&w->async);
+        if (w->cfg.on_batch) {
+            pthread_mutex_unlock(&w->mu);
+            w->cfg.on_batch(w->cfg.on_batch_arg);
+            pthread_mutex_lock(&w->mu);
+        }
     }
     /* Clean stop: a final sync makes even --fsync none durable. */
     if (!w->error && w->fd >= 0 && w->cfg.fsync_mode == WAL_FSYNC_NONE) {
@@ -789,6 +794,11 @@ static void on_prepare(uv_prepare_t *h)
 void wal_hand_over(struct wal *w)
 {
     hand_over(w);
+}
+
+void wal_deliver(struct wal *w)
+{
+    deliver(w);
 }
 
 static void free_wal(uv_handle_t *h);

@@ -175,6 +175,11 @@ struct wal_config {
     unsigned fsync_interval_ms; /* batch mode */
     uint64_t segment_bytes;     /* start a new segment past this size */
     const struct wal_io *io;    /* NULL: the real system calls */
+    /* Optional: called on the writer thread after each batch (durable or
+     * failed), besides waking the loop, so another thread can run
+     * wal_deliver() sooner than the loop would. */
+    void (*on_batch)(void *arg);
+    void *on_batch_arg;
 };
 
 struct wal_stats {
@@ -218,6 +223,12 @@ int64_t wal_append(struct wal *w, uint8_t type, const void *payload, size_t n, w
  * threads), so its records need not wait for the loop to wake up.
  */
 void wal_hand_over(struct wal *w);
+
+/*
+ * Runs the callbacks of the records now durable (or failed), in lsn order,
+ * as the loop does when the writer wakes it. Same rules as wal_hand_over.
+ */
+void wal_deliver(struct wal *w);
 
 /* The sticky error (0 while healthy). */
 int wal_error(const struct wal *w);
