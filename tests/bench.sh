@@ -32,6 +32,13 @@
 #   BENCH_RESTART_SIGNAL=KILL  how tpckv is stopped before the restart (KILL
 #                          for a crash, TERM for a clean stop)
 #   BENCH_VERBOSE=1        also print each run's figures as it finishes
+#   BENCH_ONLY=set_3,get_tcp  run only these workloads (ids: get_tcp set_none
+#                          get_udp get_d set_d set_always set_3)
+#   BENCH_CLUSTER_ARGS='--threads 0'  more serve flags for the 3 replicas. The
+#                          default, --threads 0, runs each replica on one
+#                          thread: three replicas share this machine's cores
+#                          (with serve's default --threads 2 they run 12
+#                          threads on 2 cores; '' measures that)
 #   BENCH_IDLE_WAIT=30     seconds to wait for other load on the machine to go
 #                          before the runs (the figures say how busy it was)
 #   SERVE, CLIE, MEMCACHED the binaries (./serve, ./clie, memcached)
@@ -56,6 +63,8 @@ MEM_KEYS=${BENCH_MEM_KEYS:-1000000}
 RESTART_SIG=${BENCH_RESTART_SIGNAL:-KILL}
 VERBOSE=${BENCH_VERBOSE:-0}
 IDLE_WAIT=${BENCH_IDLE_WAIT:-30}
+ONLY=${BENCH_ONLY:-}
+read -r -a CLUSTER_ARGS <<<"${BENCH_CLUSTER_ARGS---threads 0}"
 
 die() { echo "bench.sh: $*" >&2; exit 2; }
 for v in ROUNDS CONNS THREADS KEYS DEPTH; do
@@ -190,7 +199,8 @@ pids+=("$always_pid")
 cl_pids=()
 for i in 1 2 3; do
     "$SERVE" --id "$i" --replicas "$replicas" --secret-file "$tmp/secret" -s 127.0.0.1 -t \
-        -p "${cport[i - 1]}" -d "$tmp/r$i" --fsync always -l warn --log-file "$tmp/r$i.log" &
+        -p "${cport[i - 1]}" -d "$tmp/r$i" --fsync always -l warn --log-file "$tmp/r$i.log" \
+        "${CLUSTER_ARGS[@]}" &
     cl_pids+=($!)
     pids+=($!)
 done
@@ -361,6 +371,11 @@ skip_udp="clie bench has no -u/--udp yet"
 skip_depth="clie bench has no -d/--depth yet"
 [ "$has_udp" = 1 ] || skip[get_udp]=$skip_udp
 [ "$has_depth" = 1 ] || { skip[get_d]=$skip_depth; skip[set_d]=$skip_depth; }
+if [ -n "$ONLY" ]; then
+    for id in get_tcp set_none get_udp get_d set_d set_always set_3; do
+        [[ ",$ONLY," == *",$id,"* ]] || skip[$id]="not in BENCH_ONLY"
+    done
+fi
 
 fs_type=$(df -T "$tmp" | awk 'NR == 2 { print $2 }')
 fs_dev=$(df -T "$tmp" | awk 'NR == 2 { print $1 }')
@@ -514,7 +529,7 @@ cat <<EOF
 Servers: memcached $("$MEMCACHED" -V | awk '{ print $2 }') -t 2 -m 1024 (TCP, and UDP with -U); tpckv
 1 replica --fsync none (gets, fsync-none sets, UDP and depth rows: TCP, plus
 UDP as its address is loopback), 1 replica --fsync always, 3 replicas
---fsync always. Gets hit $KEYS keys preloaded once at the start (misses are
+--fsync always${CLUSTER_ARGS[*]:+ ${CLUSTER_ARGS[*]}} (serve's other flags at their defaults: --threads 2). Gets hit $KEYS keys preloaded once at the start (misses are
 listed above if any). clie bench is closed-loop: each connection has one
 request outstanding ($DEPTH in the depth rows; UDP: $CONNS sockets, one each);
 ops/s counts every reply; p50/p99 from writing a request to reading its
