@@ -3,8 +3,8 @@
 #   make            build ./serve and ./clie (warnings are errors)
 #   make run        install missing packages, build, start a local 3-replica
 #                   cluster + demo
-#   make test       install missing packages, build, unit tests (plain and under
-#                   ASan+UBSan), the 2PC simulator, ./test.sh against serve
+#   make test       install missing packages, build, unit tests (plain, under
+#                   ASan+UBSan and under TSan), the 2PC simulator, ./test.sh against serve
 #                   built with ASan+UBSan (smaller workload), then ./test.sh
 #                   against the release build
 #   make unit       unit tests only;  make e2e   ./test.sh only
@@ -74,7 +74,7 @@ SIM_OBJ := $(BUILD)/tests/sim.o
 SIM_BIN := $(BUILD)/tests/sim
 SIM_SEEDS ?= 2000
 
-.PHONY: all run test unit unit-run unit-san sim e2e e2e-san bench deps install clean check-deps
+.PHONY: all run test unit unit-run unit-san unit-tsan sim e2e e2e-san bench deps install clean check-deps
 
 all: check-deps serve clie
 
@@ -150,9 +150,15 @@ unit-run: $(UNIT_BIN)
 unit: check-deps
 	$(Q)$(MAKE) --no-print-directory unit-run
 	$(Q)$(MAKE) --no-print-directory unit-san
+	$(Q)$(MAKE) --no-print-directory unit-tsan
 
 unit-san:
 	$(Q)$(MAKE) --no-print-directory SANITIZE=address,undefined unit-run
+
+# The server suites run serve's connection threads: any data race fails.
+unit-tsan:
+	$(Q)TSAN_OPTIONS="halt_on_error=1 exitcode=66 $(TSAN_OPTIONS)" \
+		$(MAKE) --no-print-directory SANITIZE=thread unit-run
 
 # The deterministic 2PC simulator over many seeds (a failing seed is printed
 # with the command that replays it).
