@@ -621,6 +621,22 @@ static const char *write_reply(enum proto_cmd cmd, enum store_status st)
     return "SERVER_ERROR internal error\r\n";
 }
 
+/* The reply to a write that is in (both write paths): the new number of
+ * an incr/decr, memcached's error for a refused oversized set (whose old
+ * value was dropped), or STORED/DELETED/TOUCHED/OK. */
+static int reply_write_done(struct outq *o, enum proto_cmd cmd, bool too_large, uint64_t number)
+{
+    if (too_large)
+        return reply(o, "SERVER_ERROR object too large for cache\r\n");
+    if (cmd == PROTO_CMD_INCR || cmd == PROTO_CMD_DECR) {
+        char num[24];
+        size_t n = util_fmt_u64(num, number);
+        memcpy(num + n, "\r\n", 2);
+        return outq_text(o, num, n + 2);
+    }
+    return reply(o, write_reply(cmd, STORE_OK));
+}
+
 static int reply_log_failed(struct server *srv, struct outq *o)
 {
     char line[160];
@@ -739,18 +755,7 @@ static void wreq_finish(struct conn *c, struct wreq *w, int status)
         if (consume_front(srv, c, true) < 0)
             c->close_after_flush = true;
     } else if (!w->noreply) {
-        int r;
-        if (w->too_large) {
-            r = reply(&c->out, "SERVER_ERROR object too large for cache\r\n");
-        } else if (w->cmd == PROTO_CMD_INCR || w->cmd == PROTO_CMD_DECR) {
-            char num[24];
-            size_t n = util_fmt_u64(num, w->ch[0].number);
-            memcpy(num + n, "\r\n", 2);
-            r = outq_text(&c->out, num, n + 2);
-        } else {
-            r = reply(&c->out, write_reply(w->cmd, STORE_OK));
-        }
-        if (r < 0)
+        if (reply_write_done(&c->out, w->cmd, w->too_large, w->ch[0].number) < 0)
             c->close_after_flush = true;
     }
     wreq_free(w);
@@ -1392,16 +1397,7 @@ static void deliver_outcome(struct creq *q)
             r = consume_front(srv, c, true);
             q->kept = false;
         } else if (!q->noreply) {
-            if (q->too_large) {
-                r = reply(&c->out, "SERVER_ERROR object too large for cache\r\n");
-            } else if (q->cmd == PROTO_CMD_INCR || q->cmd == PROTO_CMD_DECR) {
-                char num[24];
-                size_t n = util_fmt_u64(num, q->number);
-                memcpy(num + n, "\r\n", 2);
-                r = outq_text(&c->out, num, n + 2);
-            } else {
-                r = reply(&c->out, write_reply(q->cmd, STORE_OK));
-            }
+            r = reply_write_done(&c->out, q->cmd, q->too_large, q->number);
         }
     } else {
         srv->st.writes_failed++;
@@ -2791,6 +2787,16 @@ static void lt_async_dead(struct lthread *lt)
     pthread_mutex_unlock(&lt->srv->wake_mu);
 }
 
+/* Closes the sockets handed to lt that it has not adopted (it stops). */
+static void lt_drop_fds(struct lthread *lt)
+{
+    for (size_t i = 0; i < lt->nfds; i++) {
+        close(lt->fds[i]);
+        lt->srv->nconns--;
+    }
+    lt->nfds = 0;
+}
+
 /* A connection thread stops: close its connections and its wake-up
  * handle, so its loop runs out (lock held). */
 static void lt_close(struct lthread *lt)
@@ -2800,11 +2806,7 @@ static void lt_close(struct lthread *lt)
     for (struct conn *c = srv->conns; c; c = c->next)
         if (c->lt == lt && !c->closing)
             conn_close(c, NULL);
-    for (size_t i = 0; i < lt->nfds; i++) {
-        close(lt->fds[i]);
-        srv->nconns--;
-    }
-    lt->nfds = 0;
+    lt_drop_fds(lt);
     if (lt->async_open) {
         lt->async_open = false;
         lt_async_dead(lt);
@@ -2918,11 +2920,7 @@ static void lt_stop_all(struct server *srv)
             lt->loop = NULL;
         }
         lt_run_inbox(lt);
-        for (size_t k = 0; k < lt->nfds; k++) {
-            close(lt->fds[k]);
-            srv->nconns--;
-        }
-        lt->nfds = 0;
+        lt_drop_fds(lt);
     }
     lt_run_inbox(&srv->lt[0]);
     if (srv->lt[0].async_open) {
@@ -3031,24 +3029,21 @@ static void remove_old_snapshots(struct server *srv, uint64_t lsn)
         free(f);
 }
 
-/* Answers every connection on wl with line (each on its own thread). */
+/* Answers every connection on wl with line, and wakes them. Another
+ * thread's connection gets the line with its wake-up (conn_run_posted). */
 static void snapshot_answer(struct waitlist *wl, const char *line)
 {
-    struct waitlist run = {0};
-    struct conn *c;
-
-    waitlist_move(&run, wl);
-    while ((c = waitlist_pop(&run)) != NULL) {
+    for (struct conn *c = wl->head; c; c = c->wait_next) {
+        if (c->closing)
+            continue;
         if (conn_local(c)) {
-            if (!c->closing)
-                reply(&c->out, line);
-            conn_process(c);
+            reply(&c->out, line);
         } else {
             free(c->post_line);
             c->post_line = strdup(line); /* NULL: the wake-up goes alone */
-            conn_post(c, POST_RUN);
         }
     }
+    waitlist_wake(wl);
 }
 
 /* Polled by the timer: has the snapshot child finished? */
@@ -3153,8 +3148,8 @@ static void on_timer(uv_timer_t *t)
         uint64_t limit = (uint64_t)srv->cfg.idle_timeout_s * 1000;
         for (struct conn *c = srv->conns, *next; c; c = next) {
             next = c->next;
-            if (c->udp || c->closing || now - c->last_active_ms <= limit ||
-                c->npending > 0 || c->cpending != NULL || c->waiting != NULL)
+            /* conn_idle_kick checks the rest, on c's thread. */
+            if (c->udp || c->closing || now - c->last_active_ms <= limit)
                 continue;
             if (conn_local(c))
                 conn_idle_kick(c);

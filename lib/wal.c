@@ -574,6 +574,22 @@ static int write_batch(struct wal *w, const char *p, size_t n)
     return append_bytes(w, p + start, off - start);
 }
 
+/* A batch up to lsn last was written (r 0) or failed (mu held): the writer
+ * thread's and write_inline's common end. */
+static void batch_done(struct wal *w, int r, uint64_t last)
+{
+    w->busy = false;
+    w->st.batches++;
+    if (r < 0) {
+        w->error = r;
+        atomic_store(&w->failed, r);
+        log_error(MOD, "writing the log in %s failed: %s; no more writes will be acknowledged",
+                  w->dir, strerror(-r));
+    } else {
+        w->durable_lsn = last;
+    }
+}
+
 static void *writer_main(void *arg)
 {
     struct wal *w = arg;
@@ -622,17 +638,7 @@ static void *writer_main(void *arg)
             buf_free(&w->writing);
 
         pthread_mutex_lock(&w->mu);
-        w->busy = false;
-        w->st.batches++;
-        if (r < 0) {
-            w->error = r;
-            atomic_store(&w->failed, r);
-            log_error(MOD, "writing the log in %s failed: %s; no more writes will be "
-                           "acknowledged",
-                      w->dir, strerror(-r));
-        } else {
-            w->durable_lsn = last;
-        }
+        batch_done(w, r, last);
         uv_async_send(&w->async);
         if (w->cfg.on_batch) {
             pthread_mutex_unlock(&w->mu);
@@ -737,19 +743,9 @@ static bool write_inline(struct wal *w)
     w->inline_buf.len = 0;
 
     pthread_mutex_lock(&w->mu);
-    w->busy = false;
-    w->st.batches++;
     w->st.records += count;
-    if (r < 0) {
-        w->error = r;
-        atomic_store(&w->failed, r);
-    } else {
-        w->durable_lsn = last;
-    }
+    batch_done(w, r, last);
     pthread_mutex_unlock(&w->mu);
-    if (r < 0)
-        log_error(MOD, "writing the log in %s failed: %s; no more writes will be acknowledged",
-                  w->dir, strerror(-r));
     deliver(w);
     return true;
 }
