@@ -340,14 +340,21 @@ void server_config_defaults(struct server_config *cfg)
  * it whenever its loop runs (server_run). */
 static void srv_lock(struct server *srv)
 {
-    if (srv->mt)
+    if (srv->mt) {
         pthread_mutex_lock(&srv->mu);
+        item_defer_frees(true);
+    }
 }
 
+/* Items overwritten meanwhile are freed after the lock is let go: the
+ * other threads need not wait for free(3). */
 static void srv_unlock(struct server *srv)
 {
-    if (srv->mt)
+    if (srv->mt) {
+        item_defer_frees(false);
         pthread_mutex_unlock(&srv->mu);
+        item_reap();
+    }
 }
 
 /* What this thread queued during its loop's turn: log records (the main
@@ -2935,16 +2942,16 @@ int server_run(struct server *srv)
 
     if (!srv->mt)
         return uv_run(srv->loop, UV_RUN_DEFAULT);
-    pthread_mutex_lock(&srv->mu);
+    srv_lock(srv);
     while ((alive = uv_run(srv->loop, UV_RUN_NOWAIT)) != 0) {
         struct pollfd p = {.fd = uv_backend_fd(srv->loop), .events = POLLIN};
         int timeout = uv_backend_timeout(srv->loop);
-        pthread_mutex_unlock(&srv->mu);
+        srv_unlock(srv);
         if (poll(&p, 1, timeout) < 0 && errno != EINTR)
             log_warn(MOD, "poll: %s", strerror(errno));
-        pthread_mutex_lock(&srv->mu);
+        srv_lock(srv);
     }
-    pthread_mutex_unlock(&srv->mu);
+    srv_unlock(srv);
     return alive;
 }
 

@@ -78,13 +78,41 @@ void item_ref(struct item *it)
     __atomic_fetch_add(&it->refcount, 1, __ATOMIC_RELAXED);
 }
 
+/* Items whose last reference went while this thread deferred frees,
+ * chained through hnext (a dead item is in no hash chain). */
+static __thread struct item *tl_dead;
+static __thread bool tl_defer;
+
 void item_unref(struct item *it)
 {
     uint32_t old = __atomic_fetch_sub(&it->refcount, 1, __ATOMIC_ACQ_REL);
 
     assert(old > 0);
-    if (old == 1)
+    if (old != 1)
+        return;
+    if (tl_defer) {
+        it->hnext = tl_dead;
+        tl_dead = it;
+    } else {
         free(it);
+    }
+}
+
+void item_defer_frees(bool on)
+{
+    tl_defer = on;
+}
+
+void item_reap(void)
+{
+    struct item *it = tl_dead;
+
+    tl_dead = NULL;
+    while (it) {
+        struct item *next = it->hnext;
+        free(it);
+        it = next;
+    }
 }
 
 /* A new item with refcount 1 and value v1 followed by v2 (either may be

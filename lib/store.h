@@ -56,6 +56,12 @@ size_t item_size(size_t nkey, size_t nval);
 void item_ref(struct item *it);
 void item_unref(struct item *it);
 
+/* While on, the calling thread's item_unref() keeps the items it would
+ * free on a list of its own, and item_reap() frees them: serve defers while
+ * it holds its lock, so free(3) of overwritten items runs outside it. */
+void item_defer_frees(bool on);
+void item_reap(void);
+
 struct store_config {
     uint64_t max_bytes;       /* item bytes the store may hold */
     uint64_t value_bytes_max; /* largest value (append/prepend/incr results) */
