@@ -784,7 +784,13 @@ static void hand_over(struct wal *w)
 
 static void on_prepare(uv_prepare_t *h)
 {
-    hand_over(h->data);
+    struct wal *w = h->data;
+
+    hand_over(w);
+    /* The callbacks of an inline write may have appended: have the loop come
+     * back for those records rather than sleep on them. */
+    if (w->staged.len > 0)
+        uv_async_send(&w->async);
 }
 
 void wal_hand_over(struct wal *w)

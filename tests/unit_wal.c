@@ -1060,8 +1060,14 @@ static bool wh_wait(struct wh *h, size_t n)
 
     h->expired = false;
     uv_timer_start(&h->watchdog, on_watchdog, WATCHDOG_MS, 0);
-    for (int i = 0; i < LOOP_BOUND && h->a->n < owed && !h->expired; i++)
-        uv_run(&h->loop, UV_RUN_ONCE);
+    for (int i = 0; i < LOOP_BOUND && h->a->n < owed && !h->expired; i++) {
+        /* A turn that does not block first: an inline write delivers in
+         * the loop's prepare phase, and a blocking turn would then sleep
+         * until the watchdog. */
+        uv_run(&h->loop, UV_RUN_NOWAIT);
+        if (h->a->n < owed)
+            uv_run(&h->loop, UV_RUN_ONCE);
+    }
     uv_timer_stop(&h->watchdog);
     return h->a->n >= n;
 }
