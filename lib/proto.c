@@ -375,9 +375,12 @@ enum proto_status proto_parse(const char *buf, size_t len, const struct proto_li
 
     nl = memchr(buf, '\n', len);
     if (nl == NULL) {
-        /* Still arriving: keep waiting only while it can become valid. */
-        if (len > LIMIT_LINE_BYTES_MAX &&
-            (!looks_like_retrieval(buf, len) || len > lim->get_line_bytes_max))
+        /* Still arriving: keep waiting only while it can become valid. A
+         * "\r" at the end may be the one before the newline, which does not
+         * count against the limits. */
+        n = buf[len - 1] == '\r' ? len - 1 : len;
+        if (n > LIMIT_LINE_BYTES_MAX &&
+            (!looks_like_retrieval(buf, len) || n > lim->get_line_bytes_max))
             return close_conn(req, "line too long");
         return PROTO_NEED_MORE;
     }
