@@ -4,7 +4,8 @@
 #   make run        install missing packages, build, start a local 3-replica
 #                   cluster + demo
 #   make test       install missing packages, build, unit tests (plain, under
-#                   ASan+UBSan and under TSan), the 2PC simulator, ./test.sh against serve
+#                   ASan+UBSan and under TSan), the fuzz corpus replay, the 2PC
+#                   simulator, serve under valgrind, ./test.sh against serve
 #                   built with ASan+UBSan (smaller workload), then ./test.sh
 #                   against the release build
 #   make unit       unit tests only;  make e2e   ./test.sh only
@@ -19,6 +20,7 @@
 #                   make fuzz-replay runs every corpus and crash file once
 #                   (gcc ASan+UBSan; part of make test); make fuzz-seeds
 #                   writes the seed inputs again with the real encoders
+#   make e2e-valgrind  serve under valgrind memcheck on a small workload
 #   make deps       install the Debian packages the build and tests need
 #   make install    copy serve and clie to $(PREFIX)/bin
 #   make clean
@@ -96,7 +98,7 @@ FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/%)
 FUZZ_REPLAY_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz-replay/%)
 
 .PHONY: all run test unit unit-run unit-san unit-tsan sim e2e e2e-san bench deps install clean check-deps \
-        fuzz fuzz-bins fuzz-merge fuzz-replay fuzz-replay-run fuzz-seeds
+        fuzz fuzz-bins fuzz-merge fuzz-replay fuzz-replay-run fuzz-seeds e2e-valgrind
 
 all: check-deps serve clie
 
@@ -223,6 +225,7 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory unit
 	$(Q)$(MAKE) --no-print-directory fuzz-replay
 	$(Q)$(MAKE) --no-print-directory sim
+	$(Q)$(MAKE) --no-print-directory e2e-valgrind
 	$(Q)$(MAKE) --no-print-directory e2e-san
 	$(Q)./test.sh
 
@@ -257,6 +260,11 @@ fuzz-replay-run: $(FUZZ_REPLAY_BINS)
 # encoders (seed-* files in tests/fuzz/corpus/<target>/).
 fuzz-seeds: check-deps $(BUILD)/tests/fuzz/gen_corpus
 	$(Q)$(BUILD)/tests/fuzz/gen_corpus tests/fuzz/corpus
+
+# serve under valgrind memcheck on a small workload: no error and no
+# definite leak (tests/e2e_valgrind.sh).
+e2e-valgrind: all
+	$(Q)tests/e2e_valgrind.sh
 
 # Figures, not a test: tpckv against memcached, the issue-5 targets.
 bench: deps
