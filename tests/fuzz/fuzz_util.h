@@ -37,4 +37,23 @@ uint64_t fuzz_rand(uint64_t *state);
  * copy lets ASan see a read one byte past what the code was given. */
 char *fuzz_dup(const void *data, size_t n);
 
+/* Marks p[0..n) unreadable (or readable again) for AddressSanitizer, so a
+ * target can keep one buffer and still catch reads past what it holds. No-ops
+ * without ASan. */
+#if defined(__SANITIZE_ADDRESS__)
+#define FUZZ_HAVE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FUZZ_HAVE_ASAN 1
+#endif
+#endif
+#ifdef FUZZ_HAVE_ASAN
+#include <sanitizer/asan_interface.h>
+#define fuzz_poison(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define fuzz_unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define fuzz_poison(p, n) ((void)(p), (void)(n))
+#define fuzz_unpoison(p, n) ((void)(p), (void)(n))
+#endif
+
 #endif

@@ -27,7 +27,7 @@ failed=0
 # line, a handshake frame, a few records) without slowing it down.
 max_len() {
     case $1 in
-    fuzz_peer) echo 4096 ;;
+    fuzz_proto | fuzz_peer) echo 4096 ;;
     *) echo 8192 ;;
     esac
 }
