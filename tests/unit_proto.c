@@ -401,6 +401,30 @@ static void test_longest_line_split_before_its_newline(void)
     free(buf);
 }
 
+/* A get line past 2048 bytes with more than 100 spaces before "get" was
+ * accepted when it arrived whole, and closed as too long when its first
+ * 2049 bytes arrived without the newline: the incomplete line was only
+ * recognised as a retrieval after at most 100 leading spaces, while the
+ * complete line's tokenizer skips any number. */
+static void test_long_get_line_after_many_spaces_waits(void)
+{
+    char *buf = malloc(3000);
+    struct proto_req req;
+    size_t consumed;
+
+    memset(buf, ' ', 3000);
+    memcpy(buf + 200, "get", 3);
+    buf[2500] = 'k';
+    memcpy(buf + 2501, "\r\n", 2);
+    CU_ASSERT_EQUAL(proto_parse(buf, 2049, &lim, &req, &consumed), PROTO_NEED_MORE);
+    CU_ASSERT_EQUAL(proto_parse(buf, 2501, &lim, &req, &consumed), PROTO_NEED_MORE);
+    CU_ASSERT_EQUAL(proto_parse(buf, 2503, &lim, &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.nkeys, 1);
+    /* Spaces alone are no get: past 2048 bytes they are garbage. */
+    CU_ASSERT_EQUAL(proto_parse(buf + 300, 2100, &lim, &req, &consumed), PROTO_CLOSE);
+    free(buf);
+}
+
 static void test_http_hangs_up(void)
 {
     struct proto_req req;
@@ -701,6 +725,8 @@ void unit_proto_register(void)
     unit_test(s, "one byte at a time", test_byte_at_a_time);
     unit_test(s, "the longest line, split before its newline",
               test_longest_line_split_before_its_newline);
+    unit_test(s, "a long get line after many spaces waits for its newline",
+              test_long_get_line_after_many_spaces_waits);
     unit_test(s, "random garbage", test_garbage);
     unit_test(s, "exptime rules", test_exptime);
     unit_test(s, "VALUE header", test_value_header);

@@ -8,8 +8,9 @@
  * consumed, swallow a refused data block that extends past the buffer,
  * wait for req.need bytes before parsing again, stop at PROTO_CLOSE):
  *   1. all at once, as if it arrived in one read;
- *   2. in reads of random sizes (seeded from the input).
- * Both must give the same requests: how TCP cuts the stream must not change
+ *   2. in reads of random sizes (seeded from the input);
+ *   3. in a first read of LIMIT_LINE_BYTES_MAX + 1 bytes, then the rest.
+ * All must give the same requests: how TCP cuts the stream must not change
  * what the server does. Each pass runs with serve's default limits and with
  * the smallest ones its flags allow (--max-line 2048, a small --max-value
  * and --max-get-keys), so the edges are reachable by small inputs.
@@ -210,9 +211,10 @@ static void record(struct events *e, enum proto_status st, const struct proto_re
 }
 
 /* serve's connection read loop over data[0..size), delivered in reads of
- * the sizes rnd picks (everything at once when rnd is NULL). */
+ * the sizes rnd picks (everything at once when rnd is NULL), after a first
+ * read of first bytes if first is not 0. */
 static void run_conn(const char *data, size_t size, const struct proto_limits *lim,
-                     uint64_t *rnd, struct events *out)
+                     uint64_t *rnd, size_t first, struct events *out)
 {
     char *rbuf = malloc(size ? size : 1);
     size_t rlen = 0, need = 0, swallow = 0, off = 0;
@@ -222,7 +224,9 @@ static void run_conn(const char *data, size_t size, const struct proto_limits *l
         abort();
     while (off < size && !closed) {
         size_t n = size - off;
-        if (rnd) {
+        if (off == 0 && first > 0 && first < n) {
+            n = first;
+        } else if (rnd) {
             uint64_t x = fuzz_rand(rnd);
             /* Small and large reads, so every cut point is tried somewhere
              * without making a long input slow. */
@@ -277,17 +281,25 @@ static void run(const char *data, size_t size, const struct proto_limits *lim)
     struct events whole = {0}, cut = {0};
     uint64_t rnd = fuzz_hash(FUZZ_HASH_INIT, data, size);
 
-    run_conn(data, size, lim, NULL, &whole);
-    run_conn(data, size, lim, &rnd, &cut);
-    /* The same requests, however the stream was cut. */
-    FUZZ_CHECK(whole.n == cut.n);
-    for (size_t i = 0; i < whole.n; i++) {
-        FUZZ_CHECK(whole.ev[i].st == cut.ev[i].st);
-        /* A line closed before its newline came has no command yet. */
-        if (whole.ev[i].st != PROTO_CLOSE)
-            FUZZ_CHECK(whole.ev[i].cmd == cut.ev[i].cmd);
-        FUZZ_CHECK(whole.ev[i].consumed == cut.ev[i].consumed);
-        FUZZ_CHECK(whole.ev[i].hash == cut.ev[i].hash);
+    run_conn(data, size, lim, NULL, 0, &whole);
+    /* Random reads, and a first read that ends one byte past the line
+     * limit (where serve's buffer pauses for a long line). */
+    for (int k = 0; k < 2; k++) {
+        cut.n = 0;
+        if (k == 0)
+            run_conn(data, size, lim, &rnd, 0, &cut);
+        else
+            run_conn(data, size, lim, NULL, LIMIT_LINE_BYTES_MAX + 1, &cut);
+        /* The same requests, however the stream was cut. */
+        FUZZ_CHECK(whole.n == cut.n);
+        for (size_t i = 0; i < whole.n; i++) {
+            FUZZ_CHECK(whole.ev[i].st == cut.ev[i].st);
+            /* A line closed before its newline came has no command yet. */
+            if (whole.ev[i].st != PROTO_CLOSE)
+                FUZZ_CHECK(whole.ev[i].cmd == cut.ev[i].cmd);
+            FUZZ_CHECK(whole.ev[i].consumed == cut.ev[i].consumed);
+            FUZZ_CHECK(whole.ev[i].hash == cut.ev[i].hash);
+        }
     }
     free(whole.ev);
     free(cut.ev);

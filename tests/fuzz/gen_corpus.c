@@ -107,6 +107,13 @@ static void gen_proto(void)
         snprintf(name, sizeof(name), "get-line-%zu", n);
         put("fuzz_proto", name, line, n + 2);
     }
+    /* A long get line after many leading spaces. */
+    memset(line, ' ', 2090);
+    for (size_t i = 120; i + 2 < 2090; i += 2)
+        line[i] = 'k';
+    memcpy(line + 110, "get", 3);
+    memcpy(line + 2090, "\r\n", 2);
+    put("fuzz_proto", "get-line-leading-spaces", line, 2092);
     memset(line, 'x', sizeof(line));
     memcpy(line, "set ", 4);
     put("fuzz_proto", "line-too-long", line, sizeof(line));
