@@ -77,7 +77,7 @@ for t in "$@"; do
         before=$(ls -A "$corpus" | wc -l)
         if "$bin/$t" -merge=1 -max_len="$(max_len "$t")" "$corpus" "$work" \
             >"build/fuzz/$t.merge.log" 2>&1; then
-            echo "$t: corpus $before -> $(ls -A "$corpus" | wc -l) files, $(du -sk "$corpus" | cut -f1) KiB"
+            echo "$t: corpus $before -> $(ls -A "$corpus" | wc -l) files, $(du -sk --apparent-size "$corpus" | cut -f1) KiB"
             passed=$((passed + 1))
         else
             echo "$t: merge FAILED; log build/fuzz/$t.merge.log"
