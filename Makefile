@@ -4,7 +4,8 @@
 #   make run        install missing packages, build, start a local 3-replica
 #                   cluster + demo
 #   make test       install missing packages, build, unit tests (plain, under
-#                   ASan+UBSan and under TSan), the 2PC simulator, ./test.sh against serve
+#                   ASan+UBSan and under TSan), the fuzz corpus replay, the 2PC
+#                   simulator, serve under valgrind, ./test.sh against serve
 #                   built with ASan+UBSan (smaller workload), then ./test.sh
 #                   against the release build
 #   make unit       unit tests only;  make e2e   ./test.sh only
@@ -12,6 +13,14 @@
 #   make bench      tpckv against memcached (tests/bench.sh: installs memcached
 #                   if missing; BENCH_SECONDS, BENCH_ROUNDS...). tests/bench_wal.sh
 #                   and tests/bench_repl.sh (fsyncs per set, 1 connection) run alone
+#   make fuzz       libFuzzer targets (tests/fuzz/, built with clang into
+#                   build/fuzz/), each run FUZZ_SECONDS; crashes are saved
+#                   in tests/fuzz/crashes/<target>/. make fuzz-merge adds
+#                   what a run found to tests/fuzz/corpus/ (minimized);
+#                   make fuzz-replay runs every corpus and crash file once
+#                   (gcc ASan+UBSan; part of make test); make fuzz-seeds
+#                   writes the seed inputs again with the real encoders
+#   make e2e-valgrind  serve under valgrind memcheck on a small workload
 #   make deps       install the Debian packages the build and tests need
 #   make install    copy serve and clie to $(PREFIX)/bin
 #   make clean
@@ -24,9 +33,15 @@ PREFIX ?= /usr/local
 CC ?= cc
 
 DEB_PKGS := gcc make pkg-config libuv1-dev libcunit1-dev libssl-dev openssl \
-            python3 python3-pymemcache libmemcached-tools procps coreutils
+            python3 python3-pymemcache libmemcached-tools procps coreutils \
+            clang libclang-rt-14-dev valgrind
 
-ifeq ($(SANITIZE),thread)
+ifdef FUZZ
+  # libFuzzer's coverage hooks in every object; the targets link libFuzzer.
+  BUILD := build/fuzz
+  SAN_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+               -fno-sanitize-recover=all
+else ifeq ($(SANITIZE),thread)
   BUILD := build/tsan
   SAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer
 else ifdef SANITIZE
@@ -73,8 +88,17 @@ UNIT_BIN := $(BUILD)/tests/unit
 SIM_OBJ := $(BUILD)/tests/sim.o
 SIM_BIN := $(BUILD)/tests/sim
 SIM_SEEDS ?= 2000
+FUZZ_TARGETS := fuzz_proto fuzz_udp fuzz_peer fuzz_wal
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang
+FUZZ_SUPPORT_OBJ := $(BUILD)/tests/fuzz/fuzz_util.o
+FUZZ_OBJ := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/%.o) $(FUZZ_SUPPORT_OBJ) \
+            $(BUILD)/tests/fuzz/replay_main.o $(BUILD)/tests/fuzz/gen_corpus.o
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/%)
+FUZZ_REPLAY_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz-replay/%)
 
-.PHONY: all run test unit unit-run unit-san unit-tsan sim e2e e2e-san bench deps install clean check-deps
+.PHONY: all run test unit unit-run unit-san unit-tsan sim e2e e2e-san bench deps install clean check-deps \
+        fuzz fuzz-bins fuzz-merge fuzz-replay fuzz-replay-run fuzz-seeds e2e-valgrind
 
 all: check-deps serve clie
 
@@ -109,6 +133,22 @@ $(UNIT_BIN): $(UNIT_OBJ) $(BUILD)/libtpckv.a
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUNIT_LIBS) $(UV_LIBS) $(CRYPTO_LIBS) -lm
 
 $(SIM_BIN): $(SIM_OBJ) $(BUILD)/libtpckv.a
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(UV_LIBS) $(CRYPTO_LIBS) -lm
+
+# libFuzzer binaries: make FUZZ=1 CC=clang (what make fuzz runs).
+$(FUZZ_BINS): $(BUILD)/%: $(BUILD)/tests/fuzz/%.o $(FUZZ_SUPPORT_OBJ) $(BUILD)/libtpckv.a
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(UV_LIBS) $(CRYPTO_LIBS) -lm
+
+# The same targets with a main() that runs each file once, for any build.
+$(FUZZ_REPLAY_BINS): $(BUILD)/fuzz-replay/%: $(BUILD)/tests/fuzz/%.o $(FUZZ_SUPPORT_OBJ) \
+                     $(BUILD)/tests/fuzz/replay_main.o $(BUILD)/libtpckv.a
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(UV_LIBS) $(CRYPTO_LIBS) -lm
+
+$(BUILD)/tests/fuzz/gen_corpus: $(BUILD)/tests/fuzz/gen_corpus.o $(BUILD)/libtpckv.a
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(UV_LIBS) $(CRYPTO_LIBS) -lm
 
@@ -183,9 +223,48 @@ e2e-san: all
 test: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(MAKE) --no-print-directory unit
+	$(Q)$(MAKE) --no-print-directory fuzz-replay
 	$(Q)$(MAKE) --no-print-directory sim
+	$(Q)$(MAKE) --no-print-directory e2e-valgrind
 	$(Q)$(MAKE) --no-print-directory e2e-san
 	$(Q)./test.sh
+
+# ---- fuzzing (tests/fuzz/; README.md, Tests, says how to use it)
+
+fuzz-bins: $(FUZZ_BINS)
+
+# Each target for FUZZ_SECONDS, one after the other (one core each). New
+# inputs go to build/fuzz/corpus/<target>/, crashes to
+# tests/fuzz/crashes/<target>/.
+fuzz: check-deps
+	$(Q)$(MAKE) --no-print-directory FUZZ=1 CC=$(FUZZ_CC) fuzz-bins
+	$(Q)FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh fuzz build/fuzz $(FUZZ_TARGETS)
+
+# Minimizes what fuzz runs found, with the committed corpus, into
+# tests/fuzz/corpus/<target>/ (libFuzzer -merge=1: only inputs that add
+# coverage are kept).
+fuzz-merge: check-deps
+	$(Q)$(MAKE) --no-print-directory FUZZ=1 CC=$(FUZZ_CC) fuzz-bins
+	$(Q)tests/fuzz/run.sh merge build/fuzz $(FUZZ_TARGETS)
+
+# Every corpus and crash file through every target once, under gcc's
+# ASan+UBSan (no clang needed): a regression fails make test.
+fuzz-replay: check-deps
+	$(Q)$(MAKE) --no-print-directory SANITIZE=address,undefined fuzz-replay-run
+
+fuzz-replay-run: $(FUZZ_REPLAY_BINS)
+	@echo "== fuzz corpus and crash replay ($(BUILD))"
+	$(Q)tests/fuzz/run.sh replay $(BUILD)/fuzz-replay $(FUZZ_TARGETS)
+
+# The seed inputs, written again by tests/fuzz/gen_corpus.c with the real
+# encoders (seed-* files in tests/fuzz/corpus/<target>/).
+fuzz-seeds: check-deps $(BUILD)/tests/fuzz/gen_corpus
+	$(Q)$(BUILD)/tests/fuzz/gen_corpus tests/fuzz/corpus
+
+# serve under valgrind memcheck on a small workload: no error and no
+# definite leak (tests/e2e_valgrind.sh).
+e2e-valgrind: all
+	$(Q)tests/e2e_valgrind.sh
 
 # Figures, not a test: tpckv against memcached, the issue-5 targets.
 bench: deps
@@ -199,4 +278,5 @@ install: all
 clean:
 	rm -rf build serve clie
 
--include $(LIB_OBJ:.o=.d) $(SERVE_OBJ:.o=.d) $(CLIE_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(SIM_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(SERVE_OBJ:.o=.d) $(CLIE_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(SIM_OBJ:.o=.d) \
+         $(FUZZ_OBJ:.o=.d)

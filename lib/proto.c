@@ -142,13 +142,14 @@ static bool tok_is(const struct token *t, const char *s)
 }
 
 /* The start of the buffer looks like a retrieval command (for lines that are
- * still arriving): up to 100 leading spaces, then "get " and friends. */
+ * still arriving): leading spaces, then "get " and friends. Any number of
+ * spaces, as the tokenizer skips any number once the line is whole. */
 static bool looks_like_retrieval(const char *buf, size_t len)
 {
     static const char *const prefixes[] = {"get ", "gets ", "gat ", "gats "};
     size_t i = 0;
 
-    while (i < len && i <= 100 && buf[i] == ' ')
+    while (i < len && buf[i] == ' ')
         i++;
     for (size_t k = 0; k < ARRAY_SIZE(prefixes); k++) {
         size_t pn = strlen(prefixes[k]);
@@ -375,9 +376,12 @@ enum proto_status proto_parse(const char *buf, size_t len, const struct proto_li
 
     nl = memchr(buf, '\n', len);
     if (nl == NULL) {
-        /* Still arriving: keep waiting only while it can become valid. */
-        if (len > LIMIT_LINE_BYTES_MAX &&
-            (!looks_like_retrieval(buf, len) || len > lim->get_line_bytes_max))
+        /* Still arriving: keep waiting only while it can become valid. A
+         * "\r" at the end may be the one before the newline, which does not
+         * count against the limits. */
+        n = buf[len - 1] == '\r' ? len - 1 : len;
+        if (n > LIMIT_LINE_BYTES_MAX &&
+            (!looks_like_retrieval(buf, len) || n > lim->get_line_bytes_max))
             return close_conn(req, "line too long");
         return PROTO_NEED_MORE;
     }

@@ -2360,7 +2360,8 @@ static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         want = c->need; /* a data block is on its way: room for all of it */
     } else if (c->rcap - c->rlen < 4096) {
         /* A line without its newline yet: grow, up to the retrieval limit
-         * plus one byte so the parser can see it is too long. */
+         * plus one byte so the parser can see it is too long (or that the
+         * byte is the "\r" before the newline: then it grows on). */
         want = c->rcap ? c->rcap * 2 : LIMIT_READ_BUF_BYTES_INITIAL;
         if (want > srv->cfg.get_line_bytes_max + 1 && c->rlen < srv->cfg.get_line_bytes_max + 1)
             want = srv->cfg.get_line_bytes_max + 1;

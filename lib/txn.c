@@ -157,12 +157,17 @@ static enum tpc_reason reason_of(enum store_status st)
 
 int txn_prepare(struct txn_rm *rm, const struct tpc_txn *t, struct txn_prep **out)
 {
-    struct txn_prep *p = calloc(1, sizeof(*p));
+    struct txn_prep *p;
     struct wal_op w, check = {0};
     bool have_check = false;
     size_t pos = 0;
     int r, reason = 0;
 
+    /* The count comes from a peer or the log: one the bytes cannot hold
+     * (no op is shorter than its head) must not size the allocation. */
+    if (t->nops == 0 || t->nops > t->nbytes / WAL_OP_BYTES_MIN)
+        return TPC_R_BAD_OPS;
+    p = calloc(1, sizeof(*p));
     if (p == NULL || (p->ch = calloc(t->nops, sizeof(*p->ch))) == NULL) {
         free(p);
         return TPC_R_NO_MEMORY;

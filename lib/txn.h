@@ -59,7 +59,8 @@ struct txn_rm {
  * durable data).
  * A flush needs no key locked, and while it is prepared nothing else
  * prepares. Returns 0 with *out (to pass to txn_commit or txn_abort), or a
- * reason with nothing held (TPC_R_BAD_OPS for undecodable operations).
+ * reason with nothing held (TPC_R_BAD_OPS for undecodable operations, or
+ * an op count the bytes cannot hold: refused before anything is allocated).
  */
 int txn_prepare(struct txn_rm *rm, const struct tpc_txn *t, struct txn_prep **out);
 

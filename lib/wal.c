@@ -81,7 +81,7 @@
 #include <unistd.h>
 
 #define MOD "wal"
-#define OP_HEAD_BYTES 8
+#define OP_HEAD_BYTES WAL_OP_BYTES_MIN
 #define PUT_FIXED_BYTES 32
 
 static const char seg_magic[8] = {'T', 'P', 'C', 'K', 'V', 'W', 'A', 'L'};

@@ -67,6 +67,10 @@ struct wal_txn {
 };
 #define WAL_TXN_BYTES 24
 
+/* No encoded op is shorter than its head (a DEL of a 0-byte key would be
+ * this long): a count of ops larger than bytes / this is not decodable. */
+#define WAL_OP_BYTES_MIN 8
+
 /* Bytes wal_op_encode() writes for op. */
 size_t wal_op_size(const struct wal_op *op);
 /* Encodes op at dst (wal_op_size(op) bytes). Returns the bytes written. */

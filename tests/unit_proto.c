@@ -363,6 +363,68 @@ static void test_long_lines(void)
     free(buf);
 }
 
+/* Found by tests/fuzz/fuzz_proto.c: a line of exactly the longest length
+ * allowed, whose "\r" arrived in one read and "\n" in the next, was closed
+ * as too long: the "\r" counted against the limit while the line had no
+ * newline yet, though it does not once the newline comes. serve's read
+ * buffer stops growing at get_line_bytes_max + 1 bytes until the parser
+ * has seen it, so a longest get line ending in "\r\n" was always refused. */
+static void test_longest_line_split_before_its_newline(void)
+{
+    char *buf = malloc(8200);
+    struct proto_req req;
+    size_t consumed;
+
+    /* A get line of 8192 bytes (the limit), then "\r", then "\n". */
+    memset(buf, ' ', 8192);
+    memcpy(buf, "get", 3);
+    buf[8191] = 'k';
+    buf[8192] = '\r';
+    CU_ASSERT_EQUAL(proto_parse(buf, 8193, &lim, &req, &consumed), PROTO_NEED_MORE);
+    buf[8193] = '\n';
+    CU_ASSERT_EQUAL(proto_parse(buf, 8194, &lim, &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(consumed, 8194);
+    /* One byte more is too long, with or without its "\r". */
+    buf[8192] = 'k';
+    CU_ASSERT_EQUAL(proto_parse(buf, 8193, &lim, &req, &consumed), PROTO_CLOSE);
+    buf[8193] = '\r';
+    CU_ASSERT_EQUAL(proto_parse(buf, 8194, &lim, &req, &consumed), PROTO_CLOSE);
+    /* The same for other lines at LIMIT_LINE_BYTES_MAX (2048). */
+    memset(buf, ' ', 2048);
+    memcpy(buf, "incr k 1", 8);
+    buf[2048] = '\r';
+    CU_ASSERT_EQUAL(proto_parse(buf, 2049, &lim, &req, &consumed), PROTO_NEED_MORE);
+    buf[2049] = '\n';
+    CU_ASSERT_EQUAL(proto_parse(buf, 2050, &lim, &req, &consumed), PROTO_OK);
+    buf[2048] = 'x';
+    CU_ASSERT_EQUAL(proto_parse(buf, 2049, &lim, &req, &consumed), PROTO_CLOSE);
+    free(buf);
+}
+
+/* A get line past 2048 bytes with more than 100 spaces before "get" was
+ * accepted when it arrived whole, and closed as too long when its first
+ * 2049 bytes arrived without the newline: the incomplete line was only
+ * recognised as a retrieval after at most 100 leading spaces, while the
+ * complete line's tokenizer skips any number. */
+static void test_long_get_line_after_many_spaces_waits(void)
+{
+    char *buf = malloc(3000);
+    struct proto_req req;
+    size_t consumed;
+
+    memset(buf, ' ', 3000);
+    memcpy(buf + 200, "get", 3);
+    buf[2500] = 'k';
+    memcpy(buf + 2501, "\r\n", 2);
+    CU_ASSERT_EQUAL(proto_parse(buf, 2049, &lim, &req, &consumed), PROTO_NEED_MORE);
+    CU_ASSERT_EQUAL(proto_parse(buf, 2501, &lim, &req, &consumed), PROTO_NEED_MORE);
+    CU_ASSERT_EQUAL(proto_parse(buf, 2503, &lim, &req, &consumed), PROTO_OK);
+    CU_ASSERT_EQUAL(req.nkeys, 1);
+    /* Spaces alone are no get: past 2048 bytes they are garbage. */
+    CU_ASSERT_EQUAL(proto_parse(buf + 300, 2100, &lim, &req, &consumed), PROTO_CLOSE);
+    free(buf);
+}
+
 static void test_http_hangs_up(void)
 {
     struct proto_req req;
@@ -661,6 +723,10 @@ void unit_proto_register(void)
     unit_test(s, "pipeline parsed whole", test_pipeline_whole);
     unit_test(s, "split at every byte boundary", test_split_at_every_byte);
     unit_test(s, "one byte at a time", test_byte_at_a_time);
+    unit_test(s, "the longest line, split before its newline",
+              test_longest_line_split_before_its_newline);
+    unit_test(s, "a long get line after many spaces waits for its newline",
+              test_long_get_line_after_many_spaces_waits);
     unit_test(s, "random garbage", test_garbage);
     unit_test(s, "exptime rules", test_exptime);
     unit_test(s, "VALUE header", test_value_header);

@@ -226,6 +226,34 @@ static void test_bad_ops_refused(void)
     store_free(s);
 }
 
+/* Found by tests/fuzz/fuzz_peer.c: a PREPARE claiming 2^31 operations in a
+ * few bytes made txn_prepare allocate a change for each before decoding
+ * one (hundreds of GiB). An op is at least 8 bytes, so such a count is
+ * refused as undecodable, before anything is allocated. */
+static void test_op_count_beyond_the_bytes_refused_before_allocating(void)
+{
+    struct store *s = mkstore();
+    struct txn_rm rm = {.store = s};
+    struct txn_prep *p = NULL;
+    struct store_op op = set_op("k", "v");
+    struct buf b = {0};
+    uint32_t nops;
+
+    CU_ASSERT_EQUAL_FATAL(encode(s, &op, 0x101, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL(prepare(&rm, 0x101, &b, 0x7fffffff, false, &p), TPC_R_BAD_OPS);
+    CU_ASSERT_EQUAL(prepare(&rm, 0x101, &b, UINT32_MAX, true, &p), TPC_R_BAD_OPS);
+    CU_ASSERT_EQUAL(prepare(&rm, 0x101, &b, (uint32_t)(b.len / 8 + 1), false, &p),
+                    TPC_R_BAD_OPS);
+    CU_ASSERT_EQUAL(rm.prepared, 0);
+    CU_ASSERT_EQUAL(store_locks(s), 0);
+    /* The right count still prepares. */
+    CU_ASSERT_EQUAL(prepare(&rm, 0x101, &b, nops, false, &p), 0);
+    if (p)
+        txn_abort(&rm, p);
+    buf_free(&b);
+    store_free(s);
+}
+
 static void test_no_memory_votes_no(void)
 {
     struct store_config sc = {.max_bytes = 300, .value_bytes_max = 4096, .seed = 1};
@@ -269,4 +297,6 @@ void unit_txn_register(void)
     unit_test(s, "a prepared flush holds every key", test_flush_holds_every_key);
     unit_test(s, "undecodable operations are refused", test_bad_ops_refused);
     unit_test(s, "out of memory votes no, except at recovery", test_no_memory_votes_no);
+    unit_test(s, "an op count beyond the bytes is refused before allocating",
+              test_op_count_beyond_the_bytes_refused_before_allocating);
 }
