@@ -21,7 +21,16 @@
  * else, so its replies stay in request order and a read after its own write
  * sees that write. Replies reference stored items instead of copying values
  * (outq.h); a client that stops reading is not read from once --max-output
- * bytes are queued for it.
+ * bytes are queued for it, and is closed when the socket has taken none of
+ * them for --output-stall-timeout seconds.
+ *
+ * LIMITS IN TIME. Each connection thread checks its own connections every
+ * LIMIT_CONN_SWEEP_MS (lt_sweep): the output stall above, --auth-timeout and
+ * --idle-timeout. Without threads, the main loop's timer does it.
+ *
+ * AUTHENTICATION. With --auth-file, a connection that has not logged in
+ * runs its bytes through proto_parse_auth (memcached's ASCII scheme) instead
+ * of the parser, until a credentials set matches (conn_authenticate).
  *
  * WRITES. store_prepare() evaluates the condition (add: absent, cas: version,
  * incr: numeric...) against the committed state and builds the new item. A
@@ -54,8 +63,8 @@
  * kernel's share of a request (read, writev) runs in parallel. A connection
  * belongs to its thread: its read buffer, output queue and handle are
  * touched by nobody else. What another thread has for it (a write durable,
- * a 2PC outcome, a wake-up, a lock-wait timeout, an idle kick) is posted to
- * the connection and run by its own thread (conn_post). Replies reference
+ * a 2PC outcome, a wake-up, a lock-wait timeout) is posted to the
+ * connection and run by its own thread (conn_post). Replies reference
  * items whose counts are atomic, so a write that completes outside the lock
  * may drop the last reference to an item the store has replaced.
  */
