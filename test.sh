@@ -533,7 +533,7 @@ auth_checks() {
     printf '# test users\nalice:s3cret\nbob:pass with spaces\n' >"$users"
     printf 's3cret\n' >"$pw"
     printf 'wrong\n' >"$bad"
-    start_server auth 0 --auth-file "$users" --max-auth-failures 2
+    start_server auth 0 --auth-file "$users" --max-auth-failures 2 --auth-timeout 1
     port=${SPORT[auth]}
     check "auth: serve says UDP is off" grep -q 'UDP is off: --auth-file' "$tmp/auth.log"
     expect_exit 5 "auth: clie without --user is refused" -p "$port" get k
@@ -563,7 +563,14 @@ ask(b"set x 0 0 11\r\nalice wrong\r\n", b"CLIENT_ERROR authentication failure\r\
 ask(b"set x 0 0 12\r\nalice s3cret\r\nget k\r\n", b"STORED\r\nVALUE k 0 2\r\nv1\r\nEND\r\n")
 PYEOF
     check "auth: raw protocol: commands refused before, a wrong password refused, then served $(head -c 200 "$tmp/authraw.out")" [ "$rc" -eq 0 ]
+    rc=0
+    timeout 20 "$PY" -c 'import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+t = time.monotonic()
+assert s.recv(10) == b"" and time.monotonic() - t < 4' "$port" || rc=$?
+    check "auth: --auth-timeout 1 closes a connection that does not log in" [ "$rc" -eq 0 ]
     cl -p "$port" --user alice --password-file "$pw" stats >"$tmp/authstats" 2>&1 || true
+    check "auth: stats auth_timeouts counts it" grep -q '^auth_timeouts [1-9]' "$tmp/authstats"
     check "auth: stats auth_cmds and auth_errors count the attempts" \
         grep -q '^auth_errors [1-9]' "$tmp/authstats"
     logged_not_password() {
