@@ -49,8 +49,8 @@ struct auth {
 /* MAC of a (user, password) pair under a's key into out. Returns 0,
  * -E2BIG for a pair longer than any line can be (it matches nothing), or
  * -EIO if libcrypto fails. */
-static int pair_mac(const struct auth *a, const void *user, size_t nuser, const void *pass,
-                    size_t npass, unsigned char *out)
+static int pair_mac(const struct auth *a, const void *user, size_t nuser,
+                    const void *pass, size_t npass, unsigned char *out)
 {
     unsigned char msg[4 + LIMIT_AUTH_TOKEN_BYTES_MAX];
     unsigned int mdlen = 0;
@@ -61,7 +61,8 @@ static int pair_mac(const struct auth *a, const void *user, size_t nuser, const 
     util_put_le32(msg, (uint32_t)nuser);
     memcpy(msg + 4, user, nuser);
     memcpy(msg + 4 + nuser, pass, npass);
-    if (HMAC(EVP_sha256(), a->key, MAC_BYTES, msg, 4 + nuser + npass, out, &mdlen) == NULL ||
+    if (HMAC(EVP_sha256(), a->key, MAC_BYTES, msg, 4 + nuser + npass, out, &mdlen) ==
+            NULL ||
         mdlen != MAC_BYTES)
         r = -EIO;
     OPENSSL_cleanse(msg, 4 + nuser + npass);
@@ -91,7 +92,8 @@ int auth_parse(const char *name, const char *text, size_t n, struct auth **out, 
         return util_errf(err, cap, -ENOMEM, "%s: out of memory", name);
     if (getrandom(a->key, sizeof(a->key), 0) != (ssize_t)sizeof(a->key)) {
         free(a);
-        return util_errf(err, cap, -EIO, "%s: no randomness for the key (getrandom)", name);
+        return util_errf(err, cap, -EIO, "%s: no randomness for the key (getrandom)",
+                         name);
     }
     while (pos < n) {
         const char *line = text + pos, *nl = memchr(line, '\n', n - pos), *colon;
@@ -106,17 +108,19 @@ int auth_parse(const char *name, const char *text, size_t n, struct auth **out, 
             continue;
         colon = memchr(line, ':', len);
         if (colon == NULL) {
-            r = util_errf(err, cap, -EINVAL, "%s line %zu: no ':' (lines are USER:PASSWORD)",
-                          name, lineno);
+            r = util_errf(err, cap, -EINVAL,
+                          "%s line %zu: no ':' (lines are USER:PASSWORD)", name, lineno);
             goto fail;
         }
         nuser = (size_t)(colon - line);
         npass = len - nuser - 1;
-        if (nuser == 0 || nuser > LIMIT_AUTH_USER_BYTES_MAX || has_control(line, nuser, true)) {
-            r = util_errf(err, cap, -EINVAL,
-                          "%s line %zu: the user name must be 1..%d bytes without spaces or "
-                          "control characters",
-                          name, lineno, LIMIT_AUTH_USER_BYTES_MAX);
+        if (nuser == 0 || nuser > LIMIT_AUTH_USER_BYTES_MAX ||
+            has_control(line, nuser, true)) {
+            r = util_errf(
+                err, cap, -EINVAL,
+                "%s line %zu: the user name must be 1..%d bytes without spaces or "
+                "control characters",
+                name, lineno, LIMIT_AUTH_USER_BYTES_MAX);
             goto fail;
         }
         if (npass == 0 || npass > LIMIT_AUTH_PASSWORD_BYTES_MAX ||

@@ -68,11 +68,11 @@ static void test_parse_and_check(void)
     CU_ASSERT_FALSE(check(a, "alice", "s3cret "));
     CU_ASSERT_FALSE(check(a, "alice", "S3cret"));
     CU_ASSERT_FALSE(check(a, "Alice", "s3cret"));
-    CU_ASSERT_FALSE(check(a, "alice", "old"));    /* another user's password */
+    CU_ASSERT_FALSE(check(a, "alice", "old")); /* another user's password */
     CU_ASSERT_FALSE(check(a, "bob", "pass with spaces:and colons\r")); /* CR dropped */
     CU_ASSERT_FALSE(check(a, "# users", ""));
     CU_ASSERT_FALSE(check(a, "", ""));
-    CU_ASSERT_FALSE(check(a, "alices", "3cret"));  /* the same bytes, split elsewhere */
+    CU_ASSERT_FALSE(check(a, "alices", "3cret")); /* the same bytes, split elsewhere */
     CU_ASSERT_FALSE(check(a, "alic", "es3cret"));
     CU_ASSERT_FALSE(auth_check(a, "alice\0", 6, "s3cret", 6));
     /* A token longer than any line matches nothing (and does not overflow). */
@@ -99,7 +99,8 @@ static void test_refused_lines(void)
     /* The message never carries the password. */
     char err[256];
     struct auth *a;
-    CU_ASSERT_EQUAL(auth_parse("f", "alice:hunter2\x7f\n", 15, &a, err, sizeof(err)), -EINVAL);
+    CU_ASSERT_EQUAL(auth_parse("f", "alice:hunter2\x7f\n", 15, &a, err, sizeof(err)),
+                    -EINVAL);
     CU_ASSERT_PTR_NULL(strstr(err, "hunter2"));
 
     char user[LIMIT_AUTH_USER_BYTES_MAX + 10];
@@ -194,7 +195,8 @@ static void test_load_file(void)
 void unit_auth_register(void)
 {
     CU_pSuite s = unit_suite("auth");
-    unit_test(s, "lines, comments, CRLF, several per user; near misses", test_parse_and_check);
+    unit_test(s, "lines, comments, CRLF, several per user; near misses",
+              test_parse_and_check);
     unit_test(s, "malformed lines refused with their number", test_refused_lines);
     unit_test(s, "at most LIMIT_AUTH_USERS_MAX lines", test_too_many_lines);
     unit_test(s, "file: mode, empty, missing, directory", test_load_file);
