@@ -6,9 +6,12 @@
 # and values come from `openssl rand`, several clie processes in parallel,
 # every value read back and compared byte for byte), throws malformed input at
 # them, runs a memcached client library nobody on the team wrote (pymemcache)
-# and libmemcached's conformance checker (memccapable), checks limits, kills
-# servers with SIGKILL at random moments and checks that every acknowledged
-# write survived, and stops everything it started by PID, whatever happens.
+# and libmemcached's conformance checker (memccapable), checks limits (memory,
+# -c, idle and output-stall timeouts, a client that never reads, floods of
+# thousands of connections: tests/e2e_limits.py) and client authentication
+# (--auth-file, clie --user), kills servers with SIGKILL at random moments and
+# checks that every acknowledged write survived, and stops everything it
+# started by PID, whatever happens.
 #
 # Then it runs tests/e2e_cluster.sh: three replicas on 127.0.0.1, writes
 # through each read from the others, conflicting writers, kill -9 of a
@@ -17,7 +20,8 @@
 # Prints one line per check and ends with "N passed, N failed"; exits 1 if
 # anything failed. Knobs: E2E_KEYS (keys per workload, default 1000),
 # E2E_WORKERS (parallel clie workers, default 4), E2E_CRASH_ROUNDS (kill -9
-# rounds, default 5), SERVE, CLIE (binaries).
+# rounds, default 5), E2E_FLOOD (sockets in the flood checks, default 4000),
+# SERVE, CLIE (binaries).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -460,9 +464,148 @@ memcapable_checks() {
     stop_server capable
 }
 
+# py_checks NAME SCRIPT ARGS...: runs a python checker that prints "ok - " and
+# "FAIL - " lines, counting them as ours.
+py_checks() {
+    local name=$1 rc=0 line
+    shift
+    timeout 120 "$PY" "$@" >"$tmp/pycheck.out" 2>&1 || rc=$?
+    while IFS= read -r line; do
+        case $line in
+        "ok - "*) ok "$name: ${line#ok - }" ;;
+        "FAIL - "*) not_ok "$name: ${line#FAIL - }" ;;
+        *) echo "     $line" ;;
+        esac
+    done <"$tmp/pycheck.out"
+    [ "$rc" -eq 0 ] || not_ok "$name: $* exited $rc"
+}
+
+# A client that sends and never reads, and floods of connections: under and
+# over -c. FLOOD sockets (E2E_FLOOD, default 4000; fewer if ulimit -n is low).
+flood_checks() {
+    local n=${E2E_FLOOD:-4000} hard
+    # serve and the checker raise their own soft limits (up to the hard one).
+    hard=$(ulimit -Hn)
+    if [ "$hard" != unlimited ] && [ "$hard" -lt $((n + 1200)) ]; then
+        n=$((hard - 1200))
+        echo "     (ulimit -Hn is $hard: flooding with $n sockets)"
+    fi
+    start_server stall 0 -t --max-output 256k --output-stall-timeout 2
+    py_checks stall tests/e2e_limits.py stall "${SPORT[stall]}" "${SPID[stall]}" 2
+    check "stall: the server logged why it closed the connection" \
+        grep -q 'has not read its replies for 2 s' "$tmp/stall.log"
+    stop_server stall
+    start_server flood 0 -t -c $((n + 1000))
+    py_checks flood tests/e2e_limits.py flood "${SPORT[flood]}" "${SPID[flood]}" "$n" $((n + 1000))
+    stop_server flood
+    start_server flood 0 -t -c 300
+    py_checks "flood -c 300" tests/e2e_limits.py flood "${SPORT[flood]}" "${SPID[flood]}" \
+        $((n / 2)) 300
+    check "flood -c 300: refused connections are logged, a few a second" \
+        grep -q 'more refused connections (--max-conns) not logged' "$tmp/flood.log"
+    stop_server flood
+}
+
+# Client authentication (--auth-file, memcached's ASCII scheme).
+auth_checks() {
+    local users=$tmp/users pw=$tmp/pw bad=$tmp/badpw rc log=$tmp/authfail.log port
+    # A bad file stops the start, saying what is wrong.
+    try_auth_file() {
+        rc=0
+        timeout 10 "$SERVE" -p 0 -t -d "$tmp/authfail.data" --auth-file "$1" >"$log" 2>&1 || rc=$?
+        [ "$rc" -eq 1 ] && grep -q "cannot start: --auth-file: .*$2" "$log"
+    }
+    check "auth: a missing --auth-file stops the start (exit 1, 'cannot open')" \
+        try_auth_file "$tmp/nosuch" "cannot open"
+    printf 'alice:s3cret\n' >"$users"
+    chmod 644 "$users"
+    check "auth: an --auth-file others may read stops the start ('chmod 600 it')" \
+        try_auth_file "$users" "chmod 600 it"
+    : >"$users"
+    chmod 600 "$users"
+    check "auth: an empty --auth-file stops the start" try_auth_file "$users" "holds no USER:PASSWORD"
+    printf 'alice:s3cret\nbob\n' >"$users"
+    check "auth: a malformed line stops the start, naming it" try_auth_file "$users" "line 2: no ':'"
+    rc=0
+    "$SERVE" -p 0 -d "$tmp/authfail.data" -u --auth-file "$users" >/dev/null 2>&1 || rc=$?
+    check "auth: -u with --auth-file is a usage error (no UDP form)" [ "$rc" -eq 2 ]
+
+    printf '# test users\nalice:s3cret\nbob:pass with spaces\n' >"$users"
+    printf 's3cret\n' >"$pw"
+    printf 'wrong\n' >"$bad"
+    start_server auth 0 --auth-file "$users" --max-auth-failures 2 --auth-timeout 1
+    port=${SPORT[auth]}
+    check "auth: serve says UDP is off" grep -q 'UDP is off: --auth-file' "$tmp/auth.log"
+    expect_exit 5 "auth: clie without --user is refused" -p "$port" get k
+    check "auth: ...saying the server requires authentication" \
+        grep -q 'requires authentication: give --user' "$tmp/err"
+    expect_exit 5 "auth: a wrong password is refused" -p "$port" --user alice --password-file "$bad" get k
+    check "auth: ...as an authentication failure" grep -q 'authentication failed: .*CLIENT_ERROR authentication failure' "$tmp/err"
+    expect_out STORED "auth: clie --user --password-file stores" -p "$port" --user alice --password-file "$pw" put k v1
+    expect_out v1 "auth: ...and reads back" -p "$port" --user alice --password-file "$pw" get k
+    printf 'pass with spaces' >"$tmp/pw2"
+    expect_out v1 "auth: a password with spaces, file without a newline" -p "$port" --user bob --password-file "$tmp/pw2" get k
+    rc=0
+    timeout 20 "$PY" - "$port" >"$tmp/authraw.out" 2>&1 <<'PYEOF' || rc=$?
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+def ask(data, want):
+    s.sendall(data)
+    got = b""
+    while len(got) < len(want):
+        d = s.recv(4096)
+        if not d:
+            break
+        got += d
+    assert got == want, (data, got, want)
+ask(b"get k\r\nstats\r\n", b"CLIENT_ERROR unauthenticated\r\nCLIENT_ERROR unauthenticated\r\n")
+ask(b"set x 0 0 11\r\nalice wrong\r\n", b"CLIENT_ERROR authentication failure\r\n")
+ask(b"set x 0 0 12\r\nalice s3cret\r\nget k\r\n", b"STORED\r\nVALUE k 0 2\r\nv1\r\nEND\r\n")
+PYEOF
+    check "auth: raw protocol: commands refused before, a wrong password refused, then served $(head -c 200 "$tmp/authraw.out")" [ "$rc" -eq 0 ]
+    rc=0
+    timeout 20 "$PY" -c 'import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+t = time.monotonic()
+assert s.recv(10) == b"" and time.monotonic() - t < 4' "$port" || rc=$?
+    check "auth: --auth-timeout 1 closes a connection that does not log in" [ "$rc" -eq 0 ]
+    cl -p "$port" --user alice --password-file "$pw" stats >"$tmp/authstats" 2>&1 || true
+    check "auth: stats auth_timeouts counts it" grep -q '^auth_timeouts [1-9]' "$tmp/authstats"
+    check "auth: stats auth_cmds and auth_errors count the attempts" \
+        grep -q '^auth_errors [1-9]' "$tmp/authstats"
+    logged_not_password() {
+        grep -q "from 127.0.0.1:[0-9]*: authentication failed for user 'alice'" "$tmp/auth.log" &&
+            ! grep -q wrong "$tmp/auth.log"
+    }
+    check "auth: a failed attempt is logged with the peer address, not the password" \
+        logged_not_password
+    cl -p "$port" --user alice --password-file "$pw" bench -c 8 -n 4000 --ratio 1:1 --keys 100 >"$tmp/authbench" 2>&1 || true
+    check "auth: clie bench --user: 8 connections authenticate, 4000 requests, no error" \
+        grep -q '^requests *4000 (.*, 0 errors)' "$tmp/authbench"
+    expect_exit 5 "auth: clie bench with a wrong password exits 5" -p "$port" --user alice --password-file "$bad" bench -c 2 -n 10
+    # SIGHUP rereads the file: the new password in, the old out.
+    printf 'alice:n3w\n' >"$users"
+    printf 'n3w\n' >"$tmp/pw3"
+    kill -HUP "${SPID[auth]}"
+    for _ in $(seq 50); do grep -q 'SIGHUP: --auth-file .* reloaded' "$tmp/auth.log" && break; sleep 0.1; done
+    expect_out v1 "auth: after SIGHUP the new password works" -p "$port" --user alice --password-file "$tmp/pw3" get k
+    expect_exit 5 "auth: ...and the old one no longer does" -p "$port" --user alice --password-file "$pw" get k
+    # pymemcache gained username/password (ASCII auth) in 4.0.
+    if "$PY" -c 'import inspect, sys; from pymemcache.client.base import Client; sys.exit(0 if "username" in inspect.signature(Client).parameters else 1)' 2>/dev/null; then
+        rc=0
+        timeout 20 "$PY" -c 'import sys; from pymemcache.client.base import Client
+c = Client(("127.0.0.1", int(sys.argv[1])), username="alice", password="n3w", connect_timeout=5, timeout=5)
+assert c.get("k") == b"v1"' "$port" || rc=$?
+        check "auth: pymemcache with username/password" [ "$rc" -eq 0 ]
+    else
+        echo "     (pymemcache $("$PY" -c 'import pymemcache; print(pymemcache.__version__)') has no ASCII authentication (4.0 added it): skipped)"
+    fi
+    stop_server auth
+}
+
 limits_checks() {
-    local port rc
-    start_server limits 0 -t -c 3 -m 1 --idle-timeout 1
+    local port
+    start_server limits 0 -t -c 5 -m 1 --idle-timeout 1
     port=${SPORT[limits]}
     # -m 1: 1 MiB of items. Fill it, then writes fail and nothing is evicted.
     head -c 100000 /dev/zero | tr '\0' 'm' >"$tmp/100k"
@@ -486,24 +629,9 @@ limits_checks() {
     check "limits: nothing was evicted" [ "$intact" -eq 1 ]
     cl -t -p "$port" delete fill:0 >/dev/null
     expect_out STORED "limits: a delete makes room again" -t -p "$port" put "fill:new" - <"$tmp/100k"
-    # -c 3: the fourth connection is told why and closed.
-    rc=0
-    timeout 20 "$PY" - "$port" <<'PYEOF' || rc=$?
-import socket, sys, time
-port = int(sys.argv[1])
-held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
-time.sleep(0.2)
-extra = socket.create_connection(("127.0.0.1", port), timeout=5)
-got = extra.recv(100)
-assert got == b"SERVER_ERROR too many connections\r\n", got
-assert extra.recv(100) == b""
-held[0].sendall(b"version\r\n")
-assert held[0].recv(100).startswith(b"VERSION"), "held connection not served"
-# --idle-timeout 1: a silent connection is closed.
-time.sleep(2.5)
-assert held[1].recv(100) == b"", "idle connection still open"
-PYEOF
-    check "limits: -c 3 refuses the 4th connection with SERVER_ERROR; --idle-timeout closes silent ones" [ "$rc" -eq 0 ]
+    # -c 5 and --idle-timeout 1 (tests/e2e_limits.py).
+    py_checks limits tests/e2e_limits.py conns "$port" 5
+    py_checks limits tests/e2e_limits.py idle "$port" 1
     stop_server limits
 }
 
@@ -765,6 +893,12 @@ memcapable_checks
 
 echo "-- limits"
 limits_checks
+
+echo "-- a client that never reads; connection floods"
+flood_checks
+
+echo "-- client authentication (--auth-file)"
+auth_checks
 
 echo "-- kill -9 and restart"
 kill_restart tcp

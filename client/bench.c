@@ -10,7 +10,9 @@
  * the workers' histograms while they run, so those counters are relaxed
  * atomics with one writer each (a plain load and store on x86-64).
  *
- * A connection (struct conn) is CLOSED, CONNECTING or OPEN. When OPEN it has
+ * A connection (struct conn) is CLOSED, CONNECTING, AUTH or OPEN (AUTH: with
+ * a user, between connect and open: "version", then the credentials set if
+ * the server answered CLIENT_ERROR unauthenticated). When OPEN it has
  * up to `pipeline` outstanding requests in a ring of slots (send time, op,
  * key, the phase it was sent in); a reply is matched to the oldest slot. Its
  * request is written straight from its header buffer and the shared value
@@ -185,6 +187,7 @@ struct slot {
 enum conn_state {
     CS_CLOSED = 0,
     CS_CONNECTING,
+    CS_AUTH, /* authenticating; deadline_ns still runs */
     CS_OPEN,
 };
 
@@ -196,6 +199,7 @@ struct conn {
     enum conn_state st;
     uint32_t events;      /* registered with epoll */
     bool tried;           /* its first connection attempt has ended */
+    bool auth_sent;       /* AUTH: the credentials are out (else "version") */
     uint64_t deadline_ns; /* CONNECTING: give up then */
     uint64_t retry_ns;    /* CLOSED: reconnect then */
     unsigned backoff_ms;
@@ -268,6 +272,8 @@ struct shared {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     char *value; /* value_size bytes, then CRLF */
+    char *auth_req; /* "set auth 0 0 N\r\nUSER PASSWORD\r\n", with a user */
+    size_t auth_len;
     unsigned key_digits;
     /* Request line templates, the key's digits all '0' (put_key). */
     char set_tpl[HDR_CAP], get_tpl[HDR_CAP];
@@ -506,6 +512,18 @@ static void conn_connect(struct conn *c, uint64_t now)
         conn_opened(c, now);
 }
 
+static void conn_flush(struct conn *c, uint64_t now);
+
+/* Queues one request of the authentication exchange and writes it. */
+static void auth_send(struct conn *c, const void *p, size_t n, uint64_t now)
+{
+    c->iov[0].iov_base = (void *)p;
+    c->iov[0].iov_len = n;
+    c->iov_i = 0;
+    c->iov_n = 1;
+    conn_flush(c, now);
+}
+
 /* CONNECTING and writable: the attempt has ended one way or the other. */
 static void conn_connected(struct conn *c, uint64_t now)
 {
@@ -518,7 +536,83 @@ static void conn_connected(struct conn *c, uint64_t now)
         conn_failed(c, e, now);
         return;
     }
-    conn_opened(c, now);
+    if (c->w->sh->auth_req == NULL) {
+        conn_opened(c, now);
+        return;
+    }
+    c->st = CS_AUTH;
+    c->auth_sent = false;
+    if (conn_set_events(c, EPOLLIN) < 0) {
+        conn_failed(c, errno, now);
+        return;
+    }
+    auth_send(c, "version\r\n", 9, now);
+}
+
+/* The authentication exchange failed (e: EACCES refused, EPROTO odd reply). */
+static void auth_failed(struct conn *c, int e, const char *what, const char *line, size_t n,
+                        uint64_t now)
+{
+    struct worker *w = c->w;
+    char esc[100], msg[160];
+
+    w->conn_failures++;
+    /* The message first: bench_run reads it once it sees the errno. */
+    snprintf(msg, sizeof(msg), "%s: %s", what, log_escape(esc, sizeof(esc), line, n));
+    set_first(w->first_conn_err, sizeof(w->first_conn_err), msg);
+    if (atomic_load_explicit(&w->first_conn_errno, memory_order_relaxed) == 0)
+        atomic_store(&w->first_conn_errno, e);
+    c->tried = true;
+    conn_close(c, now);
+}
+
+/* AUTH and readable: a reply to "version" or to the credentials. */
+static void auth_read(struct conn *c, uint64_t now)
+{
+    const struct shared *sh = c->w->sh;
+    ssize_t n;
+    int rc;
+
+    if (c->in_len == c->in_cap && conn_grow(c, c->in_cap + 1) < 0) {
+        conn_failed(c, ENOMEM, now);
+        return;
+    }
+    n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+    if (n == 0) {
+        conn_failed(c, ECONNRESET, now);
+        return;
+    }
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            conn_failed(c, errno, now);
+        return;
+    }
+    c->in_len += (size_t)n;
+    rc = client_reply_parse(&c->r, c->in, c->in_len);
+    if (rc == 0)
+        return;
+    if (rc < 0 || c->r.len != c->in_len) {
+        auth_failed(c, EPROTO, "malformed reply while authenticating", c->in, c->in_len, now);
+        return;
+    }
+    c->in_len = 0;
+    if (!c->auth_sent) {
+        static const char unauth[] = "CLIENT_ERROR unauthenticated";
+        if (c->r.type == CLIENT_REPLY_VERSION) {
+            conn_opened(c, now); /* no authentication asked for */
+        } else if (c->r.line_len == strlen(unauth) &&
+                   memcmp(c->r.line, unauth, strlen(unauth)) == 0) {
+            c->auth_sent = true;
+            auth_send(c, sh->auth_req, sh->auth_len, now);
+        } else {
+            auth_failed(c, EPROTO, "unexpected reply to version", c->r.line, c->r.line_len,
+                        now);
+        }
+    } else if (c->r.type == CLIENT_REPLY_STORED) {
+        conn_opened(c, now);
+    } else {
+        auth_failed(c, EACCES, "authentication refused", c->r.line, c->r.line_len, now);
+    }
 }
 
 /* A UDP send or receive failed (errno e): counted, and the socket goes on;
@@ -999,6 +1093,12 @@ static void conn_event(struct conn *c, uint32_t ev, uint64_t now)
     case CS_CONNECTING:
         conn_connected(c, now);
         return;
+    case CS_AUTH:
+        if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
+            auth_read(c, now);
+        if (c->st == CS_AUTH && (ev & EPOLLOUT))
+            conn_flush(c, now);
+        return;
     case CS_OPEN:
         if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
             if (c->w->sh->cfg->udp)
@@ -1026,6 +1126,7 @@ static void worker_scan(struct worker *w, uint64_t now)
         struct conn *c = &w->conns[i];
         switch (c->st) {
         case CS_CONNECTING:
+        case CS_AUTH:
             if (now >= c->deadline_ns)
                 conn_failed(c, ETIMEDOUT, now);
             break;
@@ -1433,6 +1534,18 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res, char *er
     if (cfg->key_dist == BENCH_KEYS_ZIPF &&
         zipf_init(&sh.zipf, cfg->keys, cfg->zipf_s) < 0)
         return util_errf(err, cap, -EINVAL, "bad zipf parameters");
+    if (cfg->user) {
+        size_t nu = strlen(cfg->user), cap_req = 64 + nu + cfg->npass;
+        int h;
+        if ((sh.auth_req = malloc(cap_req)) == NULL)
+            return util_errf(err, cap, -ENOMEM, "out of memory");
+        h = snprintf(sh.auth_req, cap_req, "set auth 0 0 %zu\r\n", nu + 1 + cfg->npass);
+        memcpy(sh.auth_req + h, cfg->user, nu);
+        sh.auth_req[h + nu] = ' ';
+        memcpy(sh.auth_req + h + nu + 1, cfg->pass, cfg->npass);
+        memcpy(sh.auth_req + h + nu + 1 + cfg->npass, "\r\n", 2);
+        sh.auth_len = (size_t)h + nu + 1 + cfg->npass + 2;
+    }
     atomic_init(&sh.phase, PH_CONNECT);
     atomic_init(&sh.settled, 0);
     atomic_init(&sh.conns_up, 0);
@@ -1515,12 +1628,20 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res, char *er
     res->conns_up = atomic_load(&sh.conns_up);
     if (res->conns_up == 0) {
         int e = 0;
+        unsigned wi = 0;
         for (unsigned i = 0; i < nw && e == 0; i++)
-            e = atomic_load(&ws[i].first_conn_errno);
+            if ((e = atomic_load(&ws[i].first_conn_errno)) != 0)
+                wi = i;
         if (e == 0)
             e = ECONNREFUSED;
-        rc = util_errf(err, cap, -e, "cannot connect to %s port %u: %s", cfg->host,
-                       cfg->port, strerror(e));
+        if (e == EACCES || e == EPROTO)
+            /* Connected, but the authentication did not go through: what
+             * the server said is worth more than strerror. */
+            rc = util_errf(err, cap, -e, "%s port %u: %s", cfg->host, cfg->port,
+                           ws[wi].first_conn_err);
+        else
+            rc = util_errf(err, cap, -e, "cannot connect to %s port %u: %s", cfg->host,
+                           cfg->port, strerror(e));
         goto stop;
     }
 
@@ -1639,6 +1760,10 @@ out:
     free(ws);
     free(tmp);
     free(sh.value);
+    if (sh.auth_req) {
+        memset(sh.auth_req, 0, sh.auth_len); /* the password */
+        free(sh.auth_req);
+    }
     return rc;
 }
 

@@ -32,7 +32,10 @@
  *   stop     no new requests; the outstanding ones are waited for (up to
  *            timeout_ms) and counted if they were sent while measuring
  * Connections that fail or are lost later are counted and reopened with a
- * backoff (100 ms doubling to 1 s).
+ * backoff (100 ms doubling to 1 s). With a user, a TCP connection counts as
+ * open once it has authenticated (memcached's ASCII scheme; connect and
+ * authentication share timeout_ms); a refusal is a failed attempt, and when
+ * every connection is refused, bench_run returns -EACCES.
  *
  * Keys are chosen uniformly or with a Zipf distribution (lib/zipf.h: key 0
  * the most frequent), from a per-thread generator seeded with `seed`.
@@ -85,6 +88,11 @@ struct bench_config {
     bool preload;   /* set every key once before warming up */
     int timeout_ms; /* connect, and longest wait for a reply */
     uint64_t seed;  /* for the key choices */
+    /* Non-NULL: every TCP connection authenticates first (client_auth()'s
+     * exchange: version, then the credentials if the server asks for them). */
+    const char *user;
+    const char *pass;
+    size_t npass;
     /* Where to print one progress line per second while measuring (and a
      * line when preloading and warming up start), or NULL for none. */
     FILE *live;
@@ -155,7 +163,8 @@ struct bench_result {
  * when the run happened (errors, if any, are in res), -EINVAL for a bad
  * config, -ENOMEM, or a negative errno when no connection could be opened
  * (-ECONNREFUSED, -ETIMEDOUT, -EHOSTUNREACH for a name that does not
- * resolve...), with a sentence in err in every failure case.
+ * resolve, -EACCES when the server refused the credentials...), with a
+ * sentence in err in every failure case.
  */
 int bench_run(const struct bench_config *cfg, struct bench_result *res, char *err,
               size_t cap);

@@ -8,7 +8,8 @@
  *
  *   0 success; 1 condition not met (NOT_FOUND, NOT_STORED, EXISTS, a get
  *   miss); 2 usage error; 3 no answer (connect, timeout, lost connection,
- *   unknown outcome of a UDP write); 4 the server answered with an error.
+ *   unknown outcome of a UDP write); 4 the server answered with an error;
+ *   5 authentication: refused, or asked for and not given (--user).
  *
  * Options are parsed with getopt_long in "return in order" mode ("-" at the
  * start of optstring): options may come before or after the command without
@@ -45,12 +46,15 @@ enum {
     EXIT_USAGE = 2,
     EXIT_NOANSWER = 3,
     EXIT_SERVER = 4,
+    EXIT_AUTH = 5,
 };
 
 /* Long-only options. */
 enum {
     OPT_TIMEOUT = 256,
     OPT_RETRIES,
+    OPT_USER,
+    OPT_PASSWORD_FILE,
     /* bench */
     OPT_DURATION,
     OPT_WARMUP,
@@ -81,6 +85,10 @@ struct opts {
     int oprtn; /* -1: not given */
     const char *key;
     const char *val;
+    const char *user;          /* --user: authenticate every TCP connection */
+    const char *password_file; /* --password-file */
+    char *password;            /* its first line (read once the options are in) */
+    size_t npassword;
 };
 
 struct ctx {
@@ -291,14 +299,20 @@ static const struct subcmd subcmds[] = {
      "progress: ops/s in the last second and so far, p99 so far. Ctrl-C ends the\n"
      "run early and still reports.\n"
      "\n"
+     "With --user and --password-file (given before `bench`), every connection\n"
+     "authenticates first, as clie does (see --help); a connection the server\n"
+     "refuses counts as a failed attempt.\n"
+     "\n"
      "Exit status: 0 when the run completed, even with errors (they are in the\n"
-     "report); 2 for a bad option; 3 if no connection could be opened.\n",
+     "report); 2 for a bad option; 3 if no connection could be opened; 5 if the\n"
+     "server refused the credentials on every connection.\n",
      "  clie bench\n"
      "  clie -p 11300 bench -c 1 --duration 5\n"
      "  clie bench -c 100 -T 4 --ratio 1:9 --keys 10000 --preload --warmup 2\n"
      "  clie bench -n 100000 --value-size 4k --json\n"
      "  clie bench -c 4 -d 16 --ratio 1:9 --dist zipf --preload\n"
-     "  clie bench -u -c 20 --ratio 0:1 --preload --keys 1000\n",
+     "  clie bench -u -c 20 --ratio 0:1 --preload --keys 1000\n"
+     "  clie --user app --password-file app.pw bench -c 20\n",
      run_bench},
     {"help", NULL, NULL, 0, 1, "[COMMAND]", "show this help, or a command's details",
      "Without COMMAND, the same as --help. With COMMAND, its usage, what it does\n"
@@ -332,6 +346,15 @@ static const char help_head[] =
     "                       version. add, update, cas, append, prepend, incr and\n"
     "                       decr are sent once: if the reply is lost, the outcome\n"
     "                       is unknown\n"
+    "      --user=NAME      authenticate as NAME first, on every TCP connection\n"
+    "                       (bench's too): memcached's ASCII authentication, as\n"
+    "                       serve --auth-file and memcached -Y ask for. clie sends\n"
+    "                       \"version\" first and the credentials only if the\n"
+    "                       server answers CLIENT_ERROR unauthenticated. TCP only;\n"
+    "                       needs --password-file\n"
+    "      --password-file=FILE  the password: the first line of FILE, its\n"
+    "                       newline dropped (never on the command line, where ps\n"
+    "                       would show it)\n"
     "\n"
     "Storing (put, update, add, append, prepend, cas):\n"
     "  -f, --flags=N        client flags stored with the value, 0..4294967295\n"
@@ -376,12 +399,17 @@ static const char help_tail[] =
     "     was not retried and whose outcome is therefore unknown\n"
     "  4  the server answered with an error (ERROR, CLIENT_ERROR ..., SERVER_ERROR\n"
     "     ...; the line is printed on stderr) or with a reply clie cannot parse\n"
+    "  5  authentication: the server refused --user/--password-file\n"
+    "     (CLIENT_ERROR authentication failure), or it requires authentication\n"
+    "     and no --user was given (CLIENT_ERROR unauthenticated)\n"
     "  bench: 0 when the run completed, even with errors (its report counts them),\n"
-    "  2 for a bad option, 3 if no connection could be opened\n"
+    "  2 for a bad option, 3 if no connection could be opened, 5 if the server\n"
+    "  refused the credentials on every connection\n"
     "\n"
     "Examples:\n"
     "  clie -s 127.0.0.1 -p 11211 -u -o 3 -k foo -v bar    (classic: put)\n"
     "  clie -o 1 -k foo                                      (classic: get)\n"
+    "  clie --user app --password-file app.pw get greeting   (serve --auth-file)\n"
     "  head -c 5000 /dev/urandom | clie -o 3 -k blob -v -\n";
 
 static void print_help(FILE *f)
@@ -487,6 +515,51 @@ static int check_key(const struct subcmd *sc, const char *key)
                        LIMIT_KEY_BYTES_MAX);
 }
 
+/*
+ * Reads the first line of --password-file into x->o.password (its newline,
+ * and a CR before it, dropped). Returns -1 to go on, or EXIT_USAGE.
+ */
+static int read_password(struct ctx *x)
+{
+    const char *path = x->o.password_file;
+    char buf[LIMIT_AUTH_PASSWORD_BYTES_MAX + 3];
+    size_t n = 0;
+    FILE *f = fopen(path, "re");
+
+    if (f == NULL)
+        return usage_error(NULL, "cannot read --password-file %s: %s", path, strerror(errno));
+    n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    char *nl = memchr(buf, '\n', n);
+    if (nl)
+        n = (size_t)(nl - buf);
+    if (n > 0 && buf[n - 1] == '\r')
+        n--;
+    if (n == 0 || n > LIMIT_AUTH_PASSWORD_BYTES_MAX) {
+        memset(buf, 0, sizeof(buf));
+        return usage_error(NULL, "--password-file %s: the first line must hold the password, "
+                                 "1..%d bytes",
+                           path, LIMIT_AUTH_PASSWORD_BYTES_MAX);
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)buf[i];
+        if (ch < 0x20 || ch == 0x7f) {
+            memset(buf, 0, sizeof(buf));
+            return usage_error(NULL, "--password-file %s: the password has a control "
+                                     "character", path);
+        }
+    }
+    x->o.password = malloc(n);
+    if (x->o.password == NULL) {
+        diag("out of memory");
+        return EXIT_NOANSWER;
+    }
+    memcpy(x->o.password, buf, n);
+    x->o.npassword = n;
+    memset(buf, 0, sizeof(buf));
+    return -1;
+}
+
 /* Reads all of stdin into x->input. Returns 0 or an exit status. */
 static int read_stdin(struct ctx *x)
 {
@@ -544,6 +617,19 @@ static int exchange(struct ctx *x, const void *data, size_t len, bool has_data)
             return rc == -EINVAL ? EXIT_USAGE : EXIT_NOANSWER;
         }
         x->open = true;
+        if (x->o.user) {
+            rc = client_auth(&x->c, x->o.user, x->o.password, x->o.npassword, &x->r);
+            if (rc == -EACCES) {
+                diag("authentication failed: %s", client_error(&x->c));
+                return EXIT_AUTH;
+            }
+            if (rc < 0) {
+                diag("authentication: %s", client_error(&x->c));
+                return exit_for_error(rc);
+            }
+            if (rc == 1)
+                log_info("clie", "the server does not ask for authentication: --user unused");
+        }
     }
     rc = client_request(&x->c, &req, &x->r);
     if (rc < 0) {
@@ -559,12 +645,28 @@ static bool is_error_reply(const struct client_reply *r)
            r->type == CLIENT_REPLY_SERVER_ERROR;
 }
 
-/* The server answered with an error line: show it; exit status 4. */
+/* The server answered with an error line: show it; exit status 4, or 5
+ * when it says the connection is not authenticated (before it is, memcached's
+ * scheme takes any set for credentials, hence the other two). */
 static int server_error(struct ctx *x)
 {
+    static const char *const auth_replies[] = {
+        "CLIENT_ERROR unauthenticated",
+        "CLIENT_ERROR authentication failure",
+        "CLIENT_ERROR bad authentication token format",
+    };
     char esc[512];
 
     diag("server error: %s", log_escape(esc, sizeof(esc), x->r.line, x->r.line_len));
+    for (size_t i = 0; i < ARRAY_SIZE(auth_replies); i++) {
+        size_t n = strlen(auth_replies[i]);
+        if (x->r.line_len == n && memcmp(x->r.line, auth_replies[i], n) == 0) {
+            diag(x->o.user ? "the server does not take the credentials"
+                           : "the server requires authentication: give --user NAME and "
+                             "--password-file FILE");
+            return EXIT_AUTH;
+        }
+    }
     return EXIT_SERVER;
 }
 
@@ -1203,6 +1305,13 @@ static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n)
         return usage_error(sc, "unexpected argument '%s'", args[optind - 1]);
     if (cfg.requests > 0 && duration_given)
         return usage_error(sc, "give -n/--requests or --duration, not both");
+    if (x->o.user) {
+        if (cfg.udp)
+            return usage_error(sc, "--user works over TCP only");
+        cfg.user = x->o.user;
+        cfg.pass = x->o.password;
+        cfg.npass = x->o.npassword;
+    }
     /* A lost datagram is not worth 10 s of a socket's time. */
     if (cfg.udp && !timeout_given)
         cfg.timeout_ms = BENCH_UDP_TIMEOUT_MS;
@@ -1228,7 +1337,7 @@ static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n)
     if (rc < 0) {
         diag("%s", err);
         free(res);
-        return rc == -EINVAL ? EXIT_USAGE : EXIT_NOANSWER;
+        return rc == -EINVAL ? EXIT_USAGE : rc == -EACCES ? EXIT_AUTH : EXIT_NOANSWER;
     }
     if (json)
         bench_print_json(stdout, &cfg, res);
@@ -1275,6 +1384,8 @@ static const struct option long_opts[] = {
     {"log", required_argument, NULL, 'l'},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"retries", required_argument, NULL, OPT_RETRIES},
+    {"user", required_argument, NULL, OPT_USER},
+    {"password-file", required_argument, NULL, OPT_PASSWORD_FILE},
     {"flags", required_argument, NULL, 'f'},
     {"exptime", required_argument, NULL, 'e'},
     {"quiet", no_argument, NULL, 'q'},
@@ -1346,6 +1457,17 @@ static int parse_args(struct ctx *x, int argc, char **argv, char **pos, int *npo
                                    optarg);
             x->o.retries = u;
             break;
+        case OPT_USER:
+            if (!client_auth_user_valid(optarg, strlen(optarg)))
+                return usage_error(NULL,
+                                   "--user must be 1..%d bytes without spaces or control "
+                                   "characters",
+                                   LIMIT_AUTH_USER_BYTES_MAX);
+            x->o.user = optarg;
+            break;
+        case OPT_PASSWORD_FILE:
+            x->o.password_file = optarg;
+            break;
         case 'f':
             if (parse_u32_arg(optarg, UINT32_MAX, &x->o.flags) < 0)
                 return usage_error(NULL, "--flags must be 0..4294967295, not '%s'",
@@ -1412,6 +1534,13 @@ rest:
         puts("clie (tpckv) " TPCKV_VERSION);
         return EXIT_OK;
     }
+    if ((x->o.user != NULL) != (x->o.password_file != NULL))
+        return usage_error(NULL, "--user and --password-file go together");
+    if (x->o.user && x->o.transport == CLIENT_UDP)
+        return usage_error(NULL, "--user works over TCP only (memcached's authentication has "
+                                 "no UDP form; a server that asks for it serves no UDP)");
+    if (x->o.password_file)
+        return read_password(x);
     return -1;
 }
 
@@ -1510,6 +1639,10 @@ done:
     client_reply_free(&x.r);
     buf_free(&x.line);
     buf_free(&x.input);
+    if (x.o.password) {
+        memset(x.o.password, 0, x.o.npassword);
+        free(x.o.password);
+    }
     free(pos);
     return rc;
 }

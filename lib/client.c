@@ -1115,3 +1115,88 @@ int client_request(struct client *c, const struct client_request *req,
     log_reply(r);
     return 0;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Authentication                                                           */
+
+bool client_auth_user_valid(const char *user, size_t n)
+{
+    if (n == 0 || n > LIMIT_AUTH_USER_BYTES_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)user[i];
+        if (ch <= 0x20 || ch == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+static bool reply_is(const struct client_reply *r, const char *line)
+{
+    return span_is(r->line, r->line_len, line);
+}
+
+int client_auth(struct client *c, const char *user, const void *pass, size_t npass,
+                struct client_reply *r)
+{
+    struct client_request req = {.line = "version", .line_len = 7};
+    char line[64], esc[200];
+    struct buf data = {0};
+    size_t nuser = strlen(user);
+    int rc;
+
+    if (c->transport != CLIENT_TCP) {
+        set_err(c, "%s: authentication works over TCP only", c->peer);
+        return -EINVAL;
+    }
+    if (!client_auth_user_valid(user, nuser) || npass == 0 ||
+        npass > LIMIT_AUTH_PASSWORD_BYTES_MAX) {
+        set_err(c, "invalid user name or password");
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < npass; i++) {
+        unsigned char ch = ((const unsigned char *)pass)[i];
+        if (ch < 0x20 || ch == 0x7f) {
+            set_err(c, "the password has a control character");
+            return -EINVAL;
+        }
+    }
+    if ((rc = client_request(c, &req, r)) < 0)
+        return rc;
+    if (r->type == CLIENT_REPLY_VERSION)
+        return 1; /* it runs commands: no authentication asked for */
+    if (!reply_is(r, "CLIENT_ERROR unauthenticated")) {
+        set_err(c, "%s: unexpected reply to version: %s", c->peer,
+                log_escape(esc, sizeof(esc), r->line, r->line_len));
+        return -EPROTO;
+    }
+    if (buf_reserve(&data, nuser + 1 + npass) < 0) {
+        set_err(c, "out of memory");
+        return -ENOMEM;
+    }
+    memcpy(data.data, user, nuser);
+    data.data[nuser] = ' ';
+    memcpy(data.data + nuser + 1, pass, npass);
+    data.len = nuser + 1 + npass;
+    req.line = line;
+    req.line_len = (size_t)snprintf(line, sizeof(line), "set auth 0 0 %zu", data.len);
+    req.data = data.data;
+    req.data_len = data.len;
+    req.has_data = true;
+    rc = client_request(c, &req, r);
+    memset(data.data, 0, data.len); /* the password */
+    buf_free(&data);
+    if (rc < 0)
+        return rc;
+    if (r->type == CLIENT_REPLY_STORED)
+        return 0;
+    log_escape(esc, sizeof(esc), r->line, r->line_len);
+    if (r->type == CLIENT_REPLY_CLIENT_ERROR || r->type == CLIENT_REPLY_ERROR ||
+        r->type == CLIENT_REPLY_SERVER_ERROR) {
+        set_err(c, "%s refused user '%s': %s", c->peer,
+                log_escape(line, sizeof(line), user, nuser), esc);
+        return -EACCES;
+    }
+    set_err(c, "%s: unexpected reply to the credentials: %s", c->peer, esc);
+    return -EPROTO;
+}

@@ -198,6 +198,28 @@ const char *client_error(const struct client *c);
 int client_request(struct client *c, const struct client_request *req,
                    struct client_reply *r);
 
+/*
+ * Authenticates an open TCP connection with memcached's ASCII scheme (serve
+ * --auth-file, memcached -Y). First "version": a server that answers it
+ * needs no authentication, and is not sent the credentials (without -Y, the
+ * credentials set would store a key). If it answers CLIENT_ERROR
+ * unauthenticated, "set auth 0 0 N" with the data "USER PASSWORD" follows.
+ * user: 1..LIMIT_AUTH_USER_BYTES_MAX bytes without spaces or control bytes;
+ * pass: 1..LIMIT_AUTH_PASSWORD_BYTES_MAX bytes without control bytes. r is
+ * used for the replies (client_reply_init()ed).
+ *
+ * Returns 0 when authenticated, 1 when the server does not ask for it, or:
+ *   -EACCES   the server refused the credentials (client_error() quotes it)
+ *   -EINVAL   bad user or password, or a UDP connection
+ *   -EPROTO   a reply that belongs to neither case (quoted)
+ *   or client_request()'s errors (the connection is then closed).
+ */
+int client_auth(struct client *c, const char *user, const void *pass, size_t npass,
+                struct client_reply *r);
+
+/* Whether user[0..n) may be sent as a user name (see client_auth). */
+bool client_auth_user_valid(const char *user, size_t n);
+
 void client_reply_init(struct client_reply *r);
 /* Frees what r owns (items, raw) and re-initialises it. */
 void client_reply_free(struct client_reply *r);

@@ -51,11 +51,57 @@
 #define LIMIT_MEMORY_MB_DEFAULT 1024
 
 /* --max-output: bytes of replies queued for one connection before the server
- * stops reading its requests (backpressure; it resumes when the client reads). */
+ * stops reading its requests (backpressure; it resumes when the client reads).
+ * A connection's queue holds at most this plus one request's reply (values
+ * are referenced, not copied: see outq.h). */
 #define LIMIT_CONN_OUTPUT_BYTES_DEFAULT (4 * 1024 * 1024)
+
+/* --output-stall-timeout: seconds a connection's queued replies may wait
+ * without the client taking a byte of them before it is disconnected (a
+ * client that sends and never reads would otherwise hold its connection,
+ * its queue and the items it references for good); 0 = never. */
+#define LIMIT_OUTPUT_STALL_TIMEOUT_S_DEFAULT 30
 
 /* --idle-timeout: seconds a connection may be silent; 0 = never close. */
 #define LIMIT_IDLE_TIMEOUT_S_DEFAULT 0
+
+/* Connection threads look at their connections' timeouts (idle, output
+ * stall, authentication) this often. Fixed. */
+#define LIMIT_CONN_SWEEP_MS 250
+
+/* File descriptors serve keeps for itself (log, data directory, peers,
+ * listeners, event loops) besides one per client connection: at start it
+ * raises its RLIMIT_NOFILE soft limit to --max-conns plus this, if allowed. */
+#define LIMIT_FDS_RESERVED 64
+
+/* Warnings about events a client can cause at will (refused connections,
+ * failed authentications, failed accepts): at most this many a second per
+ * kind; the rest are counted and summed up in the next one. Fixed. */
+#define LIMIT_LOG_BURST_PER_S 5
+
+/* ---- client authentication (--auth-file) ----------------------------------- */
+
+/* A user name in the auth file: 1..250 bytes, no spaces, ':' or control
+ * characters (like a key). */
+#define LIMIT_AUTH_USER_BYTES_MAX 250
+/* A password: 1..1024 bytes, no control characters. */
+#define LIMIT_AUTH_PASSWORD_BYTES_MAX 1024
+/* Lines (users) in the auth file; several lines may name one user (a
+ * password being changed). Each costs one comparison per attempt. */
+#define LIMIT_AUTH_USERS_MAX 1024
+/* The auth file's size: users times the longest line, with room. */
+#define LIMIT_AUTH_FILE_BYTES_MAX (4 * 1024 * 1024)
+/* The data block of memcached's authentication "set": "USER PASSWORD". A
+ * longer one cannot match; the connection is closed rather than made to
+ * buffer it. memcached allows 16384; no real credential is that long. */
+#define LIMIT_AUTH_TOKEN_BYTES_MAX 4096
+/* --auth-timeout: seconds a connection may stay unauthenticated before it
+ * is closed (it holds one of --max-conns meanwhile); 0 = never. */
+#define LIMIT_AUTH_TIMEOUT_S_DEFAULT 10
+/* --max-auth-failures: failed attempts on one connection before it is
+ * closed (a client with the right password needs one). */
+#define LIMIT_AUTH_FAILURES_DEFAULT 3
+#define LIMIT_AUTH_FAILURES_MAX 1000
 
 /* -d/--data-dir: where the log, snapshots and lock file live. */
 #define LIMIT_DATA_DIR_DEFAULT "./data"

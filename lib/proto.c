@@ -27,6 +27,17 @@
  *     data chunk", the block and the two bytes after it are dropped
  *   - a line too long, or an HTTP request line         -> PROTO_CLOSE
  * The exact error strings are memcached's where clients or tools compare them.
+ *
+ * Before a connection authenticates (serve --auth-file), proto_parse_auth()
+ * reads memcached's ASCII authentication form instead, and nothing else:
+ *
+ *   set <any> <any> <any> <bytes> [...]   followed by "USER PASSWORD" and "\r\n"
+ *   quit
+ *   any other line                        -> "CLIENT_ERROR unauthenticated"
+ *
+ * The key, flags and exptime are ignored (memcached 1.6's -Y behaviour);
+ * <bytes> is bounded by LIMIT_AUTH_TOKEN_BYTES_MAX, so an unauthenticated
+ * client makes the server buffer at most a line and a token.
  */
 #include "proto.h"
 
@@ -135,6 +146,8 @@ static size_t tokenize(const char *line, size_t n, struct token *tok, size_t max
     }
     return count;
 }
+
+static bool ends_with_http(const char *line, size_t n);
 
 static bool tok_is(const struct token *t, const char *s)
 {
@@ -404,13 +417,7 @@ enum proto_status proto_parse(const char *buf, size_t len, const struct proto_li
         return close_conn(req, "line too long");
     if (req->cmd == PROTO_CMD_NONE) {
         /* "GET / HTTP/1.1": someone speaking HTTP at us; hang up. */
-        size_t e = n, b;
-        while (e > 0 && buf[e - 1] == ' ')
-            e--;
-        b = e;
-        while (b > 0 && buf[b - 1] != ' ')
-            b--;
-        if (e - b >= 5 && memcmp(buf + b, "HTTP/", 5) == 0)
+        if (ends_with_http(buf, n))
             return close_conn(req, "HTTP request on the memcached port");
         return fail(req, "ERROR", line_len, consumed);
     }
@@ -419,6 +426,89 @@ enum proto_status proto_parse(const char *buf, size_t len, const struct proto_li
     if (req->cmd >= PROTO_CMD_SET && req->cmd <= PROTO_CMD_CAS)
         return parse_storage(buf, len, line_len, tok, ntok, lim, req, consumed);
     return parse_other(tok, ntok, line_len, req, consumed);
+}
+
+/* True if the last token of line[0..n) starts with "HTTP/". */
+static bool ends_with_http(const char *line, size_t n)
+{
+    size_t e = n, b;
+
+    while (e > 0 && line[e - 1] == ' ')
+        e--;
+    b = e;
+    while (b > 0 && line[b - 1] != ' ')
+        b--;
+    return e - b >= 5 && memcmp(line + b, "HTTP/", 5) == 0;
+}
+
+enum proto_auth_status proto_parse_auth(const char *buf, size_t len, struct proto_auth *a,
+                                        size_t *consumed)
+{
+    struct token tok[5];
+    const char *nl, *data, *sp;
+    size_t line_len, n, ntok, total;
+    uint64_t nbytes;
+
+    memset(a, 0, sizeof(*a));
+    *consumed = 0;
+    if (len == 0)
+        return PROTO_AUTH_NEED_MORE;
+    nl = memchr(buf, '\n', len < LIMIT_LINE_BYTES_MAX + 2 ? len : LIMIT_LINE_BYTES_MAX + 2);
+    if (nl == NULL) {
+        if (len > LIMIT_LINE_BYTES_MAX + 1) {
+            a->error = "line too long before authentication";
+            return PROTO_AUTH_CLOSE;
+        }
+        return PROTO_AUTH_NEED_MORE;
+    }
+    line_len = (size_t)(nl - buf) + 1;
+    n = line_len - 1;
+    if (n > 0 && buf[n - 1] == '\r')
+        n--;
+    if (n > LIMIT_LINE_BYTES_MAX) {
+        a->error = "line too long before authentication";
+        return PROTO_AUTH_CLOSE;
+    }
+    ntok = tokenize(buf, n, tok, 5);
+    if (ntok >= 1 && tok_is(&tok[0], "quit")) {
+        *consumed = line_len;
+        return PROTO_AUTH_QUIT;
+    }
+    if (ntok < 5 || !tok_is(&tok[0], "set") || util_parse_u64(tok[4].p, tok[4].n, &nbytes) < 0) {
+        if (ends_with_http(buf, n)) {
+            a->error = "HTTP request on the memcached port";
+            return PROTO_AUTH_CLOSE;
+        }
+        a->error = "CLIENT_ERROR unauthenticated";
+        *consumed = line_len;
+        return PROTO_AUTH_REFUSE;
+    }
+    if (nbytes > LIMIT_AUTH_TOKEN_BYTES_MAX) {
+        a->error = "authentication token too long";
+        a->reply = "CLIENT_ERROR auth token too long";
+        return PROTO_AUTH_CLOSE;
+    }
+    total = line_len + (size_t)nbytes + 2;
+    if (len < total) {
+        a->need = total;
+        return PROTO_AUTH_NEED_MORE;
+    }
+    *consumed = total;
+    data = buf + line_len;
+    if (data[nbytes] != '\r' || data[nbytes + 1] != '\n') {
+        a->error = "CLIENT_ERROR bad command line termination";
+        return PROTO_AUTH_REFUSE;
+    }
+    sp = memchr(data, ' ', (size_t)nbytes);
+    if (sp == NULL) {
+        a->error = "CLIENT_ERROR bad authentication token format";
+        return PROTO_AUTH_REFUSE;
+    }
+    a->user = data;
+    a->nuser = (size_t)(sp - data);
+    a->pass = sp + 1;
+    a->npass = (size_t)(data + nbytes - (sp + 1));
+    return PROTO_AUTH_TOKEN;
 }
 
 int64_t proto_exptime_abs_ms(int64_t exptime, int64_t now_ms)

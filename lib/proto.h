@@ -122,6 +122,34 @@ enum proto_status proto_parse(const char *buf, size_t len, const struct proto_li
                               struct proto_req *req, size_t *consumed);
 
 /*
+ * Before a connection has authenticated (serve --auth-file): memcached's ASCII
+ * authentication. The only request that does anything is a "set" whose data
+ * block is "USER PASSWORD" (key, flags and exptime ignored); "quit" closes;
+ * every other line is answered CLIENT_ERROR unauthenticated.
+ */
+enum proto_auth_status {
+    PROTO_AUTH_NEED_MORE = 0, /* incomplete: call again with more (need: total if known) */
+    PROTO_AUTH_TOKEN,         /* credentials in user/pass; drop *consumed bytes */
+    PROTO_AUTH_REFUSE,        /* reply error; drop *consumed bytes */
+    PROTO_AUTH_QUIT,          /* drop *consumed bytes and close */
+    PROTO_AUTH_CLOSE,         /* send reply if not NULL, then close; error says why */
+};
+
+struct proto_auth {
+    const char *user, *pass; /* TOKEN: point into the caller's buffer */
+    size_t nuser, npass;     /* USER is before the data's first space, PASSWORD after */
+    const char *error;       /* REFUSE: the reply line (no CRLF); CLOSE: the reason */
+    const char *reply;       /* CLOSE: a line to send first, or NULL */
+    size_t need;
+};
+
+/* Parses the first request of buf[0..len) as above. A line over
+ * LIMIT_LINE_BYTES_MAX, a data block over LIMIT_AUTH_TOKEN_BYTES_MAX, or an
+ * HTTP request line closes the connection. Pure, like proto_parse(). */
+enum proto_auth_status proto_parse_auth(const char *buf, size_t len, struct proto_auth *a,
+                                        size_t *consumed);
+
+/*
  * Iterates the keys of a retrieval request: set *pos = 0 first; each call
  * stores the next key in *key and its length in *nkey and returns true, or returns false at the
  * end.

@@ -21,7 +21,16 @@
  * else, so its replies stay in request order and a read after its own write
  * sees that write. Replies reference stored items instead of copying values
  * (outq.h); a client that stops reading is not read from once --max-output
- * bytes are queued for it.
+ * bytes are queued for it, and is closed when the socket has taken none of
+ * them for --output-stall-timeout seconds.
+ *
+ * LIMITS IN TIME. Each connection thread checks its own connections every
+ * LIMIT_CONN_SWEEP_MS (lt_sweep): the output stall above, --auth-timeout and
+ * --idle-timeout. Without threads, the main loop's timer does it.
+ *
+ * AUTHENTICATION. With --auth-file, a connection that has not logged in
+ * runs its bytes through proto_parse_auth (memcached's ASCII scheme) instead
+ * of the parser, until a credentials set matches (conn_authenticate).
  *
  * WRITES. store_prepare() evaluates the condition (add: absent, cas: version,
  * incr: numeric...) against the committed state and builds the new item. A
@@ -54,8 +63,8 @@
  * kernel's share of a request (read, writev) runs in parallel. A connection
  * belongs to its thread: its read buffer, output queue and handle are
  * touched by nobody else. What another thread has for it (a write durable,
- * a 2PC outcome, a wake-up, a lock-wait timeout, an idle kick) is posted to
- * the connection and run by its own thread (conn_post). Replies reference
+ * a 2PC outcome, a wake-up, a lock-wait timeout) is posted to the
+ * connection and run by its own thread (conn_post). Replies reference
  * items whose counts are atomic, so a write that completes outside the lock
  * may drop the last reference to an item the store has replaced.
  */
@@ -113,6 +122,18 @@ struct counters {
     uint64_t udp_requests, udp_replies, udp_dropped;
     uint64_t writes_logged, writes_waited, writes_failed;
     uint64_t txn_retries, txn_busy, reads_waited, lock_wait_timeouts;
+    uint64_t auth_cmds, auth_errors, auth_timeouts, auth_failure_closes;
+    uint64_t output_stall_closes;
+};
+
+/* Warnings of one kind that a client can cause at will (refused connections,
+ * failed authentications...): at most LIMIT_LOG_BURST_PER_S a second; the
+ * rest are counted and the count is logged later (ratelog_*). */
+struct ratelog {
+    const char *what; /* "refused connections", for the summary line */
+    uint64_t second;  /* the current one-second window (monotonic) */
+    unsigned n;       /* lines logged in it */
+    uint64_t dropped; /* not logged since the last summary */
 };
 
 struct conn;
@@ -137,6 +158,9 @@ struct lthread {
     int *fds;                             /* accepted sockets to adopt (srv->mu) */
     size_t nfds, capfds;
     size_t nconns;
+    struct conn *conns;  /* its TCP connections (srv->mu), for lt_sweep */
+    uv_timer_t sweep;    /* connection threads: timeouts (lt_sweep) */
+    bool sweep_open;
 };
 
 /* Connections blocked until something finishes (a write holding a key,
@@ -174,6 +198,7 @@ struct server {
     int64_t now_ms;          /* wall clock, read once per event */
     enum log_level log_base; /* the level serve started with ("verbosity 0") */
     struct counters st;
+    struct ratelog rl_refused, rl_accept, rl_auth, rl_auth_timeout;
     char *udp_rbuf;
     struct buf scratch; /* encodes log records */
     struct freelist wreqs; /* spare struct wreq: one per write, reused (freelist.h) */
@@ -270,6 +295,12 @@ struct conn {
     bool handle_closed; /* uv_close done: free once no write is pending */
     bool close_after_flush;
     uint64_t last_active_ms;
+    uint64_t opened_ms;        /* when it was accepted (--auth-timeout) */
+    bool authed;               /* may run commands (always, without --auth-file) */
+    unsigned auth_failures;    /* failed attempts (--max-auth-failures) */
+    /* Output stall (--output-stall-timeout): bytes the socket took so far;
+     * what lt_sweep saw last, and since when it has not moved. */
+    uint64_t sent_bytes, stall_sent, stall_since_ms;
     unsigned npending;         /* our writes in the log, awaiting durability */
     struct creq *cpending;     /* our write under two-phase commit */
     unsigned attempts;         /* conflict retries of the request in front */
@@ -286,6 +317,7 @@ struct conn {
     char peer[INET6_ADDRSTRLEN + 8];
     /* Threads: the owner, and what others posted for it (srv->mu). */
     struct lthread *lt;
+    struct conn *lt_prev, *lt_next; /* on lt->conns (TCP) */
     bool posted, in_flushq;
     struct conn *post_next, *flush_next;
     unsigned post;         /* POST_* */
@@ -298,7 +330,6 @@ struct conn {
 enum {
     POST_RUN = 1,          /* woken: go on with the buffered requests */
     POST_LOCK_TIMEOUT = 2, /* its wait for a transaction's outcome timed out */
-    POST_IDLE = 4,         /* maybe idle past --idle-timeout */
 };
 
 /* ---- helpers ---------------------------------------------------------------- */
@@ -306,6 +337,48 @@ enum {
 static void refresh_now(struct server *srv)
 {
     srv->now_ms = util_now_unix_ms();
+}
+
+/* Whether one more warning of rl's kind may be logged now (lock held). When
+ * it may, *dropped is how many were not logged before it, to mention. */
+static bool ratelog_allow(struct ratelog *rl, uint64_t *dropped)
+{
+    uint64_t sec = util_mono_ns() / 1000000000u;
+
+    if (sec != rl->second) {
+        rl->second = sec;
+        rl->n = 0;
+    }
+    if (rl->n >= LIMIT_LOG_BURST_PER_S) {
+        rl->dropped++;
+        return false;
+    }
+    rl->n++;
+    *dropped = rl->dropped;
+    rl->dropped = 0;
+    return true;
+}
+
+/* " (N more not logged before this)" for a line ratelog_allow() let through
+ * after dropping N, or "". Returns buf. */
+static const char *ratelog_note(char *buf, size_t cap, uint64_t dropped)
+{
+    if (dropped == 0)
+        buf[0] = '\0';
+    else
+        snprintf(buf, cap, " (%llu more not logged before this)", (unsigned long long)dropped);
+    return buf;
+}
+
+/* Logs how many warnings of rl's kind went unlogged, once their second is
+ * over (the timer; lock held). */
+static void ratelog_flush(struct ratelog *rl)
+{
+    if (rl->dropped == 0 || util_mono_ns() / 1000000000u == rl->second)
+        return;
+    log_warn(MOD, "%llu more %s not logged (at most %d a second are)",
+             (unsigned long long)rl->dropped, rl->what, LIMIT_LOG_BURST_PER_S);
+    rl->dropped = 0;
 }
 
 void server_config_defaults(struct server_config *cfg)
@@ -323,7 +396,10 @@ void server_config_defaults(struct server_config *cfg)
     cfg->get_line_bytes_max = LIMIT_GET_LINE_BYTES_DEFAULT;
     cfg->get_keys_max = LIMIT_GET_KEYS_DEFAULT;
     cfg->conn_output_bytes_max = LIMIT_CONN_OUTPUT_BYTES_DEFAULT;
+    cfg->output_stall_timeout_s = LIMIT_OUTPUT_STALL_TIMEOUT_S_DEFAULT;
     cfg->idle_timeout_s = LIMIT_IDLE_TIMEOUT_S_DEFAULT;
+    cfg->auth_timeout_s = LIMIT_AUTH_TIMEOUT_S_DEFAULT;
+    cfg->auth_failures_max = LIMIT_AUTH_FAILURES_DEFAULT;
     cfg->data_dir = LIMIT_DATA_DIR_DEFAULT;
     cfg->fsync_mode = WAL_FSYNC_ALWAYS;
     cfg->fsync_interval_ms = LIMIT_FSYNC_INTERVAL_MS_DEFAULT;
@@ -366,6 +442,9 @@ static __thread bool tl_wal_staged, tl_kick_main;
  * callbacks): hand its log records to the writer, wake the main loop for
  * its frames. Once per turn, however many requests the turn ran. */
 static void lt_flush(struct lthread *lt);
+
+static void lt_on_sweep(uv_timer_t *t);
+static bool sweep_wanted(const struct server *srv);
 
 static void lt_on_check(uv_check_t *h)
 {
@@ -1070,7 +1149,13 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
         stat_u64(o, "max_get_keys", cfg->get_keys_max);
         stat_u64(o, "max_line", cfg->get_line_bytes_max);
         stat_u64(o, "max_output", cfg->conn_output_bytes_max);
+        stat_u64(o, "output_stall_timeout", cfg->output_stall_timeout_s);
+        stat_u64(o, "max_conn_writes", cfg->conn_writes_max);
         stat_u64(o, "idle_timeout", cfg->idle_timeout_s);
+        stat_str(o, "auth_enabled_ascii", cfg->auth ? (cfg->auth_file ? cfg->auth_file : "yes")
+                                                    : "no");
+        stat_u64(o, "auth_timeout", cfg->auth_timeout_s);
+        stat_u64(o, "max_auth_failures", cfg->auth_failures_max);
         stat_str(o, "evictions", "off");
         stat_u64(o, "num_threads", 1);
         stat_str(o, "data_dir", cfg->data_dir);
@@ -1113,6 +1198,11 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
     stat_u64(o, "rejected_connections", c->rejected_connections);
     stat_u64(o, "protocol_closes", c->protocol_closes);
     stat_u64(o, "idle_kicks", c->idle_kicks);
+    stat_u64(o, "output_stall_closes", c->output_stall_closes);
+    stat_u64(o, "auth_cmds", c->auth_cmds);
+    stat_u64(o, "auth_errors", c->auth_errors);
+    stat_u64(o, "auth_timeouts", c->auth_timeouts);
+    stat_u64(o, "auth_failure_closes", c->auth_failure_closes);
     stat_u64(o, "cmd_get", c->cmd_get);
     stat_u64(o, "cmd_set", c->cmd_set);
     stat_u64(o, "cmd_flush", c->cmd_flush);
@@ -2024,8 +2114,15 @@ static void conn_free(struct conn *c)
         *pp = c->flush_next;
     }
     free(c->post_line);
-    if (!c->udp)
+    if (!c->udp) {
         c->lt->nconns--;
+        if (c->lt_prev)
+            c->lt_prev->lt_next = c->lt_next;
+        else
+            c->lt->conns = c->lt_next;
+        if (c->lt_next)
+            c->lt_next->lt_prev = c->lt_prev;
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -2102,16 +2199,16 @@ static void conn_stream_keys(struct conn *c)
     }
 }
 
-static void conn_idle_kick(struct conn *c);
-
 static void conn_on_write(uv_write_t *req, int status)
 {
     struct conn *c = req->data;
     struct server *srv = c->srv;
 
     outq_consume(&c->out, c->in_flight);
-    if (status == 0)
+    if (status == 0) {
         __atomic_fetch_add(&srv->st.bytes_written, c->in_flight, __ATOMIC_RELAXED);
+        c->sent_bytes += c->in_flight;
+    }
     c->in_flight = 0;
     if (status == UV_ECANCELED || (status == 0 && c->closing))
         return;
@@ -2172,6 +2269,7 @@ static void conn_flush(struct conn *c)
         }
         if (r > 0) {
             outq_consume(&c->out, (size_t)r);
+            c->sent_bytes += (uint64_t)r;
             __atomic_fetch_add(&c->srv->st.bytes_written, (uint64_t)r, __ATOMIC_RELAXED);
             if (c->out.bytes == 0) {
                 if (c->close_after_flush && c->npending == 0)
@@ -2210,6 +2308,71 @@ static void conn_set_reading(struct conn *c, bool on)
         conn_close(c, "cannot read");
 }
 
+/*
+ * One request of a connection that has not authenticated (--auth-file; c's
+ * thread, lock held): memcached's ASCII authentication, proto_parse_auth().
+ * Right credentials: STORED, and the connection runs commands from the next
+ * request on. Wrong ones: CLIENT_ERROR authentication failure, logged (the
+ * user name, never the password), and the --max-auth-failures'th closes the
+ * connection. Anything else: CLIENT_ERROR unauthenticated. Returns 1 with
+ * *consumed bytes done, 0 when more bytes are needed (c->need set), or
+ * -ENOMEM. A connection that must go gets close_after_flush.
+ */
+static int conn_authenticate(struct conn *c, const char *p, size_t n, size_t *consumed)
+{
+    struct server *srv = c->srv;
+    struct proto_auth a;
+    uint64_t dropped = 0;
+    char name[96], note[64];
+    int r = 0;
+
+    switch (proto_parse_auth(p, n, &a, consumed)) {
+    case PROTO_AUTH_NEED_MORE:
+        c->need = a.need;
+        return 0;
+    case PROTO_AUTH_QUIT:
+        c->need = 0;
+        c->close_after_flush = true;
+        return 1;
+    case PROTO_AUTH_CLOSE:
+        srv->st.protocol_closes++;
+        log_info(MOD, "conn %llu from %s: %s; closing", (unsigned long long)c->id, c->peer,
+                 a.error);
+        if (a.reply)
+            r = reply_line(&c->out, a.reply);
+        c->close_after_flush = true;
+        *consumed = n;
+        return r < 0 ? r : 1;
+    case PROTO_AUTH_REFUSE:
+        c->need = 0;
+        return reply_line(&c->out, a.error) < 0 ? -ENOMEM : 1;
+    case PROTO_AUTH_TOKEN:
+        break;
+    }
+    c->need = 0;
+    srv->st.auth_cmds++;
+    log_escape(name, sizeof(name), a.user, a.nuser);
+    if (auth_check(srv->cfg.auth, a.user, a.nuser, a.pass, a.npass)) {
+        c->authed = true;
+        log_debug(MOD, "conn %llu from %s: authenticated as %s", (unsigned long long)c->id,
+                  c->peer, name);
+        return reply(&c->out, "STORED\r\n") < 0 ? -ENOMEM : 1;
+    }
+    srv->st.auth_errors++;
+    bool last = ++c->auth_failures >= srv->cfg.auth_failures_max;
+    if (last) {
+        srv->st.auth_failure_closes++;
+        c->close_after_flush = true;
+    }
+    if (ratelog_allow(&srv->rl_auth, &dropped))
+        log_warn(MOD, "conn %llu from %s: authentication failed for user '%s' (attempt %u of "
+                      "%u%s)%s",
+                 (unsigned long long)c->id, c->peer, name, c->auth_failures,
+                 srv->cfg.auth_failures_max, last ? "; closing" : "",
+                 ratelog_note(note, sizeof(note), dropped));
+    return reply(&c->out, "CLIENT_ERROR authentication failure\r\n") < 0 ? -ENOMEM : 1;
+}
+
 /* Parses and executes every complete request in the read buffer, until one
  * has to wait. */
 static void conn_process(struct conn *c)
@@ -2231,6 +2394,15 @@ static void conn_process(struct conn *c)
             break; /* backpressure: resume from conn_on_write */
         if (c->rlen - pos == 0 || c->rlen - pos < c->need)
             break;
+        if (!c->authed) {
+            r = conn_authenticate(c, c->rbuf + pos, c->rlen - pos, &consumed);
+            if (r == 0)
+                break;
+            if (r < 0)
+                goto oom;
+            pos += consumed;
+            continue;
+        }
         st = proto_parse(c->rbuf + pos, c->rlen - pos, &srv->lim, &req, &consumed);
         if (st == PROTO_NEED_MORE) {
             if (c->udp) {
@@ -2459,9 +2631,17 @@ static void on_connection(uv_stream_t *listener, int status)
 {
     struct server *srv = listener->data;
     struct conn *c;
+    uint64_t dropped;
+    char note[64];
 
     if (status < 0) {
-        log_warn(MOD, "accept: %s", uv_strerror(status));
+        /* EMFILE: libuv accepted and closed it (its spare descriptor). */
+        if (ratelog_allow(&srv->rl_accept, &dropped))
+            log_warn(MOD, "accept: %s%s%s", uv_strerror(status),
+                     status == UV_EMFILE ? " (the connection was closed: raise ulimit -n, "
+                                           "or lower --max-conns)"
+                                         : "",
+                     ratelog_note(note, sizeof(note), dropped));
         return;
     }
     if (srv->nconns >= srv->cfg.max_conns) {
@@ -2470,8 +2650,10 @@ static void on_connection(uv_stream_t *listener, int status)
             return;
         uv_tcp_init(srv->loop, t);
         if (uv_accept(listener, (uv_stream_t *)t) == 0) {
-            log_warn(MOD, "connection refused: %zu open, --max-conns is %zu", srv->nconns,
-                     srv->cfg.max_conns);
+            if (ratelog_allow(&srv->rl_refused, &dropped))
+                log_warn(MOD, "connection refused: %zu open, --max-conns is %zu%s",
+                         srv->nconns, srv->cfg.max_conns,
+                         ratelog_note(note, sizeof(note), dropped));
             reject_conn(srv, t);
         } else {
             uv_close((uv_handle_t *)t, reject_on_close);
@@ -2513,7 +2695,11 @@ static void conn_hand_over(struct server *srv, uv_stream_t *listener)
         nfd = fcntl(fd, F_DUPFD_CLOEXEC, 3); /* the handle closes fd; nfd moves */
     uv_close((uv_handle_t *)t, reject_on_close);
     if (nfd < 0) {
-        log_warn(MOD, "accept: cannot hand the connection over: %s", strerror(errno));
+        uint64_t dropped;
+        char note[64];
+        if (ratelog_allow(&srv->rl_accept, &dropped))
+            log_warn(MOD, "accept: cannot hand the connection over: %s%s", strerror(errno),
+                     ratelog_note(note, sizeof(note), dropped));
         return;
     }
     if (lt->nfds == lt->capfds) {
@@ -2566,6 +2752,12 @@ static void conn_start(struct conn *c)
     outq_init(&c->out, false);
     conn_link(srv, c);
     c->lt->nconns++;
+    c->lt_next = c->lt->conns;
+    if (c->lt->conns)
+        c->lt->conns->lt_prev = c;
+    c->lt->conns = c;
+    c->opened_ms = c->last_active_ms;
+    c->authed = srv->cfg.auth == NULL;
     uv_tcp_nodelay(&c->tcp, 1);
 
     struct sockaddr_storage ss;
@@ -2700,6 +2892,7 @@ static void udp_on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
     }
     c->srv = srv;
     c->udp = true;
+    c->authed = true; /* no UDP with --auth-file (server_new) */
     c->lt = &srv->lt[0];
     c->rcap = c->rlen = n;
     memcpy(c->rbuf, buf->base + LIMIT_UDP_HEADER_BYTES, n);
@@ -2746,8 +2939,6 @@ static void conn_run_posted(struct conn *c)
     }
     if (what & POST_LOCK_TIMEOUT)
         lock_wait_expired(c);
-    if (what & POST_IDLE)
-        conn_idle_kick(c);
     /* These may free c (the last of them); they go on with c's requests. */
     if (w) {
         while (w) {
@@ -2821,6 +3012,10 @@ static void lt_close(struct lthread *lt)
         uv_close((uv_handle_t *)&lt->async, NULL);
         uv_close((uv_handle_t *)&lt->check, NULL);
     }
+    if (lt->sweep_open) {
+        lt->sweep_open = false;
+        uv_close((uv_handle_t *)&lt->sweep, NULL);
+    }
 }
 
 static void lt_on_async(uv_async_t *h)
@@ -2882,10 +3077,22 @@ static int lt_start(struct server *srv, char *err, size_t cap)
         lt->check.data = lt;
         uv_check_start(&lt->check, lt_on_check);
         uv_unref((uv_handle_t *)&lt->check);
+        if (sweep_wanted(srv)) {
+            /* Each thread checks its own connections' time limits: their
+             * output queues and handles are its alone. */
+            uv_timer_init(lt->loop, &lt->sweep);
+            lt->sweep.data = lt;
+            uv_timer_start(&lt->sweep, lt_on_sweep, LIMIT_CONN_SWEEP_MS, LIMIT_CONN_SWEEP_MS);
+            uv_unref((uv_handle_t *)&lt->sweep);
+            lt->sweep_open = true;
+        }
         if ((r = pthread_create(&lt->thread, NULL, lt_main, lt)) != 0) {
             lt_async_dead(lt);
             uv_close((uv_handle_t *)&lt->async, NULL);
             uv_close((uv_handle_t *)&lt->check, NULL);
+            if (lt->sweep_open)
+                uv_close((uv_handle_t *)&lt->sweep, NULL);
+            lt->sweep_open = false;
             lt->async_open = false;
             uv_run(lt->loop, UV_RUN_DEFAULT);
             uv_loop_close(lt->loop);
@@ -3123,18 +3330,94 @@ static void snapshot_maybe(struct server *srv)
 
 /* ---- timers, lifecycle ------------------------------------------------------ */
 
-/* Closes c if it is idle past --idle-timeout with nothing owed (c's thread). */
-static void conn_idle_kick(struct conn *c)
+/* Bytes of c's replies the socket has taken: written, plus the part of the
+ * write in flight libuv has written already (c's thread). */
+static uint64_t conn_sent(struct conn *c)
+{
+    size_t unwritten = c->in_flight ? uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) : 0;
+
+    return c->sent_bytes + (c->in_flight > unwritten ? c->in_flight - unwritten : 0);
+}
+
+/*
+ * Closes c if it is past one of its time limits (c's thread, lock held):
+ *   --output-stall-timeout  replies queued and the client has not taken a
+ *                           byte of them for that long (it sends and never
+ *                           reads: its queue, and the items it references,
+ *                           would be held for good);
+ *   --auth-timeout          not authenticated that long after connecting;
+ *   --idle-timeout          silent that long, with nothing owed to it.
+ */
+static void conn_check_time(struct conn *c, uint64_t now)
 {
     struct server *srv = c->srv;
+    const struct server_config *cfg = &srv->cfg;
+    uint64_t dropped;
+    char note[64];
+
+    if (c->closing || c->udp)
+        return;
+    if (cfg->output_stall_timeout_s && c->out.bytes > 0) {
+        uint64_t sent = conn_sent(c);
+        if (c->stall_since_ms == 0 || sent != c->stall_sent) {
+            c->stall_sent = sent;
+            c->stall_since_ms = now;
+        } else if (now - c->stall_since_ms >= (uint64_t)cfg->output_stall_timeout_s * 1000) {
+            srv->st.output_stall_closes++;
+            log_warn(MOD, "conn %llu from %s closed: it has not read its replies for %u s "
+                          "(%zu bytes queued; --output-stall-timeout)",
+                     (unsigned long long)c->id, c->peer, cfg->output_stall_timeout_s,
+                     c->out.bytes);
+            conn_close(c, NULL);
+            return;
+        }
+    } else {
+        c->stall_since_ms = 0;
+    }
+    if (!c->authed && cfg->auth_timeout_s &&
+        now - c->opened_ms >= (uint64_t)cfg->auth_timeout_s * 1000) {
+        srv->st.auth_timeouts++;
+        if (ratelog_allow(&srv->rl_auth_timeout, &dropped))
+            log_info(MOD, "conn %llu from %s closed: not authenticated within %u s "
+                          "(--auth-timeout)%s",
+                     (unsigned long long)c->id, c->peer, cfg->auth_timeout_s,
+                     ratelog_note(note, sizeof(note), dropped));
+        conn_close(c, NULL);
+        return;
+    }
+    if (cfg->idle_timeout_s && now - c->last_active_ms > (uint64_t)cfg->idle_timeout_s * 1000 &&
+        c->out.bytes == 0 && c->npending == 0 && c->cpending == NULL && c->waiting == NULL) {
+        srv->st.idle_kicks++;
+        conn_close(c, "idle timeout");
+    }
+}
+
+/* Checks the time limits of lt's connections (lt's thread, lock held). */
+static void lt_sweep(struct lthread *lt)
+{
     uint64_t now = util_mono_ns() / 1000000u;
 
-    if (srv->cfg.idle_timeout_s == 0 || c->closing ||
-        now - c->last_active_ms <= (uint64_t)srv->cfg.idle_timeout_s * 1000 ||
-        c->out.bytes != 0 || c->npending > 0 || c->cpending != NULL || c->waiting != NULL)
-        return;
-    srv->st.idle_kicks++;
-    conn_close(c, "idle timeout");
+    for (struct conn *c = lt->conns, *next; c; c = next) {
+        next = c->lt_next;
+        conn_check_time(c, now);
+    }
+}
+
+/* A connection thread's sweep timer. */
+static void lt_on_sweep(uv_timer_t *t)
+{
+    struct lthread *lt = t->data;
+
+    srv_lock(lt->srv);
+    lt_sweep(lt);
+    srv_unlock(lt->srv);
+}
+
+/* Whether any connection time limit is set (lt_sweep has work). */
+static bool sweep_wanted(const struct server *srv)
+{
+    return srv->cfg.idle_timeout_s || srv->cfg.output_stall_timeout_s ||
+           (srv->cfg.auth && srv->cfg.auth_timeout_s);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -3151,20 +3434,19 @@ static void on_timer(uv_timer_t *t)
     snapshot_maybe(srv);
     if (srv->cluster && srv->cfg.lock_wait_ms)
         lock_wait_timeouts(srv);
-    if (srv->cfg.idle_timeout_s) {
-        uint64_t now = util_mono_ns() / 1000000u;
-        uint64_t limit = (uint64_t)srv->cfg.idle_timeout_s * 1000;
-        for (struct conn *c = srv->conns, *next; c; c = next) {
-            next = c->next;
-            /* conn_idle_kick checks the rest, on c's thread. */
-            if (c->udp || c->closing || now - c->last_active_ms <= limit)
-                continue;
-            if (conn_local(c))
-                conn_idle_kick(c);
-            else
-                conn_post(c, POST_IDLE); /* its output queue is its thread's */
-        }
-    }
+    /* Without connection threads, the main loop owns the connections. */
+    if (!srv->mt && sweep_wanted(srv))
+        lt_sweep(&srv->lt[0]);
+    ratelog_flush(&srv->rl_refused);
+    ratelog_flush(&srv->rl_accept);
+    ratelog_flush(&srv->rl_auth);
+    ratelog_flush(&srv->rl_auth_timeout);
+}
+
+void server_set_auth(struct server *srv, const struct auth *a)
+{
+    assert(srv->cfg.auth != NULL && a != NULL);
+    srv->cfg.auth = a;
 }
 
 struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int *err)
@@ -3178,6 +3460,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
         (!cfg->tcp && !cfg->udp) || cfg->data_dir == NULL || cfg->data_dir[0] == '\0' ||
         cfg->wal_segment_bytes < 4096 || cfg->nreplicas > LIMIT_REPLICAS_MAX ||
         cfg->threads > LIMIT_THREADS_MAX || cfg->conn_writes_max == 0 ||
+        (cfg->auth && (cfg->udp || cfg->auth_failures_max == 0)) ||
         (cfg->nreplicas > 0 && (cfg->prepare_timeout_ms == 0 || cfg->epoch == 0))) {
         *err = -EINVAL;
         return NULL;
@@ -3209,6 +3492,10 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     pthread_mutexattr_destroy(&ma);
     pthread_mutex_init(&srv->wake_mu, NULL);
     srv->lock_fd = -1;
+    srv->rl_refused.what = "refused connections (--max-conns)";
+    srv->rl_accept.what = "accept failures";
+    srv->rl_auth.what = "authentication failures";
+    srv->rl_auth_timeout.what = "authentication timeouts";
     freelist_init(&srv->wreqs, sizeof(struct wreq), cfg->max_conns);
     srv->lim.value_bytes_max = cfg->value_bytes_max;
     srv->lim.get_line_bytes_max = cfg->get_line_bytes_max;

@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "limits.h"
 #include "peer.h"
 #include "wal.h"
@@ -32,8 +33,16 @@ struct server_config {
     size_t get_line_bytes_max;
     size_t get_keys_max;
     size_t conn_output_bytes_max;
+    unsigned output_stall_timeout_s; /* queued replies not taken that long: close; 0 = never */
     unsigned conn_writes_max; /* one connection's writes in the log at once */
     unsigned idle_timeout_s; /* 0 = never */
+    /* Client authentication (memcached's ASCII scheme, -Y): with auth set, a
+     * TCP connection must authenticate before anything else; UDP must be
+     * off. Borrowed until server_free (server_set_auth replaces it). */
+    const struct auth *auth;
+    const char *auth_file;     /* its path, for stats settings */
+    unsigned auth_timeout_s;   /* unauthenticated that long: close; 0 = never */
+    unsigned auth_failures_max; /* failed attempts before the connection closes */
     uint64_t hash_seed;
     /* Durability. */
     const char *data_dir;
@@ -71,6 +80,16 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
  * holds the data directory. On error nothing stays bound.
  */
 int server_start(struct server *srv, char *err, size_t errcap);
+
+/*
+ * Replaces the credentials connections authenticate against (SIGHUP reloads
+ * the auth file). Call from the main loop's thread, which holds the server's
+ * lock while its callbacks run; the caller keeps owning both tables and may
+ * free the previous one once this returns. Connections already
+ * authenticated stay so. Only for a server started with cfg.auth set; a is
+ * not NULL.
+ */
+void server_set_auth(struct server *srv, const struct auth *a);
 
 /* Starts a snapshot now (SIGUSR1). Returns 0, or -EBUSY if one is running. */
 int server_snapshot(struct server *srv);

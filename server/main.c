@@ -2,6 +2,7 @@
  * serve - the tpckv server: flags, logging, signals, and the libuv loop.
  * Everything else lives in lib/ (server.c wires the pieces together).
  */
+#include "auth.h"
 #include "limits.h"
 #include "log.h"
 #include "server.h"
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
@@ -44,6 +46,22 @@ static void usage(FILE *f)
 "                          With neither -t nor -u: TCP, plus UDP when ADDR is a\n"
 "                          loopback address. UDP on a public address can be\n"
 "                          abused to amplify traffic, so it must be asked for.\n"
+"\n"
+"Client authentication (memcached's ASCII scheme, as memcached -Y):\n"
+"      --auth-file FILE    clients must authenticate before any other command:\n"
+"                          \"set <any> 0 0 <n>\" with the data \"USER PASSWORD\"\n"
+"                          (STORED, or CLIENT_ERROR authentication failure);\n"
+"                          anything else gets CLIENT_ERROR unauthenticated.\n"
+"                          FILE holds USER:PASSWORD lines ('#' comments) and\n"
+"                          must not be readable by group or others (chmod 600);\n"
+"                          serve refuses to start otherwise. SIGHUP rereads it.\n"
+"                          UDP is not served with it (-u is refused). Without\n"
+"                          it, anyone who reaches the port reads and writes\n"
+"                          everything: keep the default loopback --host\n"
+"      --auth-timeout SEC  close a connection not authenticated by then; 0 =\n"
+"                          never  [default: %d]\n"
+"      --max-auth-failures N  failed attempts before the connection is closed\n"
+"                          [default: %d]\n"
 "\n"
 "Durability:\n"
 "  -d, --data-dir DIR      write-ahead log, snapshots and lock file; created if\n"
@@ -106,15 +124,22 @@ static void usage(FILE *f)
 "      --max-get-keys N    most keys in one get  [default: %d]\n"
 "      --max-output BYTES  replies queued for one connection before the server\n"
 "                          stops reading its requests  [default: %d]\n"
+"      --output-stall-timeout SEC  close a connection whose queued replies the\n"
+"                          client has not read a byte of for SEC seconds (it\n"
+"                          sends and never reads); 0 = never  [default: %d]\n"
 "      --idle-timeout SEC  close connections silent this long; 0 = never\n"
 "                          [default: %d]\n"
 "\n"
 "  -h, --help              show this help and exit\n"
 "  -V, --version           show the version and exit\n"
 "\n"
+"Signals: SIGINT, SIGTERM stop; SIGUSR1 takes a snapshot; SIGHUP rereads\n"
+"--auth-file (a bad file is logged and the old users stay).\n"
+"\n"
 "Exit status: 0 after a clean stop, 1 if the server cannot start (the port is\n"
 "taken, the data directory is in use or damaged: the log says which file and\n"
-"what to do), 2 for a bad option.\n"
+"what to do; --auth-file missing, empty, malformed or readable by others), 2\n"
+"for a bad option.\n"
 "\n"
 "Examples:\n"
 "  serve                              TCP and UDP on 127.0.0.1:11211, data in ./data\n"
@@ -127,7 +152,10 @@ static void usage(FILE *f)
 "  serve -p 11300 -l debug            another port, log every request\n"
 "  serve -s 0.0.0.0 -t -m 4096        TCP only on every interface, 4 GiB\n"
 "  serve -u -p 11211 --max-value 64k  UDP only, values up to 64 KiB\n"
+"  serve -s 0.0.0.0 --auth-file users TCP on every interface, clients log in\n"
+"                                     (users: lines like app:s3cret, chmod 600)\n"
 "  clie -p 11300 put greeting hello   then talk to it with clie\n",
+            LIMIT_AUTH_TIMEOUT_S_DEFAULT, LIMIT_AUTH_FAILURES_DEFAULT,
             LIMIT_DATA_DIR_DEFAULT, LIMIT_FSYNC_INTERVAL_MS_DEFAULT,
             (unsigned long long)LIMIT_SNAPSHOT_BYTES_DEFAULT,
             (unsigned long long)LIMIT_WAL_SEGMENT_BYTES_DEFAULT, LIMIT_SECRET_BYTES_MIN,
@@ -136,7 +164,8 @@ static void usage(FILE *f)
             LIMIT_THREADS_MAX,
             LIMIT_VALUE_BYTES_DEFAULT,
             LIMIT_GET_LINE_BYTES_DEFAULT, LIMIT_GET_KEYS_DEFAULT,
-            LIMIT_CONN_OUTPUT_BYTES_DEFAULT, LIMIT_IDLE_TIMEOUT_S_DEFAULT);
+            LIMIT_CONN_OUTPUT_BYTES_DEFAULT, LIMIT_OUTPUT_STALL_TIMEOUT_S_DEFAULT,
+            LIMIT_IDLE_TIMEOUT_S_DEFAULT);
 }
 
 static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -190,9 +219,43 @@ static bool host_is_loopback(const char *host)
     return loop;
 }
 
+/*
+ * Every client connection is a file descriptor: raise the soft
+ * RLIMIT_NOFILE to fit --max-conns (and what serve needs besides) when the
+ * hard limit allows, and say so when it does not, rather than fail accepts
+ * later. (memcached does the same.)
+ */
+static void raise_fd_limit(size_t max_conns)
+{
+    struct rlimit rl;
+    rlim_t want = (rlim_t)max_conns + LIMIT_FDS_RESERVED;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= want)
+        return;
+    rlim_t old = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
+    if (rl.rlim_cur > old && setrlimit(RLIMIT_NOFILE, &rl) == 0)
+        log_info(MOD, "open files limit raised from %llu to %llu for --max-conns %zu",
+                 (unsigned long long)old, (unsigned long long)rl.rlim_cur, max_conns);
+    else
+        rl.rlim_cur = old;
+    if (rl.rlim_cur < want)
+        log_warn(MOD, "--max-conns %zu needs about %llu open files but the limit is %llu "
+                      "(hard %llu): connections past about %llu will fail; raise ulimit -n "
+                      "or lower --max-conns",
+                 max_conns, (unsigned long long)want, (unsigned long long)rl.rlim_cur,
+                 (unsigned long long)rl.rlim_max,
+                 rl.rlim_cur > LIMIT_FDS_RESERVED
+                     ? (unsigned long long)(rl.rlim_cur - LIMIT_FDS_RESERVED)
+                     : 0ull);
+}
+
 struct ctx {
     struct server *srv;
-    uv_signal_t sigint, sigterm, sigusr1;
+    uv_signal_t sigint, sigterm, sigusr1, sighup;
+    bool sighup_on;
+    const char *auth_file;
+    struct auth *auth; /* what the server checks clients against (it borrows it) */
 };
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -205,11 +268,30 @@ static void on_signal(uv_signal_t *h, int signum)
             log_warn(MOD, "SIGUSR1: no snapshot started: %s", strerror(-r));
         return;
     }
+    if (signum == SIGHUP) {
+        /* The loop's callbacks run under the server's lock: no connection
+         * is looking at the table while it is swapped. */
+        struct auth *a;
+        char err[512];
+        if (auth_load(ctx->auth_file, &a, err, sizeof(err)) < 0) {
+            log_error(MOD, "SIGHUP: --auth-file not reloaded, the previous users stay: %s",
+                      err);
+            return;
+        }
+        server_set_auth(ctx->srv, a);
+        auth_free(ctx->auth);
+        ctx->auth = a;
+        log_info(MOD, "SIGHUP: --auth-file %s reloaded: %zu user line(s)", ctx->auth_file,
+                 auth_count(a));
+        return;
+    }
     log_info(MOD, "%s received, shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
     server_stop(ctx->srv);
     uv_close((uv_handle_t *)&ctx->sigint, NULL);
     uv_close((uv_handle_t *)&ctx->sigterm, NULL);
     uv_close((uv_handle_t *)&ctx->sigusr1, NULL);
+    if (ctx->sighup_on)
+        uv_close((uv_handle_t *)&ctx->sighup, NULL);
 }
 
 int main(int argc, char **argv)
@@ -217,7 +299,8 @@ int main(int argc, char **argv)
     enum { OPT_LOG_FILE = 256, OPT_MAX_VALUE, OPT_MAX_LINE, OPT_MAX_GET_KEYS, OPT_MAX_OUTPUT,
            OPT_IDLE_TIMEOUT, OPT_FSYNC, OPT_FSYNC_INTERVAL, OPT_SNAPSHOT_BYTES,
            OPT_WAL_SEGMENT_BYTES, OPT_ID, OPT_REPLICAS, OPT_SECRET_FILE, OPT_EPOCH,
-           OPT_PREPARE_TIMEOUT, OPT_LOCK_WAIT, OPT_THREADS, OPT_CONN_WRITES };
+           OPT_PREPARE_TIMEOUT, OPT_LOCK_WAIT, OPT_THREADS, OPT_CONN_WRITES,
+           OPT_OUTPUT_STALL, OPT_AUTH_FILE, OPT_AUTH_TIMEOUT, OPT_AUTH_FAILURES };
     static const struct option opts[] = {
         {"host", required_argument, NULL, 's'},
         {"port", required_argument, NULL, 'p'},
@@ -234,6 +317,10 @@ int main(int argc, char **argv)
         {"max-get-keys", required_argument, NULL, OPT_MAX_GET_KEYS},
         {"max-output", required_argument, NULL, OPT_MAX_OUTPUT},
         {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+        {"output-stall-timeout", required_argument, NULL, OPT_OUTPUT_STALL},
+        {"auth-file", required_argument, NULL, OPT_AUTH_FILE},
+        {"auth-timeout", required_argument, NULL, OPT_AUTH_TIMEOUT},
+        {"max-auth-failures", required_argument, NULL, OPT_AUTH_FAILURES},
         {"data-dir", required_argument, NULL, 'd'},
         {"fsync", required_argument, NULL, OPT_FSYNC},
         {"fsync-interval", required_argument, NULL, OPT_FSYNC_INTERVAL},
@@ -251,7 +338,7 @@ int main(int argc, char **argv)
     };
     struct server_config cfg;
     const char *log_file = NULL;
-    const char *replicas = NULL, *secret_file = NULL;
+    const char *replicas = NULL, *secret_file = NULL, *auth_file = NULL;
     bool have_id = false;
     unsigned char secret[LIMIT_SECRET_BYTES_MAX + 1];
     bool want_tcp = false, want_udp = false;
@@ -303,6 +390,22 @@ int main(int argc, char **argv)
             break;
         case OPT_IDLE_TIMEOUT:
             cfg.idle_timeout_s = (unsigned)num_arg("idle-timeout", optarg, 0, 86400 * 365);
+            break;
+        case OPT_OUTPUT_STALL:
+            cfg.output_stall_timeout_s =
+                (unsigned)num_arg("output-stall-timeout", optarg, 0, 86400 * 365);
+            break;
+        case OPT_AUTH_FILE:
+            if (optarg[0] == '\0')
+                die_usage("--auth-file needs a file");
+            auth_file = optarg;
+            break;
+        case OPT_AUTH_TIMEOUT:
+            cfg.auth_timeout_s = (unsigned)num_arg("auth-timeout", optarg, 0, 86400 * 365);
+            break;
+        case OPT_AUTH_FAILURES:
+            cfg.auth_failures_max =
+                (unsigned)num_arg("max-auth-failures", optarg, 1, LIMIT_AUTH_FAILURES_MAX);
             break;
         case 'd':
             if (optarg[0] == '\0')
@@ -399,13 +502,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "serve: cannot open log file %s: %s\n", log_file, strerror(-r));
         return 1;
     }
+    if (auth_file && want_udp)
+        die_usage("-u/--udp cannot go with --auth-file: memcached's authentication has no "
+                  "UDP form, so UDP would let anyone in (memcached -Y refuses it too)");
     if (want_tcp || want_udp) {
         cfg.tcp = want_tcp;
         cfg.udp = want_udp;
     } else {
         cfg.tcp = true;
-        cfg.udp = host_is_loopback(cfg.host);
-        if (!cfg.udp)
+        cfg.udp = !auth_file && host_is_loopback(cfg.host);
+        if (auth_file)
+            log_info(MOD, "UDP is off: --auth-file is given (authentication is TCP only)");
+        else if (!cfg.udp)
             log_info(MOD, "UDP is off: %s is not a loopback address (use -u to enable it)",
                      cfg.host);
     }
@@ -416,12 +524,31 @@ int main(int argc, char **argv)
             log_warn(MOD, "--secret-file %s is readable by other users (mode %03o): "
                           "chmod 600 it", secret_file, (unsigned)(sb.st_mode & 0777));
     }
+    memset(&ctx, 0, sizeof(ctx));
+    if (auth_file) {
+        char why[1024];
+        if (auth_load(auth_file, &ctx.auth, why, sizeof(why)) < 0) {
+            log_error(MOD, "cannot start: --auth-file: %s", why);
+            return 1;
+        }
+        cfg.auth = ctx.auth;
+        cfg.auth_file = auth_file;
+        ctx.auth_file = auth_file;
+        log_info(MOD, "client authentication on: %zu user line(s) from %s", auth_count(ctx.auth),
+                 auth_file);
+    } else if (!host_is_loopback(cfg.host)) {
+        log_warn(MOD, "no --auth-file: anyone who can reach %s port %d can read and write every "
+                      "key (see README, Security)",
+                 cfg.host, cfg.port);
+    }
+    raise_fd_limit(cfg.max_conns);
     signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&loop);
     log_info(MOD, "tpckv serve %s starting, pid %d", TPCKV_VERSION, (int)getpid());
     ctx.srv = server_new(&loop, &cfg, &err);
     if (ctx.srv == NULL) {
         log_error(MOD, "cannot create the server: %s", strerror(-err));
+        auth_free(ctx.auth);
         return 1;
     }
     char msg[1024];
@@ -429,6 +556,7 @@ int main(int argc, char **argv)
         log_error(MOD, "cannot start: %s", msg);
         uv_run(&loop, UV_RUN_DEFAULT); /* let closed handles finish */
         server_free(ctx.srv);
+        auth_free(ctx.auth);
         uv_loop_close(&loop);
         return 1;
     }
@@ -439,10 +567,19 @@ int main(int argc, char **argv)
     uv_signal_start(&ctx.sigint, on_signal, SIGINT);
     uv_signal_start(&ctx.sigterm, on_signal, SIGTERM);
     uv_signal_start(&ctx.sigusr1, on_signal, SIGUSR1);
+    if (ctx.auth) {
+        /* Only then: SIGHUP's default (stop) is kept for a serve that has
+         * nothing to reload. */
+        uv_signal_init(&loop, &ctx.sighup);
+        ctx.sighup.data = &ctx;
+        uv_signal_start(&ctx.sighup, on_signal, SIGHUP);
+        ctx.sighup_on = true;
+    }
 
     server_run(ctx.srv);
 
     server_free(ctx.srv);
+    auth_free(ctx.auth);
     r = uv_loop_close(&loop);
     if (r < 0)
         log_warn(MOD, "event loop closed with handles open: %s", uv_strerror(r));

@@ -27,6 +27,7 @@ UNIT_REGISTER(txn);
 UNIT_REGISTER(hist);
 UNIT_REGISTER(freelist);
 UNIT_REGISTER(outq);
+UNIT_REGISTER(auth);
 
 /* Adds a suite or aborts the run: a runner that cannot register is broken. */
 CU_pSuite unit_suite(const char *name);

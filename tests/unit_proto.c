@@ -702,6 +702,109 @@ static void test_udp_datagrams(void)
     CU_ASSERT_EQUAL(proto_udp_datagrams(1048576 + 100), 754);
 }
 
+/* ---- before authentication (proto_parse_auth) ---------------------------- */
+
+static enum proto_auth_status parse_auth(const char *s, struct proto_auth *a, size_t *consumed)
+{
+    return proto_parse_auth(s, strlen(s), a, consumed);
+}
+
+static void test_auth_token(void)
+{
+    struct proto_auth a;
+    size_t consumed;
+    const char *s = "set anykey 7 99 15 noreply\r\nalice my secret\r\nget k\r\n";
+
+    CU_ASSERT_EQUAL(parse_auth(s, &a, &consumed), PROTO_AUTH_TOKEN);
+    CU_ASSERT_EQUAL(consumed, strlen("set anykey 7 99 15 noreply\r\nalice my secret\r\n"));
+    CU_ASSERT_EQUAL(a.nuser, 5);
+    CU_ASSERT_NSTRING_EQUAL(a.user, "alice", 5);
+    CU_ASSERT_EQUAL(a.npass, 9); /* everything after the first space */
+    CU_ASSERT_NSTRING_EQUAL(a.pass, "my secret", 9);
+    /* Key, flags and exptime are not looked at. */
+    CU_ASSERT_EQUAL(parse_auth("set x y z 3\r\na b\r\n", &a, &consumed), PROTO_AUTH_TOKEN);
+    CU_ASSERT_EQUAL(a.npass, 1);
+}
+
+static void test_auth_refusals(void)
+{
+    static const char *const unauth[] = {
+        "get foo\r\n", "version\r\n", "stats\r\n", "gets a b c\r\n", "set k 0 0\r\n",
+        "set k 0 0 x\r\n", "add k 0 0 3\r\n", "delete k\r\n", "\r\n", "flush_all\n",
+        "GET / HTTP\r\n", "sets k 0 0 3\r\n",
+    };
+    struct proto_auth a;
+    size_t consumed;
+
+    for (size_t i = 0; i < sizeof(unauth) / sizeof(unauth[0]); i++) {
+        CU_ASSERT_EQUAL(parse_auth(unauth[i], &a, &consumed), PROTO_AUTH_REFUSE);
+        CU_ASSERT_STRING_EQUAL(a.error, "CLIENT_ERROR unauthenticated");
+        CU_ASSERT_EQUAL(consumed, strlen(unauth[i]));
+    }
+    /* memcached's strings for a bad token; the block is consumed either way. */
+    CU_ASSERT_EQUAL(parse_auth("set k 0 0 5\r\nalice\r\n", &a, &consumed), PROTO_AUTH_REFUSE);
+    CU_ASSERT_STRING_EQUAL(a.error, "CLIENT_ERROR bad authentication token format");
+    CU_ASSERT_EQUAL(consumed, 20);
+    CU_ASSERT_EQUAL(parse_auth("set k 0 0 0\r\n\r\n", &a, &consumed), PROTO_AUTH_REFUSE);
+    CU_ASSERT_STRING_EQUAL(a.error, "CLIENT_ERROR bad authentication token format");
+    CU_ASSERT_EQUAL(parse_auth("set k 0 0 3\r\na bXY", &a, &consumed), PROTO_AUTH_REFUSE);
+    CU_ASSERT_STRING_EQUAL(a.error, "CLIENT_ERROR bad command line termination");
+    CU_ASSERT_EQUAL(consumed, 18);
+    CU_ASSERT_EQUAL(parse_auth("quit\r\nget k\r\n", &a, &consumed), PROTO_AUTH_QUIT);
+    CU_ASSERT_EQUAL(consumed, 6);
+}
+
+static void test_auth_closes(void)
+{
+    struct proto_auth a;
+    size_t consumed;
+    char line[LIMIT_LINE_BYTES_MAX + 10];
+    char hdr[64];
+
+    /* A line too long: no newline within the limit, or one past it. */
+    memset(line, 'x', sizeof(line) - 1);
+    line[sizeof(line) - 1] = '\0';
+    CU_ASSERT_EQUAL(parse_auth(line, &a, &consumed), PROTO_AUTH_CLOSE);
+    CU_ASSERT_PTR_NULL(a.reply);
+    line[LIMIT_LINE_BYTES_MAX + 5] = '\n';
+    CU_ASSERT_EQUAL(proto_parse_auth(line, LIMIT_LINE_BYTES_MAX + 6, &a, &consumed),
+                    PROTO_AUTH_CLOSE);
+    /* At the limit it is only unauthenticated. */
+    line[LIMIT_LINE_BYTES_MAX] = '\n';
+    CU_ASSERT_EQUAL(proto_parse_auth(line, LIMIT_LINE_BYTES_MAX + 1, &a, &consumed),
+                    PROTO_AUTH_REFUSE);
+    /* A token longer than any credential: told, then closed, not buffered. */
+    snprintf(hdr, sizeof(hdr), "set k 0 0 %d\r\n", LIMIT_AUTH_TOKEN_BYTES_MAX + 1);
+    CU_ASSERT_EQUAL(parse_auth(hdr, &a, &consumed), PROTO_AUTH_CLOSE);
+    CU_ASSERT_STRING_EQUAL(a.reply, "CLIENT_ERROR auth token too long");
+    snprintf(hdr, sizeof(hdr), "set k 0 0 %d\r\n", LIMIT_AUTH_TOKEN_BYTES_MAX);
+    CU_ASSERT_EQUAL(parse_auth(hdr, &a, &consumed), PROTO_AUTH_NEED_MORE);
+    CU_ASSERT_EQUAL(a.need, strlen(hdr) + LIMIT_AUTH_TOKEN_BYTES_MAX + 2);
+    /* Someone speaking HTTP: hang up without a word. */
+    CU_ASSERT_EQUAL(parse_auth("GET / HTTP/1.1\r\n", &a, &consumed), PROTO_AUTH_CLOSE);
+    CU_ASSERT_PTR_NULL(a.reply);
+}
+
+/* Fed in two pieces split anywhere, a stream parses as when fed whole. */
+static void test_auth_split_at_every_byte(void)
+{
+    const char *s = "set a 0 0 9\r\nbob pw 12\r\n";
+    size_t n = strlen(s), consumed;
+    struct proto_auth a;
+
+    for (size_t cut = 0; cut < n; cut++) {
+        enum proto_auth_status st = proto_parse_auth(s, cut, &a, &consumed);
+        CU_ASSERT_EQUAL(st, PROTO_AUTH_NEED_MORE);
+        CU_ASSERT_EQUAL(consumed, 0);
+        /* Once the line is in, the total is known. */
+        if (cut >= 13)
+            CU_ASSERT_EQUAL(a.need, n);
+    }
+    CU_ASSERT_EQUAL(proto_parse_auth(s, n, &a, &consumed), PROTO_AUTH_TOKEN);
+    CU_ASSERT_EQUAL(consumed, n);
+    CU_ASSERT_NSTRING_EQUAL(a.pass, "pw 12", 5);
+}
+
 void unit_proto_register(void)
 {
     CU_pSuite s = unit_suite("proto");
@@ -730,6 +833,10 @@ void unit_proto_register(void)
     unit_test(s, "random garbage", test_garbage);
     unit_test(s, "exptime rules", test_exptime);
     unit_test(s, "VALUE header", test_value_header);
+    unit_test(s, "auth: the credentials set", test_auth_token);
+    unit_test(s, "auth: everything else refused", test_auth_refusals);
+    unit_test(s, "auth: long lines, long tokens, HTTP close", test_auth_closes);
+    unit_test(s, "auth: split at every byte boundary", test_auth_split_at_every_byte);
 
     CU_pSuite u = unit_suite("udp");
     unit_test(u, "frame header", test_udp_header);

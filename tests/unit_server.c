@@ -7,21 +7,32 @@
  * is answered STORED only if its record is durable; once the log fails, no
  * write is acknowledged, the failed write is never visible to a read, reads
  * go on, and a restart on the same directory has every acknowledged write.
+ *
+ * Then what a connection may hold and do: client authentication (--auth-file)
+ * over real sockets, the table swapped under live connections (SIGHUP), and
+ * the bound on a connection's pending requests: --max-conn-writes in the
+ * log, and a read buffer the server stops filling (fsync held back through
+ * the seam, so nothing completes while it is looked at).
  */
+#include "auth.h"
 #include "client.h"
 #include "log.h"
 #include "server.h"
 #include "unit.h"
 #include "wal.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* ---- the seam ---------------------------------------------------------------- */
@@ -30,6 +41,7 @@ static atomic_int fail_write_errno; /* nonzero: writes fail with it */
 static atomic_int fail_sync_errno;  /* nonzero: fdatasync fails with it */
 static atomic_int short_writes;     /* nonzero: write at most 5 bytes per call */
 static atomic_int syncs_after_failure;
+static atomic_int hold_syncs; /* nonzero: fdatasync waits until it is cleared */
 
 static ssize_t faulty_write(int fd, const void *p, size_t n)
 {
@@ -45,6 +57,8 @@ static ssize_t faulty_write(int fd, const void *p, size_t n)
 
 static int faulty_fdatasync(int fd)
 {
+    while (atomic_load(&hold_syncs))
+        usleep(1000);
     int e = atomic_load(&fail_sync_errno);
     if (e) {
         atomic_fetch_add(&syncs_after_failure, 1);
@@ -81,6 +95,14 @@ struct harness {
     int port;
     void (*script)(struct harness *h);
     struct client cl;
+    bool raw; /* the script talks over raw sockets, not h->cl */
+    /* Configuration beyond the defaults. */
+    const struct auth *auth;
+    unsigned conn_writes_max;
+    /* server_set_auth(swap_to) on the loop's thread, as SIGHUP does. */
+    uv_async_t swap;
+    const struct auth *swap_to;
+    atomic_int swapped;
 };
 
 static void on_done(uv_async_t *a)
@@ -88,6 +110,14 @@ static void on_done(uv_async_t *a)
     struct harness *h = a->data;
     server_stop(h->srv);
     uv_close((uv_handle_t *)&h->done, NULL);
+    uv_close((uv_handle_t *)&h->swap, NULL);
+}
+
+static void on_swap(uv_async_t *a)
+{
+    struct harness *h = a->data;
+    server_set_auth(h->srv, h->swap_to);
+    atomic_store(&h->swapped, 1);
 }
 
 static void *client_main(void *arg)
@@ -95,7 +125,9 @@ static void *client_main(void *arg)
     struct harness *h = arg;
     struct client_config cc = {"127.0.0.1", (uint16_t)h->port, CLIENT_TCP, 5000, 0};
 
-    if (client_open(&h->cl, &cc) == 0) {
+    if (h->raw) {
+        h->script(h); /* the script opens sockets of its own */
+    } else if (client_open(&h->cl, &cc) == 0) {
         h->script(h);
         client_close(&h->cl);
     } else {
@@ -119,6 +151,9 @@ static void run_server(struct harness *h, const struct wal_io *io,
     cfg.udp = false;
     cfg.data_dir = h->dir;
     cfg.wal_io = io;
+    cfg.auth = h->auth;
+    if (h->conn_writes_max)
+        cfg.conn_writes_max = h->conn_writes_max;
     uv_loop_init(&h->loop);
     h->srv = server_new(&h->loop, &cfg, &e);
     CU_ASSERT_PTR_NOT_NULL_FATAL(h->srv);
@@ -127,6 +162,8 @@ static void run_server(struct harness *h, const struct wal_io *io,
     h->script = script;
     uv_async_init(&h->loop, &h->done, on_done);
     h->done.data = h;
+    uv_async_init(&h->loop, &h->swap, on_swap);
+    h->swap.data = h;
     CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, client_main, h), 0);
     server_run(h->srv);
     pthread_join(t, NULL);
@@ -203,6 +240,7 @@ static void reset_faults(void)
     atomic_store(&fail_sync_errno, 0);
     atomic_store(&short_writes, 0);
     atomic_store(&syncs_after_failure, 0);
+    atomic_store(&hold_syncs, 0);
 }
 
 /* ---- scripts ----------------------------------------------------------------------- */
@@ -316,6 +354,188 @@ static void script_check_flush_all(struct harness *h)
     expect_value(h, "c", "after");
 }
 
+/* ---- raw sockets: pipelining, partial reads, what the client library hides ---- */
+
+static int raw_connect(int port)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct timeval tv = {.tv_sec = 5};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    CU_ASSERT_FATAL(fd >= 0);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    CU_ASSERT_FATAL(connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+    return fd;
+}
+
+static void raw_send(int fd, const char *s)
+{
+    CU_ASSERT_EQUAL(send(fd, s, strlen(s), MSG_NOSIGNAL), (ssize_t)strlen(s));
+}
+
+/* Reads exactly strlen(want) bytes (5 s at most) and compares. */
+static void raw_expect(int fd, const char *want)
+{
+    char got[1024];
+    size_t n = strlen(want), have = 0;
+
+    CU_ASSERT_FATAL(n < sizeof(got));
+    while (have < n) {
+        ssize_t r = recv(fd, got + have, n - have, 0);
+        if (r <= 0)
+            break;
+        have += (size_t)r;
+    }
+    got[have] = '\0';
+    CU_ASSERT_STRING_EQUAL(got, want);
+    if (strcmp(got, want) != 0)
+        fprintf(stderr, "\n  got '%s'\n  want '%s'\n", got, want);
+}
+
+/* The server closed the connection (after whatever was read before). */
+static void raw_expect_eof(int fd)
+{
+    char b;
+    CU_ASSERT_EQUAL(recv(fd, &b, 1, 0), 0);
+}
+
+/* One statistic, asked for on fd (an authenticated connection). */
+static uint64_t raw_stat(int fd, const char *name)
+{
+    char buf[16384], want[80];
+    size_t have = 0;
+    uint64_t v = UINT64_MAX;
+
+    raw_send(fd, "stats\r\n");
+    while (have < sizeof(buf) - 1) {
+        ssize_t r = recv(fd, buf + have, sizeof(buf) - 1 - have, 0);
+        if (r <= 0)
+            break;
+        have += (size_t)r;
+        buf[have] = '\0';
+        if (have >= 5 && strcmp(buf + have - 5, "END\r\n") == 0)
+            break;
+    }
+    buf[have] = '\0';
+    snprintf(want, sizeof(want), "\r\nSTAT %s ", name);
+    const char *p = strstr(buf, want);
+    CU_ASSERT_PTR_NOT_NULL(p);
+    if (p)
+        v = strtoull(p + strlen(want), NULL, 10);
+    return v;
+}
+
+static const char AUTH_ALICE[] = "set auth 0 0 12\r\nalice s3cret\r\n";
+
+static void script_auth(struct harness *h)
+{
+    int a = raw_connect(h->port), b, c;
+
+    /* Nothing but the credentials set is run. */
+    raw_send(a, "get k\r\nversion\r\nset k 0 0 5\r\nhello\r\n");
+    raw_expect(a, "CLIENT_ERROR unauthenticated\r\nCLIENT_ERROR unauthenticated\r\n"
+                  "CLIENT_ERROR bad authentication token format\r\n");
+    raw_send(a, "set auth 0 0 11\r\nalice wrong\r\n");
+    raw_expect(a, "CLIENT_ERROR authentication failure\r\n");
+    /* The right ones, with commands pipelined behind them: they run. */
+    raw_send(a, "set auth 0 0 12\r\nalice s3cret\r\nset k 0 0 5\r\nhello\r\nget k\r\n");
+    raw_expect(a, "STORED\r\nSTORED\r\nVALUE k 0 5\r\nhello\r\nEND\r\n");
+    /* --max-auth-failures (3): the third failure closes the connection. */
+    b = raw_connect(h->port);
+    raw_send(b, "set a 0 0 5\r\nbob x\r\nset a 0 0 5\r\nbob y\r\nset a 0 0 5\r\nbob z\r\n"
+                "get k\r\n");
+    raw_expect(b, "CLIENT_ERROR authentication failure\r\nCLIENT_ERROR authentication "
+                  "failure\r\nCLIENT_ERROR authentication failure\r\n");
+    raw_expect_eof(b);
+    close(b);
+    CU_ASSERT_EQUAL(raw_stat(a, "auth_cmds"), 5);
+    CU_ASSERT_EQUAL(raw_stat(a, "auth_errors"), 4);
+    CU_ASSERT_EQUAL(raw_stat(a, "auth_failure_closes"), 1);
+
+    /* A new table under live connections (SIGHUP): a's session goes on,
+     * new connections need the new password. */
+    atomic_store(&h->swapped, 0);
+    uv_async_send(&h->swap);
+    while (!atomic_load(&h->swapped))
+        usleep(1000);
+    c = raw_connect(h->port);
+    raw_send(c, AUTH_ALICE);
+    raw_expect(c, "CLIENT_ERROR authentication failure\r\n");
+    raw_send(c, "set auth 0 0 9\r\nalice new\r\nget k\r\n");
+    raw_expect(c, "STORED\r\nVALUE k 0 5\r\nhello\r\nEND\r\n");
+    raw_send(a, "get k\r\n");
+    raw_expect(a, "VALUE k 0 5\r\nhello\r\nEND\r\n");
+    /* quit needs no authentication. */
+    b = raw_connect(h->port);
+    raw_send(b, "quit\r\n");
+    raw_expect_eof(b);
+    close(b);
+    close(c);
+    close(a);
+}
+
+/* Sends as much of chunk, again and again, as the server takes, stopping
+ * once it has taken nothing for 300 ms, or at cap bytes. Returns bytes sent. */
+static size_t send_until_stuck(int fd, const char *chunk, size_t n, size_t cap)
+{
+    size_t sent = 0, off = 0;
+
+    while (sent < cap) {
+        ssize_t r = send(fd, chunk + off, n - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (r > 0) {
+            sent += (size_t)r;
+            off = (off + (size_t)r) % n;
+            continue;
+        }
+        if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            break;
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        if (poll(&p, 1, 300) <= 0)
+            break;
+    }
+    return sent;
+}
+
+/* --max-conn-writes bounds the writes one connection has in the log, and
+ * what comes after them waits in a read buffer the server stops filling. */
+static void script_pending_bounded(struct harness *h)
+{
+    int w = raw_connect(h->port), s = raw_connect(h->port);
+    char batch[64 * 20], chunk[64 * 1024];
+    size_t blen = 0, clen = 0, sent;
+    uint64_t base = raw_stat(s, "bytes_read");
+
+    atomic_store(&hold_syncs, 1); /* nothing becomes durable meanwhile */
+    for (int i = 0; i < 50; i++)
+        blen += (size_t)sprintf(batch + blen, "set k%d 0 0 1\r\nv\r\n", i);
+    raw_send(w, batch);
+    /* Once the server has read all of it, it has also run all it would:
+     * the read and the run are one step under its lock. */
+    for (int i = 0; i < 5000 && raw_stat(s, "bytes_read") - base < blen + 7 * (size_t)(i + 1);
+         i++)
+        usleep(1000);
+    CU_ASSERT_EQUAL(raw_stat(s, "writes_pending"), 4);
+
+    /* Many more: the server reads until its buffer is full, then stops, and
+     * the kernel's buffers hold the rest back. */
+    while (clen + 20 < sizeof(chunk))
+        clen += (size_t)sprintf(chunk + clen, "set z 0 0 1\r\nv\r\n");
+    sent = send_until_stuck(w, chunk, clen, 256u << 20);
+    CU_ASSERT(sent < (256u << 20));
+    uint64_t read = raw_stat(s, "bytes_read") - base;
+    CU_ASSERT(read < 256 * 1024);
+    if (read >= 256 * 1024)
+        fprintf(stderr, "\n  the server read %llu bytes of %zu sent\n", (unsigned long long)read,
+                sent);
+    CU_ASSERT_EQUAL(raw_stat(s, "writes_pending"), 4);
+    atomic_store(&hold_syncs, 0);
+    /* The first writes complete, in order. */
+    raw_expect(w, "STORED\r\nSTORED\r\nSTORED\r\nSTORED\r\nSTORED\r\n");
+    close(w);
+    close(s);
+}
+
 /* ---- tests ------------------------------------------------------------------------ */
 
 /* Runs script on a fresh data dir with io, then check on a restart of the
@@ -360,6 +580,46 @@ static void test_flush_all_is_durable(void)
     run_then_restart(NULL, script_flush_all, script_check_flush_all);
 }
 
+static void test_auth_over_the_wire(void)
+{
+    struct harness h;
+    struct auth *a1, *a2;
+    char err[256];
+    enum log_level saved = log_get_level();
+
+    CU_ASSERT_EQUAL_FATAL(auth_parse("t", "alice:s3cret\n", 13, &a1, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL_FATAL(auth_parse("t", "alice:new\n", 10, &a2, err, sizeof(err)), 0);
+    log_set_level(LOG_LEVEL_ERROR); /* the failed attempts are logged */
+    memset(&h, 0, sizeof(h));
+    make_dir(&h);
+    reset_faults();
+    h.raw = true;
+    h.auth = a1;
+    h.swap_to = a2;
+    run_server(&h, NULL, script_auth);
+    remove_dir(h.dir);
+    auth_free(a1);
+    auth_free(a2);
+    log_set_level(saved);
+}
+
+static void test_pending_requests_bounded(void)
+{
+    struct harness h;
+    enum log_level saved = log_get_level();
+
+    log_set_level(LOG_LEVEL_ERROR);
+    memset(&h, 0, sizeof(h));
+    make_dir(&h);
+    reset_faults();
+    h.raw = true;
+    h.conn_writes_max = 4;
+    run_server(&h, &faulty_io, script_pending_bounded);
+    reset_faults();
+    remove_dir(h.dir);
+    log_set_level(saved);
+}
+
 void unit_server_register(void)
 {
     CU_pSuite s = unit_suite("server");
@@ -367,4 +627,8 @@ void unit_server_register(void)
     unit_test(s, "ENOSPC: refused writes never visible", test_enospc_acknowledges_nothing);
     unit_test(s, "short writes are completed", test_short_writes_are_completed);
     unit_test(s, "flush_all with nothing pending is logged", test_flush_all_is_durable);
+    unit_test(s, "auth: unauthenticated refused, failures close, table swapped live",
+              test_auth_over_the_wire);
+    unit_test(s, "a connection's pending requests are bounded (--max-conn-writes, read "
+                 "buffer)", test_pending_requests_bounded);
 }
