@@ -82,6 +82,7 @@ struct tx {
     uint8_t cstate, pstate;
     uint8_t outcome; /* enum tpc_outcome once decided, else TPC_O_PENDING */
     bool active, remembered, prepare_logged, ack_durable, queried;
+    bool told; /* the coordinator's client has had its answer (env.done) */
     /* participant */
     void *handle;
     uint64_t query_at_us;
@@ -505,6 +506,19 @@ static void record_latency(struct tpc *t, struct tx *x)
         t->st.prepare_us_max = us;
 }
 
+/* Gives the coordinator's client its answer, once: the client handle is
+ * opaque (NULL too), so a flag says whether it was given. */
+static void tell_client(struct tpc *t, struct tx *x, bool committed, int why, uint32_t culprit)
+{
+    void *client = x->client;
+
+    if (x->told)
+        return;
+    x->told = true;
+    x->client = NULL;
+    t->env.done(t->env.ctx, client, x->txid, committed, why, culprit);
+}
+
 static void coord_abort(struct tpc *t, struct tx *x, enum tpc_reason why,
                         uint32_t culprit)
 {
@@ -517,10 +531,8 @@ static void coord_abort(struct tpc *t, struct tx *x, enum tpc_reason why,
     x->pstate = P_DONE;
     x->outcome = TPC_O_ABORTED;
     send_peers(t, TPC_MSG_ABORT, x, (uint8_t)why);
-    void *client = x->client;
-    x->client = NULL;
     remember(t, x);
-    t->env.done(t->env.ctx, client, x->txid, false, why, culprit);
+    tell_client(t, x, false, why, culprit);
 }
 
 /* Every participant has ACKed: forget the decision. */
@@ -563,13 +575,11 @@ static void coord_committed(struct tpc *t, struct tx *x)
     x->acks = 1u << t->self_idx;
     x->resend_at_us = t->now_us + t->cfg.resend_us;
     send_peers(t, TPC_MSG_COMMIT, x, 0);
-    void *client = x->client;
-    x->client = NULL;
     free(x->ops); /* participants have them */
     x->ops = NULL;
     if (x->acks == t->all)
         coord_finish(t, x);
-    t->env.done(t->env.ctx, client, x->txid, true, TPC_R_NONE, t->cfg.self);
+    tell_client(t, x, true, TPC_R_NONE, t->cfg.self);
 }
 
 uint64_t tpc_next_txid(struct tpc *t, uint64_t wall_us)
@@ -830,15 +840,13 @@ void tpc_log_failed(struct tpc *t, uint64_t now_us)
         next = x->anext;
         if (x->cstate == C_PREPARING) {
             coord_abort(t, x, TPC_R_LOG_FAILED, t->cfg.self);
-        } else if (x->cstate == C_COMMITTING) {
+        } else if (x->cstate == C_COMMITTING && !x->told) {
             /* The decision may or may not be on disk: the client learns
-             * the outcome is unknown; participants stay in doubt until a
-             * restart reads our log and settles it. */
-            void *client = x->client;
-            x->client = NULL;
+             * the outcome is unknown (once: the log reports a failure per
+             * failed batch); participants stay in doubt until a restart
+             * reads our log and settles it. */
             t->st.aborted[TPC_R_LOG_FAILED]++;
-            t->env.done(t->env.ctx, client, x->txid, false, TPC_R_LOG_FAILED,
-                        t->cfg.self);
+            tell_client(t, x, false, TPC_R_LOG_FAILED, t->cfg.self);
         } else if (x->pstate == P_PREPARING && x->coord != t->cfg.self) {
             part_abort(t, x);
             t->st.voted_no++;
@@ -1045,11 +1053,8 @@ void tpc_release_all(struct tpc *t)
 
     for (x = t->active; x; x = next) {
         next = x->anext;
-        if (x->client) {
-            void *client = x->client;
-            x->client = NULL;
-            t->env.done(t->env.ctx, client, x->txid, false, TPC_R_STOPPING, t->cfg.self);
-        }
+        if (x->cstate != C_NONE)
+            tell_client(t, x, false, TPC_R_STOPPING, t->cfg.self);
         if (x->pstate == P_PREPARING || x->pstate == P_PREPARED) {
             struct tpc_txn txn;
             txn_of(x, &txn);
