@@ -97,7 +97,7 @@ FUZZ_OBJ := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/%.o) $(FUZZ_SUPPORT_OBJ) \
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/%)
 FUZZ_REPLAY_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz-replay/%)
 
-.PHONY: all run test unit unit-run unit-san unit-tsan sim e2e e2e-san bench deps install clean check-deps \
+.PHONY: all run test unit unit-run unit-san unit-tsan sim e2e e2e-san e2e-tsan bench deps install clean check-deps \
         fuzz fuzz-bins fuzz-merge fuzz-replay fuzz-replay-run fuzz-seeds e2e-valgrind
 
 all: check-deps serve clie
@@ -220,6 +220,14 @@ e2e-san: all
 	@echo "== end-to-end test against serve built with ASan+UBSan"
 	$(Q)SERVE=build/san/serve E2E_KEYS=200 E2E_CRASH_ROUNDS=2 ./test.sh
 
+# And against a serve built with ThreadSanitizer: a data race anywhere in
+# the run stops that server (halt_on_error), which fails the check using it.
+e2e-tsan: all
+	$(Q)$(MAKE) --no-print-directory SANITIZE=thread build/tsan/serve
+	@echo "== end-to-end test against serve built with ThreadSanitizer"
+	$(Q)SERVE=build/tsan/serve E2E_KEYS=100 E2E_CRASH_ROUNDS=1 \
+		TSAN_OPTIONS=halt_on_error=1 ./test.sh
+
 test: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(MAKE) --no-print-directory unit
@@ -227,6 +235,7 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory sim
 	$(Q)$(MAKE) --no-print-directory e2e-valgrind
 	$(Q)$(MAKE) --no-print-directory e2e-san
+	$(Q)$(MAKE) --no-print-directory e2e-tsan
 	$(Q)./test.sh
 
 # ---- fuzzing (tests/fuzz/; README.md, Tests, says how to use it)

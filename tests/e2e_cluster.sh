@@ -777,9 +777,9 @@ else
     not_ok "the cluster did not come up"
 fi
 
-if grep -l -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$tmp"/r*.log >/dev/null 2>&1; then
+if grep -l -E 'ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|runtime error:' "$tmp"/r*.log >/dev/null 2>&1; then
     not_ok "a sanitizer report is in a replica log"
-    note "$(grep -h -E -A3 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$tmp"/r*.log | head -n 8)"
+    note "$(grep -h -E -A3 'ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|runtime error:' "$tmp"/r*.log | head -n 8)"
 else
     ok "no sanitizer report in any replica log"
 fi
