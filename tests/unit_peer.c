@@ -986,6 +986,15 @@ static bool auth_failed_thrice_both(struct harness *h)
     return stats(h, 0, 1).auth_failures >= 3 && stats(h, 1, 0).auth_failures >= 3;
 }
 
+/* ...and replica 0's last error about its link to 1 is the authentication
+ * failure (a retry in between may have ended otherwise: the other side
+ * closing first). */
+static bool auth_failed_thrice_both_and_said(struct harness *h)
+{
+    return auth_failed_thrice_both(h) &&
+           strstr(stats(h, 0, 1).last_error, "authentication failed") != NULL;
+}
+
 static void test_wrong_secret_refused_and_logged_once(void)
 {
     struct harness h;
@@ -1006,7 +1015,7 @@ static void test_wrong_secret_refused_and_logged_once(void)
     base_config(&c0, &h.obs[0], 0, 2, secret_a, 1);
     base_config(&c1, &h.obs[1], 1, 2, secret_b, 1);
     pair_start(&h, &c0, &c1);
-    CU_ASSERT_FATAL(run_until(&h, auth_failed_thrice_both));
+    CU_ASSERT_FATAL(run_until(&h, auth_failed_thrice_both_and_said));
     CU_ASSERT_FALSE(peer_link_up(h.obs[0].net, 1));
     CU_ASSERT_FALSE(peer_link_up(h.obs[1].net, 0));
     CU_ASSERT_EQUAL(h.obs[0].ups[1], 0);
