@@ -107,6 +107,7 @@ struct tpc {
     uint32_t all; /* mask of every replica */
     bool up[TPC_REPLICAS_MAX];
     bool log_failed;
+    bool log_failed_handled; /* tpc_log_failed has run */
     uint64_t seq, min_seq;
     uint64_t now_us;
     struct tx **buckets;
@@ -824,6 +825,12 @@ void tpc_log_failed(struct tpc *t, uint64_t now_us)
     struct tx *x, *next;
 
     t->now_us = now_us;
+    /* The log reports every failed batch: only the first report acts (a
+     * second one told committing transactions' clients again, with the
+     * client already gone). Nothing new prepares or commits after it. */
+    if (t->log_failed_handled)
+        return;
+    t->log_failed_handled = true;
     t->log_failed = true;
     t->wlen = 0;
     for (x = t->active; x; x = next) {

@@ -198,7 +198,8 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us);
 /* Every record with lsn <= lsn is durable. */
 void tpc_durable(struct tpc *t, uint64_t lsn, uint64_t now_us);
 
-/* The log failed: nothing more becomes durable. Pending work aborts. */
+/* The log failed: nothing more becomes durable. Pending work aborts. Only
+ * the first call acts (the log reports each failed batch). */
 void tpc_log_failed(struct tpc *t, uint64_t now_us);
 
 /* Timeouts, resends, queries. Call often (every few ms). */

@@ -355,6 +355,30 @@ static void test_log_fails_at_commit_point(void)
     tpc_free(t);
 }
 
+/* Found by tests/chaos.py (full disk): the log reports a failure once per
+ * failed batch, and the second report told a committing transaction's
+ * client again, with client NULL (serve crashed in env_done). */
+static void test_log_failure_reported_twice(void)
+{
+    struct tpc *t = mk(0, 2);
+    int client;
+    uint64_t txid = begin(t, &client);
+    struct tpc_msg m = msg(TPC_MSG_VOTE, 1, 0, txid);
+
+    tpc_receive(t, &m, 1);
+    tpc_durable(t, 1, 2);
+    CU_ASSERT_EQUAL(F.log_types[F.nlog - 1], TPC_LOG_COMMIT);
+    tpc_log_failed(t, 3);
+    CU_ASSERT_EQUAL(F.dones, 1);
+    CU_ASSERT_PTR_EQUAL(F.done_client, &client);
+    tpc_log_failed(t, 4);
+    tpc_log_failed(t, 5);
+    CU_ASSERT_EQUAL(F.dones, 1);
+    CU_ASSERT_PTR_EQUAL(F.done_client, &client);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_PENDING);
+    tpc_free(t);
+}
+
 static void test_single_replica(void)
 {
     struct tpc *t = mk(0, 1);
@@ -767,6 +791,8 @@ void unit_tpc_register(void)
     unit_test(s, "log failure: begin fails, participant votes no", test_log_failure);
     unit_test(s, "log fails at the commit point: outcome unknown",
               test_log_fails_at_commit_point);
+    unit_test(s, "log failure reported twice: the client is told once",
+              test_log_failure_reported_twice);
     unit_test(s, "one replica commits alone", test_single_replica);
     unit_test(s, "txids unique, increasing, name the coordinator", test_txids);
     unit_test(s, "participant: prepare, vote, commit, ACK; duplicates",
