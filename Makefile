@@ -9,6 +9,10 @@
 #                   against the release build
 #   make unit       unit tests only;  make e2e   ./test.sh only
 #   make sim        the 2PC simulator over SIM_SEEDS seeds (tests/sim.c)
+#   make chaos      fault injection (tests/chaos.py): every scenario for
+#                   CHAOS_SECONDS (20) each, then a linearizability check;
+#                   as root (network namespace, nftables, tmpfs)
+#   make chaos-short  the same for CHAOS_SHORT_SECONDS (8) each, run by make test
 #   make bench      tpckv against memcached (tests/bench.sh: installs memcached
 #                   if missing; BENCH_SECONDS, BENCH_ROUNDS...). tests/bench_wal.sh
 #                   and tests/bench_repl.sh (fsyncs per set, 1 connection) run alone
@@ -24,7 +28,8 @@ PREFIX ?= /usr/local
 CC ?= cc
 
 DEB_PKGS := gcc make pkg-config libuv1-dev libcunit1-dev libssl-dev openssl \
-            python3 python3-pymemcache libmemcached-tools procps coreutils
+            python3 python3-pymemcache libmemcached-tools procps coreutils \
+            nftables iproute2 util-linux
 
 ifeq ($(SANITIZE),thread)
   BUILD := build/tsan
@@ -74,7 +79,7 @@ SIM_OBJ := $(BUILD)/tests/sim.o
 SIM_BIN := $(BUILD)/tests/sim
 SIM_SEEDS ?= 2000
 
-.PHONY: all run test unit unit-run unit-san unit-tsan sim e2e e2e-san bench deps install clean check-deps
+.PHONY: all run test unit unit-run unit-san unit-tsan sim e2e e2e-san chaos chaos-short chaos-unit bench deps install clean check-deps
 
 all: check-deps serve clie
 
@@ -186,6 +191,24 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory sim
 	$(Q)$(MAKE) --no-print-directory e2e-san
 	$(Q)./test.sh
+	$(Q)$(MAKE) --no-print-directory chaos-short
+
+# The linearizability checker fed histories whose verdict is known.
+chaos-unit:
+	@echo "== chaos checker unit tests"
+	$(Q)python3 tests/test_chaos_check.py
+
+# Fault injection against a 3-replica cluster (tests/chaos.py); the last
+# line is "N passed, N failed". CHAOS_SECONDS: seconds of faults per scenario.
+CHAOS_SECONDS ?= 20
+CHAOS_SHORT_SECONDS ?= 8
+chaos: all chaos-unit
+	@echo "== chaos: every scenario, $(CHAOS_SECONDS)s of faults each"
+	$(Q)python3 tests/chaos.py --seconds $(CHAOS_SECONDS)
+
+chaos-short: all chaos-unit
+	@echo "== chaos (short): every scenario, $(CHAOS_SHORT_SECONDS)s of faults each"
+	$(Q)python3 tests/chaos.py --seconds $(CHAOS_SHORT_SECONDS)
 
 # Figures, not a test: tpckv against memcached, the issue-5 targets.
 bench: deps
