@@ -4,12 +4,17 @@
 #   make run        install missing packages, build, start a local 3-replica
 #                   cluster + demo
 #   make test       install missing packages, build, unit tests (plain, under
-#                   ASan+UBSan and under TSan), the fuzz corpus replay, the 2PC
-#                   simulator, serve under valgrind, ./test.sh against serve
-#                   built with ASan+UBSan (smaller workload), then ./test.sh
-#                   against the release build
+#                   ASan+UBSan and under TSan), the fuzz corpus replay, each
+#                   fuzz target for FUZZ_CI_SECONDS (15), the 2PC simulator,
+#                   serve under valgrind, ./test.sh against serve built with
+#                   ASan+UBSan and with TSan (smaller workload), ./test.sh
+#                   against the release build, then make chaos
 #   make unit       unit tests only;  make e2e   ./test.sh only
 #   make sim        the 2PC simulator over SIM_SEEDS seeds (tests/sim.c)
+#   make chaos      fault injection (tests/chaos.py): every scenario for
+#                   CHAOS_SECONDS (20) each, then a linearizability check;
+#                   as root (network namespace, nftables, tmpfs)
+#   make chaos-short  the same for CHAOS_SHORT_SECONDS (8) each
 #   make bench      tpckv against memcached (tests/bench.sh: installs memcached
 #                   if missing; BENCH_SECONDS, BENCH_ROUNDS...). tests/bench_wal.sh
 #                   and tests/bench_repl.sh (fsyncs per set, 1 connection) run alone
@@ -34,7 +39,7 @@ CC ?= cc
 
 DEB_PKGS := gcc make pkg-config libuv1-dev libcunit1-dev libssl-dev openssl \
             python3 python3-pymemcache libmemcached-tools procps coreutils \
-            clang libclang-rt-14-dev valgrind
+            clang libclang-rt-14-dev valgrind nftables iproute2 util-linux
 
 ifdef FUZZ
   # libFuzzer's coverage hooks in every object; the targets link libFuzzer.
@@ -90,6 +95,8 @@ SIM_BIN := $(BUILD)/tests/sim
 SIM_SEEDS ?= 2000
 FUZZ_TARGETS := fuzz_proto fuzz_udp fuzz_peer fuzz_wal
 FUZZ_SECONDS ?= 60
+# Each target's budget when make test runs them.
+FUZZ_CI_SECONDS ?= 15
 FUZZ_CC ?= clang
 FUZZ_SUPPORT_OBJ := $(BUILD)/tests/fuzz/fuzz_util.o
 FUZZ_OBJ := $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/%.o) $(FUZZ_SUPPORT_OBJ) \
@@ -98,7 +105,7 @@ FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/%)
 FUZZ_REPLAY_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz-replay/%)
 
 .PHONY: all run test unit unit-run unit-san unit-tsan sim e2e e2e-san e2e-tsan bench deps install clean check-deps \
-        fuzz fuzz-bins fuzz-merge fuzz-replay fuzz-replay-run fuzz-seeds e2e-valgrind
+        fuzz fuzz-bins fuzz-merge fuzz-replay fuzz-replay-run fuzz-seeds e2e-valgrind chaos chaos-short chaos-unit
 
 all: check-deps serve clie
 
@@ -232,11 +239,30 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(MAKE) --no-print-directory unit
 	$(Q)$(MAKE) --no-print-directory fuzz-replay
+	$(Q)$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_CI_SECONDS)
 	$(Q)$(MAKE) --no-print-directory sim
 	$(Q)$(MAKE) --no-print-directory e2e-valgrind
 	$(Q)$(MAKE) --no-print-directory e2e-san
 	$(Q)$(MAKE) --no-print-directory e2e-tsan
 	$(Q)./test.sh
+	$(Q)$(MAKE) --no-print-directory chaos
+
+# The linearizability checker fed histories whose verdict is known.
+chaos-unit:
+	@echo "== chaos checker unit tests"
+	$(Q)python3 tests/test_chaos_check.py
+
+# Fault injection against a 3-replica cluster (tests/chaos.py); the last
+# line is "N passed, N failed". CHAOS_SECONDS: seconds of faults per scenario.
+CHAOS_SECONDS ?= 20
+CHAOS_SHORT_SECONDS ?= 8
+chaos: all chaos-unit
+	@echo "== chaos: every scenario, $(CHAOS_SECONDS)s of faults each"
+	$(Q)python3 tests/chaos.py --seconds $(CHAOS_SECONDS)
+
+chaos-short: all chaos-unit
+	@echo "== chaos (short): every scenario, $(CHAOS_SHORT_SECONDS)s of faults each"
+	$(Q)python3 tests/chaos.py --seconds $(CHAOS_SHORT_SECONDS)
 
 # ---- fuzzing (tests/fuzz/; README.md, Tests, says how to use it)
 

@@ -669,7 +669,7 @@ long store_collect(struct store *s, const char *prefix, size_t nprefix, int64_t 
         for (size_t i = 0; i < tb->size; i++) {
             for (struct item *it = tb->b[i]; it; it = it->hnext) {
                 if (!item_live(s, it, now_ms) || it->nkey < nprefix ||
-                    memcmp(it->data, prefix, nprefix) != 0)
+                    (nprefix > 0 && memcmp(it->data, prefix, nprefix) != 0))
                     continue;
                 if (n == cap) {
                     size_t ncap = cap ? cap * 2 : 64;

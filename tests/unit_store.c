@@ -1122,6 +1122,21 @@ static uint64_t collected_bytes(struct store *s, int64_t now_ms)
     return sum;
 }
 
+/* Found by tests/chaos.py under UBSan: `keys` with no prefix passed
+ * (NULL, 0), and memcmp with a NULL pointer is undefined even for 0 bytes. */
+static void test_collect_without_prefix(void)
+{
+    struct store *s = new_default();
+    struct item **arr = NULL;
+
+    CU_ASSERT_EQUAL(put(s, STORE_SET, "a", "1", 1000), STORE_OK);
+    CU_ASSERT_EQUAL(put(s, STORE_SET, "b", "2", 1000), STORE_OK);
+    long n = store_collect(s, NULL, 0, 1000, &arr);
+    CU_ASSERT_EQUAL(n, 2);
+    collect_free(arr, n);
+    store_free(s);
+}
+
 static void test_bytes_is_sum_of_item_sizes(void)
 {
     struct store *s = new_default();
@@ -1956,6 +1971,7 @@ void unit_store_register(void)
     CU_pSuite s = unit_suite("store");
 
     unit_test(s, "set/get round trip", test_set_get_round_trip);
+    unit_test(s, "collect with no prefix (NULL, 0)", test_collect_without_prefix);
     unit_test(s, "item size has no padding", test_item_size_has_no_padding);
     unit_test(s, "value stored with trailing CRLF", test_value_stored_with_trailing_crlf);
     unit_test(s, "binary value with NUL and CRLF", test_binary_value_with_nul_and_crlf);
