@@ -34,14 +34,19 @@ print "SKIP: reason".
 
 WORKLOAD. 6 clients (2 per replica), one connection each, one request at a
 time over raw sockets, on 4 keys: set of a unique value, get, and gets
-followed by cas with the token it returned. Every operation is recorded with
+followed by cas with the token it returned; and, one operation in ten, an
+add of a key of its own that no one writes again (u<client>-<n>). Every
+register operation is recorded with
 its invocation and completion times (time.monotonic) and result: ok, fail
 (a cas answered EXISTS or NOT_FOUND) or unknown (timeout, connection error,
 any SERVER_ERROR). After the nemesis stops: every fault is healed, writes
 must succeed through every replica again (retried for a while), no
 transaction may stay in doubt, every key is read from every replica (these
 final reads join the history), and the three stores must be identical
-(keys, flags, cas, values). Then the history is checked.
+(keys, flags, cas, values). Then the history is checked, and the adds on
+their own: every acknowledged add is on every replica with its value (no
+acknowledged write lost), every add attempted is on all three replicas or on
+none, and no key is there that was not attempted.
 
 A failing scenario keeps its history (build/chaos/SCENARIO-SEED.jsonl) and
 its replicas' logs and prints how to re-check it. Output: one "ok   - " or
@@ -244,6 +249,7 @@ def one_request(host, port, fn, timeout=2.0):
 class History:
     def __init__(self):
         self.ops = []
+        self.adds = []  # (key, value, "ok" | "fail" | "unknown", why)
         self.events = []
         self.ids = itertools.count()
         self.t0 = now()
@@ -318,6 +324,24 @@ def run_op(hist, client, pid, key, f, value=None, token=None, expect=None, final
     return op
 
 
+def run_add(hist, client, key, value):
+    """An add of a key written once: its own record, checked by check_adds."""
+    try:
+        reply = client.store(b"add", key, value)
+    except Unknown as e:
+        hist.adds.append((key, value, "unknown", str(e)))
+        return "unknown"
+    text = reply.decode(errors="replace")
+    if text == "STORED":
+        r = "ok"
+    elif text.startswith("SERVER_ERROR"):
+        r = "unknown"
+    else:
+        r = "fail"  # NOT_STORED for a key no one else writes: check_adds reports it
+    hist.adds.append((key, value, r, text[:200]))
+    return r
+
+
 def client_loop(hist, pid, host, port, rnd, stop, counters):
     c = Client(host, port)
     seq = 0
@@ -325,6 +349,12 @@ def client_loop(hist, pid, host, port, rnd, stop, counters):
         key = rnd.choice(KEYS)
         x = rnd.random()
         seq += 1
+        if x < 0.1:
+            r = run_add(hist, c, "u%d-%d" % (pid, seq), "a%d-%d" % (pid, seq))
+            counters[pid] += 1
+            if r == "unknown":
+                time.sleep(rnd.uniform(0.01, 0.05))
+            continue
         if x < 0.35:
             op = run_op(hist, c, pid, key, "set", value="c%d-%d" % (pid, seq))
         elif x < 0.65:
@@ -974,10 +1004,15 @@ def run_scenario(args, scenario, seed, privileged, rep, abort):
                   scenario, notes)
         settled, notes = wait_settled(cl, 20)
         finals = final_reads(cl, hist) if settled else None
-        same, snotes = compare_stores(cl) if settled else (False, [])
+        same, snotes, dumps = compare_stores(cl) if settled else (False, [], None)
         rep.check(settled and finals and same,
                   "%s: no transaction in doubt, every key read from every replica, the three "
                   "stores identical (keys, flags, cas, values)" % scenario, notes + snotes)
+        n_add = collections.Counter(a[2] for a in hist.adds)
+        anotes = check_adds(hist.adds, dumps) if dumps else ["no store dumps to check"]
+        rep.check(not anotes, "%s: adds of write-once keys (%d ok, %d unknown, %d failed): "
+                  "no acknowledged one lost, each on all replicas or none" % (
+                      scenario, n_add["ok"], n_add["unknown"], n_add["fail"]), anotes)
 
         # The checker.
         t0 = now()
@@ -1087,13 +1122,43 @@ def dump(r):
         c.close()
 
 
+def check_adds(adds, dumps):
+    """Notes on what is wrong with the write-once keys: an acknowledged add
+    missing (or with another value) on a replica, an add on some replicas
+    but not all, a key no one attempted, an add refused."""
+    notes = []
+    tried = {}
+    for key, value, r, why in adds:
+        tried[key] = (value, r, why)
+        if r == "fail":
+            notes.append("add %s answered %s (no one else writes that key)" % (key, why))
+    for key, (value, r, why) in sorted(tried.items()):
+        have = {rid: d.get(key) for rid, d in dumps.items()}
+        on = [rid for rid, v in have.items() if v is not None]
+        if r == "ok" and len(on) < len(dumps):
+            notes.append("acknowledged add %s=%s lost on replica(s) %s" % (
+                key, value, ",".join(str(rid) for rid in sorted(set(dumps) - set(on)))))
+        elif 0 < len(on) < len(dumps):
+            notes.append("add %s (%s: %s) on replica(s) %s only" % (
+                key, r, why, ",".join(str(rid) for rid in on)))
+        for rid, v in have.items():
+            if v is not None and (isinstance(v, str) or len(v) != 1 or v[0][2] != value):
+                notes.append("replica %d: %s holds %s, not %s" % (rid, key, v, value))
+    for rid, d in dumps.items():
+        for key in d:
+            if key.startswith("u") and key not in tried:
+                notes.append("replica %d holds %s, which no client added" % (rid, key))
+    return notes[:8]
+
+
 def compare_stores(cl):
+    """(identical, notes, {replica id: dump})."""
     dumps = {}
     for r in cl.reps.values():
         try:
             dumps[r.id] = dump(r)
         except Unknown as e:
-            return False, ["replica %d: cannot dump: %s" % (r.id, e)]
+            return False, ["replica %d: cannot dump: %s" % (r.id, e)], None
     notes = []
     ref = dumps[1]
     for i in (2, 3):
@@ -1103,7 +1168,7 @@ def compare_stores(cl):
                 if ref.get(k) != dumps[i].get(k):
                     notes.append("key %s: replica 1 %s, replica %d %s" % (
                         k, ref.get(k), i, dumps[i].get(k)))
-    return not notes, notes[:8]
+    return not notes, notes[:8], dumps
 
 
 # ---- entry points ---------------------------------------------------------------------
