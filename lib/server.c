@@ -2375,13 +2375,67 @@ static int conn_authenticate(struct conn *c, const char *p, size_t n, size_t *co
 
 /* Parses and executes every complete request in the read buffer, until one
  * has to wait. */
+/* Pipelined requests: before executing them one by one, parse up to
+ * PREFETCH_MAX of them and start loading the hash buckets of their (first)
+ * keys, then the buckets' first items, so their cache misses overlap (under
+ * the lock, every miss a lookup waits for is a wait for every thread). The
+ * loop in conn_process then takes the parsed requests from here instead of
+ * parsing them again. A buffer with at most two line ends holds one request
+ * at most and is left alone. */
+#define PREFETCH_MAX 16
+struct parsed {
+    size_t n, next;  /* requests parsed; the next one conn_process takes */
+    size_t start[PREFETCH_MAX], consumed[PREFETCH_MAX];
+    struct proto_req req[PREFETCH_MAX];
+};
+
+static void prefetch_batch(struct server *srv, const struct conn *c, struct parsed *p)
+{
+    uint32_t h[PREFETCH_MAX];
+    size_t nh = 0, pos = 0;
+    const char *nl;
+
+    p->n = p->next = 0;
+    nl = memchr(c->rbuf, '\n', c->rlen);
+    if (nl)
+        nl = memchr(nl + 1, '\n', c->rlen - (size_t)(nl + 1 - c->rbuf));
+    if (nl == NULL || memchr(nl + 1, '\n', c->rlen - (size_t)(nl + 1 - c->rbuf)) == NULL)
+        return;
+    while (p->n < PREFETCH_MAX && pos < c->rlen) {
+        struct proto_req *req = &p->req[p->n];
+        size_t consumed, kpos = 0, nk = 0;
+        const char *k = NULL;
+
+        if (proto_parse(c->rbuf + pos, c->rlen - pos, &srv->lim, req, &consumed) != PROTO_OK ||
+            consumed > c->rlen - pos)
+            break;
+        p->start[p->n] = pos;
+        p->consumed[p->n] = consumed;
+        p->n++;
+        pos += consumed;
+        if (req->key != NULL && req->nkey > 0) {
+            k = req->key;
+            nk = req->nkey;
+        } else if (req->keys == NULL || !proto_next_key(req, &kpos, &k, &nk)) {
+            continue;
+        }
+        h[nh++] = store_prefetch(srv->store, k, nk);
+    }
+    for (size_t i = 0; i < nh; i++)
+        store_prefetch_item(srv->store, h[i]);
+}
+
 static void conn_process(struct conn *c)
 {
     struct server *srv = c->srv;
     size_t pos = 0;
 
+    struct parsed pre = {0};
+
     assert(conn_local(c));
     refresh_now(srv);
+    if (c->authed && c->rlen > c->need)
+        prefetch_batch(srv, c, &pre);
     while (!c->closing && !c->close_after_flush && c->keys == NULL &&
            c->npending < srv->cfg.conn_writes_max && c->cpending == NULL && c->waiting == NULL &&
            !srv->stopping) {
@@ -2403,7 +2457,15 @@ static void conn_process(struct conn *c)
             pos += consumed;
             continue;
         }
-        st = proto_parse(c->rbuf + pos, c->rlen - pos, &srv->lim, &req, &consumed);
+        /* The buffer does not move in this loop, so what prefetch_batch
+         * parsed at this offset is what parsing it again would give. */
+        if (pre.next < pre.n && pre.start[pre.next] == pos) {
+            req = pre.req[pre.next];
+            consumed = pre.consumed[pre.next++];
+            st = PROTO_OK;
+        } else {
+            st = proto_parse(c->rbuf + pos, c->rlen - pos, &srv->lim, &req, &consumed);
+        }
         if (st == PROTO_NEED_MORE) {
             if (c->udp) {
                 /* A UDP request must be whole in its datagram. */

@@ -49,6 +49,8 @@ struct store {
     int64_t next_expiry_ms; /* no item expires before this (a lower bound) */
     uint64_t max_cas;       /* highest cas of any item ever inserted */
     struct lock_entry **locks; /* key lock table: chained, power-of-two size */
+    struct lock_entry *spare_locks; /* freed entries kept for reuse */
+    size_t nspare_locks;
     size_t lock_buckets, nlocks;
 };
 
@@ -57,8 +59,13 @@ struct lock_entry {
     void *owner;
     uint32_t hash;
     uint8_t nkey;
-    char key[];
+    char key[LIMIT_KEY_BYTES_MAX]; /* any key fits, so any entry can be reused */
 };
+
+/* Every write takes and lets go of a lock entry under the server lock: up to
+ * this many freed ones are kept instead of going back to malloc (about
+ * 270 KB at most; the lock table itself holds one per write in flight). */
+#define SPARE_LOCKS_MAX 1024
 
 /* ---- items ---------------------------------------------------------------- */
 
@@ -171,6 +178,38 @@ static uint32_t hash_key(uint64_t seed, const char *k, size_t n)
 }
 
 /* ---- table ---------------------------------------------------------------- */
+
+static const struct table *lookup_table(const struct store *s)
+{
+    /* While resizing, most keys are still in t[0] until the rehash is well
+     * along; either guess only costs a useless prefetch. */
+    return &s->t[0];
+}
+
+uint32_t store_prefetch(const struct store *s, const char *key, size_t nkey)
+{
+    const struct table *t = lookup_table(s);
+    uint32_t h = hash_key(s->cfg.seed, key, nkey);
+
+    if (t->size)
+        __builtin_prefetch(&t->b[h & (t->size - 1)]);
+    return h;
+}
+
+void store_prefetch_item(const struct store *s, uint32_t hash)
+{
+    const struct table *t = lookup_table(s);
+    const struct item *it;
+
+    if (t->size == 0)
+        return;
+    it = t->b[hash & (t->size - 1)];
+    if (it) {
+        /* The header and the key: a lookup compares hash, length and key. */
+        __builtin_prefetch(it);
+        __builtin_prefetch((const char *)it + 64);
+    }
+}
 
 static bool resizing(const struct store *s)
 {
@@ -420,6 +459,10 @@ void store_free(struct store *s)
             next = e->next;
             free(e);
         }
+    }
+    for (struct lock_entry *e = s->spare_locks, *next; e; e = next) {
+        next = e->next;
+        free(e);
     }
     free(s->locks);
     free(s->t[0].b);
@@ -859,9 +902,12 @@ int store_lock(struct store *s, const char *key, size_t nkey, void *owner, void 
         *holder = (*link)->owner;
         return (*link)->owner == owner ? -EDEADLK : -EBUSY;
     }
-    e = malloc(sizeof(*e) + nkey);
-    if (e == NULL)
+    if ((e = s->spare_locks) != NULL) {
+        s->spare_locks = e->next;
+        s->nspare_locks--;
+    } else if ((e = malloc(sizeof(*e))) == NULL) {
         return -ENOMEM;
+    }
     e->next = NULL;
     e->owner = owner;
     e->hash = h;
@@ -879,8 +925,14 @@ void store_unlock(struct store *s, const char *key, size_t nkey, void *owner)
     if (link && *link && (*link)->owner == owner) {
         struct lock_entry *e = *link;
         *link = e->next;
-        free(e);
         s->nlocks--;
+        if (s->nspare_locks < SPARE_LOCKS_MAX) {
+            e->next = s->spare_locks;
+            s->spare_locks = e;
+            s->nspare_locks++;
+        } else {
+            free(e);
+        }
     }
 }
 

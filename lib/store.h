@@ -153,6 +153,17 @@ void store_free(struct store *s);
 struct item *store_get(struct store *s, const char *key, size_t nkey, int64_t now_ms);
 
 /*
+ * Prefetching, for a batch of requests: store_prefetch starts loading key's
+ * hash bucket and returns the key's hash; store_prefetch_item, given that
+ * hash once the bucket has had time to arrive, starts loading the first item
+ * of the chain. A lookup that follows finds both in the cache, so a batch's
+ * cache misses overlap instead of coming one after the other. Neither
+ * changes anything; call them under the same lock as every other call.
+ */
+uint32_t store_prefetch(const struct store *s, const char *key, size_t nkey);
+void store_prefetch_item(const struct store *s, uint32_t hash);
+
+/*
  * Evaluates op against the current state and prepares its effect; new_cas is
  * the version a successful write gets. Fills *ch; ch->status is the outcome
  * the client will see. Returns 0 when ch->status is STORE_OK (the change must
