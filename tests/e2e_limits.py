@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+from e2e_util import read_until
+
 HOST = "127.0.0.1"
 results = {"ok": 0, "fail": 0}
 
@@ -49,19 +51,6 @@ def conn(port, timeout=5.0):
     s = socket.create_connection((HOST, port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
-
-
-def read_until(s, end, limit=1 << 24):
-    buf = b""
-    try:
-        while not buf.endswith(end) and len(buf) < limit:
-            d = s.recv(65536)
-            if not d:
-                return buf + b"<EOF>"
-            buf += d
-    except socket.timeout:
-        return buf + b"<TIMEOUT>"
-    return buf
 
 
 def stats(port):

@@ -16,6 +16,8 @@ import struct
 import sys
 import time
 
+from e2e_util import read_until
+
 HOST = "127.0.0.1"
 PORT = int(sys.argv[1])
 UDP = "--udp" in sys.argv[2:]
@@ -35,20 +37,6 @@ def conn(timeout=3.0):
     s = socket.create_connection((HOST, PORT), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
-
-
-def read_until(s, end, limit=1 << 24):
-    """Reads until the buffer ends with `end`, EOF, or timeout."""
-    buf = b""
-    try:
-        while not buf.endswith(end) and len(buf) < limit:
-            d = s.recv(65536)
-            if not d:
-                return buf + b"<EOF>"
-            buf += d
-    except socket.timeout:
-        return buf + b"<TIMEOUT>"
-    return buf
 
 
 def exchange(data, end=b"\r\n", s=None):
