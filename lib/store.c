@@ -179,16 +179,11 @@ static uint32_t hash_key(uint64_t seed, const char *k, size_t n)
 
 /* ---- table ---------------------------------------------------------------- */
 
-static const struct table *lookup_table(const struct store *s)
-{
-    /* While resizing, most keys are still in t[0] until the rehash is well
-     * along; either guess only costs a useless prefetch. */
-    return &s->t[0];
-}
-
+/* Both look in t[0] only: while resizing, a key may already be in t[1], and
+ * the guess costs no more than a useless prefetch. */
 uint32_t store_prefetch(const struct store *s, const char *key, size_t nkey)
 {
-    const struct table *t = lookup_table(s);
+    const struct table *t = &s->t[0];
     uint32_t h = hash_key(s->cfg.seed, key, nkey);
 
     if (t->size)
@@ -198,7 +193,7 @@ uint32_t store_prefetch(const struct store *s, const char *key, size_t nkey)
 
 void store_prefetch_item(const struct store *s, uint32_t hash)
 {
-    const struct table *t = lookup_table(s);
+    const struct table *t = &s->t[0];
     const struct item *it;
 
     if (t->size == 0)
