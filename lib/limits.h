@@ -118,6 +118,11 @@
  * segments are what a snapshot lets us delete. */
 #define LIMIT_WAL_SEGMENT_BYTES_DEFAULT (32ull << 20)
 
+/* --wal-prealloc-bytes: how far ahead of its records the log writer
+ * zero-fills a segment under --fsync always/batch (the disk space a log
+ * holds beyond its records, at most). 0 appends instead. */
+#define LIMIT_WAL_PREALLOC_BYTES_DEFAULT (1ull << 20)
+
 /* Read buffer a connection starts with; it grows to fit one request. */
 #define LIMIT_READ_BUF_BYTES_INITIAL (16 * 1024)
 

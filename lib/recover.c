@@ -10,7 +10,9 @@
  *      segments; their sequence numbers must follow on without a gap;
  *   4. at the end of the last segment only, a bad or incomplete record with
  *      nothing valid after it is a write cut short by a crash: it was never
- *      acknowledged, so it is cut off (ftruncate + fsync) with a warning.
+ *      acknowledged, so it is cut off (ftruncate + fsync) with a warning;
+ *      zeros after the last record are the writer's preallocation, trimmed
+ *      the same way without a warning.
  * Anything else that does not read back is corruption: recovery stops and
  * says which file, which offset, and what the operator can do. It never
  * skips a record and never invents one.
@@ -365,6 +367,15 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
             if ((r = truncate_durably(path, sc.valid_bytes)) < 0)
                 return util_errf(err, cap, r, "cannot truncate %s: %s", path, strerror(-r));
             res->truncated_bytes += len - sc.valid_bytes;
+            break;
+        case WAL_SCAN_ZERO_TAIL:
+            /* The writer's preallocated zeros after the last record: a crash
+             * (or a failed trim) left them. Nothing was lost; cut them so the
+             * segment ends at its records like any closed one. */
+            log_debug(MOD, "%s: trimming %zu preallocated bytes after its last record", path,
+                      len - sc.valid_bytes);
+            if ((r = truncate_durably(path, sc.valid_bytes)) < 0)
+                return util_errf(err, cap, r, "cannot truncate %s: %s", path, strerror(-r));
             break;
         case WAL_SCAN_CORRUPT:
             return util_errf(err, cap, -EBADMSG,

@@ -405,6 +405,7 @@ void server_config_defaults(struct server_config *cfg)
     cfg->fsync_interval_ms = LIMIT_FSYNC_INTERVAL_MS_DEFAULT;
     cfg->snapshot_bytes = LIMIT_SNAPSHOT_BYTES_DEFAULT;
     cfg->wal_segment_bytes = LIMIT_WAL_SEGMENT_BYTES_DEFAULT;
+    cfg->wal_prealloc_bytes = LIMIT_WAL_PREALLOC_BYTES_DEFAULT;
     cfg->epoch = 1;
     cfg->prepare_timeout_ms = LIMIT_PREPARE_TIMEOUT_MS_DEFAULT;
     cfg->lock_wait_ms = LIMIT_LOCK_WAIT_MS_DEFAULT;
@@ -1163,6 +1164,7 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
         stat_u64(o, "fsync_interval_ms", cfg->fsync_interval_ms);
         stat_u64(o, "snapshot_bytes", cfg->snapshot_bytes);
         stat_u64(o, "wal_segment_bytes", cfg->wal_segment_bytes);
+        stat_u64(o, "wal_prealloc_bytes", cfg->wal_prealloc_bytes);
         stat_u64(o, "replica_id", cfg->id);
         stat_u64(o, "prepare_timeout_ms", cfg->prepare_timeout_ms);
         stat_u64(o, "lock_wait_ms", cfg->lock_wait_ms);
@@ -3614,6 +3616,7 @@ static int open_data(struct server *srv, char *err, size_t cap)
         .fsync_mode = srv->cfg.fsync_mode,
         .fsync_interval_ms = srv->cfg.fsync_interval_ms,
         .segment_bytes = srv->cfg.wal_segment_bytes,
+        .prealloc_bytes = srv->cfg.wal_prealloc_bytes,
         .io = srv->cfg.wal_io,
         .on_batch = srv->mt ? on_wal_batch : NULL,
         .on_batch_arg = srv,

@@ -50,6 +50,7 @@ struct server_config {
     unsigned fsync_interval_ms;
     uint64_t snapshot_bytes;    /* log growth that triggers a snapshot */
     uint64_t wal_segment_bytes;
+    uint64_t wal_prealloc_bytes; /* 0: the log appends, growing its file */
     const struct wal_io *wal_io; /* NULL: real system calls (tests inject faults) */
     /* Replication. nreplicas 0: a single replica (one-phase commit, no
      * network). Otherwise every write runs two-phase commit on all of them. */

@@ -121,6 +121,8 @@ enum wal_scan_status {
     WAL_SCAN_CLEAN,   /* every byte is a valid record */
     WAL_SCAN_TORN,    /* a bad or incomplete record at bad_offset, nothing
                          valid after it: a write cut short by a crash */
+    WAL_SCAN_ZERO_TAIL, /* valid records up to bad_offset, then only zero
+                           bytes: space the writer preallocated */
     WAL_SCAN_CORRUPT, /* a bad record at bad_offset, valid data after it */
     WAL_SCAN_BAD_HEADER, /* the segment header itself is not valid */
     WAL_SCAN_NEWER_FORMAT,
@@ -141,8 +143,9 @@ struct wal_scan {
 /*
  * Scans a segment image data[0..len): the header, then records in order,
  * calling cb (if not NULL) for each valid one. Stops at the first bad
- * record and decides whether it is a torn tail or corruption by looking for
- * any valid record after it.
+ * record and decides what it is: the preallocated end of the segment when
+ * every byte from there on is zero, else a torn tail or corruption by
+ * looking for any valid record after it.
  */
 void wal_scan_segment(const char *data, size_t len,
                       int (*cb)(void *arg, const struct wal_record *rec), void *arg,
@@ -170,6 +173,10 @@ struct wal_io {
     ssize_t (*write)(int fd, const void *buf, size_t n);
     int (*fdatasync)(int fd);
     int (*close)(int fd);
+    /* Preallocation (zero-filling ahead, trimming the rest at a segment's
+     * end); either NULL turns it off. */
+    ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
+    int (*ftruncate)(int fd, off_t len);
 };
 extern const struct wal_io wal_io_posix;
 
@@ -178,6 +185,11 @@ struct wal_config {
     enum wal_fsync_mode fsync_mode;
     unsigned fsync_interval_ms; /* batch mode */
     uint64_t segment_bytes;     /* start a new segment past this size */
+    /* --wal-prealloc-bytes: under --fsync always/batch, the segment file is
+     * zero-filled this far ahead of the records, so a record overwrites
+     * blocks the file already has and fdatasync has no file size to write
+     * (0: append, growing the file). */
+    uint64_t prealloc_bytes;
     const struct wal_io *io;    /* NULL: the real system calls */
     /* Optional: called on the writer thread after each batch (durable or
      * failed), besides waking the loop, so another thread can run

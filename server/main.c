@@ -80,6 +80,9 @@ static void usage(FILE *f)
 "                          much (and by at least the last snapshot's size); also\n"
 "                          on SIGUSR1 and the 'snapshot' command  [default: %llu]\n"
 "      --wal-segment-bytes BYTES  size of a log segment file  [default: %llu]\n"
+"      --wal-prealloc-bytes BYTES  with --fsync always/batch, zero-fill the log\n"
+"                          file this far ahead of its records, so an fsync has no\n"
+"                          file size to write; 0 appends  [default: %llu]\n"
 "\n"
 "Replication (every write is committed on all replicas by two-phase commit):\n"
 "      --id N              this replica's id in --replicas\n"
@@ -158,7 +161,8 @@ static void usage(FILE *f)
             LIMIT_AUTH_TIMEOUT_S_DEFAULT, LIMIT_AUTH_FAILURES_DEFAULT,
             LIMIT_DATA_DIR_DEFAULT, LIMIT_FSYNC_INTERVAL_MS_DEFAULT,
             (unsigned long long)LIMIT_SNAPSHOT_BYTES_DEFAULT,
-            (unsigned long long)LIMIT_WAL_SEGMENT_BYTES_DEFAULT, LIMIT_SECRET_BYTES_MIN,
+            (unsigned long long)LIMIT_WAL_SEGMENT_BYTES_DEFAULT,
+            (unsigned long long)LIMIT_WAL_PREALLOC_BYTES_DEFAULT, LIMIT_SECRET_BYTES_MIN,
             LIMIT_PREPARE_TIMEOUT_MS_DEFAULT, LIMIT_LOCK_WAIT_MS_DEFAULT, LIMIT_MEMORY_MB_DEFAULT,
             LIMIT_CONNS_DEFAULT, LIMIT_CONN_WRITES_DEFAULT, LIMIT_THREADS_DEFAULT,
             LIMIT_THREADS_MAX,
@@ -298,7 +302,7 @@ int main(int argc, char **argv)
 {
     enum { OPT_LOG_FILE = 256, OPT_MAX_VALUE, OPT_MAX_LINE, OPT_MAX_GET_KEYS, OPT_MAX_OUTPUT,
            OPT_IDLE_TIMEOUT, OPT_FSYNC, OPT_FSYNC_INTERVAL, OPT_SNAPSHOT_BYTES,
-           OPT_WAL_SEGMENT_BYTES, OPT_ID, OPT_REPLICAS, OPT_SECRET_FILE, OPT_EPOCH,
+           OPT_WAL_SEGMENT_BYTES, OPT_WAL_PREALLOC_BYTES, OPT_ID, OPT_REPLICAS, OPT_SECRET_FILE, OPT_EPOCH,
            OPT_PREPARE_TIMEOUT, OPT_LOCK_WAIT, OPT_THREADS, OPT_CONN_WRITES,
            OPT_OUTPUT_STALL, OPT_AUTH_FILE, OPT_AUTH_TIMEOUT, OPT_AUTH_FAILURES };
     static const struct option opts[] = {
@@ -326,6 +330,7 @@ int main(int argc, char **argv)
         {"fsync-interval", required_argument, NULL, OPT_FSYNC_INTERVAL},
         {"snapshot-bytes", required_argument, NULL, OPT_SNAPSHOT_BYTES},
         {"wal-segment-bytes", required_argument, NULL, OPT_WAL_SEGMENT_BYTES},
+        {"wal-prealloc-bytes", required_argument, NULL, OPT_WAL_PREALLOC_BYTES},
         {"id", required_argument, NULL, OPT_ID},
         {"replicas", required_argument, NULL, OPT_REPLICAS},
         {"secret-file", required_argument, NULL, OPT_SECRET_FILE},
@@ -424,6 +429,9 @@ int main(int argc, char **argv)
             break;
         case OPT_WAL_SEGMENT_BYTES:
             cfg.wal_segment_bytes = num_arg("wal-segment-bytes", optarg, 4096, 1ull << 40);
+            break;
+        case OPT_WAL_PREALLOC_BYTES:
+            cfg.wal_prealloc_bytes = num_arg("wal-prealloc-bytes", optarg, 0, 1ull << 40);
             break;
         case OPT_ID:
             cfg.id = (uint32_t)num_arg("id", optarg, 0, LIMIT_REPLICAS_MAX - 1);

@@ -847,25 +847,66 @@ static void test_torn_last_record_at_every_offset_is_cut(void)
     tdir_remove(&d);
 }
 
-static void test_zeroed_block_at_end_of_last_segment_is_cut(void)
+/* Zeros after a segment's last record are what the writer preallocated (a
+ * crash, or a failed trim, left them): trimmed without a warning, counted
+ * as nothing cut, every record replayed. In the last segment and in an
+ * earlier one alike (the lsns across segments still prove nothing is
+ * missing). */
+static void test_preallocated_zeros_after_the_records_are_trimmed_quietly(void)
 {
     struct tdir d;
     struct recover_result res;
     struct store *s;
-    char err[ERRCAP], path[512], z[64];
-    long size;
+    char err[ERRCAP], path[512], path4[512];
+    static char z[70000];
+    long size, size4;
 
-    memset(z, 0, sizeof(z));
     tdir_make(&d);
     model_log(&d, 9, 1024);
     seg_path(path, sizeof(path), &d, 7);
+    seg_path(path4, sizeof(path4), &d, 1);
     size = file_size(path);
+    size4 = file_size(path4);
     append_file(path, z, sizeof(z));
+    append_file(path4, z, 64);
     CU_ASSERT_EQUAL(run_recover(&d, NOW, &res, err, &s), 0);
     CU_ASSERT(model_holds(s, 9, 9));
-    CU_ASSERT_EQUAL(res.truncated_bytes, 64);
+    CU_ASSERT_EQUAL(res.truncated_bytes, 0);
     CU_ASSERT_EQUAL(file_size(path), size);
+    CU_ASSERT_EQUAL(file_size(path4), size4);
     CU_ASSERT_EQUAL(res.next_lsn, 10);
+    CU_ASSERT(!tdir_logged(&d, "cutting off"));
+    store_free(s);
+    tdir_remove(&d);
+}
+
+/* A record cut short inside preallocated space: its first bytes written,
+ * the rest still zero. Torn (it was never acknowledged): cut, with the
+ * warning. */
+static void test_torn_record_in_preallocated_space_is_cut(void)
+{
+    struct tdir d;
+    struct recover_result res;
+    struct store *s;
+    char err[ERRCAP], path[512], z[4096];
+    long size;
+    size_t last;
+
+    memset(z, 0, sizeof(z));
+    tdir_make(&d);
+    last = model_log(&d, 9, 1024);
+    seg_path(path, sizeof(path), &d, 7);
+    size = file_size(path);
+    /* Record 9's header survives, its payload is zeros, then more zeros. */
+    zero_bytes(path, size - (long)last + WAL_RECORD_HEADER_BYTES,
+               last - WAL_RECORD_HEADER_BYTES);
+    append_file(path, z, sizeof(z));
+    CU_ASSERT_EQUAL(run_recover(&d, NOW, &res, err, &s), 0);
+    CU_ASSERT(model_holds(s, 8, 9));
+    CU_ASSERT_EQUAL(file_size(path), size - (long)last);
+    CU_ASSERT_EQUAL(res.truncated_bytes, last + sizeof(z));
+    CU_ASSERT_EQUAL(res.next_lsn, 9);
+    CU_ASSERT(tdir_logged(&d, "cutting off"));
     store_free(s);
     tdir_remove(&d);
 }
@@ -994,15 +1035,31 @@ static void test_damage_at_end_of_non_last_segment_is_corruption(void)
     CU_ASSERT_EQUAL(file_size(p1), s1 - 10);
     tdir_remove(&d);
 
-    /* Zeroes appended to segment 1. */
+    /* Segment 1's last record zeroed out: it reads as preallocated space,
+     * but segment 7 does not follow on from what is left, so the loss
+     * shows as a gap. (Zeros merely appended to segment 1 are trimmed:
+     * test_preallocated_zeros_after_the_records_are_trimmed_quietly.) */
     tdir_make(&d);
     model_log(&d, 9, 1024);
     seg_path(p1, sizeof(p1), &d, 1);
     s1 = file_size(p1);
-    append_file(p1, z, sizeof(z));
-    CU_ASSERT_EQUAL(run_recover(&d, NOW, &res, err, NULL), -EBADMSG);
-    CU_ASSERT_PTR_NOT_NULL(strstr(err, "wal-0000000000000001.log"));
-    CU_ASSERT_EQUAL(file_size(p1), s1 + 64);
+    {
+        char *img;
+        size_t len, last = 0;
+        long off = WAL_SEGMENT_HEADER_BYTES, n;
+        struct wal_record rec;
+        CU_ASSERT_PTR_NOT_NULL_FATAL(img = read_all(p1, &len));
+        while ((size_t)off < len && (n = wal_record_decode(img + off, len - (size_t)off, &rec)) > 0) {
+            last = (size_t)n;
+            off += n;
+        }
+        free(img);
+        CU_ASSERT_FATAL(last > 0 && last <= 256);
+        zero_bytes(p1, s1 - (long)last, last);
+    }
+    CU_ASSERT_EQUAL(run_recover(&d, NOW, &res, err, NULL), -ENOENT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "gap"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "wal-0000000000000007.log"));
     tdir_remove(&d);
 }
 
@@ -1664,8 +1721,10 @@ void unit_recover_register(void)
               test_snapshot_written_from_a_store_round_trips);
     unit_test(s, "torn last record at every offset is cut",
               test_torn_last_record_at_every_offset_is_cut);
-    unit_test(s, "zeroed block at end of last segment is cut",
-              test_zeroed_block_at_end_of_last_segment_is_cut);
+    unit_test(s, "preallocated zeros after the records are trimmed quietly",
+              test_preallocated_zeros_after_the_records_are_trimmed_quietly);
+    unit_test(s, "torn record in preallocated space is cut",
+              test_torn_record_in_preallocated_space_is_cut);
     unit_test(s, "zeroed block in middle of last segment is corruption",
               test_zeroed_block_in_middle_of_last_segment_is_corruption);
     unit_test(s, "flipped byte in middle record is corruption",

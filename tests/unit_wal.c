@@ -858,7 +858,7 @@ static void test_scan_damage_in_middle_is_corrupt_at_end_is_torn(void)
     free(im.data);
 }
 
-static void test_scan_zeroed_block_at_tail_is_torn_in_middle_corrupt(void)
+static void test_scan_zeroed_block_at_tail_is_preallocated_in_middle_corrupt(void)
 {
     struct img im;
     struct seen s = {0};
@@ -866,13 +866,20 @@ static void test_scan_zeroed_block_at_tail_is_torn_in_middle_corrupt(void)
     char *copy;
 
     img_build(&im, 1, 5, NULL);
-    /* 64 zero bytes after the last record (the image has room for them). */
+    /* 64 zero bytes after the last record (the image has room for them):
+     * the writer's preallocated space. */
     memset(im.data + im.len, 0, 64);
     scan(im.data, im.len + 64, &s, &sc);
-    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_TORN);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_ZERO_TAIL);
     CU_ASSERT_EQUAL(sc.bad_offset, im.len);
     CU_ASSERT_EQUAL(sc.valid_bytes, im.len);
     CU_ASSERT_EQUAL(sc.records, 5);
+    CU_ASSERT_EQUAL(s.n, 5);
+    /* One byte that is not zero in that space makes it a torn record. */
+    im.data[im.len + 63] = 1;
+    scan(im.data, im.len + 64, &s, &sc);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_TORN);
+    CU_ASSERT_EQUAL(sc.valid_bytes, im.len);
     /* The last record zeroed over its first 64 bytes (the rest is stale). */
     copy = malloc(im.len);
     CU_ASSERT_PTR_NOT_NULL_FATAL(copy);
@@ -1319,6 +1326,117 @@ static void test_writer_cuts_segments_at_record_boundaries(void)
     wh_finish(&h);
 }
 
+/* Scans one segment file as it is now. */
+static struct wal_scan scan_file(const char *dir, uint64_t first, long *size)
+{
+    char path[512], *data = NULL;
+    size_t len = 0;
+    struct wal_scan sc;
+
+    datadir_path(path, sizeof(path), dir, "wal-", first, ".log");
+    memset(&sc, 0, sizeof(sc));
+    sc.status = WAL_SCAN_BAD_HEADER;
+    *size = -1;
+    if (read_file(path, &data, &len) == 0) {
+        wal_scan_segment(data, len, NULL, NULL, &sc);
+        *size = (long)len;
+        free(data);
+    }
+    return sc;
+}
+
+static void test_writer_preallocates_ahead_and_trims_what_it_closes(void)
+{
+    struct wh h;
+    struct wal_config cfg;
+    struct wal_stats st;
+    struct wal_scan sc;
+    long size;
+
+    /* 1020-byte records, 8192-byte segments (eight records each),
+     * zero-filled 2048 bytes at a time. */
+    wh_init(&h, 1000, 0);
+    cfg = wh_config(&h, WAL_FSYNC_ALWAYS, 8192, NULL);
+    cfg.prealloc_bytes = 2048;
+    CU_ASSERT_EQUAL_FATAL(wal_open(&h.w, &h.loop, &cfg, 1), 0);
+    /* The new segment has its first chunk before any record. */
+    sc = scan_file(h.dir, 1, &size);
+    CU_ASSERT_EQUAL(size, WAL_SEGMENT_HEADER_BYTES + 2048);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_ZERO_TAIL);
+    CU_ASSERT_EQUAL(sc.records, 0);
+    /* A record goes before the zeros; the file does not grow. */
+    CU_ASSERT_EQUAL(wh_append(&h, 1), 1);
+    CU_ASSERT_FATAL(wh_wait(&h, 1));
+    sc = scan_file(h.dir, 1, &size);
+    CU_ASSERT_EQUAL(size, WAL_SEGMENT_HEADER_BYTES + 2048);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_ZERO_TAIL);
+    CU_ASSERT_EQUAL(sc.records, 1);
+    CU_ASSERT_EQUAL(sc.valid_bytes, WAL_SEGMENT_HEADER_BYTES + 1020);
+    /* Past the chunk: the next one is filled, never beyond the segment. */
+    for (uint64_t lsn = 2; lsn <= 7; lsn++)
+        CU_ASSERT_EQUAL(wh_append(&h, lsn), (int64_t)lsn);
+    CU_ASSERT_FATAL(wh_wait(&h, 7));
+    sc = scan_file(h.dir, 1, &size);
+    CU_ASSERT_EQUAL(size, 8192);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_ZERO_TAIL);
+    CU_ASSERT_EQUAL(sc.records, 7);
+    /* More segments: each closed one is trimmed to its records. */
+    for (uint64_t lsn = 8; lsn <= 20; lsn++) {
+        CU_ASSERT_EQUAL(wh_append(&h, lsn), (int64_t)lsn);
+        if (lsn % 3 == 0)
+            CU_ASSERT_FATAL(wh_wait(&h, lsn));
+    }
+    CU_ASSERT_FATAL(wh_wait(&h, 20));
+    for (size_t i = 0; i < 20; i++)
+        CU_ASSERT(h.a->lsn[i] == i + 1 && h.a->status[i] == 0);
+    sc = scan_file(h.dir, 1, &size);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_CLEAN);
+    CU_ASSERT_EQUAL(sc.records, 8);
+    CU_ASSERT_EQUAL(size, WAL_SEGMENT_HEADER_BYTES + 8 * 1020);
+    sc = scan_file(h.dir, 9, &size);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_CLEAN);
+    CU_ASSERT_EQUAL(sc.records, 8);
+    sc = scan_file(h.dir, 17, &size); /* the open one */
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_ZERO_TAIL);
+    CU_ASSERT_EQUAL(sc.records, 4);
+    wal_get_stats(h.w, &st);
+    CU_ASSERT_EQUAL(st.segments, 3);
+    /* Zero-filling costs no fsync of its own: one per batch, one per
+     * segment header, one per full segment. */
+    CU_ASSERT_EQUAL(st.fsyncs, st.batches + 3 + 2);
+    /* A clean close trims the last one too. */
+    wal_close(h.w);
+    h.w = NULL;
+    struct on_disk od = scan_dir(h.dir, &h.ps, 1);
+    CU_ASSERT_EQUAL(od.files, 3);
+    CU_ASSERT_EQUAL(od.records, 20);
+    CU_ASSERT_EQUAL(od.problems, 0);
+    CU_ASSERT_EQUAL(od.bytes, 3 * WAL_SEGMENT_HEADER_BYTES + 20 * 1020);
+    CU_ASSERT_EQUAL(st.bytes, od.bytes);
+    wh_finish(&h);
+}
+
+static void test_writer_does_not_preallocate_under_fsync_none(void)
+{
+    struct wh h;
+    struct wal_config cfg;
+    struct wal_scan sc;
+    long size;
+
+    wh_init(&h, 1000, 0);
+    cfg = wh_config(&h, WAL_FSYNC_NONE, 1u << 20, NULL);
+    cfg.prealloc_bytes = 4096;
+    CU_ASSERT_EQUAL_FATAL(wal_open(&h.w, &h.loop, &cfg, 1), 0);
+    for (uint64_t lsn = 1; lsn <= 5; lsn++)
+        CU_ASSERT_EQUAL(wh_append(&h, lsn), (int64_t)lsn);
+    CU_ASSERT_FATAL(wh_wait(&h, 5));
+    sc = scan_file(h.dir, 1, &size);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_CLEAN);
+    CU_ASSERT_EQUAL(sc.records, 5);
+    CU_ASSERT_EQUAL(size, WAL_SEGMENT_HEADER_BYTES + 5 * 1020);
+    wh_finish(&h);
+}
+
 static bool seg_exists(const char *dir, uint64_t first)
 {
     char path[512];
@@ -1505,6 +1623,62 @@ static const struct wal_io seam = {
     .fdatasync = seam_fdatasync,
     .close = seam_close,
 };
+
+static atomic_int io_pwrite_calls;
+
+static ssize_t enospc_pwrite(int fd, const void *p, size_t n, off_t off)
+{
+    (void)fd;
+    (void)p;
+    (void)n;
+    (void)off;
+    atomic_fetch_add(&io_pwrite_calls, 1);
+    errno = ENOSPC;
+    return -1;
+}
+
+static const struct wal_io seam_no_prealloc_space = {
+    .open = seam_open,
+    .write = seam_write,
+    .fdatasync = seam_fdatasync,
+    .close = seam_close,
+    .pwrite = enospc_pwrite,
+    .ftruncate = ftruncate,
+};
+
+/* Zero-filling is best effort: when it fails the log appends, and the
+ * records are acknowledged and on disk as ever. */
+static void test_seam_prealloc_enospc_falls_back_to_appending(void)
+{
+    struct wh h;
+    struct wal_config cfg;
+    struct wal_scan sc;
+    long size;
+
+    io_reset();
+    atomic_store(&io_pwrite_calls, 0);
+    wh_init(&h, 500, 0);
+    cfg = wh_config(&h, WAL_FSYNC_ALWAYS, 4096, &seam_no_prealloc_space);
+    cfg.prealloc_bytes = 1024;
+    CU_ASSERT_EQUAL_FATAL(wal_open(&h.w, &h.loop, &cfg, 1), 0);
+    for (uint64_t lsn = 1; lsn <= 12; lsn++)
+        CU_ASSERT_EQUAL(wh_append(&h, lsn), (int64_t)lsn);
+    CU_ASSERT_FATAL(wh_wait(&h, 12));
+    for (size_t i = 0; i < 12; i++)
+        CU_ASSERT(h.a->lsn[i] == i + 1 && h.a->status[i] == 0);
+    CU_ASSERT_EQUAL(wal_error(h.w), 0);
+    /* Tried once per segment, then left alone. */
+    CU_ASSERT(atomic_load(&io_pwrite_calls) >= 1 && atomic_load(&io_pwrite_calls) <= 4);
+    sc = scan_file(h.dir, 1, &size);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_CLEAN);
+    CU_ASSERT_EQUAL((size_t)size, sc.valid_bytes);
+    wal_close(h.w);
+    h.w = NULL;
+    struct on_disk od = scan_dir(h.dir, &h.ps, 1);
+    CU_ASSERT_EQUAL(od.records, 12);
+    CU_ASSERT_EQUAL(od.problems, 0);
+    wh_finish(&h);
+}
 
 static void test_fsync_none_acks_without_syncing_and_close_syncs(void)
 {
@@ -1886,8 +2060,8 @@ void unit_wal_register(void)
               test_scan_every_truncation_point_is_clean_or_torn);
     unit_test(s, "scan damage in middle is corrupt, at end torn",
               test_scan_damage_in_middle_is_corrupt_at_end_is_torn);
-    unit_test(s, "scan zeroed block at tail is torn, in middle corrupt",
-              test_scan_zeroed_block_at_tail_is_torn_in_middle_corrupt);
+    unit_test(s, "scan zeroed block at tail is preallocated, in middle corrupt",
+              test_scan_zeroed_block_at_tail_is_preallocated_in_middle_corrupt);
     unit_test(s, "scan lsn skip or repeat is a gap", test_scan_lsn_skip_or_repeat_is_a_gap);
     unit_test(s, "scan bad header and newer format", test_scan_bad_header_and_newer_format);
     unit_test(s, "scan callback error stops", test_scan_callback_error_stops);
@@ -1897,6 +2071,10 @@ void unit_wal_register(void)
               test_writer_close_writes_and_acks_pending_records);
     unit_test(s, "writer cuts segments at record boundaries",
               test_writer_cuts_segments_at_record_boundaries);
+    unit_test(s, "writer preallocates ahead and trims what it closes",
+              test_writer_preallocates_ahead_and_trims_what_it_closes);
+    unit_test(s, "writer does not preallocate under fsync none",
+              test_writer_does_not_preallocate_under_fsync_none);
     unit_test(s, "remove_covered removes only wholly covered segments",
               test_remove_covered_removes_only_wholly_covered_segments);
     unit_test(s, "open counts existing segments and can remove them",
@@ -1917,4 +2095,6 @@ void unit_wal_register(void)
     unit_test(s, "seam fdatasync EIO is sticky and never retried",
               test_seam_fdatasync_eio_is_sticky_and_never_retried);
     unit_test(s, "seam open failure is reported", test_seam_open_failure_is_reported);
+    unit_test(s, "seam prealloc ENOSPC falls back to appending",
+              test_seam_prealloc_enospc_falls_back_to_appending);
 }

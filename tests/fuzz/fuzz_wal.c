@@ -110,6 +110,11 @@ static void scan(const char *data, size_t size, bool cluster)
     case WAL_SCAN_CLEAN:
         FUZZ_CHECK(sc_out.valid_bytes == size);
         break;
+    case WAL_SCAN_ZERO_TAIL:
+        FUZZ_CHECK(sc_out.bad_offset == sc_out.valid_bytes && sc_out.valid_bytes < size);
+        for (size_t i = sc_out.valid_bytes; i < size; i++)
+            FUZZ_CHECK(data[i] == 0);
+        break;
     case WAL_SCAN_TORN:
     case WAL_SCAN_CORRUPT:
     case WAL_SCAN_LSN_GAP:
