@@ -1657,25 +1657,20 @@ static int env_prepare(void *ctx, const struct tpc_txn *t, void **handle)
 
     if (r != 0)
         return r;
-    if ((p->user = calloc(1, sizeof(struct ptx))) == NULL) {
-        txn_abort(&srv->rm, p);
-        return TPC_R_NO_MEMORY;
-    }
-    *handle = p;
+    *handle = p; /* p->user: a zeroed struct ptx (rm.user_bytes) */
     return 0;
 }
 
 static void env_release(struct server *srv, struct txn_prep *p, bool commit)
 {
-    struct ptx *x = p->user;
+    struct ptx *x = p->user; /* freed with p */
 
+    wake_later(srv, &x->waiters);
     if (commit)
         txn_commit(&srv->rm, p);
     else
         txn_abort(&srv->rm, p);
-    wake_later(srv, &x->waiters);
     wake_later(srv, &srv->txn_any);
-    free(x);
 }
 
 static void env_commit(void *ctx, const struct tpc_txn *t, void *handle)
@@ -2068,6 +2063,7 @@ static int cluster_open(struct server *srv, struct recover_ledger *ledger, char 
     for (size_t i = 0; i < srv->cfg.nreplicas; i++)
         tc.ids[i] = srv->cfg.replicas[i].id;
     srv->rm.store = srv->store;
+    srv->rm.user_bytes = sizeof(struct ptx);
     if ((srv->tpc = tpc_new(&tc, &env, &r)) == NULL)
         return util_errf(err, cap, r, "cannot start two-phase commit: %s", strerror(-r));
     uint64_t min = srv->rec.next_cas;

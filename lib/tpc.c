@@ -115,6 +115,8 @@ struct tpc {
     struct tx *active;
     struct tx *rhead, *rtail;
     size_t nremembered;
+    struct tx *spare; /* freed transactions kept for reuse (hnext-linked) */
+    size_t nspare;
     struct wait *waits; /* ring of records awaiting durability, lsn order */
     size_t whead, wlen, wcap;
     struct tpc_stats st;
@@ -205,12 +207,21 @@ static void table_grow(struct tpc *t)
     t->nbuckets = n;
 }
 
+/* Up to this many freed transactions are kept for reuse: a replica forgets
+ * one for each it learns of, so malloc and free per transaction go. */
+#define SPARE_TX_MAX 1024
+
 static struct tx *tx_new(struct tpc *t, uint64_t txid, uint64_t epoch, uint32_t coord)
 {
-    struct tx *x = calloc(1, sizeof(*x));
+    struct tx *x = t->spare;
 
-    if (x == NULL)
+    if (x) {
+        t->spare = x->hnext;
+        t->nspare--;
+        memset(x, 0, sizeof(*x));
+    } else if ((x = calloc(1, sizeof(*x))) == NULL) {
         return NULL;
+    }
     x->txid = txid;
     x->epoch = epoch;
     x->coord = coord;
@@ -266,6 +277,20 @@ static void tx_free(struct tx *x)
     free(x);
 }
 
+/* A transaction out of the table for good: kept for reuse, or freed. */
+static void tx_release(struct tpc *t, struct tx *x)
+{
+    if (t->nspare >= SPARE_TX_MAX) {
+        tx_free(x);
+        return;
+    }
+    free(x->ops);
+    x->ops = NULL;
+    x->hnext = t->spare;
+    t->spare = x;
+    t->nspare++;
+}
+
 /* A decided transaction leaves the active list and is remembered; the
  * oldest remembered are forgotten past remembered_max (but not one whose
  * participant COMMIT is not durable yet: its ACK is still to go). */
@@ -293,7 +318,7 @@ static void remember(struct tpc *t, struct tx *x)
             t->rtail = NULL;
         t->nremembered--;
         tx_unhash(t, old);
-        tx_free(old);
+        tx_release(t, old);
     }
 }
 
@@ -645,7 +670,7 @@ int tpc_begin(struct tpc *t, uint64_t txid, uint32_t nops, const char *ops,
         (x->ops = malloc(nbytes ? nbytes : 1)) == NULL) {
         if (x) {
             tx_unhash(t, x);
-            tx_free(x);
+            tx_release(t, x);
         }
         t->env.abort(t->env.ctx, &txn, handle);
         t->st.aborted[TPC_R_NO_MEMORY]++;
@@ -660,7 +685,7 @@ int tpc_begin(struct tpc *t, uint64_t txid, uint32_t nops, const char *ops,
     if (lsn < 0 || wait_push(t, (uint64_t)lsn, txid, W_PREPARE) < 0) {
         t->env.abort(t->env.ctx, &txn, handle);
         tx_unhash(t, x);
-        tx_free(x);
+        tx_release(t, x);
         t->st.aborted[TPC_R_LOG_FAILED]++;
         return TPC_R_LOG_FAILED;
     }
@@ -938,7 +963,7 @@ int tpc_recover_prepared(struct tpc *t, const struct tpc_txn *txn, uint64_t now_
         (x->ops = malloc(txn->nbytes ? txn->nbytes : 1)) == NULL) {
         if (x) {
             tx_unhash(t, x);
-            tx_free(x);
+            tx_release(t, x);
         }
         t->env.abort(t->env.ctx, &copy, handle);
         return -ENOMEM;
@@ -1041,6 +1066,11 @@ void tpc_free(struct tpc *t)
             tx_free(x);
             x = next;
         }
+    }
+    while (t->spare) {
+        struct tx *x = t->spare;
+        t->spare = x->hnext;
+        tx_free(x);
     }
     free(t->buckets);
     free(t->waits);

@@ -95,7 +95,6 @@ static void release(struct txn_rm *rm, struct txn_prep *p, bool commit)
     if (rm->flush_holder == p)
         rm->flush_holder = NULL;
     rm->prepared--;
-    free(p->ch);
     free(p);
 }
 
@@ -167,11 +166,14 @@ int txn_prepare(struct txn_rm *rm, const struct tpc_txn *t, struct txn_prep **ou
      * (no op is shorter than its head) must not size the allocation. */
     if (t->nops == 0 || t->nops > t->nbytes / WAL_OP_BYTES_MIN)
         return TPC_R_BAD_OPS;
-    p = calloc(1, sizeof(*p));
-    if (p == NULL || (p->ch = calloc(t->nops, sizeof(*p->ch))) == NULL) {
-        free(p);
+    /* One allocation: the head, the caller's area, the changes (a write
+     * used to cost three). */
+    size_t user = (rm->user_bytes + 15) & ~(size_t)15;
+    size_t head = (sizeof(*p) + 15) & ~(size_t)15;
+    if ((p = calloc(1, head + user + (size_t)t->nops * sizeof(*p->ch))) == NULL)
         return TPC_R_NO_MEMORY;
-    }
+    p->user = rm->user_bytes ? (char *)p + head : NULL;
+    p->ch = (struct store_change *)((char *)p + head + user);
     rm->prepared++;
     if (rm->flush_holder) {
         reason = TPC_R_BUSY;

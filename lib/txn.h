@@ -38,9 +38,10 @@ int txn_encode_change(struct buf *b, const struct store_change *ch, uint64_t exp
 /* A prepared transaction: its store changes and the keys it holds. */
 struct txn_prep {
     size_t nch;
-    struct store_change *ch;
+    struct store_change *ch; /* in the same allocation */
     bool flush;
-    void *user; /* the caller's (the server keeps its waiters there) */
+    void *user; /* the caller's: rm->user_bytes of zeroed memory in the same
+                   allocation, or NULL (the server keeps its waiters there) */
 };
 
 /* The resource manager of one replica's store. */
@@ -48,6 +49,7 @@ struct txn_rm {
     struct store *store;
     struct txn_prep *flush_holder; /* a prepared flush_all holds every key */
     size_t prepared;               /* transactions holding locks */
+    size_t user_bytes;             /* what txn_prep.user points to */
 };
 
 /*
