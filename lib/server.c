@@ -346,22 +346,31 @@ enum {
  * before it polls and after its I/O callbacks, so no reading outlives the
  * work of one wake-up.
  */
-static __thread bool tl_clock_fresh;
+static __thread bool tl_wall_fresh, tl_mono_fresh;
 static __thread int64_t tl_wall_ms;
 static __thread uint64_t tl_mono_ns;
 
 static void clock_stale(void)
 {
-    tl_clock_fresh = false;
+    tl_wall_fresh = tl_mono_fresh = false;
 }
 
-static void clock_read(void)
+static int64_t wall_ms(void)
 {
-    if (!tl_clock_fresh) {
+    if (!tl_wall_fresh) {
         tl_wall_ms = util_now_unix_ms();
-        tl_mono_ns = util_mono_ns();
-        tl_clock_fresh = true;
+        tl_wall_fresh = true;
     }
+    return tl_wall_ms;
+}
+
+static uint64_t mono_ns(void)
+{
+    if (!tl_mono_fresh) {
+        tl_mono_ns = util_mono_ns();
+        tl_mono_fresh = true;
+    }
+    return tl_mono_ns;
 }
 
 static void clock_on_prepare(uv_prepare_t *h)
@@ -378,8 +387,7 @@ static void clock_on_check(uv_check_t *h)
 
 static void refresh_now(struct server *srv)
 {
-    clock_read();
-    srv->now_ms = tl_wall_ms;
+    srv->now_ms = wall_ms();
 }
 
 /* Whether one more warning of rl's kind may be logged now (lock held). When
@@ -1414,14 +1422,12 @@ static int execute(struct server *srv, struct conn *c, const struct proto_req *r
 
 static uint64_t now_us(void)
 {
-    clock_read();
-    return tl_mono_ns / 1000u;
+    return mono_ns() / 1000u;
 }
 
 static uint64_t mono_ms(void)
 {
-    clock_read();
-    return tl_mono_ns / 1000000u;
+    return mono_ns() / 1000000u;
 }
 
 static uint64_t rng_next(struct server *srv)
