@@ -95,6 +95,24 @@ struct tx {
     uint32_t nops, nbytes;
 };
 
+struct txtab {
+    struct tx **b; /* chains through hnext */
+    size_t n, count;
+};
+
+/* The remembered decisions: open addressing, the txid in the slot, so a
+ * lookup (most are of a txid not there: every new PREPARE) costs one
+ * cache miss, not one per chained record. */
+struct gslot {
+    uint64_t txid;
+    struct tx *x; /* NULL: empty */
+};
+
+struct gonetab {
+    struct gslot *s;
+    size_t n, count; /* n a power of two, count <= n / 2 */
+};
+
 struct wait {
     uint64_t lsn;
     uint64_t txid;
@@ -110,8 +128,12 @@ struct tpc {
     bool log_failed;
     uint64_t seq, min_seq;
     uint64_t now_us;
-    struct tx **buckets;
-    size_t nbuckets, count;
+    /* Two tables: the live transactions (a few hundred: they stay in the
+     * cache, and almost every message is about one of them) and the
+     * remembered decisions (up to remembered_max: megabytes, a cache miss
+     * or two per lookup). */
+    struct txtab live;
+    struct gonetab gone;
     struct tx *active;
     struct tx *rhead, *rtail;
     size_t nremembered;
@@ -172,39 +194,144 @@ static uint32_t bit_of(const struct tpc *t, uint32_t id)
 
 /* ---- the transaction table --------------------------------------------------- */
 
-static size_t bucket_of(const struct tpc *t, uint64_t txid)
+static size_t bucket_of(size_t nbuckets, uint64_t txid)
 {
-    return (size_t)((txid * 0x9e3779b97f4a7c15ull) >> 32) & (t->nbuckets - 1);
+    return (size_t)((txid * 0x9e3779b97f4a7c15ull) >> 32) & (nbuckets - 1);
 }
 
-static struct tx *tx_find(const struct tpc *t, uint64_t txid)
+static struct tx *tab_find(const struct txtab *tb, uint64_t txid)
 {
-    for (struct tx *x = t->buckets[bucket_of(t, txid)]; x; x = x->hnext)
+    for (struct tx *x = tb->b[bucket_of(tb->n, txid)]; x; x = x->hnext)
         if (x->txid == txid)
             return x;
     return NULL;
 }
 
-static void table_grow(struct tpc *t)
+static size_t gone_home(const struct gonetab *g, uint64_t txid)
 {
-    size_t n = t->nbuckets * 2;
+    return bucket_of(g->n, txid);
+}
+
+static struct tx *gone_find(const struct gonetab *g, uint64_t txid)
+{
+    for (size_t i = gone_home(g, txid);; i = (i + 1) & (g->n - 1)) {
+        if (g->s[i].x == NULL)
+            return NULL;
+        if (g->s[i].txid == txid)
+            return g->s[i].x;
+    }
+}
+
+static void gone_put(struct gonetab *g, struct tx *x)
+{
+    size_t i = gone_home(g, x->txid);
+
+    while (g->s[i].x != NULL)
+        i = (i + 1) & (g->n - 1);
+    g->s[i] = (struct gslot){x->txid, x};
+    g->count++;
+}
+
+static void gone_grow(struct gonetab *g)
+{
+    struct gonetab bigger = {.n = g->n * 2};
+
+    if ((bigger.s = calloc(bigger.n, sizeof(*bigger.s))) == NULL)
+        return; /* fuller, longer probes, still correct: add never fills it */
+    for (size_t i = 0; i < g->n; i++)
+        if (g->s[i].x)
+            gone_put(&bigger, g->s[i].x);
+    free(g->s);
+    *g = bigger;
+}
+
+static void gone_add(struct gonetab *g, struct tx *x)
+{
+    if (g->count + 1 > g->n / 2)
+        gone_grow(g);
+    if (g->count + 1 < g->n) /* always true unless growing failed again and again */
+        gone_put(g, x);
+}
+
+/* Removes x, shifting back the records after it that probed past its slot
+ * (linear probing without tombstones). */
+static void gone_remove(struct gonetab *g, struct tx *x)
+{
+    size_t mask = g->n - 1, i = gone_home(g, x->txid);
+
+    while (g->s[i].x != x) {
+        if (g->s[i].x == NULL)
+            return; /* not here (its add failed) */
+        i = (i + 1) & mask;
+    }
+    for (size_t j = (i + 1) & mask; g->s[j].x != NULL; j = (j + 1) & mask) {
+        size_t k = gone_home(g, g->s[j].txid);
+        /* s[j] may move to the hole at i if its home is not in (i, j]. */
+        bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+        if (!stays) {
+            g->s[i] = g->s[j];
+            i = j;
+        }
+    }
+    g->s[i] = (struct gslot){0, NULL};
+    g->count--;
+}
+
+static struct tx *tx_find(const struct tpc *t, uint64_t txid)
+{
+    struct tx *x = tab_find(&t->live, txid);
+
+    return x ? x : gone_find(&t->gone, txid);
+}
+
+static int tab_init(struct txtab *tb)
+{
+    tb->n = 256;
+    tb->count = 0;
+    tb->b = calloc(tb->n, sizeof(*tb->b));
+    return tb->b ? 0 : -ENOMEM;
+}
+
+static void tab_grow(struct txtab *tb)
+{
+    size_t n = tb->n * 2;
     struct tx **b = calloc(n, sizeof(*b));
 
     if (b == NULL)
         return; /* longer chains, still correct */
-    for (size_t i = 0; i < t->nbuckets; i++) {
-        struct tx *x = t->buckets[i];
+    for (size_t i = 0; i < tb->n; i++) {
+        struct tx *x = tb->b[i];
         while (x) {
             struct tx *next = x->hnext;
-            size_t j = (size_t)((x->txid * 0x9e3779b97f4a7c15ull) >> 32) & (n - 1);
+            size_t j = bucket_of(n, x->txid);
             x->hnext = b[j];
             b[j] = x;
             x = next;
         }
     }
-    free(t->buckets);
-    t->buckets = b;
-    t->nbuckets = n;
+    free(tb->b);
+    tb->b = b;
+    tb->n = n;
+}
+
+static void tab_add(struct txtab *tb, struct tx *x)
+{
+    if (tb->count >= tb->n * 2)
+        tab_grow(tb);
+    size_t i = bucket_of(tb->n, x->txid);
+    x->hnext = tb->b[i];
+    tb->b[i] = x;
+    tb->count++;
+}
+
+static void tab_remove(struct txtab *tb, struct tx *x)
+{
+    struct tx **pp = &tb->b[bucket_of(tb->n, x->txid)];
+
+    while (*pp != x)
+        pp = &(*pp)->hnext;
+    *pp = x->hnext;
+    tb->count--;
 }
 
 /* Up to this many freed transactions are kept for reuse: a replica forgets
@@ -226,23 +353,16 @@ static struct tx *tx_new(struct tpc *t, uint64_t txid, uint64_t epoch, uint32_t 
     x->epoch = epoch;
     x->coord = coord;
     x->outcome = TPC_O_PENDING;
-    if (t->count >= t->nbuckets * 2)
-        table_grow(t);
-    size_t b = bucket_of(t, txid);
-    x->hnext = t->buckets[b];
-    t->buckets[b] = x;
-    t->count++;
+    tab_add(&t->live, x);
     return x;
 }
 
 static void tx_unhash(struct tpc *t, struct tx *x)
 {
-    struct tx **pp = &t->buckets[bucket_of(t, x->txid)];
-
-    while (*pp != x)
-        pp = &(*pp)->hnext;
-    *pp = x->hnext;
-    t->count--;
+    if (x->remembered)
+        gone_remove(&t->gone, x);
+    else
+        tab_remove(&t->live, x);
 }
 
 static void active_add(struct tpc *t, struct tx *x)
@@ -300,7 +420,9 @@ static void remember(struct tpc *t, struct tx *x)
     free(x->ops);
     x->ops = NULL;
     if (!x->remembered) {
+        tab_remove(&t->live, x);
         x->remembered = true;
+        gone_add(&t->gone, x);
         x->rnext = NULL;
         if (t->rtail)
             t->rtail->rnext = x;
@@ -1046,8 +1168,9 @@ struct tpc *tpc_new(const struct tpc_config *cfg, const struct tpc_env *env, int
     t->env = *env;
     t->self_idx = (uint32_t)self;
     t->all = (1u << cfg->n) - 1; /* n <= TPC_REPLICAS_MAX (16) */
-    t->nbuckets = 256;
-    if ((t->buckets = calloc(t->nbuckets, sizeof(*t->buckets))) == NULL) {
+    t->gone.n = 256;
+    if (tab_init(&t->live) < 0 || (t->gone.s = calloc(t->gone.n, sizeof(*t->gone.s))) == NULL) {
+        free(t->live.b);
         free(t);
         return NULL;
     }
@@ -1059,20 +1182,24 @@ void tpc_free(struct tpc *t)
 {
     if (t == NULL)
         return;
-    for (size_t i = 0; i < t->nbuckets; i++) {
-        struct tx *x = t->buckets[i];
+    for (size_t i = 0; i < t->live.n; i++) {
+        struct tx *x = t->live.b[i];
         while (x) {
             struct tx *next = x->hnext;
             tx_free(x);
             x = next;
         }
     }
+    free(t->live.b);
+    for (size_t i = 0; i < t->gone.n; i++)
+        if (t->gone.s[i].x)
+            tx_free(t->gone.s[i].x);
+    free(t->gone.s);
     while (t->spare) {
         struct tx *x = t->spare;
         t->spare = x->hnext;
         tx_free(x);
     }
-    free(t->buckets);
     free(t->waits);
     free(t);
 }

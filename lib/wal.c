@@ -727,16 +727,10 @@ static void *writer_main(void *arg)
     }
     /* Clean stop: a final sync makes even --fsync none durable, and the
      * segment is trimmed to its records. */
-    if (!w->error && w->fd >= 0 && w->filled > w->cur_bytes) {
-        trim_segment(w);
-        pthread_mutex_unlock(&w->mu);
-        int r = sync_fd(w);
-        pthread_mutex_lock(&w->mu);
-        if (r < 0) {
-            w->error = r;
-            atomic_store(&w->failed, r);
-        }
-    } else if (!w->error && w->fd >= 0 && w->cfg.fsync_mode == WAL_FSYNC_NONE) {
+    bool trim = w->filled > w->cur_bytes;
+    if (!w->error && w->fd >= 0 && (trim || w->cfg.fsync_mode == WAL_FSYNC_NONE)) {
+        if (trim)
+            trim_segment(w);
         pthread_mutex_unlock(&w->mu);
         int r = sync_fd(w);
         pthread_mutex_lock(&w->mu);

@@ -764,6 +764,51 @@ static void test_remembered_bounded(void)
     tpc_free(t);
 }
 
+/* Many remembered decisions, forgotten oldest first: every lookup finds
+ * exactly the newest remembered_max (the table probes, grows, and closes
+ * the gaps that forgetting leaves). */
+static void test_remembered_many_exactly_the_newest(void)
+{
+    enum { KEEP = 700, TOTAL = 6000 };
+    struct tpc_config cfg = {.self = 0,
+                             .n = 3,
+                             .ids = {0, 1, 2},
+                             .epoch = 7,
+                             .prepare_timeout_us = TIMEOUT,
+                             .resend_us = RESEND,
+                             .remembered_max = KEEP};
+    static uint64_t txids[TOTAL];
+    uint64_t r = 0x2545f4914f6cdd1dull;
+    unsigned wrong = 0;
+    int err;
+
+    memset(&F, 0, sizeof(F));
+    struct tpc *t = tpc_new(&cfg, &env, &err);
+    CU_ASSERT_FATAL(t != NULL);
+    for (size_t i = 0; i < TOTAL; i++) {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        txids[i] = ((r >> 16) << 8) | 1; /* coordinator 1, scattered ids */
+        struct tpc_msg m = msg(TPC_MSG_ABORT, 1, 0, txids[i]);
+        tpc_receive(t, &m, i);
+        /* Now and then, check the whole window so far. */
+        if (i % 997 == 0 || i == TOTAL - 1) {
+            for (size_t j = 0; j <= i; j++) {
+                enum tpc_outcome want = j + KEEP > i ? TPC_O_ABORTED : TPC_O_UNKNOWN;
+                if (tpc_known_outcome(t, txids[j]) != want)
+                    wrong++;
+            }
+        }
+    }
+    CU_ASSERT_EQUAL(wrong, 0);
+    /* A late PREPARE of a remembered abort is not prepared. */
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, txids[TOTAL - 1]);
+    tpc_receive(t, &m, TOTAL);
+    CU_ASSERT_EQUAL(F.prepares, 0);
+    tpc_free(t);
+}
+
 static void test_bad_config(void)
 {
     struct tpc_config cfg = {.self = 5, .n = 2, .ids = {0, 1}, .remembered_max = 1};
@@ -816,5 +861,7 @@ void unit_tpc_register(void)
     unit_test(s, "open transactions for a snapshot; unapplied commit lsn",
               test_open_for_snapshot);
     unit_test(s, "remembered decisions are bounded", test_remembered_bounded);
+    unit_test(s, "many remembered: exactly the newest are known",
+              test_remembered_many_exactly_the_newest);
     unit_test(s, "bad configurations refused", test_bad_config);
 }
