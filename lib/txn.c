@@ -173,7 +173,7 @@ int txn_prepare(struct txn_rm *rm, const struct tpc_txn *t, struct txn_prep **ou
     if ((p = calloc(1, head + user + (size_t)t->nops * sizeof(*p->ch))) == NULL)
         return TPC_R_NO_MEMORY;
     p->user = rm->user_bytes ? (char *)p + head : NULL;
-    p->ch = (struct store_change *)((char *)p + head + user);
+    p->ch = (void *)((char *)p + head + user); /* head and user are 16-aligned */
     rm->prepared++;
     if (rm->flush_holder) {
         reason = TPC_R_BUSY;
