@@ -59,32 +59,36 @@ struct token {
     size_t n;
 };
 
+/* The length is kept beside the name: lookup compares it first. */
+#define CMD(name, cmd) {name, sizeof(name) - 1, cmd}
 static const struct {
     const char *name;
+    size_t len;
     enum proto_cmd cmd;
 } commands[] = {
-    {"get", PROTO_CMD_GET},
-    {"gets", PROTO_CMD_GETS},
-    {"gat", PROTO_CMD_GAT},
-    {"gats", PROTO_CMD_GATS},
-    {"set", PROTO_CMD_SET},
-    {"add", PROTO_CMD_ADD},
-    {"replace", PROTO_CMD_REPLACE},
-    {"append", PROTO_CMD_APPEND},
-    {"prepend", PROTO_CMD_PREPEND},
-    {"cas", PROTO_CMD_CAS},
-    {"delete", PROTO_CMD_DELETE},
-    {"incr", PROTO_CMD_INCR},
-    {"decr", PROTO_CMD_DECR},
-    {"touch", PROTO_CMD_TOUCH},
-    {"flush_all", PROTO_CMD_FLUSH_ALL},
-    {"version", PROTO_CMD_VERSION},
-    {"verbosity", PROTO_CMD_VERBOSITY},
-    {"stats", PROTO_CMD_STATS},
-    {"quit", PROTO_CMD_QUIT},
-    {"keys", PROTO_CMD_KEYS},
-    {"snapshot", PROTO_CMD_SNAPSHOT},
+    CMD("get", PROTO_CMD_GET),
+    CMD("gets", PROTO_CMD_GETS),
+    CMD("gat", PROTO_CMD_GAT),
+    CMD("gats", PROTO_CMD_GATS),
+    CMD("set", PROTO_CMD_SET),
+    CMD("add", PROTO_CMD_ADD),
+    CMD("replace", PROTO_CMD_REPLACE),
+    CMD("append", PROTO_CMD_APPEND),
+    CMD("prepend", PROTO_CMD_PREPEND),
+    CMD("cas", PROTO_CMD_CAS),
+    CMD("delete", PROTO_CMD_DELETE),
+    CMD("incr", PROTO_CMD_INCR),
+    CMD("decr", PROTO_CMD_DECR),
+    CMD("touch", PROTO_CMD_TOUCH),
+    CMD("flush_all", PROTO_CMD_FLUSH_ALL),
+    CMD("version", PROTO_CMD_VERSION),
+    CMD("verbosity", PROTO_CMD_VERBOSITY),
+    CMD("stats", PROTO_CMD_STATS),
+    CMD("quit", PROTO_CMD_QUIT),
+    CMD("keys", PROTO_CMD_KEYS),
+    CMD("snapshot", PROTO_CMD_SNAPSHOT),
 };
+#undef CMD
 
 const char *proto_cmd_name(enum proto_cmd cmd)
 {
@@ -102,7 +106,7 @@ bool proto_cmd_is_write(enum proto_cmd cmd)
 static enum proto_cmd lookup(const struct token *t)
 {
     for (size_t i = 0; i < ARRAY_SIZE(commands); i++)
-        if (strlen(commands[i].name) == t->n && memcmp(commands[i].name, t->p, t->n) == 0)
+        if (commands[i].len == t->n && memcmp(commands[i].name, t->p, t->n) == 0)
             return commands[i].cmd;
     return PROTO_CMD_NONE;
 }
@@ -112,11 +116,33 @@ static bool is_retrieval(enum proto_cmd c)
     return c >= PROTO_CMD_GET && c <= PROTO_CMD_GATS;
 }
 
+/* Does any of the 8 bytes in w fall in 0x00..0x20, or equal 0x7f? A byte
+ * b < 0x21 borrows in b - 0x21 and so sets its top bit there, and only
+ * then with its own top bit clear; 0x7f is the byte that xor 0x7f makes 0.
+ * The borrow may also flag the byte above a flagged one, never a clean
+ * word: exact enough for "is anything wrong in these 8". */
+static bool word_has_ctl(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    uint64_t x = w ^ (0x7f * ones);
+
+    return (((w - 0x21 * ones) & ~w) | ((x - ones) & ~x)) & high;
+}
+
 bool proto_key_valid(const char *key, size_t n)
 {
+    size_t i = 0;
+
     if (n == 0 || n > LIMIT_KEY_BYTES_MAX)
         return false;
-    for (size_t i = 0; i < n; i++) {
+    /* 8 bytes a step: a 32-byte key took ~250 instructions a byte at a time. */
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, key + i, 8);
+        if (word_has_ctl(w))
+            return false;
+    }
+    for (; i < n; i++) {
         unsigned char c = (unsigned char)key[i];
         if (c <= 0x20 || c == 0x7f)
             return false;
@@ -136,8 +162,8 @@ static size_t tokenize(const char *line, size_t n, struct token *tok, size_t max
         if (i == n)
             break;
         size_t s = i;
-        while (i < n && line[i] != ' ')
-            i++;
+        const char *sp = memchr(line + i, ' ', n - i); /* a key is most of a line */
+        i = sp ? (size_t)(sp - line) : n;
         if (count < max) {
             tok[count].p = line + s;
             tok[count].n = i - s;

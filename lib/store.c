@@ -884,9 +884,9 @@ static int locks_grow(struct store *s)
     return 0;
 }
 
-int store_lock(struct store *s, const char *key, size_t nkey, void *owner, void **holder)
+static int lock_hashed(struct store *s, const char *key, size_t nkey, uint32_t h, void *owner,
+                       void **holder)
 {
-    uint32_t h = hash_key(s->cfg.seed, key, nkey);
     struct lock_entry **link, *e;
 
     assert(owner != NULL && nkey > 0 && nkey <= LIMIT_KEY_BYTES_MAX);
@@ -913,9 +913,9 @@ int store_lock(struct store *s, const char *key, size_t nkey, void *owner, void 
     return 0;
 }
 
-void store_unlock(struct store *s, const char *key, size_t nkey, void *owner)
+static void unlock_hashed(struct store *s, const char *key, size_t nkey, uint32_t h, void *owner)
 {
-    struct lock_entry **link = lock_link(s, key, nkey, hash_key(s->cfg.seed, key, nkey));
+    struct lock_entry **link = lock_link(s, key, nkey, h);
 
     if (link && *link && (*link)->owner == owner) {
         struct lock_entry *e = *link;
@@ -931,8 +931,30 @@ void store_unlock(struct store *s, const char *key, size_t nkey, void *owner)
     }
 }
 
+int store_lock(struct store *s, const char *key, size_t nkey, void *owner, void **holder)
+{
+    return lock_hashed(s, key, nkey, hash_key(s->cfg.seed, key, nkey), owner, holder);
+}
+
+void store_unlock(struct store *s, const char *key, size_t nkey, void *owner)
+{
+    unlock_hashed(s, key, nkey, hash_key(s->cfg.seed, key, nkey), owner);
+}
+
+int store_lock_change(struct store *s, const struct store_change *ch, void *owner, void **holder)
+{
+    return lock_hashed(s, ch->key, ch->nkey, ch->hash, owner, holder);
+}
+
+void store_unlock_change(struct store *s, const struct store_change *ch, void *owner)
+{
+    unlock_hashed(s, ch->key, ch->nkey, ch->hash, owner);
+}
+
 void *store_lock_holder(struct store *s, const char *key, size_t nkey)
 {
+    if (s->nlocks == 0)
+        return NULL; /* the common case: no hash to compute */
     struct lock_entry **link = lock_link(s, key, nkey, hash_key(s->cfg.seed, key, nkey));
 
     return link && *link ? (*link)->owner : NULL;

@@ -245,6 +245,10 @@ int store_for_each(struct store *s, int64_t now_ms, int (*fn)(void *arg, const s
 int store_lock(struct store *s, const char *key, size_t nkey, void *owner, void **holder);
 /* Releases owner's lock on key (no-op if it holds none). */
 void store_unlock(struct store *s, const char *key, size_t nkey, void *owner);
+/* The same for the key of a change store_prepare() filled in: it has the
+ * hash already (a logged set used to hash its key five times). */
+int store_lock_change(struct store *s, const struct store_change *ch, void *owner, void **holder);
+void store_unlock_change(struct store *s, const struct store_change *ch, void *owner);
 /* The owner holding key, or NULL. */
 void *store_lock_holder(struct store *s, const char *key, size_t nkey);
 /* Number of keys locked. */

@@ -90,7 +90,7 @@ static void release(struct txn_rm *rm, struct txn_prep *p, bool commit)
                 store_abort(rm->store, ch);
         }
         if (ch->type != STORE_FLUSH)
-            store_unlock(rm->store, ch->key, ch->nkey, p);
+            store_unlock_change(rm->store, ch, p);
     }
     if (rm->flush_holder == p)
         rm->flush_holder = NULL;

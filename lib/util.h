@@ -28,7 +28,15 @@ int util_parse_i64(const char *s, size_t n, int64_t *out);
  */
 int util_parse_size(const char *s, uint64_t *out);
 
-/* Little-endian fixed-width integers, for on-disk formats. */
+/* Little-endian fixed-width integers, for on-disk formats. On a
+ * little-endian host they are plain unaligned moves (gcc -O2 did not merge
+ * the byte loops: a logged set spent ~340 instructions in them). */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define UTIL_LE_NATIVE 1
+#else
+#define UTIL_LE_NATIVE 0
+#endif
+
 static inline void util_put_le16(void *p, uint16_t v)
 {
     unsigned char *b = p;
@@ -39,6 +47,10 @@ static inline void util_put_le16(void *p, uint16_t v)
 static inline void util_put_le32(void *p, uint32_t v)
 {
     unsigned char *b = p;
+    if (UTIL_LE_NATIVE) {
+        __builtin_memcpy(b, &v, 4);
+        return;
+    }
     for (int i = 0; i < 4; i++)
         b[i] = (unsigned char)(v >> (8 * i));
 }
@@ -46,6 +58,10 @@ static inline void util_put_le32(void *p, uint32_t v)
 static inline void util_put_le64(void *p, uint64_t v)
 {
     unsigned char *b = p;
+    if (UTIL_LE_NATIVE) {
+        __builtin_memcpy(b, &v, 8);
+        return;
+    }
     for (int i = 0; i < 8; i++)
         b[i] = (unsigned char)(v >> (8 * i));
 }
@@ -60,6 +76,10 @@ static inline uint32_t util_get_le32(const void *p)
 {
     const unsigned char *b = p;
     uint32_t v = 0;
+    if (UTIL_LE_NATIVE) {
+        __builtin_memcpy(&v, b, 4);
+        return v;
+    }
     for (int i = 3; i >= 0; i--)
         v = v << 8 | b[i];
     return v;
@@ -69,6 +89,10 @@ static inline uint64_t util_get_le64(const void *p)
 {
     const unsigned char *b = p;
     uint64_t v = 0;
+    if (UTIL_LE_NATIVE) {
+        __builtin_memcpy(&v, b, 8);
+        return v;
+    }
     for (int i = 7; i >= 0; i--)
         v = v << 8 | b[i];
     return v;

@@ -6,6 +6,7 @@
 #include "limits.h"
 #include "proto.h"
 #include "unit.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -275,6 +276,34 @@ static void test_bad_keys(void)
     CU_ASSERT_TRUE(proto_key_valid(key, 250));
     CU_ASSERT_FALSE(proto_key_valid(key, 0));
     CU_ASSERT_TRUE(proto_key_valid("\xc3\xa9t\xc3\xa9", 5)); /* UTF-8 is allowed */
+}
+
+/* The word-at-a-time check against a byte-at-a-time one: every byte value,
+ * at every position of keys of lengths around the 8-byte steps, on a
+ * background of allowed bytes (both below and above 0x80). */
+static void test_key_valid_every_byte(void)
+{
+    static const size_t lens[] = {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 250};
+    char key[256];
+    unsigned wrong = 0;
+
+    for (size_t li = 0; li < ARRAY_SIZE(lens); li++) {
+        size_t n = lens[li];
+        for (size_t i = 0; i < n; i++)
+            key[i] = (char)(i % 3 == 0 ? 0x21 + (i % 90) : 0x80 + (i % 128));
+        CU_ASSERT_TRUE(proto_key_valid(key, n));
+        for (size_t pos = 0; pos < n; pos++) {
+            char keep = key[pos];
+            for (int b = 0; b < 256; b++) {
+                key[pos] = (char)b;
+                bool want = !(b <= 0x20 || b == 0x7f);
+                if (proto_key_valid(key, n) != want)
+                    wrong++;
+            }
+            key[pos] = keep;
+        }
+    }
+    CU_ASSERT_EQUAL(wrong, 0);
 }
 
 static void test_too_many_keys(void)
@@ -818,6 +847,7 @@ void unit_proto_register(void)
     unit_test(s, "bad numbers", test_bad_numbers);
     unit_test(s, "noreply silences errors", test_noreply_on_errors);
     unit_test(s, "bad keys", test_bad_keys);
+    unit_test(s, "key check: every byte at every position", test_key_valid_every_byte);
     unit_test(s, "too many keys", test_too_many_keys);
     unit_test(s, "data block framing", test_data_block);
     unit_test(s, "too large is swallowed", test_too_large_is_swallowed);
