@@ -457,7 +457,9 @@ for w in "${workloads[@]}"; do
     fi
     case $mc in
     yes) mprefix=$res/$id.memc ;;
-    *) mprefix=$res/$mc.memc ;; # the same memcached runs as that row
+    *) # the same memcached runs as that row, if it ran (BENCH_ONLY)
+        mprefix=-
+        [ -n "${skip[$mc]:-}" ] || mprefix=$res/$mc.memc ;;
     esac
     printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$res/$id.tpckv" "$mprefix" "$tops" "$tp99" >>"$res/rows"
 done
