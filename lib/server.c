@@ -2425,31 +2425,31 @@ static int conn_authenticate(struct conn *c, const char *p, size_t n, size_t *co
 
 /* Parses and executes every complete request in the read buffer, until one
  * has to wait. */
-/* Pipelined requests: before executing them one by one, parse up to
- * PREFETCH_MAX of them and start loading the hash buckets of their (first)
- * keys, then the buckets' first items, so their cache misses overlap (under
- * the lock, every miss a lookup waits for is a wait for every thread). The
- * loop in conn_process then takes the parsed requests from here instead of
- * parsing them again. A buffer with at most two line ends holds one request
- * at most and is left alone. */
+/* The requests a read completed are parsed before the lock is taken, up to
+ * PREFETCH_MAX of them, their (first) keys hashed: the parse needs only the
+ * connection's buffer, which is its thread's alone, and the fixed limits, and
+ * it was a third of a request's time under the lock. Under the lock,
+ * pipelined ones then start loading their keys' hash buckets, then the
+ * buckets' first items, so their cache misses overlap (under the lock, every
+ * miss a lookup waits for is a wait for every thread). The loop in
+ * conn_process takes the parsed requests from here instead of parsing them
+ * again. */
 #define PREFETCH_MAX 16
 struct parsed {
-    size_t n, next;  /* requests parsed; the next one conn_process takes */
+    size_t n, next; /* requests parsed; the next one conn_process takes */
+    size_t nh;      /* hashes */
     size_t start[PREFETCH_MAX], consumed[PREFETCH_MAX];
+    uint32_t hash[PREFETCH_MAX];
     struct proto_req req[PREFETCH_MAX];
 };
 
-static void prefetch_batch(struct server *srv, const struct conn *c, struct parsed *p)
+/* No lock needed (see above); c's thread only. */
+static void parse_batch(struct server *srv, const struct conn *c, struct parsed *p)
 {
-    uint32_t h[PREFETCH_MAX];
-    size_t nh = 0, pos = 0;
-    const char *nl;
+    size_t pos = 0;
 
-    p->n = p->next = 0;
-    nl = memchr(c->rbuf, '\n', c->rlen);
-    if (nl)
-        nl = memchr(nl + 1, '\n', c->rlen - (size_t)(nl + 1 - c->rbuf));
-    if (nl == NULL || memchr(nl + 1, '\n', c->rlen - (size_t)(nl + 1 - c->rbuf)) == NULL)
+    p->n = p->next = p->nh = 0;
+    if (!c->authed || c->rlen <= c->need)
         return;
     while (p->n < PREFETCH_MAX && pos < c->rlen) {
         struct proto_req *req = &p->req[p->n];
@@ -2469,26 +2469,41 @@ static void prefetch_batch(struct server *srv, const struct conn *c, struct pars
         } else if (req->keys == NULL || !proto_next_key(req, &kpos, &k, &nk)) {
             continue;
         }
-        h[nh++] = store_prefetch(srv->store, k, nk);
+        p->hash[p->nh++] = store_hash(srv->store, k, nk);
     }
-    for (size_t i = 0; i < nh; i++)
-        store_prefetch_item(srv->store, h[i]);
 }
 
+/* Under the lock: the pipelined requests' buckets, then their first items. */
+static void prefetch_parsed(struct server *srv, const struct parsed *p)
+{
+    if (p->n < 2)
+        return; /* nothing to overlap a lone lookup with */
+    for (size_t i = 0; i < p->nh; i++)
+        store_prefetch(srv->store, p->hash[i]);
+    for (size_t i = 0; i < p->nh; i++)
+        store_prefetch_item(srv->store, p->hash[i]);
+}
+
+static void conn_process_parsed(struct conn *c, struct parsed *pre);
+
 static void conn_process(struct conn *c)
+{
+    struct parsed pre; /* not zeroed: parse_batch sets what is read */
+
+    parse_batch(c->srv, c, &pre);
+    conn_process_parsed(c, &pre);
+}
+
+/* Runs what pre holds (parsed from c's buffer as it is now) and whatever
+ * follows it in the buffer. */
+static void conn_process_parsed(struct conn *c, struct parsed *pre)
 {
     struct server *srv = c->srv;
     size_t pos = 0;
 
-    /* Not zeroed whole: that was ~650 instructions a call, at depth 1 more
-     * than the parse. Only n and next are read before being written. */
-    struct parsed pre;
-
-    pre.n = pre.next = 0;
     assert(conn_local(c));
     refresh_now(srv);
-    if (c->authed && c->rlen > c->need)
-        prefetch_batch(srv, c, &pre);
+    prefetch_parsed(srv, pre);
     while (!c->closing && !c->close_after_flush && c->keys == NULL &&
            c->npending < srv->cfg.conn_writes_max && c->cpending == NULL && c->waiting == NULL &&
            !srv->stopping) {
@@ -2510,11 +2525,11 @@ static void conn_process(struct conn *c)
             pos += consumed;
             continue;
         }
-        /* The buffer does not move in this loop, so what prefetch_batch
+        /* The buffer does not move in this loop, so what parse_batch
          * parsed at this offset is what parsing it again would give. */
-        if (pre.next < pre.n && pre.start[pre.next] == pos) {
-            req = pre.req[pre.next];
-            consumed = pre.consumed[pre.next++];
+        if (pre->next < pre->n && pre->start[pre->next] == pos) {
+            req = pre->req[pre->next];
+            consumed = pre->consumed[pre->next++];
             st = PROTO_OK;
         } else {
             st = proto_parse(c->rbuf + pos, c->rlen - pos, &srv->lim, &req, &consumed);
@@ -2674,9 +2689,24 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     struct conn *c = (struct conn *)s;
     struct server *srv = c->srv;
 
+    struct parsed pre;
+
     (void)buf;
     if (nread == 0)
         return;
+    if (nread > 0) {
+        /* The buffer is this thread's alone: take the bytes in and parse
+         * what they complete before taking the lock. */
+        c->rlen += (size_t)nread;
+        if (c->swallow) {
+            size_t d = c->rlen < c->swallow ? c->rlen : (size_t)c->swallow;
+            memmove(c->rbuf, c->rbuf + d, c->rlen - d);
+            c->rlen -= d;
+            c->swallow -= d;
+        }
+        if (c->swallow == 0)
+            parse_batch(srv, c, &pre);
+    }
     srv_lock(srv);
     if (nread < 0) {
         conn_close(c, nread == UV_EOF ? NULL : uv_strerror((int)nread));
@@ -2684,16 +2714,9 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     srv->st.bytes_read += (uint64_t)nread;
-    c->rlen += (size_t)nread;
     c->last_active_ms = util_mono_ns() / 1000000u;
-    if (c->swallow) {
-        size_t d = c->rlen < c->swallow ? c->rlen : (size_t)c->swallow;
-        memmove(c->rbuf, c->rbuf + d, c->rlen - d);
-        c->rlen -= d;
-        c->swallow -= d;
-    }
     if (c->swallow == 0)
-        conn_process(c);
+        conn_process_parsed(c, &pre);
     srv_unlock(srv);
     lt_flush(c->lt);
 }

@@ -181,14 +181,17 @@ static uint32_t hash_key(uint64_t seed, const char *k, size_t n)
 
 /* Both look in t[0] only: while resizing, a key may already be in t[1], and
  * the guess costs no more than a useless prefetch. */
-uint32_t store_prefetch(const struct store *s, const char *key, size_t nkey)
+uint32_t store_hash(const struct store *s, const char *key, size_t nkey)
+{
+    return hash_key(s->cfg.seed, key, nkey);
+}
+
+void store_prefetch(const struct store *s, uint32_t hash)
 {
     const struct table *t = &s->t[0];
-    uint32_t h = hash_key(s->cfg.seed, key, nkey);
 
     if (t->size)
-        __builtin_prefetch(&t->b[h & (t->size - 1)]);
-    return h;
+        __builtin_prefetch(&t->b[hash & (t->size - 1)]);
 }
 
 void store_prefetch_item(const struct store *s, uint32_t hash)

@@ -153,14 +153,16 @@ void store_free(struct store *s);
 struct item *store_get(struct store *s, const char *key, size_t nkey, int64_t now_ms);
 
 /*
- * Prefetching, for a batch of requests: store_prefetch starts loading key's
- * hash bucket and returns the key's hash; store_prefetch_item, given that
- * hash once the bucket has had time to arrive, starts loading the first item
- * of the chain. A lookup that follows finds both in the cache, so a batch's
- * cache misses overlap instead of coming one after the other. Neither
- * changes anything; call them under the same lock as every other call.
+ * Prefetching, for a batch of requests: store_hash gives key's hash (it reads
+ * only the store's fixed seed: it needs no lock); store_prefetch starts
+ * loading that hash's bucket; store_prefetch_item, once the bucket has had
+ * time to arrive, starts loading the first item of the chain. A lookup that
+ * follows finds both in the cache, so a batch's cache misses overlap instead
+ * of coming one after the other. The prefetches change nothing; call them
+ * under the same lock as every other call.
  */
-uint32_t store_prefetch(const struct store *s, const char *key, size_t nkey);
+uint32_t store_hash(const struct store *s, const char *key, size_t nkey);
+void store_prefetch(const struct store *s, uint32_t hash);
 void store_prefetch_item(const struct store *s, uint32_t hash);
 
 /*
