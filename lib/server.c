@@ -58,9 +58,11 @@
  * the peer links, the timers and UDP. All server state - store, log, 2PC,
  * wait lists, counters - sits under one lock, srv->mu. The main thread holds
  * it whenever its loop runs callbacks (server_run lets go only while it
- * waits for events); a connection thread takes it for the parsing and
- * executing of what a read brought, and lets go for the system calls: the
- * kernel's share of a request (read, writev) runs in parallel. A connection
+ * waits for events); a connection thread parses what each read brought
+ * without it (the buffer is its own), takes it once at the end of its loop
+ * turn to execute all those reads (lt_run_ready) and hand the log its
+ * records, and lets go for the system calls: the kernel's share of a
+ * request (read, writev) runs in parallel. A connection
  * belongs to its thread: its read buffer, output queue and handle are
  * touched by nobody else. What another thread has for it (a write durable,
  * a 2PC outcome, a wake-up, a lock-wait timeout) is posted to the
@@ -155,6 +157,12 @@ struct lthread {
     bool async_live; /* async may be sent to from any thread (srv->wake_mu) */
     struct conn *inbox_head, *inbox_tail; /* posted connections (srv->mu) */
     struct conn *flushq;                  /* to write once the lock is let go */
+    /* Connection threads: the reads of this loop turn, parsed, that run
+     * together at its end (lt_run_ready): LT_READY_MAX slots. */
+    struct parsed *ready;
+    struct conn **ready_conn;
+    size_t nready;
+    uint64_t ready_bytes; /* bytes those reads brought */
     int *fds;                             /* accepted sockets to adopt (srv->mu) */
     size_t nfds, capfds;
     size_t nconns;
@@ -322,6 +330,8 @@ struct conn {
     struct lthread *lt;
     struct conn *lt_prev, *lt_next; /* on lt->conns (TCP) */
     bool posted, in_flushq;
+    bool deferred;         /* its parsed reads wait in lt->ready[slot] */
+    unsigned slot;
     struct conn *post_next, *flush_next;
     unsigned post;         /* POST_* */
     struct wreq *post_w, *post_w_tail; /* our writes durable (or failed), in order */
@@ -497,18 +507,23 @@ static __thread bool tl_wal_staged, tl_kick_main;
 static void lt_flush(struct lthread *lt);
 
 static void lt_on_sweep(uv_timer_t *t);
+static void lt_run_ready(struct lthread *lt);
 static bool sweep_wanted(const struct server *srv);
 
 static void lt_on_check(uv_check_t *h)
 {
     struct lthread *lt = h->data;
     struct server *srv = lt->srv;
-    bool staged = tl_wal_staged, kick = tl_kick_main;
+    bool staged, kick;
 
-    if (!staged && !kick)
+    if (!tl_wal_staged && !tl_kick_main && lt->nready == 0)
         return;
-    tl_wal_staged = tl_kick_main = false;
     srv_lock(srv);
+    if (lt->nready > 0)
+        lt_run_ready(lt);
+    staged = tl_wal_staged;
+    kick = tl_kick_main;
+    tl_wal_staged = tl_kick_main = false;
     /* Under --fsync none this writes the batch and runs its callbacks:
      * our connections' replies are queued for lt_flush, and their next
      * writes staged anew (tl_wal_staged again). */
@@ -2157,6 +2172,8 @@ static void conn_free(struct conn *c)
             break;
         }
     }
+    if (c->deferred)
+        c->lt->ready_conn[c->slot] = NULL;
     if (c->in_flushq) {
         struct conn **pp = &c->lt->flushq;
         while (*pp != c)
@@ -2435,6 +2452,7 @@ static int conn_authenticate(struct conn *c, const char *p, size_t n, size_t *co
  * conn_process takes the parsed requests from here instead of parsing them
  * again. */
 #define PREFETCH_MAX 16
+#define LT_READY_MAX 64 /* connections whose reads wait for a turn's end */
 struct parsed {
     size_t n, next; /* requests parsed; the next one conn_process takes */
     size_t nh;      /* hashes */
@@ -2491,6 +2509,7 @@ static void conn_process(struct conn *c)
     struct parsed pre; /* not zeroed: parse_batch sets what is read */
 
     parse_batch(c->srv, c, &pre);
+    prefetch_parsed(c->srv, &pre);
     conn_process_parsed(c, &pre);
 }
 
@@ -2502,8 +2521,12 @@ static void conn_process_parsed(struct conn *c, struct parsed *pre)
     size_t pos = 0;
 
     assert(conn_local(c));
+    /* Whatever parse waited for the turn's end is stale once this runs. */
+    if (c->deferred) {
+        c->deferred = false;
+        c->lt->ready_conn[c->slot] = NULL;
+    }
     refresh_now(srv);
-    prefetch_parsed(srv, pre);
     while (!c->closing && !c->close_after_flush && c->keys == NULL &&
            c->npending < srv->cfg.conn_writes_max && c->cpending == NULL && c->waiting == NULL &&
            !srv->stopping) {
@@ -2655,6 +2678,12 @@ static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     size_t want;
 
     (void)suggested;
+    if (c->deferred) {
+        /* Requests parsed in place wait for the turn's end: the buffer must
+         * not move. It has room (a read that fills it is not deferred). */
+        *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(c->rcap - c->rlen));
+        return;
+    }
     if (c->swallow) {
         /* Reuse the buffer as a sink; what arrives is discarded. */
         want = c->rlen + LIMIT_READ_BUF_BYTES_INITIAL;
@@ -2684,12 +2713,51 @@ static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(c->rcap - c->rlen));
 }
 
+/*
+ * A connection thread's reads run at the end of their loop turn, all under
+ * one hold of the lock (lt_run_ready): the lock is taken once per turn, not
+ * once per read, and the lookups of requests from different connections
+ * overlap their cache misses as a pipeline's do. The main loop (which holds
+ * the lock anyway) runs them at once.
+ */
+static void lt_run_ready(struct lthread *lt)
+{
+    struct server *srv = lt->srv;
+    size_t n = lt->nready, nh = 0;
+    uint64_t now_ms = util_mono_ns() / 1000000u;
+
+    srv->st.bytes_read += lt->ready_bytes;
+    lt->ready_bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        if (lt->ready_conn[i] != NULL)
+            nh += lt->ready[i].nh;
+    if (nh > 1) {
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; lt->ready_conn[i] != NULL && j < lt->ready[i].nh; j++)
+                store_prefetch(srv->store, lt->ready[i].hash[j]);
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; lt->ready_conn[i] != NULL && j < lt->ready[i].nh; j++)
+                store_prefetch_item(srv->store, lt->ready[i].hash[j]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct conn *c = lt->ready_conn[i];
+        if (c == NULL)
+            continue; /* freed, or run since by another path */
+        assert(c->deferred && c->slot == i);
+        c->last_active_ms = now_ms;
+        conn_process_parsed(c, &lt->ready[i]);
+    }
+    assert(lt->nready == n);
+    lt->nready = 0;
+}
+
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = (struct conn *)s;
     struct server *srv = c->srv;
+    struct lthread *lt = c->lt;
 
-    struct parsed pre;
+    struct parsed one, *pre = &one;
 
     (void)buf;
     if (nread == 0)
@@ -2704,21 +2772,47 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             c->rlen -= d;
             c->swallow -= d;
         }
-        if (c->swallow == 0)
-            parse_batch(srv, c, &pre);
+        if (c->swallow == 0) {
+            bool defer = lt->ready != NULL && !c->udp && c->rlen < c->rcap &&
+                         (c->deferred || lt->nready < LT_READY_MAX);
+            if (defer) {
+                if (!c->deferred) {
+                    c->slot = (unsigned)lt->nready++;
+                    lt->ready_conn[c->slot] = c;
+                }
+                pre = &lt->ready[c->slot];
+            }
+            parse_batch(srv, c, pre);
+            if (defer && pre->n > 0) {
+                /* lt_on_check runs it, with the turn's other reads. */
+                c->deferred = true;
+                lt->ready_bytes += (uint64_t)nread;
+                return;
+            }
+            if (defer && !c->deferred)
+                lt->ready_conn[--lt->nready] = NULL; /* the slot just taken */
+        }
     }
     srv_lock(srv);
+    if (c->deferred) {
+        lt_run_ready(lt); /* what came before this, first */
+        pre = &one; /* that moved the buffer: parse it anew */
+        one.n = one.next = one.nh = 0;
+    }
     if (nread < 0) {
         conn_close(c, nread == UV_EOF ? NULL : uv_strerror((int)nread));
         srv_unlock(srv);
+        lt_flush(lt);
         return;
     }
     srv->st.bytes_read += (uint64_t)nread;
     c->last_active_ms = util_mono_ns() / 1000000u;
-    if (c->swallow == 0)
-        conn_process_parsed(c, &pre);
+    if (c->swallow == 0) {
+        prefetch_parsed(srv, pre);
+        conn_process_parsed(c, pre);
+    }
     srv_unlock(srv);
-    lt_flush(c->lt);
+    lt_flush(lt);
 }
 
 static void reject_on_close(uv_handle_t *h)
@@ -3201,6 +3295,13 @@ static int lt_start(struct server *srv, char *err, size_t cap)
         if ((r = uv_loop_init(&lt->own)) < 0)
             return util_errf(err, cap, r, "cannot create an event loop: %s", uv_strerror(r));
         lt->loop = &lt->own;
+        lt->ready = calloc(LT_READY_MAX, sizeof(*lt->ready));
+        lt->ready_conn = calloc(LT_READY_MAX, sizeof(*lt->ready_conn));
+        if (lt->ready == NULL || lt->ready_conn == NULL) {
+            uv_loop_close(lt->loop);
+            lt->loop = NULL;
+            return util_errf(err, cap, -ENOMEM, "cannot create an event loop: %s", strerror(ENOMEM));
+        }
         if ((r = uv_async_init(lt->loop, &lt->async, lt_on_async)) < 0) {
             uv_loop_close(lt->loop);
             lt->loop = NULL;
@@ -3927,8 +4028,11 @@ void server_free(struct server *srv)
     free(srv->udp_rbuf);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd);
-    for (unsigned i = 0; i < srv->nlt; i++)
+    for (unsigned i = 0; i < srv->nlt; i++) {
         free(srv->lt[i].fds);
+        free(srv->lt[i].ready);
+        free(srv->lt[i].ready_conn);
+    }
     free(srv->lt);
     pthread_mutex_destroy(&srv->mu);
     pthread_mutex_destroy(&srv->wake_mu);
