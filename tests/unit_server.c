@@ -664,7 +664,10 @@ static void test_auth_over_the_wire(void)
     log_set_level(saved);
 }
 
-static void test_many_conns(void)
+/* A script over raw sockets against a fresh server (--max-conn-writes
+ * conn_writes_max, 0 for the default), its log going through io. */
+static void run_raw(const struct wal_io *io, unsigned conn_writes_max,
+                    void (*script)(struct harness *h))
 {
     struct harness h;
     enum log_level saved = log_get_level();
@@ -674,26 +677,21 @@ static void test_many_conns(void)
     make_dir(&h);
     reset_faults();
     h.raw = true;
-    run_server(&h, NULL, script_many_conns);
+    h.conn_writes_max = conn_writes_max;
+    run_server(&h, io, script);
+    reset_faults();
     remove_dir(h.dir);
     log_set_level(saved);
 }
 
+static void test_many_conns(void)
+{
+    run_raw(NULL, 0, script_many_conns);
+}
+
 static void test_pending_requests_bounded(void)
 {
-    struct harness h;
-    enum log_level saved = log_get_level();
-
-    log_set_level(LOG_LEVEL_ERROR);
-    memset(&h, 0, sizeof(h));
-    make_dir(&h);
-    reset_faults();
-    h.raw = true;
-    h.conn_writes_max = 4;
-    run_server(&h, &faulty_io, script_pending_bounded);
-    reset_faults();
-    remove_dir(h.dir);
-    log_set_level(saved);
+    run_raw(&faulty_io, 4, script_pending_bounded);
 }
 
 void unit_server_register(void)
