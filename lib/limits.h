@@ -201,4 +201,13 @@
 #define LIMIT_SECRET_BYTES_MIN 16
 #define LIMIT_SECRET_BYTES_MAX 4096
 
+/* Requests of one read parsed ahead of running them, their keys prefetched
+ * together; the rest of a longer pipeline is parsed as it runs. A batch
+ * size, not a cap on what a read may hold. Fixed. */
+#define LIMIT_PARSE_AHEAD_COUNT 16
+
+/* Connections a connection thread holds parsed for the end of its loop
+ * turn (64 x ~2.4 KB per thread); reads past them run at once. Fixed. */
+#define LIMIT_TURN_READS_COUNT 64
+
 #endif /* TPCKV_LIMITS_H */

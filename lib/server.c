@@ -2451,8 +2451,8 @@ static int conn_authenticate(struct conn *c, const char *p, size_t n, size_t *co
  * miss a lookup waits for is a wait for every thread). The loop in
  * conn_process takes the parsed requests from here instead of parsing them
  * again. */
-#define PREFETCH_MAX 16
-#define LT_READY_MAX 64 /* connections whose reads wait for a turn's end */
+#define PREFETCH_MAX LIMIT_PARSE_AHEAD_COUNT
+#define LT_READY_MAX LIMIT_TURN_READS_COUNT
 struct parsed {
     size_t n, next; /* requests parsed; the next one conn_process takes */
     size_t nh;      /* hashes */
