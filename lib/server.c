@@ -2440,8 +2440,6 @@ static int conn_authenticate(struct conn *c, const char *p, size_t n, size_t *co
     return reply(&c->out, "CLIENT_ERROR authentication failure\r\n") < 0 ? -ENOMEM : 1;
 }
 
-/* Parses and executes every complete request in the read buffer, until one
- * has to wait. */
 /* The requests a read completed are parsed before the lock is taken, up to
  * PREFETCH_MAX of them, their (first) keys hashed: the parse needs only the
  * connection's buffer, which is its thread's alone, and the fixed limits, and
@@ -2449,8 +2447,8 @@ static int conn_authenticate(struct conn *c, const char *p, size_t n, size_t *co
  * pipelined ones then start loading their keys' hash buckets, then the
  * buckets' first items, so their cache misses overlap (under the lock, every
  * miss a lookup waits for is a wait for every thread). The loop in
- * conn_process takes the parsed requests from here instead of parsing them
- * again. */
+ * conn_process_parsed takes the parsed requests from here instead of parsing
+ * them again. */
 #define PREFETCH_MAX LIMIT_PARSE_AHEAD_COUNT
 #define LT_READY_MAX LIMIT_TURN_READS_COUNT
 struct parsed {
@@ -2491,15 +2489,22 @@ static void parse_batch(struct server *srv, const struct conn *c, struct parsed 
     }
 }
 
-/* Under the lock: the pipelined requests' buckets, then their first items. */
-static void prefetch_parsed(struct server *srv, const struct parsed *p)
+/* Under the lock: the buckets of the keys np parsed batches hold, then
+ * their first items. */
+static void prefetch_parsed(struct server *srv, const struct parsed *p, size_t np)
 {
-    if (p->n < 2)
+    size_t nh = 0;
+
+    for (size_t i = 0; i < np; i++)
+        nh += p[i].nh;
+    if (nh < 2)
         return; /* nothing to overlap a lone lookup with */
-    for (size_t i = 0; i < p->nh; i++)
-        store_prefetch(srv->store, p->hash[i]);
-    for (size_t i = 0; i < p->nh; i++)
-        store_prefetch_item(srv->store, p->hash[i]);
+    for (size_t i = 0; i < np; i++)
+        for (size_t j = 0; j < p[i].nh; j++)
+            store_prefetch(srv->store, p[i].hash[j]);
+    for (size_t i = 0; i < np; i++)
+        for (size_t j = 0; j < p[i].nh; j++)
+            store_prefetch_item(srv->store, p[i].hash[j]);
 }
 
 static void conn_process_parsed(struct conn *c, struct parsed *pre);
@@ -2509,12 +2514,13 @@ static void conn_process(struct conn *c)
     struct parsed pre; /* not zeroed: parse_batch sets what is read */
 
     parse_batch(c->srv, c, &pre);
-    prefetch_parsed(c->srv, &pre);
+    prefetch_parsed(c->srv, &pre, 1);
     conn_process_parsed(c, &pre);
 }
 
-/* Runs what pre holds (parsed from c's buffer as it is now) and whatever
- * follows it in the buffer. */
+/* Parses and executes every complete request in the read buffer, until one
+ * has to wait: what pre holds (parsed from c's buffer as it is now), then
+ * whatever follows it. */
 static void conn_process_parsed(struct conn *c, struct parsed *pre)
 {
     struct server *srv = c->srv;
@@ -2723,22 +2729,14 @@ static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void lt_run_ready(struct lthread *lt)
 {
     struct server *srv = lt->srv;
-    size_t n = lt->nready, nh = 0;
+    size_t n = lt->nready;
     uint64_t now_ms = util_mono_ns() / 1000000u;
 
     srv->st.bytes_read += lt->ready_bytes;
     lt->ready_bytes = 0;
-    for (size_t i = 0; i < n; i++)
-        if (lt->ready_conn[i] != NULL)
-            nh += lt->ready[i].nh;
-    if (nh > 1) {
-        for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; lt->ready_conn[i] != NULL && j < lt->ready[i].nh; j++)
-                store_prefetch(srv->store, lt->ready[i].hash[j]);
-        for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; lt->ready_conn[i] != NULL && j < lt->ready[i].nh; j++)
-                store_prefetch_item(srv->store, lt->ready[i].hash[j]);
-    }
+    /* A slot emptied since (its connection freed or run) costs a useless
+     * prefetch at most: its hashes are only numbers. */
+    prefetch_parsed(srv, lt->ready, n);
     for (size_t i = 0; i < n; i++) {
         struct conn *c = lt->ready_conn[i];
         if (c == NULL)
@@ -2808,7 +2806,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     srv->st.bytes_read += (uint64_t)nread;
     c->last_active_ms = util_mono_ns() / 1000000u;
     if (c->swallow == 0) {
-        prefetch_parsed(srv, pre);
+        prefetch_parsed(srv, pre, 1);
         conn_process_parsed(c, pre);
     }
     srv_unlock(srv);

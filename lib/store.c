@@ -179,12 +179,13 @@ static uint32_t hash_key(uint64_t seed, const char *k, size_t n)
 
 /* ---- table ---------------------------------------------------------------- */
 
-/* Both look in t[0] only: while resizing, a key may already be in t[1], and
- * the guess costs no more than a useless prefetch. */
 uint32_t store_hash(const struct store *s, const char *key, size_t nkey)
 {
     return hash_key(s->cfg.seed, key, nkey);
 }
+
+/* Both look in t[0] only: while resizing, a key may already be in t[1], and
+ * the guess costs no more than a useless prefetch. */
 
 void store_prefetch(const struct store *s, uint32_t hash)
 {
