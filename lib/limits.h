@@ -175,6 +175,14 @@
 #define LIMIT_RETRY_BACKOFF_MS_MIN 1
 #define LIMIT_RETRY_BACKOFF_MS_MAX 50
 
+/* Expiry in a cluster is a replicated delete (DESIGN.md): a replica deletes
+ * at most this many dead keys, in at most this many bytes of operations, per
+ * transaction (one at a time). The bytes are also kept under --max-value
+ * plus half a peer frame's overhead allowance, so a small --max-value cannot
+ * make the PREPARE too big for a peer to accept. Fixed. */
+#define LIMIT_EXPIRE_TXN_KEYS 1024
+#define LIMIT_EXPIRE_TXN_BYTES (64u * 1024)
+
 /* Decided transactions each replica remembers, to answer a duplicate or
  * late message and another participant's QUERY. Fixed. */
 #define LIMIT_TPC_REMEMBERED 65536

@@ -40,18 +40,14 @@
 
 
 
+/* Replay reproduces the stored state, dead items included (a later TOUCH
+ * may refer to one touched while it was alive); it reads no clock. */
 static int load_item(void *arg, const struct wal_op *op)
 {
     struct recover_replay *rp = arg;
-    int64_t exptime = op->exptime_ms;
 
-    /* Written before a delayed flush_all that is due by now: the store has
-     * already carried that flush out (and forgotten it) while loading, so
-     * load the item dead - it still replaces the key's older value. */
-    if (rp->flush_at != 0 && rp->flush_at <= rp->now_ms && op->mtime_ms < rp->flush_at)
-        exptime = rp->flush_at;
     return store_load_put(rp->s, op->key, op->nkey, op->value, op->nvalue, op->flags,
-                          exptime, op->mtime_ms, op->cas, rp->now_ms);
+                          op->exptime_ms, op->mtime_ms, op->cas);
 }
 
 static int apply_op(struct recover_replay *rp, const struct wal_op *op)
@@ -60,16 +56,13 @@ static int apply_op(struct recover_replay *rp, const struct wal_op *op)
     case WAL_OP_PUT:
         return load_item(rp, op);
     case WAL_OP_DEL:
-        store_load_del(rp->s, op->key, op->nkey, rp->now_ms);
+        store_load_del(rp->s, op->key, op->nkey);
         return 0;
     case WAL_OP_TOUCH:
-        store_load_touch(rp->s, op->key, op->nkey, op->exptime_ms, rp->now_ms);
+        store_load_touch(rp->s, op->key, op->nkey, op->exptime_ms);
         return 0;
     case WAL_OP_FLUSH:
-        store_load_flush(rp->s, op->flush_at_ms, op->mtime_ms, rp->now_ms);
-        /* As store_commit(): the latest flush_all wins; one not in the
-         * future when issued was carried out at once. */
-        rp->flush_at = op->flush_at_ms > op->mtime_ms ? op->flush_at_ms : 0;
+        store_load_flush(rp->s, op->flush_at_ms, op->mtime_ms);
         return 0;
     case WAL_OP_CHECK:
         return 0; /* a condition, met when the write was prepared */
@@ -431,7 +424,7 @@ int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
 {
     uint64_t t0 = util_mono_ns();
     struct datadir_file *snaps = NULL, *segs = NULL;
-    struct recover_replay rp = {.s = s, .now_ms = now_ms, .ledger = ledger};
+    struct recover_replay rp = {.s = s, .ledger = ledger};
     struct snap_header sh = {0};
     char path[4200];
     long nsnap, nseg, from;
@@ -483,11 +476,10 @@ int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
         store_get_stats(s, &st);
         res->snap_items = st.curr_items;
     }
-    /* A delayed flush_all pending when the snapshot was taken; the log may
-     * replace it with a later one. */
+    /* The delayed flush_all in force when the snapshot was taken; the log
+     * may replace it with a later one. */
     if (sh.flush_at_ms)
-        store_load_flush(s, sh.flush_at_ms, 0, now_ms);
-    rp.flush_at = sh.flush_at_ms;
+        store_load_flush(s, sh.flush_at_ms, 0);
 
     /* Replay from the last segment that starts at or before snap_lsn + 1. */
     rp.after_lsn = res->snap_lsn;
@@ -509,6 +501,9 @@ int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
         goto out;
     }
     res->records = rp.records;
+    /* What is dead by now goes (a single replica; a replica of a cluster
+     * keeps its stored state until the cluster deletes it). */
+    store_reclaim(s, now_ms);
     res->next_cas = sh.next_cas;
     if (store_max_cas(s) + 1 > res->next_cas)
         res->next_cas = store_max_cas(s) + 1;

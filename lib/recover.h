@@ -48,12 +48,10 @@ void recover_ledger_free(struct recover_ledger *l);
  * records it keeps in memory. */
 struct recover_replay {
     struct store *s;
-    int64_t now_ms;
     struct recover_ledger *ledger; /* NULL: 2PC records are refused (-ENOTSUP) */
     uint64_t after_lsn;            /* records up to this one are in the snapshot */
     uint64_t max_txid;
     uint64_t records;
-    int64_t flush_at; /* delayed flush_all pending in what was replayed, 0 = none */
 };
 
 /* Applies one record (WRITE, PREPARE, COMMIT, ABORT, END). Returns 0,
@@ -62,7 +60,9 @@ int recover_replay_payload(struct recover_replay *rp, uint8_t type, const char *
                            size_t len);
 
 /*
- * Loads dir into s (which must be empty) as of now_ms. Repairs what a crash
+ * Loads dir into s (which must be empty): the stored state the log and
+ * snapshot describe, dead items included, without reading a clock; then,
+ * unless s is replicated, reclaims what is dead at now_ms. Repairs what a crash
  * can leave behind and nothing else: removes unfinished snapshot files, cuts
  * a torn record off the end of the last segment, removes a last segment
  * holding no record. Returns 0, or a negative errno with err (errcap bytes)

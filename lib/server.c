@@ -124,6 +124,7 @@ struct counters {
     uint64_t udp_requests, udp_replies, udp_dropped;
     uint64_t writes_logged, writes_waited, writes_failed;
     uint64_t txn_retries, txn_busy, reads_waited, lock_wait_timeouts;
+    uint64_t expire_txns, expire_keys, expire_failed;
     uint64_t auth_cmds, auth_errors, auth_timeouts, auth_failure_closes;
     uint64_t output_stall_closes;
 };
@@ -246,6 +247,10 @@ struct server {
     struct waitlist retry;    /* writes waiting out a conflict backoff */
     struct waitlist txn_any;  /* a flush_all waiting for every transaction */
     struct waitlist wake;     /* woken once the current tpc call returns */
+    uint32_t self_idx;        /* our place in --replicas: which keys we expire */
+    size_t expire_bytes_max;  /* operations per expiry transaction */
+    bool expiring;            /* an expiry transaction is under way */
+    bool expire_more;         /* its walk stopped with a full batch */
     struct creq *done_head, *done_tail; /* outcomes to deliver, likewise */
     uint64_t rng;
 };
@@ -260,9 +265,10 @@ struct creq {
     bool too_large; /* a refused oversized set: the reply is an error */
     bool kept;      /* the request is still at the front of c's buffer */
     bool committed;
+    bool expire; /* the replica's own delete of expired keys (no client) */
     uint8_t reason;
     uint32_t culprit;
-    uint64_t number; /* incr/decr result */
+    uint64_t number; /* incr/decr result; expire: keys */
 };
 
 /* What a prepared transaction carries for the server: readers and writers
@@ -1237,6 +1243,18 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
         stat_u64(o, "lock_wait_ms", cfg->lock_wait_ms);
         return reply(o, "END\r\n");
     }
+    if (req->narg == 6 && memcmp(req->arg, "digest", 6) == 0) {
+        /* The stored state's fingerprint: replicas that hold the same items
+         * (dead ones too) and flush_all have the same digest. It means
+         * something only while no write is under way (locked_keys 0). */
+        store_get_stats(srv->store, &ss);
+        snprintf(v, sizeof(v), "%016llx", (unsigned long long)store_digest(srv->store));
+        stat_str(o, "digest", v);
+        stat_u64(o, "stored_items", ss.curr_items);
+        stat_u64(o, "flush_at_ms", (uint64_t)store_flush_at(srv->store));
+        stat_u64(o, "locked_keys", store_locks(srv->store) + (srv->rm.flush_holder != NULL));
+        return reply(o, "END\r\n");
+    }
     if (req->narg > 0) {
         /* "items", "slabs", "sizes", "conns": tools ask for these; we have no
          * slab allocator to describe, so the answer is empty. */
@@ -1538,12 +1556,18 @@ static void schedule_retry(struct server *srv, struct conn *c)
     waitlist_push(&srv->retry, c);
 }
 
+static void expire_done(struct creq *q);
+
 static void deliver_outcome(struct creq *q)
 {
     struct server *srv = q->srv;
     struct conn *c = q->c;
     int r = 0;
 
+    if (q->expire) {
+        expire_done(q);
+        return;
+    }
     if (c == NULL)
         goto out;
     c->cpending = NULL;
@@ -1839,9 +1863,8 @@ static bool read_must_wait(struct server *srv, struct conn *c, const struct prot
  * evaluation (the transaction prepares it again on every replica). */
 static int encode_and_drop(struct server *srv, struct store_change *ch, uint32_t *nops)
 {
-    uint64_t expected = ch->type == STORE_FLUSH
-                            ? 0
-                            : txn_version(srv->store, ch->key, ch->nkey, ch->now_ms);
+    uint64_t expected =
+        ch->type == STORE_FLUSH ? 0 : txn_version(srv->store, ch->key, ch->nkey);
     int r = txn_encode_change(&srv->ops, ch, expected, nops);
 
     store_abort(srv->store, ch);
@@ -1974,6 +1997,77 @@ fail:
     return r;
 }
 
+/* ---- expiry in a cluster -----------------------------------------------------
+ *
+ * A replica never removes an item because its own clock says the item is
+ * dead (store.h, STORED AND LIVE): clocks differ, and a replica whose stored
+ * state differed from the others' would vote down every later write of the
+ * key. Expiry is decided once and replicated, like every other change: each
+ * replica walks its store as a single one does and deletes, in one
+ * transaction, the dead keys it owns (txn_expire_batch). One such
+ * transaction at a time; one that aborts (a key became busy, a replica is
+ * down) leaves its keys to a later walk. */
+
+/* Walks part of the store and, if it found expired keys this replica owns,
+ * begins the transaction that deletes them (main loop, under the lock). */
+static void expire_step(struct server *srv)
+{
+    uint32_t nops = 0, culprit;
+    struct creq *q;
+    bool full;
+    long keys;
+
+    if (srv->expiring || srv->stopping || wal_error(srv->wal))
+        return;
+    for (size_t i = 0; i < srv->cfg.nreplicas; i++)
+        if (!tpc_peer_is_up(srv->tpc, srv->cfg.replicas[i].id))
+            return; /* it could not commit */
+    srv->ops.len = 0;
+    keys = txn_expire_batch(srv->store, srv->now_ms, EXPIRE_BUCKETS_PER_TICK,
+                            (uint32_t)srv->cfg.nreplicas, srv->self_idx, &srv->ops,
+                            LIMIT_EXPIRE_TXN_KEYS, srv->expire_bytes_max, &nops, &full);
+    if (keys <= 0 || (q = calloc(1, sizeof(*q))) == NULL)
+        return;
+    q->srv = srv;
+    q->expire = true;
+    q->number = (uint64_t)keys;
+    uint64_t txid = tpc_next_txid(srv->tpc, util_now_unix_us());
+    int r = tpc_begin(srv->tpc, txid, nops, srv->ops.data, (uint32_t)srv->ops.len, q, now_us(),
+                      &culprit);
+    if (r != 0) {
+        free(q);
+        srv->st.expire_failed++;
+        log_debug(MOD, "expiry of %ld key(s) not begun: %s (replica %u)", keys,
+                  tpc_reason_name((enum tpc_reason)r), culprit);
+    } else {
+        srv->expiring = true;
+        srv->expire_more = full;
+    }
+    after_tpc(srv);
+}
+
+/* An expiry transaction is decided: count it, and go on at once if its walk
+ * had more to delete. */
+static void expire_done(struct creq *q)
+{
+    struct server *srv = q->srv;
+    bool more = q->committed && srv->expire_more;
+
+    srv->expiring = false;
+    if (q->committed) {
+        srv->st.expire_txns++;
+        srv->st.expire_keys += q->number;
+    } else {
+        srv->st.expire_failed++;
+        log_debug(MOD, "expiry of %llu key(s) aborted: %s (replica %u)",
+                  (unsigned long long)q->number, tpc_reason_name((enum tpc_reason)q->reason),
+                  q->culprit);
+    }
+    free(q);
+    if (more)
+        expire_step(srv);
+}
+
 /* Writes the transactions still open into a snapshot (runs in its child). */
 static int snap_open_txn(void *arg, const struct tpc_txn *t, bool prepared)
 {
@@ -2015,6 +2109,9 @@ static void stats_cluster(struct server *srv, struct outq *o)
         stat_u64(o, name, ts.aborted[i]);
     }
     stat_u64(o, "txn_retries", srv->st.txn_retries);
+    stat_u64(o, "expire_txns", srv->st.expire_txns);
+    stat_u64(o, "expire_keys", srv->st.expire_keys);
+    stat_u64(o, "expire_failed", srv->st.expire_failed);
     stat_u64(o, "txn_busy", srv->st.txn_busy);
     stat_u64(o, "txn_active", ts.active);
     stat_u64(o, "txn_in_doubt", ts.in_doubt);
@@ -2081,8 +2178,14 @@ static int cluster_open(struct server *srv, struct recover_ledger *ledger, char 
     uint64_t now = now_us();
     int r;
 
-    for (size_t i = 0; i < srv->cfg.nreplicas; i++)
+    for (size_t i = 0; i < srv->cfg.nreplicas; i++) {
         tc.ids[i] = srv->cfg.replicas[i].id;
+        if (tc.ids[i] == srv->cfg.id)
+            srv->self_idx = (uint32_t)i;
+    }
+    srv->expire_bytes_max = srv->cfg.value_bytes_max + LIMIT_PEER_FRAME_OVERHEAD_BYTES / 2;
+    if (srv->expire_bytes_max > LIMIT_EXPIRE_TXN_BYTES)
+        srv->expire_bytes_max = LIMIT_EXPIRE_TXN_BYTES;
     srv->rm.store = srv->store;
     srv->rm.user_bytes = sizeof(struct ptx);
     if ((srv->tpc = tpc_new(&tc, &env, &r)) == NULL)
@@ -3443,7 +3546,7 @@ static int start_snapshot(struct server *srv)
         uint64_t items = 0;
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
-        int r = snap_write_store(srv->cfg.data_dir, srv->store, &h, srv->now_ms, &items,
+        int r = snap_write_store(srv->cfg.data_dir, srv->store, &h, &items,
                                  srv->cluster ? snap_extra : NULL, srv);
         if (r < 0)
             log_error(MOD, "snapshot %llu: %s", (unsigned long long)h.lsn, strerror(-r));
@@ -3662,7 +3765,10 @@ static void on_timer(uv_timer_t *t)
     struct server *srv = t->data;
 
     refresh_now(srv);
-    store_expire_step(srv->store, srv->now_ms, EXPIRE_BUCKETS_PER_TICK);
+    if (srv->cluster)
+        expire_step(srv);
+    else
+        store_expire_step(srv->store, srv->now_ms, EXPIRE_BUCKETS_PER_TICK);
     /* Normally woken by the last pending write; this catches a barrier left
      * with nothing to wait for (its flush's connection closed). */
     if (srv->npending == 0 && srv->barrier.head)
@@ -3745,6 +3851,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     sc.max_bytes = cfg->max_memory_bytes;
     sc.value_bytes_max = cfg->value_bytes_max;
     sc.seed = cfg->hash_seed;
+    sc.replicated = srv->cluster;
     if (sc.seed == 0 && getrandom(&sc.seed, sizeof(sc.seed), 0) != sizeof(sc.seed))
         sc.seed = util_mono_ns();
     srv->store = store_new(&sc);

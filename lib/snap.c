@@ -197,7 +197,7 @@ static int put_item(void *arg, const struct item *it)
 }
 
 int snap_write_store(const char *dir, struct store *s, const struct snap_header *h,
-                     int64_t now_ms, uint64_t *items,
+                     uint64_t *items,
                      int (*extra)(void *arg, struct snap_writer *sw), void *extra_arg)
 {
     struct snap_writer *sw;
@@ -205,7 +205,7 @@ int snap_write_store(const char *dir, struct store *s, const struct snap_header 
 
     if (r < 0)
         return r;
-    if ((r = store_for_each(s, now_ms, put_item, sw)) < 0) {
+    if ((r = store_for_each_stored(s, put_item, sw)) < 0) {
         snap_write_abort(sw);
         return r;
     }

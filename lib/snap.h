@@ -48,13 +48,14 @@ void snap_write_abort(struct snap_writer *sw);
 struct store;
 
 /*
- * Writes every item of s live at now_ms as snapshot h->lsn in dir, start to
- * finish (begin, items, extra, end). Runs in a forked child, on a
- * copy-on-write image of the store. extra (may be NULL) adds records with
- * snap_write_record(). Returns 0 or -errno; *items gets the item count.
+ * Writes every item s stores, dead ones included (the snapshot replaces a
+ * log that replay would load them from: see store.h), as snapshot h->lsn in
+ * dir, start to finish (begin, items, extra, end). Runs in a forked child,
+ * on a copy-on-write image of the store. extra (may be NULL) adds records
+ * with snap_write_record(). Returns 0 or -errno; *items gets the item count.
  */
 int snap_write_store(const char *dir, struct store *s, const struct snap_header *h,
-                     int64_t now_ms, uint64_t *items,
+                     uint64_t *items,
                      int (*extra)(void *arg, struct snap_writer *sw), void *extra_arg);
 
 /*

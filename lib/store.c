@@ -10,9 +10,18 @@
  *
  * Liveness: an item is dead once its exptime has passed, or when a delayed
  * flush_all has come due and the item was written before it. Dead items are
- * never returned; they are reclaimed when a lookup meets them, by
- * store_expire_step() walking the table in the background, and by a full sweep
- * when a write would otherwise hit the memory limit.
+ * never returned. A single replica reclaims them when a lookup meets them,
+ * by store_expire_step() walking the table in the background, and by a full
+ * sweep when a write would otherwise hit the memory limit - but never the
+ * item of a locked key. A replicated store reclaims nothing on its own (see
+ * store.h, STORED AND LIVE).
+ *
+ * Delayed flush_all: flush_at_ms is part of the stored state. It is not
+ * carried out and forgotten when its time comes (that would make the
+ * outcome depend on when this store's clock passed it): items written before
+ * it read as dead from then on. A later flush_all replaces it; if the one it
+ * replaces was due at the new one's time stamp, the items it flushed are
+ * removed first, so they do not come back.
  *
  * Memory: bytes counts item_size() of every item in the table; reserved counts
  * items prepared but not yet committed. A prepare that would take
@@ -45,7 +54,7 @@ struct store {
     uint64_t reserved;
     uint64_t total_items;
     uint64_t expired_reclaimed;
-    int64_t flush_at_ms;  /* a delayed flush_all not yet due; 0 = none */
+    int64_t flush_at_ms;  /* the delayed flush_all in force; 0 = none */
     int64_t next_expiry_ms; /* no item expires before this (a lower bound) */
     uint64_t max_cas;       /* highest cas of any item ever inserted */
     struct lock_entry **locks; /* key lock table: chained, power-of-two size */
@@ -348,8 +357,17 @@ static bool item_live(const struct store *s, const struct item *it, int64_t now_
     return true;
 }
 
-/* Unlinks every dead item (every item, with everything) from both tables and
- * recomputes next_expiry_ms. Returns the number unlinked. */
+static bool key_locked(const struct store *s, const struct item *it);
+
+/* Whether this store may reclaim dead item it on its own: see store.h. */
+static bool reclaimable(const struct store *s, const struct item *it)
+{
+    return !s->cfg.replicated && (s->nlocks == 0 || !key_locked(s, it));
+}
+
+/* Unlinks every dead item this store may reclaim (every item, with
+ * everything) from both tables and recomputes next_expiry_ms. Returns the
+ * number unlinked. */
 static size_t sweep(struct store *s, int64_t now_ms, bool everything)
 {
     size_t n = 0;
@@ -361,7 +379,7 @@ static size_t sweep(struct store *s, int64_t now_ms, bool everything)
             struct item **link = &tb->b[i];
             while (*link) {
                 struct item *it = *link;
-                if (everything || !item_live(s, it, now_ms)) {
+                if (everything || (!item_live(s, it, now_ms) && reclaimable(s, it))) {
                     unlink_item(s, tb, link);
                     n++;
                 } else {
@@ -376,23 +394,13 @@ static size_t sweep(struct store *s, int64_t now_ms, bool everything)
     return n;
 }
 
-/* A delayed flush_all that came due is carried out in full at once. */
-static void flush_if_due(struct store *s, int64_t now_ms)
+/* Housekeeping every public call does first: it reads no clock. */
+static void tick(struct store *s)
 {
-    if (s->flush_at_ms != 0 && now_ms >= s->flush_at_ms) {
-        s->expired_reclaimed += sweep(s, now_ms, false);
-        s->flush_at_ms = 0;
-    }
-}
-
-/* Housekeeping every public call does first. */
-static void tick(struct store *s, int64_t now_ms)
-{
-    flush_if_due(s, now_ms);
     rehash_step(s, 1);
 }
 
-/* The live item under key, reclaiming a dead one found there. */
+/* The live item under key, reclaiming a dead one found there if it may. */
 static struct item *lookup_live(struct store *s, const char *key, size_t nkey, uint32_t h,
                                 int64_t now_ms)
 {
@@ -402,11 +410,31 @@ static struct item *lookup_live(struct store *s, const char *key, size_t nkey, u
     if (link == NULL)
         return NULL;
     if (!item_live(s, *link, now_ms)) {
-        unlink_item(s, tab, link);
-        s->expired_reclaimed++;
+        if (reclaimable(s, *link)) {
+            unlink_item(s, tab, link);
+            s->expired_reclaimed++;
+        }
         return NULL;
     }
     return *link;
+}
+
+/* Removes every item written before flush_at_ms (a delayed flush_all that
+ * was due when a later one replaced it). */
+static void remove_flushed(struct store *s, int64_t flush_at_ms)
+{
+    for (int t = 0; t < 2; t++) {
+        struct table *tb = &s->t[t];
+        for (size_t i = 0; i < tb->size; i++) {
+            struct item **link = &tb->b[i];
+            while (*link) {
+                if ((*link)->mtime_ms < flush_at_ms)
+                    unlink_item(s, tb, link);
+                else
+                    link = &(*link)->hnext;
+            }
+        }
+    }
 }
 
 /* ---- public API ------------------------------------------------------------ */
@@ -471,8 +499,16 @@ void store_free(struct store *s)
 
 struct item *store_get(struct store *s, const char *key, size_t nkey, int64_t now_ms)
 {
-    tick(s, now_ms);
+    tick(s);
     return lookup_live(s, key, nkey, hash_key(s->cfg.seed, key, nkey), now_ms);
+}
+
+struct item *store_peek(struct store *s, const char *key, size_t nkey)
+{
+    struct table *tab;
+    struct item **link = find_link(s, key, nkey, hash_key(s->cfg.seed, key, nkey), &tab);
+
+    return link ? *link : NULL;
 }
 
 /* Parses an item's value as memcached's incr does: 1..20 digits, optionally
@@ -497,7 +533,8 @@ static bool room_for(struct store *s, size_t nkey, size_t nval, const struct ite
 
     if (s->bytes + s->reserved + need <= s->cfg.max_bytes + credit)
         return true;
-    if (now_ms < s->next_expiry_ms)
+    if (s->cfg.replicated ||
+        (now_ms < s->next_expiry_ms && (s->flush_at_ms == 0 || now_ms < s->flush_at_ms)))
         return false;
     s->expired_reclaimed += sweep(s, now_ms, false);
     return s->bytes + s->reserved + need <= s->cfg.max_bytes + credit;
@@ -507,6 +544,57 @@ static int reject(struct store_change *ch, enum store_status st)
 {
     ch->status = st;
     return -1;
+}
+
+/* The new item of a change (refcount 1, reserved), or a rejection. */
+static int build_item(struct store *s, const struct store_op *op, const struct item *old,
+                      const char *v1, size_t n1, const char *v2, size_t n2, uint32_t flags,
+                      int64_t exptime, uint64_t new_cas, int64_t mtime, int64_t now_ms,
+                      struct store_change *ch)
+{
+    if (!op->unlimited && !room_for(s, op->nkey, n1 + n2, old, now_ms))
+        return reject(ch, STORE_NO_MEMORY);
+    ch->item = item_new(op->key, op->nkey, v1, n1, v2, n2);
+    if (ch->item == NULL)
+        return reject(ch, STORE_NO_MEMORY);
+    ch->item->cas = new_cas;
+    ch->item->flags = flags;
+    ch->item->exptime_ms = exptime;
+    ch->item->mtime_ms = mtime;
+    ch->item->hash = ch->hash;
+    ch->reserved = item_size(op->nkey, n1 + n2);
+    s->reserved += ch->reserved;
+    return 0;
+}
+
+/* A replicated effect (op->effect): the stored item changes as the
+ * coordinator decided, whether this store would call it live or not. A
+ * delete or touch of a key with no item changes nothing (STORE_NOT_FOUND). */
+static int prepare_effect(struct store *s, const struct store_op *op, uint64_t new_cas,
+                          int64_t mtime_ms, struct store_change *ch)
+{
+    struct table *tab;
+    struct item **link = find_link(s, op->key, op->nkey, ch->hash, &tab);
+    const struct item *old = link ? *link : NULL;
+
+    switch (op->type) {
+    case STORE_DELETE:
+        return old ? 0 : reject(ch, STORE_NOT_FOUND);
+    case STORE_TOUCH:
+        if (old == NULL)
+            return reject(ch, STORE_NOT_FOUND);
+        ch->exptime_ms = op->exptime_ms;
+        return 0;
+    case STORE_SET:
+        if (op->nvalue > s->cfg.value_bytes_max)
+            return reject(ch, STORE_TOO_LARGE);
+        /* No clock: memory is not reclaimed here, as nothing is. */
+        return build_item(s, op, old, op->value, op->nvalue, NULL, 0, op->flags,
+                          op->exptime_ms, new_cas, mtime_ms, INT64_MIN, ch);
+    default:
+        assert(!"not an effect");
+        return reject(ch, STORE_NOT_STORED);
+    }
 }
 
 int store_prepare(struct store *s, const struct store_op *op, uint64_t new_cas, int64_t now_ms,
@@ -523,7 +611,7 @@ int store_prepare(struct store *s, const struct store_op *op, uint64_t new_cas, 
     ch->type = op->type;
     ch->cas = new_cas;
     ch->now_ms = now_ms;
-    tick(s, now_ms);
+    tick(s);
 
     if (op->type == STORE_FLUSH) {
         ch->flush_at_ms = op->flush_at_ms;
@@ -533,6 +621,8 @@ int store_prepare(struct store *s, const struct store_op *op, uint64_t new_cas, 
     ch->hash = hash_key(s->cfg.seed, op->key, op->nkey);
     memcpy(ch->key, op->key, op->nkey);
     ch->nkey = (uint8_t)op->nkey;
+    if (op->effect)
+        return prepare_effect(s, op, new_cas, now_ms, ch);
     cur = lookup_live(s, op->key, op->nkey, ch->hash, now_ms);
 
     switch (op->type) {
@@ -605,19 +695,11 @@ int store_prepare(struct store *s, const struct store_op *op, uint64_t new_cas, 
      * only removes the old value, so it needs no room and no new item. */
     if (exptime != 0 && exptime <= now_ms)
         return 0;
-    if (!op->unlimited && !room_for(s, op->nkey, n1 + n2, cur, now_ms))
-        return reject(ch, STORE_NO_MEMORY);
-    ch->item = item_new(op->key, op->nkey, v1, n1, v2, n2);
-    if (ch->item == NULL)
-        return reject(ch, STORE_NO_MEMORY);
-    ch->item->cas = new_cas;
-    ch->item->flags = flags;
-    ch->item->exptime_ms = exptime;
-    ch->item->mtime_ms = now_ms;
-    ch->item->hash = ch->hash;
-    ch->reserved = item_size(op->nkey, n1 + n2);
-    s->reserved += ch->reserved;
-    return 0;
+    /* The stored item is what the new one replaces, live or not. */
+    if (cur == NULL)
+        cur = store_peek(s, op->key, op->nkey);
+    return build_item(s, op, cur, v1, n1, v2, n2, flags, exptime, new_cas, now_ms, now_ms,
+                      ch);
 }
 
 void store_commit(struct store *s, struct store_change *ch)
@@ -627,12 +709,15 @@ void store_commit(struct store *s, struct store_change *ch)
 
     assert(ch->status == STORE_OK);
     if (ch->type == STORE_FLUSH) {
+        /* Decided by the flush's own time stamp, never by a clock here. */
         if (ch->flush_at_ms <= ch->now_ms) {
             s->flush_at_ms = 0;
             sweep(s, ch->now_ms, true);
-        } else {
-            s->flush_at_ms = ch->flush_at_ms; /* the latest flush_all wins */
+            return;
         }
+        if (s->flush_at_ms != 0 && s->flush_at_ms <= ch->now_ms)
+            remove_flushed(s, s->flush_at_ms); /* it was due: its effect stays */
+        s->flush_at_ms = ch->flush_at_ms;      /* the latest flush_all wins */
         return;
     }
     link = find_link(s, ch->key, ch->nkey, ch->hash, &tab);
@@ -676,7 +761,9 @@ size_t store_expire_step(struct store *s, int64_t now_ms, size_t max_buckets)
     size_t n = 0;
     struct table *tb = &s->t[0];
 
-    tick(s, now_ms);
+    tick(s);
+    if (s->cfg.replicated)
+        return 0;
     if (resizing(s)) {
         /* Help the resize along instead; expiry resumes after it. */
         rehash_step(s, max_buckets);
@@ -686,7 +773,7 @@ size_t store_expire_step(struct store *s, int64_t now_ms, size_t max_buckets)
         size_t i = s->expire_cursor++ & (tb->size - 1);
         struct item **link = &tb->b[i];
         while (*link) {
-            if (!item_live(s, *link, now_ms)) {
+            if (!item_live(s, *link, now_ms) && reclaimable(s, *link)) {
                 unlink_item(s, tb, link);
                 n++;
             } else {
@@ -699,13 +786,45 @@ size_t store_expire_step(struct store *s, int64_t now_ms, size_t max_buckets)
     return n;
 }
 
+size_t store_reclaim(struct store *s, int64_t now_ms)
+{
+    size_t n;
+
+    if (s->cfg.replicated)
+        return 0;
+    n = sweep(s, now_ms, false);
+    s->expired_reclaimed += n;
+    maybe_resize(s);
+    return n;
+}
+
+void store_walk_dead(struct store *s, int64_t now_ms, size_t max_buckets,
+                     int (*fn)(void *arg, const struct item *it), void *arg)
+{
+    struct table *tb = &s->t[0];
+
+    tick(s);
+    if (resizing(s)) {
+        rehash_step(s, max_buckets);
+        return;
+    }
+    for (size_t k = 0; k < max_buckets && k < tb->size; k++) {
+        size_t i = s->expire_cursor & (tb->size - 1);
+        for (struct item *it = tb->b[i]; it; it = it->hnext)
+            if (!item_live(s, it, now_ms) && (s->nlocks == 0 || !key_locked(s, it)) &&
+                fn(arg, it) != 0)
+                return; /* this bucket again next time: fn may not have seen all */
+        s->expire_cursor++;
+    }
+}
+
 long store_collect(struct store *s, const char *prefix, size_t nprefix, int64_t now_ms,
                    struct item ***out)
 {
     struct item **arr = NULL;
     size_t n = 0, cap = 0;
 
-    tick(s, now_ms);
+    tick(s);
     for (int t = 0; t < 2; t++) {
         struct table *tb = &s->t[t];
         for (size_t i = 0; i < tb->size; i++) {
@@ -761,18 +880,16 @@ static void remove_key(struct store *s, const char *key, size_t nkey, uint32_t h
 
 int store_load_put(struct store *s, const char *key, size_t nkey, const char *value,
                    size_t nvalue, uint32_t flags, int64_t exptime_ms, int64_t mtime_ms,
-                   uint64_t cas, int64_t now_ms)
+                   uint64_t cas)
 {
     uint32_t h = hash_key(s->cfg.seed, key, nkey);
     struct item *it;
 
     assert(nkey > 0 && nkey <= LIMIT_KEY_BYTES_MAX);
-    tick(s, now_ms);
+    tick(s);
     remove_key(s, key, nkey, h);
     if (cas > s->max_cas)
-        s->max_cas = cas; /* even if the item is dead: its cas was handed out */
-    if (exptime_ms != 0 && exptime_ms <= now_ms)
-        return 0;
+        s->max_cas = cas;
     it = item_new(key, nkey, value, nvalue, NULL, 0);
     if (it == NULL)
         return -ENOMEM;
@@ -786,20 +903,19 @@ int store_load_put(struct store *s, const char *key, size_t nkey, const char *va
     return 0;
 }
 
-void store_load_del(struct store *s, const char *key, size_t nkey, int64_t now_ms)
+void store_load_del(struct store *s, const char *key, size_t nkey)
 {
-    tick(s, now_ms);
+    tick(s);
     remove_key(s, key, nkey, hash_key(s->cfg.seed, key, nkey));
     maybe_resize(s);
 }
 
-void store_load_touch(struct store *s, const char *key, size_t nkey, int64_t exptime_ms,
-                      int64_t now_ms)
+void store_load_touch(struct store *s, const char *key, size_t nkey, int64_t exptime_ms)
 {
     struct table *tab;
     struct item **link;
 
-    tick(s, now_ms);
+    tick(s);
     link = find_link(s, key, nkey, hash_key(s->cfg.seed, key, nkey), &tab);
     if (link) {
         (*link)->exptime_ms = exptime_ms;
@@ -808,7 +924,7 @@ void store_load_touch(struct store *s, const char *key, size_t nkey, int64_t exp
     }
 }
 
-void store_load_flush(struct store *s, int64_t flush_at_ms, int64_t mtime_ms, int64_t now_ms)
+void store_load_flush(struct store *s, int64_t flush_at_ms, int64_t mtime_ms)
 {
     struct store_change ch;
 
@@ -816,7 +932,7 @@ void store_load_flush(struct store *s, int64_t flush_at_ms, int64_t mtime_ms, in
     ch.type = STORE_FLUSH;
     ch.flush_at_ms = flush_at_ms;
     ch.now_ms = mtime_ms;
-    tick(s, now_ms);
+    tick(s);
     store_commit(s, &ch);
 }
 
@@ -837,14 +953,15 @@ uint64_t store_max_cas(const struct store *s)
     return s->max_cas;
 }
 
-int store_for_each(struct store *s, int64_t now_ms, int (*fn)(void *arg, const struct item *it),
-                   void *arg)
+/* Calls fn for every stored item (every live one, with live_only). */
+static int for_each(struct store *s, bool live_only, int64_t now_ms,
+                    int (*fn)(void *arg, const struct item *it), void *arg)
 {
     for (int t = 0; t < 2; t++) {
         struct table *tb = &s->t[t];
         for (size_t i = 0; i < tb->size; i++) {
             for (struct item *it = tb->b[i]; it; it = it->hnext) {
-                if (!item_live(s, it, now_ms))
+                if (live_only && !item_live(s, it, now_ms))
                     continue;
                 int r = fn(arg, it);
                 if (r)
@@ -853,6 +970,49 @@ int store_for_each(struct store *s, int64_t now_ms, int (*fn)(void *arg, const s
         }
     }
     return 0;
+}
+
+int store_for_each(struct store *s, int64_t now_ms, int (*fn)(void *arg, const struct item *it),
+                   void *arg)
+{
+    return for_each(s, true, now_ms, fn, arg);
+}
+
+int store_for_each_stored(struct store *s, int (*fn)(void *arg, const struct item *it),
+                          void *arg)
+{
+    return for_each(s, false, 0, fn, arg);
+}
+
+/* FNV-1a over n bytes, continuing from h. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+uint64_t store_digest(const struct store *s)
+{
+    uint64_t sum = fmix64((uint64_t)s->flush_at_ms ^ 0x666c757368ULL);
+
+    for (int t = 0; t < 2; t++) {
+        const struct table *tb = &s->t[t];
+        for (size_t i = 0; i < tb->size; i++) {
+            for (const struct item *it = tb->b[i]; it; it = it->hnext) {
+                uint64_t h = fnv(0xcbf29ce484222325ULL, it->data, it->nkey + it->nval);
+                h = fnv(h, &it->nkey, sizeof(it->nkey));
+                h = fnv(h, &it->flags, sizeof(it->flags));
+                h = fnv(h, &it->exptime_ms, sizeof(it->exptime_ms));
+                h = fnv(h, &it->mtime_ms, sizeof(it->mtime_ms));
+                h = fnv(h, &it->cas, sizeof(it->cas));
+                sum += fmix64(h); /* a sum: the table's order does not matter */
+            }
+        }
+    }
+    return sum;
 }
 
 /* ---- key locks --------------------------------------------------------------- */
@@ -953,6 +1113,14 @@ int store_lock_change(struct store *s, const struct store_change *ch, void *owne
 void store_unlock_change(struct store *s, const struct store_change *ch, void *owner)
 {
     unlock_hashed(s, ch->key, ch->nkey, ch->hash, owner);
+}
+
+static bool key_locked(const struct store *s, const struct item *it)
+{
+    struct lock_entry **link =
+        lock_link((struct store *)s, item_key(it), it->nkey, it->hash);
+
+    return link && *link;
 }
 
 void *store_lock_holder(struct store *s, const char *key, size_t nkey)

@@ -17,6 +17,23 @@
  *   store_commit()   installs the prepared change; it cannot fail.
  *   store_abort()    drops it and releases the reservation.
  * A single node calls prepare then commit at once (store_apply()).
+ *
+ * STORED AND LIVE. What the table holds (the stored state: every item with
+ * its cas, expiry and time stamp, and the pending delayed flush_all) changes
+ * only by writes. Whether an item is live - not expired, not flushed - is a
+ * question asked with a time: reads and a coordinator's evaluation ask it
+ * at their clock. Dead items stay stored until reclaimed:
+ *   - a single replica (replicated = false) reclaims them itself, on lookup,
+ *     in the background walk (store_expire_step) and before refusing a write
+ *     for memory; never an item whose key is locked (a prepared write on it
+ *     must find it at commit, as replay will);
+ *   - a replica of a cluster (replicated = true) never does: its stored
+ *     state must stay identical to every other replica's, and clocks differ.
+ *     The cluster removes dead items by replicating deletes that one replica
+ *     decided (store_walk_dead finds the candidates), as it replicates every
+ *     other change.
+ * Replaying a log (store_load_*) reproduces the stored state exactly and
+ * reads no clock.
  */
 #ifndef TPCKV_STORE_H
 #define TPCKV_STORE_H
@@ -67,6 +84,8 @@ struct store_config {
     uint64_t value_bytes_max; /* largest value (append/prepend/incr results) */
     uint64_t seed;            /* hash seed; randomize it against collision floods */
     size_t initial_buckets;   /* power of two; 0 = default */
+    bool replicated;          /* a replica of a cluster: nothing is reclaimed
+                                 by this store's own clock (see STORED AND LIVE) */
 };
 
 enum store_op_type {
@@ -97,6 +116,11 @@ struct store_op {
     int64_t flush_at_ms; /* flush: when; 0 or <= now = immediately */
     bool unlimited;      /* ignore max_bytes (a prepared write re-locked at
                             recovery: it was durable, and may commit) */
+    bool effect;         /* a replicated effect, decided by a coordinator: set
+                            (the item as given: exptime, cas = new_cas, mtime
+                            = now_ms), delete or touch of the stored item,
+                            whether live or not. No condition is evaluated and
+                            now_ms is a time stamp, not a clock. */
 };
 
 enum store_status {
@@ -147,10 +171,14 @@ void store_free(struct store *s);
 
 /*
  * Looks key up. Returns the live item (borrowed: valid until the next store
- * call unless item_ref()'d), or NULL when absent, expired or flushed. Dead
- * items met on the way are reclaimed.
+ * call unless item_ref()'d), or NULL when absent, expired or flushed. A dead
+ * item met on the way is reclaimed (single replica, key not locked).
  */
 struct item *store_get(struct store *s, const char *key, size_t nkey, int64_t now_ms);
+
+/* The item stored under key, live or dead (borrowed), or NULL. Reads no
+ * clock and changes nothing: what a replica's version CHECK compares. */
+struct item *store_peek(struct store *s, const char *key, size_t nkey);
 
 /*
  * Prefetching, for a batch of requests: store_hash gives key's hash (it reads
@@ -189,9 +217,22 @@ enum store_status store_apply(struct store *s, const struct store_op *op, uint64
 /*
  * Reclaims expired and flushed items, visiting at most max_buckets buckets
  * from where the previous call stopped. Returns the number reclaimed. The
- * server calls it from a timer so memory comes back without any read.
+ * server calls it from a timer so memory comes back without any read. A
+ * replicated store reclaims nothing (returns 0): see store_walk_dead.
  */
 size_t store_expire_step(struct store *s, int64_t now_ms, size_t max_buckets);
+
+/* Reclaims every item dead at now_ms, unless the store is replicated. */
+size_t store_reclaim(struct store *s, int64_t now_ms);
+
+/*
+ * For a replicated store: visits up to max_buckets buckets from where the
+ * previous call stopped and calls fn for each item dead at now_ms whose key
+ * is not locked; stops early when fn returns non-zero. Changes nothing: the
+ * caller decides which to delete, and replicates the deletes.
+ */
+void store_walk_dead(struct store *s, int64_t now_ms, size_t max_buckets,
+                     int (*fn)(void *arg, const struct item *it), void *arg);
 
 /*
  * Collects the live items whose key starts with prefix[0..nprefix), each
@@ -206,26 +247,27 @@ void store_get_stats(const struct store *s, struct store_stats *st);
 
 /* ---- loading logged effects (recovery) ------------------------------------
  * Each applies an effect read from a snapshot or the write-ahead log,
- * unconditionally (it was evaluated when first written). They ignore
- * max_bytes: data that was durable is never dropped at recovery, and writes
- * are refused later if the store is over its limit. now_ms decides only
- * whether an item is already dead (then it is not loaded). */
+ * unconditionally (it was evaluated when first written), to the stored
+ * state: an item already dead is loaded all the same, since a later record
+ * may refer to it (a touch made while it was alive). They read no clock and
+ * ignore max_bytes: data that was durable is never dropped at recovery, and
+ * writes are refused later if the store is over its limit. */
 
 /* Key now holds this item. Returns 0 or -ENOMEM. */
 int store_load_put(struct store *s, const char *key, size_t nkey, const char *value,
                    size_t nvalue, uint32_t flags, int64_t exptime_ms, int64_t mtime_ms,
-                   uint64_t cas, int64_t now_ms);
-void store_load_del(struct store *s, const char *key, size_t nkey, int64_t now_ms);
-void store_load_touch(struct store *s, const char *key, size_t nkey, int64_t exptime_ms,
-                      int64_t now_ms);
-/* flush_all issued at mtime_ms taking effect at flush_at_ms. */
-void store_load_flush(struct store *s, int64_t flush_at_ms, int64_t mtime_ms, int64_t now_ms);
+                   uint64_t cas);
+void store_load_del(struct store *s, const char *key, size_t nkey);
+void store_load_touch(struct store *s, const char *key, size_t nkey, int64_t exptime_ms);
+/* flush_all issued at mtime_ms taking effect at flush_at_ms (as committed). */
+void store_load_flush(struct store *s, int64_t flush_at_ms, int64_t mtime_ms);
 
 /* Removes every item (a failed recovery attempt starts over). */
 void store_clear(struct store *s);
 
-/* The pending delayed flush time (0 = none) and the highest cas stored,
- * for snapshots and for resuming cas numbering after recovery. */
+/* The delayed flush_all in force (0 = none; it stays once due, until a
+ * later flush_all replaces it) and the highest cas stored, for snapshots
+ * and for resuming cas numbering after recovery. */
 int64_t store_flush_at(const struct store *s);
 uint64_t store_max_cas(const struct store *s);
 
@@ -235,6 +277,16 @@ uint64_t store_max_cas(const struct store *s);
  */
 int store_for_each(struct store *s, int64_t now_ms, int (*fn)(void *arg, const struct item *it),
                    void *arg);
+
+/* The same for every stored item, dead ones included (what a snapshot
+ * keeps: the stored state). */
+int store_for_each_stored(struct store *s, int (*fn)(void *arg, const struct item *it),
+                          void *arg);
+
+/* A digest of the stored state: every item's key, value, flags, expiry,
+ * time stamp and cas, and the flush_all in force, independent of table
+ * order. Two replicas that hold the same state have the same digest. */
+uint64_t store_digest(const struct store *s);
 
 /* ---- key locks --------------------------------------------------------------
  * A write holds its keys from prepare to commit or abort, so no other write

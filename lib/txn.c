@@ -4,6 +4,7 @@
  */
 #include "txn.h"
 
+#include "crc32c.h"
 #include "recover.h"
 #include "wal.h"
 
@@ -11,9 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-uint64_t txn_version(struct store *s, const char *key, size_t nkey, int64_t now_ms)
+uint64_t txn_version(struct store *s, const char *key, size_t nkey)
 {
-    struct item *it = store_get(s, key, nkey, now_ms);
+    struct item *it = store_peek(s, key, nkey);
 
     return it ? it->cas : 0;
 }
@@ -79,6 +80,60 @@ int txn_encode_change(struct buf *b, const struct store_change *ch, uint64_t exp
     return 0;
 }
 
+struct expire_batch {
+    struct buf *b;
+    int64_t now_ms;
+    uint32_t nreplicas, self_idx, max_keys, keys, nops;
+    size_t max_bytes;
+    bool full;
+    int err;
+};
+
+static int expire_pick(void *arg, const struct item *it)
+{
+    struct expire_batch *eb = arg;
+    struct wal_op check = {.kind = WAL_OP_CHECK,
+                           .key = item_key(it),
+                           .nkey = it->nkey,
+                           .cas = it->cas,
+                           .mtime_ms = eb->now_ms};
+    struct wal_op del = {.kind = WAL_OP_DEL, .key = item_key(it), .nkey = it->nkey};
+    size_t len = eb->b->len;
+
+    if (crc32c(0, item_key(it), it->nkey) % eb->nreplicas != eb->self_idx)
+        return 0;
+    if (len + wal_op_size(&check) + wal_op_size(&del) > eb->max_bytes) {
+        eb->full = true;
+        return 1;
+    }
+    if ((eb->err = append_op(eb->b, &check)) < 0 || (eb->err = append_op(eb->b, &del)) < 0) {
+        eb->b->len = len;
+        return 1;
+    }
+    eb->nops += 2;
+    if (++eb->keys < eb->max_keys)
+        return 0;
+    eb->full = true;
+    return 1;
+}
+
+long txn_expire_batch(struct store *s, int64_t now_ms, size_t max_buckets, uint32_t nreplicas,
+                      uint32_t self_idx, struct buf *b, uint32_t max_keys, size_t max_bytes,
+                      uint32_t *nops, bool *full)
+{
+    struct expire_batch eb = {.b = b,
+                              .now_ms = now_ms,
+                              .nreplicas = nreplicas ? nreplicas : 1,
+                              .self_idx = self_idx,
+                              .max_keys = max_keys,
+                              .max_bytes = max_bytes};
+
+    store_walk_dead(s, now_ms, max_buckets, expire_pick, &eb);
+    *nops = eb.nops;
+    *full = eb.full;
+    return eb.err < 0 ? eb.err : (long)eb.keys;
+}
+
 static void release(struct txn_rm *rm, struct txn_prep *p, bool commit)
 {
     for (size_t i = 0; i < p->nch; i++) {
@@ -115,6 +170,7 @@ static void effect_to_store_op(const struct wal_op *w, struct store_op *op, uint
     memset(op, 0, sizeof(*op));
     op->key = w->key;
     op->nkey = w->nkey;
+    op->effect = true;
     switch (w->kind) {
     case WAL_OP_PUT:
         op->type = STORE_SET;
@@ -192,7 +248,7 @@ int txn_prepare(struct txn_rm *rm, const struct tpc_txn *t, struct txn_prep **ou
         struct store_change *ch = &p->ch[p->nch];
         struct store_op op;
         uint64_t cas = t->txid;
-        int64_t now = have_check ? check.mtime_ms : 0;
+        int64_t now = 0;
 
         if (w.kind == WAL_OP_FLUSH) {
             /* Every key: nothing else may be prepared. */
@@ -221,8 +277,9 @@ int txn_prepare(struct txn_rm *rm, const struct tpc_txn *t, struct txn_prep **ou
                 have_check = false;
                 continue;
             }
-            if (!t->recovered &&
-                txn_version(rm->store, w.key, w.nkey, check.mtime_ms) != check.cas) {
+            /* The stored version, dead or alive: liveness is a question of
+             * clocks, which differ; what is stored does not. */
+            if (!t->recovered && txn_version(rm->store, w.key, w.nkey) != check.cas) {
                 store_unlock(rm->store, w.key, w.nkey, p);
                 reason = TPC_R_CONFLICT;
                 goto fail;
@@ -233,8 +290,9 @@ int txn_prepare(struct txn_rm *rm, const struct tpc_txn *t, struct txn_prep **ou
         op.unlimited = t->recovered; /* durable before the crash: it must fit */
         p->nch++;
         if (store_prepare(rm->store, &op, cas, now, ch) < 0) {
-            /* A delete or touch of a key already gone changes nothing;
-             * anything else is a refusal (the check said it would work). */
+            /* A delete or touch of a key with no item changes nothing
+             * (after a restart, whose checks are skipped); anything else is
+             * a refusal (the check said it would work). */
             if (w.kind == WAL_OP_DEL || w.kind == WAL_OP_TOUCH) {
                 ch->status = STORE_NOT_FOUND; /* no change to commit */
                 continue;

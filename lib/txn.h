@@ -4,12 +4,13 @@
  *
  * The coordinator evaluates a client's write against its own store (which
  * is current for every key not locked by a transaction: every commit
- * prepares on every replica first), and turns the outcome into operations:
- * for each key, a CHECK (the version it saw, at its clock) and the effect
- * (PUT, DEL, TOUCH; FLUSH has no key and no CHECK). Every replica then
- * applies the same effect, so items, CAS values and incr results are equal
- * everywhere, and a replica whose version differs votes no instead of
- * diverging. The encoding is the WAL op encoding (wal.h), so a PREPARE
+ * prepares on every replica first), judging liveness at its own clock, and
+ * turns the outcome into operations: for each key, a CHECK (the stored
+ * version it saw, and its clock) and the effect (PUT, DEL, TOUCH; FLUSH has
+ * no key and no CHECK). Every replica then applies the same effect to its
+ * stored item, reading no clock of its own, so items, CAS values and incr
+ * results are equal everywhere, and a replica whose stored version differs
+ * votes no instead of diverging. The encoding is the WAL op encoding (wal.h), so a PREPARE
  * record logs the operations exactly as they travelled.
  */
 #ifndef TPCKV_TXN_H
@@ -24,8 +25,10 @@
 
 struct wal_op;
 
-/* The version of key a CHECK expects: the live item's cas, 0 if none. */
-uint64_t txn_version(struct store *s, const char *key, size_t nkey, int64_t now_ms);
+/* The version of key a CHECK expects: the stored item's cas, live or dead,
+ * 0 if none. It reads no clock: replicas hold the same stored state, and
+ * the coordinator alone judges liveness (at its clock, once). */
+uint64_t txn_version(struct store *s, const char *key, size_t nkey);
 
 /*
  * Appends to b the operations for a change prepared on the coordinator's
@@ -87,6 +90,22 @@ struct recover_ledger;
  */
 int txn_resume(struct tpc *t, const struct recover_ledger *l, uint64_t now_us,
                uint64_t *bad_txid);
+
+/*
+ * Expiry in a cluster: no replica removes an item by its own clock (see
+ * store.h); one replica decides and the deletion is replicated like any
+ * write. txn_expire_batch walks up to max_buckets buckets of s (from where
+ * the last walk stopped) for items dead at now_ms, not held by a
+ * transaction, whose key this replica owns (crc32c of the key modulo
+ * nreplicas is self_idx, so two replicas do not race for one key), and
+ * appends to b, per key, a CHECK of the stored version and a DEL - at most
+ * max_keys keys and max_bytes bytes. Returns the number of keys (0: none
+ * found, nothing appended), or -ENOMEM. *nops gets the operation count;
+ * *full says the walk stopped because the batch was full (more may wait).
+ */
+long txn_expire_batch(struct store *s, int64_t now_ms, size_t max_buckets, uint32_t nreplicas,
+                      uint32_t self_idx, struct buf *b, uint32_t max_keys, size_t max_bytes,
+                      uint32_t *nops, bool *full);
 
 /* The effect of a prepared change as the log records it. */
 void txn_change_to_op(const struct store_change *ch, struct wal_op *op);

@@ -31,11 +31,18 @@
  *     tpc_unapplied_lsn), which replace the log they cover once complete;
  *   - some clusters are short of memory or have a small --max-value on some
  *     replicas, so participants vote NO_MEMORY or TOO_LARGE; clocks are
- *     skewed by up to 20 ms, and now and then a host's clock is seconds off;
+ *     skewed by up to 20 ms, now and then a host's clock is seconds off,
+ *     and in half the runs a restarted replica's clock has been stepped
+ *     (forward or back, up to 1.5 s);
  *   - clients issue set, add, replace, append, prepend, cas (after a gets,
- *     sometimes stale), incr, decr, delete, touch and flush_all on 3..8
- *     keys, so transactions conflict, and retry as serve does; reads check
- *     what each replica serves.
+ *     sometimes stale), incr, decr, delete, touch, gat (1..3 keys) and
+ *     flush_all (now, or delayed by up to 400 ms) on 3..8 keys, so
+ *     transactions conflict, and retry as serve does; many items expire
+ *     within the run (up to 400 ms ahead, some already expired when
+ *     written), so writes meet dead items, touches revive live ones, and
+ *     every replica runs serve's expiry (txn_expire_batch: the dead keys it
+ *     owns, deleted by a transaction of its own); reads check what each
+ *     replica serves.
  *
  * DETERMINISM. Time is simulated, in microseconds, and advances only from
  * event to event. Events sit in one binary heap ordered by (time, sequence
@@ -65,11 +72,20 @@
  *   - outcomes: an acknowledged write committed; an aborted or rejected one
  *     did not; a write whose coordinator crashed or whose log failed may go
  *     either way;
- *   - linearizable reads: on any live replica, a key no transaction holds
- *     reads as the model says (this is what lets serve answer gets locally);
- *   - durability and convergence: after the heal every replica's store
- *     equals the model (the last committed effect of every key; absent if
- *     never written, deleted or flushed), so all replicas are identical;
+ *   - clocks decide nothing stored: each committed transaction's effect is
+ *     what its command does at its coordinator's time (the CHECK's), with
+ *     liveness judged there; an expiry deletes only an item dead then;
+ *   - reads: on any live replica, a key no transaction holds is stored as
+ *     the model says (item, cas, expiry, time stamp; and the flush_all in
+ *     force), and reads as live exactly when the model's item is live at
+ *     that replica's clock (this is what lets serve answer gets locally);
+ *   - durability and convergence: after the heal every replica's stored
+ *     state (dead items included; store_digest too) equals the model (the
+ *     last committed effect of every key; absent if never written, deleted,
+ *     flushed or expired by a replica), so all replicas are identical;
+ *   - no key is left unwritable: once everything has settled, a set of each
+ *     key through a random replica commits (a store that is full may refuse
+ *     it; a conflict or a lock that outlasts the retries fails the run);
  *   - liveness: once every replica is up and every link is healed, no
  *     transaction stays in doubt, holds a lock or awaits an ACK beyond a
  *     generous deadline (60 simulated seconds);
@@ -197,13 +213,14 @@ enum ev_kind {
     EV_LOG_FAIL,     /* a random live replica's log fails */
     EV_HEAL,         /* the chaos phase ends */
     EV_SETTLED,      /* after the heal: is everything settled? */
+    EV_EXPIRE,       /* replica a's expiry walk */
 };
 
 static const char *const ev_names[] = {
     "msg",     "sync",      "tick",       "arrival",       "retry",
     "crash",   "kill",      "power-loss", "restart",       "notice-down",
     "connect", "notice-up", "snapshot",   "snapshot-done", "cut",
-    "uncut",   "log-fail",  "heal",       "settled?",
+    "uncut",   "log-fail",  "heal",       "settled?",      "expire",
 };
 
 /* A message in flight: a copy of what tpc sent, ops included. */
@@ -242,6 +259,7 @@ struct snap_item {
 
 struct snapshot {
     uint64_t lsn, next_cas;
+    int64_t flush_at_ms; /* the flush_all in force */
     struct snap_item *items;
     size_t nitems, capitems;
     struct rec *open;
@@ -269,6 +287,9 @@ struct replica {
     struct txn_prep **preps;
     size_t npreps, cappreps;
     bool notified[TPC_REPLICAS_MAX]; /* what our tpc was last told of each link */
+    bool expiring;      /* an expiry transaction of its own is under way */
+    uint32_t expire_tx; /* its txrec index + 1 */
+    char expire_client; /* its address is the client tpc_begin gets */
     struct snapshot *snap;           /* the newest complete snapshot */
     struct snapshot *snap_pending;   /* one being written */
 };
@@ -285,20 +306,24 @@ enum cmd_kind {
     K_DELETE,
     K_TOUCH,
     K_FLUSH,
-    K_NKINDS
+    K_GAT,
+    K_NKINDS,
+    K_EXPIRE = K_NKINDS /* a replica deleting keys it found expired */
 };
 
-static const char *const kind_names[K_NKINDS] = {
-    "set",  "add",  "replace", "append", "prepend",   "cas",
-    "incr", "decr", "delete",  "touch",  "flush_all",
+static const char *const kind_names[K_NKINDS + 1] = {
+    "set",  "add",  "replace", "append", "prepend",   "cas", "incr",
+    "decr", "delete", "touch", "flush_all", "gat", "expire",
 };
 
-/* A client's command. */
+/* A client's command (or a replica's expiry). */
 struct cmd {
     uint8_t kind, key, nvalue;
+    uint8_t keys; /* gat, expire: a mask of the keys */
     char value[24];
     uint32_t flags;
     int64_t exptime_ms;
+    int64_t flush_at_ms; /* flush_all: 0 = now */
     uint64_t delta, cas;
 };
 
@@ -312,6 +337,7 @@ struct cop {
     uint16_t attempts, lock_waits;
     uint32_t gen; /* invalidates stale retry events */
     uint32_t tx;  /* index of the current attempt's txrec + 1 */
+    uint8_t refused; /* enum store_status, when its condition failed */
 };
 
 enum tx_status { T_PENDING, T_ACKED, T_ABORTED, T_REJECTED, T_UNKNOWN };
@@ -355,6 +381,8 @@ struct counts {
     uint64_t msgs, dropped, dropped_link, duplicated, lost_in_flight;
     uint64_t queries, answers, resolved_by_query, part_committed, part_aborted, voted_no;
     uint64_t recovered_prepared, recovered_committed, survived_records;
+    uint64_t expire_txns, expire_committed;
+    uint64_t probes, clock_steps;
     uint64_t settle_us_max;
 };
 
@@ -387,9 +415,12 @@ struct sim {
     uint64_t prepare_timeout_us, resend_us;
     size_t remembered_max;
     double p_crash_hook;        /* crash a replica right after it logs or answers */
+    double p_clock_step;        /* a restarted replica's clock was stepped */
     uint64_t snapshot_every_us; /* 0 = no snapshots */
     uint32_t crashes_left;
     bool healed, settled, stop;
+    uint32_t probes; /* index of the first probe write + 1, 0 = not yet */
+    uint32_t probe_rounds;
     uint64_t heal_at;
     /* replicas and links */
     struct replica rep[TPC_REPLICAS_MAX];
@@ -408,6 +439,7 @@ struct sim {
     size_t txmap_cap;
     uint64_t applied;
     struct mval model[NKEYS_MAX];
+    int64_t model_flush_at; /* the flush_all in force in the history */
     uint64_t seen_cas[NKEYS_MAX];
     struct buf scratch; /* a client write's operations */
     struct buf logbuf;  /* a log record being encoded */
@@ -693,12 +725,12 @@ static void describe_item(char *dst, size_t cap, bool present, const char *v, si
 }
 
 /*
- * The command kind k run on the state prev, as the store does it: whether
- * it applies, and the item it leaves (value in *out). Touch and delete are
- * told apart by the caller.
+ * The command c run on the state prev, live or not at the coordinator's
+ * time as live says, as the store does it: whether it applies, and the item
+ * it leaves (value in *out). Touch and delete are told apart by the caller.
  */
-static bool expected_effect(const struct cmd *c, const struct mval *prev, uint64_t txid,
-                            struct mval *out)
+static bool expected_effect(const struct cmd *c, const struct mval *prev, bool live,
+                            uint64_t txid, struct mval *out)
 {
     char num[24];
     uint64_t v;
@@ -711,20 +743,20 @@ static bool expected_effect(const struct cmd *c, const struct mval *prev, uint64
     case K_SET:
         break;
     case K_ADD:
-        if (prev->present)
+        if (live)
             return false;
         break;
     case K_REPLACE:
-        if (!prev->present)
+        if (!live)
             return false;
         break;
     case K_CAS:
-        if (!prev->present || prev->cas != c->cas)
+        if (!live || prev->cas != c->cas)
             return false;
         break;
     case K_APPEND:
     case K_PREPEND:
-        if (!prev->present)
+        if (!live)
             return false;
         out->flags = prev->flags;
         out->exptime_ms = prev->exptime_ms;
@@ -735,7 +767,7 @@ static bool expected_effect(const struct cmd *c, const struct mval *prev, uint64
         return true;
     case K_INCR:
     case K_DECR:
-        if (!prev->present || !parse_number(prev->v, prev->n, &v))
+        if (!live || !parse_number(prev->v, prev->n, &v))
             return false;
         if (c->kind == K_INCR)
             v += c->delta;
@@ -748,9 +780,10 @@ static bool expected_effect(const struct cmd *c, const struct mval *prev, uint64
         return true;
     case K_DELETE:
         out->present = false;
-        return prev->present;
+        return live;
     case K_TOUCH:
-        if (!prev->present)
+    case K_GAT:
+        if (!live)
             return false;
         mval_set(out, prev->v, prev->n, "", 0);
         out->flags = prev->flags;
@@ -764,17 +797,53 @@ static bool expected_effect(const struct cmd *c, const struct mval *prev, uint64
     return true;
 }
 
+/* Is m live at time t (by the clock of whoever asks), given the history's
+ * flush_all? What a read at t must show, and what a coordinator at t sees. */
+static bool model_live(const struct sim *s, const struct mval *m, int64_t t)
+{
+    return m->present && (m->exptime_ms == 0 || m->exptime_ms > t) &&
+           !(s->model_flush_at != 0 && t >= s->model_flush_at &&
+             m->mtime_ms < s->model_flush_at);
+}
+
+/* A flush_all issued at mtime, taking effect at flush_at, on the model (as
+ * store_commit does it: decided by the flush's time stamp alone). */
+static void model_flush(struct sim *s, int64_t flush_at, int64_t mtime)
+{
+    if (flush_at <= mtime) {
+        for (uint32_t k = 0; k < s->nkeys; k++)
+            s->model[k].present = false;
+        s->model_flush_at = 0;
+        return;
+    }
+    if (s->model_flush_at != 0 && s->model_flush_at <= mtime)
+        for (uint32_t k = 0; k < s->nkeys; k++)
+            if (s->model[k].mtime_ms < s->model_flush_at)
+                s->model[k].present = false;
+    s->model_flush_at = flush_at;
+}
+
+static bool cmd_has_key(const struct cmd *c, uint32_t k)
+{
+    if (c->kind == K_GAT || c->kind == K_EXPIRE)
+        return (c->keys >> k) & 1;
+    return c->kind != K_FLUSH && k == c->key;
+}
+
 /*
  * Transaction x is applied for the first time anywhere: it takes the next
  * place in the commit order. Checks that what its coordinator evaluated
- * (the CHECK's version and the effect) follows from the state the history
- * before it left, then applies the effect to the model.
+ * (the CHECK's version, and the effect at the CHECK's time) follows from
+ * the state the history before it left, then applies the effect to the
+ * model.
  */
 static void model_commit(struct sim *s, struct txrec *x)
 {
     const struct cmd *c = &x->cmd;
     struct wal_op op, check = {0};
     bool have_check = false;
+    uint32_t seen = 0;
+    int64_t at = 0;
     size_t pos = 0;
 
     x->order = ++s->applied;
@@ -789,23 +858,24 @@ static void model_commit(struct sim *s, struct txrec *x)
             continue;
         }
         if (op.kind == WAL_OP_FLUSH) {
-            if (c->kind != K_FLUSH) {
-                fail(s, "txid %" PRIx64 " (%s): a FLUSH effect", x->txid,
+            if (c->kind != K_FLUSH || op.flush_at_ms != c->flush_at_ms) {
+                fail(s, "txid %" PRIx64 " (%s): an unexpected FLUSH effect", x->txid,
                      kind_names[c->kind]);
                 return;
             }
-            for (uint32_t k = 0; k < s->nkeys; k++)
-                s->model[k].present = false;
+            model_flush(s, op.flush_at_ms, op.mtime_ms);
             continue;
         }
         int k = key_index(s, op.key, op.nkey);
-        if (k < 0 || k != c->key || !have_check || check.nkey != op.nkey ||
-            memcmp(check.key, op.key, op.nkey) != 0) {
+        if (k < 0 || !cmd_has_key(c, (uint32_t)k) || (seen >> k) & 1 || !have_check ||
+            check.nkey != op.nkey || memcmp(check.key, op.key, op.nkey) != 0) {
             fail(s, "txid %" PRIx64 " (%s k%u): unexpected operations", x->txid,
                  kind_names[c->kind], c->key);
             return;
         }
+        seen |= 1u << k;
         have_check = false;
+        at = check.mtime_ms;
         struct mval *m = &s->model[k];
         uint64_t version = m->present ? m->cas : 0;
         if (check.cas != version) {
@@ -817,27 +887,37 @@ static void model_commit(struct sim *s, struct txrec *x)
                  x->txid, kind_names[c->kind], k, x->coord, check.cas, k, version);
             return;
         }
+        /* Liveness is the coordinator's to judge, at its clock: the CHECK's
+         * time. */
+        bool live = model_live(s, m, at);
         struct mval want = {0};
-        bool applies = expected_effect(c, m, x->txid, &want);
-        bool ok = applies;
-        if (ok && c->kind == K_DELETE)
-            ok = op.kind == WAL_OP_DEL;
-        else if (ok && c->kind == K_TOUCH)
-            ok = op.kind == WAL_OP_TOUCH && op.exptime_ms == c->exptime_ms;
-        else if (ok)
-            ok = op.kind == WAL_OP_PUT && op.nvalue == want.n &&
-                 memcmp(op.value, want.v, want.n) == 0 && op.flags == want.flags &&
-                 op.exptime_ms == want.exptime_ms && op.cas == want.cas;
+        bool ok;
+        if (c->kind == K_EXPIRE) {
+            ok = op.kind == WAL_OP_DEL && m->present && !live;
+        } else {
+            ok = expected_effect(c, m, live, x->txid, &want);
+            if (ok && c->kind == K_DELETE)
+                ok = op.kind == WAL_OP_DEL;
+            else if (ok && (c->kind == K_TOUCH || c->kind == K_GAT))
+                ok = op.kind == WAL_OP_TOUCH && op.exptime_ms == c->exptime_ms;
+            else if (ok && want.exptime_ms != 0 && want.exptime_ms <= at)
+                ok = op.kind == WAL_OP_DEL; /* written already expired */
+            else if (ok)
+                ok = op.kind == WAL_OP_PUT && op.nvalue == want.n &&
+                     memcmp(op.value, want.v, want.n) == 0 && op.flags == want.flags &&
+                     op.exptime_ms == want.exptime_ms && op.cas == want.cas &&
+                     op.mtime_ms == at;
+        }
         if (!ok) {
             char had[128];
             describe_item(had, sizeof(had), m->present, m->v, m->n, m->flags,
                           m->exptime_ms, m->mtime_ms, m->cas);
             fail(s,
                  "txid %" PRIx64 " (%s k%d \"%.*s\" delta %" PRIu64 " cas %" PRIx64
-                 ") committed an effect (op kind %d) that its command does not have on "
-                 "the committed state %s",
+                 ", at %" PRId64 ") committed an effect (op kind %d) that its command does "
+                 "not have on the committed state %s (%s then)",
                  x->txid, kind_names[c->kind], k, (int)c->nvalue, c->value, c->delta,
-                 c->cas, (int)op.kind, had);
+                 c->cas, at, (int)op.kind, had, live ? "live" : "dead");
             free(want.v);
             return;
         }
@@ -853,6 +933,12 @@ static void model_commit(struct sim *s, struct txrec *x)
             m->cas = op.cas;
         }
         free(want.v);
+    }
+    /* A gat leaves out the keys dead at its evaluation, which it does not
+     * lock: whether they were is checked then (check_read), not now. */
+    if (c->kind != K_GAT && c->kind != K_FLUSH && c->kind != K_EXPIRE && seen != 1u << c->key) {
+        fail(s, "txid %" PRIx64 " (%s k%u): no effect on its key", x->txid,
+             kind_names[c->kind], c->key);
     }
 }
 
@@ -880,27 +966,43 @@ static void describe_store_item(char *dst, size_t cap, const struct item *it)
 /*
  * A read of key k at replica r, as serve answers it: if a prepared
  * transaction holds the key the read waits (nothing to check now);
- * otherwise the store must show the last committed write.
+ * otherwise the stored item must be the one the last committed write left,
+ * and what the read returns must be what the history says at r's clock
+ * (expiry and flush_all are judged by the reader's clock; what is stored
+ * does not depend on any clock).
  */
 static void check_read(struct sim *s, uint32_t r, uint32_t k, const char *why)
 {
     struct replica *R = &s->rep[r];
     char key[3] = {'k', (char)('0' + k), 0};
-    struct item *it;
+    const struct mval *m = &s->model[k];
+    int64_t now = wall_ms(s, r);
+    struct item *stored, *it;
+    char got[128], want[128];
 
     if (txn_holder(&R->rm, key, 2) != NULL)
         return;
-    it = store_get(R->store, key, 2, wall_ms(s, r));
-    if (it)
-        s->seen_cas[k] = it->cas;
-    if (!matches_model(s, k, it)) {
-        char got[128], want[128];
-        const struct mval *m = &s->model[k];
-        describe_store_item(got, sizeof(got), it);
+    stored = store_peek(R->store, key, 2);
+    if (!matches_model(s, k, stored)) {
+        describe_store_item(got, sizeof(got), stored);
         describe_item(want, sizeof(want), m->present, m->v, m->n, m->flags, m->exptime_ms,
                       m->mtime_ms, m->cas);
-        fail(s, "stale %s: r%u reads k%u as %s, but the last committed write left %s",
+        fail(s, "stale %s: r%u stores k%u as %s, but the last committed write left %s",
              why, r, k, got, want);
+        return;
+    }
+    if (store_flush_at(R->store) != s->model_flush_at) {
+        fail(s, "%s: r%u has flush_all at %" PRId64 ", the history at %" PRId64, why, r,
+             store_flush_at(R->store), s->model_flush_at);
+        return;
+    }
+    it = store_get(R->store, key, 2, now);
+    if (it)
+        s->seen_cas[k] = it->cas;
+    if ((it != NULL) != model_live(s, m, now)) {
+        describe_store_item(got, sizeof(got), stored);
+        fail(s, "%s: r%u reads k%u at %" PRId64 " as %s, but %s is %s then", why, r, k, now,
+             it ? "present" : "absent", got, it ? "dead" : "live");
     }
 }
 
@@ -1201,6 +1303,30 @@ static void env_done(void *ctx, void *client, uint64_t txid, bool committed,
     trace(s, "r%u done txid %" PRIx64 ": %s%s%s (culprit r%u)", R->id, txid,
           committed ? "committed" : "aborted", committed ? "" : " ",
           committed ? "" : tpc_reason_name(reason), culprit);
+    if (client == &R->expire_client) {
+        if (x == NULL || !R->expiring || &s->tx[R->expire_tx - 1] != x) {
+            fail(s, "r%u reported its expiry txid %" PRIx64 " done twice or wrongly", R->id,
+                 txid);
+            return;
+        }
+        R->expiring = false;
+        if (committed && (x->order == 0 || !(x->commit_mask & (1u << R->id)))) {
+            fail(s, "expiry txid %" PRIx64 " reported committed before it was applied", txid);
+            return;
+        }
+        if (!committed && reason != TPC_R_LOG_FAILED && reason != TPC_R_STOPPING &&
+            (x->order != 0 || x->commit_mask)) {
+            fail(s, "expiry txid %" PRIx64 " reported aborted (%s), but it was applied", txid,
+                 tpc_reason_name(reason));
+            return;
+        }
+        x->reason = (uint8_t)reason;
+        x->status = committed ? T_ACKED
+                    : reason == TPC_R_LOG_FAILED || reason == TPC_R_STOPPING ? T_UNKNOWN
+                                                                               : T_ABORTED;
+        s->c.expire_committed += committed;
+        return;
+    }
     if (x == NULL || ci >= s->ncops || c->state != COP_PENDING || c->tx == 0 ||
         &s->tx[c->tx - 1] != x) {
         fail(s, "r%u reported txid %" PRIx64 " done to the wrong client", R->id, txid);
@@ -1421,7 +1547,8 @@ static void snapshot_start(struct sim *s, uint32_t r)
     sn->next_cas = store_max_cas(R->store) + 1; /* as serve's start_snapshot */
     if (tpc_last_txid(R->tpc) + 1 > sn->next_cas)
         sn->next_cas = tpc_last_txid(R->tpc) + 1;
-    store_for_each(R->store, wall_ms(s, r), snapshot_item, sn);
+    store_for_each_stored(R->store, snapshot_item, sn);
+    sn->flush_at_ms = store_flush_at(R->store);
     tpc_for_each_open(R->tpc, snapshot_open_txn, &oa);
     mix(s, 0x5a);
     mix(s, sn->lsn);
@@ -1507,6 +1634,10 @@ static void crash(struct sim *s, uint32_t r)
         }
         cop_finish(s, c);
     }
+    if (R->expiring) {
+        s->tx[R->expire_tx - 1].status = T_UNKNOWN;
+        R->expiring = false;
+    }
     replica_teardown(R);
     /* The log keeps its durable records, and possibly some written after
      * the last sync (a process crash loses nothing the kernel has; the
@@ -1563,9 +1694,10 @@ static void start(struct sim *s, uint32_t r)
     struct store_config sc = {.max_bytes = R->max_bytes,
                               .value_bytes_max = R->value_bytes_max,
                               .seed = s->seed * 0x9e3779b97f4a7c15ull + r * 131 + R->inc,
-                              .initial_buckets = 16};
+                              .initial_buckets = 16,
+                              .replicated = true};
     struct recover_ledger ledger = {.self = r};
-    struct recover_replay rp = {.now_ms = wall_ms(s, r), .ledger = &ledger};
+    struct recover_replay rp = {.ledger = &ledger};
     struct tpc_config tc = {.self = r,
                             .n = s->n,
                             .epoch = 1,
@@ -1583,6 +1715,14 @@ static void start(struct sim *s, uint32_t r)
 
     mix(s, 0x57a7);
     mix(s, r);
+    if (R->inc > 0 && rng_chance(&s->rng, s->p_clock_step)) {
+        /* Its clock was stepped while it was down (NTP, a VM restored, an
+         * operator): forward or back, by up to 1.5 s. */
+        int64_t step = (int64_t)rng_range(&s->rng, 1, 1500) * 1000;
+        R->skew_us += rng_chance(&s->rng, 0.5) ? step : -step;
+        s->c.clock_steps++;
+        trace(s, "r%u clock stepped to %+.1f ms", r, (double)R->skew_us / 1000);
+    }
     trace(s, "r%u START (incarnation %u, %zu log records)", r, R->inc, R->nlog);
     R->restart_pending = false;
     if ((R->store = store_new(&sc)) == NULL) {
@@ -1599,11 +1739,13 @@ static void start(struct sim *s, uint32_t r)
         for (size_t i = 0; i < sn->nitems; i++) {
             const struct snap_item *si = &sn->items[i];
             if (store_load_put(R->store, si->key, 2, si->value, si->nval, si->flags,
-                               si->exptime_ms, si->mtime_ms, si->cas, rp.now_ms) < 0) {
+                               si->exptime_ms, si->mtime_ms, si->cas) < 0) {
                 fprintf(stderr, "sim: out of memory\n");
                 exit(2);
             }
         }
+        if (sn->flush_at_ms)
+            store_load_flush(R->store, sn->flush_at_ms, 0);
         for (size_t i = 0; i < sn->nopen; i++) {
             int e = recover_replay_payload(&rp, sn->open[i].type, sn->open[i].payload,
                                            sn->open[i].len);
@@ -1658,6 +1800,7 @@ static void start(struct sim *s, uint32_t r)
     }
     recover_ledger_free(&ledger);
     schedule(s, rng_range(&s->rng, 1, 1000), EV_TICK, r, 0, R->inc, 0);
+    schedule(s, rng_range(&s->rng, 1000, 50000), EV_EXPIRE, r, 0, R->inc, 0);
     for (uint32_t x = 0; x < s->n; x++)
         if (x != r && s->rep[x].alive && !s->cut[r][x])
             schedule_connect(s, r, x);
@@ -1675,9 +1818,25 @@ static uint32_t pick_live(struct sim *s, bool usable_log)
 
 /* ---- clients ------------------------------------------------------------------- */
 
+/* An expiry time at replica r's clock: mostly never, often within the run
+ * (so items die, are touched back to life and are deleted by the replicas'
+ * expiry), sometimes already past, sometimes an hour ahead. */
+static int64_t random_exptime(struct sim *s, uint32_t r)
+{
+    uint64_t pick = rng_range(&s->rng, 0, 99);
+
+    if (pick < 55)
+        return 0;
+    if (pick < 85)
+        return wall_ms(s, r) + (int64_t)rng_range(&s->rng, 1, 400);
+    if (pick < 92)
+        return wall_ms(s, r) - (int64_t)rng_range(&s->rng, 0, 50);
+    return wall_ms(s, r) + 3600 * 1000 + (int64_t)rng_range(&s->rng, 0, 999);
+}
+
 static void random_cmd(struct sim *s, struct cmd *c, uint32_t r)
 {
-    static const uint8_t weights[K_NKINDS] = {22, 8, 7, 8, 4, 12, 12, 4, 10, 5, 2};
+    static const uint8_t weights[K_NKINDS] = {22, 8, 7, 8, 4, 12, 12, 4, 10, 6, 3, 4};
     uint32_t total = 0, pick;
 
     for (int k = 0; k < K_NKINDS; k++)
@@ -1702,10 +1861,75 @@ static void random_cmd(struct sim *s, struct cmd *c, uint32_t r)
                                       (unsigned)rng_range(&s->rng, 0, 999));
     }
     c->flags = (uint32_t)rng_range(&s->rng, 0, 3);
-    /* Never expiring within a run: an hour ahead of the coordinator's clock. */
-    if (rng_chance(&s->rng, 0.15))
-        c->exptime_ms = wall_ms(s, r) + 3600 * 1000 + (int64_t)rng_range(&s->rng, 0, 999);
+    c->exptime_ms = random_exptime(s, r);
     c->delta = rng_range(&s->rng, 1, 1000);
+    if (c->kind == K_GAT) {
+        c->keys = (uint8_t)(1u << c->key);
+        for (int i = 0; i < 2; i++)
+            if (rng_chance(&s->rng, 0.5))
+                c->keys |= (uint8_t)(1u << rng_range(&s->rng, 0, s->nkeys - 1));
+    }
+    if (c->kind == K_FLUSH && rng_chance(&s->rng, 0.6))
+        c->flush_at_ms = wall_ms(s, r) + (int64_t)rng_range(&s->rng, 1, 400);
+}
+
+/* A new transaction id from replica r. Returns false (and fails the run)
+ * if the id was used before by a transaction that committed. */
+static bool fresh_txid(struct sim *s, uint32_t r, uint64_t *out)
+{
+    struct replica *R = &s->rep[r];
+    uint64_t txid = tpc_next_txid(R->tpc, wall_us(s, r));
+    const struct txrec *prev = tx_find(s, txid);
+
+    *out = txid;
+    if (prev == NULL)
+        return true;
+    /* The id again: its coordinator restarted since it handed it out and
+     * never logged it (tpc.h promises otherwise; tpc.c expects it and has
+     * participants vote down a PREPARE whose operations differ from the
+     * ones they hold under the id). Harmless only if no use of the id
+     * committed: its cas would then name two writes. */
+    bool sent = false;
+    for (const struct txrec *u = prev; u; u = u->prev_use ? &s->tx[u->prev_use - 1] : NULL) {
+        if (u->order) {
+            fail(s, "r%u handed out txid %" PRIx64 " again, after it committed", r, txid);
+            return false;
+        }
+        sent |= u->status != T_REJECTED;
+    }
+    trace(s, "r%u hands out txid %" PRIx64 " again (%s)", r, txid,
+          sent ? "it was sent before" : "never sent before");
+    s->c.txid_reused++;
+    s->c.txid_reused_sent += sent;
+    return true;
+}
+
+/* Records a transaction about to begin (its operations are s->scratch). */
+static struct txrec *record_txn(struct sim *s, uint64_t txid, const struct cmd *cmd,
+                                uint32_t cop, uint32_t coord, uint32_t nops)
+{
+    struct txrec *x = tx_add(s, txid);
+
+    x->cmd = *cmd;
+    x->cop = cop;
+    x->coord = coord;
+    x->status = T_PENDING;
+    x->nops = nops;
+    x->nbytes = (uint32_t)s->scratch.len;
+    x->ops = xmalloc(s->scratch.len);
+    memcpy(x->ops, s->scratch.data, s->scratch.len);
+    return x;
+}
+
+static enum store_op_type store_type_of(uint8_t kind)
+{
+    static const enum store_op_type types[K_NKINDS] = {
+        [K_SET] = STORE_SET,       [K_ADD] = STORE_ADD,       [K_REPLACE] = STORE_REPLACE,
+        [K_APPEND] = STORE_APPEND, [K_PREPEND] = STORE_PREPEND, [K_CAS] = STORE_CAS,
+        [K_INCR] = STORE_INCR,     [K_DECR] = STORE_DECR,     [K_DELETE] = STORE_DELETE,
+        [K_TOUCH] = STORE_TOUCH,   [K_FLUSH] = STORE_FLUSH,   [K_GAT] = STORE_TOUCH,
+    };
+    return types[kind];
 }
 
 /* One attempt of client write ci at its replica, as serve runs it. */
@@ -1718,19 +1942,26 @@ static void attempt(struct sim *s, uint32_t ci)
     char key[3] = {'k', (char)('0' + cmd->key), 0};
     struct store_op op = {0};
     struct store_change ch;
-    uint32_t nops = 0, culprit = 0;
+    uint32_t nops = 0, culprit = 0, keys;
     int64_t now_ms = wall_ms(s, r);
-    bool locked;
+    uint64_t txid;
+    bool locked = false;
 
     if (R->log_failed) {
         s->c.rejected[TPC_R_LOG_FAILED]++;
         cop_finish(s, c);
         return;
     }
-    /* A write waits while a transaction holds its key (flush_all: while
-     * any transaction is prepared). */
-    locked =
-        cmd->kind == K_FLUSH ? R->rm.prepared > 0 : txn_holder(&R->rm, key, 2) != NULL;
+    /* A write waits while a transaction holds one of its keys (flush_all:
+     * while any transaction is prepared). */
+    keys = cmd->kind == K_GAT ? cmd->keys : cmd->kind == K_FLUSH ? 0 : 1u << cmd->key;
+    if (cmd->kind == K_FLUSH)
+        locked = R->rm.prepared > 0;
+    for (uint32_t k = 0; k < s->nkeys; k++) {
+        char kk[3] = {'k', (char)('0' + k), 0};
+        if ((keys >> k) & 1)
+            locked |= txn_holder(&R->rm, kk, 2) != NULL;
+    }
     if (locked) {
         s->c.lock_waits++;
         if (++c->lock_waits > LOCK_WAITS_MAX) {
@@ -1741,8 +1972,9 @@ static void attempt(struct sim *s, uint32_t ci)
         }
         return;
     }
-    if (cmd->kind != K_FLUSH)
-        check_read(s, r, cmd->key, "evaluation");
+    for (uint32_t k = 0; k < s->nkeys; k++)
+        if ((keys >> k) & 1)
+            check_read(s, r, k, "evaluation");
     if (cmd->kind == K_CAS) {
         /* gets, then cas: usually with what this replica shows, sometimes
          * with a version seen earlier (likely stale). */
@@ -1752,102 +1984,57 @@ static void attempt(struct sim *s, uint32_t ci)
         else
             cmd->cas = s->seen_cas[cmd->key];
     }
-    uint64_t txid = tpc_next_txid(R->tpc, wall_us(s, r));
-    const struct txrec *prev = tx_find(s, txid);
-    if (prev) {
-        /* The id again: its coordinator restarted since it handed it out
-         * and never logged it (tpc.h promises otherwise; tpc.c expects it
-         * and has participants vote down a PREPARE whose operations differ
-         * from the ones they hold under the id). Harmless only if no use of
-         * the id committed: its cas would then name two writes. */
-        bool sent = false;
-        for (const struct txrec *u = prev; u;
-             u = u->prev_use ? &s->tx[u->prev_use - 1] : NULL) {
-            if (u->order) {
-                fail(s, "r%u handed out txid %" PRIx64 " again, after it committed", r,
-                     txid);
-                return;
-            }
-            sent |= u->status != T_REJECTED;
-        }
-        trace(s, "r%u hands out txid %" PRIx64 " again (%s)", r, txid,
-              sent ? "it was sent before" : "never sent before");
-        s->c.txid_reused++;
-        s->c.txid_reused_sent += sent;
-    }
-    switch (cmd->kind) {
-    case K_SET:
-        op.type = STORE_SET;
-        break;
-    case K_ADD:
-        op.type = STORE_ADD;
-        break;
-    case K_REPLACE:
-        op.type = STORE_REPLACE;
-        break;
-    case K_APPEND:
-        op.type = STORE_APPEND;
-        break;
-    case K_PREPEND:
-        op.type = STORE_PREPEND;
-        break;
-    case K_CAS:
-        op.type = STORE_CAS;
-        break;
-    case K_INCR:
-        op.type = STORE_INCR;
-        break;
-    case K_DECR:
-        op.type = STORE_DECR;
-        break;
-    case K_DELETE:
-        op.type = STORE_DELETE;
-        break;
-    case K_TOUCH:
-        op.type = STORE_TOUCH;
-        break;
-    default:
-        op.type = STORE_FLUSH;
-        break;
-    }
-    if (op.type != STORE_FLUSH) {
-        op.key = key;
-        op.nkey = 2;
-    }
+    if (!fresh_txid(s, r, &txid))
+        return;
+    op.type = store_type_of(cmd->kind);
     op.value = cmd->value;
     op.nvalue = cmd->nvalue;
     op.flags = cmd->flags;
     op.exptime_ms = cmd->exptime_ms;
     op.cas = cmd->cas;
     op.delta = cmd->delta;
+    op.flush_at_ms = cmd->flush_at_ms;
     mix(s, 0xc11);
     mix(s, ((uint64_t)cmd->kind << 16) | ((uint64_t)cmd->key << 8) | r);
     mix(s, txid);
-    if (store_prepare(R->store, &op, txid, now_ms, &ch) < 0) {
-        /* The condition failed (NOT_STORED, EXISTS, NOT_FOUND...): answered
-         * at once, nothing to replicate. */
+    s->scratch.len = 0;
+    /* Evaluate each key on the coordinator's store and encode the change
+     * (a gat: one touch per key alive; flush_all: no key), as serve's
+     * exec_write_cluster and encode_and_drop do. */
+    for (uint32_t k = 0; k < s->nkeys || (cmd->kind == K_FLUSH && k == 0); k++) {
+        char kk[3] = {'k', (char)('0' + k), 0};
+        if (cmd->kind != K_FLUSH) {
+            if (!((keys >> k) & 1))
+                continue;
+            op.key = kk;
+            op.nkey = 2;
+        }
+        if (store_prepare(R->store, &op, txid, now_ms, &ch) < 0) {
+            if (cmd->kind == K_GAT)
+                continue; /* a miss: not touched */
+            break;
+        }
+        uint64_t expected = cmd->kind == K_FLUSH ? 0 : txn_version(R->store, kk, 2);
+        if (txn_encode_change(&s->scratch, &ch, expected, &nops) < 0) {
+            fprintf(stderr, "sim: out of memory\n");
+            exit(2);
+        }
+        store_abort(R->store, &ch);
+        if (cmd->kind == K_FLUSH)
+            break;
+    }
+    if (nops == 0) {
+        /* The condition failed (NOT_STORED, EXISTS, NOT_FOUND...; a gat of
+         * keys none of which is alive): answered at once, nothing to
+         * replicate. */
         trace(s, "r%u client %u: %s k%u: %s", r, ci, kind_names[cmd->kind], cmd->key,
-              store_status_name(ch.status));
+              cmd->kind == K_GAT ? "all misses" : store_status_name(ch.status));
         s->c.cond_failed++;
+        c->refused = (uint8_t)ch.status;
         cop_finish(s, c);
         return;
     }
-    uint64_t expected = cmd->kind == K_FLUSH ? 0 : txn_version(R->store, key, 2, now_ms);
-    s->scratch.len = 0;
-    if (txn_encode_change(&s->scratch, &ch, expected, &nops) < 0) {
-        fprintf(stderr, "sim: out of memory\n");
-        exit(2);
-    }
-    store_abort(R->store, &ch);
-    struct txrec *x = tx_add(s, txid);
-    x->cmd = *cmd;
-    x->cop = ci;
-    x->coord = r;
-    x->status = T_PENDING;
-    x->nops = nops;
-    x->nbytes = (uint32_t)s->scratch.len;
-    x->ops = xmalloc(s->scratch.len);
-    memcpy(x->ops, s->scratch.data, s->scratch.len);
+    struct txrec *x = record_txn(s, txid, cmd, ci, r, nops);
     c->tx = (uint32_t)(x - s->tx) + 1;
     c->state = COP_PENDING;
     trace(s, "r%u client %u: %s k%u \"%.*s\" -> txid %" PRIx64, r, ci,
@@ -1871,6 +2058,52 @@ static void attempt(struct sim *s, uint32_t ci)
         cop_finish(s, c);
 }
 
+/* Replica r's expiry, as serve's expire_step: when every link is up and no
+ * expiry of its own is under way, it walks part of its store and deletes
+ * the dead keys it owns in one transaction. */
+static void expire_step(struct sim *s, uint32_t r)
+{
+    struct replica *R = &s->rep[r];
+    struct cmd cmd = {.kind = K_EXPIRE};
+    uint32_t nops = 0, culprit = 0;
+    uint64_t txid;
+    struct wal_op op;
+    size_t pos = 0;
+    bool full;
+
+    if (!R->alive || R->log_failed || R->expiring)
+        return;
+    for (uint32_t x = 0; x < s->n; x++)
+        if (!tpc_peer_is_up(R->tpc, x))
+            return;
+    s->scratch.len = 0;
+    long keys = txn_expire_batch(R->store, wall_ms(s, r), 4, s->n, r, &s->scratch,
+                                 LIMIT_EXPIRE_TXN_KEYS, LIMIT_EXPIRE_TXN_BYTES, &nops, &full);
+    if (keys <= 0)
+        return;
+    while (wal_op_next(s->scratch.data, s->scratch.len, &pos, &op) == 1) {
+        int k = key_index(s, op.key, op.nkey);
+        if (k >= 0)
+            cmd.keys |= (uint8_t)(1u << k);
+    }
+    if (!fresh_txid(s, r, &txid))
+        return;
+    struct txrec *x = record_txn(s, txid, &cmd, UINT32_MAX, r, nops);
+    trace(s, "r%u expires %ld key(s) (mask %#x) -> txid %" PRIx64, r, keys, cmd.keys, txid);
+    s->c.expire_txns++;
+    int rc = tpc_begin(R->tpc, txid, nops, s->scratch.data, (uint32_t)s->scratch.len,
+                       &R->expire_client, s->now, &culprit);
+    if (rc == 0) {
+        R->expiring = true;
+        R->expire_tx = (uint32_t)(x - s->tx) + 1;
+        return;
+    }
+    x->status = T_REJECTED;
+    x->reason = (uint8_t)rc;
+    if (rc == TPC_R_BAD_OPS)
+        fail(s, "r%u refused its own expiry txid %" PRIx64 ": bad operations", r, txid);
+}
+
 static void on_arrival(struct sim *s)
 {
     uint32_t r = pick_live(s, false);
@@ -1885,8 +2118,8 @@ static void on_arrival(struct sim *s)
         check_read(s, r, (uint32_t)rng_range(&s->rng, 0, s->nkeys - 1), "read");
         return;
     }
-    if (s->ncops >= s->ops_target)
-        return;
+    if (s->ncops >= s->ops_target || s->healed)
+        return; /* new writes stop at the heal */
     uint32_t ci = s->ncops++;
     struct cop *c = &s->cops[ci];
     memset(c, 0, sizeof(*c));
@@ -1897,6 +2130,62 @@ static void on_arrival(struct sim *s)
     s->open_cops++;
     s->c.ops++;
     attempt(s, ci);
+}
+
+/* Once everything has settled, every key must take a write again, through
+ * any replica: a key whose replicas disagree (one deleted it by its own
+ * clock, say) would be refused as a conflict for good. keys: a mask of the
+ * keys to probe. */
+static void probe_keys(struct sim *s, uint32_t keys)
+{
+    s->probes = s->ncops + 1;
+    s->probe_rounds++;
+    for (uint32_t k = 0; k < s->nkeys; k++) {
+        if (!((keys >> k) & 1))
+            continue;
+        uint32_t ci = s->ncops++;
+        struct cop *c = &s->cops[ci];
+        memset(c, 0, sizeof(*c));
+        c->cmd.kind = K_SET;
+        c->cmd.key = (uint8_t)k;
+        c->cmd.nvalue = (uint8_t)snprintf(c->cmd.value, sizeof(c->cmd.value), "probe%u", k);
+        c->replica = (uint32_t)rng_range(&s->rng, 0, s->n - 1);
+        c->inc = s->rep[c->replica].inc;
+        c->state = COP_WAIT;
+        s->open_cops++;
+        s->c.probes++;
+        trace(s, "probe: set k%u through r%u", k, c->replica);
+        attempt(s, ci);
+    }
+}
+
+/* Returns the keys to probe again: those refused for a reason that says
+ * nothing of them (a vote late on a slow disk). A store that is full may
+ * refuse (no_memory, too_large); a conflict or lock that outlasts every
+ * retry is what the probes look for. */
+static uint32_t check_probes(struct sim *s)
+{
+    uint32_t again = 0;
+
+    for (uint32_t ci = s->probes - 1; ci < s->ncops; ci++) {
+        const struct cop *c = &s->cops[ci];
+        const struct txrec *x = c->tx ? &s->tx[c->tx - 1] : NULL;
+        if (x && x->status == T_ACKED)
+            continue;
+        if (x && (x->reason == TPC_R_NO_MEMORY || x->reason == TPC_R_TOO_LARGE))
+            continue;
+        if (x == NULL && (c->refused == STORE_NO_MEMORY || c->refused == STORE_TOO_LARGE))
+            continue; /* the coordinator's own store is full */
+        if (x && x->reason == TPC_R_TIMEOUT && s->probe_rounds < 5) {
+            again |= 1u << c->cmd.key;
+            continue;
+        }
+        fail(s, "k%u cannot be written through r%u once everything is up: %s%s%s",
+             c->cmd.key, c->replica, x ? status_names[x->status] : "never begun",
+             x && x->reason ? ", " : "",
+             x && x->reason ? tpc_reason_name((enum tpc_reason)x->reason) : "");
+    }
+    return again;
 }
 
 /* ---- the run ----------------------------------------------------------------------- */
@@ -2034,6 +2323,12 @@ static void dispatch(struct sim *s, struct ev *e)
         tpc_tick(A->tpc, s->now);
         schedule(s, 1000, EV_TICK, e->a, 0, A->inc, 0);
         break;
+    case EV_EXPIRE:
+        if (!A->alive || A->inc != e->inc)
+            break;
+        expire_step(s, e->a);
+        schedule(s, rng_range(&s->rng, 5000, 50000), EV_EXPIRE, e->a, 0, A->inc, 0);
+        break;
     case EV_ARRIVAL:
         on_arrival(s);
         break;
@@ -2128,12 +2423,21 @@ static void dispatch(struct sim *s, struct ev *e)
         heal(s);
         break;
     case EV_SETTLED:
-        if (settled(s, false)) {
-            s->settled = true;
+        if (!settled(s, false)) {
+            schedule(s, 1000, EV_SETTLED, 0, 0, 0, 0);
+        } else if (s->probes == 0) {
             if (s->now - s->heal_at > s->c.settle_us_max)
                 s->c.settle_us_max = s->now - s->heal_at;
-        } else {
+            probe_keys(s, (1u << s->nkeys) - 1);
             schedule(s, 1000, EV_SETTLED, 0, 0, 0, 0);
+        } else {
+            uint32_t again = check_probes(s);
+            if (again && !s->stop) {
+                probe_keys(s, again);
+                schedule(s, 1000, EV_SETTLED, 0, 0, 0, 0);
+            } else {
+                s->settled = true;
+            }
         }
         break;
     }
@@ -2214,9 +2518,14 @@ static void final_checks(struct sim *s)
             snprintf(sn[r].desc[k], sizeof(sn[r].desc[k]), "absent");
             sn[r].model_ok[k] = !s->model[k].present;
         }
-        store_for_each(s->rep[r].store, wall_ms(s, r), snap_item, &sn[r]);
+        store_for_each_stored(s->rep[r].store, snap_item, &sn[r]);
         if (sn[r].bad_key)
             fail(s, "r%u holds a key no client wrote", r);
+        if (store_flush_at(s->rep[r].store) != s->model_flush_at)
+            fail(s, "r%u has flush_all at %" PRId64 ", the history at %" PRId64, r,
+                 store_flush_at(s->rep[r].store), s->model_flush_at);
+        if (store_digest(s->rep[r].store) != store_digest(s->rep[0].store))
+            fail(s, "r%u's digest differs from r0's", r);
     }
     for (uint32_t k = 0; k < s->nkeys && !s->stop; k++) {
         for (uint32_t r = 1; r < s->n; r++) {
@@ -2261,6 +2570,7 @@ static void choose_parameters(struct sim *s)
         s->remembered_max = remembered[rng_range(g, 0, 2)];
     }
     s->p_crash_hook = rng_chance(g, 0.5) ? 0 : (double)rng_range(g, 1, 5) / 1000.0;
+    s->p_clock_step = rng_chance(g, 0.5) ? 0 : 0.3;
     s->crashes_left = 6;
     s->snapshot_every_us = rng_chance(g, 0.35) ? rng_range(g, 10, 200) * 1000 : 0;
     /* Some clusters run short of memory or have a small --max-value, on
@@ -2350,7 +2660,7 @@ static bool run(const struct opts *o, uint64_t seed, struct counts *total, uint6
     s->hash = 0xcbf29ce484222325ull;
     rng_seed(&s->rng, seed);
     choose_parameters(s);
-    s->cops = calloc(s->ops_target + 1, sizeof(*s->cops));
+    s->cops = calloc(s->ops_target + 5 * NKEYS_MAX + 1, sizeof(*s->cops));
     if (s->cops == NULL) {
         fprintf(stderr, "sim: out of memory\n");
         exit(2);
@@ -2467,6 +2777,9 @@ static void print_totals(const struct counts *c)
            "; queries %" PRIu64 ", answers %" PRIu64 ", resolved by query %" PRIu64 "\n",
            c->part_committed, c->part_aborted, c->voted_no, c->queries, c->answers,
            c->resolved_by_query);
+    printf("expiry transactions %" PRIu64 " (%" PRIu64 " committed); clocks stepped at a "
+           "restart %" PRIu64 "; probe writes after the heal %" PRIu64 "\n",
+           c->expire_txns, c->expire_committed, c->clock_steps, c->probes);
     printf("longest settle after heal: %" PRIu64 " ms\n", c->settle_us_max / 1000);
 }
 

@@ -433,6 +433,14 @@ static uint64_t live_items(struct store *s, int64_t now)
     return n;
 }
 
+static uint64_t stats_items(struct store *s)
+{
+    struct store_stats st;
+
+    store_get_stats(s, &st);
+    return st.curr_items;
+}
+
 static bool item_is(struct store *s, const char *key, const void *val, size_t nval,
                     uint32_t flags, int64_t exptime, int64_t mtime, uint64_t cas, int64_t now)
 {
@@ -574,6 +582,34 @@ static void test_immediate_flush_in_log_removes_earlier_items(void)
     CU_ASSERT_EQUAL(live_items(s, NOW), 1);
     CU_ASSERT_EQUAL(res.records, 3);
     CU_ASSERT(res.next_cas > 4);
+    store_free(s);
+    tdir_remove(&d);
+}
+
+/* Found by review: replay did not load an item already expired at replay
+ * time, so a later TOUCH record found nothing and an acknowledged touch was
+ * lost at every restart. Replay reproduces the state the log describes,
+ * dead items included, and only then judges liveness. */
+static void test_touch_replayed_onto_an_item_expired_by_then(void)
+{
+    struct tdir d;
+    struct recover_result res;
+    struct store *s;
+    struct lw l;
+    struct txb t;
+    char err[ERRCAP];
+
+    tdir_make(&d);
+    lw_open(&l, &d, 1, 1u << 20);
+    txb_begin(&t, 1);
+    txb_put(&t, "k", "v", 1, 0, NOW - 1000, NOW - 4000, 1); /* set k 0 3 v */
+    lw_write(&l, &t);
+    txb_begin(&t, 2);
+    txb_touch(&t, "k", 0); /* touch k 0, while it was alive */
+    lw_write(&l, &t);
+    lw_close(&l);
+    CU_ASSERT_EQUAL(run_recover(&d, NOW, &res, err, &s), 0);
+    CU_ASSERT(item_is(s, "k", "v", 1, 0, 0, NOW - 4000, 1, NOW));
     store_free(s);
     tdir_remove(&d);
 }
@@ -774,18 +810,22 @@ static void test_snapshot_written_from_a_store_round_trips(void)
         char k[32], v[128];
         struct wal_op op = model_op(i, k, sizeof(k), v);
         CU_ASSERT_EQUAL(store_load_put(src, op.key, op.nkey, op.value, op.nvalue, op.flags,
-                                       i % 5 == 0 ? NOW + 99000 : 0, op.mtime_ms, op.cas, NOW),
+                                       i % 5 == 0 ? NOW + 99000 : 0, op.mtime_ms, op.cas),
                         0);
     }
-    /* One already expired at the snapshot's time: not written. */
-    CU_ASSERT_EQUAL(store_load_put(src, "expiring", 8, "e", 1, 0, NOW + 10, NOW, 77, NOW), 0);
-    CU_ASSERT_EQUAL(snap_write_store(d.path, src, &h, NOW + 10, &items, NULL, NULL), 0);
-    CU_ASSERT_EQUAL(items, 50);
+    /* One that expires at NOW + 10: stored, so written all the same (the
+     * snapshot keeps the stored state, which is what the log it replaces
+     * would have loaded). */
+    CU_ASSERT_EQUAL(store_load_put(src, "expiring", 8, "e", 1, 0, NOW + 10, NOW, 77), 0);
+    CU_ASSERT_EQUAL(snap_write_store(d.path, src, &h, &items, NULL, NULL), 0);
+    CU_ASSERT_EQUAL(items, 51);
     store_free(src);
 
-    CU_ASSERT_EQUAL(run_recover(&d, NOW, &res, err, &s), 0);
+    /* Recovered after it expired: loaded, then reclaimed (a single
+     * replica reclaims what is dead once the state is back). */
+    CU_ASSERT_EQUAL(run_recover(&d, NOW + 20, &res, err, &s), 0);
     CU_ASSERT_EQUAL(res.snap_lsn, 5);
-    CU_ASSERT_EQUAL(res.snap_items, 50);
+    CU_ASSERT_EQUAL(res.snap_items, 51);
     CU_ASSERT_EQUAL(res.next_lsn, 6);
     CU_ASSERT(res.next_cas >= 500);
     for (uint64_t i = 1; i <= 50; i++) {
@@ -794,8 +834,9 @@ static void test_snapshot_written_from_a_store_round_trips(void)
         CU_ASSERT(item_is(s, key, val, model_vlen(i), (uint32_t)i, i % 5 == 0 ? NOW + 99000 : 0,
                           model_mtime(i), i, NOW));
     }
-    CU_ASSERT(absent(s, "expiring", NOW));
+    CU_ASSERT(absent(s, "expiring", NOW + 20));
     CU_ASSERT_EQUAL(live_items(s, NOW), 50);
+    CU_ASSERT_EQUAL(stats_items(s), 50);
     store_free(s);
     tdir_remove(&d);
 }
@@ -1707,6 +1748,8 @@ void unit_recover_register(void)
     unit_test(s, "clean log replays every effect", test_clean_log_replays_every_effect);
     unit_test(s, "immediate flush in log removes earlier items",
               test_immediate_flush_in_log_removes_earlier_items);
+    unit_test(s, "a TOUCH is replayed onto an item expired by replay time",
+              test_touch_replayed_onto_an_item_expired_by_then);
     unit_test(s, "delayed flush in log due at recovery",
               test_delayed_flush_in_log_due_at_recovery);
     unit_test(s, "delayed flush in log pending after recovery",

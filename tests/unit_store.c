@@ -894,6 +894,29 @@ static void test_expire_step_reclaims_unread(void)
     store_free(s);
 }
 
+/* Found by review: the expiry walk reclaimed an item whose key a pending
+ * write held between prepare and commit; the committed touch then found
+ * nothing, although it was logged and acknowledged (and replay would bring
+ * the item back). A locked key's item stays until its write is through. */
+static void test_expire_step_spares_a_locked_key(void)
+{
+    struct store *s = new_store(64u * MIB, MIB, 16);
+    struct store_op op = {.type = STORE_TOUCH, .key = "k", .nkey = 1, .exptime_ms = 0};
+    struct store_change ch;
+    void *holder;
+    int owner;
+
+    CU_ASSERT_EQUAL(set_exp(s, "k", "v", 1000, 0), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(store_prepare(s, &op, 2, 999, &ch), 0);
+    CU_ASSERT_EQUAL_FATAL(store_lock_change(s, &ch, &owner, &holder), 0);
+    CU_ASSERT_EQUAL(store_expire_step(s, 2000, 16), 0);
+    CU_ASSERT_PTR_NULL(store_get(s, "k", 1, 2000)); /* dead to readers meanwhile */
+    store_commit(s, &ch);
+    store_unlock_change(s, &ch, &owner);
+    CU_ASSERT_TRUE(has(s, "k", "v", 5000));
+    store_free(s);
+}
+
 #define STEP_KEYS 12
 
 /* Position (0..15) in store_expire_step's walk of a 16-bucket table at which
@@ -2032,6 +2055,7 @@ void unit_store_register(void)
               test_expire_step_visits_at_most_max_buckets);
     unit_test(s, "expire_step one bucket does not take all",
               test_expire_step_one_bucket_does_not_take_all);
+    unit_test(s, "the expiry walk spares a locked key", test_expire_step_spares_a_locked_key);
 
     unit_test(s, "flush immediate", test_flush_immediate);
     unit_test(s, "flush at past or now is immediate",

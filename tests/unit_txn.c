@@ -36,7 +36,7 @@ static enum store_status encode(struct store *s, const struct store_op *op, uint
     *nops = 0;
     if (store_prepare(s, op, txid, NOW, &ch) < 0)
         return ch.status;
-    uint64_t expected = ch.type == STORE_FLUSH ? 0 : txn_version(s, ch.key, ch.nkey, NOW);
+    uint64_t expected = ch.type == STORE_FLUSH ? 0 : txn_version(s, ch.key, ch.nkey);
     CU_ASSERT_EQUAL_FATAL(txn_encode_change(b, &ch, expected, nops), 0);
     store_abort(s, &ch);
     return STORE_OK;
@@ -284,6 +284,176 @@ static void test_no_memory_votes_no(void)
     store_free(big);
 }
 
+/* ---- expiry, flush and clocks: no replica decides a key's state alone ----
+ *
+ * Each replica has its own clock; the coordinator's decides, once, and what
+ * it decided is what every replica applies. These tests give the stores
+ * different clocks and run what each replica would do on its own meanwhile
+ * (the background expiry walk, reads that meet dead items). */
+
+/* As encode(), at the coordinator's clock now. */
+static enum store_status encode_at(struct store *s, const struct store_op *op, uint64_t txid,
+                                   int64_t now, struct buf *b, uint32_t *nops)
+{
+    struct store_change ch;
+
+    b->len = 0;
+    *nops = 0;
+    if (store_prepare(s, op, txid, now, &ch) < 0)
+        return ch.status;
+    uint64_t expected = ch.type == STORE_FLUSH ? 0 : txn_version(s, ch.key, ch.nkey);
+    CU_ASSERT_EQUAL_FATAL(txn_encode_change(b, &ch, expected, nops), 0);
+    store_abort(s, &ch);
+    return STORE_OK;
+}
+
+/* Prepares b on every store; returns how many voted yes (0..n), and
+ * commits them all only if every one did. */
+static size_t commit_everywhere(struct store **s, size_t n, uint64_t txid, const struct buf *b,
+                                uint32_t nops)
+{
+    struct txn_rm rm[4];
+    struct txn_prep *p[4];
+    size_t yes = 0;
+
+    CU_ASSERT_FATAL(n <= 4);
+    for (size_t i = 0; i < n; i++) {
+        rm[i] = (struct txn_rm){.store = s[i]};
+        if (prepare(&rm[i], txid, b, nops, false, &p[i]) == 0)
+            yes++;
+        else
+            p[i] = NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == NULL)
+            continue;
+        if (yes == n)
+            txn_commit(&rm[i], p[i]);
+        else
+            txn_abort(&rm[i], p[i]);
+    }
+    return yes;
+}
+
+static struct store *mkstore_replicated(void)
+{
+    struct store_config sc = {.max_bytes = 1 << 20, .value_bytes_max = 4096, .seed = 1,
+                              .replicated = true};
+    struct store *s = store_new(&sc);
+    CU_ASSERT_FATAL(s != NULL);
+    return s;
+}
+
+/* Two replicas see key the same at time now (present with the same item,
+ * or both not). */
+static bool same_at(struct store *a, struct store *b, const char *key, int64_t now)
+{
+    struct item *x = store_get(a, key, strlen(key), now);
+    struct item *y = store_get(b, key, strlen(key), now);
+
+    if (x == NULL || y == NULL)
+        return x == y;
+    return x->cas == y->cas && x->exptime_ms == y->exptime_ms && x->nval == y->nval &&
+           memcmp(item_value(x), item_value(y), x->nval) == 0;
+}
+
+/* Found by review: a delayed flush_all was carried out by each replica on
+ * its own timer, then forgotten. A set stamped before the flush time by a
+ * coordinator whose clock is behind survived on a replica whose flush had
+ * already fired and vanished on the others. */
+static void test_delayed_flush_does_not_split_replicas(void)
+{
+    struct store *s[2] = {mkstore_replicated(), mkstore_replicated()};
+    struct store_op flush = {.type = STORE_FLUSH, .flush_at_ms = NOW + 2000};
+    struct store_op set = set_op("y", "v");
+    struct buf b = {0};
+    uint32_t nops;
+    int64_t f = NOW + 2000;
+
+    set.exptime_ms = 0;
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[0], &flush, 10, NOW, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(commit_everywhere(s, 2, 10, &b, nops), 2);
+    /* Replica 0's clock runs 300 ms ahead: its background walk meets the
+     * flush time first. */
+    store_expire_step(s[0], f + 300, 1024);
+    /* Replica 1 coordinates a set 100 ms before the flush time. */
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[1], &set, 20, f - 100, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(commit_everywhere(s, 2, 20, &b, nops), 2);
+    store_expire_step(s[1], f + 10, 1024);
+    /* Written before the flush time: flushed, and the same everywhere. */
+    CU_ASSERT(same_at(s[0], s[1], "y", f + 1000));
+    CU_ASSERT_PTR_NULL(store_get(s[0], "y", 1, f + 1000));
+    /* And the key can still be written through either replica. */
+    set = set_op("y", "w");
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[0], &set, 30, f + 2000, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL(commit_everywhere(s, 2, 30, &b, nops), 2);
+    CU_ASSERT(same_at(s[0], s[1], "y", f + 2000));
+    buf_free(&b);
+    store_free(s[0]);
+    store_free(s[1]);
+}
+
+/* Found by review: a participant's expiry walk reclaimed an item its key
+ * lock held between prepare and commit, so the committed TOUCH found
+ * nothing there while the coordinator kept the item (for good, with
+ * touch 0). */
+static void test_expiry_walk_spares_a_locked_key(void)
+{
+    struct store *s[2] = {mkstore_replicated(), mkstore_replicated()};
+    struct store_op set = set_op("x", "v"), touch = {.type = STORE_TOUCH, .key = "x", .nkey = 1};
+    struct txn_rm rm[2] = {{.store = s[0]}, {.store = s[1]}};
+    struct txn_prep *p[2];
+    struct buf b = {0};
+    uint32_t nops;
+    int64_t e = NOW + 1000;
+
+    set.exptime_ms = e;
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[0], &set, 10, NOW, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(commit_everywhere(s, 2, 10, &b, nops), 2);
+    /* touch x 0, just before it expires. */
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[0], &touch, 20, e - 5, &b, &nops), STORE_OK);
+    for (int i = 0; i < 2; i++)
+        CU_ASSERT_EQUAL_FATAL(prepare(&rm[i], 20, &b, nops, false, &p[i]), 0);
+    /* Replica 1's walk passes by while the commit is on its way. */
+    store_expire_step(s[1], e + 10, 1024);
+    store_get(s[1], "x", 1, e + 10);
+    for (int i = 0; i < 2; i++)
+        txn_commit(&rm[i], p[i]);
+    CU_ASSERT(same_at(s[0], s[1], "x", e + 5000));
+    CU_ASSERT_PTR_NOT_NULL(store_get(s[1], "x", 1, e + 5000));
+    buf_free(&b);
+    store_free(s[0]);
+    store_free(s[1]);
+}
+
+/* Found by review: a participant judged the CHECK by liveness at its own
+ * state of reclamation. One whose clock is ahead had already dropped an
+ * item the coordinator still saw alive and voted "conflict" on every write
+ * of that key. */
+static void test_check_ignores_what_a_participant_reclaimed(void)
+{
+    struct store *s[2] = {mkstore_replicated(), mkstore_replicated()};
+    struct store_op set = set_op("x", "v");
+    struct buf b = {0};
+    uint32_t nops;
+    int64_t e = NOW + 1000;
+
+    set.exptime_ms = e;
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[0], &set, 10, NOW, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(commit_everywhere(s, 2, 10, &b, nops), 2);
+    /* Replica 1's clock is 500 ms ahead: its walk and a read meet x dead. */
+    store_expire_step(s[1], e + 400, 1024);
+    store_get(s[1], "x", 1, e + 400);
+    /* Replica 0, 100 ms before e, replaces x: every replica must agree. */
+    set = set_op("x", "w");
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[0], &set, 20, e - 100, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL(commit_everywhere(s, 2, 20, &b, nops), 2);
+    CU_ASSERT(same_at(s[0], s[1], "x", e + 400));
+    buf_free(&b);
+    store_free(s[0]);
+    store_free(s[1]);
+}
+
 void unit_txn_register(void)
 {
     CU_pSuite s = unit_suite("txn");
@@ -299,4 +469,10 @@ void unit_txn_register(void)
     unit_test(s, "out of memory votes no, except at recovery", test_no_memory_votes_no);
     unit_test(s, "an op count beyond the bytes is refused before allocating",
               test_op_count_beyond_the_bytes_refused_before_allocating);
+    unit_test(s, "a delayed flush_all does not split the replicas",
+              test_delayed_flush_does_not_split_replicas);
+    unit_test(s, "the expiry walk spares a key a prepared transaction holds",
+              test_expiry_walk_spares_a_locked_key);
+    unit_test(s, "a CHECK ignores what a participant reclaimed by its own clock",
+              test_check_ignores_what_a_participant_reclaimed);
 }
