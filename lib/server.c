@@ -1359,6 +1359,7 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
 static int start_snapshot(struct server *srv);
 static int exec_write_cluster(struct server *srv, struct conn *c, const struct proto_req *req);
 static bool read_must_wait(struct server *srv, struct conn *c, const struct proto_req *req);
+static void wait_for(struct conn *c, struct waitlist *wl);
 
 /*
  * Executes one request, queueing its reply on c->out. Returns what the
@@ -1417,6 +1418,17 @@ static int execute(struct server *srv, struct conn *c, const struct proto_req *r
         return AFTER_PENDING;
     case PROTO_CMD_KEYS: {
         struct item **items;
+        if (srv->cluster) {
+            /* As a get waits for a held key: a prepared transaction on a
+             * key of the list may be one another replica acknowledged. */
+            struct txn_prep *p = txn_holder_prefix(&srv->rm, req->arg, req->narg);
+            if (p) {
+                srv->st.reads_waited++;
+                wait_for(c, &((struct ptx *)p->user)->waiters);
+                return AFTER_WAIT;
+            }
+            c->wait_since_ms = 0;
+        }
         long n = store_collect(srv->store, req->arg, req->narg, srv->now_ms, &items);
         if (n < 0)
             return reply(o, "SERVER_ERROR out of memory listing keys\r\n");
@@ -3528,11 +3540,12 @@ static int start_snapshot(struct server *srv)
         h.lsn = ws.next_lsn - 1;
         if (unapplied && unapplied - 1 < h.lsn)
             h.lsn = unapplied - 1;
-        /* Ids this replica handed out must not come back after the log
-         * holding them is gone, even those that left no item (a delete). */
+        /* Ids this replica handed out, and the floor recovery found in the
+         * log this snapshot replaces, must not come back once that log is
+         * gone - even ids that left no item (a delete, an abort). */
         h.next_cas = store_max_cas(srv->store) + 1;
-        if (tpc_last_txid(srv->tpc) + 1 > h.next_cas)
-            h.next_cas = tpc_last_txid(srv->tpc) + 1;
+        if (tpc_txid_floor(srv->tpc) > h.next_cas)
+            h.next_cas = tpc_txid_floor(srv->tpc);
     }
     refresh_now(srv);
     pid = fork();

@@ -1132,6 +1132,17 @@ void *store_lock_holder(struct store *s, const char *key, size_t nkey)
     return link && *link ? (*link)->owner : NULL;
 }
 
+void *store_lock_holder_prefix(struct store *s, const char *prefix, size_t nprefix)
+{
+    if (s->nlocks == 0)
+        return NULL;
+    for (size_t i = 0; i < s->lock_buckets; i++)
+        for (struct lock_entry *e = s->locks[i]; e; e = e->next)
+            if (e->nkey >= nprefix && memcmp(e->key, prefix, nprefix) == 0)
+                return e->owner;
+    return NULL;
+}
+
 size_t store_locks(const struct store *s)
 {
     return s->nlocks;

@@ -305,6 +305,10 @@ int store_lock_change(struct store *s, const struct store_change *ch, void *owne
 void store_unlock_change(struct store *s, const struct store_change *ch, void *owner);
 /* The owner holding key, or NULL. */
 void *store_lock_holder(struct store *s, const char *key, size_t nkey);
+/* An owner holding some key that starts with prefix[0..nprefix) (any key
+ * when nprefix is 0), or NULL. Walks the lock table: as long as the number
+ * of writes in flight, not the store. */
+void *store_lock_holder_prefix(struct store *s, const char *prefix, size_t nprefix);
 /* Number of keys locked. */
 size_t store_locks(const struct store *s);
 

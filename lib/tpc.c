@@ -431,9 +431,11 @@ static void remember(struct tpc *t, struct tx *x)
         t->rtail = x;
         t->nremembered++;
     }
+    /* After a log failure nothing becomes durable: an ACK still to go
+     * never will (and none is sent), so it holds nothing back. */
     while (t->nremembered > t->cfg.remembered_max && t->rhead &&
            (t->rhead->pstate != P_DONE || t->rhead->outcome != TPC_O_COMMITTED ||
-            t->rhead->ack_durable || t->rhead->coord == t->cfg.self)) {
+            t->rhead->ack_durable || t->rhead->coord == t->cfg.self || t->log_failed)) {
         struct tx *old = t->rhead;
         t->rhead = old->rnext;
         if (t->rhead == NULL)
@@ -741,9 +743,13 @@ uint64_t tpc_next_txid(struct tpc *t, uint64_t wall_us)
     return (seq << 8) | t->cfg.self;
 }
 
-uint64_t tpc_last_txid(const struct tpc *t)
+uint64_t tpc_txid_floor(const struct tpc *t)
 {
-    return t->seq ? (t->seq << 8) | t->cfg.self : 0;
+    uint64_t seq = t->seq + 1;
+
+    if (seq < t->min_seq)
+        seq = t->min_seq;
+    return seq << 8;
 }
 
 void tpc_set_min_txid(struct tpc *t, uint64_t txid)
@@ -876,9 +882,14 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
         if (m->coord != m->from) {
             t->st.msgs_ignored++;
         } else if (x == NULL) {
-            /* Committed here and forgotten: say so again. */
+            /* Committed here and forgotten: say so again - unless our log
+             * failed: then it may be one applied but never made durable
+             * here (forgotten since), and only a restart settles it. */
             struct tx tmp = {.txid = m->txid, .coord = m->coord};
-            send_msg(t, m->from, TPC_MSG_ACK, &tmp, 0);
+            if (t->log_failed)
+                t->st.msgs_ignored++;
+            else
+                send_msg(t, m->from, TPC_MSG_ACK, &tmp, 0);
         } else if (x->pstate == P_PREPARED) {
             part_commit(t, x);
         } else if (x->pstate == P_DONE && x->outcome == TPC_O_COMMITTED) {
@@ -1227,6 +1238,7 @@ void tpc_release_all(struct tpc *t)
 void tpc_get_stats(const struct tpc *t, struct tpc_stats *st)
 {
     *st = t->st;
+    st->remembered = t->nremembered;
     st->in_doubt = 0;
     st->active = 0;
     for (const struct tx *x = t->active; x; x = x->anext) {

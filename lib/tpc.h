@@ -146,6 +146,7 @@ struct tpc_stats {
     uint64_t msgs_ignored; /* duplicates, late, unknown txid */
     uint64_t bad_epoch;
     uint64_t prepare_us_total, prepare_us_max, prepare_count; /* begin to decision */
+    uint64_t remembered; /* now: decided transactions kept to answer duplicates */
 };
 
 struct tpc;
@@ -177,9 +178,11 @@ void tpc_set_min_txid(struct tpc *t, uint64_t txid);
  */
 uint64_t tpc_next_txid(struct tpc *t, uint64_t wall_us);
 
-/* The last id tpc_next_txid() returned (0 if none): a snapshot records it,
- * so the floor survives the log it replaces. */
-uint64_t tpc_last_txid(const struct tpc *t);
+/* Every id this replica handed out, and every floor it was given (the ids
+ * recovery found in the log), is below this: a snapshot records it, so the
+ * floor survives the log the snapshot replaces - also when this process
+ * has handed out no id at all. */
+uint64_t tpc_txid_floor(const struct tpc *t);
 
 /*
  * Coordinates txid (from tpc_next_txid) with operations ops[0..nbytes).

@@ -322,6 +322,13 @@ struct txn_prep *txn_holder(struct txn_rm *rm, const char *key, size_t nkey)
     return store_lock_holder(rm->store, key, nkey);
 }
 
+struct txn_prep *txn_holder_prefix(struct txn_rm *rm, const char *prefix, size_t nprefix)
+{
+    if (rm->flush_holder)
+        return rm->flush_holder;
+    return store_lock_holder_prefix(rm->store, prefix, nprefix);
+}
+
 int txn_resume(struct tpc *t, const struct recover_ledger *l, uint64_t now_us,
                uint64_t *bad_txid)
 {

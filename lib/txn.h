@@ -78,6 +78,10 @@ void txn_abort(struct txn_rm *rm, struct txn_prep *p);
 /* The lock holder of key as a prepared transaction (or the prepared flush),
  * or NULL: what a read of key must wait for. */
 struct txn_prep *txn_holder(struct txn_rm *rm, const char *key, size_t nkey);
+/* The same for any key that starts with prefix (nprefix 0: any key): what
+ * `keys` must wait for, so it never lists a state a write acknowledged on
+ * another replica has already replaced. */
+struct txn_prep *txn_holder_prefix(struct txn_rm *rm, const char *prefix, size_t nprefix);
 
 struct recover_ledger;
 

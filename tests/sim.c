@@ -1006,6 +1006,40 @@ static void check_read(struct sim *s, uint32_t r, uint32_t k, const char *why)
     }
 }
 
+/*
+ * `keys` at replica r, as serve answers it: it waits while a prepared
+ * transaction holds any key (txn_holder_prefix); otherwise the list is
+ * exactly the keys the history has live at r's clock.
+ */
+static void check_keys(struct sim *s, uint32_t r)
+{
+    struct replica *R = &s->rep[r];
+    int64_t now = wall_ms(s, r);
+    struct item **items;
+    uint32_t got = 0, want = 0;
+    long n;
+
+    if (txn_holder_prefix(&R->rm, "", 0) != NULL)
+        return;
+    if ((n = store_collect(R->store, "", 0, now, &items)) < 0) {
+        fprintf(stderr, "sim: out of memory\n");
+        exit(2);
+    }
+    for (long i = 0; i < n; i++) {
+        int k = key_index(s, item_key(items[i]), items[i]->nkey);
+        if (k >= 0)
+            got |= 1u << k;
+        item_unref(items[i]);
+    }
+    free(items);
+    for (uint32_t k = 0; k < s->nkeys; k++)
+        if (model_live(s, &s->model[k], now))
+            want |= 1u << k;
+    if (got != want)
+        fail(s, "keys: r%u lists keys %#x at %" PRId64 ", the history has %#x live then", r,
+             got, now, want);
+}
+
 /* ---- the environment of one replica's tpc -------------------------------------- */
 
 static void env_send(void *ctx, const struct tpc_msg *m)
@@ -1545,8 +1579,8 @@ static void snapshot_start(struct sim *s, uint32_t r)
     if (unapplied && unapplied - 1 < sn->lsn)
         sn->lsn = unapplied - 1;
     sn->next_cas = store_max_cas(R->store) + 1; /* as serve's start_snapshot */
-    if (tpc_last_txid(R->tpc) + 1 > sn->next_cas)
-        sn->next_cas = tpc_last_txid(R->tpc) + 1;
+    if (tpc_txid_floor(R->tpc) > sn->next_cas)
+        sn->next_cas = tpc_txid_floor(R->tpc);
     store_for_each_stored(R->store, snapshot_item, sn);
     sn->flush_at_ms = store_flush_at(R->store);
     tpc_for_each_open(R->tpc, snapshot_open_txn, &oa);
@@ -2115,7 +2149,10 @@ static void on_arrival(struct sim *s)
         return;
     if (rng_chance(&s->rng, 0.2)) {
         s->c.reads++;
-        check_read(s, r, (uint32_t)rng_range(&s->rng, 0, s->nkeys - 1), "read");
+        if (rng_chance(&s->rng, 0.2))
+            check_keys(s, r);
+        else
+            check_read(s, r, (uint32_t)rng_range(&s->rng, 0, s->nkeys - 1), "read");
         return;
     }
     if (s->ncops >= s->ops_target || s->healed)

@@ -411,6 +411,67 @@ static void test_txids(void)
     tpc_free(t);
 }
 
+/* Found by review: a snapshot recorded only the ids this process had
+ * handed out (and the store's highest cas), not the floor recovery had
+ * set from the log. Restart, snapshot with no write, restart: a replica
+ * whose ids had run ahead of its clock (raised past a faster peer's ids)
+ * could hand out an id it had logged and committed before - two writes
+ * with one cas unique, so a stale cas could succeed. */
+static void test_txid_floor_survives_a_restart_without_writes(void)
+{
+    struct tpc *t = mk(2, 3);
+    uint64_t logged = (5000000ull << 8) | 2; /* in the log, ahead of the clock */
+
+    tpc_set_min_txid(t, logged + 1);
+    CU_ASSERT(tpc_txid_floor(t) > logged); /* what the next snapshot records */
+    tpc_free(t);
+
+    /* The next incarnation starts from that floor, its clock far behind. */
+    t = mk(2, 3);
+    tpc_set_min_txid(t, (5000000ull << 8) | 3);
+    CU_ASSERT(tpc_next_txid(t, 1000) > logged);
+    CU_ASSERT(tpc_txid_floor(t) > logged);
+    tpc_free(t);
+
+    /* And once it hands ids out, the floor is past them. */
+    t = mk(2, 3);
+    uint64_t id = tpc_next_txid(t, 777);
+    CU_ASSERT(tpc_txid_floor(t) > id);
+    tpc_free(t);
+}
+
+/* Found by review: after a participant's log failed, the ACK of a commit
+ * it had applied could never become durable, the forgetting of remembered
+ * decisions stopped at it, and every later decision was kept (the table
+ * grew without bound). It must stay bounded, and the commit must not be
+ * acknowledged: its record is not durable here. */
+static void test_remembered_bounded_after_log_failure(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t a = (42 << 8) | 1;
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, a);
+    struct tpc_stats st;
+
+    tpc_receive(t, &m, 0);
+    tpc_durable(t, 1, 1); /* YES */
+    m = msg(TPC_MSG_COMMIT, 1, 0, a);
+    tpc_receive(t, &m, 2); /* applied; its COMMIT record never becomes durable */
+    CU_ASSERT_EQUAL(F.commits, 1);
+    tpc_log_failed(t, 3);
+    for (uint64_t i = 100; i < 10100; i++) {
+        struct tpc_msg x = msg(TPC_MSG_ABORT, 1, 0, (i << 8) | 1);
+        tpc_receive(t, &x, 4 + i);
+    }
+    tpc_get_stats(t, &st);
+    CU_ASSERT(st.remembered <= 4 + 1);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, (100 << 8) | 1), TPC_O_UNKNOWN);
+    /* The coordinator resends the COMMIT: no ACK from a failed log. */
+    size_t acks = count_sent(TPC_MSG_ACK);
+    tpc_receive(t, &m, 20000);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ACK), acks);
+    tpc_free(t);
+}
+
 /* ---- participant -------------------------------------------------------------- */
 
 static void test_participant_commit(void)
@@ -840,6 +901,10 @@ void unit_tpc_register(void)
               test_log_failure_reported_twice);
     unit_test(s, "one replica commits alone", test_single_replica);
     unit_test(s, "txids unique, increasing, name the coordinator", test_txids);
+    unit_test(s, "the txid floor survives a restart without writes",
+              test_txid_floor_survives_a_restart_without_writes);
+    unit_test(s, "remembered decisions stay bounded after a log failure; no ACK then",
+              test_remembered_bounded_after_log_failure);
     unit_test(s, "participant: prepare, vote, commit, ACK; duplicates",
               test_participant_commit);
     unit_test(s, "participant votes no and does not re-prepare",
