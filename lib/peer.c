@@ -218,14 +218,14 @@ static size_t msg_body_size(const struct tpc_msg *m)
             return 0;
         return PEER_MSG_FIXED_BYTES + (size_t)m->nbytes;
     case TPC_MSG_VOTE:
-        if (m->vote > 1 || m->reason > TPC_REASON_MAX)
+        if (m->vote > 1 || m->reason > TPC_REASON_WIRE_MAX)
             return 0;
         return PEER_MSG_FIXED_BYTES;
     case TPC_MSG_COMMIT:
     case TPC_MSG_ABORT:
     case TPC_MSG_ACK:
     case TPC_MSG_QUERY:
-        if (m->reason > TPC_REASON_MAX)
+        if (m->reason > TPC_REASON_WIRE_MAX)
             return 0;
         return PEER_MSG_FIXED_BYTES;
     case TPC_MSG_ANSWER:
@@ -348,7 +348,7 @@ static int msg_decode(const struct peer_frame *f, struct tpc_msg *m, const char 
         }
         break;
     }
-    if (m->reason > TPC_REASON_MAX) {
+    if (m->reason > TPC_REASON_WIRE_MAX) {
         *why = "reason out of range";
         return -EBADMSG;
     }

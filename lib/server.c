@@ -806,6 +806,24 @@ static int reply_log_failed(struct server *srv, struct outq *o)
     return reply(o, line);
 }
 
+/* A write whose own log record was in the batch that failed: whether it is
+ * on disk depends on whether the log could be cut back (wal_rolled_back). */
+static int reply_write_failed(struct server *srv, struct outq *o)
+{
+    char line[256];
+
+    if (wal_rolled_back(srv->wal))
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR write-ahead log failed (%s): the write was not done\r\n",
+                 strerror(-wal_error(srv->wal)));
+    else
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR write-ahead log failed (%s): the write may or may not be on "
+                 "disk (known once serve restarts; do not assume either)\r\n",
+                 strerror(-wal_error(srv->wal)));
+    return reply(o, line);
+}
+
 /* The store operation a single-key write request (or flush_all) asks for. */
 static void op_of_request(const struct server *srv, const struct proto_req *req,
                           struct store_op *op)
@@ -907,7 +925,7 @@ static void wreq_finish(struct conn *c, struct wreq *w, int status)
         return;
     }
     if (status < 0) {
-        if (!w->noreply && reply_log_failed(srv, &c->out) < 0)
+        if (!w->noreply && reply_write_failed(srv, &c->out) < 0)
             c->close_after_flush = true;
     } else if (w->cmd == PROTO_CMD_GAT || w->cmd == PROTO_CMD_GATS) {
         /* The touches are in: now read, and answer the request. The
@@ -1529,6 +1547,12 @@ static int reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason 
                  "committed\r\n",
                  culprit);
         break;
+    case TPC_R_UNKNOWN:
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR write-ahead log failed on this replica while it recorded the "
+                 "commit: the write may or may not be applied (known once this replica "
+                 "restarts; do not assume either)\r\n");
+        break;
     case TPC_R_TIMEOUT:
         snprintf(line, sizeof(line),
                  "SERVER_ERROR replica %u (%s) did not answer within %u ms: the write was "
@@ -1665,7 +1689,7 @@ static void on_tpc_durable(void *arg, uint64_t lsn, int status)
     if (status == 0)
         tpc_durable(srv->tpc, lsn, now_us());
     else
-        tpc_log_failed(srv->tpc, now_us());
+        tpc_log_failed(srv->tpc, now_us(), wal_rolled_back(srv->wal));
     after_tpc(srv);
     snapshot_maybe(srv);
 }

@@ -146,7 +146,7 @@ struct tpc {
 
 static const char *const reason_names[TPC_REASON_MAX + 1] = {
     "none",      "busy",    "conflict", "no_memory", "log_failed", "timeout",
-    "peer_down", "bad_ops", "recovery", "stopping",  "too_large",
+    "peer_down", "bad_ops", "recovery", "stopping",  "too_large", "outcome_unknown",
 };
 
 const char *tpc_reason_name(enum tpc_reason r)
@@ -671,7 +671,10 @@ static void tell_client(struct tpc *t, struct tx *x, bool committed, int why, ui
 static void coord_abort(struct tpc *t, struct tx *x, enum tpc_reason why,
                         uint32_t culprit)
 {
-    assert(x->cstate == C_PREPARING);
+    /* C_COMMITTING only when its COMMIT record is known not to be on disk
+     * (tpc_log_failed): no COMMIT was sent, so nobody committed it. */
+    assert(x->cstate == C_PREPARING || x->cstate == C_COMMITTING);
+    x->commit_lsn = 0;
     t->st.aborted[why]++;
     record_latency(t, x);
     x->cstate = C_NONE;
@@ -871,7 +874,7 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
             t->st.msgs_ignored++; /* late: already decided */
         } else if (!m->vote) {
             uint8_t why =
-                m->reason && m->reason <= TPC_REASON_MAX ? m->reason : TPC_R_BAD_OPS;
+                m->reason && m->reason <= TPC_REASON_WIRE_MAX ? m->reason : TPC_R_BAD_OPS;
             coord_abort(t, x, (enum tpc_reason)why, m->from);
         } else {
             x->yes |= from_bit;
@@ -987,7 +990,7 @@ void tpc_durable(struct tpc *t, uint64_t lsn, uint64_t now_us)
     }
 }
 
-void tpc_log_failed(struct tpc *t, uint64_t now_us)
+void tpc_log_failed(struct tpc *t, uint64_t now_us, bool rolled_back)
 {
     struct tx *x, *next;
 
@@ -998,13 +1001,18 @@ void tpc_log_failed(struct tpc *t, uint64_t now_us)
         next = x->anext;
         if (x->cstate == C_PREPARING) {
             coord_abort(t, x, TPC_R_LOG_FAILED, t->cfg.self);
+        } else if (x->cstate == C_COMMITTING && rolled_back) {
+            /* The COMMIT record was cut off the log: it is not on disk, no
+             * COMMIT went out, so this is an abort like any other - and the
+             * keys are free on every replica at once. */
+            coord_abort(t, x, TPC_R_LOG_FAILED, t->cfg.self);
         } else if (x->cstate == C_COMMITTING && !x->told) {
             /* The decision may or may not be on disk: the client learns
              * the outcome is unknown (once: the log reports a failure per
              * failed batch); participants stay in doubt until a restart
              * reads our log and settles it. */
-            t->st.aborted[TPC_R_LOG_FAILED]++;
-            tell_client(t, x, false, TPC_R_LOG_FAILED, t->cfg.self);
+            t->st.aborted[TPC_R_UNKNOWN]++;
+            tell_client(t, x, false, TPC_R_UNKNOWN, t->cfg.self);
         } else if (x->pstate == P_PREPARING && x->coord != t->cfg.self) {
             part_abort(t, x);
             t->st.voted_no++;

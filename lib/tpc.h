@@ -49,8 +49,14 @@ enum tpc_reason {
     TPC_R_RECOVERY = 8,   /* undecided when the coordinator restarted */
     TPC_R_STOPPING = 9,   /* the coordinator is shutting down */
     TPC_R_TOO_LARGE = 10, /* a resulting value exceeds a participant's --max-value */
+    TPC_R_UNKNOWN = 11,   /* done() only, never a vote: the coordinator's log failed
+                             at the commit point and may hold the COMMIT; its
+                             restart settles the outcome */
 };
-#define TPC_REASON_MAX 10
+#define TPC_REASON_MAX 11
+/* The reasons a message may carry (a vote, an abort): TPC_R_UNKNOWN is not
+ * one, and a peer that sends it is refused like any malformed frame. */
+#define TPC_REASON_WIRE_MAX 10
 
 const char *tpc_reason_name(enum tpc_reason r);
 
@@ -201,8 +207,15 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us);
 /* Every record with lsn <= lsn is durable. */
 void tpc_durable(struct tpc *t, uint64_t lsn, uint64_t now_us);
 
-/* The log failed: nothing more becomes durable. Pending work aborts. */
-void tpc_log_failed(struct tpc *t, uint64_t now_us);
+/*
+ * The log failed: nothing more becomes durable. Pending work aborts. A
+ * commit whose COMMIT record was not yet durable aborts too when rolled_back
+ * says the log was cut back to its last durable record (wal_rolled_back: the
+ * record is known not to be on disk; every participant is told ABORT);
+ * otherwise its client is told TPC_R_UNKNOWN and it stays undecided until
+ * this replica restarts and reads its log.
+ */
+void tpc_log_failed(struct tpc *t, uint64_t now_us, bool rolled_back);
 
 /* Timeouts, resends, queries. Call often (every few ms). */
 void tpc_tick(struct tpc *t, uint64_t now_us);

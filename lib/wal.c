@@ -59,6 +59,18 @@
  * with a warning. A bad record followed by valid ones, or in any segment but
  * the last, is corruption: serve refuses to start and says where.
  *
+ * FAILURE. A failed write or fsync is sticky (see GROUP COMMIT). The writer
+ * then cuts the log back to where the failed batch began - truncates the
+ * segment to the end of the last durable record, removes any segment the
+ * batch started, and makes that durable - so the records of the failed
+ * batch are known not to be on disk, and the writes waiting on them can be
+ * reported as not done (a coordinator's COMMIT among them can be turned
+ * into an abort). If the cut fails too, their fate is unknown until a
+ * restart reads the log (wal_rolled_back says which). Truncating is safe
+ * after a failed fsync: the bytes kept were made durable by an earlier,
+ * successful one, and the fsync after the cut must succeed for the cut to
+ * count.
+ *
  * GROUP COMMIT. The loop thread encodes records into a pending buffer under
  * a mutex. The writer thread swaps that buffer out, write()s it (cutting
  * segments at record boundaries), and calls fdatasync once for everything it
@@ -462,6 +474,7 @@ struct wal {
     uint64_t pending_last;  /* lsn of the last record in pending */
     uint64_t durable_lsn;
     int error;
+    bool rolled_back; /* after the error: the failed batch is off the disk */
     bool stop;
     bool busy; /* a batch is being written (by the thread, or inline) */
     struct segment *segs; /* oldest first; the last is being written */
@@ -592,11 +605,11 @@ static int start_segment(struct wal *w, uint64_t first_lsn)
                   w->io->pwrite != NULL && w->io->ftruncate != NULL;
     wal_segment_header_encode(hdr, first_lsn);
     if ((r = write_all(w, hdr, sizeof(hdr))) < 0)
-        return r;
+        goto fail;
     w->filled = sizeof(hdr);
     prealloc_to(w, sizeof(hdr) + 1);
     if ((r = sync_fd(w)) < 0 || (r = datadir_sync(w->dir)) < 0)
-        return r;
+        goto fail;
     w->cur_bytes = sizeof(hdr);
     pthread_mutex_lock(&w->mu);
     r = seg_push(w, first_lsn, sizeof(hdr));
@@ -604,6 +617,14 @@ static int start_segment(struct wal *w, uint64_t first_lsn)
     w->st.bytes += sizeof(hdr);
     pthread_mutex_unlock(&w->mu);
     log_debug(MOD, "new segment %s", path);
+    return r;
+fail:
+    /* It holds no record: it goes (best effort; recovery removes a last
+     * segment without records anyway). */
+    w->io->close(w->fd);
+    w->fd = -1;
+    if (unlink(path) == 0)
+        datadir_sync(w->dir);
     return r;
 }
 
@@ -653,20 +674,103 @@ static int write_batch(struct wal *w, const char *p, size_t n)
     return append_bytes(w, p + start, off - start);
 }
 
+/* Where a batch starts: the segment being written and its size. */
+struct batch_start {
+    size_t nsegs;
+    uint64_t bytes;
+};
+
+static struct batch_start batch_start(struct wal *w)
+{
+    struct batch_start b;
+
+    pthread_mutex_lock(&w->mu);
+    b.nsegs = w->nsegs;
+    pthread_mutex_unlock(&w->mu);
+    b.bytes = w->cur_bytes;
+    return b;
+}
+
+/* A batch failed: cuts the log back to where it started (see FAILURE at
+ * the top). Returns 0 once that is durable, or a negative errno. Leaves no
+ * segment open: the log takes no more writes. */
+static int roll_back(struct wal *w, struct batch_start b)
+{
+    char path[4200];
+    int r = 0, fd;
+    bool removed = false;
+
+    if (w->fd >= 0)
+        w->io->close(w->fd);
+    w->fd = -1;
+    pthread_mutex_lock(&w->mu);
+    while (w->nsegs > b.nsegs) {
+        const struct segment *sg = &w->segs[w->nsegs - 1];
+        datadir_path(path, sizeof(path), w->dir, "wal-", sg->first_lsn, ".log");
+        if (unlink(path) < 0 && errno != ENOENT) {
+            r = -errno;
+            break;
+        }
+        w->st.bytes -= sg->bytes;
+        w->nsegs--;
+        removed = true;
+    }
+    const struct segment *cur = b.nsegs ? &w->segs[b.nsegs - 1] : NULL;
+    uint64_t first = cur ? cur->first_lsn : 0;
+    if (r == 0 && cur) {
+        w->st.bytes -= w->segs[b.nsegs - 1].bytes - b.bytes;
+        w->segs[b.nsegs - 1].bytes = b.bytes;
+    }
+    w->st.segments = w->nsegs;
+    pthread_mutex_unlock(&w->mu);
+    if (r < 0 || cur == NULL)
+        return r < 0 ? r : -ENOENT;
+    datadir_path(path, sizeof(path), w->dir, "wal-", first, ".log");
+    if ((fd = w->io->open(path, O_WRONLY | O_CLOEXEC, 0)) < 0)
+        return -errno;
+    if (w->io->ftruncate == NULL || w->io->ftruncate(fd, (off_t)b.bytes) < 0 ||
+        w->io->fdatasync(fd) < 0)
+        r = w->io->ftruncate == NULL ? -ENOTSUP : -errno;
+    w->io->close(fd);
+    if (r == 0 && removed)
+        r = datadir_sync(w->dir);
+    w->cur_bytes = w->filled = b.bytes;
+    return r;
+}
+
 /* A batch up to lsn last was written (r 0) or failed (mu held): the writer
- * thread's and write_inline's common end. */
-static void batch_done(struct wal *w, int r, uint64_t last)
+ * thread's and write_inline's common end. rolled: the failed batch is
+ * known to be off the disk. */
+static void batch_done(struct wal *w, int r, uint64_t last, bool rolled)
 {
     w->busy = false;
     w->st.batches++;
     if (r < 0) {
         w->error = r;
+        w->rolled_back = rolled;
         atomic_store(&w->failed, r);
-        log_error(MOD, "writing the log in %s failed: %s; no more writes will be acknowledged",
-                  w->dir, strerror(-r));
+        log_error(MOD, "writing the log in %s failed: %s; no more writes will be acknowledged; "
+                       "%s",
+                  w->dir, strerror(-r),
+                  rolled ? "the failed records were cut off the log, so the writes waiting "
+                           "on them did not happen"
+                         : "the failed records could not be cut off the log: whether the "
+                           "writes waiting on them happened is known only once serve "
+                           "restarts and reads it");
     } else {
         w->durable_lsn = last;
     }
+}
+
+/* A batch failed with r: cuts it back off the log. */
+static bool fail_batch(struct wal *w, int r, struct batch_start b)
+{
+    int e = roll_back(w, b);
+
+    if (e < 0)
+        log_error(MOD, "cutting the failed records (%s) off the log in %s failed: %s", strerror(-r),
+                  w->dir, strerror(-e));
+    return e == 0;
 }
 
 static void *writer_main(void *arg)
@@ -706,9 +810,13 @@ static void *writer_main(void *arg)
         w->busy = true;
         pthread_mutex_unlock(&w->mu);
 
+        struct batch_start b = batch_start(w);
+        bool rolled = false;
         int r = write_batch(w, w->writing.data, w->writing.len);
         if (r == 0 && w->cfg.fsync_mode != WAL_FSYNC_NONE)
             r = sync_fd(w);
+        if (r < 0)
+            rolled = fail_batch(w, r, b);
         /* A buffer a burst grew is freed once it carries a batch that
          * needs under a quarter of it: steady large batches keep theirs. */
         size_t used = w->writing.len;
@@ -717,7 +825,7 @@ static void *writer_main(void *arg)
             buf_free(&w->writing);
 
         pthread_mutex_lock(&w->mu);
-        batch_done(w, r, last);
+        batch_done(w, r, last, rolled);
         uv_async_send(&w->async);
         if (w->cfg.on_batch) {
             pthread_mutex_unlock(&w->mu);
@@ -822,12 +930,16 @@ static bool write_inline(struct wal *w)
     last = w->staged_last;
     count = w->staged_count;
     w->staged_count = 0;
+    struct batch_start b = batch_start(w);
+    bool rolled = false;
     r = append_bytes(w, w->inline_buf.data, w->inline_buf.len);
+    if (r < 0)
+        rolled = fail_batch(w, r, b);
     w->inline_buf.len = 0;
 
     pthread_mutex_lock(&w->mu);
     w->st.records += count;
-    batch_done(w, r, last);
+    batch_done(w, r, last, rolled);
     pthread_mutex_unlock(&w->mu);
     deliver(w);
     return true;
@@ -978,6 +1090,17 @@ int64_t wal_append(struct wal *w, uint8_t type, const void *payload, size_t n, w
     w->staged_last = lsn;
     w->staged_count++;
     return (int64_t)lsn;
+}
+
+bool wal_rolled_back(const struct wal *w)
+{
+    struct wal *m = (struct wal *)w;
+    bool rolled;
+
+    pthread_mutex_lock(&m->mu);
+    rolled = m->error != 0 && m->rolled_back;
+    pthread_mutex_unlock(&m->mu);
+    return rolled;
 }
 
 int wal_error(const struct wal *w)

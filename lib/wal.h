@@ -249,6 +249,16 @@ void wal_deliver(struct wal *w);
 /* The sticky error (0 while healthy). */
 int wal_error(const struct wal *w);
 
+/*
+ * After a failure: whether the log was cut back to the end of its last
+ * durable record (the failed batch's bytes truncated, segments it started
+ * removed, and that made durable), so that no record after durable_lsn is
+ * on disk and the writes waiting on them are known not to have happened.
+ * False while healthy, and when the cut itself failed: then what reached
+ * the disk is unknown until a restart reads it.
+ */
+bool wal_rolled_back(const struct wal *w);
+
 void wal_get_stats(struct wal *w, struct wal_stats *st);
 
 /*

@@ -214,6 +214,7 @@ enum ev_kind {
     EV_HEAL,         /* the chaos phase ends */
     EV_SETTLED,      /* after the heal: is everything settled? */
     EV_EXPIRE,       /* replica a's expiry walk */
+    EV_LOG_FAIL_TARGET, /* replica a's (incarnation inc) log fails */
 };
 
 static const char *const ev_names[] = {
@@ -221,6 +222,7 @@ static const char *const ev_names[] = {
     "crash",   "kill",      "power-loss", "restart",       "notice-down",
     "connect", "notice-up", "snapshot",   "snapshot-done", "cut",
     "uncut",   "log-fail",  "heal",       "settled?",      "expire",
+    "log-fail-at-commit",
 };
 
 /* A message in flight: a copy of what tpc sent, ops included. */
@@ -416,6 +418,8 @@ struct sim {
     size_t remembered_max;
     double p_crash_hook;        /* crash a replica right after it logs or answers */
     double p_clock_step;        /* a restarted replica's clock was stepped */
+    double p_log_fail_hook;     /* the log fails just after a COMMIT is appended */
+    uint32_t log_fails_left;
     uint64_t snapshot_every_us; /* 0 = no snapshots */
     uint32_t crashes_left;
     bool healed, settled, stop;
@@ -1122,6 +1126,30 @@ static void crash_hook(struct sim *s, struct replica *R)
     schedule(s, rng_range(&s->rng, 0, 300), EV_CRASH_TARGET, R->id, 0, R->inc, 0);
 }
 
+static void free_records(struct rec *log, size_t from, size_t to);
+
+/* Replica r's log fails. As wal.c does, the failed batch is cut off the
+ * log, unless that fails too: then what reached the disk is unknown (a
+ * crash keeps some of it, or none). Its operator restarts it later. */
+static void log_fail(struct sim *s, uint32_t r)
+{
+    struct replica *R = &s->rep[r];
+    bool rolled = rng_chance(&s->rng, 0.6);
+
+    trace(s, "r%u LOG FAILED (%s)", r, rolled ? "cut back" : "not cut back");
+    s->c.log_failures++;
+    R->log_failed = true;
+    if (rolled) {
+        size_t keep = 0;
+        while (keep < R->nlog && R->log[keep].lsn <= R->durable_lsn)
+            keep++;
+        free_records(R->log, keep, R->nlog);
+        R->nlog = keep;
+    }
+    tpc_log_failed(R->tpc, s->now, rolled);
+    schedule(s, rng_range(&s->rng, 1000, 30000), EV_CRASH_TARGET, r, 0, R->inc, 0);
+}
+
 /* Appends a record; group commit makes it durable later (EV_SYNC). */
 static int64_t env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *t)
 {
@@ -1151,6 +1179,12 @@ static int64_t env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *
     if (!R->sync_pending) {
         R->sync_pending = true;
         schedule(s, rng_range(&s->rng, 20, R->sync_max_us), EV_SYNC, R->id, 0, R->inc, 0);
+    }
+    /* Now and then the log fails right at a coordinator's commit point. */
+    if (type == TPC_LOG_COMMIT && t->coord == R->id && !s->healed && s->log_fails_left > 0 &&
+        rng_chance(&s->rng, s->p_log_fail_hook)) {
+        s->log_fails_left--;
+        schedule(s, rng_range(&s->rng, 0, 100), EV_LOG_FAIL_TARGET, R->id, 0, R->inc, 0);
     }
     crash_hook(s, R);
     return (int64_t)rc->lsn;
@@ -1348,7 +1382,7 @@ static void env_done(void *ctx, void *client, uint64_t txid, bool committed,
             fail(s, "expiry txid %" PRIx64 " reported committed before it was applied", txid);
             return;
         }
-        if (!committed && reason != TPC_R_LOG_FAILED && reason != TPC_R_STOPPING &&
+        if (!committed && reason != TPC_R_UNKNOWN && reason != TPC_R_STOPPING &&
             (x->order != 0 || x->commit_mask)) {
             fail(s, "expiry txid %" PRIx64 " reported aborted (%s), but it was applied", txid,
                  tpc_reason_name(reason));
@@ -1356,8 +1390,8 @@ static void env_done(void *ctx, void *client, uint64_t txid, bool committed,
         }
         x->reason = (uint8_t)reason;
         x->status = committed ? T_ACKED
-                    : reason == TPC_R_LOG_FAILED || reason == TPC_R_STOPPING ? T_UNKNOWN
-                                                                               : T_ABORTED;
+                    : reason == TPC_R_UNKNOWN || reason == TPC_R_STOPPING ? T_UNKNOWN
+                                                                            : T_ABORTED;
         s->c.expire_committed += committed;
         return;
     }
@@ -1380,9 +1414,11 @@ static void env_done(void *ctx, void *client, uint64_t txid, bool committed,
     }
     x->reason = (uint8_t)reason;
     s->c.aborted[reason <= TPC_REASON_MAX ? reason : 0]++;
-    if (reason == TPC_R_LOG_FAILED || reason == TPC_R_STOPPING) {
+    if (reason == TPC_R_UNKNOWN || reason == TPC_R_STOPPING) {
         /* The commit record may or may not have made it: the client cannot
-         * know, and neither outcome is wrong. */
+         * know, and neither outcome is wrong. (TPC_R_LOG_FAILED is not
+         * one of these: the log was cut back, or the COMMIT was never
+         * written - it is an abort, checked as such.) */
         x->status = T_UNKNOWN;
         s->c.unknown++;
         cop_finish(s, c);
@@ -2446,16 +2482,14 @@ static void dispatch(struct sim *s, struct ev *e)
         break;
     case EV_LOG_FAIL: {
         uint32_t r = pick_live(s, true);
-        if (s->healed || r == UINT32_MAX)
-            break;
-        trace(s, "r%u LOG FAILED", r);
-        s->c.log_failures++;
-        s->rep[r].log_failed = true;
-        tpc_log_failed(s->rep[r].tpc, s->now);
-        schedule(s, rng_range(&s->rng, 1000, 30000), EV_CRASH_TARGET, r, 0, s->rep[r].inc,
-                 0);
+        if (!s->healed && r != UINT32_MAX)
+            log_fail(s, r);
         break;
     }
+    case EV_LOG_FAIL_TARGET:
+        if (!s->healed && A->alive && A->inc == e->inc && !A->log_failed)
+            log_fail(s, e->a);
+        break;
     case EV_HEAL:
         heal(s);
         break;
@@ -2608,6 +2642,8 @@ static void choose_parameters(struct sim *s)
     }
     s->p_crash_hook = rng_chance(g, 0.5) ? 0 : (double)rng_range(g, 1, 5) / 1000.0;
     s->p_clock_step = rng_chance(g, 0.5) ? 0 : 0.3;
+    s->p_log_fail_hook = rng_chance(g, 0.8) ? 0 : 0.02;
+    s->log_fails_left = 2;
     s->crashes_left = 6;
     s->snapshot_every_us = rng_chance(g, 0.35) ? rng_range(g, 10, 200) * 1000 : 0;
     /* Some clusters run short of memory or have a small --max-value, on

@@ -348,7 +348,7 @@ static void test_codec_round_trip_every_type(void)
         m.epoch = i == 1 ? UINT64_MAX : rnd();
         m.coord = rnd() % TPC_REPLICAS_MAX;
         m.vote = (uint8_t)(rnd() % 2);
-        m.reason = (uint8_t)(rnd() % (TPC_REASON_MAX + 1));
+        m.reason = (uint8_t)(rnd() % (TPC_REASON_WIRE_MAX + 1));
         m.outcome = (uint8_t)(rnd() % (TPC_O_PENDING + 1));
         if (t == TPC_MSG_PREPARE) {
             for (size_t k = 0; k < sizeof(ops); k++)
@@ -472,12 +472,12 @@ static void test_decode_rejects_bad_messages(void)
     mk_body16(body, 1, 0, 1, 0, 0);
     CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, 16, &m), 0);
     CU_ASSERT_EQUAL(m.vote, 1);
-    mk_body16(body, 1, 0, 0, TPC_REASON_MAX, 0);
+    mk_body16(body, 1, 0, 0, TPC_REASON_WIRE_MAX, 0);
     CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, 16, &m), 0);
-    CU_ASSERT_EQUAL(m.reason, TPC_REASON_MAX);
+    CU_ASSERT_EQUAL(m.reason, TPC_REASON_WIRE_MAX);
     mk_body16(body, 1, 0, 2, 0, 0);
     CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, 16, &m), -EBADMSG);
-    mk_body16(body, 1, 0, 0, TPC_REASON_MAX + 1, 0);
+    mk_body16(body, 1, 0, 0, TPC_REASON_WIRE_MAX + 1, 0);
     CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, 16, &m), -EBADMSG);
     mk_body16(body, 1, 0, 0, 0, 1);
     CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, 16, &m), -EBADMSG);
@@ -486,9 +486,9 @@ static void test_decode_rejects_bad_messages(void)
 
     /* COMMIT, ABORT, ACK, QUERY: reason out of range; padding. */
     for (uint8_t t = TPC_MSG_COMMIT; t <= TPC_MSG_QUERY; t++) {
-        mk_body16(body, 1, 2, TPC_REASON_MAX, 0, 0);
+        mk_body16(body, 1, 2, TPC_REASON_WIRE_MAX, 0, 0);
         CU_ASSERT_EQUAL(decode_body(t, body, 16, &m), 0);
-        mk_body16(body, 1, 2, TPC_REASON_MAX + 1, 0, 0);
+        mk_body16(body, 1, 2, TPC_REASON_WIRE_MAX + 1, 0, 0);
         CU_ASSERT_EQUAL(decode_body(t, body, 16, &m), -EBADMSG);
         mk_body16(body, 1, 2, 0, 1, 0);
         CU_ASSERT_EQUAL(decode_body(t, body, 16, &m), -EBADMSG);
@@ -526,7 +526,7 @@ static void test_encode_rejects_invalid_messages(void)
     m.vote = 2;
     CU_ASSERT_EQUAL(peer_msg_encode(&b, &m), -EINVAL);
     m = sample_msg(TPC_MSG_ABORT);
-    m.reason = TPC_REASON_MAX + 1;
+    m.reason = TPC_REASON_WIRE_MAX + 1;
     CU_ASSERT_EQUAL(peer_msg_encode(&b, &m), -EINVAL);
     m = sample_msg(TPC_MSG_ANSWER);
     m.outcome = TPC_O_PENDING + 1;

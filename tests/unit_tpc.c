@@ -344,14 +344,45 @@ static void test_log_fails_at_commit_point(void)
     tpc_receive(t, &m, 1);
     tpc_durable(t, 1, 2);
     CU_ASSERT_EQUAL(F.log_types[F.nlog - 1], TPC_LOG_COMMIT);
-    tpc_log_failed(t, 3);
-    /* The client hears of the failure; no ABORT goes out (the COMMIT
-     * may be on disk), and the outcome stays pending for queries. */
+    tpc_log_failed(t, 3, false);
+    /* The log could not be cut back: the client hears the outcome is
+     * unknown; no ABORT goes out (the COMMIT may be on disk), and the
+     * outcome stays pending for queries. */
+    CU_ASSERT_EQUAL(F.dones, 1);
+    CU_ASSERT(!F.done_committed);
+    CU_ASSERT_EQUAL(F.done_reason, TPC_R_UNKNOWN);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 0);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_PENDING);
+    tpc_free(t);
+}
+
+/* Found by review: a log failure at the commit point told the client "not
+ * committed" while the COMMIT record could be on disk (a retried incr then
+ * applied twice once the replica restarted), and left the keys locked on
+ * every replica until then. Once the log is cut back to its last durable
+ * record, the COMMIT is known not to be on disk: it is an abort, said so,
+ * and every participant is told. */
+static void test_log_fails_at_commit_point_rolled_back(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t txid = begin(t, NULL);
+    struct tpc_msg m = msg(TPC_MSG_VOTE, 1, 0, txid);
+
+    tpc_receive(t, &m, 1);
+    m = msg(TPC_MSG_VOTE, 2, 0, txid);
+    tpc_receive(t, &m, 1);
+    tpc_durable(t, 1, 2);
+    CU_ASSERT_EQUAL(F.log_types[F.nlog - 1], TPC_LOG_COMMIT);
+    tpc_log_failed(t, 3, true);
     CU_ASSERT_EQUAL(F.dones, 1);
     CU_ASSERT(!F.done_committed);
     CU_ASSERT_EQUAL(F.done_reason, TPC_R_LOG_FAILED);
-    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 0);
-    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_PENDING);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 2);
+    CU_ASSERT_EQUAL(F.aborts, 1); /* our own prepare released */
+    CU_ASSERT_EQUAL(F.commits, 0);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_ABORTED);
+    tpc_log_failed(t, 4, true); /* reported again per failed batch: nothing more */
+    CU_ASSERT_EQUAL(F.dones, 1);
     tpc_free(t);
 }
 
@@ -368,11 +399,11 @@ static void test_log_failure_reported_twice(void)
     tpc_receive(t, &m, 1);
     tpc_durable(t, 1, 2);
     CU_ASSERT_EQUAL(F.log_types[F.nlog - 1], TPC_LOG_COMMIT);
-    tpc_log_failed(t, 3);
+    tpc_log_failed(t, 3, false);
     CU_ASSERT_EQUAL(F.dones, 1);
     CU_ASSERT_PTR_EQUAL(F.done_client, &client);
-    tpc_log_failed(t, 4);
-    tpc_log_failed(t, 5);
+    tpc_log_failed(t, 4, false);
+    tpc_log_failed(t, 5, false);
     CU_ASSERT_EQUAL(F.dones, 1);
     CU_ASSERT_PTR_EQUAL(F.done_client, &client);
     CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_PENDING);
@@ -457,7 +488,7 @@ static void test_remembered_bounded_after_log_failure(void)
     m = msg(TPC_MSG_COMMIT, 1, 0, a);
     tpc_receive(t, &m, 2); /* applied; its COMMIT record never becomes durable */
     CU_ASSERT_EQUAL(F.commits, 1);
-    tpc_log_failed(t, 3);
+    tpc_log_failed(t, 3, false);
     for (uint64_t i = 100; i < 10100; i++) {
         struct tpc_msg x = msg(TPC_MSG_ABORT, 1, 0, (i << 8) | 1);
         tpc_receive(t, &x, 4 + i);
@@ -901,6 +932,8 @@ void unit_tpc_register(void)
               test_log_failure_reported_twice);
     unit_test(s, "one replica commits alone", test_single_replica);
     unit_test(s, "txids unique, increasing, name the coordinator", test_txids);
+    unit_test(s, "a log cut back at the commit point aborts, and says so",
+              test_log_fails_at_commit_point_rolled_back);
     unit_test(s, "the txid floor survives a restart without writes",
               test_txid_floor_survives_a_restart_without_writes);
     unit_test(s, "remembered decisions stay bounded after a log failure; no ACK then",

@@ -1548,6 +1548,8 @@ static atomic_int io_write_fail_at; /* > 0: write calls from this one on fail */
 static atomic_int io_write_errno;
 static atomic_int io_sync_fail_at; /* > 0: fdatasync calls from this one on fail */
 static atomic_int io_sync_errno;
+static atomic_int io_sync_fail_count; /* > 0: only this many calls fail */
+static atomic_int io_truncate_errno;  /* ftruncate fails with it */
 static atomic_int io_eintr_every; /* > 0: every k-th write fails with EINTR first */
 static atomic_int io_eintrs;
 static atomic_int io_open_errno;
@@ -1562,6 +1564,8 @@ static void io_reset(void)
     atomic_store(&io_write_errno, 0);
     atomic_store(&io_sync_fail_at, 0);
     atomic_store(&io_sync_errno, 0);
+    atomic_store(&io_sync_fail_count, 0);
+    atomic_store(&io_truncate_errno, 0);
     atomic_store(&io_eintr_every, 0);
     atomic_store(&io_eintrs, 0);
     atomic_store(&io_open_errno, 0);
@@ -1605,11 +1609,24 @@ static int seam_fdatasync(int fd)
     int call = atomic_fetch_add(&io_sync_calls, 1) + 1;
     int fail_at = atomic_load(&io_sync_fail_at);
 
-    if (fail_at > 0 && call >= fail_at) {
+    int count = atomic_load(&io_sync_fail_count);
+
+    if (fail_at > 0 && call >= fail_at && (count == 0 || call < fail_at + count)) {
         errno = atomic_load(&io_sync_errno);
         return -1;
     }
     return fdatasync(fd);
+}
+
+static int seam_ftruncate(int fd, off_t len)
+{
+    int e = atomic_load(&io_truncate_errno);
+
+    if (e) {
+        errno = e;
+        return -1;
+    }
+    return ftruncate(fd, len);
 }
 
 static int seam_close(int fd)
@@ -1622,6 +1639,16 @@ static const struct wal_io seam = {
     .write = seam_write,
     .fdatasync = seam_fdatasync,
     .close = seam_close,
+};
+
+/* The seam, able to cut a failed batch off the log (and, without pwrite,
+ * not preallocating, so file sizes are the records'). */
+static const struct wal_io seam_cut = {
+    .open = seam_open,
+    .write = seam_write,
+    .fdatasync = seam_fdatasync,
+    .close = seam_close,
+    .ftruncate = seam_ftruncate,
 };
 
 static atomic_int io_pwrite_calls;
@@ -1961,8 +1988,8 @@ static void test_seam_enospc_in_new_segment_header(void)
     CU_ASSERT_EQUAL(bad, 0);
     CU_ASSERT_EQUAL(wh_append(&h, 5), -ENOSPC);
     wh_close_wal(&h);
-    datadir_path(path, sizeof(path), h.dir, "wal-", 4, ".log");
-    CU_ASSERT_EQUAL(file_size(path), 14);
+    /* The segment whose header never got out holds no record: removed. */
+    CU_ASSERT(!seg_exists(h.dir, 4));
     datadir_path(path, sizeof(path), h.dir, "wal-", 1, ".log");
     CU_ASSERT_EQUAL(file_size(path), WAL_SEGMENT_HEADER_BYTES + 3 * 1020);
     wh_finish(&h);
@@ -2034,11 +2061,164 @@ static void test_seam_open_failure_is_reported(void)
     io_reset();
 }
 
+/* Found by review (issue 15): a failed batch left its records wherever they
+ * had got to, so a write reported as failed could be on disk and be
+ * replayed at the next start (a coordinator's COMMIT among them: a client
+ * told "not committed" saw it applied, twice if it retried). The failed
+ * batch is cut off the log: the records before it stay, the failed ones are
+ * known not to be on disk, and wal_rolled_back says so. */
+static void test_failed_batch_is_cut_off_the_log(void)
+{
+    struct wh h;
+    struct wal_config cfg;
+    struct wal_scan sc;
+    unsigned bad = 0;
+    size_t cbs;
+    char path[512];
+    long size1;
+
+    io_reset();
+    wh_init(&h, 40, 40);
+    cfg = wh_config(&h, WAL_FSYNC_ALWAYS, 64u << 20, &seam_cut);
+    CU_ASSERT_EQUAL_FATAL(wal_open(&h.w, &h.loop, &cfg, 1), 0);
+    CU_ASSERT_EQUAL(wh_append(&h, 1), 1);
+    CU_ASSERT_FATAL(wh_wait(&h, 1));
+    CU_ASSERT_FALSE(wal_rolled_back(h.w));
+    datadir_path(path, sizeof(path), h.dir, "wal-", 1, ".log");
+    size1 = file_size(path);
+    /* The next batch is written, and its fsync fails once. */
+    atomic_store(&io_sync_errno, EIO);
+    atomic_store(&io_sync_fail_at, atomic_load(&io_sync_calls) + 1);
+    atomic_store(&io_sync_fail_count, 1);
+    cbs = append_after_fault(&h, 2, 6, -EIO, &bad);
+    CU_ASSERT_FATAL(wh_wait(&h, 1 + cbs));
+    for (size_t i = 1; i < 1 + cbs; i++)
+        if (h.a->status[i] != -EIO)
+            bad++;
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(wal_error(h.w), -EIO);
+    CU_ASSERT_TRUE(wal_rolled_back(h.w));
+    CU_ASSERT(wh_logged(&h, "were cut off the log"));
+    wh_close_wal(&h);
+    /* Exactly record 1 is on disk. */
+    CU_ASSERT_EQUAL(file_size(path), size1);
+    check_acked_on_disk(h.dir, &h.ps, 1, &sc);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_CLEAN);
+    CU_ASSERT_EQUAL(sc.records, 1);
+    wh_finish(&h);
+    io_reset();
+}
+
+/* The same for a batch that had started a new segment: the segment goes. */
+static void test_failed_batch_across_segments_is_cut_off(void)
+{
+    struct wh h;
+    struct wal_config cfg;
+    unsigned bad = 0;
+    size_t cbs;
+    char path[512];
+
+    io_reset();
+    wh_init(&h, 1000, 0);
+    cfg = wh_config(&h, WAL_FSYNC_ALWAYS, 4096, &seam_cut);
+    CU_ASSERT_EQUAL_FATAL(wal_open(&h.w, &h.loop, &cfg, 1), 0);
+    for (uint64_t lsn = 1; lsn <= 2; lsn++)
+        CU_ASSERT_EQUAL(wh_append(&h, lsn), (int64_t)lsn);
+    CU_ASSERT_FATAL(wh_wait(&h, 2));
+    /* Records 3..6, one batch: record 3 fills segment 1, 4 starts segment 4.
+     * Its fsyncs: segment 1 as it is closed, segment 4's header, then the
+     * batch's records in segment 4 - that last one fails. */
+    atomic_store(&io_sync_errno, EIO);
+    atomic_store(&io_sync_fail_at, atomic_load(&io_sync_calls) + 3);
+    atomic_store(&io_sync_fail_count, 1);
+    cbs = append_after_fault(&h, 3, 6, -EIO, &bad);
+    CU_ASSERT_FATAL(wh_wait(&h, 2 + cbs));
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_TRUE(wal_rolled_back(h.w));
+    wh_close_wal(&h);
+    CU_ASSERT(!seg_exists(h.dir, 4));
+    datadir_path(path, sizeof(path), h.dir, "wal-", 1, ".log");
+    CU_ASSERT_EQUAL(file_size(path), WAL_SEGMENT_HEADER_BYTES + 2 * 1020);
+    wh_finish(&h);
+    io_reset();
+}
+
+/* Under --fsync none the batch is written inline: a write that fails part
+ * way leaves a partial record, which is cut off the same way. */
+static void test_failed_inline_write_is_cut_off(void)
+{
+    struct wh h;
+    struct wal_config cfg;
+    struct wal_scan sc;
+    unsigned bad = 0;
+    size_t cbs;
+    char path[512];
+    long size3;
+
+    io_reset();
+    atomic_store(&io_short_max, 7);
+    wh_init(&h, 40, 40);
+    cfg = wh_config(&h, WAL_FSYNC_NONE, 64u << 20, &seam_cut);
+    CU_ASSERT_EQUAL_FATAL(wal_open(&h.w, &h.loop, &cfg, 1), 0);
+    for (uint64_t lsn = 1; lsn <= 3; lsn++)
+        CU_ASSERT_EQUAL(wh_append(&h, lsn), (int64_t)lsn);
+    CU_ASSERT_FATAL(wh_wait(&h, 3));
+    datadir_path(path, sizeof(path), h.dir, "wal-", 1, ".log");
+    size3 = file_size(path);
+    atomic_store(&io_write_errno, ENOSPC);
+    atomic_store(&io_write_fail_at, atomic_load(&io_write_calls) + 2);
+    cbs = append_after_fault(&h, 4, 4, -ENOSPC, &bad);
+    CU_ASSERT_FATAL(wh_wait(&h, 3 + cbs));
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_TRUE(wal_rolled_back(h.w));
+    wh_close_wal(&h);
+    CU_ASSERT_EQUAL(file_size(path), size3);
+    check_acked_on_disk(h.dir, &h.ps, 3, &sc);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_CLEAN);
+    wh_finish(&h);
+    io_reset();
+}
+
+/* When the cut fails too, what reached the disk is unknown: said so. */
+static void test_failed_batch_that_cannot_be_cut_is_unknown(void)
+{
+    struct wh h;
+    struct wal_config cfg;
+    unsigned bad = 0;
+    size_t cbs;
+
+    io_reset();
+    wh_init(&h, 40, 40);
+    cfg = wh_config(&h, WAL_FSYNC_ALWAYS, 64u << 20, &seam_cut);
+    CU_ASSERT_EQUAL_FATAL(wal_open(&h.w, &h.loop, &cfg, 1), 0);
+    CU_ASSERT_EQUAL(wh_append(&h, 1), 1);
+    CU_ASSERT_FATAL(wh_wait(&h, 1));
+    atomic_store(&io_sync_errno, EIO);
+    atomic_store(&io_sync_fail_at, atomic_load(&io_sync_calls) + 1);
+    atomic_store(&io_sync_fail_count, 1);
+    atomic_store(&io_truncate_errno, EIO);
+    cbs = append_after_fault(&h, 2, 3, -EIO, &bad);
+    CU_ASSERT_FATAL(wh_wait(&h, 1 + cbs));
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(wal_error(h.w), -EIO);
+    CU_ASSERT_FALSE(wal_rolled_back(h.w));
+    CU_ASSERT(wh_logged(&h, "could not be cut off the log"));
+    wh_close_wal(&h);
+    wh_finish(&h);
+    io_reset();
+}
+
 void unit_wal_register(void)
 {
     CU_pSuite s = unit_suite("wal");
 
     unit_test(s, "crc32c known vectors", test_crc32c_known_vectors);
+    unit_test(s, "a failed batch is cut off the log", test_failed_batch_is_cut_off_the_log);
+    unit_test(s, "a failed batch across segments is cut off",
+              test_failed_batch_across_segments_is_cut_off);
+    unit_test(s, "a failed inline write is cut off", test_failed_inline_write_is_cut_off);
+    unit_test(s, "a failed batch that cannot be cut off is unknown",
+              test_failed_batch_that_cannot_be_cut_is_unknown);
     unit_test(s, "crc32c hw matches sw at every length and alignment",
               test_crc32c_hw_matches_sw_every_length_and_alignment);
     unit_test(s, "crc32c incremental equals one shot", test_crc32c_incremental_equals_one_shot);
