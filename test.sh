@@ -342,7 +342,7 @@ basic_ops() {
     else
         not_ok "$name: flags come back in VALUE"
     fi
-    expect_out "1.6.0-tpckv-0.1.0" "$name: version" "$mode" -p "$port" version
+    expect_out "1.6.0-tpckv-0.2.0" "$name: version" "$mode" -p "$port" version
     if cl "$mode" -p "$port" stats >"$tmp/stats" 2>&1 &&
         for s in pid uptime version curr_connections total_connections curr_items bytes \
             cmd_get cmd_set get_hits get_misses; do grep -q "^$s " "$tmp/stats" || exit 1; done; then

@@ -175,6 +175,14 @@
 #define LIMIT_RETRY_BACKOFF_MS_MIN 1
 #define LIMIT_RETRY_BACKOFF_MS_MAX 50
 
+/* --max-clock-skew-ms: writes stop while some replica's clock is provably
+ * further than this from ours, and a replica whose clock is that far from
+ * most others' stops answering reads (DESIGN.md, Time in a cluster). Items
+ * expire up to this much early or late on some replica. 0 = no check. */
+#define LIMIT_CLOCK_SKEW_MS_DEFAULT 500
+/* Each replica probes every peer's clock this often. Fixed. */
+#define LIMIT_CLOCK_PROBE_MS 1000
+
 /* Expiry in a cluster is a replicated delete (DESIGN.md): a replica deletes
  * at most this many dead keys, in at most this many bytes of operations, per
  * transaction (one at a time). The bytes are also kept under --max-value

@@ -5,8 +5,10 @@
  * FRAME (little-endian):
  *    0  4  len: bytes after this field (at least 16)
  *    4  4  CRC32C of bytes 8 .. 4+len (everything after this field)
- *    8  1  version (1)
- *    9  1  type: 1..7 a tpc message (enum tpc_msg_type), 32 HELLO, 33 AUTH
+ *    8  1  version (2; a frame of another version is refused, so replicas of
+ *          different releases refuse each other's links, with a log line)
+ *    9  1  type: 1..7 a tpc message (enum tpc_msg_type), 32 HELLO, 33 AUTH,
+ *          34 PING, 35 PONG
  *   10  2  flags (0)
  *   12  8  epoch: the sender's cluster configuration epoch
  *   20     body
@@ -24,6 +26,13 @@
  *   ANSWER   u64 txid | u32 coord | u8 outcome | u8 0 | u16 0
  *   HELLO    u32 replica id | u64 config hash | 32-byte random nonce
  *   AUTH     32-byte HMAC-SHA256
+ *   PING     u64 t0: the sender's wall clock, unix microseconds
+ *   PONG     u64 t0 (the PING's, echoed) | u64 t1: the answerer's wall clock
+ * A PING goes out on the outbound link and its PONG comes back on the
+ * peer's (our inbound link from it), like a VOTE answering a PREPARE. The
+ * pinger reads its clock again at t2: the peer's clock is t1 - (t0 + t2)/2
+ * off ours, give or take (t2 - t0)/2 (see skew.h for what serve does with
+ * it).
  * from and to are not on the wire: the sender is the link's authenticated
  * peer, the receiver is us. Every field is range-checked on decode.
  *
@@ -145,7 +154,9 @@ static long frame_decode(const char *buf, size_t len, size_t max, struct peer_fr
         return -EBADMSG;
     }
     if ((uint8_t)buf[8] != PEER_FRAME_VERSION) {
-        *why = "unknown version";
+        *why = (uint8_t)buf[8] < PEER_FRAME_VERSION
+                   ? "an older frame version: every replica must run the same release"
+                   : "a newer frame version: every replica must run the same release";
         return -EBADMSG;
     }
     if (util_get_le16(buf + 10) != 0) {
@@ -1259,6 +1270,67 @@ static void acceptor_auth(struct peer_conn *c, const struct peer_frame *f)
 }
 
 /* A frame on an authenticated link. */
+static uint64_t clock_now_us(const struct peer_net *net)
+{
+    return net->cfg.clock_us ? net->cfg.clock_us(net->cfg.arg) : util_now_unix_us();
+}
+
+/* Queues a small frame on the outbound link to nd, if it is up. */
+static void send_control(struct peer_node *nd, uint8_t type, const void *body, size_t n)
+{
+    struct peer_conn *o = nd->out;
+
+    if (o == NULL || o->closing || o->phase != PH_UP || nd->net->closing)
+        return;
+    if (frame_append(&o->out, type, nd->net->cfg.epoch, body, n) < 0) {
+        conn_fail(o, C_IO, LOG_LEVEL_WARN, "out of memory");
+        return;
+    }
+    schedule(nd->net);
+}
+
+void peer_clock_ping(struct peer_net *net)
+{
+    char body[8];
+
+    util_put_le64(body, clock_now_us(net));
+    for (size_t i = 0; i < LIMIT_REPLICAS_MAX; i++)
+        if (net->nodes[i].configured && i != net->cfg.self)
+            send_control(&net->nodes[i], PEER_FRAME_PING, body, sizeof(body));
+}
+
+/* A PING or PONG on an inbound link. Returns false if it is malformed. */
+static bool clock_frame(struct peer_conn *c, const struct peer_frame *f)
+{
+    struct peer_net *net = c->net;
+    struct peer_node *nd = c->node;
+    char body[16];
+
+    if (f->type == PEER_FRAME_PING) {
+        if (f->nbody != 8)
+            return false;
+        memcpy(body, f->body, 8);
+        util_put_le64(body + 8, clock_now_us(net));
+        send_control(nd, PEER_FRAME_PONG, body, 16);
+        return true;
+    }
+    if (f->nbody != 16)
+        return false;
+    uint64_t t0 = util_get_le64(f->body), t1 = util_get_le64(f->body + 8);
+    uint64_t t2 = clock_now_us(net);
+    if (t2 < t0 || t2 - t0 > (uint64_t)LIMIT_PEER_HANDSHAKE_MS * 1000u)
+        return true; /* our clock stepped back, or a stale answer: no sample */
+    uint64_t rtt = t2 - t0, mid = t0 + rtt / 2;
+    int64_t off = t1 >= mid ? (int64_t)(t1 - mid > (uint64_t)INT64_MAX ? INT64_MAX : t1 - mid)
+                            : -(int64_t)(mid - t1 > (uint64_t)INT64_MAX ? INT64_MAX : mid - t1);
+    nd->st.clock_probes++;
+    nd->st.clock_offset_us = off;
+    nd->st.clock_rtt_us = rtt;
+    if (net->cfg.on_clock)
+        net->cfg.on_clock(net->cfg.arg, nd->addr.id, off, rtt);
+    return true;
+}
+
 static void up_frame(struct peer_conn *c, const struct peer_frame *f)
 {
     struct peer_net *net = c->net;
@@ -1280,6 +1352,13 @@ static void up_frame(struct peer_conn *c, const struct peer_frame *f)
             "a message of configuration epoch %llu differs from ours (%llu): closing the "
             "link",
             (unsigned long long)f->epoch, (unsigned long long)net->cfg.epoch);
+        return;
+    }
+    if (f->type == PEER_FRAME_PING || f->type == PEER_FRAME_PONG) {
+        if (!clock_frame(c, f)) {
+            snprintf(what, sizeof(what), "type %u: %u bytes", f->type, f->nbody);
+            bad_frame(c, what);
+        }
         return;
     }
     if (msg_decode(f, &m, &why) < 0) {

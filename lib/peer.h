@@ -75,6 +75,9 @@ struct peer_link_stats {
     uint64_t bad_frames;        /* malformed or unexpected frames */
     uint64_t epoch_mismatches;  /* handshakes or frames with another epoch */
     uint64_t queued_bytes;      /* now: bytes waiting to be written to the peer */
+    uint64_t clock_probes;      /* clock probes answered */
+    int64_t clock_offset_us;    /* the last: the peer's clock minus ours */
+    uint64_t clock_rtt_us;      /* ... and the round trip it was measured over */
     char last_error[128];       /* the last failure with this peer, "" if none */
 };
 
@@ -109,6 +112,12 @@ struct peer_config {
      * (never from inside peer_send), after peer_link_up() already tells the
      * new state; a quick down-and-up is reported as both. May be NULL. */
     void (*on_link)(void *arg, uint32_t id, bool up);
+    /* A clock probe (peer_clock_ping) came back from id: its wall clock is
+     * offset_us from ours, give or take rtt_us / 2. May be NULL. */
+    void (*on_clock)(void *arg, uint32_t id, int64_t offset_us, uint64_t rtt_us);
+    /* The wall clock probes read, in unix microseconds; NULL: the real one
+     * (tests give replicas in one process clocks of their own). */
+    uint64_t (*clock_us)(void *arg);
     void *arg;
 };
 
@@ -153,6 +162,10 @@ void peer_net_start(struct peer_net *net);
  */
 int peer_send(struct peer_net *net, const struct tpc_msg *m);
 
+/* Sends a clock probe on every outbound link that is up: the peer answers
+ * at once with its own clock, and the answer reaches on_clock. */
+void peer_clock_ping(struct peer_net *net);
+
 /* True when the outbound link to id completed its handshake. */
 bool peer_link_up(const struct peer_net *net, uint32_t id);
 
@@ -170,10 +183,12 @@ void peer_net_close(struct peer_net *net);
 
 /* ---- pure codec (also for fuzzing) ------------------------------------- */
 
-#define PEER_FRAME_VERSION 1
+#define PEER_FRAME_VERSION 2
 #define PEER_FRAME_HEADER_BYTES 20 /* len, crc, version, type, flags, epoch */
 #define PEER_FRAME_HELLO 32
 #define PEER_FRAME_AUTH 33
+#define PEER_FRAME_PING 34 /* u64 the sender's wall clock (us) */
+#define PEER_FRAME_PONG 35 /* u64 the ping's clock, echoed | u64 the answerer's clock */
 #define PEER_NONCE_BYTES 32
 #define PEER_MAC_BYTES 32
 #define PEER_HELLO_BODY_BYTES (4 + 8 + PEER_NONCE_BYTES)

@@ -73,6 +73,7 @@
 #include "server.h"
 
 #include "datadir.h"
+#include "skew.h"
 #include "freelist.h"
 #include "limits.h"
 #include "log.h"
@@ -125,6 +126,7 @@ struct counters {
     uint64_t writes_logged, writes_waited, writes_failed;
     uint64_t txn_retries, txn_busy, reads_waited, lock_wait_timeouts;
     uint64_t expire_txns, expire_keys, expire_failed;
+    uint64_t clock_skew_refused;
     uint64_t auth_cmds, auth_errors, auth_timeouts, auth_failure_closes;
     uint64_t output_stall_closes;
 };
@@ -248,6 +250,11 @@ struct server {
     struct waitlist txn_any;  /* a flush_all waiting for every transaction */
     struct waitlist wake;     /* woken once the current tpc call returns */
     uint32_t self_idx;        /* our place in --replicas: which keys we expire */
+    uint32_t ids[LIMIT_REPLICAS_MAX]; /* the replicas' ids, in --replicas order */
+    struct skew skew;         /* how far the peers' clocks are from ours */
+    int skew_blocker;         /* the peer last found too far (-1: none), to log changes */
+    bool skew_reads_refused;  /* likewise, for our own clock */
+    uint64_t clock_probe_at_ms; /* mono: the next clock probe */
     size_t expire_bytes_max;  /* operations per expiry transaction */
     bool expiring;            /* an expiry transaction is under way */
     bool expire_more;         /* its walk stopped with a full batch */
@@ -476,6 +483,7 @@ void server_config_defaults(struct server_config *cfg)
     cfg->epoch = 1;
     cfg->prepare_timeout_ms = LIMIT_PREPARE_TIMEOUT_MS_DEFAULT;
     cfg->lock_wait_ms = LIMIT_LOCK_WAIT_MS_DEFAULT;
+    cfg->max_clock_skew_ms = LIMIT_CLOCK_SKEW_MS_DEFAULT;
 }
 
 /* ---- threads ------------------------------------------------------------------ */
@@ -1378,6 +1386,7 @@ static int start_snapshot(struct server *srv);
 static int exec_write_cluster(struct server *srv, struct conn *c, const struct proto_req *req);
 static bool read_must_wait(struct server *srv, struct conn *c, const struct proto_req *req);
 static void wait_for(struct conn *c, struct waitlist *wl);
+static int reply_clock_skew(struct server *srv, struct outq *o, bool write);
 
 /*
  * Executes one request, queueing its reply on c->out. Returns what the
@@ -1395,6 +1404,8 @@ static int execute(struct server *srv, struct conn *c, const struct proto_req *r
     switch (req->cmd) {
     case PROTO_CMD_GET:
     case PROTO_CMD_GETS:
+        if (srv->cluster && (r = reply_clock_skew(srv, o, false)) <= 0)
+            return r;
         if (srv->cluster && read_must_wait(srv, c, req))
             return AFTER_WAIT;
         c->wait_since_ms = 0;
@@ -1436,6 +1447,8 @@ static int execute(struct server *srv, struct conn *c, const struct proto_req *r
         return AFTER_PENDING;
     case PROTO_CMD_KEYS: {
         struct item **items;
+        if (srv->cluster && (r = reply_clock_skew(srv, o, false)) <= 0)
+            return r;
         if (srv->cluster) {
             /* As a get waits for a held key: a prepared transaction on a
              * key of the list may be one another replica acknowledged. */
@@ -1795,6 +1808,73 @@ static void on_peer_msg(void *arg, const struct tpc_msg *m)
     after_tpc(srv);
 }
 
+/* Says when the clocks go out of bound and when they are back. */
+static void skew_changed(struct server *srv)
+{
+    uint64_t now = mono_ms();
+    int blocker = skew_write_blocker(&srv->skew, srv->ids, now);
+    bool reads = skew_read_refused(&srv->skew, srv->ids, now);
+
+    if (blocker != srv->skew_blocker) {
+        if (blocker >= 0)
+            log_error(MOD, "replica %d's clock is %lld ms off this one's, more than "
+                           "--max-clock-skew-ms %u: writes are refused until the clocks agree "
+                           "(check NTP on both hosts)",
+                      blocker, (long long)(skew_of(&srv->skew, (uint32_t)blocker, now) / 1000),
+                      srv->cfg.max_clock_skew_ms);
+        else
+            log_warn(MOD, "the replicas' clocks agree within --max-clock-skew-ms %u again: "
+                          "writes resume",
+                     srv->cfg.max_clock_skew_ms);
+        srv->skew_blocker = blocker;
+    }
+    if (reads != srv->skew_reads_refused) {
+        if (reads)
+            log_error(MOD, "this replica's clock is off from most other replicas' by more than "
+                           "--max-clock-skew-ms %u: reads are refused until it agrees (check "
+                           "NTP on this host)",
+                      srv->cfg.max_clock_skew_ms);
+        else
+            log_warn(MOD, "this replica's clock agrees with the others' again: reads resume");
+        srv->skew_reads_refused = reads;
+    }
+}
+
+static void on_peer_clock(void *arg, uint32_t id, int64_t offset_us, uint64_t rtt_us)
+{
+    struct server *srv = arg;
+
+    skew_note(&srv->skew, id, offset_us, rtt_us, mono_ms());
+    skew_changed(srv);
+}
+
+/* Answers a request refused because the clocks are too far apart (a write:
+ * some replica's; a read: ours, from most others') and returns what reply()
+ * returned (0, or -ENOMEM); returns 1, answering nothing, when they agree. */
+static int reply_clock_skew(struct server *srv, struct outq *o, bool write)
+{
+    char line[300];
+    uint64_t now = mono_ms();
+    int blocker;
+
+    if (write && (blocker = skew_write_blocker(&srv->skew, srv->ids, now)) >= 0) {
+        int64_t d = skew_of(&srv->skew, (uint32_t)blocker, now);
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR replica %d's clock is %lld ms off this replica's, more than "
+                 "--max-clock-skew-ms %u: writes are refused until the clocks agree\r\n",
+                 blocker, (long long)(d / 1000), srv->cfg.max_clock_skew_ms);
+    } else if (!write && skew_read_refused(&srv->skew, srv->ids, now)) {
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR this replica's clock is off from the other replicas' by more "
+                 "than --max-clock-skew-ms %u: ask another replica\r\n",
+                 srv->cfg.max_clock_skew_ms);
+    } else {
+        return 1; /* in bound */
+    }
+    srv->st.clock_skew_refused++;
+    return reply(o, line);
+}
+
 static void on_peer_link(void *arg, uint32_t id, bool up)
 {
     struct server *srv = arg;
@@ -1921,6 +2001,16 @@ static int exec_write_cluster(struct server *srv, struct conn *c, const struct p
     if (wal_error(srv->wal)) {
         srv->st.writes_failed++;
         return req->noreply ? 0 : reply_log_failed(srv, o);
+    }
+    if (skew_write_blocker(&srv->skew, srv->ids, mono_ms()) >= 0) {
+        srv->st.writes_failed++;
+        c->wait_since_ms = 0;
+        c->attempts = 0;
+        if (req->noreply) {
+            srv->st.clock_skew_refused++;
+            return 0;
+        }
+        return reply_clock_skew(srv, o, true);
     }
     /* Wait while a transaction holds a key (a flush_all: any transaction). */
     if (req->cmd == PROTO_CMD_FLUSH_ALL) {
@@ -2053,7 +2143,8 @@ static void expire_step(struct server *srv)
     bool full;
     long keys;
 
-    if (srv->expiring || srv->stopping || wal_error(srv->wal))
+    if (srv->expiring || srv->stopping || wal_error(srv->wal) ||
+        skew_write_blocker(&srv->skew, srv->ids, mono_ms()) >= 0)
         return;
     for (size_t i = 0; i < srv->cfg.nreplicas; i++)
         if (!tpc_peer_is_up(srv->tpc, srv->cfg.replicas[i].id))
@@ -2189,7 +2280,15 @@ static void stats_cluster(struct server *srv, struct outq *o)
         stat_u64(o, name, ls.auth_failures);
         snprintf(name, sizeof(name), "peer_%u_last_error", id);
         stat_str(o, name, ls.last_error[0] ? ls.last_error : "none");
+        /* Its clock minus ours, as the last probe measured it (in ms, as
+         * a signed number), and the probe's round trip. */
+        snprintf(name, sizeof(name), "peer_%u_clock_offset_ms", id);
+        snprintf(addr, sizeof(addr), "%lld", (long long)(ls.clock_offset_us / 1000));
+        stat_str(o, name, ls.clock_probes ? addr : "unknown");
+        snprintf(name, sizeof(name), "peer_%u_clock_rtt_us", id);
+        stat_u64(o, name, ls.clock_rtt_us);
     }
+    stat_u64(o, "clock_skew_refused", srv->st.clock_skew_refused);
 }
 
 /* Brings up the 2PC core once the store and log are recovered: the
@@ -2215,10 +2314,12 @@ static int cluster_open(struct server *srv, struct recover_ledger *ledger, char 
     int r;
 
     for (size_t i = 0; i < srv->cfg.nreplicas; i++) {
-        tc.ids[i] = srv->cfg.replicas[i].id;
+        tc.ids[i] = srv->ids[i] = srv->cfg.replicas[i].id;
         if (tc.ids[i] == srv->cfg.id)
             srv->self_idx = (uint32_t)i;
     }
+    skew_init(&srv->skew, (uint32_t)srv->cfg.nreplicas, srv->cfg.id, srv->cfg.max_clock_skew_ms);
+    srv->skew_blocker = -1;
     srv->expire_bytes_max = srv->cfg.value_bytes_max + LIMIT_PEER_FRAME_OVERHEAD_BYTES / 2;
     if (srv->expire_bytes_max > LIMIT_EXPIRE_TXN_BYTES)
         srv->expire_bytes_max = LIMIT_EXPIRE_TXN_BYTES;
@@ -2257,6 +2358,7 @@ static int cluster_listen(struct server *srv, char *err, size_t cap)
         .output_bytes_max = LIMIT_PEER_OUTPUT_BYTES_MAX,
         .on_msg = on_peer_msg,
         .on_link = on_peer_link,
+        .on_clock = on_peer_clock,
         .arg = srv,
     };
     int r;
@@ -3802,6 +3904,11 @@ static void on_timer(uv_timer_t *t)
     struct server *srv = t->data;
 
     refresh_now(srv);
+    if (srv->cluster && srv->peers && mono_ms() >= srv->clock_probe_at_ms) {
+        srv->clock_probe_at_ms = mono_ms() + LIMIT_CLOCK_PROBE_MS;
+        peer_clock_ping(srv->peers);
+        skew_changed(srv); /* samples grow old too */
+    }
     if (srv->cluster)
         expire_step(srv);
     else

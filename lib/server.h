@@ -62,6 +62,7 @@ struct server_config {
     uint64_t epoch;
     unsigned prepare_timeout_ms;
     unsigned lock_wait_ms;
+    unsigned max_clock_skew_ms; /* 0: no check (see skew.h) */
 };
 
 /* Fills cfg with the defaults from limits.h (TCP on, UDP off, 127.0.0.1:11211). */

@@ -101,6 +101,13 @@ static void usage(FILE *f)
 "                          [default: %d]\n"
 "      --lock-wait-ms MS   a request on a key held by an undecided transaction\n"
 "                          waits this long, then SERVER_ERROR  [default: %d]\n"
+"      --max-clock-skew-ms MS  the replicas' clocks must agree within this\n"
+"                          (each probes the others every second): beyond it,\n"
+"                          writes are refused, and so are reads on a replica\n"
+"                          whose clock is off from most others'. Expiry is\n"
+"                          judged by each reader's clock, so an item may read\n"
+"                          as expired up to this much early or late on some\n"
+"                          replica. 0 = no check  [default: %d]\n"
 "\n"
 "Logging:\n"
 "  -l, --log LEVEL         error, warn, info or debug; or 0 (error), 1 (info),\n"
@@ -163,7 +170,8 @@ static void usage(FILE *f)
             (unsigned long long)LIMIT_SNAPSHOT_BYTES_DEFAULT,
             (unsigned long long)LIMIT_WAL_SEGMENT_BYTES_DEFAULT,
             (unsigned long long)LIMIT_WAL_PREALLOC_BYTES_DEFAULT, LIMIT_SECRET_BYTES_MIN,
-            LIMIT_PREPARE_TIMEOUT_MS_DEFAULT, LIMIT_LOCK_WAIT_MS_DEFAULT, LIMIT_MEMORY_MB_DEFAULT,
+            LIMIT_PREPARE_TIMEOUT_MS_DEFAULT, LIMIT_LOCK_WAIT_MS_DEFAULT, LIMIT_CLOCK_SKEW_MS_DEFAULT,
+            LIMIT_MEMORY_MB_DEFAULT,
             LIMIT_CONNS_DEFAULT, LIMIT_CONN_WRITES_DEFAULT, LIMIT_THREADS_DEFAULT,
             LIMIT_THREADS_MAX,
             LIMIT_VALUE_BYTES_DEFAULT,
@@ -304,7 +312,8 @@ int main(int argc, char **argv)
            OPT_IDLE_TIMEOUT, OPT_FSYNC, OPT_FSYNC_INTERVAL, OPT_SNAPSHOT_BYTES,
            OPT_WAL_SEGMENT_BYTES, OPT_WAL_PREALLOC_BYTES, OPT_ID, OPT_REPLICAS, OPT_SECRET_FILE, OPT_EPOCH,
            OPT_PREPARE_TIMEOUT, OPT_LOCK_WAIT, OPT_THREADS, OPT_CONN_WRITES,
-           OPT_OUTPUT_STALL, OPT_AUTH_FILE, OPT_AUTH_TIMEOUT, OPT_AUTH_FAILURES };
+           OPT_OUTPUT_STALL, OPT_AUTH_FILE, OPT_AUTH_TIMEOUT, OPT_AUTH_FAILURES,
+           OPT_CLOCK_SKEW };
     static const struct option opts[] = {
         {"host", required_argument, NULL, 's'},
         {"port", required_argument, NULL, 'p'},
@@ -337,6 +346,7 @@ int main(int argc, char **argv)
         {"epoch", required_argument, NULL, OPT_EPOCH},
         {"prepare-timeout-ms", required_argument, NULL, OPT_PREPARE_TIMEOUT},
         {"lock-wait-ms", required_argument, NULL, OPT_LOCK_WAIT},
+        {"max-clock-skew-ms", required_argument, NULL, OPT_CLOCK_SKEW},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -458,6 +468,10 @@ int main(int argc, char **argv)
             break;
         case OPT_LOCK_WAIT:
             cfg.lock_wait_ms = (unsigned)num_arg("lock-wait-ms", optarg, 1, 3600000);
+            break;
+        case OPT_CLOCK_SKEW:
+            cfg.max_clock_skew_ms =
+                (unsigned)num_arg("max-clock-skew-ms", optarg, 0, 3600000);
             break;
         case 'h':
             usage(stdout);

@@ -93,7 +93,7 @@ static int decode_body(uint8_t type, const char *body, size_t nbody, struct tpc_
 {
     char frame[256];
     struct peer_frame f;
-    size_t n = mk_frame(frame, 1, type, 0, 7, body, nbody);
+    size_t n = mk_frame(frame, PEER_FRAME_VERSION, type, 0, 7, body, nbody);
     long r = peer_frame_decode(frame, n, sizeof(frame), &f);
 
     CU_ASSERT_EQUAL_FATAL(r, (long)n);
@@ -326,7 +326,7 @@ static void test_codec_round_trip_every_type(void)
         size_t want = peer_msg_frame_size(&in[t]);
         long r = peer_frame_decode(b.data + off, b.len - off, 1 << 20, &f);
         CU_ASSERT_EQUAL_FATAL(r, (long)want);
-        CU_ASSERT_EQUAL(f.version, 1);
+        CU_ASSERT_EQUAL(f.version, PEER_FRAME_VERSION);
         CU_ASSERT_EQUAL(f.type, t);
         CU_ASSERT_EQUAL(f.flags, 0);
         CU_ASSERT_EQUAL(f.epoch, 42);
@@ -409,19 +409,22 @@ static void test_decode_rejects_bad_frames(void)
         CU_ASSERT_EQUAL(peer_frame_decode(frame, 44, 1 << 20, &f), -EBADMSG);
     }
     /* An empty body is a valid frame (and an invalid message). */
-    n = mk_frame(frame, 1, TPC_MSG_ACK, 0, 1, NULL, 0);
+    n = mk_frame(frame, PEER_FRAME_VERSION, TPC_MSG_ACK, 0, 1, NULL, 0);
     CU_ASSERT_EQUAL(peer_frame_decode(frame, n, 1 << 20, &f), 20);
     CU_ASSERT_EQUAL(peer_msg_decode(&f, &m), -EBADMSG);
 
     /* Version and flags, with a valid checksum. */
     mk_body16(body, 1, 0, 0, 0, 0);
-    n = mk_frame(frame, 1, TPC_MSG_ACK, 0, 1, body, 16);
+    n = mk_frame(frame, PEER_FRAME_VERSION, TPC_MSG_ACK, 0, 1, body, 16);
     CU_ASSERT_EQUAL(peer_frame_decode(frame, n, 1 << 20, &f), (long)n);
-    n = mk_frame(frame, 2, TPC_MSG_ACK, 0, 1, body, 16);
+    /* Another release's version (1 was 0.1's: its CHECK read a clock). */
+    n = mk_frame(frame, PEER_FRAME_VERSION + 1, TPC_MSG_ACK, 0, 1, body, 16);
+    CU_ASSERT_EQUAL(peer_frame_decode(frame, n, 1 << 20, &f), -EBADMSG);
+    n = mk_frame(frame, PEER_FRAME_VERSION - 1, TPC_MSG_ACK, 0, 1, body, 16);
     CU_ASSERT_EQUAL(peer_frame_decode(frame, n, 1 << 20, &f), -EBADMSG);
     n = mk_frame(frame, 0, TPC_MSG_ACK, 0, 1, body, 16);
     CU_ASSERT_EQUAL(peer_frame_decode(frame, n, 1 << 20, &f), -EBADMSG);
-    n = mk_frame(frame, 1, TPC_MSG_ACK, 1, 1, body, 16);
+    n = mk_frame(frame, PEER_FRAME_VERSION, TPC_MSG_ACK, 1, 1, body, 16);
     CU_ASSERT_EQUAL(peer_frame_decode(frame, n, 1 << 20, &f), -EBADMSG);
     buf_free(&b);
 }
@@ -735,6 +738,73 @@ static struct peer_link_stats stats(struct harness *h, int net, uint32_t id)
 
     peer_get_link_stats(h->obs[net].net, id, &st);
     return st;
+}
+
+/* ---- tests: clock probes -------------------------------------------------------- */
+
+/* Net 1's wall clock runs 7 s ahead of net 0's. */
+static uint64_t clock_base(void *arg)
+{
+    (void)arg;
+    return util_now_unix_us();
+}
+
+static uint64_t clock_ahead(void *arg)
+{
+    (void)arg;
+    return util_now_unix_us() + 7000000u;
+}
+
+static int64_t clock_seen_offset[2];
+static uint64_t clock_seen_rtt[2];
+static int clock_seen[2];
+
+static void on_clock(void *arg, uint32_t id, int64_t offset_us, uint64_t rtt_us)
+{
+    struct obs *o = arg;
+    int side = o == &cur->obs[0] ? 0 : 1;
+
+    CU_ASSERT_EQUAL(id, (uint32_t)(1 - side));
+    clock_seen[side]++;
+    clock_seen_offset[side] = offset_us;
+    clock_seen_rtt[side] = rtt_us;
+}
+
+static bool both_clocked(struct harness *h)
+{
+    (void)h;
+    return clock_seen[0] > 0 && clock_seen[1] > 0;
+}
+
+static void test_clock_probes_measure_the_offset(void)
+{
+    struct harness h;
+    struct peer_config c0, c1;
+
+    h_init(&h);
+    clock_seen[0] = clock_seen[1] = 0;
+    base_config(&c0, &h.obs[0], 0, 2, secret_a, 1);
+    base_config(&c1, &h.obs[1], 1, 2, secret_a, 1);
+    c0.clock_us = clock_base;
+    c1.clock_us = clock_ahead;
+    c0.on_clock = c1.on_clock = on_clock;
+    pair_start(&h, &c0, &c1);
+    CU_ASSERT_FATAL(run_until(&h, both_up));
+    peer_clock_ping(h.obs[0].net);
+    peer_clock_ping(h.obs[1].net);
+    CU_ASSERT_FATAL(run_until(&h, both_clocked));
+    /* Each sees the other's offset, within half its round trip. */
+    for (int side = 0; side < 2; side++) {
+        int64_t want = side == 0 ? 7000000 : -7000000;
+        int64_t d = clock_seen_offset[side] - want;
+        CU_ASSERT((uint64_t)(d < 0 ? -d : d) <= clock_seen_rtt[side] / 2 + 1);
+        struct peer_link_stats st = stats(&h, side, (uint32_t)(1 - side));
+        CU_ASSERT_EQUAL(st.clock_probes, 1);
+        CU_ASSERT_EQUAL(st.clock_offset_us, clock_seen_offset[side]);
+        CU_ASSERT_EQUAL(st.bad_frames, 0);
+        CU_ASSERT_EQUAL(st.frames_in, 0); /* probes are not tpc messages */
+    }
+    h_fini(&h);
 }
 
 /* ---- tests: links ------------------------------------------------------------ */
@@ -1278,9 +1348,9 @@ static int raw_handshake(struct harness *h, const struct peer_config *c0, uint32
     util_put_le32(body, as);
     util_put_le64(body + 4, hash);
     memcpy(body + 12, nonce_d, 32);
-    n = mk_frame(out, 1, PEER_FRAME_HELLO, 0, epoch, body, sizeof(body));
+    n = mk_frame(out, PEER_FRAME_VERSION, PEER_FRAME_HELLO, 0, epoch, body, sizeof(body));
     hmac(c0->secret, "tpckv-peer-v1 dialer", nonce_a, nonce_d, as, c0->self, mac);
-    n += mk_frame(out + n, 1, PEER_FRAME_AUTH, 0, epoch, mac, sizeof(mac));
+    n += mk_frame(out + n, PEER_FRAME_VERSION, PEER_FRAME_AUTH, 0, epoch, mac, sizeof(mac));
     raw_send(fd, out, n);
 
     CU_ASSERT_FATAL(raw_read(h, fd, auth, sizeof(auth)));
@@ -1369,7 +1439,7 @@ static void test_raw_client_handshake_frames_split_and_malformed(void)
     fd = raw_handshake(&h, &c0, 1, 5);
     CU_ASSERT_FATAL(run_until(&h, a_inbound_from_1));
     char junk[32] = {0}, frame[64];
-    raw_send(fd, frame, mk_frame(frame, 1, PEER_FRAME_AUTH, 0, 5, junk, sizeof(junk)));
+    raw_send(fd, frame, mk_frame(frame, PEER_FRAME_VERSION, PEER_FRAME_AUTH, 0, 5, junk, sizeof(junk)));
     CU_ASSERT(raw_wait_closed(&h, fd));
     close(fd);
     CU_ASSERT_EQUAL(stats(&h, 0, 1).bad_frames, 2);
@@ -1381,7 +1451,7 @@ static void test_raw_client_handshake_frames_split_and_malformed(void)
         CU_ASSERT_FATAL(raw_read(&h, fd, hello, sizeof(hello)));
         util_put_le32(body, id);
         util_put_le64(body + 4, peer_config_hash(c0.replicas, c0.n));
-        raw_send(fd, out, mk_frame(out, 1, PEER_FRAME_HELLO, 0, 5, body, sizeof(body)));
+        raw_send(fd, out, mk_frame(out, PEER_FRAME_VERSION, PEER_FRAME_HELLO, 0, 5, body, sizeof(body)));
         CU_ASSERT(raw_wait_closed(&h, fd));
         close(fd);
     }
@@ -1456,6 +1526,7 @@ void unit_peer_register(void)
     unit_test(s, "encode rejects invalid messages", test_encode_rejects_invalid_messages);
     unit_test(s, "links come up and every type flows both ways",
               test_links_come_up_and_every_type_flows_both_ways);
+    unit_test(s, "clock probes measure the offset", test_clock_probes_measure_the_offset);
     unit_test(s, "many messages in one turn are coalesced",
               test_many_messages_in_one_turn_are_coalesced);
     unit_test(s, "callee may send and close from on_msg",

@@ -30,7 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NOW_MS 1700000000000LL
 
 struct scan_ctx {
     struct recover_replay rp;
@@ -95,9 +94,7 @@ static void scan(const char *data, size_t size, bool cluster)
 {
     struct store_config sc = {.max_bytes = 1 << 20, .value_bytes_max = 4096, .seed = 3};
     struct recover_ledger ledger = {.self = 1};
-    struct scan_ctx c = {.rp = {.s = store_new(&sc),
-                                .now_ms = NOW_MS,
-                                .ledger = cluster ? &ledger : NULL}};
+    struct scan_ctx c = {.rp = {.s = store_new(&sc), .ledger = cluster ? &ledger : NULL}};
     struct wal_scan sc_out;
 
     FUZZ_CHECK(c.rp.s != NULL);
