@@ -120,3 +120,99 @@ void datadir_path(char *dst, size_t cap, const char *dir, const char *prefix, ui
 {
     snprintf(dst, cap, "%s/%s%016" PRIx64 "%s", dir, prefix, seq, suffix);
 }
+
+/* ---- run state ---------------------------------------------------------------- */
+
+#define RUN_MAGIC "tpckv run 1"
+
+void datadir_boot_id(char *dst, size_t cap)
+{
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, dst, cap - 1) : -1;
+
+    if (fd >= 0)
+        close(fd);
+    if (n <= 0) {
+        dst[0] = '\0';
+        return;
+    }
+    dst[n] = '\0';
+    dst[strcspn(dst, "\n")] = '\0';
+}
+
+/* The value of "key value" in text, into dst; false if absent. */
+static bool run_field(const char *text, const char *key, char *dst, size_t cap)
+{
+    size_t nk = strlen(key);
+
+    for (const char *p = text; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, key, nk) == 0 && p[nk] == ' ') {
+            size_t n = strcspn(p + nk + 1, "\n");
+            if (n >= cap)
+                return false;
+            memcpy(dst, p + nk + 1, n);
+            dst[n] = '\0';
+            return true;
+        }
+    }
+    return false;
+}
+
+int datadir_run_read(const char *dir, struct datadir_run *r)
+{
+    char path[4096], buf[512], clean[8], lost[8];
+    int fd;
+    ssize_t n;
+
+    memset(r, 0, sizeof(*r));
+    snprintf(path, sizeof(path), "%s/RUN", dir);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return errno == ENOENT ? 0 : -errno;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n < 0)
+        return -errno;
+    buf[n] = '\0';
+    if (strncmp(buf, RUN_MAGIC "\n", sizeof(RUN_MAGIC)) != 0 ||
+        !run_field(buf, "boot", r->boot_id, sizeof(r->boot_id)) ||
+        !run_field(buf, "fsync", r->fsync, sizeof(r->fsync)) ||
+        !run_field(buf, "clean", clean, sizeof(clean)) ||
+        !run_field(buf, "lost", lost, sizeof(lost)) ||
+        (strcmp(clean, "yes") != 0 && strcmp(clean, "no") != 0) ||
+        (strcmp(lost, "yes") != 0 && strcmp(lost, "no") != 0))
+        return -EBADMSG;
+    r->clean = strcmp(clean, "yes") == 0;
+    r->lost = strcmp(lost, "yes") == 0;
+    r->present = true;
+    return 0;
+}
+
+int datadir_run_write(const char *dir, const char *fsync_mode, bool clean, bool lost)
+{
+    char path[4096], tmp[4100], boot[40], buf[256];
+    int fd, n, r = 0;
+
+    datadir_boot_id(boot, sizeof(boot));
+    n = snprintf(buf, sizeof(buf), RUN_MAGIC "\nboot %s\nfsync %s\nclean %s\nlost %s\n",
+                 boot[0] ? boot : "unknown", fsync_mode, clean ? "yes" : "no",
+                 lost ? "yes" : "no");
+    snprintf(path, sizeof(path), "%s/RUN", dir);
+    snprintf(tmp, sizeof(tmp), "%s/RUN.tmp", dir);
+    if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
+        return -errno;
+    if ((r = util_write_all(fd, buf, (size_t)n)) == 0 && fsync(fd) < 0)
+        r = -errno;
+    close(fd);
+    if (r == 0 && rename(tmp, path) < 0)
+        r = -errno;
+    if (r == 0)
+        r = datadir_sync(dir);
+    return r;
+}
+
+bool datadir_run_lost(const struct datadir_run *prev, const char *boot_now)
+{
+    return prev->present &&
+           (prev->lost || (!prev->clean && strcmp(prev->fsync, "none") == 0 &&
+                           (boot_now[0] == '\0' || strcmp(prev->boot_id, boot_now) != 0)));
+}

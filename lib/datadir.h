@@ -5,12 +5,15 @@
  *
  * Files in a data dir:
  *   LOCK                        flock()ed by the serve using the dir; holds its pid
+ *   RUN                         the run state: the boot the last serve ran in, its
+ *                               --fsync mode, and whether it stopped cleanly
  *   wal-<first lsn, 16 hex>.log write-ahead log segments (wal.c)
  *   snap-<lsn, 16 hex>.snap     snapshots (snap.c); *.tmp while being written
  */
 #ifndef TPCKV_DATADIR_H
 #define TPCKV_DATADIR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -38,6 +41,41 @@ struct datadir_file {
  */
 long datadir_list(const char *dir, const char *prefix, const char *suffix,
                   struct datadir_file **out);
+
+/*
+ * The run state (RUN), so that a start can tell whether the log may have
+ * lost records the last run reported durable. Under --fsync none a record
+ * is reported durable once write() returned: a process crash keeps it (the
+ * kernel has it) but a power loss or an OS crash may not. So the log may
+ * have lost records when the last run used --fsync none, did not stop
+ * cleanly, and the machine has booted since (its boot id differs). A start
+ * syncs what it replays, so a later run need not carry the doubt forward.
+ */
+struct datadir_run {
+    bool present;      /* RUN existed (a data dir of release 0.1 has none) */
+    char boot_id[40];  /* /proc/sys/kernel/random/boot_id of that run, or "" */
+    char fsync[8];     /* its --fsync mode name */
+    bool clean;        /* it stopped cleanly: its log was synced and closed */
+    bool lost;         /* it knew its log had lost records: that stays true (a
+                          restart does not bring them back) until the directory
+                          is replaced */
+};
+
+/* Reads dir/RUN into *r (present false if there is none). Returns 0, or
+ * -EBADMSG for a file that does not parse, or -errno. */
+int datadir_run_read(const char *dir, struct datadir_run *r);
+
+/* Writes dir/RUN for this boot, atomically and durably (a temporary file,
+ * fsync, rename, fsync of the directory). Returns 0 or -errno. */
+int datadir_run_write(const char *dir, const char *fsync_mode, bool clean, bool lost);
+
+/* This machine's boot id into dst (cap >= 40), "" if unknown. */
+void datadir_boot_id(char *dst, size_t cap);
+
+/* Whether the log may have lost records it reported durable: the run prev
+ * describes knew so, or may have lost some itself (see above), given this
+ * boot's id (an unknown id counts as another boot). */
+bool datadir_run_lost(const struct datadir_run *prev, const char *boot_now);
 
 /* Formats "<dir>/<prefix><seq as 16 hex><suffix>" into dst (cap bytes). */
 void datadir_path(char *dst, size_t cap, const char *dir, const char *prefix, uint64_t seq,

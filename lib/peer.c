@@ -240,7 +240,7 @@ static size_t msg_body_size(const struct tpc_msg *m)
             return 0;
         return PEER_MSG_FIXED_BYTES;
     case TPC_MSG_ANSWER:
-        if (m->outcome > TPC_O_PENDING)
+        if (m->outcome > TPC_O_LOST)
             return 0;
         return PEER_MSG_FIXED_BYTES;
     }
@@ -342,7 +342,7 @@ static int msg_decode(const struct peer_frame *f, struct tpc_msg *m, const char 
         break;
     case TPC_MSG_ANSWER:
         m->outcome = (uint8_t)p[12];
-        if (m->outcome > TPC_O_PENDING) {
+        if (m->outcome > TPC_O_LOST) {
             *why = "outcome out of range";
             return -EBADMSG;
         }

@@ -12,7 +12,11 @@
  *      nothing valid after it is a write cut short by a crash: it was never
  *      acknowledged, so it is cut off (ftruncate + fsync) with a warning;
  *      zeros after the last record are the writer's preallocation, trimmed
- *      the same way without a warning.
+ *      the same way without a warning;
+ *   5. every segment replayed, and the directory, is fsync()ed before the
+ *      records are served: a run under --fsync none that was killed left
+ *      them in the page cache only, and a power cut after this start must
+ *      not take back what it serves (nor leave a gap before new segments).
  * Anything else that does not read back is corruption: recovery stops and
  * says which file, which offset, and what the operator can do. It never
  * skips a record and never invents one.
@@ -78,8 +82,30 @@ void recover_ledger_free(struct recover_ledger *l)
         free(l->prepared[i].ops);
     free(l->prepared);
     free(l->committed);
+    free(l->decided);
     l->prepared = l->committed = NULL;
+    l->decided = NULL;
     l->nprepared = l->ncommitted = l->cap_prepared = l->cap_committed = 0;
+    l->ndecided = l->decided_head = 0;
+}
+
+/* Keeps the newest decided_max decisions (a ring). */
+static int note_decided(struct recover_ledger *l, const struct wal_txn *txn, bool committed)
+{
+    struct recover_decided d = {txn->txid, txn->epoch, txn->coordinator, committed};
+
+    if (l->decided_max == 0)
+        return 0;
+    if (l->decided == NULL &&
+        (l->decided = malloc(l->decided_max * sizeof(*l->decided))) == NULL)
+        return -ENOMEM;
+    if (l->ndecided < l->decided_max) {
+        l->decided[(l->decided_head + l->ndecided++) % l->decided_max] = d;
+    } else {
+        l->decided[l->decided_head] = d;
+        l->decided_head = (l->decided_head + 1) % l->decided_max;
+    }
+    return 0;
 }
 
 /* Index of txid in a[0..n), searching from the newest, or -1. */
@@ -169,6 +195,8 @@ int recover_replay_payload(struct recover_replay *rp, uint8_t type, const char *
         return r;
     }
     case WAL_REC_COMMIT:
+        if ((r = note_decided(l, &txn, true)) < 0)
+            return r;
         if ((i = find_txn(l->prepared, l->nprepared, txn.txid)) >= 0) {
             struct recover_txn *t = &l->prepared[i];
             if ((r = apply_ops(rp, t->nops, t->ops, t->nbytes, 0)) < 0)
@@ -184,6 +212,8 @@ int recover_replay_payload(struct recover_replay *rp, uint8_t type, const char *
         }
         return 0;
     case WAL_REC_ABORT:
+        if ((r = note_decided(l, &txn, false)) < 0)
+            return r;
         if ((i = find_txn(l->prepared, l->nprepared, txn.txid)) >= 0)
             drop_txn(l->prepared, &l->nprepared, i);
         return 0;
@@ -268,6 +298,21 @@ static bool all_zero(const char *p, size_t n)
         if (p[i])
             return false;
     return true;
+}
+
+/* fsync()s a file: what replay read may have come from the page cache of a
+ * run under --fsync none that was killed, and it is served from now on. */
+static int sync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int r = 0;
+
+    if (fd < 0)
+        return -errno;
+    if (fsync(fd) < 0)
+        r = -errno;
+    close(fd);
+    return r;
 }
 
 /* Cuts path to len bytes, durably. */
@@ -398,6 +443,8 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
                                                  : strerror(-sc.cb_error),
                          sc.cb_error == -ENOMEM ? "free memory and retry" : do_hint());
         }
+        if ((r = sync_path(path)) < 0)
+            return util_errf(err, cap, r, "cannot make %s durable: %s", path, strerror(-r));
         if (sc.last_lsn + 1 > expect)
             expect = sc.last_lsn + 1;
         /* An empty last segment would collide with the one the log starts
@@ -409,6 +456,8 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
         }
     }
     res->next_lsn = expect;
+    if ((r = datadir_sync(dir)) < 0)
+        return util_errf(err, cap, r, "cannot make %s durable: %s", dir, strerror(-r));
     return 0;
 }
 

@@ -31,15 +31,27 @@ struct recover_txn {
     uint32_t nbytes;
 };
 
+/* A decision replayed from the log. */
+struct recover_decided {
+    uint64_t txid, epoch;
+    uint32_t coord;
+    bool committed;
+};
+
 /* What replay leaves open: PREPAREs with no COMMIT or ABORT after them, and
  * COMMITs this replica (self) coordinated with no END after them. A COMMIT
- * applies its PREPARE's operations to the store as it is replayed. */
+ * applies its PREPARE's operations to the store as it is replayed. Also the
+ * newest decided_max decisions replayed (COMMIT and ABORT records), oldest
+ * first from decided_head, for tpc to remember across the restart. */
 struct recover_ledger {
     uint32_t self;
     struct recover_txn *prepared;
     size_t nprepared, cap_prepared;
     struct recover_txn *committed;
     size_t ncommitted, cap_committed;
+    size_t decided_max; /* set by the caller; 0 = keep none */
+    struct recover_decided *decided; /* a ring of decided_max */
+    size_t ndecided, decided_head;
 };
 
 void recover_ledger_free(struct recover_ledger *l);

@@ -240,6 +240,8 @@ struct server {
 
     /* Replication (cfg.nreplicas > 0). */
     bool cluster;
+    bool history_lost; /* the last run may have lost records it reported durable */
+    bool run_written;  /* RUN says this run is under way */
     struct tpc *tpc;
     struct peer_net *peers;
     struct txn_rm rm;
@@ -2289,6 +2291,8 @@ static void stats_cluster(struct server *srv, struct outq *o)
         stat_u64(o, name, ls.clock_rtt_us);
     }
     stat_u64(o, "clock_skew_refused", srv->st.clock_skew_refused);
+    stat_u64(o, "history_lost", srv->history_lost);
+    stat_u64(o, "txn_commits_refused", ts.commits_refused);
 }
 
 /* Brings up the 2PC core once the store and log are recovered: the
@@ -2335,6 +2339,17 @@ static int cluster_open(struct server *srv, struct recover_ledger *ledger, char 
         log_info(MOD, "two-phase commit: %zu prepared transaction(s) to resolve, %zu commit(s) "
                       "to resend",
                  ledger->nprepared, ledger->ncommitted);
+    if (srv->history_lost) {
+        tpc_history_lost(srv->tpc);
+        log_error(MOD, "the last run in %s used --fsync none and ended without a clean stop "
+                       "before the machine restarted: its log may have lost records it had "
+                       "reported durable. This replica will not acknowledge commits it has "
+                       "no record of, and what it cannot settle stays in doubt (stats "
+                       "txn_in_doubt); it may lack writes the others have. To make it whole, "
+                       "stop it and one healthy replica and copy that replica's data "
+                       "directory over this one's",
+                  srv->cfg.data_dir);
+    }
     uint64_t bad = 0;
     if ((r = txn_resume(srv->tpc, ledger, now, &bad)) < 0)
         return util_errf(err, cap, -EBADMSG,
@@ -4060,8 +4075,18 @@ static int open_data(struct server *srv, char *err, size_t cap)
         return util_errf(err, cap, r, "cannot lock data directory %s: %s", dir, strerror(-r));
     srv->lock_fd = r;
 
+    /* Whether the last run can have lost records it reported durable:
+     * asked before recovery, which makes durable what it replays. */
+    struct datadir_run prev;
+    char boot[40];
+    datadir_boot_id(boot, sizeof(boot));
+    if ((r = datadir_run_read(dir, &prev)) < 0)
+        log_warn(MOD, "%s/RUN cannot be read (%s): assuming the last run lost nothing", dir,
+                 strerror(-r));
+    srv->history_lost = r == 0 && datadir_run_lost(&prev, boot);
+
     refresh_now(srv);
-    struct recover_ledger ledger = {.self = srv->cfg.id};
+    struct recover_ledger ledger = {.self = srv->cfg.id, .decided_max = LIMIT_TPC_REMEMBERED};
     if (srv->cluster)
         r = recover_cluster(dir, srv->store, srv->now_ms, &ledger, &srv->rec, err, cap);
     else
@@ -4093,6 +4118,17 @@ static int open_data(struct server *srv, char *err, size_t cap)
         recover_ledger_free(&ledger);
         return util_errf(err, cap, r, "cannot open the write-ahead log in %s: %s", dir, strerror(-r));
     }
+    if ((r = datadir_run_write(dir, wal_fsync_mode_name(srv->cfg.fsync_mode), false,
+                               srv->history_lost)) < 0) {
+        recover_ledger_free(&ledger);
+        return util_errf(err, cap, r, "cannot write %s/RUN: %s", dir, strerror(-r));
+    }
+    srv->run_written = true;
+    if (srv->history_lost && !srv->cluster)
+        log_warn(MOD, "the last run in %s used --fsync none and ended without a clean stop "
+                      "before the machine restarted: its newest acknowledged writes may be "
+                      "lost (--fsync none does not survive a power cut)",
+                 dir);
     if (srv->cluster)
         r = cluster_open(srv, &ledger, err, cap);
     recover_ledger_free(&ledger);
@@ -4260,8 +4296,14 @@ void server_stop(struct server *srv)
     /* Pending writes finish (durable or not) before the log closes; their
      * connections are gone, so nobody is told, and they free themselves. */
     if (srv->wal) {
-        wal_close(srv->wal);
+        int e = wal_close(srv->wal);
         srv->wal = NULL;
+        /* Everything is on disk: the next start need not doubt the log. */
+        if (e == 0 && srv->run_written &&
+            (e = datadir_run_write(srv->cfg.data_dir, wal_fsync_mode_name(srv->cfg.fsync_mode),
+                                   true, srv->history_lost)) < 0)
+            log_warn(MOD, "cannot record the clean stop in %s/RUN: %s", srv->cfg.data_dir,
+                     strerror(-e));
     }
 }
 

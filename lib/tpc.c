@@ -54,11 +54,23 @@
  * commits only with every participant's YES, and a YES is durable).
  *
  * Recovery: the server replays its log and hands over each PREPARE with no
- * decision after it (tpc_recover_prepared: locks are taken again) and each
+ * decision after it (tpc_recover_prepared: locks are taken again), each
  * COMMIT it coordinated with no END (tpc_recover_committed: resent until
- * ACKed). tpc_recovered() then aborts the undecided ones it coordinated
- * (no COMMIT record, so no one can have committed them); the others are
- * queried at once.
+ * ACKed) and the newest decisions replayed (tpc_recover_decided:
+ * remembered). tpc_recovered() then aborts the undecided ones it
+ * coordinated (no COMMIT record, so no one can have committed them); the
+ * others are queried at once.
+ *
+ * A LOG THAT LOST RECORDS (tpc_history_lost: --fsync none and a power cut)
+ * breaks "no record here means it never happened here". Then: a COMMIT with
+ * no record is not ACKed; a QUERY about an unknown txid is answered LOST;
+ * what was recovered in doubt is never presumed aborted (ours) nor aborted
+ * on the coordinator's UNKNOWN (which our lost ACK may have caused). An
+ * in-doubt transaction (anyone's) aborts on ABORTED, commits on COMMITTED,
+ * and aborts when its coordinator knows nothing (UNKNOWN or LOST, or it is
+ * us after a loss) and every other replica answers PENDING or LOST: no
+ * replica can have applied it (one that did would say COMMITTED, or UNKNOWN
+ * if it forgot, which counts for nothing).
  */
 #include "tpc.h"
 
@@ -82,6 +94,12 @@ struct tx {
     uint8_t cstate, pstate;
     uint8_t outcome; /* enum tpc_outcome once decided, else TPC_O_PENDING */
     bool active, remembered, prepare_logged, ack_durable, queried;
+    /* In doubt after a lost history (tpc_history_lost): the coordinator's
+     * UNKNOWN does not mean aborted (ours may have let it forget a commit),
+     * and if we coordinated it, its decision may be what was lost. */
+    bool lost_decision;
+    bool coord_nothing;    /* its coordinator answered UNKNOWN or LOST */
+    uint32_t nothing_from; /* others that answered PENDING or LOST */
     bool told; /* the coordinator's client has had its answer (env.done) */
     /* participant */
     void *handle;
@@ -126,6 +144,7 @@ struct tpc {
     uint32_t all; /* mask of every replica */
     bool up[TPC_REPLICAS_MAX];
     bool log_failed;
+    bool history_lost; /* tpc_history_lost */
     uint64_t seq, min_seq;
     uint64_t now_us;
     /* Two tables: the live transactions (a few hundred: they stay in the
@@ -163,6 +182,8 @@ const char *tpc_outcome_name(enum tpc_outcome o)
         return "committed";
     case TPC_O_ABORTED:
         return "aborted";
+    case TPC_O_LOST:
+        return "lost";
     case TPC_O_PENDING:
         return "pending";
     }
@@ -838,8 +859,69 @@ static enum tpc_outcome outcome_here(const struct tpc *t, uint64_t txid)
     const struct tx *x = tx_find(t, txid);
 
     if (x == NULL)
-        return TPC_O_UNKNOWN;
+        return t->history_lost ? TPC_O_LOST : TPC_O_UNKNOWN;
     return (enum tpc_outcome)x->outcome;
+}
+
+/* An in-doubt transaction learned it committed (an answer said so). */
+static void doubt_commit(struct tpc *t, struct tx *x)
+{
+    if (x->coord != t->cfg.self) {
+        part_commit(t, x);
+        return;
+    }
+    /* Ours, its COMMIT record lost: log it again and, once it is durable,
+     * see every replica has it, as after any commit point (no client waits
+     * any more). */
+    int64_t lsn = t->log_failed ? -EIO : log_rec(t, TPC_LOG_COMMIT, x);
+    if (lsn < 0 || wait_push(t, (uint64_t)lsn, x->txid, W_COMMIT_COORD) < 0)
+        return; /* asked again later, or settled at the next restart */
+    x->told = true;
+    x->cstate = C_COMMITTING;
+    x->commit_lsn = (uint64_t)lsn;
+    x->begun_us = t->now_us;
+}
+
+/* An in-doubt transaction learned it aborted (or that none applied it). */
+static void doubt_abort(struct tpc *t, struct tx *x)
+{
+    part_abort(t, x);
+    if (x->coord == t->cfg.self)
+        send_peers(t, TPC_MSG_ABORT, x, TPC_R_RECOVERY);
+    remember(t, x);
+}
+
+/* An answer about an in-doubt transaction. */
+static void doubt_answer(struct tpc *t, struct tx *x, const struct tpc_msg *m, uint32_t from_bit)
+{
+    uint32_t self_bit = 1u << t->self_idx, coord_bit = bit_of(t, x->coord);
+
+    if (m->outcome == TPC_O_COMMITTED) {
+        t->st.resolved_by_query++;
+        doubt_commit(t, x);
+        return;
+    }
+    if (m->outcome == TPC_O_ABORTED ||
+        (m->outcome == TPC_O_UNKNOWN && m->from == x->coord && !x->lost_decision)) {
+        t->st.resolved_by_query++;
+        doubt_abort(t, x);
+        return;
+    }
+    if (m->from == x->coord) {
+        /* PENDING from a live coordinator: it is deciding. */
+        x->coord_nothing |= m->outcome == TPC_O_UNKNOWN || m->outcome == TPC_O_LOST;
+    } else if (m->outcome == TPC_O_PENDING || m->outcome == TPC_O_LOST) {
+        x->nothing_from |= from_bit;
+    }
+    /* No replica can have applied it: the coordinator knows nothing (or we
+     * are it, having lost our decision), and every other one holds it
+     * prepared or lost all trace of it. A replica that applied it would
+     * say COMMITTED, or UNKNOWN if it forgot - which counts for nothing. */
+    if ((x->coord_nothing || x->coord == t->cfg.self) &&
+        (x->nothing_from | self_bit | coord_bit) == t->all) {
+        t->st.resolved_by_query++;
+        doubt_abort(t, x);
+    }
 }
 
 enum tpc_outcome tpc_known_outcome(const struct tpc *t, uint64_t txid)
@@ -886,11 +968,12 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
             t->st.msgs_ignored++;
         } else if (x == NULL) {
             /* Committed here and forgotten: say so again - unless our log
-             * failed: then it may be one applied but never made durable
-             * here (forgotten since), and only a restart settles it. */
+             * failed (it may be one applied but never made durable here,
+             * forgotten since; only a restart settles it) or lost records
+             * (its PREPARE may have been among them). */
             struct tx tmp = {.txid = m->txid, .coord = m->coord};
-            if (t->log_failed)
-                t->st.msgs_ignored++;
+            if (t->log_failed || t->history_lost)
+                t->st.commits_refused++;
             else
                 send_msg(t, m->from, TPC_MSG_ACK, &tmp, 0);
         } else if (x->pstate == P_PREPARED) {
@@ -939,16 +1022,11 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
         break;
     }
     case TPC_MSG_ANSWER:
-        if (x == NULL || x->pstate != P_PREPARED || x->coord == t->cfg.self) {
+        if (x == NULL || x->pstate != P_PREPARED || x->cstate != C_NONE ||
+            (x->coord == t->cfg.self && !x->lost_decision)) {
             t->st.msgs_ignored++;
-        } else if (m->outcome == TPC_O_COMMITTED) {
-            t->st.resolved_by_query++;
-            part_commit(t, x);
-        } else if (m->outcome == TPC_O_ABORTED ||
-                   (m->outcome == TPC_O_UNKNOWN && m->from == x->coord)) {
-            t->st.resolved_by_query++;
-            part_abort(t, x);
-            remember(t, x);
+        } else {
+            doubt_answer(t, x, m, from_bit);
         }
         break;
     }
@@ -1139,6 +1217,28 @@ int tpc_recover_committed(struct tpc *t, uint64_t txid, uint64_t epoch, uint64_t
     return 0;
 }
 
+int tpc_recover_decided(struct tpc *t, uint64_t txid, uint64_t epoch, uint32_t coord,
+                        bool committed, uint64_t now_us)
+{
+    struct tx *x;
+
+    t->now_us = now_us;
+    if (tx_find(t, txid))
+        return -EEXIST;
+    if ((x = tx_new(t, txid, epoch, coord)) == NULL)
+        return -ENOMEM;
+    x->pstate = P_DONE;
+    x->outcome = committed ? TPC_O_COMMITTED : TPC_O_ABORTED;
+    x->ack_durable = true; /* it was in the log */
+    remember(t, x);
+    return 0;
+}
+
+void tpc_history_lost(struct tpc *t)
+{
+    t->history_lost = true;
+}
+
 void tpc_recovered(struct tpc *t, uint64_t now_us)
 {
     struct tx *x, *next;
@@ -1146,7 +1246,10 @@ void tpc_recovered(struct tpc *t, uint64_t now_us)
     t->now_us = now_us;
     for (x = t->active; x; x = next) {
         next = x->anext;
-        if (x->pstate == P_PREPARED && x->coord == t->cfg.self) {
+        if (x->pstate == P_PREPARED && t->history_lost) {
+            /* Our log lost records: the decision may be among them. */
+            x->lost_decision = true;
+        } else if (x->pstate == P_PREPARED && x->coord == t->cfg.self) {
             /* We never logged a decision, so nobody committed it. */
             part_abort(t, x);
             t->st.aborted[TPC_R_RECOVERY]++;

@@ -66,6 +66,8 @@ enum tpc_outcome {
     TPC_O_COMMITTED = 1,
     TPC_O_ABORTED = 2,
     TPC_O_PENDING = 3, /* not decided yet; ask again later */
+    TPC_O_LOST = 4,    /* no record here, and this replica's log lost records it had
+                          reported durable (tpc_history_lost): it cannot say */
 };
 
 const char *tpc_outcome_name(enum tpc_outcome o);
@@ -153,6 +155,8 @@ struct tpc_stats {
     uint64_t bad_epoch;
     uint64_t prepare_us_total, prepare_us_max, prepare_count; /* begin to decision */
     uint64_t remembered; /* now: decided transactions kept to answer duplicates */
+    uint64_t commits_refused; /* COMMITs of txids without a record, not acknowledged
+                                 (a failed or lost log) */
 };
 
 struct tpc;
@@ -234,8 +238,36 @@ bool tpc_peer_is_up(const struct tpc *t, uint32_t id);
 int tpc_recover_prepared(struct tpc *t, const struct tpc_txn *txn, uint64_t now_us);
 /* A COMMIT we coordinated with no END after it: participants may lack it. */
 int tpc_recover_committed(struct tpc *t, uint64_t txid, uint64_t epoch, uint64_t now_us);
+/* A COMMIT or ABORT replayed from the log (the newest ones, after the
+ * snapshot): remembered like a decision made now, so a QUERY or a resent
+ * COMMIT after the restart is answered from it. */
+int tpc_recover_decided(struct tpc *t, uint64_t txid, uint64_t epoch, uint32_t coord,
+                        bool committed, uint64_t now_us);
+
+/*
+ * This replica's log may have lost records it had reported durable (it ran
+ * under --fsync none and the machine lost power: see datadir's run state).
+ * Its "I have no record of it" no longer means "it never happened here", so
+ * from now on it:
+ *   - does not acknowledge a COMMIT it has no record of (its ACK would tell
+ *     the coordinator a write is here that is not);
+ *   - answers a QUERY about a txid it does not know with TPC_O_LOST, not
+ *     UNKNOWN (which, from a coordinator, means aborted);
+ *   - does not take UNKNOWN from a coordinator as an abort for the
+ *     transactions it recovered in doubt (its own ACK may have let the
+ *     coordinator forget a commit), and does not presume aborted those it
+ *     coordinated itself (its COMMIT record may be what was lost).
+ * Those are asked about instead: a COMMITTED answer commits, ABORTED
+ * aborts, and an abort is also decided once the coordinator knows nothing
+ * (UNKNOWN or LOST; or we are it) and every other replica holds the
+ * transaction prepared (PENDING) or knows nothing of it after a loss (LOST):
+ * then no replica can have applied it. Call before the recovery hand-over.
+ */
+void tpc_history_lost(struct tpc *t);
+
 /* Recovery is complete: transactions we coordinated and never decided are
- * aborted (presumed abort), the others wait for their coordinators. */
+ * aborted (presumed abort; asked about instead after tpc_history_lost), the
+ * others wait for their coordinators. */
 void tpc_recovered(struct tpc *t, uint64_t now_us);
 
 /* ---- inspection --------------------------------------------------------- */

@@ -354,6 +354,15 @@ int txn_resume(struct tpc *t, const struct recover_ledger *l, uint64_t now_us,
             return r;
         }
     }
+    /* Oldest first, so the table forgets the oldest if it must. */
+    for (size_t i = 0; i < l->ndecided; i++) {
+        const struct recover_decided *d = &l->decided[(l->decided_head + i) % l->decided_max];
+        r = tpc_recover_decided(t, d->txid, d->epoch, d->coord, d->committed, now_us);
+        if (r < 0 && r != -EEXIST) {
+            *bad_txid = d->txid;
+            return r;
+        }
+    }
     tpc_recovered(t, now_us);
     return 0;
 }

@@ -1166,8 +1166,10 @@ static void free_wal(uv_handle_t *h)
     free(w);
 }
 
-void wal_close(struct wal *w)
+int wal_close(struct wal *w)
 {
+    int err;
+
     hand_over(w);
     pthread_mutex_lock(&w->mu);
     w->stop = true;
@@ -1179,8 +1181,10 @@ void wal_close(struct wal *w)
     pthread_mutex_lock(&w->mu);
     if (w->durable_lsn < w->next_lsn - 1 && w->error == 0)
         w->error = -ESHUTDOWN;
+    err = w->error;
     pthread_mutex_unlock(&w->mu);
     deliver(w);
     uv_close((uv_handle_t *)&w->async, free_wal);
     uv_close((uv_handle_t *)&w->prep, free_wal);
+    return err;
 }

@@ -271,8 +271,9 @@ int wal_remove_covered(struct wal *w, uint64_t upto);
 /*
  * Writes and syncs what is pending, stops the thread, delivers the last
  * callbacks, and closes. The loop must run afterwards so the async handle
- * closes; the wal is freed then.
+ * closes; the wal is freed then. Returns 0 when every record appended is
+ * durable and the log closed cleanly (a clean stop), or the error.
  */
-void wal_close(struct wal *w);
+int wal_close(struct wal *w);
 
 #endif /* TPCKV_WAL_H */

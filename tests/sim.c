@@ -1766,7 +1766,7 @@ static void start(struct sim *s, uint32_t r)
                               .seed = s->seed * 0x9e3779b97f4a7c15ull + r * 131 + R->inc,
                               .initial_buckets = 16,
                               .replicated = true};
-    struct recover_ledger ledger = {.self = r};
+    struct recover_ledger ledger = {.self = r, .decided_max = s->remembered_max};
     struct recover_replay rp = {.ledger = &ledger};
     struct tpc_config tc = {.self = r,
                             .n = s->n,

@@ -349,7 +349,7 @@ static void test_codec_round_trip_every_type(void)
         m.coord = rnd() % TPC_REPLICAS_MAX;
         m.vote = (uint8_t)(rnd() % 2);
         m.reason = (uint8_t)(rnd() % (TPC_REASON_WIRE_MAX + 1));
-        m.outcome = (uint8_t)(rnd() % (TPC_O_PENDING + 1));
+        m.outcome = (uint8_t)(rnd() % (TPC_O_LOST + 1));
         if (t == TPC_MSG_PREPARE) {
             for (size_t k = 0; k < sizeof(ops); k++)
                 ops[k] = (char)rnd();
@@ -500,10 +500,10 @@ static void test_decode_rejects_bad_messages(void)
     }
 
     /* ANSWER: outcome out of range; padding. */
-    mk_body16(body, 1, 2, TPC_O_PENDING, 0, 0);
+    mk_body16(body, 1, 2, TPC_O_LOST, 0, 0);
     CU_ASSERT_EQUAL(decode_body(TPC_MSG_ANSWER, body, 16, &m), 0);
-    CU_ASSERT_EQUAL(m.outcome, TPC_O_PENDING);
-    mk_body16(body, 1, 2, TPC_O_PENDING + 1, 0, 0);
+    CU_ASSERT_EQUAL(m.outcome, TPC_O_LOST);
+    mk_body16(body, 1, 2, TPC_O_LOST + 1, 0, 0);
     CU_ASSERT_EQUAL(decode_body(TPC_MSG_ANSWER, body, 16, &m), -EBADMSG);
     mk_body16(body, 1, 2, 0, 1, 0);
     CU_ASSERT_EQUAL(decode_body(TPC_MSG_ANSWER, body, 16, &m), -EBADMSG);
@@ -532,7 +532,7 @@ static void test_encode_rejects_invalid_messages(void)
     m.reason = TPC_REASON_WIRE_MAX + 1;
     CU_ASSERT_EQUAL(peer_msg_encode(&b, &m), -EINVAL);
     m = sample_msg(TPC_MSG_ANSWER);
-    m.outcome = TPC_O_PENDING + 1;
+    m.outcome = TPC_O_LOST + 1;
     CU_ASSERT_EQUAL(peer_msg_encode(&b, &m), -EINVAL);
     m = sample_msg(TPC_MSG_QUERY);
     m.coord = TPC_REPLICAS_MAX;

@@ -614,6 +614,76 @@ static void test_touch_replayed_onto_an_item_expired_by_then(void)
     tdir_remove(&d);
 }
 
+/* ---- run state: could the last run have lost records? -------------------------- */
+
+static void write_run(const struct tdir *d, const char *text)
+{
+    char path[300];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/RUN", d->path);
+    f = fopen(path, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Issue 15, found 9: a replica that lost records it had reported durable
+ * must know it. Under --fsync none that happens when the run did not stop
+ * cleanly and the machine went down (its boot id changed); a kill alone
+ * loses nothing the kernel has. */
+static void test_run_state_tells_a_possible_loss(void)
+{
+    struct tdir d;
+    struct datadir_run r;
+    char boot[40], text[256];
+
+    tdir_make(&d);
+    datadir_boot_id(boot, sizeof(boot));
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
+    CU_ASSERT_FALSE(r.present); /* a data directory from before: no doubt */
+    CU_ASSERT_FALSE(datadir_run_lost(&r, boot));
+
+    CU_ASSERT_EQUAL(datadir_run_write(d.path, "none", false, false), 0);
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
+    CU_ASSERT(r.present && !r.clean && strcmp(r.fsync, "none") == 0);
+    CU_ASSERT_STRING_EQUAL(r.boot_id, boot[0] ? boot : "unknown");
+    CU_ASSERT_FALSE(datadir_run_lost(&r, boot)); /* killed, same boot: kept */
+    CU_ASSERT_TRUE(datadir_run_lost(&r, "another-boot"));
+
+    /* The machine went down under --fsync none without a clean stop. */
+    snprintf(text, sizeof(text), "tpckv run 1\nboot %s\nfsync none\nclean no\nlost no\n",
+             "00000000-1111-2222-3333-444444444444");
+    write_run(&d, text);
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
+    CU_ASSERT_TRUE(datadir_run_lost(&r, boot));
+    /* Stopped cleanly, or synced every write: nothing lost. */
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean yes\nlost no\n");
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
+    CU_ASSERT_FALSE(datadir_run_lost(&r, boot));
+    write_run(&d, "tpckv run 1\nboot x\nfsync always\nclean no\nlost no\n");
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
+    CU_ASSERT_FALSE(datadir_run_lost(&r, boot));
+    write_run(&d, "tpckv run 1\nboot x\nfsync batch\nclean no\nlost no\n");
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
+    CU_ASSERT_FALSE(datadir_run_lost(&r, boot));
+    /* A boot id we cannot read counts as another boot. */
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\nlost no\n");
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
+    CU_ASSERT_TRUE(datadir_run_lost(&r, ""));
+    /* A loss once known stays known, clean stops and all. */
+    CU_ASSERT_EQUAL(datadir_run_write(d.path, "always", true, true), 0);
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
+    CU_ASSERT(r.lost && r.clean);
+    CU_ASSERT_TRUE(datadir_run_lost(&r, boot));
+    /* Garbage is refused. */
+    write_run(&d, "tpckv run 2\nboot x\n");
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean maybe\nlost no\n");
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
+    tdir_remove(&d);
+}
+
 /* flush_all with a delay, due at flush_at: the items written before it go. */
 static void delayed_flush_log(const struct tdir *d, int64_t flush_at)
 {
@@ -1750,6 +1820,7 @@ void unit_recover_register(void)
               test_immediate_flush_in_log_removes_earlier_items);
     unit_test(s, "a TOUCH is replayed onto an item expired by replay time",
               test_touch_replayed_onto_an_item_expired_by_then);
+    unit_test(s, "the run state tells a possible loss", test_run_state_tells_a_possible_loss);
     unit_test(s, "delayed flush in log due at recovery",
               test_delayed_flush_in_log_due_at_recovery);
     unit_test(s, "delayed flush in log pending after recovery",

@@ -720,6 +720,170 @@ static void test_answers_queries(void)
     tpc_free(t);
 }
 
+/* ---- a replica whose log lost records (issue 15, found 9) -------------------- */
+
+static struct tpc_msg answer(uint32_t from, uint64_t txid, uint8_t outcome)
+{
+    struct tpc_msg m = msg(TPC_MSG_ANSWER, from, 0, txid);
+
+    m.outcome = outcome;
+    return m;
+}
+
+static size_t last_of(uint8_t type)
+{
+    for (size_t i = F.nsent; i-- > 0;)
+        if (F.sent[i].type == type)
+            return i;
+    return SIZE_MAX;
+}
+
+/* Found by review: a participant that lost a durable record (--fsync none
+ * and a power loss) ACKed a COMMIT it had no record of, as "committed and
+ * forgotten"; the coordinator then forgot it, and the write was missing on
+ * that replica for good. After a loss it does not, and says LOST, not
+ * UNKNOWN, of txids it does not know. */
+static void test_lost_history_no_ack_and_says_lost(void)
+{
+    struct tpc *t = mk(0, 3);
+    struct tpc_msg m;
+    struct tpc_stats st;
+
+    tpc_history_lost(t);
+    tpc_recovered(t, 0);
+    m = msg(TPC_MSG_COMMIT, 1, 0, (77 << 8) | 1);
+    tpc_receive(t, &m, 1);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ACK), 0);
+    tpc_get_stats(t, &st);
+    CU_ASSERT_EQUAL(st.commits_refused, 1);
+    m = msg(TPC_MSG_QUERY, 2, 0, (77 << 8) | 1);
+    tpc_receive(t, &m, 2);
+    CU_ASSERT_EQUAL_FATAL(F.nsent, 1);
+    CU_ASSERT_EQUAL(F.sent[0].type, TPC_MSG_ANSWER);
+    CU_ASSERT_EQUAL(F.sent[0].outcome, TPC_O_LOST);
+    tpc_free(t);
+}
+
+/* Found by review: a coordinator that lost its COMMIT record presumed its
+ * own prepared transaction aborted at restart, while participants that had
+ * the COMMIT had applied it. After a loss it asks instead: a COMMITTED
+ * answer commits (and every replica is told); an abort needs every other
+ * replica to hold it prepared or to know nothing after a loss. */
+static void test_lost_coordinator_asks_before_deciding(void)
+{
+    uint64_t txid = (50 << 8) | 0;
+    struct tpc_txn txn = {.txid = txid, .epoch = 7, .coord = 0, .nops = 1, .ops = OPS,
+                          .nbytes = sizeof(OPS)};
+    struct tpc_msg a;
+
+    /* Everybody else still holds it prepared: nobody applied it. */
+    struct tpc *t = mk(0, 3);
+    tpc_history_lost(t);
+    CU_ASSERT_EQUAL_FATAL(tpc_recover_prepared(t, &txn, 0), 0);
+    tpc_recovered(t, 0);
+    CU_ASSERT_EQUAL(F.aborts, 0); /* not presumed */
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 0);
+    tpc_tick(t, 1);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_QUERY), 2);
+    a = answer(1, txid, TPC_O_PENDING);
+    tpc_receive(t, &a, 2);
+    CU_ASSERT_EQUAL(F.aborts, 0); /* one answer is not all */
+    a = answer(2, txid, TPC_O_UNKNOWN);
+    tpc_receive(t, &a, 3);
+    CU_ASSERT_EQUAL(F.aborts, 0); /* UNKNOWN may be a commit forgotten */
+    a = answer(2, txid, TPC_O_LOST);
+    tpc_receive(t, &a, 4);
+    CU_ASSERT_EQUAL(F.aborts, 1);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 2);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_ABORTED);
+    tpc_free(t);
+
+    /* Replica 2 has it committed: commit, COMMIT logged, every one told. */
+    t = mk(0, 3);
+    tpc_history_lost(t);
+    CU_ASSERT_EQUAL_FATAL(tpc_recover_prepared(t, &txn, 0), 0);
+    tpc_recovered(t, 0);
+    a = answer(1, txid, TPC_O_PENDING);
+    tpc_receive(t, &a, 2);
+    a = answer(2, txid, TPC_O_COMMITTED);
+    tpc_receive(t, &a, 3);
+    CU_ASSERT_EQUAL(F.log_types[F.nlog - 1], TPC_LOG_COMMIT);
+    CU_ASSERT_EQUAL(F.commits, 0); /* once the record is durable */
+    tpc_durable(t, (uint64_t)F.next_lsn, 4);
+    CU_ASSERT_EQUAL(F.commits, 1);
+    CU_ASSERT_EQUAL(F.dones, 0); /* no client waits */
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_COMMIT), 2);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_COMMITTED);
+    tpc_free(t);
+
+    /* Without a loss: presumed aborted at once, as before. */
+    t = mk(0, 3);
+    CU_ASSERT_EQUAL_FATAL(tpc_recover_prepared(t, &txn, 0), 0);
+    tpc_recovered(t, 0);
+    CU_ASSERT_EQUAL(F.aborts, 1);
+    tpc_free(t);
+}
+
+/* A participant in doubt whose coordinator lost its history: the
+ * coordinator says LOST; an abort needs the other participant's PENDING
+ * (or LOST). And one that lost its own history does not take the
+ * coordinator's UNKNOWN as an abort (its lost ACK may have let the
+ * coordinator forget a commit). */
+static void test_in_doubt_after_a_loss(void)
+{
+    uint64_t txid = (60 << 8) | 1;
+    struct tpc_txn txn = {.txid = txid, .epoch = 7, .coord = 1, .nops = 1, .ops = OPS,
+                          .nbytes = sizeof(OPS)};
+    struct tpc_msg a;
+
+    struct tpc *t = mk(0, 3);
+    CU_ASSERT_EQUAL_FATAL(tpc_recover_prepared(t, &txn, 0), 0);
+    tpc_recovered(t, 0);
+    a = answer(1, txid, TPC_O_LOST); /* the coordinator lost it */
+    tpc_receive(t, &a, 1);
+    CU_ASSERT_EQUAL(F.aborts, 0);
+    a = answer(2, txid, TPC_O_PENDING); /* the other participant holds it */
+    tpc_receive(t, &a, 2);
+    CU_ASSERT_EQUAL(F.aborts, 1);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 0); /* not ours to announce */
+    tpc_free(t);
+
+    t = mk(0, 3);
+    tpc_history_lost(t);
+    CU_ASSERT_EQUAL_FATAL(tpc_recover_prepared(t, &txn, 0), 0);
+    tpc_recovered(t, 0);
+    a = answer(1, txid, TPC_O_UNKNOWN);
+    tpc_receive(t, &a, 1);
+    CU_ASSERT_EQUAL(F.aborts, 0); /* not presumed: our ACK may be the lost part */
+    a = answer(2, txid, TPC_O_COMMITTED);
+    tpc_receive(t, &a, 2);
+    CU_ASSERT_EQUAL(F.commits, 1);
+    tpc_free(t);
+}
+
+/* Decisions replayed from the log are remembered across a restart, so a
+ * QUERY is answered from them and a resent COMMIT is ACKed. */
+static void test_replayed_decisions_are_remembered(void)
+{
+    struct tpc *t = mk(0, 3);
+    struct tpc_msg q = msg(TPC_MSG_QUERY, 2, 0, (70 << 8) | 1);
+
+    CU_ASSERT_EQUAL(tpc_recover_decided(t, (70 << 8) | 1, 7, 1, true, 0), 0);
+    CU_ASSERT_EQUAL(tpc_recover_decided(t, (71 << 8) | 2, 7, 2, false, 0), 0);
+    CU_ASSERT_EQUAL(tpc_recover_decided(t, (70 << 8) | 1, 7, 1, true, 0), -EEXIST);
+    tpc_history_lost(t); /* even so, what the log holds is known */
+    tpc_recovered(t, 0);
+    tpc_receive(t, &q, 1);
+    CU_ASSERT_EQUAL(F.sent[last_of(TPC_MSG_ANSWER)].outcome, TPC_O_COMMITTED);
+    q = msg(TPC_MSG_QUERY, 1, 0, (71 << 8) | 2);
+    tpc_receive(t, &q, 2);
+    CU_ASSERT_EQUAL(F.sent[last_of(TPC_MSG_ANSWER)].outcome, TPC_O_ABORTED);
+    q = msg(TPC_MSG_COMMIT, 1, 0, (70 << 8) | 1);
+    tpc_receive(t, &q, 3);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ACK), 1);
+    tpc_free(t);
+}
+
 static void test_commit_resent_until_acked(void)
 {
     struct tpc *t = mk(0, 3);
@@ -932,6 +1096,14 @@ void unit_tpc_register(void)
               test_log_failure_reported_twice);
     unit_test(s, "one replica commits alone", test_single_replica);
     unit_test(s, "txids unique, increasing, name the coordinator", test_txids);
+    unit_test(s, "after a lost history: no ACK of an unknown COMMIT, LOST answers",
+              test_lost_history_no_ack_and_says_lost);
+    unit_test(s, "after a lost history the coordinator asks before deciding",
+              test_lost_coordinator_asks_before_deciding);
+    unit_test(s, "in doubt after a loss: LOST and PENDING abort, UNKNOWN does not",
+              test_in_doubt_after_a_loss);
+    unit_test(s, "decisions replayed from the log are remembered",
+              test_replayed_decisions_are_remembered);
     unit_test(s, "a log cut back at the commit point aborts, and says so",
               test_log_fails_at_commit_point_rolled_back);
     unit_test(s, "the txid floor survives a restart without writes",
