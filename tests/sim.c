@@ -24,8 +24,11 @@
  *     has; a record can also be durable with tpc not yet told);
  *   - crashes strike at random times, just after a replica logs a record or
  *     answers a client, or on every replica at once (power loss), and a
- *     replica's log can fail (its operator then restarts it). Restarts come
- *     after 1..250 ms;
+ *     replica's log can fail, at a random time or right after it appends a
+ *     record (most often a coordinator's COMMIT: its commit point); the
+ *     failed batch is cut back off the log, or (the cut failing too) some
+ *     of it may survive; its operator then restarts it. Restarts come after
+ *     1..250 ms;
  *   - some replicas take snapshots as serve's start_snapshot does (the
  *     store image, tpc_for_each_open's transactions, a position capped by
  *     tpc_unapplied_lsn), which replace the log they cover once complete;
@@ -1180,9 +1183,11 @@ static int64_t env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *
         R->sync_pending = true;
         schedule(s, rng_range(&s->rng, 20, R->sync_max_us), EV_SYNC, R->id, 0, R->inc, 0);
     }
-    /* Now and then the log fails right at a coordinator's commit point. */
-    if (type == TPC_LOG_COMMIT && t->coord == R->id && !s->healed && s->log_fails_left > 0 &&
-        rng_chance(&s->rng, s->p_log_fail_hook)) {
+    /* Now and then the log fails right after a record: most often a
+     * coordinator's COMMIT (its commit point), but any record will do. */
+    double p = type == TPC_LOG_COMMIT && t->coord == R->id ? s->p_log_fail_hook
+                                                            : s->p_log_fail_hook / 8;
+    if (!s->healed && s->log_fails_left > 0 && rng_chance(&s->rng, p)) {
         s->log_fails_left--;
         schedule(s, rng_range(&s->rng, 0, 100), EV_LOG_FAIL_TARGET, R->id, 0, R->inc, 0);
     }
