@@ -674,20 +674,22 @@ static int write_batch(struct wal *w, const char *p, size_t n)
     return append_bytes(w, p + start, off - start);
 }
 
-/* Where a batch starts: the segment being written and its size. */
+/* Where a batch starts: the segment being written (by its first lsn: a
+ * snapshot may remove older segments from the list meanwhile, so an index
+ * would not stay true) and its size. */
 struct batch_start {
-    size_t nsegs;
+    uint64_t first_lsn;
     uint64_t bytes;
 };
 
 static struct batch_start batch_start(struct wal *w)
 {
-    struct batch_start b;
+    struct batch_start b = {0, w->cur_bytes};
 
     pthread_mutex_lock(&w->mu);
-    b.nsegs = w->nsegs;
+    if (w->nsegs > 0)
+        b.first_lsn = w->segs[w->nsegs - 1].first_lsn;
     pthread_mutex_unlock(&w->mu);
-    b.bytes = w->cur_bytes;
     return b;
 }
 
@@ -703,8 +705,9 @@ static int roll_back(struct wal *w, struct batch_start b)
     if (w->fd >= 0)
         w->io->close(w->fd);
     w->fd = -1;
+    /* The segments the batch started are the newest ones. */
     pthread_mutex_lock(&w->mu);
-    while (w->nsegs > b.nsegs) {
+    while (w->nsegs > 0 && w->segs[w->nsegs - 1].first_lsn > b.first_lsn) {
         const struct segment *sg = &w->segs[w->nsegs - 1];
         datadir_path(path, sizeof(path), w->dir, "wal-", sg->first_lsn, ".log");
         if (unlink(path) < 0 && errno != ENOENT) {
@@ -715,11 +718,13 @@ static int roll_back(struct wal *w, struct batch_start b)
         w->nsegs--;
         removed = true;
     }
-    const struct segment *cur = b.nsegs ? &w->segs[b.nsegs - 1] : NULL;
-    uint64_t first = cur ? cur->first_lsn : 0;
+    struct segment *cur = w->nsegs ? &w->segs[w->nsegs - 1] : NULL;
+    if (cur && cur->first_lsn != b.first_lsn)
+        cur = NULL; /* cannot be: a snapshot never removes it (its records are not durable) */
+    uint64_t first = b.first_lsn;
     if (r == 0 && cur) {
-        w->st.bytes -= w->segs[b.nsegs - 1].bytes - b.bytes;
-        w->segs[b.nsegs - 1].bytes = b.bytes;
+        w->st.bytes -= cur->bytes - b.bytes;
+        cur->bytes = b.bytes;
     }
     w->st.segments = w->nsegs;
     pthread_mutex_unlock(&w->mu);

@@ -22,6 +22,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -2208,6 +2209,87 @@ static void test_failed_batch_that_cannot_be_cut_is_unknown(void)
     io_reset();
 }
 
+/* Found by review (helper audit): a snapshot that completed while a batch
+ * was failing removed an older segment from the list; the cut-back then
+ * picked the segment to truncate by its old index, cut the wrong one, left
+ * the batch's records on disk and still said they were off it. The batch
+ * start is now the segment's first lsn. Here the batch crosses a segment
+ * switch, and its last fsync blocks until the loop thread has removed the
+ * covered segments, then fails. */
+static sem_t race_entered, race_release;
+static atomic_int race_armed, race_syncs;
+
+static int race_fdatasync(int fd)
+{
+    if (atomic_load(&race_armed)) {
+        int n = atomic_fetch_add(&race_syncs, 1) + 1;
+        /* 1: the old segment as it is closed, 2: the new one's header,
+         * 3: the batch's records in the new one: block, then fail. */
+        if (n == 3) {
+            sem_post(&race_entered);
+            sem_wait(&race_release);
+            errno = EIO;
+            return -1;
+        }
+    }
+    return fdatasync(fd);
+}
+
+static const struct wal_io seam_race = {
+    .open = seam_open,
+    .write = seam_write,
+    .fdatasync = race_fdatasync,
+    .close = seam_close,
+    .ftruncate = seam_ftruncate,
+};
+
+static void test_cut_back_while_a_snapshot_removes_segments(void)
+{
+    struct wh h;
+    struct wal_config cfg;
+    char path[512];
+    long size7;
+
+    io_reset();
+    sem_init(&race_entered, 0, 0);
+    sem_init(&race_release, 0, 0);
+    atomic_store(&race_armed, 0);
+    atomic_store(&race_syncs, 0);
+    wh_init(&h, 1000, 0);
+    cfg = wh_config(&h, WAL_FSYNC_ALWAYS, 4096, &seam_race);
+    CU_ASSERT_EQUAL_FATAL(wal_open(&h.w, &h.loop, &cfg, 1), 0);
+    /* Records 1..7, a batch each: wal-1 holds 1-3, wal-4 4-6, wal-7 7. */
+    for (uint64_t lsn = 1; lsn <= 7; lsn++) {
+        CU_ASSERT_EQUAL(wh_append(&h, lsn), (int64_t)lsn);
+        wal_hand_over(h.w);
+        CU_ASSERT_FATAL(wh_wait(&h, lsn));
+    }
+    CU_ASSERT_FATAL(seg_exists(h.dir, 7));
+    datadir_path(path, sizeof(path), h.dir, "wal-", 7, ".log");
+    size7 = file_size(path);
+    /* One batch of 8..10: 8 and 9 fill wal-7, 10 starts wal-a, whose
+     * fsync fails - after a snapshot of lsn 6 removed wal-1 and wal-4. */
+    atomic_store(&race_armed, 1);
+    for (uint64_t lsn = 8; lsn <= 10; lsn++)
+        CU_ASSERT_EQUAL(wh_append(&h, lsn), (int64_t)lsn);
+    wal_hand_over(h.w);
+    sem_wait(&race_entered);
+    CU_ASSERT_EQUAL(wal_remove_covered(h.w, 6), 2);
+    sem_post(&race_release);
+    CU_ASSERT_FATAL(wh_wait(&h, 10));
+    for (size_t i = 7; i < 10; i++)
+        CU_ASSERT_EQUAL(h.a->status[i], -EIO);
+    CU_ASSERT_TRUE(wal_rolled_back(h.w));
+    wh_close_wal(&h);
+    /* Only record 7 is left: wal-7 as it was, no wal-a. */
+    CU_ASSERT(!seg_exists(h.dir, 10));
+    CU_ASSERT_EQUAL(file_size(path), size7);
+    sem_destroy(&race_entered);
+    sem_destroy(&race_release);
+    wh_finish(&h);
+    io_reset();
+}
+
 void unit_wal_register(void)
 {
     CU_pSuite s = unit_suite("wal");
@@ -2219,6 +2301,8 @@ void unit_wal_register(void)
     unit_test(s, "a failed inline write is cut off", test_failed_inline_write_is_cut_off);
     unit_test(s, "a failed batch that cannot be cut off is unknown",
               test_failed_batch_that_cannot_be_cut_is_unknown);
+    unit_test(s, "the cut-back is right while a snapshot removes segments",
+              test_cut_back_while_a_snapshot_removes_segments);
     unit_test(s, "crc32c hw matches sw at every length and alignment",
               test_crc32c_hw_matches_sw_every_length_and_alignment);
     unit_test(s, "crc32c incremental equals one shot", test_crc32c_incremental_equals_one_shot);
