@@ -1348,6 +1348,7 @@ static int exec_stats(struct server *srv, struct outq *o, const struct proto_req
     stat_u64(o, "total_items", ss.total_items);
     stat_u64(o, "bytes", ss.bytes);
     stat_u64(o, "expired_reclaimed", ss.expired_reclaimed);
+    stat_u64(o, "store_sweeps", ss.sweeps);
     stat_u64(o, "evictions", 0);
     stat_u64(o, "hash_buckets", ss.hash_buckets);
     stat_u64(o, "hash_bytes", ss.hash_bytes);

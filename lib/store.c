@@ -54,6 +54,12 @@ struct store {
     uint64_t reserved;
     uint64_t total_items;
     uint64_t expired_reclaimed;
+    uint64_t sweeps;
+    /* Items the flush_all in force hides may still be stored (set when it
+     * is set, or an item written before it is stored; cleared by a sweep
+     * once it is due), so a write short of memory sweeps for them once, not
+     * on every refusal. */
+    bool flush_unswept;
     int64_t flush_at_ms;  /* the delayed flush_all in force; 0 = none */
     int64_t next_expiry_ms; /* no item expires before this (a lower bound) */
     uint64_t max_cas;       /* highest cas of any item ever inserted */
@@ -346,6 +352,8 @@ static void insert_item(struct store *s, struct item *it)
         s->max_cas = it->cas;
     if (it->exptime_ms != 0 && it->exptime_ms < s->next_expiry_ms)
         s->next_expiry_ms = it->exptime_ms;
+    if (s->flush_at_ms != 0 && it->mtime_ms < s->flush_at_ms)
+        s->flush_unswept = true;
 }
 
 static bool item_live(const struct store *s, const struct item *it, int64_t now_ms)
@@ -391,6 +399,9 @@ static size_t sweep(struct store *s, int64_t now_ms, bool everything)
         }
     }
     s->next_expiry_ms = next;
+    s->sweeps++;
+    if (!everything && s->flush_at_ms != 0 && now_ms >= s->flush_at_ms)
+        s->flush_unswept = false;
     return n;
 }
 
@@ -534,7 +545,8 @@ static bool room_for(struct store *s, size_t nkey, size_t nval, const struct ite
     if (s->bytes + s->reserved + need <= s->cfg.max_bytes + credit)
         return true;
     if (s->cfg.replicated ||
-        (now_ms < s->next_expiry_ms && (s->flush_at_ms == 0 || now_ms < s->flush_at_ms)))
+        (now_ms < s->next_expiry_ms &&
+         !(s->flush_unswept && s->flush_at_ms != 0 && now_ms >= s->flush_at_ms)))
         return false;
     s->expired_reclaimed += sweep(s, now_ms, false);
     return s->bytes + s->reserved + need <= s->cfg.max_bytes + credit;
@@ -718,6 +730,7 @@ void store_commit(struct store *s, struct store_change *ch)
         if (s->flush_at_ms != 0 && s->flush_at_ms <= ch->now_ms)
             remove_flushed(s, s->flush_at_ms); /* it was due: its effect stays */
         s->flush_at_ms = ch->flush_at_ms;      /* the latest flush_all wins */
+        s->flush_unswept = true;
         return;
     }
     link = find_link(s, ch->key, ch->nkey, ch->hash, &tab);
@@ -861,6 +874,7 @@ void store_get_stats(const struct store *s, struct store_stats *st)
     st->reserved_bytes = s->reserved;
     st->max_bytes = s->cfg.max_bytes;
     st->expired_reclaimed = s->expired_reclaimed;
+    st->sweeps = s->sweeps;
     st->hash_buckets = s->t[0].size + s->t[1].size;
     st->hash_bytes = st->hash_buckets * sizeof(struct item *);
     st->hash_is_expanding = resizing(s);
@@ -940,6 +954,7 @@ void store_clear(struct store *s)
 {
     sweep(s, 0, true);
     s->flush_at_ms = 0;
+    s->flush_unswept = false;
     s->max_cas = 0;
 }
 

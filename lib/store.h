@@ -159,6 +159,8 @@ struct store_stats {
     uint64_t reserved_bytes;
     uint64_t max_bytes;
     uint64_t expired_reclaimed;
+    uint64_t sweeps; /* full walks of the table for dead items (a write short
+                        of memory, a due flush_all, recovery) */
     uint64_t hash_buckets;
     uint64_t hash_bytes;
     bool hash_is_expanding;

@@ -1281,6 +1281,27 @@ static void test_delayed_flush_frees_room_when_due(void)
     store_free(s);
 }
 
+/* Found by review (helper audit): a delayed flush_all stays in force once
+ * due, and a write short of memory then swept the whole table on every
+ * refusal (40 ms a write with a million items, under the server's lock).
+ * It sweeps once for the flush, and again only when something the flush
+ * hides may have been stored since. */
+static void test_due_flush_sweeps_once_for_memory(void)
+{
+    struct store *s = new_store(2 * item_size(1, 10), MIB, 0);
+    uint64_t sweeps;
+
+    CU_ASSERT_EQUAL(put(s, STORE_SET, "a", "0123456789", 1000), STORE_OK);
+    CU_ASSERT_EQUAL(flush(s, 2000, 1000), STORE_OK);
+    CU_ASSERT_EQUAL(put(s, STORE_SET, "b", "0123456789", 2500), STORE_OK); /* a swept */
+    CU_ASSERT_EQUAL(put(s, STORE_SET, "c", "0123456789", 2500), STORE_OK);
+    sweeps = stats_of(s).sweeps;
+    for (int i = 0; i < 10; i++)
+        CU_ASSERT_EQUAL(put(s, STORE_SET, "d", "0123456789", 2600 + i), STORE_NO_MEMORY);
+    CU_ASSERT_EQUAL(stats_of(s).sweeps, sweeps);
+    store_free(s);
+}
+
 static void test_expired_reclaimed_to_make_room(void)
 {
     struct store *s = new_store(2 * item_size(1, 10), MIB, 0);
@@ -2056,6 +2077,7 @@ void unit_store_register(void)
     unit_test(s, "expire_step one bucket does not take all",
               test_expire_step_one_bucket_does_not_take_all);
     unit_test(s, "the expiry walk spares a locked key", test_expire_step_spares_a_locked_key);
+    unit_test(s, "a due flush_all sweeps once for memory", test_due_flush_sweeps_once_for_memory);
 
     unit_test(s, "flush immediate", test_flush_immediate);
     unit_test(s, "flush at past or now is immediate",
