@@ -182,6 +182,10 @@
 #define LIMIT_CLOCK_SKEW_MS_DEFAULT 500
 /* Each replica probes every peer's clock this often. Fixed. */
 #define LIMIT_CLOCK_PROBE_MS 1000
+/* This host's wall clock moving this much against its monotonic clock
+ * between two 100 ms timer ticks is a step: the peers' clocks are measured
+ * again before any write. Fixed. */
+#define LIMIT_CLOCK_STEP_MS 50
 
 /* Expiry in a cluster is a replicated delete (DESIGN.md): a replica deletes
  * at most this many dead keys, in at most this many bytes of operations, per

@@ -1106,6 +1106,21 @@ static void refuse_auth(struct peer_conn *c)
 }
 
 /* The outbound link to nd completed its handshake. */
+static void send_control(struct peer_node *nd, uint8_t type, const void *body, size_t n);
+static uint64_t clock_now_us(const struct peer_net *net);
+
+/* Probes nd's clock, if both its links are up (the PONG comes back on the
+ * inbound one): called as either comes up, so whichever is last probes. */
+static void probe_node(struct peer_node *nd)
+{
+    char body[8];
+
+    if (nd->in == NULL || nd->in->phase != PH_UP)
+        return;
+    util_put_le64(body, clock_now_us(nd->net));
+    send_control(nd, PEER_FRAME_PING, body, sizeof(body));
+}
+
 static void outbound_up(struct peer_conn *c)
 {
     struct peer_node *nd = c->node;
@@ -1120,6 +1135,7 @@ static void outbound_up(struct peer_conn *c)
     nd->ever_up = true;
     log_info(MOD, "%s: link up", nd->name);
     link_event(nd);
+    probe_node(nd); /* its clock, as soon as the answer can come back */
 }
 
 /* An inbound connection authenticated as nd's replica. */
@@ -1141,6 +1157,7 @@ static void inbound_up(struct peer_conn *c)
     if (old != NULL)
         conn_close(old, "replaced by a newer connection from the same peer", false);
     log_info(MOD, "%s: inbound link up (from %s)", nd->name, c->remote);
+    probe_node(nd); /* its answers can reach us now */
     /* The peer is back (it just proved it): if our link to it is waiting
      * out a backoff, dial now, so its writes do not wait for our votes
      * until the backoff ends. */

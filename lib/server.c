@@ -250,13 +250,16 @@ struct server {
     bool tick_open;
     struct waitlist retry;    /* writes waiting out a conflict backoff */
     struct waitlist txn_any;  /* a flush_all waiting for every transaction */
+    struct waitlist clock_wait; /* writes waiting for a peer's clock to be measured */
     struct waitlist wake;     /* woken once the current tpc call returns */
     uint32_t self_idx;        /* our place in --replicas: which keys we expire */
     uint32_t ids[LIMIT_REPLICAS_MAX]; /* the replicas' ids, in --replicas order */
     struct skew skew;         /* how far the peers' clocks are from ours */
-    int skew_blocker;         /* the peer last found too far (-1: none), to log changes */
+    bool skew_writes_refused; /* clocks found too far apart, to log changes */
     bool skew_reads_refused;  /* likewise, for our own clock */
     uint64_t clock_probe_at_ms; /* mono: the next clock probe */
+    int64_t clock_gap_ms;     /* wall minus monotonic: a change is a clock step */
+    bool clock_gap_known;
     size_t expire_bytes_max;  /* operations per expiry transaction */
     bool expiring;            /* an expiry transaction is under way */
     bool expire_more;         /* its walk stopped with a full batch */
@@ -331,6 +334,7 @@ struct conn {
     struct creq *cpending;     /* our write under two-phase commit */
     unsigned attempts;         /* conflict retries of the request in front */
     uint64_t wait_since_ms;    /* waiting for a transaction's outcome since */
+    bool waits_clock;          /* ... or for a peer's clock to be measured */
     uint64_t retry_at_ms;      /* on the retry list until then */
     struct waitlist *waiting;  /* the list we wait on, or NULL */
     struct conn *wait_next;
@@ -1563,6 +1567,12 @@ static int reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason 
                  "committed\r\n",
                  culprit);
         break;
+    case TPC_R_CLOCK:
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR replica %u refused the write: this replica's clock is too far "
+                 "from its own (more than --max-clock-skew-ms %u)\r\n",
+                 culprit, srv->cfg.max_clock_skew_ms);
+        break;
     case TPC_R_UNKNOWN:
         snprintf(line, sizeof(line),
                  "SERVER_ERROR write-ahead log failed on this replica while it recorded the "
@@ -1691,7 +1701,12 @@ static void env_send(void *ctx, const struct tpc_msg *m)
 
     if (srv->peers && !srv->stopping) {
         tl_kick_main = true; /* the main loop writes the frame */
-        peer_send(srv->peers, m);
+        /* A link that is down drops it (tpc resends or times out); one too
+         * big cannot be (exec_write_cluster refuses such writes first). */
+        if (peer_send(srv->peers, m) == -EMSGSIZE)
+            log_error(MOD, "a %s of txid %llu to replica %u is over the peer frame limit: "
+                           "dropped",
+                      tpc_msg_type_name(m->type), (unsigned long long)m->txid, m->to);
     }
 }
 
@@ -1750,7 +1765,10 @@ static int env_prepare(void *ctx, const struct tpc_txn *t, void **handle)
 {
     struct server *srv = ctx;
     struct txn_prep *p;
-    int r = txn_prepare(&srv->rm, t, &p);
+    int r;
+
+    srv->rm.now_ms = srv->now_ms;
+    r = txn_prepare(&srv->rm, t, &p);
 
     if (r != 0)
         return r;
@@ -1811,25 +1829,56 @@ static void on_peer_msg(void *arg, const struct tpc_msg *m)
     after_tpc(srv);
 }
 
-/* Says when the clocks go out of bound and when they are back. */
+static bool link_up(void *arg, uint32_t id)
+{
+    struct server *srv = arg;
+
+    return srv->peers && peer_link_up(srv->peers, id);
+}
+
+/* May writes go on as far as the clocks go? false with the reason in *v. */
+static bool clocks_allow_writes(struct server *srv, struct skew_verdict *v)
+{
+    return skew_write_check(&srv->skew, srv->ids, mono_ms(), link_up, srv, v);
+}
+
+/* Formats why the clocks stop writes. */
+static void fmt_clock_verdict(struct server *srv, const struct skew_verdict *v, char *dst,
+                              size_t cap)
+{
+    if (v->unmeasured)
+        snprintf(dst, cap, "replica %u's clock has not been measured yet (it was just "
+                           "connected, or this replica's clock stepped)",
+                 v->a);
+    else if (v->b == srv->cfg.id)
+        snprintf(dst, cap, "replica %u's clock is %lld ms off this replica's, more than "
+                           "--max-clock-skew-ms %u",
+                 v->a, (long long)(v->apart_us / 1000), srv->cfg.max_clock_skew_ms);
+    else
+        snprintf(dst, cap, "the clocks of replicas %u and %u are %lld ms apart, more than "
+                           "--max-clock-skew-ms %u",
+                 v->a, v->b, (long long)(v->apart_us / 1000), srv->cfg.max_clock_skew_ms);
+}
+
+/* Says when the clocks go out of bound and when they are back (a clock not
+ * measured yet is not worth a line: it is the first moments of a link). */
 static void skew_changed(struct server *srv)
 {
-    uint64_t now = mono_ms();
-    int blocker = skew_write_blocker(&srv->skew, srv->ids, now);
-    bool reads = skew_read_refused(&srv->skew, srv->ids, now);
+    struct skew_verdict v;
+    bool far = !clocks_allow_writes(srv, &v) && !v.unmeasured;
+    bool reads = skew_read_refused(&srv->skew, srv->ids, mono_ms());
+    char why[256];
 
-    if (blocker != srv->skew_blocker) {
-        if (blocker >= 0)
-            log_error(MOD, "replica %d's clock is %lld ms off this one's, more than "
-                           "--max-clock-skew-ms %u: writes are refused until the clocks agree "
-                           "(check NTP on both hosts)",
-                      blocker, (long long)(skew_of(&srv->skew, (uint32_t)blocker, now) / 1000),
-                      srv->cfg.max_clock_skew_ms);
-        else
+    if (far != srv->skew_writes_refused) {
+        if (far) {
+            fmt_clock_verdict(srv, &v, why, sizeof(why));
+            log_error(MOD, "%s: writes are refused until the clocks agree (check NTP)", why);
+        } else {
             log_warn(MOD, "the replicas' clocks agree within --max-clock-skew-ms %u again: "
                           "writes resume",
                      srv->cfg.max_clock_skew_ms);
-        srv->skew_blocker = blocker;
+        }
+        srv->skew_writes_refused = far;
     }
     if (reads != srv->skew_reads_refused) {
         if (reads)
@@ -1849,24 +1898,50 @@ static void on_peer_clock(void *arg, uint32_t id, int64_t offset_us, uint64_t rt
 
     skew_note(&srv->skew, id, offset_us, rtt_us, mono_ms());
     skew_changed(srv);
+    waitlist_wake(&srv->clock_wait); /* each tries again */
+}
+
+/* Probes every peer's clock now (and then every LIMIT_CLOCK_PROBE_MS). */
+static void clock_probe(struct server *srv)
+{
+    srv->clock_probe_at_ms = mono_ms() + LIMIT_CLOCK_PROBE_MS;
+    if (srv->peers)
+        peer_clock_ping(srv->peers);
+}
+
+/* Samples taken before this host's own clock stepped measured the old
+ * clock: they go, and writes wait for new ones. Called from the timer. */
+static void clock_step_check(struct server *srv)
+{
+    int64_t gap = util_now_unix_ms() - (int64_t)(util_mono_ns() / 1000000u);
+
+    if (srv->clock_gap_known && (gap - srv->clock_gap_ms > LIMIT_CLOCK_STEP_MS ||
+                                 srv->clock_gap_ms - gap > LIMIT_CLOCK_STEP_MS)) {
+        log_warn(MOD, "this host's clock stepped by %lld ms: measuring the replicas' clocks "
+                      "again before any write",
+                 (long long)(gap - srv->clock_gap_ms));
+        skew_forget(&srv->skew);
+        clock_probe(srv);
+        skew_changed(srv);
+    }
+    srv->clock_gap_ms = gap;
+    srv->clock_gap_known = true;
 }
 
 /* Answers a request refused because the clocks are too far apart (a write:
- * some replica's; a read: ours, from most others') and returns what reply()
- * returned (0, or -ENOMEM); returns 1, answering nothing, when they agree. */
+ * see skew_write_check; a read: ours, from most others') and returns what
+ * reply() returned (0, or -ENOMEM); returns 1, answering nothing, when they
+ * agree. */
 static int reply_clock_skew(struct server *srv, struct outq *o, bool write)
 {
-    char line[300];
-    uint64_t now = mono_ms();
-    int blocker;
+    struct skew_verdict v;
+    char line[400], why[256];
 
-    if (write && (blocker = skew_write_blocker(&srv->skew, srv->ids, now)) >= 0) {
-        int64_t d = skew_of(&srv->skew, (uint32_t)blocker, now);
-        snprintf(line, sizeof(line),
-                 "SERVER_ERROR replica %d's clock is %lld ms off this replica's, more than "
-                 "--max-clock-skew-ms %u: writes are refused until the clocks agree\r\n",
-                 blocker, (long long)(d / 1000), srv->cfg.max_clock_skew_ms);
-    } else if (!write && skew_read_refused(&srv->skew, srv->ids, now)) {
+    if (write && !clocks_allow_writes(srv, &v)) {
+        fmt_clock_verdict(srv, &v, why, sizeof(why));
+        snprintf(line, sizeof(line), "SERVER_ERROR %s: writes are refused until %s\r\n", why,
+                 v.unmeasured ? "it is" : "the clocks agree");
+    } else if (!write && skew_read_refused(&srv->skew, srv->ids, mono_ms())) {
         snprintf(line, sizeof(line),
                  "SERVER_ERROR this replica's clock is off from the other replicas' by more "
                  "than --max-clock-skew-ms %u: ask another replica\r\n",
@@ -1887,6 +1962,9 @@ static void on_peer_link(void *arg, uint32_t id, bool up)
     refresh_now(srv);
     tpc_peer(srv->tpc, id, up, now_us());
     after_tpc(srv);
+    /* A link that went down no longer needs measuring: writes fail on it. */
+    if (!up)
+        waitlist_wake(&srv->clock_wait);
 }
 
 static void on_tick(uv_timer_t *h)
@@ -1922,10 +2000,17 @@ static void lock_wait_expired(struct conn *c)
     if (c->closing)
         return;
     proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
-    snprintf(line, sizeof(line),
-             "SERVER_ERROR timed out after %u ms waiting for an undecided transaction "
-             "on this key (is a replica down?)\r\n",
-             srv->cfg.lock_wait_ms);
+    if (c->waits_clock)
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR timed out after %u ms waiting for the replicas' clocks to be "
+                 "measured (do their clock probes get through?)\r\n",
+                 srv->cfg.lock_wait_ms);
+    else
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR timed out after %u ms waiting for an undecided transaction "
+                 "on this key (is a replica down?)\r\n",
+                 srv->cfg.lock_wait_ms);
+    c->waits_clock = false;
     if (!req.noreply && reply(&c->out, line) < 0)
         c->close_after_flush = true;
     consume_front(srv, c, false);
@@ -2005,7 +2090,17 @@ static int exec_write_cluster(struct server *srv, struct conn *c, const struct p
         srv->st.writes_failed++;
         return req->noreply ? 0 : reply_log_failed(srv, o);
     }
-    if (skew_write_blocker(&srv->skew, srv->ids, mono_ms()) >= 0) {
+    struct skew_verdict sv;
+    c->waits_clock = false;
+    if (!clocks_allow_writes(srv, &sv) && sv.unmeasured) {
+        /* A link just came up: its clock is measured within a round trip
+         * (bounded by --lock-wait-ms, like a held key). */
+        c->waits_clock = true;
+        srv->st.writes_waited++;
+        wait_for(c, &srv->clock_wait);
+        return AFTER_WAIT;
+    }
+    if (!clocks_allow_writes(srv, &sv)) {
         srv->st.writes_failed++;
         c->wait_since_ms = 0;
         c->attempts = 0;
@@ -2050,17 +2145,44 @@ static int exec_write_cluster(struct server *srv, struct conn *c, const struct p
         const char *k;
         op.type = STORE_TOUCH;
         op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
-        while (proto_next_key(req, &pos, &k, &nk)) {
+        r = 0;
+        while (r == 0 && proto_next_key(req, &pos, &k, &nk)) {
+            void *h;
             srv->st.cmd_touch++;
+            /* A key held for this request already is a repeat in the list:
+             * touched once (the locks go before the transaction begins, in
+             * this same hold of the server lock). */
+            if ((r = store_lock(srv->store, k, nk, q, &h)) == -EDEADLK) {
+                r = 0;
+                continue;
+            }
+            if (r < 0)
+                break;
             op.key = k;
             op.nkey = nk;
             if (store_prepare(srv->store, &op, txid, srv->now_ms, &ch) == 0) {
                 srv->st.touch_hits++;
-                if ((r = encode_and_drop(srv, &ch, &nops)) < 0)
-                    goto fail;
+                r = encode_and_drop(srv, &ch, &nops);
             } else {
                 srv->st.touch_misses++;
             }
+        }
+        for (pos = 0; proto_next_key(req, &pos, &k, &nk);)
+            store_unlock(srv->store, k, nk, q);
+        if (r < 0)
+            goto fail;
+        if (srv->ops.len + PEER_FRAME_HEADER_BYTES + PEER_MSG_FIXED_BYTES >
+            srv->cfg.value_bytes_max + LIMIT_PEER_FRAME_OVERHEAD_BYTES) {
+            /* The replicas could not take the PREPARE in one frame. */
+            char line[200];
+            free(q);
+            c->wait_since_ms = 0;
+            srv->st.writes_failed++;
+            snprintf(line, sizeof(line),
+                     "SERVER_ERROR too many keys for one gat in a cluster: their touches take "
+                     "%zu bytes, more than --max-value plus %d\r\n",
+                     srv->ops.len, LIMIT_PEER_FRAME_OVERHEAD_BYTES);
+            return req->noreply ? 0 : reply(o, line);
         }
         if (nops == 0) {
             free(q);
@@ -2146,8 +2268,9 @@ static void expire_step(struct server *srv)
     bool full;
     long keys;
 
-    if (srv->expiring || srv->stopping || wal_error(srv->wal) ||
-        skew_write_blocker(&srv->skew, srv->ids, mono_ms()) >= 0)
+    struct skew_verdict sv;
+
+    if (srv->expiring || srv->stopping || wal_error(srv->wal) || !clocks_allow_writes(srv, &sv))
         return;
     for (size_t i = 0; i < srv->cfg.nreplicas; i++)
         if (!tpc_peer_is_up(srv->tpc, srv->cfg.replicas[i].id))
@@ -2287,7 +2410,7 @@ static void stats_cluster(struct server *srv, struct outq *o)
          * a signed number), and the probe's round trip. */
         snprintf(name, sizeof(name), "peer_%u_clock_offset_ms", id);
         snprintf(addr, sizeof(addr), "%lld", (long long)(ls.clock_offset_us / 1000));
-        stat_str(o, name, ls.clock_probes ? addr : "unknown");
+        stat_str(o, name, skew_of(&srv->skew, id, mono_ms()) >= 0 ? addr : "unknown");
         snprintf(name, sizeof(name), "peer_%u_clock_rtt_us", id);
         stat_u64(o, name, ls.clock_rtt_us);
     }
@@ -2324,7 +2447,15 @@ static int cluster_open(struct server *srv, struct recover_ledger *ledger, char 
             srv->self_idx = (uint32_t)i;
     }
     skew_init(&srv->skew, (uint32_t)srv->cfg.nreplicas, srv->cfg.id, srv->cfg.max_clock_skew_ms);
-    srv->skew_blocker = -1;
+    /* The participants' backstop (txn.h): a coordinator's clock ahead by
+     * more than the bound, or behind by more than the bound plus the time a
+     * PREPARE may take to arrive, gets a NO vote. */
+    if (srv->cfg.max_clock_skew_ms) {
+        srv->rm.clock_ahead_ms = srv->cfg.max_clock_skew_ms;
+        srv->rm.clock_behind_ms =
+            (int64_t)srv->cfg.max_clock_skew_ms + srv->cfg.prepare_timeout_ms;
+    }
+
     srv->expire_bytes_max = srv->cfg.value_bytes_max + LIMIT_PEER_FRAME_OVERHEAD_BYTES / 2;
     if (srv->expire_bytes_max > LIMIT_EXPIRE_TXN_BYTES)
         srv->expire_bytes_max = LIMIT_EXPIRE_TXN_BYTES;
@@ -3920,10 +4051,12 @@ static void on_timer(uv_timer_t *t)
     struct server *srv = t->data;
 
     refresh_now(srv);
-    if (srv->cluster && srv->peers && mono_ms() >= srv->clock_probe_at_ms) {
-        srv->clock_probe_at_ms = mono_ms() + LIMIT_CLOCK_PROBE_MS;
-        peer_clock_ping(srv->peers);
-        skew_changed(srv); /* samples grow old too */
+    if (srv->cluster) {
+        clock_step_check(srv);
+        if (mono_ms() >= srv->clock_probe_at_ms) {
+            clock_probe(srv);
+            skew_changed(srv); /* samples grow old too */
+        }
     }
     if (srv->cluster)
         expire_step(srv);

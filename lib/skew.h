@@ -7,15 +7,19 @@
  * stamps become the replicated effect) and by reads hiding dead items. So a
  * clock that is off cannot make replicas diverge, but it makes expiry
  * wrong: a coordinator behind writes expiry times in the past of the
- * others, and a replica ahead hides items early. The cluster bounds it:
- * each replica measures every peer's clock (peer.c's clock probes) and
- *   - refuses writes while some replica's clock is provably more than
- *     max_skew_ms off its own (the offset minus half the round trip);
- *   - refuses reads while its own clock is provably off from more than
- *     half of the other replicas' (it is the odd one out; with two
+ * others, one ahead deletes items as expired early, and a replica ahead
+ * hides items early. The cluster bounds it: each replica measures every
+ * peer's clock (peer.c's clock probes), as an offset from its own known to
+ * within half the probe's round trip, and
+ *   - refuses writes (and its expiry deletes) unless every peer whose link
+ *     is up has been measured recently, and no two clocks it knows of - its
+ *     own and its peers' - are provably more than max_skew apart (so a
+ *     replica between two others that are too far apart refuses too);
+ *   - refuses reads while its own clock is provably too far from more than
+ *     half of the peers it has measured (it is the odd one out; with two
  *     replicas, either may be, and both refuse).
- * A peer not measured for SKEW_SAMPLE_MAX_AGE_MS (its link is down, say)
- * counts as unknown, neither in bound nor out of it.
+ * A sample older than SKEW_SAMPLE_MAX_AGE_MS, or taken before this host's
+ * own clock stepped (skew_forget), no longer counts.
  *
  * Pure: times come in as arguments.
  */
@@ -43,6 +47,14 @@ struct skew {
     struct skew_sample peer[TPC_REPLICAS_MAX];  /* by replica id */
 };
 
+/* Why writes are refused (skew_write_check). */
+struct skew_verdict {
+    uint32_t a, b;      /* two replicas whose clocks are too far apart (b may be
+                           us); or a, a peer not measured yet */
+    bool unmeasured;    /* a's clock has not been measured (recently) */
+    int64_t apart_us;   /* how far apart for sure */
+};
+
 /* Starts with no samples, for n replicas (self among them); max_skew_ms 0
  * turns the check off. The queries take the replica ids, ids[0..n). */
 void skew_init(struct skew *s, uint32_t n, uint32_t self, uint64_t max_skew_ms);
@@ -52,16 +64,23 @@ void skew_init(struct skew *s, uint32_t n, uint32_t self, uint64_t max_skew_ms);
 void skew_note(struct skew *s, uint32_t id, int64_t offset_us, uint64_t rtt_us,
                uint64_t now_ms);
 
+/* Our own clock stepped: every sample is void. */
+void skew_forget(struct skew *s);
+
 /* How far peer id's clock is off ours for sure (|offset| - rtt/2, at least
  * 0), in microseconds, or -1 when unknown (never measured, or too old). */
 int64_t skew_of(const struct skew *s, uint32_t id, uint64_t now_ms);
 
-/* The id of a peer whose clock is provably more than max_skew off ours, or
- * -1 when none is (writes may go on). */
-int skew_write_blocker(const struct skew *s, const uint32_t *ids, uint64_t now_ms);
+/*
+ * May writes go on? up(id) says whether the link to peer id is up (a peer
+ * that is down stops writes anyway, and says so itself). Returns true, or
+ * false with the reason in *v.
+ */
+bool skew_write_check(const struct skew *s, const uint32_t *ids, uint64_t now_ms,
+                      bool (*up)(void *arg, uint32_t id), void *arg, struct skew_verdict *v);
 
-/* True when our own clock is provably off from more than half of the other
- * replicas' (reads are refused). */
+/* True when our own clock is provably too far from more than half of the
+ * peers we have measured (reads are refused). */
 bool skew_read_refused(const struct skew *s, const uint32_t *ids, uint64_t now_ms);
 
 #endif /* TPCKV_SKEW_H */

@@ -165,7 +165,8 @@ struct tpc {
 
 static const char *const reason_names[TPC_REASON_MAX + 1] = {
     "none",      "busy",    "conflict", "no_memory", "log_failed", "timeout",
-    "peer_down", "bad_ops", "recovery", "stopping",  "too_large", "outcome_unknown",
+    "peer_down", "bad_ops", "recovery", "stopping",  "too_large", "clock",
+    "outcome_unknown",
 };
 
 const char *tpc_reason_name(enum tpc_reason r)

@@ -49,14 +49,16 @@ enum tpc_reason {
     TPC_R_RECOVERY = 8,   /* undecided when the coordinator restarted */
     TPC_R_STOPPING = 9,   /* the coordinator is shutting down */
     TPC_R_TOO_LARGE = 10, /* a resulting value exceeds a participant's --max-value */
-    TPC_R_UNKNOWN = 11,   /* done() only, never a vote: the coordinator's log failed
+    TPC_R_CLOCK = 11,     /* the coordinator's clock (the CHECK's time) is too far
+                             from the participant's (--max-clock-skew-ms) */
+    TPC_R_UNKNOWN = 12,   /* done() only, never a vote: the coordinator's log failed
                              at the commit point and may hold the COMMIT; its
                              restart settles the outcome */
 };
-#define TPC_REASON_MAX 11
+#define TPC_REASON_MAX 12
 /* The reasons a message may carry (a vote, an abort): TPC_R_UNKNOWN is not
  * one, and a peer that sends it is refused like any malformed frame. */
-#define TPC_REASON_WIRE_MAX 10
+#define TPC_REASON_WIRE_MAX 11
 
 const char *tpc_reason_name(enum tpc_reason r);
 

@@ -198,6 +198,14 @@ static void effect_to_store_op(const struct wal_op *w, struct store_op *op, uint
     }
 }
 
+/* Is the coordinator's time t too far from ours (struct txn_rm)? */
+static bool clock_too_far(const struct txn_rm *rm, int64_t t)
+{
+    if (rm->clock_ahead_ms > 0 && t > rm->now_ms && t - rm->now_ms > rm->clock_ahead_ms)
+        return true;
+    return rm->clock_behind_ms > 0 && t < rm->now_ms && rm->now_ms - t > rm->clock_behind_ms;
+}
+
 static enum tpc_reason reason_of(enum store_status st)
 {
     switch (st) {
@@ -238,6 +246,11 @@ int txn_prepare(struct txn_rm *rm, const struct tpc_txn *t, struct txn_prep **ou
     for (uint32_t i = 0; i < t->nops; i++) {
         if ((r = wal_op_next(t->ops, t->nbytes, &pos, &w)) != 1) {
             reason = TPC_R_BAD_OPS;
+            goto fail;
+        }
+        if ((w.kind == WAL_OP_CHECK || w.kind == WAL_OP_FLUSH) && !t->recovered &&
+            clock_too_far(rm, w.mtime_ms)) {
+            reason = TPC_R_CLOCK;
             goto fail;
         }
         if (w.kind == WAL_OP_CHECK) {

@@ -53,6 +53,14 @@ struct txn_rm {
     struct txn_prep *flush_holder; /* a prepared flush_all holds every key */
     size_t prepared;               /* transactions holding locks */
     size_t user_bytes;             /* what txn_prep.user points to */
+    /* A backstop for the clock bound (skew.h): a CHECK or FLUSH whose time
+     * (the coordinator's clock) is more than clock_ahead_ms ahead of now_ms
+     * (this replica's clock, set by the caller before each prepare), or more
+     * than clock_behind_ms behind it (the PREPARE's time in transit
+     * included), votes TPC_R_CLOCK. 0: no check (the simulator's stores,
+     * whose clocks it skews on purpose). */
+    int64_t now_ms;
+    int64_t clock_ahead_ms, clock_behind_ms;
 };
 
 /*
@@ -61,7 +69,8 @@ struct txn_rm {
  * TPC_R_CONFLICT; skipped when t->recovered), and prepares each effect on
  * the store, reserving its memory (TPC_R_NO_MEMORY, TPC_R_TOO_LARGE; a
  * recovered transaction is not held to max_bytes, as recovery never drops
- * durable data).
+ * durable data), and checks the coordinator's clock (TPC_R_CLOCK, see
+ * struct txn_rm; skipped when t->recovered).
  * A flush needs no key locked, and while it is prepared nothing else
  * prepares. Returns 0 with *out (to pass to txn_commit or txn_abort), or a
  * reason with nothing held (TPC_R_BAD_OPS for undecodable operations, or

@@ -454,6 +454,48 @@ static void test_check_ignores_what_a_participant_reclaimed(void)
     store_free(s[1]);
 }
 
+/* Found by the adversarial audit: a replica restarted with its clock an
+ * hour off wrote with that clock, and deleted live items as expired, before
+ * any clock probe said so. Every participant checks the coordinator's
+ * clock in the CHECK (and a FLUSH's time stamp) against its own: too far
+ * ahead, or too far behind (the PREPARE's transit allowed for), votes NO. */
+static void test_coordinator_clock_far_off_votes_no(void)
+{
+    struct store *s[2] = {mkstore_replicated(), mkstore_replicated()};
+    struct txn_rm rm = {.store = s[1], .now_ms = NOW, .clock_ahead_ms = 500,
+                        .clock_behind_ms = 2500};
+    struct store_op set = set_op("x", "v"), flush = {.type = STORE_FLUSH};
+    struct txn_prep *p;
+    struct buf b = {0};
+    uint32_t nops;
+
+    set.exptime_ms = 0;
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[0], &set, 10, NOW + 3600000, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL(prepare(&rm, 10, &b, nops, false, &p), TPC_R_CLOCK);
+    CU_ASSERT_EQUAL(store_locks(s[1]), 0);
+    CU_ASSERT_EQUAL(rm.prepared, 0);
+    /* Recovered, it had passed then: prepared regardless. */
+    CU_ASSERT_EQUAL_FATAL(prepare(&rm, 10, &b, nops, true, &p), 0);
+    txn_abort(&rm, p);
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[0], &set, 11, NOW + 501, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL(prepare(&rm, 11, &b, nops, false, &p), TPC_R_CLOCK);
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[0], &set, 12, NOW + 499, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(prepare(&rm, 12, &b, nops, false, &p), 0);
+    txn_abort(&rm, p);
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[0], &set, 13, NOW - 2499, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL_FATAL(prepare(&rm, 13, &b, nops, false, &p), 0);
+    txn_abort(&rm, p);
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[0], &set, 14, NOW - 2501, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL(prepare(&rm, 14, &b, nops, false, &p), TPC_R_CLOCK);
+    flush.flush_at_ms = NOW + 3600000 + 5000;
+    CU_ASSERT_EQUAL_FATAL(encode_at(s[0], &flush, 15, NOW + 3600000, &b, &nops), STORE_OK);
+    CU_ASSERT_EQUAL(prepare(&rm, 15, &b, nops, false, &p), TPC_R_CLOCK);
+    CU_ASSERT_PTR_NULL(rm.flush_holder);
+    buf_free(&b);
+    store_free(s[0]);
+    store_free(s[1]);
+}
+
 void unit_txn_register(void)
 {
     CU_pSuite s = unit_suite("txn");
@@ -475,4 +517,6 @@ void unit_txn_register(void)
               test_expiry_walk_spares_a_locked_key);
     unit_test(s, "a CHECK ignores what a participant reclaimed by its own clock",
               test_check_ignores_what_a_participant_reclaimed);
+    unit_test(s, "a coordinator's clock far off votes no",
+              test_coordinator_clock_far_off_votes_no);
 }
