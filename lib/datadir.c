@@ -48,9 +48,10 @@ int datadir_lock(const char *dir, pid_t *holder)
     return fd;
 }
 
-int datadir_sync(const char *dir)
+/* fsync()s what path names, opened read-only with flags. */
+static int sync_path(const char *path, int flags)
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | flags);
     int r = 0;
 
     if (fd < 0)
@@ -59,6 +60,16 @@ int datadir_sync(const char *dir)
         r = -errno;
     close(fd);
     return r;
+}
+
+int datadir_sync(const char *dir)
+{
+    return sync_path(dir, O_DIRECTORY);
+}
+
+int datadir_sync_file(const char *path)
+{
+    return sync_path(path, 0);
 }
 
 static int cmp_file(const void *a, const void *b)

@@ -29,6 +29,9 @@ int datadir_lock(const char *dir, pid_t *holder);
 /* fsync()s the directory. Returns 0 or -errno. */
 int datadir_sync(const char *dir);
 
+/* fsync()s the file at path (one written by an earlier run). 0 or -errno. */
+int datadir_sync_file(const char *path);
+
 /* One file named <prefix><16 hex digits><suffix>. */
 struct datadir_file {
     uint64_t seq;

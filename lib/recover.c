@@ -300,21 +300,6 @@ static bool all_zero(const char *p, size_t n)
     return true;
 }
 
-/* fsync()s a file: what replay read may have come from the page cache of a
- * run under --fsync none that was killed, and it is served from now on. */
-static int sync_path(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    int r = 0;
-
-    if (fd < 0)
-        return -errno;
-    if (fsync(fd) < 0)
-        r = -errno;
-    close(fd);
-    return r;
-}
-
 /* Cuts path to len bytes, durably. */
 static int truncate_durably(const char *path, size_t len)
 {
@@ -443,7 +428,9 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
                                                  : strerror(-sc.cb_error),
                          sc.cb_error == -ENOMEM ? "free memory and retry" : do_hint());
         }
-        if ((r = sync_path(path)) < 0)
+        /* What replay read may have come from the page cache of a run under
+         * --fsync none that was killed, and it is served from now on. */
+        if ((r = datadir_sync_file(path)) < 0)
             return util_errf(err, cap, r, "cannot make %s durable: %s", path, strerror(-r));
         if (sc.last_lsn + 1 > expect)
             expect = sc.last_lsn + 1;

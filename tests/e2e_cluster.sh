@@ -472,6 +472,11 @@ digests_agree() {
     [ "${l[*]}" = "0 0 0" ] && [ -n "${d[0]}" ] && [ "${d[0]}" = "${d[1]}" ] && [ "${d[1]}" = "${d[2]}" ]
 }
 
+# note_digests: what each replica last said of its digest.
+note_digests() {
+    note "$(for i in 1 2 3; do echo "replica $i: $(tr '\n' ' ' <"$tmp/digest.$i")"; done)"
+}
+
 # settled_agree SECONDS: until the digests agree twice in a row, 0.2 s apart.
 settled_agree() {
     local end=$((SECONDS + $1))
@@ -508,7 +513,7 @@ expiry_check() {
         ok "2b: all three replicas store the same state (stats digest) once expiry settles"
     else
         not_ok "2b: the replicas' stored states differ after expiry"
-        note "$(for i in 1 2 3; do echo "replica $i: $(tr '\n' ' ' <"$tmp/digest.$i")"; done)"
+        note_digests
     fi
     for i in 1 2 3; do
         cl -p "${CPORT[$i]}" get "${live[@]}" >"$tmp/exp.$i" 2>/dev/null || true
@@ -545,7 +550,8 @@ expiry_check() {
         ok "2b: after the delayed flush_all only the later write is there, the same on every replica"
     else
         not_ok "2b: the delayed flush_all"
-        note "${bad[@]}" "$(for i in 1 2 3; do echo "replica $i: $(tr '\n' ' ' <"$tmp/digest.$i")"; done)"
+        note "${bad[@]}"
+        note_digests
     fi
     # A restart replays dead items and touches: still identical.
     stop_replica 2 >/dev/null || true
@@ -556,7 +562,7 @@ expiry_check() {
         ok "2b: after replica 2 restarts, the three stored states are identical again"
     else
         not_ok "2b: the replicas' stored states differ after a restart"
-        note "$(for i in 1 2 3; do echo "replica $i: $(tr '\n' ' ' <"$tmp/digest.$i")"; done)"
+        note_digests
     fi
     for i in 1 2 3; do
         w 0 STORED "set e:0 via $i" -p "${CPORT[$i]}" put e:0 "after$i"
