@@ -795,7 +795,7 @@ static void *writer_main(void *arg)
             uint64_t now = util_mono_ns();
             if (now < due) {
                 struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
+                clock_gettime(CLOCK_MONOTONIC, &ts);
                 uint64_t wait = due - now;
                 ts.tv_sec += (time_t)(wait / 1000000000u);
                 ts.tv_nsec += (long)(wait % 1000000000u);
@@ -1023,7 +1023,14 @@ int wal_open(struct wal **out, uv_loop_t *loop, const struct wal_config *cfg, ui
     w->durable_lsn = next_lsn - 1;
     w->last_sync_ns = util_mono_ns();
     pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, NULL);
+    /* The batch-mode wait is timed by the monotonic clock: a wall clock
+     * stepped back would hold every acknowledgement by the size of the
+     * step (found with the chaos clock shim). */
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (w->dir == NULL) {
         r = -ENOMEM;
         goto fail;
