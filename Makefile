@@ -11,9 +11,12 @@
 #                   against the release build, then make chaos
 #   make unit       unit tests only;  make e2e   ./test.sh only
 #   make sim        the 2PC simulator over SIM_SEEDS seeds (tests/sim.c)
-#   make chaos      fault injection (tests/chaos.py): every scenario for
-#                   CHAOS_SECONDS (20) each, then a linearizability check;
-#                   as root (network namespace, nftables, tmpfs)
+#   make chaos      fault injection (tests/chaos.py): every scenario (kill,
+#                   pause, partition, netslow, disk, clock skew, mixed) for
+#                   CHAOS_SECONDS (20) each, then a linearizability check and
+#                   a comparison of the replicas' stored states (stats
+#                   digest); as root (network namespace, nftables, tmpfs).
+#                   The replicas run with tests/clockshim.so preloaded
 #   make chaos-short  the same for CHAOS_SHORT_SECONDS (8) each
 #   make bench      tpckv against memcached (tests/bench.sh: installs memcached
 #                   if missing; BENCH_SECONDS, BENCH_ROUNDS...). tests/bench_wal.sh
@@ -254,15 +257,26 @@ chaos-unit:
 
 # Fault injection against a 3-replica cluster (tests/chaos.py); the last
 # line is "N passed, N failed". CHAOS_SECONDS: seconds of faults per scenario.
+# The replicas run with tests/clockshim.so preloaded (the clock-skew nemesis
+# shifts each one's wall clock through it).
 CHAOS_SECONDS ?= 20
 CHAOS_SHORT_SECONDS ?= 8
-chaos: all chaos-unit
+CLOCKSHIM := $(BUILD)/tests/clockshim.so
+chaos: all chaos-unit $(CLOCKSHIM)
 	@echo "== chaos: every scenario, $(CHAOS_SECONDS)s of faults each"
-	$(Q)python3 tests/chaos.py --seconds $(CHAOS_SECONDS)
+	$(Q)python3 tests/chaos.py --seconds $(CHAOS_SECONDS) --clock-shim $(CLOCKSHIM)
 
-chaos-short: all chaos-unit
+chaos-short: all chaos-unit $(CLOCKSHIM)
 	@echo "== chaos (short): every scenario, $(CHAOS_SHORT_SECONDS)s of faults each"
-	$(Q)python3 tests/chaos.py --seconds $(CHAOS_SHORT_SECONDS)
+	$(Q)python3 tests/chaos.py --seconds $(CHAOS_SHORT_SECONDS) --clock-shim $(CLOCKSHIM)
+
+# Test-only LD_PRELOAD library (tests/clockshim.c): CLOCK_REALTIME shifted by
+# the milliseconds in the file $TPCKV_CLOCK_OFFSET_FILE names. Built without
+# the sanitizers: it goes into a release serve.
+$(CLOCKSHIM): tests/clockshim.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	$(Q)$(CC) $(CPPFLAGS) -std=c11 -O2 -g $(WARN) -fPIC -shared -o $@ $< -ldl
 
 # ---- fuzzing (tests/fuzz/; README.md, Tests, says how to use it)
 

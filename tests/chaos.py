@@ -4,7 +4,8 @@ with a linearizability checker (tests/chaos_check.py). Run by `make chaos`
 (every scenario, CHAOS_SECONDS each, default 20) and `make chaos-short`
 (part of `make test`).
 
-  chaos.py [--seconds N] [--scenarios LIST] [--seed S] [--keep]
+  chaos.py [--seconds N] [--scenarios LIST] [--seed S] [--keep] [--serve BIN]
+           [--clock-shim SO]
   chaos.py --check HISTORY.jsonl      re-check a kept history
 
 SCENARIOS, each on a fresh cluster; the nemesis injects one fault at a time
@@ -19,7 +20,27 @@ SCENARIOS, each on a fresh cluster; the nemesis injects one fault at a time
              share of the peer packets (tc netem is not in this kernel)
   disk       a replica's data dir is a small tmpfs, filled up; healed by
              freeing it and restarting the replica (its log error is sticky)
-  mixed      each fault drawn from the five above
+  clock      clock skew: each replica's wall clock (CLOCK_REALTIME; not the
+             monotonic clock its timers use) is shifted by an offset the test
+             sets (tests/clockshim.c, preloaded into every replica in every
+             scenario, reads it from a file in the scenario's temp dir, at
+             most 50 ms late). A fault is one of: one replica off; all three
+             off by different amounts; clocks stepping back and forth every
+             0.1-0.4 s under load; or (twice as often) a replica killed and
+             restarted 1-3 s later with its clock off, so that it replays its
+             log after short expiries passed. Each offset is, half the time,
+             within serve's --max-clock-skew-ms (default 500: +-100..450 ms,
+             every pair within it), where writes go on with the clocks apart,
+             else beyond it (+-600..1500 ms), where writes are refused until
+             the clocks agree. Held 1-3 s, then every offset back to 0. Here
+             (not in mixed), two times in five a flush_all 1 is also sent
+             while the clocks are off (not in the last third of a round),
+             and they are held until it has come due at every replica's
+             clock. Only the expiry workload runs here (see below). A run of
+             16 s or more is cut into rounds of 8 s or more, each ended by
+             the replica comparison (a later fault can undo a divergence an
+             earlier one left).
+  mixed      each fault drawn from the six above
 
 ISOLATION. The cluster runs inside a network namespace this script creates
 (and deletes): it re-executes itself there with `ip netns exec`, which also
@@ -29,8 +50,8 @@ who sent a packet each replica runs under a uid of its own (61001-61003):
 an nftables rule marks each new connection (conntrack mark) with the id of
 the replica that opened it, from the socket's uid, and the fault rules match
 the mark and the connection's original destination. Without root or
-namespaces only kill and pause run (on 127.0.0.11-13 of the host), the others
-print "SKIP: reason".
+namespaces only kill, pause and clock run (on 127.0.0.11-13 of the host), the
+others print "SKIP: reason".
 
 WORKLOAD. 6 clients (2 per replica), one connection each, one request at a
 time over raw sockets, on 4 keys: set of a unique value, get, and gets
@@ -47,6 +68,40 @@ final reads join the history), and the three stores must be identical
 their own: every acknowledged add is on every replica with its value (no
 acknowledged write lost), every add attempted is on all three replicas or on
 none, and no key is there that was not attempted.
+
+EXPIRY WORKLOAD (every scenario). 3 more clients (1 per replica; 6 in
+"clock") on keys of their own, t0..t11: set and add with exptime 1-3 s or 0,
+touch and gat/gats (often to 0), get/gets of 1-3 keys, delete, incr,
+append, cas with a token a gets saw, and adds of keys written once
+(e<client>-<n>, mostly never to expire). In "clock" a flusher also sends
+flush_all with a delay of 1-3 s (one in seven immediate) every 3-8 s; no
+flush_all (neither the flusher's nor the nemesis's) in the last third of a
+round. Nothing there is checked against a model: only replies the protocol
+allows are accepted. It stops when the faults are healed, and after the
+heal (every clock offset back to 0, writes going through, nothing in
+doubt) `stats digest` of the three replicas must be equal, with no key
+locked, in two readings in a row (the expiry deletes of the last items
+take a moment); then a set of every tN through every replica must be
+STORED (no key left unwritable: a replica that holds a key in another
+state than the rest votes "conflict" on every write of it: "SERVER_ERROR
+busy ... gave up after 8 retries"), and the digests (and gets of t0..t11)
+must agree again. On a failure each replica's digest, `keys t` and the t
+keys' values are printed. Against a serve without `stats digest` (an
+older release, --serve) the live stores (keys + gets of every key) are
+compared instead.
+
+Why flush_all runs in "clock" only: an immediate flush_all removes the
+registers k0..k3 and the write-once u keys, and a delayed one removes them
+when it comes due, at a moment no client observes; the register checker
+and check_adds would have to treat every flush as a write of "nothing" to
+every key at an unknown time, which they do not. So "clock" runs the
+expiry workload alone, with flushes, and is judged by the replica
+comparison; elsewhere the expiry workload runs beside the registers
+without flush_all, and the store comparison of the registers leaves the t
+and e keys out (they may expire between two replicas' dumps). In "clock"
+no flush is sent in the last third of a round: a flush that comes due
+removes what was written before it on every replica alike, and so would
+hide a divergence an earlier fault left.
 
 A failing scenario keeps its history (build/chaos/SCENARIO-SEED.jsonl) and
 its replicas' logs and prints how to re-check it. Output: one "ok   - " or
@@ -72,8 +127,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import chaos_check  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCENARIOS = ["kill", "pause", "partition", "netslow", "disk", "mixed"]
+SCENARIOS = ["kill", "pause", "partition", "netslow", "disk", "clock", "mixed"]
 NEEDS_NETNS = {"partition", "netslow", "disk", "mixed"}
+# The faults each scenario's nemesis draws from.
+SCENARIO_FAULTS = {"kill": ["kill"], "pause": ["pause"], "partition": ["partition"],
+                   "netslow": ["netslow"], "disk": ["disk"],
+                   "clock": ["clock"],
+                   "mixed": ["kill", "pause", "partition", "netslow", "disk", "clock"]}
+# The register workload (and its linearizability check) runs in every
+# scenario but "clock", whose flush_all would remove the registers.
+REGISTER_SCENARIOS = set(SCENARIOS) - {"clock"}
 N = 3
 HOSTS = {i: "127.0.0.%d" % (10 + i) for i in range(1, N + 1)}
 PROXY_HOST = "127.0.0.2"
@@ -84,6 +147,17 @@ LOCK_WAIT_MS = 1000
 OP_TIMEOUT_S = 2.5  # > lock wait + prepare timeout: most answers arrive
 KEYS = ["k0", "k1", "k2", "k3"]
 CLIENTS_PER_REPLICA = 2
+TKEYS = ["t%d" % i for i in range(12)]  # the expiry workload's keys
+TKEYS_TEXT = "t0..t%d" % (len(TKEYS) - 1)
+EXPIRY_CLIENTS_PER_REPLICA = 1  # 2 in "clock", where the register clients do not run
+# Clock offsets the nemesis sets. serve refuses writes while two replicas'
+# clocks are provably more than --max-clock-skew-ms apart (default 500; not
+# passed, so an older serve without the flag runs too): a skew is drawn
+# within it (writes go on with the clocks apart: what must not make the
+# replicas diverge) or beyond it (the refusals), half and half.
+SKEW_WITHIN_MS = (100, 450)  # one replica off by this much, either way
+SKEW_BEYOND_MS = (600, 1500)
+CLOCK_ENV = "TPCKV_CLOCK_OFFSET_FILE"  # read by tests/clockshim.c
 TMPFS_MB = 16
 NFT_TABLE = "tpckv_chaos"
 SO_MARK = getattr(socket, "SO_MARK", 36)
@@ -189,6 +263,17 @@ class Client:
             line += b" %d" % cas
         return self.request(line + b"\r\n" + v + b"\r\n", self._line)
 
+    def command(self, line, data=None):
+        """Any command answered by one line (data: a storage command's block)."""
+        return self.request(line + b"\r\n" + (b"" if data is None else data + b"\r\n"),
+                            self._line)
+
+    def retrieve(self, cmd, keys, exptime=None):
+        """get/gets/gat/gats of several keys: _values' answer."""
+        line = cmd + (b"" if exptime is None else b" %d" % exptime)
+        return self.request(line + b"".join(b" " + k.encode() for k in keys) + b"\r\n",
+                            self._values)
+
     def _values(self, deadline):
         """[(key, flags, cas or None, value)] until END, or the error line."""
         out = []
@@ -198,6 +283,8 @@ class Client:
                 return out
             parts = line.split()
             if not parts or parts[0] != b"VALUE":
+                if out:  # an error after values: the stream is out of step
+                    raise Unknown("error line after values: %r" % line[:80])
                 return line  # an error line
             n = int(parts[3])
             data = self._exact(n + 2, deadline)[:n]
@@ -222,7 +309,24 @@ class Client:
                     raise Unknown("stats: %r" % line[:80])
         return self.request(b"stats\r\n", rd)
 
-    def keys(self):
+    def digest(self):
+        """`stats digest` as a dict, or None if this serve does not know it."""
+        def rd(deadline):
+            st = {}
+            while True:
+                line = self._line(deadline)
+                if line == b"END":
+                    return st
+                if not st and line.startswith((b"CLIENT_ERROR", b"ERROR")):
+                    return None
+                p = line.decode(errors="replace").split(" ", 2)
+                if len(p) == 3 and p[0] == "STAT":
+                    st[p[1]] = p[2]
+                else:
+                    raise Unknown("stats digest: %r" % line[:80])
+        return self.request(b"stats digest\r\n", rd)
+
+    def keys(self, prefix=None):
         def rd(deadline):
             out = []
             while True:
@@ -232,7 +336,7 @@ class Client:
                 if not line.startswith(b"KEY "):
                     raise Unknown("keys: %r" % line[:80])
                 out.append(line[4:].decode())
-        return self.request(b"keys\r\n", rd)
+        return self.request(b"keys%s\r\n" % (b" " + prefix.encode() if prefix else b""), rd)
 
 
 def one_request(host, port, fn, timeout=2.0):
@@ -372,6 +476,173 @@ def client_loop(hist, pid, host, port, rnd, stop, counters):
     c.close()
 
 
+# ---- the expiry workload ------------------------------------------------------------
+
+
+class ExpiryLoad:
+    """What the expiry workload's clients did. Each client counts in
+    Counters of its own (registered here once), merged when they have
+    stopped."""
+
+    def __init__(self):
+        self.clients = []  # (counts, unknown reasons, unexpected replies) per client
+
+    def new_client(self):
+        mine = (collections.Counter(), collections.Counter(), [])
+        self.clients.append(mine)  # list.append is atomic
+        return mine
+
+    def totals(self):
+        counts, why, unexpected = collections.Counter(), collections.Counter(), []
+        for c, w, u in self.clients:
+            counts.update(c)
+            why.update(w)
+            unexpected.extend(u)
+        return counts, why, unexpected
+
+
+# Replies a command of the expiry workload may get (besides SERVER_ERROR,
+# which is indeterminate, and values for the retrievals).
+EXPIRY_KINDS = ["set", "add", "add new", "touch", "gat", "gats", "get", "gets", "delete", "incr",
+                "append", "cas", "flush_all N", "flush_all"]
+EXPIRY_REPLIES = {
+    "set": {b"STORED"}, "add": {b"STORED", b"NOT_STORED"}, "add new": {b"STORED"},
+    "append": {b"STORED", b"NOT_STORED"}, "cas": {b"STORED", b"EXISTS", b"NOT_FOUND"},
+    "touch": {b"TOUCHED", b"NOT_FOUND"}, "delete": {b"DELETED", b"NOT_FOUND"},
+    "incr": {b"NOT_FOUND", b"CLIENT_ERROR cannot increment or decrement non-numeric value"},
+    "flush_all": {b"OK"}, "flush_all N": {b"OK"},
+}
+
+
+def expiry_loop(load, pid, host, port, rnd, stop):
+    """One client of the expiry workload on TKEYS: set/add with short
+    expiries (or none), touch, gat/gats (often to no expiry), get/gets,
+    delete, incr, append, cas. Nothing here is checked against a model: the
+    check is that the replicas end in the same stored state and every key
+    still takes a write (check_expiry). Replies are counted; any the protocol
+    does not allow is reported."""
+    counts, why, unexpected = load.new_client()
+    c = Client(host, port)
+    tokens = {}  # key -> a cas token a gets/gats saw
+    seq = 0
+    while not stop.is_set():
+        seq += 1
+        keys = rnd.sample(TKEYS, rnd.randint(1, 3))
+        key = keys[0]
+        exp = rnd.choice([0, 1, 1, 1, 2, 3])
+        texp = rnd.choice([0, 0, 0, 0, 1, 2, 3])  # touch, gat
+        value = (b"%d" % rnd.randint(0, 1000)) if rnd.random() < 0.4 else b"x%d-%d" % (pid, seq)
+        x = rnd.random()
+        kb = key.encode()
+        retrieval = None
+        try:
+            if x < 0.20:
+                kind = "set"
+                reply = c.command(b"set %s 0 %d %d" % (kb, exp, len(value)), value)
+            elif x < 0.25:
+                kind = "add"
+                reply = c.command(b"add %s 0 %d %d" % (kb, exp, len(value)), value)
+            elif x < 0.37:
+                kind, reply = "touch", c.command(b"touch %s %d" % (kb, texp))
+            elif x < 0.49:
+                kind = retrieval = rnd.choice(["gat", "gats"])
+                reply = c.retrieve(kind.encode(), keys, exptime=texp)
+            elif x < 0.63:
+                kind = retrieval = rnd.choice(["get", "gets"])
+                reply = c.retrieve(kind.encode(), keys)
+            elif x < 0.71:
+                kind, reply = "delete", c.command(b"delete %s" % kb)
+            elif x < 0.78:
+                kind, reply = "incr", c.command(b"incr %s %d" % (kb, rnd.randint(1, 100)))
+            elif x < 0.84:
+                kind = "append"
+                reply = c.command(b"append %s 0 0 2" % kb, b"+a")
+            elif x < 0.96:
+                # A key of its own, written once (mostly never to expire):
+                # one written while the replicas' clocks disagree about a
+                # flush_all's time must end the same on all of them.
+                kind = "add new"
+                fresh = b"e%d-%d" % (pid, seq)
+                reply = c.command(b"add %s 0 %d %d" % (fresh, rnd.choice([0, 0, 0, 1, 3]),
+                                                       len(value)), value)
+            elif key in tokens:
+                kind = "cas"
+                reply = c.command(b"cas %s 0 %d %d %d" % (kb, exp, len(value), tokens.pop(key)),
+                                  value)
+            else:
+                kind, reply = "gets", c.retrieve(b"gets", keys)
+                retrieval = "gets"
+        except Unknown as e:
+            counts["unknown"] += 1
+            why[str(e)[:40]] += 1
+            time.sleep(rnd.uniform(0.01, 0.05))
+            continue
+        counts[kind] += 1
+        if isinstance(reply, list):
+            got = [v[0] for v in reply]
+            if len(set(got)) != len(got) or not set(got) <= set(keys) or any(
+                    (v[2] is None) != (retrieval in ("get", "gat")) for v in reply):
+                unexpected.append("%s %s -> %r" % (kind, " ".join(keys), reply[:3]))
+            counts["hit"] += len(reply)
+            counts["miss"] += len(keys) - len(reply)
+            for k, _, cas, _ in reply:
+                if cas is not None:
+                    tokens[k] = cas
+        elif reply.startswith(b"SERVER_ERROR"):
+            counts["unknown"] += 1
+            why[error_kind(reply)] += 1
+            time.sleep(rnd.uniform(0.01, 0.05))
+        else:
+            count_reply(counts, unexpected, kind, key, reply, retrieval)
+    c.close()
+
+
+def error_kind(reply):
+    """A SERVER_ERROR reply without its details (addresses, numbers)."""
+    text = re.sub(r" \([0-9.]+:[0-9]+\)", "", reply.decode(errors="replace"))
+    return re.sub(r"[0-9]+", "N", text.split(": ")[0])
+
+
+def count_reply(counts, unexpected, kind, key, reply, retrieval=None):
+    """Counts a one-line reply of the expiry workload, or notes it as
+    unexpected."""
+    if retrieval is not None or not (reply in EXPIRY_REPLIES[kind] or (
+            kind == "incr" and reply.isdigit())):
+        unexpected.append("%s %s -> %s" % (kind, key, reply[:100].decode(errors="replace")))
+    elif kind in ("set", "add", "add new", "append", "cas") and reply == b"STORED" or \
+            reply in (b"TOUCHED", b"DELETED", b"OK") or reply.isdigit():
+        counts["written"] += 1
+
+
+def flusher_loop(load, hist, cl, rnd, stop, until):
+    """The flush_all of the expiry workload ("clock" only): every 3-8 s,
+    through a replica drawn at random, a flush_all with a delay of 1-3 s, one
+    in seven an immediate one; none from `until` on. (The clock nemesis adds
+    flushes that come due while the clocks disagree: Cluster.hold_skew.)"""
+    counts, why, unexpected = load.new_client()
+    while not stop.wait(rnd.uniform(3.0, 8.0)) and now() < until:
+        r = cl.reps[rnd.randint(1, N)]
+        if rnd.random() < 1 / 7:
+            kind, line = "flush_all", b"flush_all"
+        else:
+            kind, line = "flush_all N", b"flush_all %d" % rnd.randint(1, 3)
+        counts[kind] += 1
+        hist.event("%s through replica %d" % (line.decode(), r.id))
+        try:
+            reply = one_request(r.host, r.cport, lambda c: c.command(line), timeout=OP_TIMEOUT_S)
+        except Unknown as e:
+            counts["unknown"] += 1
+            why[str(e)[:40]] += 1
+            continue
+        hist.event("%s through replica %d: %s" % (line.decode(), r.id, reply[:60].decode(
+            errors="replace")))
+        if reply.startswith(b"SERVER_ERROR"):
+            counts["unknown"] += 1
+            why[error_kind(reply)] += 1
+        else:
+            count_reply(counts, unexpected, kind, "", reply)
+
+
 # ---- processes ----------------------------------------------------------------------
 
 
@@ -412,6 +683,9 @@ class Replica:
         self.dir = os.path.join(cl.tmp, "r%d" % rid)
         self.data = os.path.join(self.dir, "data")
         self.logf = os.path.join(self.dir, "serve.log")
+        # Its clock offset (ms), read by tests/clockshim.c in the replica.
+        self.clockf = os.path.join(cl.tmp, "clock-r%d" % rid)
+        self.offset_ms = 0
         self.proc = None
         self.expect_down = False  # the nemesis stopped it on purpose
         self.unexpected = []  # exits nobody asked for
@@ -427,6 +701,7 @@ class Replica:
                 TMPFS_MB, self.uid, self.uid), "tpckv-chaos", self.data)
             self.tmpfs = True
         open(self.logf, "a").close()
+        self.set_clock(0)
         if self.uid is not None:
             for p in (self.dir, self.data, self.logf, os.path.join(self.dir, "secret")):
                 os.chown(p, self.uid, self.uid)
@@ -442,6 +717,17 @@ class Replica:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def set_clock(self, offset_ms):
+        """Shifts the replica's wall clock (CLOCK_REALTIME) by offset_ms: the
+        shim reads the file within 50 ms. Written by rename, so it never
+        reads half a number."""
+        tmp = self.clockf + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % offset_ms)
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, self.clockf)
+        self.offset_ms = offset_ms
+
     def start(self, wait=True):
         assert not self.running()
         off = os.path.getsize(self.logf)
@@ -449,8 +735,11 @@ class Replica:
         if self.uid is not None:
             kw = {"user": self.uid, "group": self.uid, "extra_groups": []}
         err = open(os.path.join(self.dir, "stderr"), "ab")
+        env = dict(os.environ)
+        env["LD_PRELOAD"] = " ".join(p for p in (self.cl.clock_shim, env.get("LD_PRELOAD")) if p)
+        env[CLOCK_ENV] = self.clockf
         self.proc = subprocess.Popen(self.args(), stdin=subprocess.DEVNULL, stdout=err,
-                                     stderr=err, **kw)
+                                     stderr=err, env=env, **kw)
         err.close()
         self.starts += 1
         self.expect_down = False
@@ -636,6 +925,7 @@ class Proxy:
 class Cluster:
     def __init__(self, args, scenario, rnd, privileged):
         self.serve = args.serve
+        self.clock_shim = args.clock_shim
         self.scenario = scenario
         self.rnd = rnd
         self.privileged = privileged
@@ -648,6 +938,7 @@ class Cluster:
         self.reps = {i: Replica(self, i) for i in range(1, N + 1)}
         self.replicas_arg = ",".join("%d@%s:%d" % (i, r.host, r.pport)
                                      for i, r in self.reps.items())
+        self.flush_until = 0.0  # "clock": no flush_all from then on (run_scenario)
         self.proxy = None
         self.nft = False
         self.faults = []  # nft fault rules in force
@@ -868,8 +1159,103 @@ class Cluster:
             r.unexpected.append("restart after a full disk failed: %s" %
                                 " | ".join(r.log_tail(3)))
 
+    def skew(self, within=None, scale=1.0):
+        """An offset in ms, either way: within the clock bound or beyond it
+        (drawn if within is None); scale < 1 keeps offsets that are set on
+        several replicas at once within the bound of each other."""
+        if within is None:
+            within = self.rnd.random() < 0.5
+        lo, hi = SKEW_WITHIN_MS if within else SKEW_BEYOND_MS
+        ms = int(self.rnd.randint(lo, hi) * (scale if within else 1.0))
+        return ms if self.rnd.random() < 0.5 else -ms
+
+    def set_clocks(self, hist, offsets):
+        for rid, ms in sorted(offsets.items()):
+            self.reps[rid].set_clock(ms)
+        hist.event("clocks: " + ", ".join("replica %d %+d ms" % (rid, self.reps[rid].offset_ms)
+                                          for rid in sorted(self.reps)))
+
+    def flush_in_skew(self, hist):
+        """In "clock" (where flush_all is part of the workload): a flush_all 1
+        through a replica drawn at random while the clocks disagree; returns
+        when it will have come due at every replica's clock (each replica's
+        clock reaches it at a different moment: the flush time is the
+        coordinator's clock + 1 s). None elsewhere."""
+        if self.scenario in REGISTER_SCENARIOS or self.rnd.random() >= 0.4 or \
+                now() >= self.flush_until:
+            return None
+        c = self.reps[self.rnd.randint(1, N)]
+        t = now()
+        hist.event("nemesis: flush_all 1 through replica %d" % c.id)
+        try:
+            reply = one_request(c.host, c.cport, lambda cc: cc.command(b"flush_all 1"),
+                                timeout=OP_TIMEOUT_S).decode(errors="replace")
+        except Unknown as e:
+            reply = str(e)
+        hist.event("nemesis: flush_all 1 through replica %d: %s" % (c.id, reply[:60]))
+        return max(t + 1.0 + (c.offset_ms - r.offset_ms) / 1000 for r in self.reps.values())
+
+    def hold_skew(self, hist, sleep, hold):
+        """Holds the clock offsets in force for `hold` seconds, and in
+        "clock" until a flush_all sent meanwhile has come due everywhere
+        (at most 4.5 s): each replica's clock reaches it at its own moment,
+        and none may act on that alone."""
+        t0 = now()
+        sleep(self.rnd.uniform(0.1, 0.4))
+        due = self.flush_in_skew(hist)
+        if due is None:
+            sleep(max(t0 + hold - now(), 0))
+            return ""
+        sleep(max(t0 + hold - now(), min(due + self.rnd.uniform(0.2, 0.6), t0 + 4.5) - now(), 0))
+        return ", a flush_all due inside"
+
+    def fault_clock(self, hist, sleep):
+        """Clock skew through the shim: one replica off, all three off by
+        different amounts, clocks stepping back and forth under load, or a
+        replica killed and restarted with its clock off (replay, then
+        expiry, under another time). Held, then every offset back to 0."""
+        kind = self.rnd.choice(["one", "all", "steps", "restart", "restart"])
+        ids = list(self.reps)
+        try:
+            if kind == "one":
+                r = self.rnd.choice(ids)
+                self.set_clocks(hist, {r: self.skew()})
+                what = "clock of replica %d %+d ms" % (r, self.reps[r].offset_ms)
+                what += self.hold_skew(hist, sleep, self.rnd.uniform(1.0, 3.0))
+            elif kind == "all":
+                within = self.rnd.random() < 0.5
+                self.set_clocks(hist, {i: self.skew(within, 0.5) for i in ids})
+                what = "clocks %s ms" % "/".join("%+d" % self.reps[i].offset_ms for i in ids)
+                what += self.hold_skew(hist, sleep, self.rnd.uniform(1.0, 3.0))
+            elif kind == "steps":
+                end, n = now() + self.rnd.uniform(1.5, 3.0), 0
+                while now() < end:
+                    self.set_clocks(hist, {self.rnd.choice(ids): self.skew()})
+                    n += 1
+                    sleep(self.rnd.uniform(0.1, 0.4))
+                    if n == 1:
+                        self.flush_in_skew(hist)
+                what = "clocks stepping (%d steps)" % n
+            else:
+                r = self.reps[self.rnd.choice(ids)]
+                hist.event("kill -9 replica %d" % r.id)
+                r.kill(signal.SIGKILL)
+                self.set_clocks(hist, {r.id: self.skew()})
+                what = "restart of replica %d with its clock %+d ms" % (r.id, r.offset_ms)
+                sleep(self.rnd.uniform(1.0, 3.0))  # as long as short expiries
+                hist.event("restart replica %d" % r.id)
+                if not r.start():
+                    r.unexpected.append("restart failed: %s" % " | ".join(r.log_tail(3)))
+                sleep(self.rnd.uniform(0.5, 2.0))
+        finally:
+            self.set_clocks(hist, {i: 0 for i in ids})
+        return what
+
     def heal_all(self, hist):
         """Undoes whatever fault is left; restarts what is down."""
+        for r in self.reps.values():
+            if r.offset_ms:
+                r.set_clock(0)
         if self.proxy is not None:
             self.proxy.delay = (0.0, 0.0)
             self.proxy.spike = 0.0
@@ -929,10 +1315,13 @@ def run_scenario(args, scenario, seed, privileged, rep, abort):
     rnd = random.Random(seed)
     cl = Cluster(args, scenario, rnd, privileged)
     hist = History()
+    load = ExpiryLoad()
+    registers = scenario in REGISTER_SCENARIOS
     log("== %s: seed %d, %ds of faults, replicas %s, data and logs in %s" % (
         scenario, seed, args.seconds, cl.replicas_arg, cl.tmp))
     failed_before = rep.failed
     stop_clients = threading.Event()
+    stop_expiry = threading.Event()
     threads = []
     sleep = interruptible_sleep(abort)
     try:
@@ -943,54 +1332,109 @@ def run_scenario(args, scenario, seed, privileged, rep, abort):
         counters = collections.Counter()
         pid = 0
         for r in cl.reps.values():
-            for _ in range(CLIENTS_PER_REPLICA):
+            for _ in range(CLIENTS_PER_REPLICA if registers else 0):
                 pid += 1
                 t = threading.Thread(target=client_loop, args=(
                     hist, pid, r.host, r.cport, random.Random(seed * 100 + pid), stop_clients,
                     counters), daemon=True)
                 t.start()
                 threads.append(t)
-
-        # The nemesis.
         faults = {"kill": cl.fault_kill, "pause": cl.fault_pause,
                   "partition": cl.fault_partition, "netslow": cl.fault_netslow,
-                  "disk": cl.fault_disk}
+                  "disk": cl.fault_disk, "clock": cl.fault_clock}
         done = []
-        end = now() + args.seconds
-        sleep(1.0)  # a clean start
-        while now() < end - 1.0:
-            name = rnd.choice(list(faults)) if scenario == "mixed" else scenario
-            done.append(faults[name](hist, sleep))
+        # "clock" runs in rounds of at least 8 s of faults, each ended by
+        # check_expiry: a later fault can undo a divergence an earlier one
+        # left (a flush that comes due, a restart whose replay drops the
+        # same items), so a long run is compared more than once.
+        rounds = 1 if registers else max(1, int(args.seconds // 8))
+        for n in range(rounds):
             for r in cl.reps.values():
-                r.note_exit()
-            sleep(rnd.uniform(0.5, 1.5))
+                for _ in range(EXPIRY_CLIENTS_PER_REPLICA * (1 if registers else 2)):
+                    pid += 1
+                    t = threading.Thread(target=expiry_loop, args=(
+                        load, pid, r.host, r.cport, random.Random(seed * 100 + pid),
+                        stop_expiry), daemon=True)
+                    t.start()
+                    threads.append(t)
+            if not registers:
+                # flush_all in "clock" only, and none in the last third of a
+                # round: a flush that comes due removes the items written
+                # before it on every replica alike, and so would hide a
+                # divergence an earlier fault left.
+                cl.flush_until = now() + 1.0 + (args.seconds / rounds - 1.0) * 2 / 3
+                t = threading.Thread(target=flusher_loop, args=(
+                    load, hist, cl, random.Random("%d-flusher-%d" % (seed, n)), stop_expiry,
+                    cl.flush_until), daemon=True)
+                t.start()
+                threads.append(t)
+
+            # The nemesis.
+            end = now() + args.seconds / rounds
+            sleep(1.0)  # a clean start
+            while now() < end - 1.0:
+                name = rnd.choice(SCENARIO_FAULTS[scenario])
+                done.append(faults[name](hist, sleep))
+                for r in cl.reps.values():
+                    r.note_exit()
+                sleep(rnd.uniform(0.5, 1.5))
+            if n == rounds - 1:
+                break
+            label = "%s, round %d of %d" % (scenario, n + 1, rounds)
+            hist.event("round %d of %d ends" % (n + 1, rounds))
+            cl.heal_all(hist)
+            cl.wait_links(20)
+            stop_expiry.set()
+            for t in threads:
+                t.join(OP_TIMEOUT_S * 3 + 5)
+            notes = ["replica %d: no write succeeded within 20 s" % r.id
+                     for r in cl.reps.values() if not write_after_heal(r, hist)]
+            rep.check(not notes, "%s: after the heal, writes succeed through every replica" %
+                      label, notes)
+            check_expiry(cl, rep, label)
+            stop_expiry = threading.Event()
         hist.event("nemesis stops")
         cl.heal_all(hist)
         links = cl.wait_links(20)
-        sleep(1.0)  # the clients run on a healed cluster a moment
+        # The expiry workload stops now, so its last items die meanwhile
+        # (check_expiry waits for that); the register clients run on a
+        # healed cluster a moment.
+        stop_expiry.set()
+        sleep(1.0)
         stop_clients.set()
         for t in threads:
             t.join(OP_TIMEOUT_S * 3 + 5)
-        ops = hist.ops
-        n_ok = sum(1 for o in ops if o["r"] == "ok")
-        n_fail = sum(1 for o in ops if o["r"] == "fail")
-        n_unk = sum(1 for o in ops if o["r"] == "unknown")
-        why = collections.Counter()
-        for o in ops:
-            if o["r"] == "unknown":
-                w = re.sub(r" \([0-9.]+:[0-9]+\)", "", str(o["o"]))
-                why[w.split(": ")[0] if w.startswith("SERVER_ERROR") else w[:40]] += 1
         log("   %s: %d faults (%s)" % (scenario, len(done), "; ".join(
             "%s x%d" % kv for kv in collections.Counter(done).most_common(6))))
-        log("   %s: %d ops attempted: %d ok, %d failed (cas EXISTS/NOT_FOUND), %d unknown (%s)" % (
-            scenario, len(ops), n_ok, n_fail, n_unk,
-            ", ".join("%s %d" % kv for kv in why.most_common(4)) or "none"))
-        unexpected = [o for o in ops if o.get("unexpected")]
-        rep.check(not unexpected, "%s: no unexpected reply (only STORED EXISTS NOT_FOUND, "
-                  "values, SERVER_ERROR)" % scenario,
-                  ["%s %s -> %s" % (o["f"], o["k"], o["o"]) for o in unexpected[:5]])
-        rep.check(n_ok > 0 and any(o["r"] == "ok" and o["f"] in ("set", "cas") for o in ops),
-                  "%s: some writes were acknowledged" % scenario)
+        ops = hist.ops
+        if registers:
+            n_ok = sum(1 for o in ops if o["r"] == "ok")
+            n_fail = sum(1 for o in ops if o["r"] == "fail")
+            n_unk = sum(1 for o in ops if o["r"] == "unknown")
+            why = collections.Counter()
+            for o in ops:
+                if o["r"] == "unknown":
+                    w = re.sub(r" \([0-9.]+:[0-9]+\)", "", str(o["o"]))
+                    why[w.split(": ")[0] if w.startswith("SERVER_ERROR") else w[:40]] += 1
+            log("   %s: %d ops attempted: %d ok, %d failed (cas EXISTS/NOT_FOUND), "
+                "%d unknown (%s)" % (scenario, len(ops), n_ok, n_fail, n_unk,
+                ", ".join("%s %d" % kv for kv in why.most_common(4)) or "none"))
+            unexpected = [o for o in ops if o.get("unexpected")]
+            rep.check(not unexpected, "%s: no unexpected reply (only STORED EXISTS NOT_FOUND, "
+                      "values, SERVER_ERROR)" % scenario,
+                      ["%s %s -> %s" % (o["f"], o["k"], o["o"]) for o in unexpected[:5]])
+            rep.check(n_ok > 0 and any(o["r"] == "ok" and o["f"] in ("set", "cas") for o in ops),
+                      "%s: some writes were acknowledged" % scenario)
+        counts, ewhy, eunexpected = load.totals()
+        log("   %s: expiry workload on %s: %d requests (%s), %d writes took effect, "
+            "%d unknown (%s)" % (
+                scenario, TKEYS_TEXT, sum(counts[k] for k in EXPIRY_KINDS), ", ".join(
+                    "%s %d" % (k, counts[k]) for k in EXPIRY_KINDS if counts[k]),
+                counts["written"], counts["unknown"],
+                ", ".join("%s %d" % kv for kv in ewhy.most_common(4)) or "none"))
+        rep.check(not eunexpected and counts["written"] > 0,
+                  "%s: expiry workload: writes took effect, no unexpected reply" % scenario,
+                  eunexpected[:5] or ["no write took effect"])
 
         # After the heal: links, writes through every replica, nothing in doubt.
         notes = []
@@ -1003,24 +1447,29 @@ def run_scenario(args, scenario, seed, privileged, rep, abort):
         rep.check(not notes, "%s: after the heal, writes succeed through every replica" %
                   scenario, notes)
         settled, notes = wait_settled(cl, 20)
-        finals = final_reads(cl, hist) if settled else None
-        same, snotes, dumps = compare_stores(cl) if settled else (False, [], None)
-        rep.check(settled and finals and same,
-                  "%s: no transaction in doubt, every key read from every replica, the three "
-                  "stores identical (keys, flags, cas, values)" % scenario, notes + snotes)
-        n_add = collections.Counter(a[2] for a in hist.adds)
-        anotes = check_adds(hist.adds, dumps) if dumps else ["no store dumps to check"]
-        rep.check(not anotes, "%s: adds of write-once keys (%d ok, %d unknown, %d failed): "
-                  "no acknowledged one lost, each on all replicas or none" % (
-                      scenario, n_add["ok"], n_add["unknown"], n_add["fail"]), anotes)
+        if registers:
+            finals = final_reads(cl, hist) if settled else None
+            same, snotes, dumps = compare_stores(cl) if settled else (False, [], None)
+            rep.check(settled and finals and same,
+                      "%s: no transaction in doubt, every key read from every replica, the three "
+                      "stores identical (keys, flags, cas, values)" % scenario, notes + snotes)
+            n_add = collections.Counter(a[2] for a in hist.adds)
+            anotes = check_adds(hist.adds, dumps) if dumps else ["no store dumps to check"]
+            rep.check(not anotes, "%s: adds of write-once keys (%d ok, %d unknown, %d failed): "
+                      "no acknowledged one lost, each on all replicas or none" % (
+                          scenario, n_add["ok"], n_add["unknown"], n_add["fail"]), anotes)
+        else:
+            rep.check(settled, "%s: no transaction in doubt" % scenario, notes)
+        check_expiry(cl, rep, scenario)
 
-        # The checker.
-        t0 = now()
-        ok, lines = chaos_check.check_history(hist.ops)
-        took = now() - t0
-        rep.check(ok, "%s: checker: %s (%d ops, %d keys, %.1fs)" % (
-            scenario, "linearizable" if ok else "NOT linearizable", len(hist.ops), len(KEYS),
-            took), [line for line in lines if not ok and "linearizable (" not in line])
+        if registers:
+            # The checker.
+            t0 = now()
+            ok, lines = chaos_check.check_history(hist.ops)
+            took = now() - t0
+            rep.check(ok, "%s: checker: %s (%d ops, %d keys, %.1fs)" % (
+                scenario, "linearizable" if ok else "NOT linearizable", len(hist.ops), len(KEYS),
+                took), [line for line in lines if not ok and "linearizable (" not in line])
         bad = ["replica %d: %s" % (r.id, ", ".join(r.unexpected))
                for r in cl.reps.values() if r.unexpected]
         rep.check(not bad, "%s: no replica exited or failed to restart unless told to" %
@@ -1030,6 +1479,7 @@ def run_scenario(args, scenario, seed, privileged, rep, abort):
         raise
     finally:
         stop_clients.set()
+        stop_expiry.set()
         for t in threads:
             t.join(OP_TIMEOUT_S * 3 + 5)
         cl.stop()
@@ -1112,6 +1562,8 @@ def dump(r):
     try:
         out = {}
         for k in sorted(c.keys()):
+            if k in TKEYS or k.startswith("e"):  # expiring: compared by check_expiry
+                continue
             vals = c.get(k, gets=True)
             if isinstance(vals, bytes):
                 out[k] = vals.decode(errors="replace")
@@ -1169,6 +1621,162 @@ def compare_stores(cl):
                     notes.append("key %s: replica 1 %s, replica %d %s" % (
                         k, ref.get(k), i, dumps[i].get(k)))
     return not notes, notes[:8], dumps
+
+
+def read_state(r, with_digest, live):
+    """(what must be equal on every replica, keys locked or None). With a
+    digest: the stored state's digest, item count and delayed flush_all, and
+    if live, gets of the expiry workload's keys (what a read shows changes
+    as items die: a reading is stable only once they are quiet). Without (a
+    serve older than stats digest): the live store, keys + gets of every
+    key."""
+    c = Client(r.host, r.cport, timeout=5)
+    try:
+        if with_digest:
+            d = c.digest()
+            if d is None:
+                raise Unknown("stats digest unsupported")
+            vals = c.retrieve(b"gets", TKEYS) if live else None
+            return ((d.get("digest"), d.get("stored_items"), d.get("flush_at_ms"),
+                     repr(vals)), int(d.get("locked_keys", "-1")))
+        out = []
+        for k in sorted(c.keys()):
+            out.append((k, repr(c.get(k, gets=True))))
+        return tuple(out), None
+    finally:
+        c.close()
+
+
+def replicas_agree(cl, with_digest, live, seconds):
+    """Waits until two readings in a row find every replica with no key
+    locked and the same state (read_state), the second like the first:
+    expiry deletes may still be under way for a while after the heal.
+    (agreed, notes)."""
+    end = now() + seconds
+    prev = None
+    last, err = {}, None
+    while now() < end:
+        cur = {}
+        try:
+            for r in cl.reps.values():
+                cur[r.id] = read_state(r, with_digest, live)
+        except Unknown as e:
+            err, prev = "replica %d: %s" % (r.id, e), None
+            time.sleep(0.2)
+            continue
+        err, last = None, cur
+        states = {rid: st for rid, (st, _) in cur.items()}
+        good = all(locked in (0, None) for _, locked in cur.values()) and \
+            len(set(states.values())) == 1
+        if good and prev == states:
+            return True, []
+        prev = states if good else None
+        time.sleep(0.2)
+    if err:
+        return False, ["after %ds: %s" % (seconds, err)]
+    notes = ["not two identical readings in a row in %ds; the last:" % seconds]
+    for rid, (st, locked) in sorted(last.items()):
+        if with_digest:
+            notes.append("replica %d: digest %s stored_items %s flush_at_ms %s locked_keys %s" % (
+                rid, st[0], st[1], st[2], locked))
+        else:
+            notes.append("replica %d: %d live keys" % (rid, len(st)))
+    if not with_digest and last:
+        ref = dict(last[1][0])
+        for rid in (2, 3):
+            other = dict(last[rid][0])
+            for k in sorted(set(ref) | set(other)):
+                if ref.get(k) != other.get(k):
+                    notes.append("key %s: replica 1 %s, replica %d %s" % (
+                        k, ref.get(k), rid, other.get(k)))
+    return False, notes[:12]
+
+
+def expiry_debug(cl):
+    """Each replica's digest, `keys t` and gets of the workload keys."""
+    out = []
+    for r in cl.reps.values():
+        c = Client(r.host, r.cport, timeout=5)
+        try:
+            d = c.digest()
+            out.append("replica %d: %s" % (r.id, "no stats digest" if d is None else " ".join(
+                "%s %s" % kv for kv in d.items())))
+            out.append("replica %d: keys t: %s" % (r.id, " ".join(c.keys("t")) or "(none)"))
+            vals = c.retrieve(b"gets", TKEYS)
+            if not isinstance(vals, bytes):
+                vals = " ".join("%s=%s (flags %d, cas %d)" % (k, v, f, cas)
+                                for k, f, cas, v in vals) or "(none)"
+            out.append("replica %d: gets: %s" % (r.id, vals))
+        except Unknown as e:
+            out.append("replica %d: %s" % (r.id, e))
+        finally:
+            c.close()
+    return out
+
+
+def write_every_tkey(cl):
+    """A set of every expiry-workload key through every replica must be
+    STORED (retried a little: a key may be busy with an expiry delete a
+    moment). Notes on those that are not."""
+    notes = []
+    for r in cl.reps.values():
+        c = Client(r.host, r.cport)
+        for k in TKEYS:
+            v = b"final-%s-r%d" % (k.encode(), r.id)
+            for attempt in range(4):
+                try:
+                    reply = c.command(b"set %s 0 0 %d" % (k.encode(), len(v)), v)
+                except Unknown as e:
+                    reply = str(e).encode()
+                if reply == b"STORED":
+                    break
+                time.sleep(0.25)
+            else:
+                notes.append("set %s through replica %d: %s (4 tries)" % (
+                    k, r.id, reply.decode(errors="replace")[:150]))
+        c.close()
+    return notes
+
+
+def check_expiry(cl, rep, scenario):
+    """The final check of the expiry workload (and of the whole stored
+    state): after the heal the replicas agree (replicas_agree), every
+    workload key takes a write through every replica, and they agree again.
+    On a failure, each replica's digest and workload keys are printed."""
+    try:
+        with_digest = one_request(cl.reps[1].host, cl.reps[1].cport,
+                                  lambda c: c.digest()) is not None
+    except Unknown:
+        with_digest = True
+    how = "stats digest, gets of %s" % TKEYS_TEXT if with_digest else \
+        "keys + gets of every key: this serve has no stats digest"
+
+    def agreed(text, live):
+        t0 = now()
+        agree, notes = replicas_agree(cl, with_digest, live, 15)
+        if not rep.check(agree, "%s (%.1fs)" % (text, now() - t0), notes):
+            for line in expiry_debug(cl):
+                log("     " + line)
+
+    agreed("%s: after the heal, the three replicas hold the same stored state (%s; twice in "
+           "a row, no key locked)" % (scenario, how.split(",")[0]), False)
+    notes = write_every_tkey(cl)
+    if not rep.check(not notes, "%s: no key left unwritable: a set of each of %s through each "
+                     "replica is STORED" % (scenario, TKEYS_TEXT), notes):
+        for line in expiry_debug(cl):
+            log("     " + line)
+    agreed("%s: and the same stored state after those sets (%s)" % (scenario, how), True)
+    exp = collections.Counter()
+    for r in cl.reps.values():
+        try:
+            st = r.stats()
+        except Unknown:
+            continue
+        for k in ("expire_txns", "expire_keys", "expire_failed"):
+            exp[k] += int(st.get(k, 0))
+    log("   %s: expiry deletes by the replicas (since they last started): %d transactions, "
+        "%d keys, %d failed" % (
+        scenario, exp["expire_txns"], exp["expire_keys"], exp["expire_failed"]))
 
 
 # ---- entry points ---------------------------------------------------------------------
@@ -1263,7 +1871,12 @@ def main():
                     help="comma-separated, from: " + " ".join(SCENARIOS))
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--keep", action="store_true", help="keep histories and logs of passing runs")
-    ap.add_argument("--serve", default=os.environ.get("SERVE", os.path.join(ROOT, "serve")))
+    ap.add_argument("--serve", default=os.environ.get("SERVE", os.path.join(ROOT, "serve")),
+                    help="the serve binary to test (SERVE, default ./serve)")
+    ap.add_argument("--clock-shim", default=os.environ.get(
+        "CLOCKSHIM", os.path.join(ROOT, "build", "rel", "tests", "clockshim.so")),
+                    help="tests/clockshim.c built, preloaded into every replica (CLOCKSHIM, "
+                    "default build/rel/tests/clockshim.so)")
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "chaos"))
     ap.add_argument("--check", metavar="FILE", help="check a kept history and exit")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
@@ -1277,6 +1890,12 @@ def main():
             ap.error("unknown scenario %r (from: %s)" % (s, " ".join(SCENARIOS)))
     if not os.access(args.serve, os.X_OK):
         print("chaos.py: %s missing: run 'make' first" % args.serve, file=sys.stderr)
+        return 2
+    args.serve = os.path.abspath(args.serve)
+    args.clock_shim = os.path.abspath(args.clock_shim)
+    if not os.access(args.clock_shim, os.R_OK):
+        print("chaos.py: %s missing: run 'make build/rel/tests/clockshim.so' (make chaos "
+              "builds it)" % args.clock_shim, file=sys.stderr)
         return 2
     if args.seconds < 3:
         ap.error("--seconds must be at least 3")
