@@ -839,6 +839,15 @@ PYEOF
     else
         not_ok "damage: newer snapshot: exit $rc: $(grep -E 'error' "$log" | head -n 2)"
     fi
+    # A run state (RUN) that does not parse: refused, not guessed at.
+    copy badrun
+    printf 'tpckv run 1\nboot x\nfsync none\nclean maybe\n' >"$tmp/badrun/RUN"
+    try badrun
+    if [ "$rc" -eq 1 ] && grep -q 'RUN, which tells whether the last run may have lost records, cannot be read' "$log"; then
+        ok "damage: a RUN file that does not parse stops the start with a clear message"
+    else
+        not_ok "damage: bad RUN: exit $rc: $(grep -E 'error' "$log" | head -n 2)"
+    fi
     # The undamaged original still recovers every key.
     copy intact
     try intact

@@ -151,14 +151,15 @@ void datadir_boot_id(char *dst, size_t cap)
     dst[strcspn(dst, "\n")] = '\0';
 }
 
-/* The value of "key value" in text, into dst; false if absent. */
+/* The value of "key value" in text, into dst; false if absent. A line may
+ * end in "\r\n" (a file edited on another system). */
 static bool run_field(const char *text, const char *key, char *dst, size_t cap)
 {
     size_t nk = strlen(key);
 
     for (const char *p = text; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
         if (strncmp(p, key, nk) == 0 && p[nk] == ' ') {
-            size_t n = strcspn(p + nk + 1, "\n");
+            size_t n = strcspn(p + nk + 1, "\r\n");
             if (n >= cap)
                 return false;
             memcpy(dst, p + nk + 1, n);
@@ -169,9 +170,25 @@ static bool run_field(const char *text, const char *key, char *dst, size_t cap)
     return false;
 }
 
+/* A decimal field, whole and in range; false if absent or malformed. */
+static bool run_number(const char *text, const char *key, uint64_t max, uint64_t *out)
+{
+    char v[32], *end;
+
+    if (!run_field(text, key, v, sizeof(v)) || v[0] < '0' || v[0] > '9')
+        return false;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || *end || x > max)
+        return false;
+    *out = x;
+    return true;
+}
+
 int datadir_run_read(const char *dir, struct datadir_run *r)
 {
-    char path[4096], buf[512], clean[8], lost[8];
+    char path[4096], buf[512], clean[8];
+    uint64_t id = 0;
     int fd;
     ssize_t n;
 
@@ -184,29 +201,37 @@ int datadir_run_read(const char *dir, struct datadir_run *r)
     if (n < 0)
         return -errno;
     buf[n] = '\0';
-    if (strncmp(buf, RUN_MAGIC "\n", sizeof(RUN_MAGIC)) != 0 ||
+    if (strncmp(buf, RUN_MAGIC, strlen(RUN_MAGIC)) != 0 ||
+        (buf[strlen(RUN_MAGIC)] != '\n' && buf[strlen(RUN_MAGIC)] != '\r') ||
         !run_field(buf, "boot", r->boot_id, sizeof(r->boot_id)) ||
         !run_field(buf, "fsync", r->fsync, sizeof(r->fsync)) ||
         !run_field(buf, "clean", clean, sizeof(clean)) ||
-        !run_field(buf, "lost", lost, sizeof(lost)) ||
         (strcmp(clean, "yes") != 0 && strcmp(clean, "no") != 0) ||
-        (strcmp(lost, "yes") != 0 && strcmp(lost, "no") != 0))
+        !run_number(buf, "lost_before", UINT64_MAX, &r->lost_before))
         return -EBADMSG;
+    /* The id is optional (a single server writes none). */
+    char idv[32];
+    if (run_field(buf, "id", idv, sizeof(idv)) &&
+        (!run_number(buf, "id", UINT32_MAX, &id) || id == 0))
+        return -EBADMSG;
+    r->id = (uint32_t)id;
     r->clean = strcmp(clean, "yes") == 0;
-    r->lost = strcmp(lost, "yes") == 0;
     r->present = true;
     return 0;
 }
 
-int datadir_run_write(const char *dir, const char *fsync_mode, bool clean, bool lost)
+int datadir_run_write(const char *dir, const struct datadir_run *run)
 {
-    char path[4096], tmp[4100], boot[40], buf[256];
+    char path[4096], tmp[4100], boot[40], buf[320], idline[32] = "";
     int fd, n, r = 0;
 
     datadir_boot_id(boot, sizeof(boot));
-    n = snprintf(buf, sizeof(buf), RUN_MAGIC "\nboot %s\nfsync %s\nclean %s\nlost %s\n",
-                 boot[0] ? boot : "unknown", fsync_mode, clean ? "yes" : "no",
-                 lost ? "yes" : "no");
+    if (run->id)
+        snprintf(idline, sizeof(idline), "id %" PRIu32 "\n", run->id);
+    n = snprintf(buf, sizeof(buf),
+                 RUN_MAGIC "\nboot %s\nfsync %s\nclean %s\nlost_before %" PRIu64 "\n%s",
+                 boot[0] ? boot : "unknown", run->fsync, run->clean ? "yes" : "no",
+                 run->lost_before, idline);
     snprintf(path, sizeof(path), "%s/RUN", dir);
     snprintf(tmp, sizeof(tmp), "%s/RUN.tmp", dir);
     if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) < 0)
@@ -223,7 +248,6 @@ int datadir_run_write(const char *dir, const char *fsync_mode, bool clean, bool 
 
 bool datadir_run_lost(const struct datadir_run *prev, const char *boot_now)
 {
-    return prev->present &&
-           (prev->lost || (!prev->clean && strcmp(prev->fsync, "none") == 0 &&
-                           (boot_now[0] == '\0' || strcmp(prev->boot_id, boot_now) != 0)));
+    return prev->present && !prev->clean && strcmp(prev->fsync, "none") == 0 &&
+           (boot_now[0] == '\0' || strcmp(prev->boot_id, boot_now) != 0);
 }

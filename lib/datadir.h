@@ -55,29 +55,34 @@ long datadir_list(const char *dir, const char *prefix, const char *suffix,
  * syncs what it replays, so a later run need not carry the doubt forward.
  */
 struct datadir_run {
-    bool present;      /* RUN existed (a data dir of release 0.1 has none) */
-    char boot_id[40];  /* /proc/sys/kernel/random/boot_id of that run, or "" */
-    char fsync[8];     /* its --fsync mode name */
-    bool clean;        /* it stopped cleanly: its log was synced and closed */
-    bool lost;         /* it knew its log had lost records: that stays true (a
-                          restart does not bring them back) until the directory
-                          is replaced */
+    bool present;         /* RUN existed (a data dir of release 0.1 has none) */
+    char boot_id[40];     /* /proc/sys/kernel/random/boot_id of that run, or "" */
+    char fsync[8];        /* its --fsync mode name */
+    bool clean;           /* it stopped cleanly: its log was synced and closed */
+    uint64_t lost_before; /* nonzero: the log had lost records, and every
+                             transaction id below this one may have been among
+                             them (tpc_history_lost). It stays (a restart does
+                             not bring records back) until the directory is
+                             replaced. */
+    uint32_t id;          /* the cluster replica id (--id) that wrote it; 0
+                             for a single server */
 };
 
 /* Reads dir/RUN into *r (present false if there is none). Returns 0, or
  * -EBADMSG for a file that does not parse, or -errno. */
 int datadir_run_read(const char *dir, struct datadir_run *r);
 
-/* Writes dir/RUN for this boot, atomically and durably (a temporary file,
- * fsync, rename, fsync of the directory). Returns 0 or -errno. */
-int datadir_run_write(const char *dir, const char *fsync_mode, bool clean, bool lost);
+/* Writes dir/RUN from *r (its boot_id is ignored: this boot's is written),
+ * atomically and durably (a temporary file, fsync, rename, fsync of the
+ * directory). Returns 0 or -errno. */
+int datadir_run_write(const char *dir, const struct datadir_run *r);
 
 /* This machine's boot id into dst (cap >= 40), "" if unknown. */
 void datadir_boot_id(char *dst, size_t cap);
 
-/* Whether the log may have lost records it reported durable: the run prev
- * describes knew so, or may have lost some itself (see above), given this
- * boot's id (an unknown id counts as another boot). */
+/* Whether the run prev describes may itself have lost records it reported
+ * durable (see above), given this boot's id (an unknown id counts as another
+ * boot). A loss an earlier run found is prev->lost_before. */
 bool datadir_run_lost(const struct datadir_run *prev, const char *boot_now);
 
 /* Formats "<dir>/<prefix><seq as 16 hex><suffix>" into dst (cap bytes). */

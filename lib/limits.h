@@ -189,11 +189,11 @@
 
 /* Expiry in a cluster is a replicated delete (DESIGN.md): a replica deletes
  * at most this many dead keys, in at most this many bytes of operations, per
- * transaction (one at a time). The bytes are also kept under --max-value
- * plus half a peer frame's overhead allowance, so a small --max-value cannot
- * make the PREPARE too big for a peer to accept. Fixed. */
+ * transaction (one at a time). The bytes stay well inside a peer frame's
+ * overhead allowance (LIMIT_PEER_FRAME_OVERHEAD_BYTES), so every peer
+ * accepts the PREPARE whatever its --max-value. Fixed. */
 #define LIMIT_EXPIRE_TXN_KEYS 1024
-#define LIMIT_EXPIRE_TXN_BYTES (64u * 1024)
+#define LIMIT_EXPIRE_TXN_BYTES 3072u
 
 /* Decided transactions each replica remembers, to answer a duplicate or
  * late message and another participant's QUERY. Fixed. */

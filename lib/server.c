@@ -89,6 +89,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
@@ -124,7 +125,7 @@ struct counters {
     uint64_t bytes_read, bytes_written;
     uint64_t udp_requests, udp_replies, udp_dropped;
     uint64_t writes_logged, writes_waited, writes_failed;
-    uint64_t txn_retries, txn_busy, reads_waited, lock_wait_timeouts;
+    uint64_t txn_retries, txn_busy, txn_conflicts, reads_waited, lock_wait_timeouts;
     uint64_t expire_txns, expire_keys, expire_failed;
     uint64_t clock_skew_refused;
     uint64_t auth_cmds, auth_errors, auth_timeouts, auth_failure_closes;
@@ -241,6 +242,7 @@ struct server {
     /* Replication (cfg.nreplicas > 0). */
     bool cluster;
     bool history_lost; /* the last run may have lost records it reported durable */
+    uint64_t lost_before; /* then: the txids that may have been among them (RUN) */
     bool run_written;  /* RUN says this run is under way */
     struct tpc *tpc;
     struct peer_net *peers;
@@ -260,7 +262,6 @@ struct server {
     uint64_t clock_probe_at_ms; /* mono: the next clock probe */
     int64_t clock_gap_ms;     /* wall minus monotonic: a change is a clock step */
     bool clock_gap_known;
-    size_t expire_bytes_max;  /* operations per expiry transaction */
     bool expiring;            /* an expiry transaction is under way */
     bool expire_more;         /* its walk stopped with a full batch */
     struct creq *done_head, *done_tail; /* outcomes to deliver, likewise */
@@ -913,10 +914,18 @@ static int consume_front(struct server *srv, struct conn *c, bool run_retrieval)
     int r = 0;
 
     enum proto_status st = proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
-    assert(st == PROTO_OK && consumed <= c->rlen);
+    assert(st == PROTO_OK);
     (void)st;
     if (run_retrieval)
         r = exec_retrieval(srv, c, &req);
+    if (consumed > c->rlen) {
+        /* A set refused for size that waited: its data block is not all
+         * here (it was never going to be kept). Discard the rest as it
+         * comes. */
+        assert(req.too_large);
+        c->swallow = c->udp ? 0 : consumed - c->rlen;
+        consumed = c->rlen;
+    }
     memmove(c->rbuf, c->rbuf + consumed, c->rlen - consumed);
     c->rlen -= consumed;
     c->attempts = 0;
@@ -1543,12 +1552,24 @@ static int reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason 
 
     switch (why) {
     case TPC_R_BUSY:
-    case TPC_R_CONFLICT:
         srv->st.txn_busy++;
         snprintf(line, sizeof(line),
                  "SERVER_ERROR busy: the key is being written through another replica "
                  "(gave up after %u retries)\r\n",
                  attempts);
+        break;
+    case TPC_R_CONFLICT:
+        /* Every retry read the key again here and replica culprit still
+         * stored another version: not a race but replicas that differ. */
+        srv->st.txn_conflicts++;
+        log_error(MOD, "a write failed %u times because replica %u stores another version "
+                       "of the key than this one: the replicas have diverged (stats digest "
+                       "shows which)",
+                  attempts + 1, culprit);
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR the replicas disagree about this key's version (replica %u; "
+                 "gave up after %u retries)\r\n",
+                 culprit, attempts);
         break;
     case TPC_R_NO_MEMORY:
         srv->st.store_no_memory++;
@@ -2278,7 +2299,7 @@ static void expire_step(struct server *srv)
     srv->ops.len = 0;
     keys = txn_expire_batch(srv->store, srv->now_ms, EXPIRE_BUCKETS_PER_TICK,
                             (uint32_t)srv->cfg.nreplicas, srv->self_idx, &srv->ops,
-                            LIMIT_EXPIRE_TXN_KEYS, srv->expire_bytes_max, &nops, &full);
+                            LIMIT_EXPIRE_TXN_KEYS, LIMIT_EXPIRE_TXN_BYTES, &nops, &full);
     if (keys <= 0 || (q = calloc(1, sizeof(*q))) == NULL)
         return;
     q->srv = srv;
@@ -2366,6 +2387,7 @@ static void stats_cluster(struct server *srv, struct outq *o)
     stat_u64(o, "expire_keys", srv->st.expire_keys);
     stat_u64(o, "expire_failed", srv->st.expire_failed);
     stat_u64(o, "txn_busy", srv->st.txn_busy);
+    stat_u64(o, "txn_conflicts", srv->st.txn_conflicts);
     stat_u64(o, "txn_active", ts.active);
     stat_u64(o, "txn_in_doubt", ts.in_doubt);
     stat_u64(o, "txn_prepare_us_avg", ts.prepare_count ? ts.prepare_us_total / ts.prepare_count
@@ -2456,9 +2478,6 @@ static int cluster_open(struct server *srv, struct recover_ledger *ledger, char 
             (int64_t)srv->cfg.max_clock_skew_ms + srv->cfg.prepare_timeout_ms;
     }
 
-    srv->expire_bytes_max = srv->cfg.value_bytes_max + LIMIT_PEER_FRAME_OVERHEAD_BYTES / 2;
-    if (srv->expire_bytes_max > LIMIT_EXPIRE_TXN_BYTES)
-        srv->expire_bytes_max = LIMIT_EXPIRE_TXN_BYTES;
     srv->rm.store = srv->store;
     srv->rm.user_bytes = sizeof(struct ptx);
     if ((srv->tpc = tpc_new(&tc, &env, &r)) == NULL)
@@ -2472,14 +2491,14 @@ static int cluster_open(struct server *srv, struct recover_ledger *ledger, char 
                       "to resend",
                  ledger->nprepared, ledger->ncommitted);
     if (srv->history_lost) {
-        tpc_history_lost(srv->tpc);
-        log_error(MOD, "the last run in %s used --fsync none and ended without a clean stop "
-                       "before the machine restarted: its log may have lost records it had "
-                       "reported durable. This replica will not acknowledge commits it has "
-                       "no record of, and what it cannot settle stays in doubt (stats "
-                       "txn_in_doubt); it may lack writes the others have. To make it whole, "
-                       "stop it and one healthy replica and copy that replica's data "
-                       "directory over this one's",
+        tpc_history_lost(srv->tpc, srv->lost_before);
+        log_error(MOD, "the log in %s has lost records it had reported durable (a run under "
+                       "--fsync none ended without a clean stop before the machine "
+                       "restarted). This replica will not acknowledge commits it has no "
+                       "record of, and what it cannot settle stays in doubt (stats "
+                       "txn_in_doubt); it may lack writes the others have. There is no safe "
+                       "in-place repair yet: bringing a replica up to date from its peers "
+                       "is planned; until then run clusters under --fsync batch or always",
                   srv->cfg.data_dir);
     }
     uint64_t bad = 0;
@@ -4181,6 +4200,17 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss)
 }
 
 /* Locks the data directory, recovers the store, opens the log. */
+/* Records in RUN how this run stands (datadir.h). */
+static int write_run(struct server *srv, bool clean)
+{
+    struct datadir_run run = {.clean = clean,
+                              .lost_before = srv->lost_before,
+                              .id = srv->cluster ? srv->cfg.id : 0};
+
+    snprintf(run.fsync, sizeof(run.fsync), "%s", wal_fsync_mode_name(srv->cfg.fsync_mode));
+    return datadir_run_write(srv->cfg.data_dir, &run);
+}
+
 static int open_data(struct server *srv, char *err, size_t cap)
 {
     const char *dir = srv->cfg.data_dir;
@@ -4215,9 +4245,20 @@ static int open_data(struct server *srv, char *err, size_t cap)
     char boot[40];
     datadir_boot_id(boot, sizeof(boot));
     if ((r = datadir_run_read(dir, &prev)) < 0)
-        log_warn(MOD, "%s/RUN cannot be read (%s): assuming the last run lost nothing", dir,
-                 strerror(-r));
-    srv->history_lost = r == 0 && datadir_run_lost(&prev, boot);
+        return util_errf(err, cap, r,
+                         "%s/RUN, which tells whether the last run may have lost records, "
+                         "cannot be read (%s): refusing to start on a data directory whose "
+                         "state is unknown. If it was edited by hand, restore its fields "
+                         "(DESIGN.md, \"A log that lost records\")",
+                         dir, strerror(-r));
+    if (srv->cluster && prev.present && prev.id && prev.id != srv->cfg.id)
+        return util_errf(err, cap, -EINVAL,
+                         "data directory %s belongs to replica %" PRIu32 ", not to --id %" PRIu32
+                         ": give each replica its own directory",
+                         dir, prev.id, srv->cfg.id);
+    srv->lost_before = prev.lost_before;
+    bool lost_now = datadir_run_lost(&prev, boot);
+    srv->history_lost = lost_now || prev.lost_before != 0;
 
     refresh_now(srv);
     struct recover_ledger ledger = {.self = srv->cfg.id, .decided_max = LIMIT_TPC_REMEMBERED};
@@ -4252,13 +4293,24 @@ static int open_data(struct server *srv, char *err, size_t cap)
         recover_ledger_free(&ledger);
         return util_errf(err, cap, r, "cannot open the write-ahead log in %s: %s", dir, strerror(-r));
     }
-    if ((r = datadir_run_write(dir, wal_fsync_mode_name(srv->cfg.fsync_mode), false,
-                               srv->history_lost)) < 0) {
+    if (lost_now) {
+        /* The lost records' txids: below every id this log holds and every
+         * one handed out by this replica's clock (tpc_next_txid), with room
+         * for a peer's clock ahead by the bound and for transactions still
+         * arriving. Kept in RUN, so a later start keeps the same bound. */
+        uint64_t seq = util_now_unix_us(), held = srv->rec.next_cas >> 8;
+        if (held > seq)
+            seq = held;
+        seq += 60u * 1000000u + (uint64_t)srv->cfg.max_clock_skew_ms * 1000u;
+        if (seq << 8 > srv->lost_before)
+            srv->lost_before = seq << 8;
+    }
+    if ((r = write_run(srv, false)) < 0) {
         recover_ledger_free(&ledger);
         return util_errf(err, cap, r, "cannot write %s/RUN: %s", dir, strerror(-r));
     }
     srv->run_written = true;
-    if (srv->history_lost && !srv->cluster)
+    if (lost_now && !srv->cluster)
         log_warn(MOD, "the last run in %s used --fsync none and ended without a clean stop "
                       "before the machine restarted: its newest acknowledged writes may be "
                       "lost (--fsync none does not survive a power cut)",
@@ -4434,8 +4486,7 @@ void server_stop(struct server *srv)
         srv->wal = NULL;
         /* Everything is on disk: the next start need not doubt the log. */
         if (e == 0 && srv->run_written &&
-            (e = datadir_run_write(srv->cfg.data_dir, wal_fsync_mode_name(srv->cfg.fsync_mode),
-                                   true, srv->history_lost)) < 0)
+            (e = write_run(srv, true)) < 0)
             log_warn(MOD, "cannot record the clean stop in %s/RUN: %s", srv->cfg.data_dir,
                      strerror(-e));
     }

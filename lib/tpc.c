@@ -62,15 +62,16 @@
  * others are queried at once.
  *
  * A LOG THAT LOST RECORDS (tpc_history_lost: --fsync none and a power cut)
- * breaks "no record here means it never happened here". Then: a COMMIT with
- * no record is not ACKed; a QUERY about an unknown txid is answered LOST;
- * what was recovered in doubt is never presumed aborted (ours) nor aborted
- * on the coordinator's UNKNOWN (which our lost ACK may have caused). An
- * in-doubt transaction (anyone's) aborts on ABORTED, commits on COMMITTED,
- * and aborts when its coordinator knows nothing (UNKNOWN or LOST, or it is
- * us after a loss) and every other replica answers PENDING or LOST: no
- * replica can have applied it (one that did would say COMMITTED, or UNKNOWN
- * if it forgot, which counts for nothing).
+ * breaks "no record here means it never happened here" for the txids it
+ * may have held (below lost_before). For those: a COMMIT with no record is
+ * not ACKed; a QUERY about an unknown one is answered LOST; what was
+ * recovered in doubt is never presumed aborted (ours) nor aborted on the
+ * coordinator's UNKNOWN (which our lost ACK may have caused). It commits on
+ * COMMITTED and aborts on ABORTED from anyone. Only its coordinator may
+ * abort it for want of a decision: when every other replica answers
+ * PENDING or LOST over the links it opened after its restart (doubt_answer
+ * says why that is a fence). A coordinator asked about one of its own it
+ * has no record of at all settles it that way too (a ghost).
  */
 #include "tpc.h"
 
@@ -94,12 +95,14 @@ struct tx {
     uint8_t cstate, pstate;
     uint8_t outcome; /* enum tpc_outcome once decided, else TPC_O_PENDING */
     bool active, remembered, prepare_logged, ack_durable, queried;
-    /* In doubt after a lost history (tpc_history_lost): the coordinator's
-     * UNKNOWN does not mean aborted (ours may have let it forget a commit),
-     * and if we coordinated it, its decision may be what was lost. */
+    /* Its decision may be among the records a lost log lost
+     * (tpc_history_lost): the coordinator's UNKNOWN does not mean aborted
+     * (ours may have let it forget a commit), and if we coordinated it, we
+     * settle it by asking (see doubt_answer). */
     bool lost_decision;
-    bool coord_nothing;    /* its coordinator answered UNKNOWN or LOST */
-    uint32_t nothing_from; /* others that answered PENDING or LOST */
+    bool ghost;            /* ours, no record of it left at all: asked about
+                              by a participant in doubt (QUERY), we settle it */
+    uint32_t nothing_from; /* ours: replicas that answered PENDING or LOST */
     bool told; /* the coordinator's client has had its answer (env.done) */
     /* participant */
     void *handle;
@@ -144,7 +147,8 @@ struct tpc {
     uint32_t all; /* mask of every replica */
     bool up[TPC_REPLICAS_MAX];
     bool log_failed;
-    bool history_lost; /* tpc_history_lost */
+    bool history_lost;     /* tpc_history_lost */
+    uint64_t lost_before;  /* ... for txids below this */
     uint64_t seq, min_seq;
     uint64_t now_us;
     /* Two tables: the live transactions (a few hundred: they stay in the
@@ -855,48 +859,94 @@ int tpc_begin(struct tpc *t, uint64_t txid, uint32_t nops, const char *ops,
 
 /* ---- inputs ----------------------------------------------------------------------- */
 
+/* May txid's records be among those a lost log lost? */
+static bool maybe_lost(const struct tpc *t, uint64_t txid)
+{
+    return t->history_lost && txid < t->lost_before;
+}
+
 static enum tpc_outcome outcome_here(const struct tpc *t, uint64_t txid)
 {
     const struct tx *x = tx_find(t, txid);
 
     if (x == NULL)
-        return t->history_lost ? TPC_O_LOST : TPC_O_UNKNOWN;
+        return maybe_lost(t, txid) ? TPC_O_LOST : TPC_O_UNKNOWN;
+    if (x->ghost && x->outcome == TPC_O_PENDING)
+        return TPC_O_LOST; /* being settled (doubt_answer) */
     return (enum tpc_outcome)x->outcome;
+}
+
+/* Undecided here, and asked about: a participant's prepare waiting for the
+ * outcome, or one of ours whose decision a lost log lost. */
+static bool in_doubt(const struct tx *x)
+{
+    return x->cstate == C_NONE && (x->pstate == P_PREPARED || x->ghost);
 }
 
 /* An in-doubt transaction learned it committed (an answer said so). */
 static void doubt_commit(struct tpc *t, struct tx *x)
 {
+    struct tpc_txn txn;
+
     if (x->coord != t->cfg.self) {
         part_commit(t, x);
         return;
     }
-    /* Ours, its COMMIT record lost: log it again and, once it is durable,
-     * see every replica has it, as after any commit point (no client waits
-     * any more). */
-    int64_t lsn = t->log_failed ? -EIO : log_rec(t, TPC_LOG_COMMIT, x);
-    if (lsn < 0 || wait_push(t, (uint64_t)lsn, x->txid, W_COMMIT_COORD) < 0)
-        return; /* asked again later, or settled at the next restart */
+    /* Ours, its COMMIT record lost: another replica holds the decision
+     * durably, so it is not ours to wait for. Apply it (if we still hold
+     * the prepare), log it again (if that record is lost too, the next
+     * start asks again: the loss stays known), and see every replica has
+     * it, as after any commit point; no client waits any more. */
+    txn_of(x, &txn);
+    if (x->pstate == P_PREPARED) {
+        t->env.commit(t->env.ctx, &txn, x->handle);
+        x->handle = NULL;
+    }
+    x->pstate = P_DONE;
+    x->outcome = TPC_O_COMMITTED;
     x->told = true;
-    x->cstate = C_COMMITTING;
-    x->commit_lsn = (uint64_t)lsn;
-    x->begun_us = t->now_us;
+    x->cstate = C_COMMITTED;
+    x->acks = 1u << t->self_idx;
+    x->resend_at_us = t->now_us + t->cfg.resend_us;
+    if (!x->ghost && !t->log_failed)
+        log_rec(t, TPC_LOG_COMMIT, x);
+    send_peers(t, TPC_MSG_COMMIT, x, 0);
+    free(x->ops);
+    x->ops = NULL;
+    if (x->acks == t->all)
+        coord_finish(t, x);
 }
 
 /* An in-doubt transaction learned it aborted (or that none applied it). */
 static void doubt_abort(struct tpc *t, struct tx *x)
 {
-    part_abort(t, x);
+    if (x->pstate == P_PREPARED) {
+        part_abort(t, x);
+    } else {
+        x->pstate = P_DONE;
+        x->outcome = TPC_O_ABORTED;
+    }
     if (x->coord == t->cfg.self)
         send_peers(t, TPC_MSG_ABORT, x, TPC_R_RECOVERY);
     remember(t, x);
 }
 
-/* An answer about an in-doubt transaction. */
+/*
+ * An answer about an in-doubt transaction. COMMITTED commits, ABORTED
+ * aborts, and UNKNOWN from the coordinator aborts (presumed abort) unless
+ * our own lost log may be why it forgot. Besides, the coordinator itself,
+ * asking about one of its own whose decision its lost log lost, aborts
+ * once every other replica has answered PENDING (it holds the transaction
+ * prepared, undecided) or LOST (it kept no record): then none of them
+ * applied it, and none will - every answer came over links this
+ * coordinator opened after its restart, and a replica takes a restarted
+ * peer's new link only after closing the old one, so no COMMIT sent before
+ * the loss can still reach it. A participant never aborts on such answers:
+ * only the coordinator's new links give that fence. A replica that applied
+ * it and forgot would answer UNKNOWN, which counts for nothing.
+ */
 static void doubt_answer(struct tpc *t, struct tx *x, const struct tpc_msg *m, uint32_t from_bit)
 {
-    uint32_t self_bit = 1u << t->self_idx, coord_bit = bit_of(t, x->coord);
-
     if (m->outcome == TPC_O_COMMITTED) {
         t->st.resolved_by_query++;
         doubt_commit(t, x);
@@ -908,21 +958,32 @@ static void doubt_answer(struct tpc *t, struct tx *x, const struct tpc_msg *m, u
         doubt_abort(t, x);
         return;
     }
-    if (m->from == x->coord) {
-        /* PENDING from a live coordinator: it is deciding. */
-        x->coord_nothing |= m->outcome == TPC_O_UNKNOWN || m->outcome == TPC_O_LOST;
-    } else if (m->outcome == TPC_O_PENDING || m->outcome == TPC_O_LOST) {
-        x->nothing_from |= from_bit;
-    }
-    /* No replica can have applied it: the coordinator knows nothing (or we
-     * are it, having lost our decision), and every other one holds it
-     * prepared or lost all trace of it. A replica that applied it would
-     * say COMMITTED, or UNKNOWN if it forgot - which counts for nothing. */
-    if ((x->coord_nothing || x->coord == t->cfg.self) &&
-        (x->nothing_from | self_bit | coord_bit) == t->all) {
+    if (x->coord != t->cfg.self || !x->lost_decision ||
+        (m->outcome != TPC_O_PENDING && m->outcome != TPC_O_LOST))
+        return;
+    x->nothing_from |= from_bit;
+    if ((x->nothing_from | 1u << t->self_idx) == t->all) {
         t->st.resolved_by_query++;
         doubt_abort(t, x);
     }
+}
+
+/* A participant asks about one of our txids we have no record of, and our
+ * log lost records: it may be one whose decision was among them. Settle it
+ * as our own (doubt_answer): ask every replica. */
+static void ghost_begin(struct tpc *t, const struct tpc_msg *m)
+{
+    struct tx *x = tx_new(t, m->txid, m->epoch, t->cfg.self);
+
+    if (x == NULL)
+        return; /* asked again later */
+    x->ghost = true;
+    x->lost_decision = true;
+    x->queried = true;
+    x->query_at_us = t->now_us + t->cfg.resend_us;
+    active_add(t, x);
+    t->st.queries_sent++;
+    send_peers(t, TPC_MSG_QUERY, x, 0);
 }
 
 enum tpc_outcome tpc_known_outcome(const struct tpc *t, uint64_t txid)
@@ -973,7 +1034,7 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
              * forgotten since; only a restart settles it) or lost records
              * (its PREPARE may have been among them). */
             struct tx tmp = {.txid = m->txid, .coord = m->coord};
-            if (t->log_failed || t->history_lost)
+            if (t->log_failed || maybe_lost(t, m->txid))
                 t->st.commits_refused++;
             else
                 send_msg(t, m->from, TPC_MSG_ACK, &tmp, 0);
@@ -1020,11 +1081,13 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
         t->st.answers_sent++;
         send_msg(t, m->from, TPC_MSG_ANSWER, x ? x : &tmp,
                  (uint8_t)outcome_here(t, m->txid));
+        if (x == NULL && m->coord == t->cfg.self && (m->txid & 0xff) == t->cfg.self &&
+            maybe_lost(t, m->txid))
+            ghost_begin(t, m);
         break;
     }
     case TPC_MSG_ANSWER:
-        if (x == NULL || x->pstate != P_PREPARED || x->cstate != C_NONE ||
-            (x->coord == t->cfg.self && !x->lost_decision)) {
+        if (x == NULL || !in_doubt(x) || (x->coord == t->cfg.self && !x->lost_decision)) {
             t->st.msgs_ignored++;
         } else {
             doubt_answer(t, x, m, from_bit);
@@ -1123,8 +1186,7 @@ void tpc_tick(struct tpc *t, uint64_t now_us)
                 if (!(x->acks & (1u << i)) && t->up[i])
                     send_msg(t, t->cfg.ids[i], TPC_MSG_COMMIT, x, 0);
             x->resend_at_us = now_us + t->cfg.resend_us;
-        } else if (x->cstate == C_NONE && x->pstate == P_PREPARED &&
-                   now_us >= x->query_at_us) {
+        } else if (in_doubt(x) && now_us >= x->query_at_us) {
             /* In doubt: ask the coordinator and, in case it is down, every
              * other replica (cooperative termination). */
             x->queried = true;
@@ -1150,7 +1212,7 @@ void tpc_peer(struct tpc *t, uint32_t id, bool up, uint64_t now_us)
             coord_abort(t, x, TPC_R_PEER_DOWN, id);
         } else if (up && x->cstate == C_COMMITTED && !(x->acks & (1u << i))) {
             send_msg(t, id, TPC_MSG_COMMIT, x, 0);
-        } else if (up && x->cstate == C_NONE && x->pstate == P_PREPARED && x->queried) {
+        } else if (up && in_doubt(x) && x->queried) {
             t->st.queries_sent++;
             send_msg(t, id, TPC_MSG_QUERY, x, 0);
         }
@@ -1235,9 +1297,10 @@ int tpc_recover_decided(struct tpc *t, uint64_t txid, uint64_t epoch, uint32_t c
     return 0;
 }
 
-void tpc_history_lost(struct tpc *t)
+void tpc_history_lost(struct tpc *t, uint64_t lost_before)
 {
     t->history_lost = true;
+    t->lost_before = lost_before;
 }
 
 void tpc_recovered(struct tpc *t, uint64_t now_us)
@@ -1247,7 +1310,7 @@ void tpc_recovered(struct tpc *t, uint64_t now_us)
     t->now_us = now_us;
     for (x = t->active; x; x = next) {
         next = x->anext;
-        if (x->pstate == P_PREPARED && t->history_lost) {
+        if (x->pstate == P_PREPARED && maybe_lost(t, x->txid)) {
             /* Our log lost records: the decision may be among them. */
             x->lost_decision = true;
         } else if (x->pstate == P_PREPARED && x->coord == t->cfg.self) {
@@ -1355,7 +1418,7 @@ void tpc_get_stats(const struct tpc *t, struct tpc_stats *st)
     st->active = 0;
     for (const struct tx *x = t->active; x; x = x->anext) {
         st->active++;
-        if (x->cstate == C_NONE && x->pstate == P_PREPARED && x->queried)
+        if (in_doubt(x) && x->queried)
             st->in_doubt++;
     }
 }

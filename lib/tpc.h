@@ -68,8 +68,8 @@ enum tpc_outcome {
     TPC_O_COMMITTED = 1,
     TPC_O_ABORTED = 2,
     TPC_O_PENDING = 3, /* not decided yet; ask again later */
-    TPC_O_LOST = 4,    /* no record here, and this replica's log lost records it had
-                          reported durable (tpc_history_lost): it cannot say */
+    TPC_O_LOST = 4,    /* no record here, and this replica's log may have lost the
+                          txid's records (tpc_history_lost): it cannot say */
 };
 
 const char *tpc_outcome_name(enum tpc_outcome o);
@@ -248,9 +248,12 @@ int tpc_recover_decided(struct tpc *t, uint64_t txid, uint64_t epoch, uint32_t c
 
 /*
  * This replica's log may have lost records it had reported durable (it ran
- * under --fsync none and the machine lost power: see datadir's run state).
- * Its "I have no record of it" no longer means "it never happened here", so
- * from now on it:
+ * under --fsync none and the machine lost power: see datadir's run state),
+ * for transactions with txids below lost_before (a txid leads with the
+ * wall clock in microseconds, so the caller passes one above any txid the
+ * lost run can have seen: its restart time plus the clock bound, shifted
+ * as a txid is). For those, "I have no record of it" no longer means "it
+ * never happened here", so it:
  *   - does not acknowledge a COMMIT it has no record of (its ACK would tell
  *     the coordinator a write is here that is not);
  *   - answers a QUERY about a txid it does not know with TPC_O_LOST, not
@@ -260,12 +263,14 @@ int tpc_recover_decided(struct tpc *t, uint64_t txid, uint64_t epoch, uint32_t c
  *     coordinator forget a commit), and does not presume aborted those it
  *     coordinated itself (its COMMIT record may be what was lost).
  * Those are asked about instead: a COMMITTED answer commits, ABORTED
- * aborts, and an abort is also decided once the coordinator knows nothing
- * (UNKNOWN or LOST; or we are it) and every other replica holds the
- * transaction prepared (PENDING) or knows nothing of it after a loss (LOST):
- * then no replica can have applied it. Call before the recovery hand-over.
+ * aborts. Only the coordinator decides an abort for want of a decision:
+ * once every other replica has answered, over links it opened after its
+ * restart, that it holds the transaction prepared (PENDING) or knows
+ * nothing of it after a loss (LOST), none applied it and none can. A
+ * QUERY about one of its own it has no record of starts that asking.
+ * Call before the recovery hand-over.
  */
-void tpc_history_lost(struct tpc *t);
+void tpc_history_lost(struct tpc *t, uint64_t lost_before);
 
 /* Recovery is complete: transactions we coordinated and never decided are
  * aborted (presumed abort; asked about instead after tpc_history_lost), the

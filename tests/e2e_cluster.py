@@ -10,6 +10,8 @@ tests/e2e_cluster.sh).
   e2e_cluster.py dump PORT PREFIX
       print "key flags cas hex(value)" for every key starting with PREFIX,
       sorted (the key list comes from the tpckv `keys` extension)
+  e2e_cluster.py toolarge PORT SIZE SENT
+      a set of SIZE bytes sent in two parts around its reply (a refused one)
 
 write: each thread owns its keys (cr:ID:T:I) and sends one request at a time
 (set, add, append, delete, incr), recording in STATE what each key may hold.
@@ -30,6 +32,7 @@ exits 1 on any failure.
 import json
 import os
 import random
+import socket
 import sys
 import threading
 import time
@@ -267,6 +270,21 @@ def cmd_dump(port, prefix):
         print("%s %d %d %s" % (k, f, cas, v.hex()))
 
 
+def cmd_toolarge(port, size, sent):
+    """Sends "set big 0 0 SIZE" and SENT bytes of its block, prints the reply
+    line, then sends the rest of the block and a version command and prints
+    "then: " and that reply: the refused block must be swallowed whole."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    try:
+        s.sendall(b"set big 0 0 %d\r\n" % size + b"x" * sent)
+        f = s.makefile("rb")
+        print(f.readline().decode(errors="replace").rstrip())
+        s.sendall(b"x" * (size - sent) + b"\r\nversion\r\n")
+        print("then: " + f.readline().decode(errors="replace").rstrip())
+    finally:
+        s.close()
+
+
 if __name__ == "__main__":
     a = sys.argv
     try:
@@ -275,6 +293,8 @@ if __name__ == "__main__":
                       [(int(x.split(":")[0]), int(x.split(":")[1])) for x in a[5:]])
         elif len(a) >= 4 and a[1] == "verify":
             cmd_verify(a[2], [int(x) for x in a[3:]])
+        elif len(a) == 5 and a[1] == "toolarge":
+            cmd_toolarge(int(a[2]), int(a[3]), int(a[4]))
         elif len(a) == 4 and a[1] == "dump":
             cmd_dump(int(a[2]), a[3])
         else:

@@ -8,10 +8,12 @@
 # gat, a delayed flush_all, a restart: all replicas store the same state, by
 # stats digest, and every key stays writable), concurrent add and incr through
 # different replicas, a replica down (writes fail fast, reads work, writes
-# resume after its restart), kill -9 crash rounds under a write load with
-# every acknowledged write checked on all three replicas, a replica with the
-# wrong secret, stats, and a clean stop. Stops everything it started by PID,
-# whatever happens.
+# resume after its restart), a paused replica (writes wait for its clock,
+# then fail; a too-large set among them), kill -9 crash rounds under a
+# write load with every acknowledged write checked on all three replicas, a
+# replica with the wrong secret, stats, a clean stop, and a data directory
+# given to the wrong replica. Stops everything it started by PID, whatever
+# happens.
 #
 # Prints one line per check ("ok   - ..." / "FAIL - ...") and ends with
 # "N passed, N failed"; exits 1 if anything failed. Env: SERVE, CLIE (binaries,
@@ -69,7 +71,7 @@ cleanup() {
     # jobs): SIGTERM, 5 s to stop, then SIGKILL.
     pids=$(jobs -p)
     pids=$(printf '%s\n' $pids "${PID[@]}" | sort -u)
-    for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in $pids; do kill -TERM "$p" 2>/dev/null || true; kill -CONT "$p" 2>/dev/null || true; done
     for p in $pids; do
         for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$p" 2>/dev/null || true
@@ -731,6 +733,44 @@ replica_down() {
     expect_all "5: the restarted replica serves the data written before its crash" "2" "${KEYS3[@]}" "$CTR"
 }
 
+# ---- 5b. a paused replica ---------------------------------------------------------------
+
+# Replica 3 stopped with SIGSTOP: its links stay up but nothing answers. Once
+# its clock samples are too old to trust (skew.h: 10 s), writes wait for a new
+# one, then fail after --lock-wait-ms with a clear reason; a set refused for
+# size that waits this way has its data block swallowed (the server used to
+# assert here). After SIGCONT writes work again.
+replica_paused() {
+    local out rc=0
+    kill -STOP "${PID[3]}"
+    sleep 11
+    out=$(python3 "$HELPER" toolarge "${CPORT[1]}" 2000000 100000 2>&1) || rc=$?
+    if [ "$rc" -eq 0 ] && [[ $out == *"SERVER_ERROR timed out after 3000 ms waiting for the replicas' clocks"* ]] &&
+        [[ $out == *"then: VERSION "* ]]; then
+        ok "5b: replica 3 paused: a too-large set through replica 1 waits for its clock, fails after --lock-wait-ms, the connection goes on"
+    else
+        not_ok "5b: a too-large set with replica 3 paused: $(printf '%s' "$out" | head -c 300)"
+    fi
+    check "5b: replica 1 is still running" kill -0 "${PID[1]}"
+    kill -CONT "${PID[3]}"
+    local k
+    take 12
+    k="paused:$R"
+    take 20
+    local tries=0 t0
+    t0=$(date +%s%N)
+    until cl -p "${CPORT[1]}" put "$k" "$R" >/dev/null 2>"$tmp/err"; do
+        if [ $((tries += 1)) -ge 80 ]; then
+            not_ok "5b: replica 3 resumed: writes still fail after 20 s: $(head -c 200 "$tmp/err")"
+            break
+        fi
+        sleep 0.25
+    done
+    note "replica 3 resumed: the first write succeeded after $(((($(date +%s%N) - t0) / 1000000))) ms"
+    EXP[$k]=$R
+    expect_all "5b: replica 3 resumed: a write succeeds and reads back from all three" "1 2 3" "$k" down:1
+}
+
 # ---- 6. crash rounds -------------------------------------------------------------------
 
 crash_rounds() {
@@ -872,6 +912,21 @@ stats_check() {
         ok "8: every replica's log says link up" || not_ok "8: a replica log lacks 'link up'"
 }
 
+# ---- 10. a data directory given to the wrong replica ------------------------------------
+
+# Replica 2 started on replica 1's data directory (a wrong -d): refused,
+# naming the owner, before anything is served.
+wrong_dir() {
+    local rc=0 log=$tmp/wrongdir.log
+    timeout 20 "$SERVE" -s 127.0.0.1 -p "${CPORT[2]}" --id 2 --replicas "$REPLICAS" \
+        --secret-file "$tmp/secret" -d "$tmp/r1.data" >"$log" 2>&1 || rc=$?
+    if [ "$rc" -eq 1 ] && grep -q "data directory $tmp/r1.data belongs to replica 1, not to --id 2" "$log"; then
+        ok "10: replica 2 started on replica 1's data directory is refused, naming the owner"
+    else
+        not_ok "10: --id 2 on replica 1's directory: exit $rc: $(head -c 300 "$log")"
+    fi
+}
+
 # ---- run ---------------------------------------------------------------------------------
 
 echo "== tpckv cluster test: 3 replicas, client ports ${CPORT[*]}, peer ports ${PPORT[*]}, $ROUNDS crash rounds"
@@ -891,6 +946,8 @@ if [ "$started" -eq 1 ] && wait_links 1 2 3; then
     concurrent_incr
     echo "-- 5. a replica down"
     replica_down
+    echo "-- 5b. a paused replica"
+    replica_paused
     echo "-- 6. crash rounds"
     crash_rounds
     echo "-- 7. wrong secret"
@@ -905,6 +962,7 @@ if [ "$started" -eq 1 ] && wait_links 1 2 3; then
             not_ok "9: replica $i is not running"
         fi
     done
+    wrong_dir
 else
     not_ok "the cluster did not come up"
 fi

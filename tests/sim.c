@@ -2668,6 +2668,13 @@ static void choose_parameters(struct sim *s)
             tight_memory && rng_chance(g, 0.7) ? rng_range(g, 300, 1500) : 1ull << 30;
         R->value_bytes_max =
             small_values && rng_chance(g, 0.7) ? rng_range(g, 6, 40) : 1u << 20;
+        /* A prepare timeout shorter than a few of the slowest disk's group
+         * commits times out writes that nothing hinders, as a real one
+         * would: the probes after the heal could never get through. */
+        if (s->prepare_timeout_us < 3 * R->sync_max_us) {
+            s->prepare_timeout_us = 3 * R->sync_max_us;
+            s->resend_us = s->prepare_timeout_us / 2;
+        }
     }
 }
 

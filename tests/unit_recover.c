@@ -635,7 +635,7 @@ static void write_run(const struct tdir *d, const char *text)
 static void test_run_state_tells_a_possible_loss(void)
 {
     struct tdir d;
-    struct datadir_run r;
+    struct datadir_run r, w = {.fsync = "none"};
     char boot[40], text[256];
 
     tdir_make(&d);
@@ -644,42 +644,63 @@ static void test_run_state_tells_a_possible_loss(void)
     CU_ASSERT_FALSE(r.present); /* a data directory from before: no doubt */
     CU_ASSERT_FALSE(datadir_run_lost(&r, boot));
 
-    CU_ASSERT_EQUAL(datadir_run_write(d.path, "none", false, false), 0);
+    CU_ASSERT_EQUAL(datadir_run_write(d.path, &w), 0);
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
     CU_ASSERT(r.present && !r.clean && strcmp(r.fsync, "none") == 0);
+    CU_ASSERT(r.lost_before == 0 && r.id == 0);
     CU_ASSERT_STRING_EQUAL(r.boot_id, boot[0] ? boot : "unknown");
     CU_ASSERT_FALSE(datadir_run_lost(&r, boot)); /* killed, same boot: kept */
     CU_ASSERT_TRUE(datadir_run_lost(&r, "another-boot"));
 
     /* The machine went down under --fsync none without a clean stop. */
-    snprintf(text, sizeof(text), "tpckv run 1\nboot %s\nfsync none\nclean no\nlost no\n",
+    snprintf(text, sizeof(text),
+             "tpckv run 1\nboot %s\nfsync none\nclean no\nlost_before 0\n",
              "00000000-1111-2222-3333-444444444444");
     write_run(&d, text);
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
     CU_ASSERT_TRUE(datadir_run_lost(&r, boot));
     /* Stopped cleanly, or synced every write: nothing lost. */
-    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean yes\nlost no\n");
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean yes\nlost_before 0\n");
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
     CU_ASSERT_FALSE(datadir_run_lost(&r, boot));
-    write_run(&d, "tpckv run 1\nboot x\nfsync always\nclean no\nlost no\n");
+    write_run(&d, "tpckv run 1\nboot x\nfsync always\nclean no\nlost_before 0\n");
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
     CU_ASSERT_FALSE(datadir_run_lost(&r, boot));
-    write_run(&d, "tpckv run 1\nboot x\nfsync batch\nclean no\nlost no\n");
+    write_run(&d, "tpckv run 1\nboot x\nfsync batch\nclean no\nlost_before 0\n");
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
     CU_ASSERT_FALSE(datadir_run_lost(&r, boot));
     /* A boot id we cannot read counts as another boot. */
-    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\nlost no\n");
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\nlost_before 0\n");
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
     CU_ASSERT_TRUE(datadir_run_lost(&r, ""));
-    /* A loss once known stays known, clean stops and all. */
-    CU_ASSERT_EQUAL(datadir_run_write(d.path, "always", true, true), 0);
+    /* A loss once known is kept with its bound, and the replica id, clean
+     * stops and all. */
+    w = (struct datadir_run){.fsync = "always", .clean = true,
+                             .lost_before = 0xfedcba9876543210ull, .id = 7};
+    CU_ASSERT_EQUAL(datadir_run_write(d.path, &w), 0);
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
-    CU_ASSERT(r.lost && r.clean);
-    CU_ASSERT_TRUE(datadir_run_lost(&r, boot));
+    CU_ASSERT(r.clean && r.lost_before == 0xfedcba9876543210ull && r.id == 7);
+    CU_ASSERT_FALSE(datadir_run_lost(&r, boot)); /* this run lost nothing more */
+    /* A file edited on another system (CRLF line ends) still reads. */
+    write_run(&d, "tpckv run 1\r\nboot x\r\nfsync none\r\nclean yes\r\nlost_before 42\r\n"
+                  "id 3\r\n");
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
+    CU_ASSERT(r.clean && strcmp(r.fsync, "none") == 0 && strcmp(r.boot_id, "x") == 0);
+    CU_ASSERT(r.lost_before == 42 && r.id == 3);
     /* Garbage is refused. */
     write_run(&d, "tpckv run 2\nboot x\n");
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
-    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean maybe\nlost no\n");
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean maybe\nlost_before 0\n");
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\n"); /* no bound */
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\nlost_before 12x\n");
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\nlost_before -1\n");
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\nlost_before 0\nid 0\n");
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\nlost_before 0\nid 4294967296\n");
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
     tdir_remove(&d);
 }
