@@ -209,12 +209,18 @@ int datadir_run_read(const char *dir, struct datadir_run *r)
         (strcmp(clean, "yes") != 0 && strcmp(clean, "no") != 0) ||
         !run_number(buf, "lost_before", UINT64_MAX, &r->lost_before))
         return -EBADMSG;
-    /* The id is optional (a single server writes none). */
-    char idv[32];
-    if (run_field(buf, "id", idv, sizeof(idv)) &&
-        (!run_number(buf, "id", UINT32_MAX, &id) || id == 0))
+    /* The id and the ceiling are a cluster replica's (a single server
+     * writes neither). */
+    char v[32];
+    if (run_field(buf, "id", v, sizeof(v))) {
+        if (!run_number(buf, "id", UINT32_MAX, &id))
+            return -EBADMSG;
+        r->has_id = true;
+        r->id = (uint32_t)id;
+    }
+    if (run_field(buf, "txid_ceiling", v, sizeof(v)) &&
+        !run_number(buf, "txid_ceiling", UINT64_MAX, &r->txid_ceiling))
         return -EBADMSG;
-    r->id = (uint32_t)id;
     r->clean = strcmp(clean, "yes") == 0;
     r->present = true;
     return 0;
@@ -222,12 +228,13 @@ int datadir_run_read(const char *dir, struct datadir_run *r)
 
 int datadir_run_write(const char *dir, const struct datadir_run *run)
 {
-    char path[4096], tmp[4100], boot[40], buf[320], idline[32] = "";
+    char path[4096], tmp[4100], boot[40], buf[384], idline[64] = "";
     int fd, n, r = 0;
 
     datadir_boot_id(boot, sizeof(boot));
-    if (run->id)
-        snprintf(idline, sizeof(idline), "id %" PRIu32 "\n", run->id);
+    if (run->has_id)
+        snprintf(idline, sizeof(idline), "id %" PRIu32 "\ntxid_ceiling %" PRIu64 "\n", run->id,
+                 run->txid_ceiling);
     n = snprintf(buf, sizeof(buf),
                  RUN_MAGIC "\nboot %s\nfsync %s\nclean %s\nlost_before %" PRIu64 "\n%s",
                  boot[0] ? boot : "unknown", run->fsync, run->clean ? "yes" : "no",

@@ -64,8 +64,14 @@ struct datadir_run {
                              them (tpc_history_lost). It stays (a restart does
                              not bring records back) until the directory is
                              replaced. */
-    uint32_t id;          /* the cluster replica id (--id) that wrote it; 0
-                             for a single server */
+    uint64_t txid_ceiling; /* a replica of a cluster: every txid it logged
+                              is below this (0: none kept). Raised, and made
+                              durable here, before a txid reaches it, so it
+                              bounds what a lost log can have held whatever
+                              the clock says after a restart. */
+    bool has_id;
+    uint32_t id;          /* has_id: the cluster replica id (--id) that owns
+                             the directory */
 };
 
 /* Reads dir/RUN into *r (present false if there is none). Returns 0, or

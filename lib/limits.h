@@ -180,6 +180,13 @@
  * most others' stops answering reads (DESIGN.md, Time in a cluster). Items
  * expire up to this much early or late on some replica. 0 = no check. */
 #define LIMIT_CLOCK_SKEW_MS_DEFAULT 500
+
+/* A cluster replica keeps a txid ceiling in RUN this far ahead of its
+ * clock, rewritten (off the loop) once the clock is halfway there: every
+ * txid it logs is below the last one made durable, so after a power cut
+ * under --fsync none it knows which txids its log may have lost, whatever
+ * its clock says then (DESIGN.md, A log that lost records). Fixed. */
+#define LIMIT_TXID_CEILING_AHEAD_MS 10000
 /* Each replica probes every peer's clock this often. Fixed. */
 #define LIMIT_CLOCK_PROBE_MS 1000
 /* This host's wall clock moving this much against its monotonic clock

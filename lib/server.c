@@ -244,6 +244,15 @@ struct server {
     bool history_lost; /* the last run may have lost records it reported durable */
     uint64_t lost_before; /* then: the txids that may have been among them (RUN) */
     bool run_written;  /* RUN says this run is under way */
+    /* A cluster replica's txid ceiling (datadir.h): durable in RUN, every
+     * txid logged stays below it. Raised ahead of the clock by a job on
+     * the thread pool (ceiling_job), or on the spot when a txid outruns it. */
+    uint64_t txid_ceiling;
+    uint64_t ceiling_next; /* the job in flight writes this one; 0: none */
+    int ceiling_err;       /* its result */
+    uv_work_t ceiling_job;
+    pthread_mutex_t run_mu; /* one RUN writer at a time */
+    bool run_final;         /* under run_mu: the clean stop is written */
     struct tpc *tpc;
     struct peer_net *peers;
     struct txn_rm rm;
@@ -1765,6 +1774,97 @@ static int encode_txn_record(struct buf *b, const struct tpc_txn *t)
     return 0;
 }
 
+/* ---- the run state (RUN) ------------------------------------------------------ */
+
+/* Records in RUN how this run stands (datadir.h), with ceiling as the txid
+ * ceiling. Any thread; after the clean stop is written nothing else is. */
+static int write_run_ceiling(struct server *srv, bool clean, uint64_t ceiling)
+{
+    struct datadir_run run = {.clean = clean,
+                              .lost_before = srv->lost_before,
+                              .txid_ceiling = ceiling,
+                              .has_id = srv->cluster,
+                              .id = srv->cfg.id};
+    int r = 0;
+
+    snprintf(run.fsync, sizeof(run.fsync), "%s", wal_fsync_mode_name(srv->cfg.fsync_mode));
+    pthread_mutex_lock(&srv->run_mu);
+    if (!srv->run_final) {
+        r = datadir_run_write(srv->cfg.data_dir, &run);
+        srv->run_final = clean;
+    }
+    pthread_mutex_unlock(&srv->run_mu);
+    return r;
+}
+
+static int write_run(struct server *srv, bool clean)
+{
+    return write_run_ceiling(srv, clean, srv->txid_ceiling);
+}
+
+/* The txid ceiling for a clock reading (µs): that far ahead. */
+static uint64_t ceiling_at(uint64_t seq_us)
+{
+    return (seq_us + (uint64_t)LIMIT_TXID_CEILING_AHEAD_MS * 1000u) << 8;
+}
+
+static void ceiling_job_run(uv_work_t *w)
+{
+    struct server *srv = w->data;
+
+    srv->ceiling_err = write_run_ceiling(srv, false, srv->ceiling_next);
+}
+
+static void ceiling_job_done(uv_work_t *w, int status)
+{
+    struct server *srv = w->data;
+
+    if (status == 0 && srv->ceiling_err == 0) {
+        if (srv->ceiling_next > srv->txid_ceiling)
+            srv->txid_ceiling = srv->ceiling_next;
+    } else if (status == 0) {
+        log_warn(MOD, "cannot raise the txid ceiling in %s/RUN: %s (retried)",
+                 srv->cfg.data_dir, strerror(-srv->ceiling_err));
+    }
+    srv->ceiling_next = 0;
+}
+
+/* Keeps the ceiling ahead of the clock (on_tick), off the loop: once the
+ * clock is within half the lead of it, a job writes a new one. */
+static void ceiling_refresh(struct server *srv)
+{
+    uint64_t now = util_now_unix_us();
+
+    if (!srv->run_written || srv->ceiling_next || srv->stopping ||
+        ceiling_at(now - (uint64_t)LIMIT_TXID_CEILING_AHEAD_MS * 500u) < srv->txid_ceiling)
+        return;
+    srv->ceiling_next = ceiling_at(now);
+    srv->ceiling_job.data = srv;
+    if (uv_queue_work(srv->loop, &srv->ceiling_job, ceiling_job_run, ceiling_job_done) < 0)
+        srv->ceiling_next = 0;
+}
+
+/* Before txid is logged: below the durable ceiling, or the ceiling is
+ * raised past it now, on the loop (a txid that outran the clock). */
+static int ceiling_cover(struct server *srv, uint64_t txid)
+{
+    if (txid < srv->txid_ceiling)
+        return 0;
+    uint64_t seq = util_now_unix_us();
+    if ((txid >> 8) + 1 > seq)
+        seq = (txid >> 8) + 1;
+    uint64_t c = ceiling_at(seq);
+    int r = write_run_ceiling(srv, false, c);
+    if (r < 0) {
+        log_error(MOD, "cannot raise the txid ceiling in %s/RUN: %s: the transaction is "
+                       "refused",
+                  srv->cfg.data_dir, strerror(-r));
+        return -EIO;
+    }
+    srv->txid_ceiling = c;
+    return 0;
+}
+
 static int64_t env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *t)
 {
     struct server *srv = ctx;
@@ -1772,6 +1872,8 @@ static int64_t env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *
 
     if (srv->wal == NULL || srv->stopping)
         return -ESHUTDOWN;
+    if ((r = ceiling_cover(srv, t->txid)) < 0)
+        return r;
     if ((r = encode_txn_record(&srv->scratch, t)) < 0)
         return r;
     tl_wal_staged = true;
@@ -1997,6 +2099,7 @@ static void on_tick(uv_timer_t *h)
         return;
     refresh_now(srv);
     tpc_tick(srv->tpc, now_us());
+    ceiling_refresh(srv);
     /* Writes whose backoff is over run again. */
     if (srv->retry.head) {
         struct waitlist all = {0}, due = {0};
@@ -4146,6 +4249,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     pthread_mutex_init(&srv->mu, &ma);
     pthread_mutexattr_destroy(&ma);
     pthread_mutex_init(&srv->wake_mu, NULL);
+    pthread_mutex_init(&srv->run_mu, NULL);
     srv->lock_fd = -1;
     srv->rl_refused.what = "refused connections (--max-conns)";
     srv->rl_accept.what = "accept failures";
@@ -4173,6 +4277,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
         free(srv->udp_rbuf);
         pthread_mutex_destroy(&srv->mu);
         pthread_mutex_destroy(&srv->wake_mu);
+        pthread_mutex_destroy(&srv->run_mu);
         free(srv->lt);
         free(srv);
         *err = -ENOMEM;
@@ -4200,17 +4305,6 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss)
 }
 
 /* Locks the data directory, recovers the store, opens the log. */
-/* Records in RUN how this run stands (datadir.h). */
-static int write_run(struct server *srv, bool clean)
-{
-    struct datadir_run run = {.clean = clean,
-                              .lost_before = srv->lost_before,
-                              .id = srv->cluster ? srv->cfg.id : 0};
-
-    snprintf(run.fsync, sizeof(run.fsync), "%s", wal_fsync_mode_name(srv->cfg.fsync_mode));
-    return datadir_run_write(srv->cfg.data_dir, &run);
-}
-
 static int open_data(struct server *srv, char *err, size_t cap)
 {
     const char *dir = srv->cfg.data_dir;
@@ -4251,7 +4345,7 @@ static int open_data(struct server *srv, char *err, size_t cap)
                          "state is unknown. If it was edited by hand, restore its fields "
                          "(DESIGN.md, \"A log that lost records\")",
                          dir, strerror(-r));
-    if (srv->cluster && prev.present && prev.id && prev.id != srv->cfg.id)
+    if (srv->cluster && prev.has_id && prev.id != srv->cfg.id)
         return util_errf(err, cap, -EINVAL,
                          "data directory %s belongs to replica %" PRIu32 ", not to --id %" PRIu32
                          ": give each replica its own directory",
@@ -4293,17 +4387,28 @@ static int open_data(struct server *srv, char *err, size_t cap)
         recover_ledger_free(&ledger);
         return util_errf(err, cap, r, "cannot open the write-ahead log in %s: %s", dir, strerror(-r));
     }
+    uint64_t seq = util_now_unix_us(), held = srv->rec.next_cas >> 8;
+    if (held > seq)
+        seq = held;
     if (lost_now) {
-        /* The lost records' txids: below every id this log holds and every
-         * one handed out by this replica's clock (tpc_next_txid), with room
-         * for a peer's clock ahead by the bound and for transactions still
-         * arriving. Kept in RUN, so a later start keeps the same bound. */
-        uint64_t seq = util_now_unix_us(), held = srv->rec.next_cas >> 8;
-        if (held > seq)
-            seq = held;
-        seq += 60u * 1000000u + (uint64_t)srv->cfg.max_clock_skew_ms * 1000u;
-        if (seq << 8 > srv->lost_before)
-            srv->lost_before = seq << 8;
+        /* The lost records' txids: below the ceiling the last run kept
+         * (every txid it logged was). A directory without one (a single
+         * server's until now) falls back on the clock and the log: every
+         * id this log holds and every one handed out by this host's clock,
+         * with room for a peer's clock ahead and transactions arriving. */
+        uint64_t bound = prev.txid_ceiling;
+        if (bound == 0)
+            bound = (seq + 60u * 1000000u + (uint64_t)srv->cfg.max_clock_skew_ms * 1000u) << 8;
+        if (bound > srv->lost_before)
+            srv->lost_before = bound;
+    }
+    if (srv->cluster) {
+        /* This run's txids start above what any earlier run logged. */
+        srv->txid_ceiling = ceiling_at(seq);
+        if (prev.txid_ceiling > srv->txid_ceiling)
+            srv->txid_ceiling = prev.txid_ceiling;
+        if (srv->lost_before > srv->txid_ceiling)
+            srv->txid_ceiling = ceiling_at(srv->lost_before >> 8);
     }
     if ((r = write_run(srv, false)) < 0) {
         recover_ledger_free(&ledger);
@@ -4511,6 +4616,7 @@ void server_free(struct server *srv)
     }
     free(srv->lt);
     pthread_mutex_destroy(&srv->mu);
+    pthread_mutex_destroy(&srv->run_mu);
     pthread_mutex_destroy(&srv->wake_mu);
     free(srv);
 }

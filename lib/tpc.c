@@ -64,14 +64,16 @@
  * A LOG THAT LOST RECORDS (tpc_history_lost: --fsync none and a power cut)
  * breaks "no record here means it never happened here" for the txids it
  * may have held (below lost_before). For those: a COMMIT with no record is
- * not ACKed; a QUERY about an unknown one is answered LOST; what was
- * recovered in doubt is never presumed aborted (ours) nor aborted on the
+ * not ACKed; a QUERY about an unknown one, or about one recovered prepared
+ * (its COMMIT may be what was lost), is answered LOST; what was recovered
+ * in doubt is never presumed aborted (ours) nor aborted on the
  * coordinator's UNKNOWN (which our lost ACK may have caused). It commits on
  * COMMITTED and aborts on ABORTED from anyone. Only its coordinator may
  * abort it for want of a decision: when every other replica answers
- * PENDING or LOST over the links it opened after its restart (doubt_answer
- * says why that is a fence). A coordinator asked about one of its own it
- * has no record of at all settles it that way too (a ghost).
+ * PENDING over the links it opened after its restart (doubt_answer says
+ * why that is a fence). A coordinator asked about one of its own it has no
+ * record of at all settles it that way too (a ghost). New txids start at
+ * lost_before, so none of this applies to what begins after the restart.
  */
 #include "tpc.h"
 
@@ -102,7 +104,7 @@ struct tx {
     bool lost_decision;
     bool ghost;            /* ours, no record of it left at all: asked about
                               by a participant in doubt (QUERY), we settle it */
-    uint32_t nothing_from; /* ours: replicas that answered PENDING or LOST */
+    uint32_t nothing_from; /* ours: replicas that answered PENDING */
     bool told; /* the coordinator's client has had its answer (env.done) */
     /* participant */
     void *handle;
@@ -873,6 +875,8 @@ static enum tpc_outcome outcome_here(const struct tpc *t, uint64_t txid)
         return maybe_lost(t, txid) ? TPC_O_LOST : TPC_O_UNKNOWN;
     if (x->ghost && x->outcome == TPC_O_PENDING)
         return TPC_O_LOST; /* being settled (doubt_answer) */
+    if (x->lost_decision && x->outcome == TPC_O_PENDING && x->coord != t->cfg.self)
+        return TPC_O_LOST; /* prepared here, but a COMMIT after it may be what was lost */
     return (enum tpc_outcome)x->outcome;
 }
 
@@ -936,14 +940,16 @@ static void doubt_abort(struct tpc *t, struct tx *x)
  * aborts, and UNKNOWN from the coordinator aborts (presumed abort) unless
  * our own lost log may be why it forgot. Besides, the coordinator itself,
  * asking about one of its own whose decision its lost log lost, aborts
- * once every other replica has answered PENDING (it holds the transaction
- * prepared, undecided) or LOST (it kept no record): then none of them
- * applied it, and none will - every answer came over links this
- * coordinator opened after its restart, and a replica takes a restarted
- * peer's new link only after closing the old one, so no COMMIT sent before
- * the loss can still reach it. A participant never aborts on such answers:
- * only the coordinator's new links give that fence. A replica that applied
- * it and forgot would answer UNKNOWN, which counts for nothing.
+ * once every other replica has answered PENDING: it holds the transaction
+ * prepared, undecided, and its own log is whole for that txid (one whose
+ * log may have lost a COMMIT after the PREPARE answers LOST instead). Then
+ * none of them applied it, and none will: every answer came over links
+ * this coordinator opened after its restart, and a replica takes a
+ * restarted peer's new link only after closing the old one, so no COMMIT
+ * sent before the loss can still reach it. LOST counts for nothing (that
+ * replica may have applied it and lost the record, or forgotten it), nor
+ * does UNKNOWN (applied and forgotten). A participant never aborts on
+ * PENDING answers: only the coordinator's new links give that fence.
  */
 static void doubt_answer(struct tpc *t, struct tx *x, const struct tpc_msg *m, uint32_t from_bit)
 {
@@ -958,8 +964,7 @@ static void doubt_answer(struct tpc *t, struct tx *x, const struct tpc_msg *m, u
         doubt_abort(t, x);
         return;
     }
-    if (x->coord != t->cfg.self || !x->lost_decision ||
-        (m->outcome != TPC_O_PENDING && m->outcome != TPC_O_LOST))
+    if (x->coord != t->cfg.self || !x->lost_decision || m->outcome != TPC_O_PENDING)
         return;
     x->nothing_from |= from_bit;
     if ((x->nothing_from | 1u << t->self_idx) == t->all) {
@@ -1301,6 +1306,9 @@ void tpc_history_lost(struct tpc *t, uint64_t lost_before)
 {
     t->history_lost = true;
     t->lost_before = lost_before;
+    /* A lost txid of ours must not be handed out again, nor may a new one
+     * fall where a QUERY would take it for a lost one. */
+    tpc_set_min_txid(t, lost_before);
 }
 
 void tpc_recovered(struct tpc *t, uint64_t now_us)

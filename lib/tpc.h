@@ -249,15 +249,15 @@ int tpc_recover_decided(struct tpc *t, uint64_t txid, uint64_t epoch, uint32_t c
 /*
  * This replica's log may have lost records it had reported durable (it ran
  * under --fsync none and the machine lost power: see datadir's run state),
- * for transactions with txids below lost_before (a txid leads with the
- * wall clock in microseconds, so the caller passes one above any txid the
- * lost run can have seen: its restart time plus the clock bound, shifted
- * as a txid is). For those, "I have no record of it" no longer means "it
+ * for transactions with txids below lost_before (the caller passes a bound
+ * it made durable before logging any txid at or above it: the txid
+ * ceiling in RUN). For those, "I have no record of it" no longer means "it
  * never happened here", so it:
  *   - does not acknowledge a COMMIT it has no record of (its ACK would tell
  *     the coordinator a write is here that is not);
- *   - answers a QUERY about a txid it does not know with TPC_O_LOST, not
- *     UNKNOWN (which, from a coordinator, means aborted);
+ *   - answers a QUERY about a txid it does not know, or one it recovered
+ *     prepared and undecided (a COMMIT after it may be what was lost), with
+ *     TPC_O_LOST, not UNKNOWN (from a coordinator: aborted) or PENDING;
  *   - does not take UNKNOWN from a coordinator as an abort for the
  *     transactions it recovered in doubt (its own ACK may have let the
  *     coordinator forget a commit), and does not presume aborted those it
@@ -265,10 +265,10 @@ int tpc_recover_decided(struct tpc *t, uint64_t txid, uint64_t epoch, uint32_t c
  * Those are asked about instead: a COMMITTED answer commits, ABORTED
  * aborts. Only the coordinator decides an abort for want of a decision:
  * once every other replica has answered, over links it opened after its
- * restart, that it holds the transaction prepared (PENDING) or knows
- * nothing of it after a loss (LOST), none applied it and none can. A
- * QUERY about one of its own it has no record of starts that asking.
- * Call before the recovery hand-over.
+ * restart, that it holds the transaction prepared (PENDING), none applied
+ * it and none can; LOST and UNKNOWN answers leave it in doubt. A QUERY
+ * about one of its own it has no record of starts that asking. Its own
+ * new txids start at lost_before. Call before the recovery hand-over.
  */
 void tpc_history_lost(struct tpc *t, uint64_t lost_before);
 

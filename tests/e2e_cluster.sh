@@ -11,8 +11,9 @@
 # resume after its restart), a paused replica (writes wait for its clock,
 # then fail; a too-large set among them), kill -9 crash rounds under a
 # write load with every acknowledged write checked on all three replicas, a
-# replica with the wrong secret, stats, a clean stop, and a data directory
-# given to the wrong replica. Stops everything it started by PID, whatever
+# replica with the wrong secret, stats, a replica whose log may have lost
+# records (a power cut under --fsync none), a clean stop, and a data
+# directory given to the wrong replica. Stops everything it started by PID, whatever
 # happens.
 #
 # Prints one line per check ("ok   - ..." / "FAIL - ...") and ends with
@@ -912,6 +913,64 @@ stats_check() {
         ok "8: every replica's log says link up" || not_ok "8: a replica log lacks 'link up'"
 }
 
+# ---- 8b. a replica whose log may have lost records ---------------------------------------
+
+# run_field FILE KEY: a field of a RUN file.
+run_field() { sed -n "s/^$2 //p" "$1" | head -n 1; }
+
+# Replica 2's RUN rewritten as a power cut under --fsync none would leave it
+# (unclean, another boot): its restart must know its log may have lost
+# records, bound them by the txid ceiling the last run kept, say so, and
+# keep writing (its new txids lie above the bound).
+lost_history() {
+    local run=$tmp/r2.data/RUN ceil cas k
+    take 12
+    k="ceil:$R"
+    take 20
+    w 0 STORED "a write through replica 2" -p "${CPORT[2]}" put "$k" "$R"
+    EXP[$k]=$R
+    report "8b: a write through replica 2"
+    cas=$(cl -p "${CPORT[2]}" gets "$k" 2>/dev/null | head -n 1)
+    ceil=$(run_field "$run" txid_ceiling)
+    if [[ $cas =~ ^[0-9]+$ ]] && [[ $ceil =~ ^[0-9]+$ ]] &&
+        python3 -c 'import sys; sys.exit(0 if int(sys.argv[1]) < int(sys.argv[2]) else 1)' "$cas" "$ceil"; then
+        ok "8b: RUN keeps a txid ceiling ($ceil) above the txid of the last write ($cas)"
+    else
+        not_ok "8b: RUN txid_ceiling '$ceil' vs the write's cas '$cas'"
+    fi
+    if ! stop_replica 2; then
+        not_ok "8b: replica 2 stops cleanly"
+        return
+    fi
+    ceil=$(run_field "$run" txid_ceiling)
+    printf 'tpckv run 1\nboot 00000000-0000-0000-0000-000000000000\nfsync none\nclean no\nlost_before 0\nid 2\ntxid_ceiling %s\n' \
+        "$ceil" >"$run"
+    if ! start_replica 2; then
+        not_ok "8b: replica 2 restarts after the simulated power cut"
+        return
+    fi
+    check "8b: ... all links up again" wait_links 1 2 3
+    cl -p "${CPORT[2]}" stats >"$tmp/stats.lost" 2>&1 || true
+    if [ "$(stat_of "$tmp/stats.lost" history_lost)" = 1 ] &&
+        since_start 2 | grep -q "has lost records it had reported durable" &&
+        [ "$(run_field "$run" lost_before)" = "$ceil" ]; then
+        ok "8b: after a power cut under --fsync none replica 2 says its log may have lost records (stats history_lost 1, an error line; RUN lost_before = the kept ceiling)"
+    else
+        not_ok "8b: lost history not reported: history_lost $(stat_of "$tmp/stats.lost" history_lost), RUN lost_before $(run_field "$run" lost_before), ceiling $ceil"
+    fi
+    local new=() i
+    for i in 2 1; do
+        take 12
+        k="lost:$i:$R"
+        new+=("$k")
+        take 20
+        w 0 STORED "set via $i after the loss" -p "${CPORT[$i]}" put "$k" "$R"
+        EXP[$k]=$R
+    done
+    report "8b: writes through replica 2 and through replica 1 still succeed"
+    expect_all "8b: ... and read back from all three" "1 2 3" "${new[@]}"
+}
+
 # ---- 10. a data directory given to the wrong replica ------------------------------------
 
 # Replica 2 started on replica 1's data directory (a wrong -d): refused,
@@ -954,6 +1013,8 @@ if [ "$started" -eq 1 ] && wait_links 1 2 3; then
     wrong_secret
     echo "-- 8. stats"
     stats_check
+    echo "-- 8b. a replica whose log may have lost records"
+    lost_history
     echo "-- 9. clean stop"
     for i in 1 2 3; do
         if [ -n "${PID[$i]+x}" ]; then

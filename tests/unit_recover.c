@@ -647,7 +647,7 @@ static void test_run_state_tells_a_possible_loss(void)
     CU_ASSERT_EQUAL(datadir_run_write(d.path, &w), 0);
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
     CU_ASSERT(r.present && !r.clean && strcmp(r.fsync, "none") == 0);
-    CU_ASSERT(r.lost_before == 0 && r.id == 0);
+    CU_ASSERT(r.lost_before == 0 && !r.has_id && r.txid_ceiling == 0);
     CU_ASSERT_STRING_EQUAL(r.boot_id, boot[0] ? boot : "unknown");
     CU_ASSERT_FALSE(datadir_run_lost(&r, boot)); /* killed, same boot: kept */
     CU_ASSERT_TRUE(datadir_run_lost(&r, "another-boot"));
@@ -676,17 +676,24 @@ static void test_run_state_tells_a_possible_loss(void)
     /* A loss once known is kept with its bound, and the replica id, clean
      * stops and all. */
     w = (struct datadir_run){.fsync = "always", .clean = true,
-                             .lost_before = 0xfedcba9876543210ull, .id = 7};
+                             .lost_before = 0xfedcba9876543210ull, .has_id = true, .id = 7,
+                             .txid_ceiling = 0xfedcba9876543999ull};
     CU_ASSERT_EQUAL(datadir_run_write(d.path, &w), 0);
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
-    CU_ASSERT(r.clean && r.lost_before == 0xfedcba9876543210ull && r.id == 7);
+    CU_ASSERT(r.clean && r.lost_before == 0xfedcba9876543210ull && r.has_id && r.id == 7);
+    CU_ASSERT(r.txid_ceiling == 0xfedcba9876543999ull);
+    /* Replica 0 owns its directory too (found by the third audit). */
+    w.id = 0;
+    CU_ASSERT_EQUAL(datadir_run_write(d.path, &w), 0);
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
+    CU_ASSERT(r.has_id && r.id == 0);
     CU_ASSERT_FALSE(datadir_run_lost(&r, boot)); /* this run lost nothing more */
     /* A file edited on another system (CRLF line ends) still reads. */
     write_run(&d, "tpckv run 1\r\nboot x\r\nfsync none\r\nclean yes\r\nlost_before 42\r\n"
                   "id 3\r\n");
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
     CU_ASSERT(r.clean && strcmp(r.fsync, "none") == 0 && strcmp(r.boot_id, "x") == 0);
-    CU_ASSERT(r.lost_before == 42 && r.id == 3);
+    CU_ASSERT(r.lost_before == 42 && r.has_id && r.id == 3);
     /* Garbage is refused. */
     write_run(&d, "tpckv run 2\nboot x\n");
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
@@ -698,7 +705,9 @@ static void test_run_state_tells_a_possible_loss(void)
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
     write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\nlost_before -1\n");
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
-    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\nlost_before 0\nid 0\n");
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\nlost_before 0\nid x\n");
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
+    write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\nlost_before 0\ntxid_ceiling 1e9\n");
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);
     write_run(&d, "tpckv run 1\nboot x\nfsync none\nclean no\nlost_before 0\nid 4294967296\n");
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), -EBADMSG);

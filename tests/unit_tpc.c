@@ -772,7 +772,7 @@ static void test_lost_history_no_ack_and_says_lost(void)
  * own prepared transaction aborted at restart, while participants that had
  * the COMMIT had applied it. After a loss it asks instead: a COMMITTED
  * answer commits (and every replica is told); an abort needs every other
- * replica to hold it prepared or to know nothing after a loss. */
+ * replica to hold it prepared (PENDING). */
 static void test_lost_coordinator_asks_before_deciding(void)
 {
     uint64_t txid = (50 << 8) | 0;
@@ -795,8 +795,13 @@ static void test_lost_coordinator_asks_before_deciding(void)
     a = answer(2, txid, TPC_O_UNKNOWN);
     tpc_receive(t, &a, 3);
     CU_ASSERT_EQUAL(F.aborts, 0); /* UNKNOWN may be a commit forgotten */
+    /* Found by the third audit: LOST counted as "not applied", but that
+     * replica may have applied it and lost the record, or forgotten it. */
     a = answer(2, txid, TPC_O_LOST);
     tpc_receive(t, &a, 4);
+    CU_ASSERT_EQUAL(F.aborts, 0);
+    a = answer(2, txid, TPC_O_PENDING);
+    tpc_receive(t, &a, 5);
     CU_ASSERT_EQUAL(F.aborts, 1);
     CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 2);
     CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_ABORTED);
@@ -921,7 +926,7 @@ static void test_lost_coordinator_settles_a_ghost(void)
     struct tpc_msg q = msg(TPC_MSG_QUERY, 1, 0, txid), a;
     struct tpc_stats st;
 
-    /* Every other replica holds it prepared or knows nothing: abort. */
+    /* Every other replica holds it prepared: abort. */
     struct tpc *t = mk(0, 3);
     tpc_history_lost(t, LOST_BEFORE);
     tpc_recovered(t, 0);
@@ -936,8 +941,12 @@ static void test_lost_coordinator_settles_a_ghost(void)
     a = answer(1, txid, TPC_O_PENDING);
     tpc_receive(t, &a, 3);
     CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 0);
-    a = answer(2, txid, TPC_O_LOST);
+    a = answer(2, txid, TPC_O_LOST); /* 2 lost its log too: it may have applied it */
     tpc_receive(t, &a, 4);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 0);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, txid), TPC_O_LOST);
+    a = answer(2, txid, TPC_O_PENDING);
+    tpc_receive(t, &a, 5);
     CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), 2);
     CU_ASSERT_EQUAL(F.aborts, 0); /* nothing was held here */
     CU_ASSERT_EQUAL(F.nlog, 0);   /* nor logged */
@@ -969,6 +978,37 @@ static void test_lost_coordinator_settles_a_ghost(void)
     tpc_receive(t, &q, 2);
     CU_ASSERT_EQUAL(F.sent[last_of(TPC_MSG_ANSWER)].outcome, TPC_O_UNKNOWN);
     CU_ASSERT_EQUAL(count_sent(TPC_MSG_QUERY), 0);
+    tpc_free(t);
+}
+
+/* Found by the third audit: with a power cut on two replicas, one that
+ * recovered a PREPARE (its COMMIT record lost after it applied the write)
+ * answered PENDING, which let the coordinator abort a write another replica
+ * applied. It answers LOST: its record may be incomplete. And a lost txid
+ * of ours is never handed out again (nor any below the bound). */
+static void test_lost_history_prepared_says_lost(void)
+{
+    uint64_t txid = (90 << 8) | 1;
+    struct tpc_txn txn = {.txid = txid, .epoch = 7, .coord = 1, .nops = 1, .ops = OPS,
+                          .nbytes = sizeof(OPS)};
+    struct tpc_msg q = msg(TPC_MSG_QUERY, 1, 0, txid);
+
+    struct tpc *t = mk(0, 3);
+    tpc_history_lost(t, LOST_BEFORE);
+    CU_ASSERT_EQUAL_FATAL(tpc_recover_prepared(t, &txn, 0), 0);
+    tpc_recovered(t, 0);
+    tpc_receive(t, &q, 1);
+    CU_ASSERT_EQUAL(F.sent[last_of(TPC_MSG_ANSWER)].outcome, TPC_O_LOST);
+    CU_ASSERT(tpc_next_txid(t, 5) > LOST_BEFORE);
+    CU_ASSERT_EQUAL(tpc_next_txid(t, 5) & 0xff, 0);
+    tpc_free(t);
+
+    /* Without a loss: PENDING, as before. */
+    t = mk(0, 3);
+    CU_ASSERT_EQUAL_FATAL(tpc_recover_prepared(t, &txn, 0), 0);
+    tpc_recovered(t, 0);
+    tpc_receive(t, &q, 1);
+    CU_ASSERT_EQUAL(F.sent[last_of(TPC_MSG_ANSWER)].outcome, TPC_O_PENDING);
     tpc_free(t);
 }
 
@@ -1249,6 +1289,8 @@ void unit_tpc_register(void)
               test_in_doubt_after_a_loss);
     unit_test(s, "lost coordinator settles a ghost", test_lost_coordinator_settles_a_ghost);
     unit_test(s, "lost history is bounded", test_lost_history_is_bounded);
+    unit_test(s, "after a loss a recovered prepare says LOST; txids start above the bound",
+              test_lost_history_prepared_says_lost);
     unit_test(s, "decisions replayed from the log are remembered",
               test_replayed_decisions_are_remembered);
     unit_test(s, "a log cut back at the commit point aborts, and says so",
