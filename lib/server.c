@@ -213,7 +213,7 @@ struct server {
     int64_t now_ms;          /* wall clock, read once per event */
     enum log_level log_base; /* the level serve started with ("verbosity 0") */
     struct counters st;
-    struct ratelog rl_refused, rl_accept, rl_auth, rl_auth_timeout;
+    struct ratelog rl_refused, rl_accept, rl_auth, rl_auth_timeout, rl_ceiling;
     char *udp_rbuf;
     struct buf scratch; /* encodes log records */
     struct freelist wreqs; /* spare struct wreq: one per write, reused (freelist.h) */
@@ -249,7 +249,10 @@ struct server {
      * the thread pool (ceiling_job), or on the spot when a txid outruns it. */
     uint64_t txid_ceiling;
     uint64_t ceiling_next; /* the job in flight writes this one; 0: none */
+    uint64_t ceiling_written; /* what RUN holds after it */
     int ceiling_err;       /* its result */
+    uint64_t ceiling_retry_ms; /* after a failure, not before (monotonic) */
+    uint64_t run_ceiling;  /* under run_mu: the ceiling RUN holds */
     uv_work_t ceiling_job;
     pthread_mutex_t run_mu; /* one RUN writer at a time */
     bool run_final;         /* under run_mu: the clean stop is written */
@@ -1776,30 +1779,38 @@ static int encode_txn_record(struct buf *b, const struct tpc_txn *t)
 
 /* ---- the run state (RUN) ------------------------------------------------------ */
 
-/* Records in RUN how this run stands (datadir.h), with ceiling as the txid
- * ceiling. Any thread; after the clean stop is written nothing else is. */
-static int write_run_ceiling(struct server *srv, bool clean, uint64_t ceiling)
+/* Records in RUN how this run stands (datadir.h), with at least ceiling
+ * as the txid ceiling: never one below what RUN already holds (two writers
+ * race: the job and ceiling_cover). *written: the ceiling RUN now holds.
+ * Any thread; after the clean stop is written nothing else is. */
+static int write_run_ceiling(struct server *srv, bool clean, uint64_t ceiling,
+                             uint64_t *written)
 {
     struct datadir_run run = {.clean = clean,
                               .lost_before = srv->lost_before,
-                              .txid_ceiling = ceiling,
                               .has_id = srv->cluster,
                               .id = srv->cfg.id};
     int r = 0;
 
     snprintf(run.fsync, sizeof(run.fsync), "%s", wal_fsync_mode_name(srv->cfg.fsync_mode));
     pthread_mutex_lock(&srv->run_mu);
+    run.txid_ceiling = ceiling > srv->run_ceiling ? ceiling : srv->run_ceiling;
     if (!srv->run_final) {
         r = datadir_run_write(srv->cfg.data_dir, &run);
-        srv->run_final = clean;
+        if (r == 0)
+            srv->run_ceiling = run.txid_ceiling;
+        srv->run_final = clean && r == 0;
     }
+    *written = srv->run_ceiling;
     pthread_mutex_unlock(&srv->run_mu);
     return r;
 }
 
 static int write_run(struct server *srv, bool clean)
 {
-    return write_run_ceiling(srv, clean, srv->txid_ceiling);
+    uint64_t written;
+
+    return write_run_ceiling(srv, clean, srv->txid_ceiling, &written);
 }
 
 /* The txid ceiling for a clock reading (µs): that far ahead. */
@@ -1812,19 +1823,24 @@ static void ceiling_job_run(uv_work_t *w)
 {
     struct server *srv = w->data;
 
-    srv->ceiling_err = write_run_ceiling(srv, false, srv->ceiling_next);
+    srv->ceiling_err = write_run_ceiling(srv, false, srv->ceiling_next, &srv->ceiling_written);
 }
 
 static void ceiling_job_done(uv_work_t *w, int status)
 {
     struct server *srv = w->data;
+    size_t dropped;
+    char note[96];
 
-    if (status == 0 && srv->ceiling_err == 0) {
-        if (srv->ceiling_next > srv->txid_ceiling)
-            srv->txid_ceiling = srv->ceiling_next;
-    } else if (status == 0) {
-        log_warn(MOD, "cannot raise the txid ceiling in %s/RUN: %s (retried)",
-                 srv->cfg.data_dir, strerror(-srv->ceiling_err));
+    if (status == 0 && srv->ceiling_written > srv->txid_ceiling)
+        srv->txid_ceiling = srv->ceiling_written;
+    if (status == 0 && srv->ceiling_err < 0) {
+        srv->ceiling_retry_ms = mono_ms() + 1000; /* not at every tick */
+        if (ratelog_allow(&srv->rl_ceiling, &dropped))
+            log_warn(MOD, "cannot raise the txid ceiling in %s/RUN: %s (retried every second; "
+                          "writes are refused once the clock reaches it)%s",
+                     srv->cfg.data_dir, strerror(-srv->ceiling_err),
+                     ratelog_note(note, sizeof(note), dropped));
     }
     srv->ceiling_next = 0;
 }
@@ -1836,6 +1852,7 @@ static void ceiling_refresh(struct server *srv)
     uint64_t now = util_now_unix_us();
 
     if (!srv->run_written || srv->ceiling_next || srv->stopping ||
+        mono_ms() < srv->ceiling_retry_ms ||
         ceiling_at(now - (uint64_t)LIMIT_TXID_CEILING_AHEAD_MS * 500u) < srv->txid_ceiling)
         return;
     srv->ceiling_next = ceiling_at(now);
@@ -1844,24 +1861,31 @@ static void ceiling_refresh(struct server *srv)
         srv->ceiling_next = 0;
 }
 
-/* Before txid is logged: below the durable ceiling, or the ceiling is
- * raised past it now, on the loop (a txid that outran the clock). */
+/* Before txid is prepared here (and so logged): below the durable ceiling,
+ * or the ceiling is raised past it now, on the loop (a txid that outran
+ * the clock). */
 static int ceiling_cover(struct server *srv, uint64_t txid)
 {
+    uint64_t written;
+    size_t dropped;
+    char note[96];
+
     if (txid < srv->txid_ceiling)
         return 0;
     uint64_t seq = util_now_unix_us();
     if ((txid >> 8) + 1 > seq)
         seq = (txid >> 8) + 1;
-    uint64_t c = ceiling_at(seq);
-    int r = write_run_ceiling(srv, false, c);
-    if (r < 0) {
-        log_error(MOD, "cannot raise the txid ceiling in %s/RUN: %s: the transaction is "
-                       "refused",
-                  srv->cfg.data_dir, strerror(-r));
+    int r = write_run_ceiling(srv, false, ceiling_at(seq), &written);
+    if (written > srv->txid_ceiling)
+        srv->txid_ceiling = written;
+    if (r < 0 || txid >= srv->txid_ceiling) {
+        if (ratelog_allow(&srv->rl_ceiling, &dropped))
+            log_error(MOD, "cannot raise the txid ceiling in %s/RUN: %s: transaction %" PRIu64
+                           " gets a NO vote%s",
+                      srv->cfg.data_dir, strerror(r < 0 ? -r : EIO), txid,
+                      ratelog_note(note, sizeof(note), dropped));
         return -EIO;
     }
-    srv->txid_ceiling = c;
     return 0;
 }
 
@@ -1890,6 +1914,10 @@ static int env_prepare(void *ctx, const struct tpc_txn *t, void **handle)
     struct txn_prep *p;
     int r;
 
+    /* RUN must bound every txid the log holds before this one's PREPARE
+     * is logged; if it cannot, a NO vote (the log itself is fine). */
+    if (!t->recovered && ceiling_cover(srv, t->txid) < 0)
+        return TPC_R_LOG_FAILED;
     srv->rm.now_ms = srv->now_ms;
     r = txn_prepare(&srv->rm, t, &p);
 
@@ -4199,6 +4227,7 @@ static void on_timer(uv_timer_t *t)
     ratelog_flush(&srv->rl_accept);
     ratelog_flush(&srv->rl_auth);
     ratelog_flush(&srv->rl_auth_timeout);
+    ratelog_flush(&srv->rl_ceiling);
 }
 
 void server_set_auth(struct server *srv, const struct auth *a)
@@ -4252,6 +4281,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     pthread_mutex_init(&srv->run_mu, NULL);
     srv->lock_fd = -1;
     srv->rl_refused.what = "refused connections (--max-conns)";
+    srv->rl_ceiling.what = "failures to raise the txid ceiling";
     srv->rl_accept.what = "accept failures";
     srv->rl_auth.what = "authentication failures";
     srv->rl_auth_timeout.what = "authentication timeouts";
