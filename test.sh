@@ -750,6 +750,92 @@ durability_checks() {
     stop_server dur
 }
 
+# alive PID: the process exists and is not a zombie.
+alive() {
+    [ -e "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null
+}
+
+# A snapshot child keeps nothing of its parent's but the log, and dies with
+# it: a kill -9 of serve during a snapshot must not leave an orphan holding
+# the data directory's lock (a restart refused) or the listening socket
+# (clients queued unanswered). The child is stopped (SIGSTOP) once seen, so
+# it cannot finish first.
+snapshot_child_checks() {
+    local port pid child= fds try i snapc
+    start_server snapkid 0 -t
+    port=${SPORT[snapkid]}
+    pid=${SPID[snapkid]}
+    openssl rand -out "$tmp/big.val" 1000000
+    for ((i = 0; i < 24; i++)); do cl -t -p "$port" -q put "big:$i" - <"$tmp/big.val"; done
+    for ((try = 0; try < 5; try++)); do
+        [ -z "$child" ] || break
+        cl -t -p "$port" snapshot >/dev/null 2>&1 &
+        snapc=$!
+        for ((i = 0; i < 400; i++)); do
+            child=$(pgrep -P "$pid" | head -n 1 || true)
+            [ -n "$child" ] && kill -STOP "$child" 2>/dev/null && alive "$child" && break
+            child=
+            sleep 0.002
+        done
+        [ -n "$child" ] || wait "$snapc" || true
+    done
+    if [ -z "$child" ]; then
+        not_ok "snapshot child: never caught alive in 5 snapshots"
+        stop_server snapkid
+        return
+    fi
+    SPID[snapkid_child]=$child
+    fds=$(ls -l "/proc/$child/fd" 2>/dev/null || true)
+    check "a snapshot child holds no socket (listening or client)" \
+        bash -c '! grep -q "socket:" <<<"$1"' _ "$fds"
+    check "a snapshot child does not hold the data directory's LOCK" \
+        bash -c '! grep -q "/LOCK" <<<"$1"' _ "$fds"
+    kill -KILL "$pid"
+    wait "$pid" 2>/dev/null || true
+    unset "SPID[snapkid]"
+    for ((i = 0; i < 50; i++)); do alive "$child" || break; sleep 0.1; done
+    check "a snapshot child dies with serve (kill -9 during the snapshot)" bash -c '! [ -e "/proc/$1/stat" ] || grep -q "^[0-9]* (.*) Z" "/proc/$1/stat"' _ "$child"
+    kill -KILL "$child" 2>/dev/null || true
+    unset "SPID[snapkid_child]"
+    wait "$snapc" 2>/dev/null || true
+    if start_server snapkid "$port" -t; then
+        ok "serve restarts on the data directory at once after a kill -9 during a snapshot"
+        cl -t -p "$port" get big:23 >"$tmp/big.back" 2>&1 || true
+        check "... with the data written before it" cmp -s "$tmp/big.val" "$tmp/big.back"
+        stop_server snapkid
+    else
+        not_ok "serve did not restart after a kill -9 during a snapshot: $(tail -n 2 "$tmp/snapkid.log")"
+    fi
+}
+
+# The previous snapshot and the log after it are kept: a newest snapshot
+# that does not read back (a damaged sector) leaves a full copy.
+snapshot_fallback_checks() {
+    local port i snaps newest mid
+    start_server snapfb 0 -t
+    port=${SPORT[snapfb]}
+    for ((i = 0; i < 100; i++)); do cl -t -p "$port" -q put "fb:$i" "first $i"; done
+    expect_out OK "fallback: a first snapshot" -t -p "$port" snapshot
+    for ((i = 100; i < 200; i++)); do cl -t -p "$port" -q put "fb:$i" "second $i"; done
+    expect_out OK "fallback: a second snapshot" -t -p "$port" snapshot
+    for ((i = 200; i < 250; i++)); do cl -t -p "$port" -q put "fb:$i" "after $i"; done
+    stop_server snapfb
+    mapfile -t snaps < <(ls "$tmp/snapfb.data"/snap-*.snap | sort)
+    check "fallback: the previous snapshot is kept beside the newest (${#snaps[@]} files)" [ "${#snaps[@]}" -eq 2 ]
+    newest=${snaps[${#snaps[@]} - 1]}
+    mid=$(($(stat -c %s "$newest") / 2))
+    "$PY" -c 'import sys; f=open(sys.argv[1],"r+b"); f.seek(int(sys.argv[2])); b=f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0]^0x10]))' "$newest" "$mid"
+    if start_server snapfb "$port" -t && grep -q "$(basename "$newest").*trying an older snapshot" "$tmp/snapfb.log"; then
+        ok "fallback: a damaged newest snapshot is named, and serve starts from the previous one"
+        expect_out "first 7" "fallback: a key from before both snapshots is back" -t -p "$port" get fb:7
+        expect_out "second 150" "fallback: a key from between them is back (from the log)" -t -p "$port" get fb:150
+        expect_out "after 249" "fallback: a key written after the newest is back" -t -p "$port" get fb:249
+        stop_server snapfb
+    else
+        not_ok "fallback: no start from the previous snapshot: $(grep -E 'error|warn' "$tmp/snapfb.log" | tail -n 3)"
+    fi
+}
+
 # What an operator sees when a data directory is damaged: each case on its
 # own copy of a directory written by a real serve.
 damage_checks() {
@@ -794,10 +880,26 @@ damage_checks() {
     "$PY" -c 'import sys; f=open(sys.argv[1],"r+b"); f.seek(int(sys.argv[2])); b=f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0]^0x10]))' "$seg" "$mid"
     try flipped
     if [ "$rc" -eq 1 ] && grep -q "$(basename "$seg") is damaged at offset" "$log" &&
-        grep -q 'move the damaged segment' "$log"; then
-        ok "damage: a flipped byte mid-log stops the start, naming file, offset and what to do"
+        grep -q "truncate -s [0-9]* $tmp/flipped/$(basename "$seg"), and move" "$log"; then
+        ok "damage: a flipped byte mid-log stops the start, naming file, offset and the exact cut"
     else
         not_ok "damage: flipped byte: exit $rc: $(grep -E 'error' "$log" | head -n 2)"
+    fi
+    # Following that hint to the letter gets a start.
+    local cut later
+    cut=$(grep -o "truncate -s [0-9]* [^,]*" "$log" | head -n 1)
+    later=$(grep -o "and move wal-[0-9a-f]*\.log" "$log" | head -n 1 | sed 's/and move //')
+    if [ -n "$cut" ] && [ -n "$later" ]; then
+        $cut
+        mkdir -p "$tmp/flipped.aside"
+        for f in "$tmp/flipped"/wal-*.log; do
+            [[ "$(basename "$f")" < "$later" ]] || mv "$f" "$tmp/flipped.aside/"
+        done
+        try flipped
+        check "damage: after the cut the hint gives (and the later segments moved aside), serve starts (exit $rc)" \
+            [ "$rc" -eq 0 ]
+    else
+        not_ok "damage: the flipped-byte hint has no cut to follow: $(grep -E 'error' "$log" | head -n 2)"
     fi
     # A zeroed block in the middle of the last segment: corruption, not a torn tail.
     copy zeroed
@@ -918,6 +1020,10 @@ crash_rounds
 
 echo "-- durability: data directory lock, snapshots, expiry across restarts"
 durability_checks
+
+echo "-- snapshots: the child dies with serve, the previous one is kept"
+snapshot_child_checks
+snapshot_fallback_checks
 
 echo "-- damaged data directories"
 damage_checks

@@ -17,14 +17,42 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+static int sync_path(const char *path, int flags);
+
+/* fsync()s the directory that holds path. */
+static int sync_parent(const char *path)
+{
+    char parent[4096];
+    size_t n = strlen(path);
+
+    if (n >= sizeof(parent))
+        return -ENAMETOOLONG;
+    memcpy(parent, path, n + 1);
+    while (n > 1 && parent[n - 1] == '/') /* "a/b/" names a/b */
+        parent[--n] = '\0';
+    char *slash = strrchr(parent, '/');
+    if (slash == NULL)
+        return sync_path(".", O_DIRECTORY);
+    if (slash == parent)
+        slash++; /* "/a": the root */
+    *slash = '\0';
+    return sync_path(parent, O_DIRECTORY);
+}
+
 int datadir_lock(const char *dir, pid_t *holder)
 {
     char path[4096], buf[32];
     int fd;
 
     *holder = 0;
-    if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+    if (mkdir(dir, 0755) == 0) {
+        /* A new directory's name is durable once its parent is synced. */
+        int r = sync_parent(dir);
+        if (r < 0)
+            return r;
+    } else if (errno != EEXIST) {
         return -errno;
+    }
     snprintf(path, sizeof(path), "%s/LOCK", dir);
     fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)

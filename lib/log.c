@@ -62,6 +62,11 @@ int log_parse_level(const char *s, enum log_level *out)
     return -EINVAL;
 }
 
+int log_get_fd(void)
+{
+    return log_fd;
+}
+
 void log_set_fd(int fd)
 {
     log_fd = fd;

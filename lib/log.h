@@ -74,6 +74,9 @@ int log_open_file(const char *path);
 /* Closes a file opened by log_open_file() and goes back to stderr. */
 void log_close(void);
 
+/* The descriptor log lines go to (2 unless log_set_fd or log_open_file). */
+int log_get_fd(void);
+
 /*
  * Copies src[0..n) into dst (capacity cap > 0) for printing: printable ASCII
  * as is, other bytes as \xHH, cut with "..." when it does not fit. Returns dst,

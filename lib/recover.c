@@ -9,17 +9,25 @@
  *   3. replay every log record after the snapshot's lsn, in lsn order, across
  *      segments; their sequence numbers must follow on without a gap;
  *   4. at the end of the last segment only, a bad or incomplete record with
- *      nothing valid after it is a write cut short by a crash: it was never
- *      acknowledged, so it is cut off (ftruncate + fsync) with a warning;
- *      zeros after the last record are the writer's preallocation, trimmed
- *      the same way without a warning;
- *   5. every segment replayed, and the directory, is fsync()ed before the
- *      records are served: a run under --fsync none that was killed left
- *      them in the page cache only, and a power cut after this start must
- *      not take back what it serves (nor leave a gap before new segments).
+ *      nothing valid after it is a write cut short by a crash, and a hole
+ *      with only records of the same write batch after it is a power cut
+ *      in the middle of that batch's fdatasync (wal.c, RECOVERY): neither
+ *      was acknowledged, so it is cut off (ftruncate + fsync) with a
+ *      warning; after a power cut under --fsync none (recover_opts) any
+ *      damage at the end of the last segment is, and is cut with an error
+ *      (those records had been reported durable); zeros after the last
+ *      record are the writer's preallocation, trimmed without a warning;
+ *   5. every segment is fsync()ed and its cached pages dropped before it is
+ *      read: a run under --fsync none that was killed left records in the
+ *      page cache only, and after an I/O error the cache may hold pages the
+ *      disk never got; what replay reads, and serves, is what the disk
+ *      holds. The directory is fsync()ed at the end;
+ *   6. a segment whose header is zeros is the leftover of a crash right
+ *      after its creation only when nothing valid follows the header.
  * Anything else that does not read back is corruption: recovery stops and
- * says which file, which offset, and what the operator can do. It never
- * skips a record and never invents one.
+ * says which file, which offset, and what the operator can do (restore, or
+ * the exact cut and the records it gives up). It never skips a record and
+ * never invents one.
  */
 #include "recover.h"
 
@@ -314,20 +322,54 @@ static int truncate_durably(const char *path, size_t len)
     return r;
 }
 
-static const char *do_hint(void)
+/* What an operator can do about damage at offset off of segs[i] (whose
+ * first lost record would be lsn): into buf. Restoring comes first; the
+ * cut is spelled out with the records it gives up, which were
+ * acknowledged. */
+static const char *damage_hint(char *buf, size_t cap, const char *dir,
+                               const struct datadir_file *segs, long n, long i, size_t off,
+                               uint64_t lsn)
 {
-    return "Keep the data directory for inspection; to start anyway with what "
-           "precedes the damage, move the damaged segment and every later one out of "
-           "the directory (their writes will be lost), or restore from a backup";
+    int k = snprintf(buf, cap,
+                     "Keep a copy of the data directory as it is. Restore it from a backup if "
+                     "you have one (a replica of a cluster: from a healthy replica's, both "
+                     "stopped). To start instead with every record before the damage, giving "
+                     "up records from %" PRIu64 " on (acknowledged writes among them): "
+                     "truncate -s %zu %s/%s",
+                     lsn, off, dir, segs[i].name);
+    if (i + 1 < n && k > 0 && (size_t)k < cap)
+        snprintf(buf + k, cap - (size_t)k,
+                 ", and move %s%s out of the directory",
+                 segs[i + 1].name,
+                 i + 2 < n ? " and every later wal-*.log" : "");
+    return buf;
+}
+
+/* Before a segment is read: make durable what the page cache holds of it
+ * (a killed --fsync none run left its records there), then drop the cached
+ * pages, so what replay reads is what the disk holds - after an I/O error
+ * the cache can hold pages the disk never got, marked clean. */
+static int settle_file(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC), r = 0;
+
+    if (fd < 0)
+        return -errno;
+    if (fsync(fd) < 0)
+        r = -errno;
+    else
+        (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+    return r;
 }
 
 /* Replays segments segs[from..n). */
 static int replay_segments(const char *dir, struct datadir_file *segs, long n, long from,
-                           struct recover_replay *rp, struct recover_result *res, char *err,
-                           size_t cap)
+                           const struct recover_opts *opts, struct recover_replay *rp,
+                           struct recover_result *res, char *err, size_t cap)
 {
     uint64_t expect = rp->after_lsn + 1; /* the next lsn we must see */
-    char path[4200];
+    char path[4200], hint[1200];
     int r;
 
     for (long i = from; i < n; i++) {
@@ -337,9 +379,16 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
         struct wal_scan sc;
 
         snprintf(path, sizeof(path), "%s/%s", dir, segs[i].name);
+        if ((r = settle_file(path)) < 0)
+            return util_errf(err, cap, r,
+                             "cannot make %s durable: %s (the disk may not hold what the "
+                             "last run wrote; check it, then start again)",
+                             path, strerror(-r));
         if ((r = map_file(path, &data, &len)) < 0)
             return util_errf(err, cap, r, "cannot read %s: %s", path, strerror(-r));
+        uint64_t scan_t0 = util_mono_ns();
         wal_scan_segment(data, len, replay_record, rp, &sc);
+        uint64_t scan_ms = (util_mono_ns() - scan_t0) / 1000000u;
         /* A segment must start where the previous one ended (the first may
          * start before the snapshot's lsn: those records are skipped). */
         bool header_ok = sc.status != WAL_SCAN_BAD_HEADER && sc.status != WAL_SCAN_NEWER_FORMAT;
@@ -348,7 +397,8 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
             return util_errf(err, cap, -EBADMSG,
                          "%s: its header says it starts at record %" PRIu64 ", its name "
                          "says %" PRIu64 ". %s",
-                         path, sc.first_lsn, segs[i].seq, do_hint());
+                         path, sc.first_lsn, segs[i].seq,
+                         damage_hint(hint, sizeof(hint), dir, segs, n, i, 0, segs[i].seq));
         }
         bool starts_ok = !header_ok ||
                          (i == from ? sc.first_lsn <= expect : sc.first_lsn == expect);
@@ -357,12 +407,30 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
                 munmap(data, len);
             return util_errf(err, cap, -ENOENT,
                          "the log has a gap: records %" PRIu64 " to %" PRIu64 " are missing "
-                         "before %s (a segment file was removed?). %s",
-                         expect, sc.first_lsn - 1, path, do_hint());
+                         "before %s (a segment file was removed?). Put the missing segment "
+                         "back, or restore the directory from a backup (a replica of a "
+                         "cluster: from a healthy replica's). Keep a copy as it is",
+                         expect, sc.first_lsn - 1, path);
         }
         if (sc.status == WAL_SCAN_BAD_HEADER && last &&
             (len < WAL_SEGMENT_HEADER_BYTES || all_zero(data, WAL_SEGMENT_HEADER_BYTES))) {
-            /* Created, but the crash came before its header was written. */
+            /* Created, but the crash came before its header was written -
+             * unless records follow it: then a damaged sector took the
+             * header of a segment that was in use. */
+            uint64_t found = 0, budget = WAL_SCAN_CRC_BUDGET(len);
+            int v = len > WAL_SEGMENT_HEADER_BYTES
+                        ? wal_records_after(data, len, WAL_SEGMENT_HEADER_BYTES - 1, expect - 1,
+                                            &budget, &found)
+                        : 0;
+            if (v != 0 || found > 0) {
+                munmap(data, len);
+                return util_errf(err, cap, -EBADMSG,
+                                 "%s: its header is zeros, yet %s follow it: the header "
+                                 "was damaged, not left unwritten by a crash. %s",
+                                 path, v < 0 ? "what may be valid records" : "valid records",
+                                 damage_hint(hint, sizeof(hint), dir, segs, n, i, 0,
+                                             segs[i].seq));
+            }
             if (data)
                 munmap(data, len);
             log_warn(MOD, "removing %s: its header was never completely written (%zu bytes)",
@@ -383,13 +451,32 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
                 return util_errf(err, cap, -EBADMSG,
                              "%s is damaged at offset %zu and later segments exist, so this "
                              "is not an interrupted write. %s",
-                             path, sc.bad_offset, do_hint());
+                             path, sc.bad_offset,
+                             damage_hint(hint, sizeof(hint), dir, segs, n, i, sc.bad_offset,
+                                         sc.last_lsn + 1));
             log_warn(MOD, "%s: cutting off %zu bytes at offset %zu: a record cut short by a "
                           "crash (never acknowledged)",
                      path, len - sc.valid_bytes, sc.valid_bytes);
             if ((r = truncate_durably(path, sc.valid_bytes)) < 0)
                 return util_errf(err, cap, r, "cannot truncate %s: %s", path, strerror(-r));
             res->truncated_bytes += len - sc.valid_bytes;
+            break;
+        case WAL_SCAN_HOLE:
+            if (!last)
+                return util_errf(err, cap, -EBADMSG,
+                             "%s is damaged at offset %zu and later segments exist, so this "
+                             "is not an interrupted write. %s",
+                             path, sc.bad_offset,
+                             damage_hint(hint, sizeof(hint), dir, segs, n, i, sc.bad_offset,
+                                         sc.last_lsn + 1));
+            log_warn(MOD, "%s: cutting off %zu bytes at offset %zu: a hole there, and the %"
+                          PRIu64 " valid records after it all belong to the last write batch, "
+                          "which a power cut left partly written (never acknowledged)",
+                     path, len - sc.valid_bytes, sc.valid_bytes, sc.records_after);
+            if ((r = truncate_durably(path, sc.valid_bytes)) < 0)
+                return util_errf(err, cap, r, "cannot truncate %s: %s", path, strerror(-r));
+            res->truncated_bytes += len - sc.valid_bytes;
+            res->holes_cut++;
             break;
         case WAL_SCAN_ZERO_TAIL:
             /* The writer's preallocated zeros after the last record: a crash
@@ -401,13 +488,38 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
                 return util_errf(err, cap, r, "cannot truncate %s: %s", path, strerror(-r));
             break;
         case WAL_SCAN_CORRUPT:
+            if (last && opts && opts->unsynced_tail) {
+                /* The last run wrote without fsync and lost power: anything
+                 * after its last segment switch may be missing, holes
+                 * included. Those records were reported durable. */
+                log_error(MOD, "%s: cutting off %zu bytes at offset %zu: a hole left by the "
+                               "power cut under --fsync none; the %s%" PRIu64 " valid records "
+                               "after it were acknowledged and are lost",
+                          path, len - sc.valid_bytes, sc.valid_bytes,
+                          sc.search_gave_up ? "at least " : "", sc.records_after);
+                if ((r = truncate_durably(path, sc.valid_bytes)) < 0)
+                    return util_errf(err, cap, r, "cannot truncate %s: %s", path,
+                                     strerror(-r));
+                res->truncated_bytes += len - sc.valid_bytes;
+                res->holes_cut++;
+                break;
+            }
             return util_errf(err, cap, -EBADMSG,
                          "%s is damaged at offset %zu: a record there fails its checksum and "
-                         "valid records follow it. %s",
-                         path, sc.bad_offset, do_hint());
+                         "%s follow it%s (%" PRIu64 " ms to look). %s",
+                         path, sc.bad_offset,
+                         sc.search_gave_up ? "what may be valid records" : "valid records",
+                         sc.search_gave_up ? " (the search stopped at its bound)"
+                         : sc.records_after && sc.version >= 2
+                             ? ", written by a later batch: acknowledged data is damaged"
+                             : "",
+                         scan_ms,
+                         damage_hint(hint, sizeof(hint), dir, segs, n, i, sc.bad_offset,
+                                     sc.last_lsn + 1));
         case WAL_SCAN_BAD_HEADER:
             return util_errf(err, cap, -EBADMSG, "%s does not start with a valid segment header. %s",
-                         path, do_hint());
+                         path,
+                         damage_hint(hint, sizeof(hint), dir, segs, n, i, 0, segs[i].seq));
         case WAL_SCAN_NEWER_FORMAT:
             return util_errf(err, cap, -EPROTONOSUPPORT,
                          "%s was written by a newer serve (log format above %d); run that "
@@ -417,7 +529,9 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
             return util_errf(err, cap, -EBADMSG,
                          "%s: the record at offset %zu is out of sequence (after %" PRIu64
                          "). %s",
-                         path, sc.bad_offset, sc.last_lsn, do_hint());
+                         path, sc.bad_offset, sc.last_lsn,
+                         damage_hint(hint, sizeof(hint), dir, segs, n, i, sc.bad_offset,
+                                     sc.last_lsn + 1));
         case WAL_SCAN_STOPPED:
             return util_errf(err, cap, sc.cb_error == -ENOMEM ? -ENOMEM : -EBADMSG,
                          "%s: cannot apply the record at offset %zu: %s. %s", path,
@@ -426,12 +540,11 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
                                                    "belongs to a replica; start serve with its "
                                                    "--id and --replicas"
                                                  : strerror(-sc.cb_error),
-                         sc.cb_error == -ENOMEM ? "free memory and retry" : do_hint());
+                         sc.cb_error == -ENOMEM
+                             ? "free memory and retry"
+                             : damage_hint(hint, sizeof(hint), dir, segs, n, i, sc.bad_offset,
+                                           sc.last_lsn + 1));
         }
-        /* What replay read may have come from the page cache of a run under
-         * --fsync none that was killed, and it is served from now on. */
-        if ((r = datadir_sync_file(path)) < 0)
-            return util_errf(err, cap, r, "cannot make %s durable: %s", path, strerror(-r));
         if (sc.last_lsn + 1 > expect)
             expect = sc.last_lsn + 1;
         /* An empty last segment would collide with the one the log starts
@@ -451,12 +564,12 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
 int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_result *res,
             char *err, size_t cap)
 {
-    return recover_cluster(dir, s, now_ms, NULL, res, err, cap);
+    return recover_cluster(dir, s, now_ms, NULL, NULL, res, err, cap);
 }
 
 int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
-                    struct recover_ledger *ledger, struct recover_result *res, char *err,
-                    size_t cap)
+                    struct recover_ledger *ledger, const struct recover_opts *opts,
+                    struct recover_result *res, char *err, size_t cap)
 {
     uint64_t t0 = util_mono_ns();
     struct datadir_file *snaps = NULL, *segs = NULL;
@@ -524,7 +637,8 @@ int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
         if (segs[i].seq <= res->snap_lsn + 1)
             from = i;
     res->next_lsn = res->snap_lsn + 1;
-    if (nseg > 0 && (r = replay_segments(dir, segs, nseg, from, &rp, res, err, cap)) < 0)
+    if (nseg > 0 &&
+        (r = replay_segments(dir, segs, nseg, from, opts, &rp, res, err, cap)) < 0)
         goto out;
     /* A damaged snapshot's records must still be in the log. */
     if (damaged >= 0 && res->next_lsn <= snaps[damaged].seq) {

@@ -11,6 +11,15 @@
 
 struct store;
 
+/* What the caller knows of the last run (NULL: nothing). */
+struct recover_opts {
+    /* It wrote without fsync (--fsync none) and the machine lost power:
+     * its records after the last segment switch may be missing in any
+     * order, so damage followed by valid records at the end of the last
+     * segment is cut off (with an error) rather than refused. */
+    bool unsynced_tail;
+};
+
 struct recover_result {
     uint64_t snap_lsn;    /* snapshot loaded (0 = none) */
     uint64_t snap_items;
@@ -19,6 +28,7 @@ struct recover_result {
     uint64_t next_lsn;    /* the first lsn the log may use now */
     uint64_t next_cas;    /* the first cas unique not yet handed out */
     uint64_t truncated_bytes; /* torn tail cut from the last segment */
+    uint64_t holes_cut;   /* of which holes with valid records after them */
     uint64_t elapsed_ms;
 };
 
@@ -92,7 +102,7 @@ int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_res
 /* recover() for a replica in a cluster: 2PC records are replayed into
  * ledger (which the caller frees with recover_ledger_free). */
 int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
-                    struct recover_ledger *ledger, struct recover_result *res, char *err,
-                    size_t errcap);
+                    struct recover_ledger *ledger, const struct recover_opts *opts,
+                    struct recover_result *res, char *err, size_t errcap);
 
 #endif

@@ -98,6 +98,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -3940,6 +3941,23 @@ int server_run(struct server *srv)
 
 /* ---- snapshots ----------------------------------------------------------------- */
 
+/* Closes every descriptor from 3 up but keep (a forked child's). */
+static void close_except(int keep)
+{
+    int r = 0;
+
+    if (keep > 3)
+        r = close_range(3, (unsigned)keep - 1, 0);
+    if (r == 0)
+        r = close_range(keep < 3 ? 3u : (unsigned)keep + 1, ~0u, 0);
+    if (r < 0) { /* a kernel before 5.9 */
+        long max = sysconf(_SC_OPEN_MAX);
+        for (long fd = 3; fd < (max > 0 ? max : 65536); fd++)
+            if (fd != keep)
+                close((int)fd);
+    }
+}
+
 static int start_snapshot(struct server *srv)
 {
     struct snap_header h = {
@@ -3971,6 +3989,7 @@ static int start_snapshot(struct server *srv)
             h.next_cas = tpc_txid_floor(srv->tpc);
     }
     refresh_now(srv);
+    pid_t parent = getpid();
     pid = fork();
     if (pid < 0) {
         log_error(MOD, "snapshot: fork: %s", strerror(errno));
@@ -3978,10 +3997,18 @@ static int start_snapshot(struct server *srv)
     }
     if (pid == 0) {
         /* The child: a frozen copy of the store. Write it and leave without
-         * running atexit handlers or touching the parent's loop. */
+         * running atexit handlers or touching the parent's loop. It dies
+         * with its parent (a snapshot nobody waits for is useless, and an
+         * orphan would hold what it inherited), and it keeps no descriptor
+         * but the log's: not the data directory's lock (a restart after a
+         * kill -9 would be refused until it finished), not the listening
+         * sockets (clients would queue on them unanswered). */
         uint64_t items = 0;
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+            _exit(1);
+        close_except(log_get_fd());
         int r = snap_write_store(srv->cfg.data_dir, srv->store, &h, &items,
                                  srv->cluster ? snap_extra : NULL, srv);
         if (r < 0)
@@ -4000,6 +4027,21 @@ static int start_snapshot(struct server *srv)
 int server_snapshot(struct server *srv)
 {
     return start_snapshot(srv);
+}
+
+/* The newest snapshot older than the one at lsn (0: none). */
+static uint64_t previous_snapshot(struct server *srv, uint64_t lsn)
+{
+    struct datadir_file *f;
+    long n = datadir_list(srv->cfg.data_dir, "snap-", ".snap", &f);
+    uint64_t prev = 0;
+
+    for (long i = 0; i < n; i++)
+        if (f[i].seq < lsn && f[i].seq > prev)
+            prev = f[i].seq;
+    if (n > 0)
+        free(f);
+    return prev;
 }
 
 /* Removes snapshots older than the one at lsn. */
@@ -4058,8 +4100,14 @@ static void snapshot_check(struct server *srv)
         srv->snap_last_ms = ms;
         srv->snap_last_lsn = srv->snap_lsn;
         srv->snapshots++;
-        int removed = wal_remove_covered(srv->wal, srv->snap_lsn);
-        remove_old_snapshots(srv, srv->snap_lsn);
+        /* The previous snapshot stays, and the log back to it, so a new
+         * one that does not read back (a damaged sector) is not the only
+         * copy: recovery falls back to the previous and replays from it.
+         * Two snapshots' worth of disk, at most. */
+        uint64_t keep = previous_snapshot(srv, srv->snap_lsn);
+        int removed = keep ? wal_remove_covered(srv->wal, keep) : 0;
+        if (keep)
+            remove_old_snapshots(srv, keep);
         log_info(MOD, "snapshot %s done: %llu bytes in %llu ms; %d log segment(s) removed",
                  path, (unsigned long long)srv->snap_last_bytes, (unsigned long long)ms,
                  removed > 0 ? removed : 0);
@@ -4386,10 +4434,9 @@ static int open_data(struct server *srv, char *err, size_t cap)
 
     refresh_now(srv);
     struct recover_ledger ledger = {.self = srv->cfg.id, .decided_max = LIMIT_TPC_REMEMBERED};
-    if (srv->cluster)
-        r = recover_cluster(dir, srv->store, srv->now_ms, &ledger, &srv->rec, err, cap);
-    else
-        r = recover(dir, srv->store, srv->now_ms, &srv->rec, err, cap);
+    struct recover_opts ro = {.unsynced_tail = lost_now};
+    r = recover_cluster(dir, srv->store, srv->now_ms, srv->cluster ? &ledger : NULL, &ro,
+                        &srv->rec, err, cap);
     if (r < 0) {
         recover_ledger_free(&ledger);
         return r;

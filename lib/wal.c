@@ -8,7 +8,8 @@
  *
  * SEGMENT HEADER (little-endian):
  *    0  8  magic "TPCKVWAL"
- *    8  4  format version (1)
+ *    8  4  format version (2; a format 1 segment is read the same way,
+ *            its records carry no flags)
  *   12  4  header size (32)
  *   16  8  lsn of the segment's first record
  *   24  4  reserved, 0
@@ -19,11 +20,13 @@
  *    4  4  len: payload bytes (at most WAL_RECORD_PAYLOAD_MAX)
  *    8  8  lsn: log sequence number, +1 per record, never reused
  *   16  1  type (enum wal_rec_type)
- *   17  3  reserved, 0
+ *   17  1  flags (WAL_REC_FLAG_BATCH: the first record of a write batch)
+ *   18  2  reserved, 0
  *   20     payload
  *
- * A record is valid when its length fits, its type is known, its reserved
- * bytes are zero and its CRC matches; a zeroed block fails all of these. The
+ * A record is valid when its length fits, its type and flags are known, its
+ * reserved bytes are zero and its CRC matches; a zeroed block fails all of
+ * these. The
  * lsn lets recovery see a missing segment (a gap between one segment's last
  * lsn and the next one's first) and stale bytes (an lsn that is not +1).
  *
@@ -52,12 +55,20 @@
  * A record is never all zeros (its type byte is not 0), so a zeroed tail
  * cannot hide one.
  *
- * RECOVERY (see wal_scan_segment and server recovery): records are replayed
- * in lsn order. A bad record with nothing valid after it in the last segment
+ * RECOVERY (see wal_scan_segment and recover.c): records are replayed in
+ * lsn order. A bad record with nothing valid after it in the last segment
  * is a write cut short by a crash: it was never acknowledged (a write is
  * acknowledged only once its record is durable), so the tail is truncated
- * with a warning. A bad record followed by valid ones, or in any segment but
- * the last, is corruption: serve refuses to start and says where.
+ * with a warning. A bad record with valid ones after it is a hole, which a
+ * power cut leaves only in the batch being written (one fdatasync writes
+ * its pages in any order; the writer writes the next batch only after the
+ * last fdatasync returned, and marks its first record): if no valid record
+ * after the hole starts a batch, all of it is that last, unacknowledged
+ * batch (WAL_SCAN_HOLE) and recovery cuts it off; if one does, the damaged
+ * bytes had been synced: corruption (WAL_SCAN_CORRUPT), and serve refuses
+ * to start, saying where and the exact cut that would keep what precedes
+ * it. The search for valid records after damage checksums a bounded number
+ * of bytes. Any segment but the last must read back whole.
  *
  * FAILURE. A failed write or fsync is sticky (see GROUP COMMIT). The writer
  * then cuts the log back to where the failed batch began - truncates the
@@ -286,6 +297,14 @@ size_t wal_record_encode(char *dst, uint8_t type, uint64_t lsn, const void *payl
     return WAL_RECORD_HEADER_BYTES + n;
 }
 
+void wal_record_mark_batch(char *rec)
+{
+    uint32_t n = util_get_le32(rec + 4);
+
+    rec[17] = (char)(rec[17] | WAL_REC_FLAG_BATCH);
+    util_put_le32(rec, crc32c(0, rec + 4, WAL_RECORD_HEADER_BYTES - 4 + n));
+}
+
 long wal_record_decode(const char *buf, size_t len, struct wal_record *rec)
 {
     uint32_t n;
@@ -293,8 +312,8 @@ long wal_record_decode(const char *buf, size_t len, struct wal_record *rec)
     if (len < WAL_RECORD_HEADER_BYTES)
         return -EAGAIN;
     n = util_get_le32(buf + 4);
-    if (n > WAL_RECORD_PAYLOAD_MAX || !type_known((unsigned char)buf[16]) || buf[17] ||
-        buf[18] || buf[19])
+    if (n > WAL_RECORD_PAYLOAD_MAX || !type_known((unsigned char)buf[16]) ||
+        (buf[17] & ~WAL_REC_FLAGS_KNOWN) || buf[18] || buf[19])
         return -EBADMSG;
     if (len - WAL_RECORD_HEADER_BYTES < n)
         return -EAGAIN;
@@ -303,6 +322,7 @@ long wal_record_decode(const char *buf, size_t len, struct wal_record *rec)
     rec->len = n;
     rec->lsn = util_get_le64(buf + 8);
     rec->type = (uint8_t)buf[16];
+    rec->flags = (uint8_t)buf[17];
     rec->payload = buf + WAL_RECORD_HEADER_BYTES;
     return (long)(WAL_RECORD_HEADER_BYTES + n);
 }
@@ -333,20 +353,36 @@ int wal_segment_header_decode(const char *buf, size_t len, uint64_t *first_lsn)
 
 /* ---- scanning ------------------------------------------------------------------ */
 
-/* Is there any valid record, later in lsn than after_lsn, anywhere in
- * data[from..len)? Cheap checks first: most offsets fail on the type byte. */
-static bool valid_record_after(const char *data, size_t len, size_t from, uint64_t after_lsn)
+/* Cheap checks first: most offsets fail on the type byte; a candidate's
+ * lsn must fit, and only then is its CRC computed, within the budget. */
+int wal_records_after(const char *data, size_t len, size_t bad, uint64_t after_lsn,
+                      uint64_t *crc_budget, uint64_t *found)
 {
     struct wal_record rec;
 
-    for (size_t off = from; off + WAL_RECORD_HEADER_BYTES <= len; off++) {
+    for (size_t off = bad + 1; off + WAL_RECORD_HEADER_BYTES <= len; off++) {
         unsigned t = (unsigned char)data[off + 16];
-        if (!type_known(t) || data[off + 17] || data[off + 18] || data[off + 19])
+        if (!type_known(t) || (data[off + 17] & ~WAL_REC_FLAGS_KNOWN) || data[off + 18] ||
+            data[off + 19])
             continue;
-        if (wal_record_decode(data + off, len - off, &rec) > 0 && rec.lsn > after_lsn)
-            return true;
+        uint64_t lsn = util_get_le64(data + off + 8);
+        uint64_t most = after_lsn + 1 + (off - bad) / WAL_RECORD_HEADER_BYTES;
+        uint32_t n = util_get_le32(data + off + 4);
+        if (lsn <= after_lsn || lsn > most || n > len - off - WAL_RECORD_HEADER_BYTES)
+            continue;
+        uint64_t cost = WAL_RECORD_HEADER_BYTES + (uint64_t)n;
+        if (cost > *crc_budget)
+            return -1;
+        *crc_budget -= cost;
+        long size = wal_record_decode(data + off, len - off, &rec);
+        if (size <= 0)
+            continue;
+        (*found)++;
+        if (rec.flags & WAL_REC_FLAG_BATCH)
+            return 1;
+        off += (size_t)size - 1; /* records follow each other */
     }
-    return false;
+    return 0;
 }
 
 /* Is every byte of data[from..len) zero? */
@@ -371,6 +407,7 @@ void wal_scan_segment(const char *data, size_t len,
         out->status = r == -EPROTONOSUPPORT ? WAL_SCAN_NEWER_FORMAT : WAL_SCAN_BAD_HEADER;
         return;
     }
+    out->version = util_get_le32(data + 8);
     out->last_lsn = out->first_lsn - 1;
     out->valid_bytes = off;
     while (off < len) {
@@ -378,12 +415,24 @@ void wal_scan_segment(const char *data, size_t len,
         long n = wal_record_decode(data + off, len - off, &rec);
         if (n < 0) {
             out->bad_offset = off;
-            if (zero_from(data, len, off))
+            if (zero_from(data, len, off)) {
                 out->status = WAL_SCAN_ZERO_TAIL;
-            else if (valid_record_after(data, len, off + 1, out->last_lsn))
+                return;
+            }
+            uint64_t budget = WAL_SCAN_CRC_BUDGET(len);
+            int v = wal_records_after(data, len, off, out->last_lsn, &budget,
+                                      &out->records_after);
+            if (v < 0) {
                 out->status = WAL_SCAN_CORRUPT;
-            else
+                out->search_gave_up = true;
+            } else if (out->records_after == 0) {
                 out->status = WAL_SCAN_TORN;
+            } else if (v == 0 && out->version >= 2) {
+                out->status = WAL_SCAN_HOLE;
+            } else {
+                /* A later batch, or a format 1 segment that cannot say. */
+                out->status = WAL_SCAN_CORRUPT;
+            }
             return;
         }
         if (rec.lsn != out->last_lsn + 1) {
@@ -817,6 +866,9 @@ static void *writer_main(void *arg)
 
         struct batch_start b = batch_start(w);
         bool rolled = false;
+        /* Written after the last fdatasync returned: recovery tells the
+         * last batch (which a power cut may leave with holes) by this. */
+        wal_record_mark_batch(w->writing.data);
         int r = write_batch(w, w->writing.data, w->writing.len);
         if (r == 0 && w->cfg.fsync_mode != WAL_FSYNC_NONE)
             r = sync_fd(w);
@@ -937,6 +989,7 @@ static bool write_inline(struct wal *w)
     w->staged_count = 0;
     struct batch_start b = batch_start(w);
     bool rolled = false;
+    wal_record_mark_batch(w->inline_buf.data);
     r = append_bytes(w, w->inline_buf.data, w->inline_buf.len);
     if (r < 0)
         rolled = fail_batch(w, r, b);

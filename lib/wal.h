@@ -17,7 +17,7 @@
 
 #define WAL_RECORD_HEADER_BYTES 20
 #define WAL_SEGMENT_HEADER_BYTES 32
-#define WAL_FORMAT_VERSION 1
+#define WAL_FORMAT_VERSION 2 /* 2: records carry flags (WAL_REC_FLAG_*) */
 /* No record payload is larger (a 1 GiB value plus its op header): a larger
  * length field is corruption, not a record. */
 #define WAL_RECORD_PAYLOAD_MAX ((uint32_t)(1u << 30) + 4096)
@@ -31,6 +31,12 @@ enum wal_rec_type {
     WAL_REC_SNAP_ITEM = 16, /* snapshot body: one item (a PUT op) */
     WAL_REC_SNAP_END = 17,  /* snapshot trailer */
 };
+
+/* Record flags (header byte 17; always 0 in a format 1 segment). */
+#define WAL_REC_FLAG_BATCH 0x01 /* the first record of a write batch: the
+                                   writer wrote it after the previous
+                                   batch's fdatasync had returned */
+#define WAL_REC_FLAGS_KNOWN WAL_REC_FLAG_BATCH
 
 enum wal_op_kind {
     WAL_OP_PUT = 1,   /* key now holds this item (value, flags, expiry, cas) */
@@ -92,6 +98,7 @@ int wal_op_next(const char *p, size_t n, size_t *pos, struct wal_op *op);
 /* A decoded record; payload points into the input. */
 struct wal_record {
     uint8_t type;
+    uint8_t flags; /* WAL_REC_FLAG_* */
     uint64_t lsn;
     const char *payload;
     uint32_t len;
@@ -100,6 +107,10 @@ struct wal_record {
 /* Writes a record (header + payload) at dst; returns
  * WAL_RECORD_HEADER_BYTES + n. */
 size_t wal_record_encode(char *dst, uint8_t type, uint64_t lsn, const void *payload, size_t n);
+
+/* Marks the encoded record at rec as the first of a write batch (its CRC
+ * is computed again). */
+void wal_record_mark_batch(char *rec);
 
 /*
  * Decodes the record at buf[0..len). Returns its total size (> 0),
@@ -123,12 +134,34 @@ enum wal_scan_status {
                          valid after it: a write cut short by a crash */
     WAL_SCAN_ZERO_TAIL, /* valid records up to bad_offset, then only zero
                            bytes: space the writer preallocated */
-    WAL_SCAN_CORRUPT, /* a bad record at bad_offset, valid data after it */
+    WAL_SCAN_CORRUPT, /* a bad record at bad_offset, valid data after it:
+                         some written by a later batch, so the damage is in
+                         data an fdatasync had covered */
+    WAL_SCAN_HOLE,    /* a bad record at bad_offset, valid records after it,
+                         none of them the start of a batch: all of it is the
+                         last batch, which a power cut can leave with holes
+                         (pages written out of order) and which was never
+                         acknowledged if it has one */
     WAL_SCAN_BAD_HEADER, /* the segment header itself is not valid */
     WAL_SCAN_NEWER_FORMAT,
     WAL_SCAN_LSN_GAP, /* a record's lsn is not the previous one's + 1 */
     WAL_SCAN_STOPPED, /* the callback returned an error (in cb_error) */
 };
+
+/*
+ * The valid records anywhere in data(bad..len) that could follow a bad
+ * record at offset bad whose lsn would have been after_lsn + 1 (lsn above
+ * after_lsn, and no higher than the bytes since bad can hold). Adds their
+ * number to *found; returns 1 as soon as one is the first of a write batch,
+ * 0 when there are no more, -1 when the search gave up: it checksums at
+ * most *crc_budget bytes (spent as it goes), so bytes crafted to look like
+ * record headers cannot make it run for hours.
+ */
+int wal_records_after(const char *data, size_t len, size_t bad, uint64_t after_lsn,
+                      uint64_t *crc_budget, uint64_t *found);
+
+/* The checksum budget a scan of len bytes gives wal_records_after. */
+#define WAL_SCAN_CRC_BUDGET(len) (4 * (uint64_t)(len) + (64u << 20))
 
 struct wal_scan {
     enum wal_scan_status status;
@@ -138,6 +171,11 @@ struct wal_scan {
     size_t valid_bytes;  /* header + valid records: where a torn tail is cut */
     size_t bad_offset;
     int cb_error;
+    bool search_gave_up; /* CORRUPT because the search for valid records
+                            after bad_offset hit its bound */
+    uint64_t records_after; /* HOLE, CORRUPT: valid records found after
+                               bad_offset */
+    uint32_t version;       /* the segment's format version */
 };
 
 /*

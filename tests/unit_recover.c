@@ -487,6 +487,145 @@ static int run_recover(const struct tdir *d, int64_t now, struct recover_result 
     return r;
 }
 
+/* A log of records 1..n, one write batch per record up to single, then
+ * records single+1..n appended together (one batch). Returns each record's
+ * offset in the one segment (offs[1..n]) and its end (offs[n+1]). */
+static void batched_log(const struct tdir *d, uint64_t single, uint64_t n, size_t *offs)
+{
+    struct lw l;
+
+    lw_open(&l, d, 1, 1u << 20);
+    model_write(&l, 1, single);
+    for (uint64_t i = single + 1; i <= n; i++) {
+        char key[32], val[128];
+        struct txb t;
+        struct wal_op op = model_op(i, key, sizeof(key), val);
+        struct wal_txn head = {.txid = i, .epoch = 1, .coordinator = 0, .nops = 1};
+        txb_begin(&t, i);
+        txb_op(&t, &op);
+        wal_txn_encode(t.p, &head);
+        CU_ASSERT_EQUAL(wal_append(l.w, WAL_REC_WRITE, t.p, t.len, lw_ack, &l), (int64_t)i);
+        free(t.p);
+    }
+    lw_wait(&l, n);
+    lw_close(&l);
+
+    char path[4200];
+    seg_path(path, sizeof(path), d, 1);
+    size_t off = WAL_SEGMENT_HEADER_BYTES, len = 0;
+    char *img = read_all(path, &len);
+    struct wal_record rec;
+    for (uint64_t i = 1; i <= n + 1; i++) {
+        offs[i] = off;
+        long k = i <= n ? wal_record_decode(img + off, len - off, &rec) : 0;
+        if (i <= n) {
+            CU_ASSERT_FATAL(k > 0);
+            /* The writer marks where each batch starts. */
+            CU_ASSERT_EQUAL(rec.flags & WAL_REC_FLAG_BATCH, i <= single + 1 ? WAL_REC_FLAG_BATCH : 0);
+            off += (size_t)k;
+        }
+    }
+    free(img);
+}
+
+static void poke(const struct tdir *d, size_t off, int byte, size_t n)
+{
+    char path[4200];
+    seg_path(path, sizeof(path), d, 1);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    char buf[256];
+
+    CU_ASSERT_FATAL(fd >= 0 && n <= sizeof(buf));
+    memset(buf, byte, n);
+    CU_ASSERT_EQUAL(pwrite(fd, buf, n, (off_t)off), (ssize_t)n);
+    close(fd);
+}
+
+/* Issue 16: a power cut can leave the batch being written with holes (its
+ * pages reach the disk in any order) and valid records after them; that
+ * batch was never acknowledged, so it is cut at the hole and the start
+ * goes on. Damage in a batch a later one follows was synced: refused, with
+ * the exact cut in the message. */
+static void test_hole_in_last_batch_is_cut(void)
+{
+    struct tdir d;
+    struct recover_result res;
+    struct store *s;
+    char err[ERRCAP], want[4400];
+    size_t offs[16];
+
+    /* Records 1-4 one batch each, 5-8 one batch; a hole in record 6. */
+    tdir_make(&d);
+    batched_log(&d, 4, 8, offs);
+    poke(&d, offs[6] + 10, 0, 40);
+    CU_ASSERT_EQUAL(run_recover(&d, NOW, &res, err, &s), 0);
+    CU_ASSERT_TRUE(model_holds(s, 5, 8));
+    CU_ASSERT_EQUAL(res.holes_cut, 1);
+    CU_ASSERT_EQUAL(res.next_lsn, 6);
+    store_free(s);
+    tdir_remove(&d);
+
+    /* The hole at the batch's first record (its mark gone with it). */
+    tdir_make(&d);
+    batched_log(&d, 4, 8, offs);
+    poke(&d, offs[5], 0, 64);
+    CU_ASSERT_EQUAL(run_recover(&d, NOW, &res, err, &s), 0);
+    CU_ASSERT_TRUE(model_holds(s, 4, 8));
+    CU_ASSERT_EQUAL(res.holes_cut, 1);
+    store_free(s);
+    /* It was made durable: the next start finds a clean log. */
+    CU_ASSERT_EQUAL(run_recover(&d, NOW, &res, err, &s), 0);
+    CU_ASSERT_TRUE(model_holds(s, 4, 8));
+    CU_ASSERT_EQUAL(res.holes_cut + res.truncated_bytes, 0);
+    store_free(s);
+    tdir_remove(&d);
+
+    /* Damage in record 3: batches 4 and 5-8 were written after it was
+     * synced. Refused, naming the exact cut and the later records. */
+    tdir_make(&d);
+    batched_log(&d, 4, 8, offs);
+    poke(&d, offs[3] + 12, 0xab, 4);
+    CU_ASSERT_EQUAL(run_recover(&d, NOW, &res, err, NULL), -EBADMSG);
+    snprintf(want, sizeof(want), "truncate -s %zu %s/wal-0000000000000001.log", offs[3], d.path);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, want));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "records from 3 on"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "acknowledged data is damaged"));
+    /* ... unless the last run wrote without fsync and lost power: then
+     * anything at the end of the last segment may be missing. */
+    s = new_store();
+    struct recover_opts ro = {.unsynced_tail = true};
+    CU_ASSERT_EQUAL(recover_cluster(d.path, s, NOW, NULL, &ro, &res, err, ERRCAP), 0);
+    CU_ASSERT_TRUE(model_holds(s, 2, 8));
+    CU_ASSERT_EQUAL(res.holes_cut, 1);
+    store_free(s);
+    tdir_remove(&d);
+}
+
+/* Issue 16: a zeroed segment header was taken for a segment created just
+ * before a crash, and the segment deleted, records and all. Only an empty
+ * one goes; one with records after its header is refused. */
+static void test_zeroed_header_with_records_is_refused(void)
+{
+    struct tdir d;
+    struct recover_result res;
+    char err[ERRCAP], path[4200];
+    size_t offs[16];
+
+    tdir_make(&d);
+    batched_log(&d, 6, 6, offs);
+    poke(&d, 0, 0, WAL_SEGMENT_HEADER_BYTES);
+    CU_ASSERT_EQUAL(run_recover(&d, NOW, &res, err, NULL), -EBADMSG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "its header is zeros, yet valid records follow it"));
+    seg_path(path, sizeof(path), &d, 1);
+    CU_ASSERT(file_size(path) > 0); /* still there */
+    /* With nothing after the header, it is the crash's leftover. */
+    CU_ASSERT_EQUAL(truncate(path, WAL_SEGMENT_HEADER_BYTES + 100), 0);
+    poke(&d, WAL_SEGMENT_HEADER_BYTES, 0, 100);
+    CU_ASSERT_EQUAL(run_recover(&d, NOW, &res, err, NULL), 0);
+    CU_ASSERT_EQUAL(file_size(path), -1);
+    tdir_remove(&d);
+}
+
 /* ---- clean logs -------------------------------------------------------------------- */
 
 static void test_clean_log_replays_every_effect(void)
@@ -1466,7 +1605,7 @@ static void test_newer_segment_format_is_refused(void)
     fd = open(path, O_RDWR | O_CLOEXEC);
     CU_ASSERT_FATAL(fd >= 0);
     CU_ASSERT_EQUAL(pread(fd, hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
-    util_put_le32(hdr + 8, 2);
+    util_put_le32(hdr + 8, WAL_FORMAT_VERSION + 1);
     util_put_le32(hdr + 28, crc32c(0, hdr, 28));
     CU_ASSERT_EQUAL(pwrite(fd, hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
     close(fd);
@@ -1603,7 +1742,7 @@ static void test_newer_snapshot_format_is_refused(void)
     CU_ASSERT_FATAL(fd >= 0);
     CU_ASSERT_EQUAL(pread(fd, hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
     CU_ASSERT_EQUAL(util_get_le32(hdr + 8), 1);
-    util_put_le32(hdr + 8, 2);
+    util_put_le32(hdr + 8, WAL_FORMAT_VERSION + 1);
     util_put_le32(hdr + 44, crc32c(0, hdr, 44));
     CU_ASSERT_EQUAL(pwrite(fd, hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
     close(fd);
@@ -1863,6 +2002,10 @@ void unit_recover_register(void)
               test_snapshot_pending_flush_honoured_after_recovery);
     unit_test(s, "snapshot written from a store round trips",
               test_snapshot_written_from_a_store_round_trips);
+    unit_test(s, "a hole in the last batch is cut; earlier damage is refused",
+              test_hole_in_last_batch_is_cut);
+    unit_test(s, "a zeroed header with records after it is refused",
+              test_zeroed_header_with_records_is_refused);
     unit_test(s, "torn last record at every offset is cut",
               test_torn_last_record_at_every_offset_is_cut);
     unit_test(s, "preallocated zeros after the records are trimmed quietly",

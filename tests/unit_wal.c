@@ -523,7 +523,7 @@ static void test_decode_rejects_zeroes_absurd_length_unknown_type_and_reserved(v
     }
     for (int j = 17; j < 20; j++) {
         n = sample_record(buf, 1);
-        buf[j] = 1;
+        buf[j] = j == 17 ? (char)(~WAL_REC_FLAGS_KNOWN & 0xff) : 1; /* 17: unknown flags */
         util_put_le32(buf, crc32c(0, buf + 4, n - 4));
         CU_ASSERT_EQUAL(wal_record_decode(buf, n, &rec), -EBADMSG);
     }
@@ -650,7 +650,7 @@ static void test_segment_header_round_trip_and_rejects(void)
     }
     /* Newer version with a correct CRC. */
     wal_segment_header_encode(h, 1);
-    util_put_le32(h + 8, 2);
+    util_put_le32(h + 8, WAL_FORMAT_VERSION + 1);
     util_put_le32(h + 28, crc32c(0, h, 28));
     CU_ASSERT_EQUAL(wal_segment_header_decode(h, sizeof(h), &first), -EPROTONOSUPPORT);
     /* Version 0 or a wrong header size, with a correct CRC. */
@@ -718,6 +718,14 @@ static void img_build(struct img *im, uint64_t first_lsn, size_t nrec, const uin
         im->len += wal_record_encode(im->data + im->len, WAL_REC_WRITE, lsn, payload, n);
     }
     im->off[nrec] = im->len;
+}
+
+/* Marks every record of im from index first on as the start of a write
+ * batch (each written after the previous one's fdatasync). */
+static void img_mark_batches(struct img *im, size_t first)
+{
+    for (size_t i = first; i < im->nrec; i++)
+        wal_record_mark_batch(im->data + im->off[i]);
 }
 
 struct seen {
@@ -828,6 +836,7 @@ static void test_scan_damage_in_middle_is_corrupt_at_end_is_torn(void)
     static const size_t where[] = {0, 5, 9, 16, 20, 60, 99};
 
     img_build(&im, 1, 5, NULL);
+    img_mark_batches(&im, 0); /* one batch per record: each one synced */
     for (size_t w = 0; w < ARRAY_SIZE(where); w++) {
         /* Record 2 (the third) of 5. */
         im.data[im.off[2] + where[w]] ^= 0x01;
@@ -857,6 +866,95 @@ static void test_scan_damage_in_middle_is_corrupt_at_end_is_torn(void)
     CU_ASSERT_EQUAL(sc.records, 0);
     CU_ASSERT_EQUAL(s.n, 0);
     free(im.data);
+}
+
+/* Issue 16: a power cut can leave holes inside the batch being written
+ * (its pages reach the disk in any order), and that batch was never
+ * acknowledged. Damage followed only by records of the same batch is a
+ * HOLE (recovery cuts it off); a later batch after it means the damaged
+ * bytes had been synced: CORRUPT. A format 1 segment cannot tell. */
+static void test_scan_hole_in_last_batch(void)
+{
+    struct img im;
+    struct seen s = {0};
+    struct wal_scan sc;
+
+    img_build(&im, 1, 6, NULL);
+    wal_record_mark_batch(im.data + im.off[0]); /* batch 1: records 0-2 */
+    wal_record_mark_batch(im.data + im.off[3]); /* batch 2: records 3-5 */
+    /* A hole in the last batch, at its first record (the mark lost). */
+    memset(im.data + im.off[3], 0, 40);
+    scan(im.data, im.len, &s, &sc);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_HOLE);
+    CU_ASSERT_EQUAL(sc.bad_offset, im.off[3]);
+    CU_ASSERT_EQUAL(sc.valid_bytes, im.off[3]);
+    CU_ASSERT_EQUAL(sc.records, 3);
+    CU_ASSERT_EQUAL(sc.records_after, 2);
+    CU_ASSERT_EQUAL(s.n, 3);
+    /* Inside it, after its first record. */
+    free(im.data);
+    img_build(&im, 1, 6, NULL);
+    wal_record_mark_batch(im.data + im.off[0]);
+    wal_record_mark_batch(im.data + im.off[3]);
+    memset(im.data + im.off[4] + 8, 0, 30);
+    scan(im.data, im.len, &s, &sc);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_HOLE);
+    CU_ASSERT_EQUAL(sc.bad_offset, im.off[4]);
+    CU_ASSERT_EQUAL(sc.records_after, 1);
+    /* In the batch before: the last batch's first record follows. */
+    free(im.data);
+    img_build(&im, 1, 6, NULL);
+    wal_record_mark_batch(im.data + im.off[0]);
+    wal_record_mark_batch(im.data + im.off[3]);
+    memset(im.data + im.off[1] + 4, 0xee, 8);
+    scan(im.data, im.len, &s, &sc);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_CORRUPT);
+    CU_ASSERT_EQUAL(sc.bad_offset, im.off[1]);
+    CU_ASSERT(sc.records_after >= 1);
+    CU_ASSERT_FALSE(sc.search_gave_up);
+    /* A format 1 segment with the same hole: it cannot tell. */
+    free(im.data);
+    img_build(&im, 1, 6, NULL);
+    util_put_le32(im.data + 8, 1);
+    util_put_le32(im.data + 28, crc32c(0, im.data, 28));
+    memset(im.data + im.off[4] + 8, 0, 30);
+    scan(im.data, im.len, &s, &sc);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_CORRUPT);
+    CU_ASSERT_EQUAL(sc.version, 1);
+    free(im.data);
+}
+
+/* Issue 16: values crafted to look like record headers made the search
+ * after a bad record checksum at every offset. Candidates whose lsn cannot
+ * follow are skipped without a checksum, and the checksums are bounded. */
+static void test_scan_search_after_damage_is_bounded(void)
+{
+    size_t len = WAL_SEGMENT_HEADER_BYTES + (4u << 20);
+    char *data = calloc(1, len);
+    struct wal_scan sc;
+    uint64_t budget, found = 0;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(data);
+    wal_segment_header_encode(data, 1);
+    data[WAL_SEGMENT_HEADER_BYTES] = 0x5a; /* a bad first record */
+    /* Every 64 bytes a fake header: known type, zero reserved bytes, a
+     * length reaching to the end (a checksum over megabytes each). */
+    for (size_t off = WAL_SEGMENT_HEADER_BYTES + 64; off + 20 <= len; off += 64) {
+        util_put_le32(data + off + 4, (uint32_t)(len - off - 20));
+        util_put_le64(data + off + 8, 2); /* a plausible lsn */
+        data[off + 16] = WAL_REC_WRITE;
+    }
+    wal_scan_segment(data, len, NULL, NULL, &sc);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_CORRUPT);
+    CU_ASSERT_TRUE(sc.search_gave_up);
+    /* An implausible lsn costs no checksum at all. */
+    for (size_t off = WAL_SEGMENT_HEADER_BYTES + 64; off + 20 <= len; off += 64)
+        util_put_le64(data + off + 8, 1000000);
+    budget = 1;
+    CU_ASSERT_EQUAL(
+        wal_records_after(data, len, WAL_SEGMENT_HEADER_BYTES, 0, &budget, &found), 0);
+    CU_ASSERT_EQUAL(found, 0);
+    free(data);
 }
 
 static void test_scan_zeroed_block_at_tail_is_preallocated_in_middle_corrupt(void)
@@ -890,7 +988,8 @@ static void test_scan_zeroed_block_at_tail_is_preallocated_in_middle_corrupt(voi
     CU_ASSERT_EQUAL(sc.status, WAL_SCAN_TORN);
     CU_ASSERT_EQUAL(sc.bad_offset, im.off[4]);
     CU_ASSERT_EQUAL(sc.records, 4);
-    /* A record in the middle zeroed: valid records follow. */
+    /* A record in the middle zeroed: valid records of later batches follow. */
+    img_mark_batches(&im, 0);
     memcpy(copy, im.data, im.len);
     memset(copy + im.off[1], 0, 64);
     scan(copy, im.len, &s, &sc);
@@ -964,7 +1063,7 @@ static void test_scan_bad_header_and_newer_format(void)
     scan(im.data, im.len, &s, &sc);
     CU_ASSERT_EQUAL(sc.status, WAL_SCAN_CLEAN);
 
-    util_put_le32(im.data + 8, 2);
+    util_put_le32(im.data + 8, WAL_FORMAT_VERSION + 1);
     util_put_le32(im.data + 28, crc32c(0, im.data, 28));
     scan(im.data, im.len, &s, &sc);
     CU_ASSERT_EQUAL(sc.status, WAL_SCAN_NEWER_FORMAT);
@@ -2322,6 +2421,9 @@ void unit_wal_register(void)
     unit_test(s, "scan clean counts records and lsns", test_scan_clean_counts_records_and_lsns);
     unit_test(s, "scan every truncation point is clean or torn",
               test_scan_every_truncation_point_is_clean_or_torn);
+    unit_test(s, "scan: a hole in the last batch, not before it", test_scan_hole_in_last_batch);
+    unit_test(s, "scan: the search after damage is bounded",
+              test_scan_search_after_damage_is_bounded);
     unit_test(s, "scan damage in middle is corrupt, at end torn",
               test_scan_damage_in_middle_is_corrupt_at_end_is_torn);
     unit_test(s, "scan zeroed block at tail is preallocated, in middle corrupt",

@@ -114,8 +114,14 @@ static void scan(const char *data, size_t size, bool cluster)
         break;
     case WAL_SCAN_TORN:
     case WAL_SCAN_CORRUPT:
+    case WAL_SCAN_HOLE:
     case WAL_SCAN_LSN_GAP:
         FUZZ_CHECK(sc_out.bad_offset == sc_out.valid_bytes && sc_out.valid_bytes < size);
+        /* A torn tail has nothing valid after it; a hole has, and only in
+         * a format that marks batches. */
+        FUZZ_CHECK(sc_out.status != WAL_SCAN_TORN || sc_out.records_after == 0);
+        FUZZ_CHECK(sc_out.status != WAL_SCAN_HOLE ||
+                   (sc_out.records_after > 0 && sc_out.version >= 2));
         break;
     case WAL_SCAN_STOPPED:
         FUZZ_CHECK(sc_out.cb_error < 0 && sc_out.bad_offset == sc_out.valid_bytes);
