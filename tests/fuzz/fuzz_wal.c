@@ -80,6 +80,9 @@ static int on_record(void *arg, const struct wal_record *rec)
     c->prev_lsn = rec->lsn;
     FUZZ_CHECK(wal_record_encode(enc, rec->type, rec->lsn, rec->payload, rec->len) ==
                WAL_RECORD_HEADER_BYTES + (size_t)rec->len);
+    FUZZ_CHECK((rec->flags & ~WAL_REC_FLAGS_KNOWN) == 0);
+    if (rec->flags & WAL_REC_FLAG_BATCH)
+        wal_record_mark_batch(enc);
     FUZZ_CHECK(memcmp(enc, rec->payload - WAL_RECORD_HEADER_BYTES,
                       WAL_RECORD_HEADER_BYTES + (size_t)rec->len) == 0);
     free(enc);
