@@ -419,8 +419,8 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
              * header of a segment that was in use. */
             uint64_t found = 0, budget = WAL_SCAN_CRC_BUDGET(len);
             int v = len > WAL_SEGMENT_HEADER_BYTES
-                        ? wal_records_after(data, len, WAL_SEGMENT_HEADER_BYTES - 1, expect - 1,
-                                            &budget, &found)
+                        ? wal_records_after(data, len, WAL_SEGMENT_HEADER_BYTES - 1, 0,
+                                            expect - 1, &budget, &found)
                         : 0;
             if (v != 0 || found > 0) {
                 munmap(data, len);
@@ -511,7 +511,9 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
                          sc.search_gave_up ? "what may be valid records" : "valid records",
                          sc.search_gave_up ? " (the search stopped at its bound)"
                          : sc.records_after && sc.version >= 2
-                             ? ", written by a later batch: acknowledged data is damaged"
+                             ? ", one written by a later batch: data an fsync had covered is "
+                               "damaged (or the last record's value holds bytes shaped like "
+                               "records)"
                              : "",
                          scan_ms,
                          damage_hint(hint, sizeof(hint), dir, segs, n, i, sc.bad_offset,
@@ -578,6 +580,7 @@ int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
     char path[4200];
     long nsnap, nseg, from;
     long damaged = -1; /* the newest snapshot that did not read back */
+    long good = -1;    /* the one loaded */
     int r = 0;
 
     memset(res, 0, sizeof(*res));
@@ -603,6 +606,7 @@ int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
             r = util_errf(why, sizeof(why), -EBADMSG, "%s: header says lsn %" PRIu64, path, sh.lsn);
         if (r == 0) {
             res->snap_lsn = sh.lsn;
+            good = i;
             break;
         }
         store_clear(s);
@@ -648,6 +652,24 @@ int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
                   "inspection and restore that snapshot from a backup; to start anyway "
                   "without those records, move it out of the directory",
                   dir, snaps[damaged].name, res->next_lsn, snaps[damaged].seq);
+        goto out;
+    }
+    /* The snapshots that did not read back are renamed out of the way (kept
+     * for inspection): the next snapshot must not keep one of them as the
+     * previous one and delete the good one it fell back to. */
+    for (long i = good + 1; i < nsnap; i++) {
+        char to[4300];
+        snprintf(path, sizeof(path), "%s/%s", dir, snaps[i].name);
+        snprintf(to, sizeof(to), "%s.damaged", path);
+        if (rename(path, to) == 0)
+            log_warn(MOD, "%s does not read back: renamed to %s (kept for inspection)", path,
+                     to);
+        else
+            log_warn(MOD, "cannot rename %s, which does not read back: %s", path,
+                     strerror(errno));
+    }
+    if (good + 1 < nsnap && (r = datadir_sync(dir)) < 0) {
+        r = util_errf(err, cap, r, "cannot make %s durable: %s", dir, strerror(-r));
         goto out;
     }
     res->records = rp.records;

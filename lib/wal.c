@@ -355,12 +355,12 @@ int wal_segment_header_decode(const char *buf, size_t len, uint64_t *first_lsn)
 
 /* Cheap checks first: most offsets fail on the type byte; a candidate's
  * lsn must fit, and only then is its CRC computed, within the budget. */
-int wal_records_after(const char *data, size_t len, size_t bad, uint64_t after_lsn,
-                      uint64_t *crc_budget, uint64_t *found)
+int wal_records_after(const char *data, size_t len, size_t bad, size_t from,
+                      uint64_t after_lsn, uint64_t *crc_budget, uint64_t *found)
 {
     struct wal_record rec;
 
-    for (size_t off = bad + 1; off + WAL_RECORD_HEADER_BYTES <= len; off++) {
+    for (size_t off = from > bad ? from : bad + 1; off + WAL_RECORD_HEADER_BYTES <= len; off++) {
         unsigned t = (unsigned char)data[off + 16];
         if (!type_known(t) || (data[off + 17] & ~WAL_REC_FLAGS_KNOWN) || data[off + 18] ||
             data[off + 19])
@@ -420,8 +420,16 @@ void wal_scan_segment(const char *data, size_t len,
                 return;
             }
             uint64_t budget = WAL_SCAN_CRC_BUDGET(len);
-            int v = wal_records_after(data, len, off, out->last_lsn, &budget,
-                                      &out->records_after);
+            /* The search starts right after the bad record's first byte, in
+             * its own payload too: its length field may be what is damaged,
+             * and skipping what it claims could skip acknowledged records.
+             * So a torn last record whose value holds bytes shaped like a
+             * later batch's records is refused rather than cut (the message
+             * gives the cut): a start refused is better than writes lost. */
+            size_t from = off + 1;
+            int v = from >= len ? 0
+                                : wal_records_after(data, len, off, from, out->last_lsn, &budget,
+                                                    &out->records_after);
             if (v < 0) {
                 out->status = WAL_SCAN_CORRUPT;
                 out->search_gave_up = true;
@@ -779,6 +787,11 @@ static int roll_back(struct wal *w, struct batch_start b)
     pthread_mutex_unlock(&w->mu);
     if (r < 0 || cur == NULL)
         return r < 0 ? r : -ENOENT;
+    /* The removals are durable before the cut: a power cut in between
+     * must not leave a cut segment followed by a removed one's name,
+     * which a start would take for a gap. */
+    if (removed && (r = datadir_sync(w->dir)) < 0)
+        return r;
     datadir_path(path, sizeof(path), w->dir, "wal-", first, ".log");
     if ((fd = w->io->open(path, O_WRONLY | O_CLOEXEC, 0)) < 0)
         return -errno;
@@ -786,8 +799,6 @@ static int roll_back(struct wal *w, struct batch_start b)
         w->io->fdatasync(fd) < 0)
         r = w->io->ftruncate == NULL ? -ENOTSUP : -errno;
     w->io->close(fd);
-    if (r == 0 && removed)
-        r = datadir_sync(w->dir);
     w->cur_bytes = w->filled = b.bytes;
     return r;
 }

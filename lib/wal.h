@@ -149,7 +149,7 @@ enum wal_scan_status {
 };
 
 /*
- * The valid records anywhere in data(bad..len) that could follow a bad
+ * The valid records anywhere in data[max(from, bad + 1)..len) that could follow a bad
  * record at offset bad whose lsn would have been after_lsn + 1 (lsn above
  * after_lsn, and no higher than the bytes since bad can hold). Adds their
  * number to *found; returns 1 as soon as one is the first of a write batch,
@@ -157,8 +157,8 @@ enum wal_scan_status {
  * most *crc_budget bytes (spent as it goes), so bytes crafted to look like
  * record headers cannot make it run for hours.
  */
-int wal_records_after(const char *data, size_t len, size_t bad, uint64_t after_lsn,
-                      uint64_t *crc_budget, uint64_t *found);
+int wal_records_after(const char *data, size_t len, size_t bad, size_t from,
+                      uint64_t after_lsn, uint64_t *crc_budget, uint64_t *found);
 
 /* The checksum budget a scan of len bytes gives wal_records_after. */
 #define WAL_SCAN_CRC_BUDGET(len) (4 * (uint64_t)(len) + (64u << 20))

@@ -107,7 +107,10 @@ def writer(port, tid, rng, hist, stop, nkeys):
             reply = c.set(key, value)
         except OSError:
             return  # the cut: this one stays in flight
+        if reply == b"":
+            return  # the cut: this one stays in flight
         if reply != b"STORED\r\n":
+            hist[b"#bad"] = (reply, None)  # a refusal nobody expected: the round fails
             return
         hist[key] = (value, None)
         hist[b"#acked"] = (hist.get(b"#acked", (0, None))[0] + 1, None)
@@ -121,9 +124,8 @@ def read_journal(state):
     """Per inode key: the (offset, length) writes since its last sync, in
     order, from every process's journal."""
     pending = {}
-    for name in sorted(os.listdir(state)):
-        if not name.startswith("j"):
-            continue
+    names = [n for n in os.listdir(state) if n.startswith("j") and n[1:].isdigit()]
+    for name in sorted(names, key=lambda n: int(n[1:])):
         for line in open(os.path.join(state, name)):
             parts = line.split()
             if parts[0] == "S":
@@ -194,13 +196,17 @@ def build_image(root, state, img, rng, page_survival):
 
 def run_phase(args, mode, root, state, log, rng, hist, tid_base, segment=None, snapshot=None):
     """serve under the shim on root, writers for a random while, then kill -9
-    (serve and any snapshot child). Returns the writes acknowledged, or None
-    if serve did not start (the log says why)."""
+    (serve and any snapshot child). Returns (writes acknowledged, a reply
+    other than STORED or None), or None if serve did not start (the log
+    says why)."""
     port = free_port()
     env = dict(os.environ, PCSHIM_ROOT=root, PCSHIM_STATE=state, LD_PRELOAD=args.shim)
     cmd = [args.serve, "-s", "127.0.0.1", "-p", str(port), "-t", "-d", os.path.join(root, "data"),
            "--fsync", mode, "--wal-segment-bytes", segment or rng.choice(["256k", "4m"]),
            "--snapshot-bytes", snapshot or rng.choice(["1m", "16m"]), "--log-file", log]
+    if mode == "batch":
+        # Long intervals: big batches in flight at the cut (holes in them).
+        cmd += ["--fsync-interval", str(rng.choice([2, 20, 50]))]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         if not wait_listening(log, proc):
@@ -229,7 +235,8 @@ def run_phase(args, mode, root, state, log, rng, hist, tid_base, segment=None, s
             proc.kill()
             proc.wait()
     time.sleep(0.1)  # a killed snapshot child is gone
-    return hist.pop(b"#acked", (0, None))[0]
+    bad = hist.pop(b"#bad", (None, None))[0]
+    return hist.pop(b"#acked", (0, None))[0], bad
 
 
 def round_once(args, mode, rnd, rng, page_survival, after_none, base, report):
@@ -252,9 +259,15 @@ def round_once(args, mode, rnd, rng, page_survival, after_none, base, report):
         if run_phase(args, "none", root, state, log + ".1", rng, hist, 100, big, big) is None:
             report(False, "%s: serve did not start under the shim: %s" % (name, tail(log + ".1")))
             return
-    acked = run_phase(args, mode, root, state, log, rng, hist, 0, None, big)
-    if acked is None:
+    got = run_phase(args, mode, root, state, log, rng, hist, 0, None, big)
+    if got is None:
         report(False, "%s: serve did not start under the shim: %s" % (name, tail(log)))
+        return
+    acked, bad = got
+    if bad is not None or acked == 0:
+        # A round that acknowledged nothing proves nothing.
+        report(False, "%s: the writers were refused (%r) or nothing was acknowledged (%d)" %
+               (name, bad, acked))
         return
     st = build_image(root, state, img, rng, page_survival)
     if mode == "none":

@@ -924,6 +924,40 @@ static void test_scan_hole_in_last_batch(void)
     free(im.data);
 }
 
+/* Found by the audit of issue 16: a value holding a whole record (a
+ * batch start, a plausible lsn), written as the last record and torn by a
+ * power cut, makes the search find "a later batch". Skipping the torn
+ * record's payload would avoid that, but a damaged length field would then
+ * skip acknowledged records: it stays CORRUPT (refused, with the cut in
+ * the message), chosen knowingly. */
+static void test_scan_torn_value_holding_a_record_is_torn(void)
+{
+    struct img im;
+    struct seen s = {0};
+    struct wal_scan sc;
+    char fake[64], payload[200];
+
+    img_build(&im, 1, 3, NULL);
+    wal_record_mark_batch(im.data + im.off[0]);
+    size_t nf = wal_record_encode(fake, WAL_REC_WRITE, 5, "x", 1);
+    wal_record_mark_batch(fake);
+    memset(payload, 'v', sizeof(payload));
+    memcpy(payload + 40, fake, nf);
+    char *buf = malloc(im.len + WAL_RECORD_HEADER_BYTES + sizeof(payload));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    memcpy(buf, im.data, im.len);
+    size_t n = wal_record_encode(buf + im.len, WAL_REC_WRITE, 4, payload, sizeof(payload));
+    /* Torn after the fake record, before the end of the real one. */
+    size_t cut = im.len + WAL_RECORD_HEADER_BYTES + 40 + nf + 10;
+    CU_ASSERT(cut < im.len + n);
+    scan(buf, cut, &s, &sc);
+    CU_ASSERT_EQUAL(sc.status, WAL_SCAN_CORRUPT);
+    CU_ASSERT_EQUAL(sc.bad_offset, im.len);
+    CU_ASSERT_EQUAL(sc.records, 3);
+    free(buf);
+    free(im.data);
+}
+
 /* Issue 16: values crafted to look like record headers made the search
  * after a bad record checksum at every offset. Candidates whose lsn cannot
  * follow are skipped without a checksum, and the checksums are bounded. */
@@ -952,7 +986,7 @@ static void test_scan_search_after_damage_is_bounded(void)
         util_put_le64(data + off + 8, 1000000);
     budget = 1;
     CU_ASSERT_EQUAL(
-        wal_records_after(data, len, WAL_SEGMENT_HEADER_BYTES, 0, &budget, &found), 0);
+        wal_records_after(data, len, WAL_SEGMENT_HEADER_BYTES, 0, 0, &budget, &found), 0);
     CU_ASSERT_EQUAL(found, 0);
     free(data);
 }
@@ -2422,6 +2456,8 @@ void unit_wal_register(void)
     unit_test(s, "scan every truncation point is clean or torn",
               test_scan_every_truncation_point_is_clean_or_torn);
     unit_test(s, "scan: a hole in the last batch, not before it", test_scan_hole_in_last_batch);
+    unit_test(s, "scan: a torn value holding a whole record is refused, not cut",
+              test_scan_torn_value_holding_a_record_is_torn);
     unit_test(s, "scan: the search after damage is bounded",
               test_scan_search_after_damage_is_bounded);
     unit_test(s, "scan damage in middle is corrupt, at end torn",
