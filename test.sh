@@ -342,7 +342,7 @@ basic_ops() {
     else
         not_ok "$name: flags come back in VALUE"
     fi
-    expect_out "1.6.0-tpckv-0.2.0" "$name: version" "$mode" -p "$port" version
+    expect_out "1.6.0-tpckv-0.3.0" "$name: version" "$mode" -p "$port" version
     if cl "$mode" -p "$port" stats >"$tmp/stats" 2>&1 &&
         for s in pid uptime version curr_connections total_connections curr_items bytes \
             cmd_get cmd_set get_hits get_misses; do grep -q "^$s " "$tmp/stats" || exit 1; done; then
@@ -360,6 +360,21 @@ clie_exit_codes() {
     expect_exit 2 "clie: key over 250 bytes is refused before sending" -p "$port" get \
         "$(printf 'k%.0s' $(seq 251))"
     expect_exit 2 "clie: unknown subcommand" frobnicate
+    local rc=0
+    cl -p "$port" -e 99999999999 put k v 2>"$tmp/err" || rc=$?
+    check "clie: an --exptime out of range is a usage error that says the range" \
+        bash -c '[ "$1" -eq 2 ] && grep -q "from -2147483648 to 2147483647, not .99999999999." "$2"' _ "$rc" "$tmp/err"
+    # A single get prints the value's exact bytes; on a terminal, a newline
+    # after them (script(1) gives it one).
+    cl -p "$port" -q put tty:k "no newline"
+    cl -p "$port" get tty:k >"$tmp/tty.file"
+    check "clie: get into a file: exactly the value's bytes" \
+        bash -c '[ "$(od -An -c "$1" | tr -d " \n")" = "nonewline" ]' _ "$tmp/tty.file"
+    if command -v script >/dev/null; then
+        script -qec "$CLIE -p $port get tty:k" /dev/null >"$tmp/tty.term" </dev/null || true
+        check "clie: get on a terminal ends the value with a newline" \
+            bash -c 'grep -q "^no newline" "$1" && [ "$(tail -c 1 "$1" | od -An -c | tr -d " ")" = "\\n" ]' _ "$tmp/tty.term"
+    fi
     expect_exit 3 "clie: connection refused (TCP)" -t --timeout 1000 -p "$dead" get k
     expect_exit 3 "clie: no answer (UDP)" -u --timeout 300 --retries 1 -p "$dead" get k
     head -c $((TCP_MAX_VALUE + 1)) /dev/zero >"$tmp/toobig"

@@ -1832,6 +1832,9 @@ void bench_print_text(FILE *f, const struct bench_config *cfg,
             "%u bytes\n",
             cfg->ratio_set, cfg->ratio_get, cfg->keys, cfg->key_size, dist,
             cfg->value_size);
+    if (cfg->preload || cfg->ratio_set > 0)
+        fprintf(f, "left        up to %" PRIu64 " keys named %s* in the store (they stay)\n",
+                cfg->keys, BENCH_KEY_PREFIX);
     if (cfg->preload)
         fprintf(f,
                 "preload     %" PRIu64 " sets in %.2f s (%.0f sets/s), %" PRIu64

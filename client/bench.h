@@ -62,7 +62,7 @@
 #define BENCH_UDP_REQUEST_MAX 65507u
 #define BENCH_UDP_TIMEOUT_MS 1000 /* default --timeout with --udp */
 #define BENCH_ZIPF_S_DEFAULT 0.99
-#define BENCH_KEY_PREFIX "key:"
+#define BENCH_KEY_PREFIX "bench:" /* clearly a benchmark's, in a real store */
 
 enum bench_key_dist {
     BENCH_KEYS_UNIFORM = 0, /* every key equally likely */
@@ -80,7 +80,7 @@ struct bench_config {
     double duration_s;             /* requests == 0: measure this long (> 0) */
     double warmup_s;               /* load before measuring, not counted (>= 0) */
     unsigned ratio_set, ratio_get; /* sets:gets, not both 0 */
-    unsigned key_size;             /* bytes, "key:" + zero-padded number */
+    unsigned key_size;             /* bytes, "bench:" + zero-padded number */
     unsigned value_size;           /* bytes of every value set */
     uint64_t keys;                 /* key space: key numbers 0..keys-1 */
     enum bench_key_dist key_dist;

@@ -16,7 +16,8 @@
  * relying on GNU permutation (which POSIXLY_CORRECT would switch off), and
  * "--" ends option parsing so arguments may start with '-'.
  *
- * Values are bytes: they are written to stdout with fwrite, exactly, and
+ * Values are bytes: they are written to stdout with fwrite, exactly (a
+ * single get adds a newline only when stdout is a terminal), and
  * read from stdin (VALUE "-") with read(2) up to EOF.
  */
 #include "bench.h"
@@ -248,7 +249,7 @@ static const struct subcmd subcmds[] = {
      "Each connection sends a request (-d of them), waits for a reply, then sends\n"
      "the next: a closed loop with -d requests outstanding per connection, their\n"
      "replies matched in order. The connections are shared out over the threads,\n"
-     "each running its own event loop. Keys are \"key:\" and a zero-padded number,\n"
+     "each running its own event loop. Keys are \"bench:\" and a zero-padded number,\n"
      "--key-size bytes in all, chosen among --keys uniformly or (--dist zipf) with\n"
      "key k weighted 1/(k+1)^S, key 0 the hottest; every set stores --value-size\n"
      "bytes.\n"
@@ -339,7 +340,9 @@ static const char help_head[] =
     "  -u, --udp            use UDP, memcached framing; a request (command line and\n"
     "                       value) must fit one datagram (about 64 KB)\n"
     "      --timeout=MS     time allowed per attempt: to connect, and to send a\n"
-    "                       request and receive its whole reply (default 2000)\n"
+    "                       request and receive its whole reply (default 10000:\n"
+    "                       longer than serve waits before it answers itself,\n"
+    "                       --lock-wait-ms 5000 then --prepare-timeout-ms 2000)\n"
     "      --retries=N      UDP only: times a request is sent again after a timeout,\n"
     "                       0..1000 (default 2); only for commands that are safe to\n"
     "                       repeat: get gets put/set delete touch keys stats flush\n"
@@ -795,7 +798,12 @@ static int run_get(struct ctx *x, const struct subcmd *sc, char **args, int n)
             diag("not found: %s", args[i]);
             status = EXIT_COND;
         } else if (n == 1) {
+            /* The exact bytes; on a terminal, a newline after them, so the
+             * value does not run into the prompt. */
             out(it->data, it->data_len);
+            if (isatty(STDOUT_FILENO) &&
+                (it->data_len == 0 || it->data[it->data_len - 1] != '\n'))
+                putchar('\n');
         } else {
             printf("%s %zu\n", args[i], it->data_len);
             out_line(it->data, it->data_len);
@@ -941,8 +949,10 @@ static int run_touch(struct ctx *x, const struct subcmd *sc, char **args, int n)
     if ((rc = check_key(sc, args[0])) != 0)
         return rc;
     if (parse_i32_arg(args[1], &exptime) < 0)
-        return usage_error(sc, "EXPTIME must be a whole number of seconds, not '%s'",
-                           args[1]);
+        return usage_error(sc,
+                           "EXPTIME must be a whole number of seconds from %d to %d, not "
+                           "'%s'",
+                           INT32_MIN, INT32_MAX, args[1]);
     if ((rc = line_start(x, sc->verb)) != 0 || (rc = line_add_word(x, args[0])) != 0 ||
         (rc = line_add(x, " %" PRId32, exptime)) != 0)
         return rc;
@@ -1476,9 +1486,9 @@ static int parse_args(struct ctx *x, int argc, char **argv, char **pos, int *npo
         case 'e':
             if (parse_i32_arg(optarg, &x->o.exptime) < 0)
                 return usage_error(NULL,
-                                   "--exptime must be a whole number of seconds, not "
-                                   "'%s'",
-                                   optarg);
+                                   "--exptime must be a whole number of seconds from %d to "
+                                   "%d, not '%s'",
+                                   INT32_MIN, INT32_MAX, optarg);
             break;
         case 'q':
             x->o.quiet = true;
@@ -1582,7 +1592,7 @@ int main(int argc, char **argv)
     x.o.host = "127.0.0.1";
     x.o.port = 11211;
     x.o.transport = CLIENT_TCP;
-    x.o.timeout_ms = 2000;
+    x.o.timeout_ms = CLIE_TIMEOUT_MS_DEFAULT;
     x.o.retries = 2;
     x.o.oprtn = -1;
     client_reply_init(&x.r);

@@ -215,7 +215,7 @@ static bool run_number(const char *text, const char *key, uint64_t max, uint64_t
 
 int datadir_run_read(const char *dir, struct datadir_run *r)
 {
-    char path[4096], buf[512], clean[8];
+    char path[4096], buf[2048], clean[8];
     uint64_t id = 0;
     int fd;
     ssize_t n;
@@ -249,6 +249,27 @@ int datadir_run_read(const char *dir, struct datadir_run *r)
     if (run_field(buf, "txid_ceiling", v, sizeof(v)) &&
         !run_number(buf, "txid_ceiling", UINT64_MAX, &r->txid_ceiling))
         return -EBADMSG;
+    /* "seen ID:TXID ID:TXID ..." (optional) */
+    char seen[LIMIT_REPLICAS_MAX * 32];
+    if (run_field(buf, "seen", seen, sizeof(seen))) {
+        char *p = seen, *end;
+        while (*p) {
+            if (*p == ' ') {
+                p++;
+                continue;
+            }
+            errno = 0;
+            unsigned long long sid = strtoull(p, &end, 10);
+            if (end == p || *end != ':' || sid >= LIMIT_REPLICAS_MAX)
+                return -EBADMSG;
+            p = end + 1;
+            unsigned long long tx = strtoull(p, &end, 10);
+            if (end == p || errno || (*end != ' ' && *end != '\0'))
+                return -EBADMSG;
+            r->seen[sid] = tx;
+            p = end;
+        }
+    }
     r->clean = strcmp(clean, "yes") == 0;
     r->present = true;
     return 0;
@@ -256,13 +277,20 @@ int datadir_run_read(const char *dir, struct datadir_run *r)
 
 int datadir_run_write(const char *dir, const struct datadir_run *run)
 {
-    char path[4096], tmp[4100], boot[40], buf[384], idline[64] = "";
+    char path[4096], tmp[4100], boot[40], buf[1536], idline[LIMIT_REPLICAS_MAX * 32 + 96] = "";
     int fd, n, r = 0;
 
     datadir_boot_id(boot, sizeof(boot));
-    if (run->has_id)
-        snprintf(idline, sizeof(idline), "id %" PRIu32 "\ntxid_ceiling %" PRIu64 "\n", run->id,
-                 run->txid_ceiling);
+    if (run->has_id) {
+        int k = snprintf(idline, sizeof(idline), "id %" PRIu32 "\ntxid_ceiling %" PRIu64 "\nseen",
+                         run->id, run->txid_ceiling);
+        for (uint32_t i = 0; i < LIMIT_REPLICAS_MAX; i++)
+            if (run->seen[i] && k > 0 && (size_t)k < sizeof(idline))
+                k += snprintf(idline + k, sizeof(idline) - (size_t)k, " %" PRIu32 ":%" PRIu64, i,
+                              run->seen[i]);
+        if (k > 0 && (size_t)k < sizeof(idline))
+            snprintf(idline + k, sizeof(idline) - (size_t)k, "\n");
+    }
     n = snprintf(buf, sizeof(buf),
                  RUN_MAGIC "\nboot %s\nfsync %s\nclean %s\nlost_before %" PRIu64 "\n%s",
                  boot[0] ? boot : "unknown", run->fsync, run->clean ? "yes" : "no",

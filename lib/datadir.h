@@ -13,6 +13,8 @@
 #ifndef TPCKV_DATADIR_H
 #define TPCKV_DATADIR_H
 
+#include "limits.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -72,6 +74,9 @@ struct datadir_run {
     bool has_id;
     uint32_t id;          /* has_id: the cluster replica id (--id) that owns
                              the directory */
+    uint64_t seen[LIMIT_REPLICAS_MAX]; /* by replica id: the highest txid it
+                                          voted YES on, as far as this one saw
+                                          (fence.h); 0: none */
 };
 
 /* Reads dir/RUN into *r (present false if there is none). Returns 0, or

@@ -168,6 +168,11 @@
  * this long for the outcome before SERVER_ERROR. */
 #define LIMIT_LOCK_WAIT_MS_DEFAULT 5000
 
+/* clie's default --timeout: longer than serve's longest wait before it
+ * answers by itself (a lock wait, then a prepare timeout), so a client
+ * does not give up just as the server would have said why. */
+#define CLIE_TIMEOUT_MS_DEFAULT 10000
+
 /* A write that loses a lock conflict is retried this many times, after a
  * jittered backoff growing from 1 ms to at most 50 ms, before
  * SERVER_ERROR busy. Fixed. */

@@ -1134,6 +1134,18 @@ static void outbound_up(struct peer_conn *c)
     nd->last_out = C_NONE;
     nd->ever_up = true;
     log_info(MOD, "%s: link up", nd->name);
+    /* Before anything else on the link: what we hold, and what we saw of
+     * the peer (fence.h). */
+    if (c->net->cfg.state_out) {
+        uint64_t mark = 0, seen = 0;
+        uint32_t cport = 0;
+        char body[PEER_STATE_BODY_BYTES];
+        c->net->cfg.state_out(c->net->cfg.arg, nd->addr.id, &mark, &seen, &cport);
+        util_put_le64(body, mark);
+        util_put_le64(body + 8, seen);
+        util_put_le32(body + 16, cport);
+        send_control(nd, PEER_FRAME_STATE, body, sizeof(body));
+    }
     link_event(nd);
     probe_node(nd); /* its clock, as soon as the answer can come back */
 }
@@ -1369,6 +1381,16 @@ static void up_frame(struct peer_conn *c, const struct peer_frame *f)
             "a message of configuration epoch %llu differs from ours (%llu): closing the "
             "link",
             (unsigned long long)f->epoch, (unsigned long long)net->cfg.epoch);
+        return;
+    }
+    if (f->type == PEER_FRAME_STATE) {
+        if (f->nbody != PEER_STATE_BODY_BYTES) {
+            snprintf(what, sizeof(what), "STATE of %u bytes", f->nbody);
+            bad_frame(c, what);
+        } else if (net->cfg.on_state) {
+            net->cfg.on_state(net->cfg.arg, nd->addr.id, util_get_le64(f->body),
+                              util_get_le64(f->body + 8), util_get_le32(f->body + 16));
+        }
         return;
     }
     if (f->type == PEER_FRAME_PING || f->type == PEER_FRAME_PONG) {
@@ -1995,6 +2017,7 @@ void peer_get_link_stats(const struct peer_net *net, uint32_t id,
     *st = nd->st;
     st->state = nd->state;
     st->inbound_up = nd->in != NULL;
+    st->auth_refused = nd->last_out == C_AUTH || nd->last_in == C_AUTH;
     st->queued_bytes = nd->out ? nd->out->out.len + nd->out->wbuf.len : 0;
 }
 

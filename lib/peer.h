@@ -79,6 +79,8 @@ struct peer_link_stats {
     int64_t clock_offset_us;    /* the last: the peer's clock minus ours */
     uint64_t clock_rtt_us;      /* ... and the round trip it was measured over */
     char last_error[128];       /* the last failure with this peer, "" if none */
+    bool auth_refused;          /* its last handshake, one way or the other, failed
+                                   authentication (another secret) */
 };
 
 /* Counters not tied to a configured peer. */
@@ -115,6 +117,13 @@ struct peer_config {
     /* A clock probe (peer_clock_ping) came back from id: its wall clock is
      * offset_us from ours, give or take rtt_us / 2. May be NULL. */
     void (*on_clock)(void *arg, uint32_t id, int64_t offset_us, uint64_t rtt_us);
+    /* The STATE to send to id as its link comes up (fence.h); and one
+     * received from id (on the loop, before any message of that link).
+     * Both may be NULL (nothing sent; STATE frames ignored). */
+    void (*state_out)(void *arg, uint32_t id, uint64_t *mark, uint64_t *seen_of_you,
+                      uint32_t *client_port);
+    void (*on_state)(void *arg, uint32_t id, uint64_t mark, uint64_t seen_of_us,
+                     uint32_t client_port);
     /* The wall clock probes read, in unix microseconds; NULL: the real one
      * (tests give replicas in one process clocks of their own). */
     uint64_t (*clock_us)(void *arg);
@@ -183,12 +192,16 @@ void peer_net_close(struct peer_net *net);
 
 /* ---- pure codec (also for fuzzing) ------------------------------------- */
 
-#define PEER_FRAME_VERSION 2
+#define PEER_FRAME_VERSION 3 /* 3: STATE */
 #define PEER_FRAME_HEADER_BYTES 20 /* len, crc, version, type, flags, epoch */
 #define PEER_FRAME_HELLO 32
 #define PEER_FRAME_AUTH 33
 #define PEER_FRAME_PING 34 /* u64 the sender's wall clock (us) */
 #define PEER_FRAME_PONG 35 /* u64 the ping's clock, echoed | u64 the answerer's clock */
+/* The first frame on every outbound link (fence.h): u64 the sender's mark |
+ * u64 the highest txid it saw the receiver vote on | u32 its client port */
+#define PEER_FRAME_STATE 36
+#define PEER_STATE_BODY_BYTES 20
 #define PEER_NONCE_BYTES 32
 #define PEER_MAC_BYTES 32
 #define PEER_HELLO_BODY_BYTES (4 + 8 + PEER_NONCE_BYTES)

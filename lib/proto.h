@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 /* Reported by "version"; the 1.6 prefix tells tools the protocol level. */
-#define PROTO_VERSION_STRING "1.6.0-tpckv-0.2.0"
+#define PROTO_VERSION_STRING "1.6.0-tpckv-0.3.0"
 
 enum proto_cmd {
     PROTO_CMD_NONE = 0,

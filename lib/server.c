@@ -73,6 +73,7 @@
 #include "server.h"
 
 #include "datadir.h"
+#include "fence.h"
 #include "skew.h"
 #include "freelist.h"
 #include "limits.h"
@@ -127,6 +128,7 @@ struct counters {
     uint64_t udp_requests, udp_replies, udp_dropped;
     uint64_t writes_logged, writes_waited, writes_failed;
     uint64_t txn_retries, txn_busy, txn_conflicts, reads_waited, lock_wait_timeouts;
+    uint64_t fence_dropped, not_current_refused;
     uint64_t expire_txns, expire_keys, expire_failed;
     uint64_t clock_skew_refused;
     uint64_t auth_cmds, auth_errors, auth_timeouts, auth_failure_closes;
@@ -254,6 +256,13 @@ struct server {
     int ceiling_err;       /* its result */
     uint64_t ceiling_retry_ms; /* after a failure, not before (monotonic) */
     uint64_t run_ceiling;  /* under run_mu: the ceiling RUN holds */
+    uint64_t run_seen[LIMIT_REPLICAS_MAX]; /* under run_mu: the fence's seen[] to write */
+    uint64_t seen_persist_ms; /* the fence's seen[] is written again after this */
+    /* Is our data, and each peer's, as recent as the others saw it (fence.h)? */
+    struct fence fence;
+    uint64_t hist_mark;    /* the last run's txid ceiling: the fence's first mark */
+    uint64_t prev_seen[LIMIT_REPLICAS_MAX];
+    uint32_t peer_cport[LIMIT_REPLICAS_MAX]; /* each peer's client port (its STATE) */
     uv_work_t ceiling_job;
     pthread_mutex_t run_mu; /* one RUN writer at a time */
     bool run_final;         /* under run_mu: the clean stop is written */
@@ -349,6 +358,7 @@ struct conn {
     unsigned attempts;         /* conflict retries of the request in front */
     uint64_t wait_since_ms;    /* waiting for a transaction's outcome since */
     bool waits_clock;          /* ... or for a peer's clock to be measured */
+    bool waits_fence;          /* ... or for a peer to confirm our data is current */
     uint64_t retry_at_ms;      /* on the retry list until then */
     struct waitlist *waiting;  /* the list we wait on, or NULL */
     struct conn *wait_next;
@@ -916,6 +926,8 @@ static void wreq_unlock(struct wreq *w)
 static void conn_free(struct conn *c);
 static void conn_flush(struct conn *c);
 static int exec_retrieval(struct server *srv, struct conn *c, const struct proto_req *req);
+static int reply_not_current(struct server *srv, struct outq *o, bool noreply);
+static bool fence_must_wait(struct server *srv, struct conn *c);
 static void snapshot_maybe(struct server *srv);
 
 /* Drops the request at the front of c's buffer (one that was kept while it
@@ -1433,6 +1445,10 @@ static int execute(struct server *srv, struct conn *c, const struct proto_req *r
     switch (req->cmd) {
     case PROTO_CMD_GET:
     case PROTO_CMD_GETS:
+        if (srv->cluster && fence_must_wait(srv, c))
+            return AFTER_WAIT;
+        if (srv->cluster && (r = reply_not_current(srv, o, false)) <= 0)
+            return r;
         if (srv->cluster && (r = reply_clock_skew(srv, o, false)) <= 0)
             return r;
         if (srv->cluster && read_must_wait(srv, c, req))
@@ -1476,6 +1492,10 @@ static int execute(struct server *srv, struct conn *c, const struct proto_req *r
         return AFTER_PENDING;
     case PROTO_CMD_KEYS: {
         struct item **items;
+        if (srv->cluster && fence_must_wait(srv, c))
+            return AFTER_WAIT;
+        if (srv->cluster && (r = reply_not_current(srv, o, false)) <= 0)
+            return r;
         if (srv->cluster && (r = reply_clock_skew(srv, o, false)) <= 0)
             return r;
         if (srv->cluster) {
@@ -1549,12 +1569,29 @@ static const char *replica_addr(const struct server *srv, uint32_t id, char *buf
     for (size_t i = 0; i < srv->cfg.nreplicas; i++) {
         const struct peer_addr *a = &srv->cfg.replicas[i];
         if (a->id == id) {
-            snprintf(buf, cap, "%s:%d", a->host, a->port);
+            /* The peer address, and the port clients use (from its STATE):
+             * the one to try with clie -p. */
+            if (id < LIMIT_REPLICAS_MAX && srv->peer_cport[id])
+                snprintf(buf, cap, "%s:%d, client port %u", a->host, a->port,
+                         srv->peer_cport[id]);
+            else
+                snprintf(buf, cap, "%s:%d", a->host, a->port);
             return buf;
         }
     }
     snprintf(buf, cap, "?");
     return buf;
+}
+
+/* Did id's last link attempt fail its authentication (another secret)? */
+static bool peer_auth_refused(const struct server *srv, uint32_t id)
+{
+    struct peer_link_stats ls;
+
+    if (srv->peers == NULL)
+        return false;
+    peer_get_link_stats(srv->peers, id, &ls);
+    return ls.state != PEER_LINK_UP && ls.auth_refused;
 }
 
 /* The reply to a write that did not commit. */
@@ -1621,10 +1658,27 @@ static int reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason 
                  srv->cfg.prepare_timeout_ms);
         break;
     case TPC_R_PEER_DOWN:
-        snprintf(line, sizeof(line),
-                 "SERVER_ERROR replica %u (%s) is unreachable: writes need every replica; "
-                 "reads still work\r\n",
-                 culprit, replica_addr(srv, culprit, addr, sizeof(addr)));
+        if (culprit < LIMIT_REPLICAS_MAX && srv->fence.state[culprit] == FENCE_BEHIND)
+            snprintf(line, sizeof(line),
+                     "SERVER_ERROR replica %u (%s) is behind: its data is older than this "
+                     "replica saw it (emptied, replaced or restored from an older copy); "
+                     "writes need every replica; reads still work\r\n",
+                     culprit, replica_addr(srv, culprit, addr, sizeof(addr)));
+        else if (srv->fence.behind)
+            snprintf(line, sizeof(line),
+                     "SERVER_ERROR this replica's data is older than its peers saw it: it "
+                     "serves nothing until rebuilt (see its log)\r\n");
+        else if (peer_auth_refused(srv, culprit))
+            snprintf(line, sizeof(line),
+                     "SERVER_ERROR replica %u (%s) is not authenticated (do the replicas' "
+                     "--secret-file contents differ?): writes need every replica; reads "
+                     "still work\r\n",
+                     culprit, replica_addr(srv, culprit, addr, sizeof(addr)));
+        else
+            snprintf(line, sizeof(line),
+                     "SERVER_ERROR replica %u (%s) is unreachable: writes need every replica; "
+                     "reads still work\r\n",
+                     culprit, replica_addr(srv, culprit, addr, sizeof(addr)));
         break;
     case TPC_R_STOPPING:
         snprintf(line, sizeof(line), "SERVER_ERROR shutting down: the write was not "
@@ -1795,6 +1849,7 @@ static int write_run_ceiling(struct server *srv, bool clean, uint64_t ceiling,
 
     snprintf(run.fsync, sizeof(run.fsync), "%s", wal_fsync_mode_name(srv->cfg.fsync_mode));
     pthread_mutex_lock(&srv->run_mu);
+    memcpy(run.seen, srv->run_seen, sizeof(run.seen));
     run.txid_ceiling = ceiling > srv->run_ceiling ? ceiling : srv->run_ceiling;
     if (!srv->run_final) {
         r = datadir_run_write(srv->cfg.data_dir, &run);
@@ -1853,9 +1908,18 @@ static void ceiling_refresh(struct server *srv)
     uint64_t now = util_now_unix_us();
 
     if (!srv->run_written || srv->ceiling_next || srv->stopping ||
-        mono_ms() < srv->ceiling_retry_ms ||
+        mono_ms() < srv->ceiling_retry_ms)
+        return;
+    /* The fence's seen[] goes with it, at most once a second when it moved. */
+    bool seen_moved = mono_ms() >= srv->seen_persist_ms &&
+                      memcmp(srv->fence.seen, srv->run_seen, sizeof(srv->run_seen)) != 0;
+    if (!seen_moved &&
         ceiling_at(now - (uint64_t)LIMIT_TXID_CEILING_AHEAD_MS * 500u) < srv->txid_ceiling)
         return;
+    pthread_mutex_lock(&srv->run_mu);
+    memcpy(srv->run_seen, srv->fence.seen, sizeof(srv->run_seen));
+    pthread_mutex_unlock(&srv->run_mu);
+    srv->seen_persist_ms = mono_ms() + 1000;
     srv->ceiling_next = ceiling_at(now);
     srv->ceiling_job.data = srv;
     if (uv_queue_work(srv->loop, &srv->ceiling_job, ceiling_job_run, ceiling_job_done) < 0)
@@ -1899,6 +1963,7 @@ static int64_t env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *
         return -ESHUTDOWN;
     if ((r = ceiling_cover(srv, t->txid)) < 0)
         return r;
+    fence_logged(&srv->fence, t->txid);
     if ((r = encode_txn_record(&srv->scratch, t)) < 0)
         return r;
     tl_wal_staged = true;
@@ -1976,6 +2041,21 @@ static void on_peer_msg(void *arg, const struct tpc_msg *m)
 
     if (srv->tpc == NULL)
         return;
+    /* A peer whose data is behind (or who is, here) does not count: its
+     * votes, answers and decisions are dropped (fence.h). */
+    if (!fence_peer_ok(&srv->fence, m->from) || srv->fence.behind) {
+        srv->st.fence_dropped++;
+        return;
+    }
+    if ((m->type == TPC_MSG_VOTE && m->vote) || m->type == TPC_MSG_ACK)
+        fence_voted(&srv->fence, m->from, m->txid);
+    if (m->type == TPC_MSG_COMMIT) {
+        /* A coordinator commits only once every replica voted YES: every
+         * one of them logged it (so each replica knows what all did). */
+        for (size_t i = 0; i < srv->cfg.nreplicas; i++)
+            if (srv->ids[i] != srv->cfg.id)
+                fence_voted(&srv->fence, srv->ids[i], m->txid);
+    }
     refresh_now(srv);
     tpc_receive(srv->tpc, m, now_us());
     after_tpc(srv);
@@ -2112,11 +2192,102 @@ static void on_peer_link(void *arg, uint32_t id, bool up)
     if (srv->tpc == NULL)
         return;
     refresh_now(srv);
-    tpc_peer(srv->tpc, id, up, now_us());
+    /* Up for two-phase commit once its data is known to be current. */
+    tpc_peer(srv->tpc, id, up && fence_peer_ok(&srv->fence, id) && !srv->fence.behind,
+             now_us());
     after_tpc(srv);
     /* A link that went down no longer needs measuring: writes fail on it. */
     if (!up)
         waitlist_wake(&srv->clock_wait);
+}
+
+/* ---- the fence: is each replica's data current (fence.h)? ------------------- */
+
+static void state_out(void *arg, uint32_t id, uint64_t *mark, uint64_t *seen_of_you,
+                      uint32_t *cport)
+{
+    struct server *srv = arg;
+
+    *mark = srv->fence.mark;
+    *seen_of_you = id < LIMIT_REPLICAS_MAX ? srv->fence.seen[id] : 0;
+    *cport = srv->port > 0 ? (uint32_t)srv->port : 0;
+}
+
+/* "replica 3 (client port 11213)", or without the port if unknown. */
+static const char *replica_name(struct server *srv, uint32_t id, char *dst, size_t cap)
+{
+    if (id < LIMIT_REPLICAS_MAX && srv->peer_cport[id])
+        snprintf(dst, cap, "replica %u (client port %u)", id, srv->peer_cport[id]);
+    else
+        snprintf(dst, cap, "replica %u", id);
+    return dst;
+}
+
+static void on_state(void *arg, uint32_t id, uint64_t mark, uint64_t seen_of_us, uint32_t cport)
+{
+    struct server *srv = arg;
+    char name[64];
+
+    if (srv->tpc == NULL || id >= LIMIT_REPLICAS_MAX)
+        return;
+    srv->peer_cport[id] = cport;
+    unsigned ch = fence_state_in(&srv->fence, id, mark, seen_of_us);
+    replica_name(srv, id, name, sizeof(name));
+    refresh_now(srv);
+    if (ch & FENCE_SELF_BEHIND) {
+        log_error(MOD, "this replica's data is older than %s saw it: that replica saw it vote "
+                       "on transaction %" PRIu64 ", but its data in %s ends at %" PRIu64 ". Its "
+                       "data directory was emptied, replaced (a wrong -d?) or restored from "
+                       "an older copy. It answers no client and takes no part in writes: "
+                       "bringing it up to date from its peers is not in this release; see "
+                       "DESIGN.md, A replica that is behind",
+                  name, seen_of_us, srv->cfg.data_dir, srv->fence.mark);
+        for (size_t i = 0; i < srv->cfg.nreplicas; i++)
+            if (srv->ids[i] != srv->cfg.id)
+                tpc_peer(srv->tpc, srv->ids[i], false, now_us());
+        waitlist_wake(&srv->clock_wait);
+    }
+    if (ch & FENCE_PEER_BEHIND) {
+        log_error(MOD, "the data of %s is older than this replica saw it: it voted on "
+                       "transaction %" PRIu64 ", its data ends at %" PRIu64 " (its data directory was "
+                       "emptied, replaced or restored from an older copy). Its votes and "
+                       "answers are refused: writes fail until it is rebuilt",
+                  name, srv->fence.seen[id], mark);
+        tpc_peer(srv->tpc, id, false, now_us());
+    }
+    if ((ch & FENCE_PEER_CURRENT) && !srv->fence.behind && srv->peers &&
+        peer_link_up(srv->peers, id))
+        tpc_peer(srv->tpc, id, true, now_us());
+    if (ch & FENCE_SELF_VERIFIED) {
+        log_info(MOD, "%s finds this replica's data current: serving clients", name);
+        waitlist_wake(&srv->clock_wait);
+    }
+    after_tpc(srv);
+}
+
+/* Answers a client request this replica must not serve because its data
+ * is not known to be current, and returns what reply() returned; 1 when it
+ * may serve. */
+static int reply_not_current(struct server *srv, struct outq *o, bool noreply)
+{
+    char line[400], name[64];
+
+    if (srv->fence.verified && !srv->fence.behind)
+        return 1;
+    srv->st.not_current_refused++;
+    if (noreply)
+        return 0;
+    if (srv->fence.behind)
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR this replica's data is older than its peers saw it (%s): its "
+                 "data directory was emptied, replaced or restored from an older copy; it "
+                 "serves nothing until rebuilt (see its log)\r\n",
+                 replica_name(srv, srv->fence.behind_by, name, sizeof(name)));
+    else
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR this replica has not yet heard from a peer that its data is "
+                 "current: it serves once one is reachable\r\n");
+    return reply(o, line);
 }
 
 static void on_tick(uv_timer_t *h)
@@ -2153,7 +2324,12 @@ static void lock_wait_expired(struct conn *c)
     if (c->closing)
         return;
     proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
-    if (c->waits_clock)
+    if (c->waits_fence)
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR timed out after %u ms waiting for a peer to confirm this "
+                 "replica's data is current (is any peer up?)\r\n",
+                 srv->cfg.lock_wait_ms);
+    else if (c->waits_clock)
         snprintf(line, sizeof(line),
                  "SERVER_ERROR timed out after %u ms waiting for the replicas' clocks to be "
                  "measured (do their clock probes get through?)\r\n",
@@ -2163,7 +2339,7 @@ static void lock_wait_expired(struct conn *c)
                  "SERVER_ERROR timed out after %u ms waiting for an undecided transaction "
                  "on this key (is a replica down?)\r\n",
                  srv->cfg.lock_wait_ms);
-    c->waits_clock = false;
+    c->waits_clock = c->waits_fence = false;
     if (!req.noreply && reply(&c->out, line) < 0)
         c->close_after_flush = true;
     consume_front(srv, c, false);
@@ -2198,6 +2374,18 @@ static void wait_for(struct conn *c, struct waitlist *wl)
     if (c->wait_since_ms == 0)
         c->wait_since_ms = mono_ms();
     waitlist_push(wl, c);
+}
+
+/* Not yet confirmed current by a peer (and not known behind): c waits for
+ * one, up to --lock-wait-ms (a start: the links come up within moments). */
+static bool fence_must_wait(struct server *srv, struct conn *c)
+{
+    c->waits_fence = false;
+    if (srv->fence.verified || srv->fence.behind)
+        return false;
+    c->waits_fence = true;
+    wait_for(c, &srv->clock_wait);
+    return true;
 }
 
 static bool read_must_wait(struct server *srv, struct conn *c, const struct proto_req *req)
@@ -2242,6 +2430,16 @@ static int exec_write_cluster(struct server *srv, struct conn *c, const struct p
     if (wal_error(srv->wal)) {
         srv->st.writes_failed++;
         return req->noreply ? 0 : reply_log_failed(srv, o);
+    }
+    if (fence_must_wait(srv, c)) {
+        srv->st.writes_waited++;
+        return AFTER_WAIT;
+    }
+    if ((r = reply_not_current(srv, o, req->noreply)) <= 0) {
+        srv->st.writes_failed++;
+        c->wait_since_ms = 0;
+        c->attempts = 0;
+        return r;
     }
     struct skew_verdict sv;
     c->waits_clock = false;
@@ -2567,9 +2765,18 @@ static void stats_cluster(struct server *srv, struct outq *o)
         stat_str(o, name, skew_of(&srv->skew, id, mono_ms()) >= 0 ? addr : "unknown");
         snprintf(name, sizeof(name), "peer_%u_clock_rtt_us", id);
         stat_u64(o, name, ls.clock_rtt_us);
+        snprintf(name, sizeof(name), "peer_%u_data", id);
+        stat_str(o, name, srv->fence.state[id] == FENCE_CURRENT  ? "current"
+                          : srv->fence.state[id] == FENCE_BEHIND ? "behind"
+                                                                 : "unknown");
     }
     stat_u64(o, "clock_skew_refused", srv->st.clock_skew_refused);
     stat_u64(o, "history_lost", srv->history_lost);
+    stat_str(o, "data_current", srv->fence.behind     ? "behind"
+                                : srv->fence.verified ? "yes"
+                                                      : "unknown");
+    stat_u64(o, "fence_dropped", srv->st.fence_dropped);
+    stat_u64(o, "not_current_refused", srv->st.not_current_refused);
     stat_u64(o, "txn_commits_refused", ts.commits_refused);
 }
 
@@ -2601,6 +2808,13 @@ static int cluster_open(struct server *srv, struct recover_ledger *ledger, char 
             srv->self_idx = (uint32_t)i;
     }
     skew_init(&srv->skew, (uint32_t)srv->cfg.nreplicas, srv->cfg.id, srv->cfg.max_clock_skew_ms);
+    /* Our history's mark: the last run's ceiling, and the log's records. */
+    uint64_t mark = srv->hist_mark;
+    if (srv->rec.next_cas > 0 && srv->rec.next_cas - 1 > mark)
+        mark = srv->rec.next_cas - 1;
+    fence_init(&srv->fence, (uint32_t)srv->cfg.nreplicas, mark, srv->prev_seen);
+    if (srv->cfg.nreplicas == 1)
+        srv->fence.verified = true; /* nobody to ask */
     /* The participants' backstop (txn.h): a coordinator's clock ahead by
      * more than the bound, or behind by more than the bound plus the time a
      * PREPARE may take to arrive, gets a NO vote. */
@@ -2657,6 +2871,8 @@ static int cluster_listen(struct server *srv, char *err, size_t cap)
         .on_msg = on_peer_msg,
         .on_link = on_peer_link,
         .on_clock = on_peer_clock,
+        .state_out = state_out,
+        .on_state = on_state,
         .arg = srv,
     };
     int r;
@@ -4429,6 +4645,9 @@ static int open_data(struct server *srv, char *err, size_t cap)
                          ": give each replica its own directory",
                          dir, prev.id, srv->cfg.id);
     srv->lost_before = prev.lost_before;
+    srv->hist_mark = prev.txid_ceiling;
+    memcpy(srv->prev_seen, prev.seen, sizeof(srv->prev_seen));
+    memcpy(srv->run_seen, prev.seen, sizeof(srv->run_seen));
     bool lost_now = datadir_run_lost(&prev, boot);
     srv->history_lost = lost_now || prev.lost_before != 0;
 
@@ -4667,6 +4886,9 @@ void server_stop(struct server *srv)
         int e = wal_close(srv->wal);
         srv->wal = NULL;
         /* Everything is on disk: the next start need not doubt the log. */
+        pthread_mutex_lock(&srv->run_mu);
+        memcpy(srv->run_seen, srv->fence.seen, sizeof(srv->run_seen));
+        pthread_mutex_unlock(&srv->run_mu);
         if (e == 0 && srv->run_written &&
             (e = write_run(srv, true)) < 0)
             log_warn(MOD, "cannot record the clean stop in %s/RUN: %s", srv->cfg.data_dir,

@@ -2,6 +2,6 @@
 #ifndef TPCKV_VERSION_H
 #define TPCKV_VERSION_H
 
-#define TPCKV_VERSION "0.2.0"
+#define TPCKV_VERSION "0.3.0"
 
 #endif

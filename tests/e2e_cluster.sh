@@ -12,8 +12,9 @@
 # then fail; a too-large set among them), kill -9 crash rounds under a
 # write load with every acknowledged write checked on all three replicas, a
 # replica with the wrong secret, stats, a replica whose log may have lost
-# records (a power cut under --fsync none), a clean stop, and a data
-# directory given to the wrong replica. Stops everything it started by PID, whatever
+# records (a power cut under --fsync none), a replica whose data is behind
+# (an emptied directory, an older copy: refused, by itself and its peers),
+# a clean stop, and a data directory given to the wrong replica. Stops everything it started by PID, whatever
 # happens.
 #
 # Prints one line per check ("ok   - ..." / "FAIL - ...") and ends with
@@ -692,12 +693,15 @@ concurrent_incr() {
 replica_down() {
     local t0 ms rc i k keys=()
     kill9_replica 2
+    # Its directory as it is now: an "old backup" for section 11.
+    cp -a "$tmp/r2.data" "$tmp/r2.backup"
+    rm -f "$tmp/r2.backup/LOCK"
     t0=$(date +%s%N)
     rc=0
     cl --timeout 5000 -p "${CPORT[1]}" put down:1 x >/dev/null 2>"$tmp/err" || rc=$?
     ms=$((($(date +%s%N) - t0) / 1000000))
     if [ "$rc" -eq 4 ] && [ "$ms" -lt 2000 ] &&
-        grep -q "SERVER_ERROR replica 2 (127.0.0.1:${PPORT[2]}) is unreachable" "$tmp/err"; then
+        grep -q "SERVER_ERROR replica 2 (127.0.0.1:${PPORT[2]}, client port ${CPORT[2]}) is unreachable" "$tmp/err"; then
         ok "5: replica 2 killed: a write through replica 1 fails at once (exit 4 in $ms ms) naming replica 2 unreachable"
     else
         not_ok "5: write through replica 1 with replica 2 down: exit $rc in $ms ms: $(head -c 200 "$tmp/err")"
@@ -707,7 +711,7 @@ replica_down() {
     cl --timeout 5000 -p "${CPORT[3]}" add down:3 x >/dev/null 2>"$tmp/err" || rc=$?
     ms=$((($(date +%s%N) - t0) / 1000000))
     if [ "$rc" -eq 4 ] && [ "$ms" -lt 2000 ] &&
-        grep -q "SERVER_ERROR replica 2 (127.0.0.1:${PPORT[2]}) is unreachable: writes need every replica; reads still work" "$tmp/err"; then
+        grep -q "SERVER_ERROR replica 2 (127.0.0.1:${PPORT[2]}, client port ${CPORT[2]}) is unreachable: writes need every replica; reads still work" "$tmp/err"; then
         ok "5: ... and through replica 3 (exit 4 in $ms ms, the full message)"
     else
         not_ok "5: write through replica 3 with replica 2 down: exit $rc in $ms ms: $(head -c 200 "$tmp/err")"
@@ -852,8 +856,8 @@ wrong_secret() {
     for i in 1 2; do
         rc=0
         cl --timeout 5000 -p "${CPORT[$i]}" put "$k" x >/dev/null 2>"$tmp/err" || rc=$?
-        if [ "$rc" -eq 4 ] && grep -q "replica 3 (127.0.0.1:${PPORT[3]}) is unreachable" "$tmp/err"; then
-            ok "7: a write through replica $i fails naming replica 3 unreachable"
+        if [ "$rc" -eq 4 ] && grep -q "replica 3 (127.0.0.1:${PPORT[3]}, client port ${CPORT[3]}) is not authenticated (do the replicas' --secret-file contents differ?)" "$tmp/err"; then
+            ok "7: a write through replica $i fails naming replica 3 not authenticated (secrets differ?)"
         else
             not_ok "7: write through replica $i with replica 3 refused: exit $rc: $(head -c 200 "$tmp/err")"
         fi
@@ -861,7 +865,16 @@ wrong_secret() {
     rc=0
     cl --timeout 5000 -p "${CPORT[3]}" put "$k" x >/dev/null 2>"$tmp/err" || rc=$?
     check "7: a write through replica 3 itself fails too (exit $rc: $(head -c 100 "$tmp/err"))" [ "$rc" -eq 4 ]
-    expect_all "7: none of these writes happened; reads work on all three" "1 2 3" "$k" "$CTR"
+    expect_all "7: none of these writes happened; reads work on replicas 1 and 2" "1 2" "$k" "$CTR"
+    # Replica 3 cannot have its data confirmed current by a peer: it serves
+    # no reads either, and says why.
+    rc=0
+    cl -p "${CPORT[3]}" get "$CTR" >/dev/null 2>"$tmp/err" || rc=$?
+    if [ "$rc" -eq 4 ] && grep -q "timed out after 3000 ms waiting for a peer to confirm this replica's data is current" "$tmp/err"; then
+        ok "7: replica 3, which no peer accepts, serves no read: it waits --lock-wait-ms for a peer to confirm its data, then says so"
+    else
+        not_ok "7: a read through replica 3 with the wrong secret: exit $rc: $(head -c 200 "$tmp/err")"
+    fi
     check "7: replica 3 (wrong secret) stops cleanly" stop_replica 3
     if ! start_replica 3; then
         not_ok "7: replica 3 with the right secret did not start"
@@ -971,6 +984,79 @@ lost_history() {
     expect_all "8b: ... and read back from all three" "1 2 3" "${new[@]}"
 }
 
+# ---- 11. a replica whose data is behind ---------------------------------------------------
+
+# behind_case DESC: replica 2 started on whatever $tmp/r2.data holds now must
+# refuse clients, and its peers must refuse it, each saying why.
+behind_case() {
+    local desc=$1 out rc
+    if ! start_replica 2; then
+        not_ok "11: $desc: replica 2 did not start"
+        return
+    fi
+    # Its STATE reaches the peers as its links come up.
+    for _ in $(seq 100); do
+        cl -p "${CPORT[1]}" stats 2>/dev/null | grep -q '^peer_2_data behind' && break
+        sleep 0.1
+    done
+    rc=0
+    out=$(cl -p "${CPORT[2]}" get down:1 2>&1) || rc=$?
+    if [ "$rc" -eq 4 ] && [[ $out == *"this replica's data is older than its peers saw it"* ]]; then
+        ok "11: $desc: replica 2 refuses reads, saying its data is older than its peers saw it"
+    else
+        not_ok "11: $desc: a get through replica 2: exit $rc: $(head -c 200 <<<"$out")"
+    fi
+    rc=0
+    out=$(cl -p "${CPORT[1]}" put behind:1 x 2>&1) || rc=$?
+    if [ "$rc" -eq 4 ] && [[ $out == *"replica 2 ("*") is behind"* ]]; then
+        ok "11: $desc: a write through replica 1 fails at once, naming replica 2 behind"
+    else
+        not_ok "11: $desc: a write through replica 1: exit $rc: $(head -c 200 <<<"$out")"
+    fi
+    expect_all "11: $desc: replicas 1 and 3 still serve every value" "1 3" down:1 "$CTR"
+    check "11: $desc: replica 2's log says what happened" \
+        bash -c "grep -q \"this replica's data is older than replica\" \"\$1\"" _ "$tmp/r2.log"
+    check "11: $desc: replica 1's log names replica 2 behind" \
+        bash -c "grep -q 'the data of replica 2 (client port ${CPORT[2]}) is older' \"\$1\"" _ "$tmp/r1.log"
+    stop_replica 2 || not_ok "11: $desc: replica 2 stops cleanly"
+}
+
+# Replica 2's directory emptied (or a wrong -d: a new one), then an older
+# copy of it (taken in section 5): refused by itself and by its peers; its
+# own directory back: current again, and writes go on.
+replica_behind() {
+    if ! stop_replica 2; then
+        not_ok "11: replica 2 stops cleanly"
+        return
+    fi
+    mv "$tmp/r2.data" "$tmp/r2.real"
+    behind_case "an empty data directory (wiped, or a wrong -d)"
+    rm -rf "$tmp/r2.data"
+    cp -a "$tmp/r2.backup" "$tmp/r2.data"
+    behind_case "an older copy of its data directory"
+    rm -rf "$tmp/r2.data"
+    mv "$tmp/r2.real" "$tmp/r2.data"
+    if ! start_replica 2; then
+        not_ok "11: replica 2 restarts on its own directory"
+        return
+    fi
+    check "11: replica 2 back on its own directory: every link up" wait_links 1 2 3
+    local k tries=0
+    take 12
+    k="behind:back:$R"
+    take 20
+    until cl -p "${CPORT[1]}" put "$k" "$R" >/dev/null 2>"$tmp/err"; do
+        if [ $((tries += 1)) -ge 40 ]; then
+            not_ok "11: writes through replica 1 still fail: $(head -c 200 "$tmp/err")"
+            break
+        fi
+        sleep 0.25
+    done
+    EXP[$k]=$R
+    expect_all "11: ... its data is current again: a write through replica 1 reads back from all three" \
+        "1 2 3" "$k" down:1
+}
+
 # ---- 10. a data directory given to the wrong replica ------------------------------------
 
 # Replica 2 started on replica 1's data directory (a wrong -d): refused,
@@ -1015,6 +1101,8 @@ if [ "$started" -eq 1 ] && wait_links 1 2 3; then
     stats_check
     echo "-- 8b. a replica whose log may have lost records"
     lost_history
+    echo "-- 11. a replica whose data is behind"
+    replica_behind
     echo "-- 9. clean stop"
     for i in 1 2 3; do
         if [ -n "${PID[$i]+x}" ]; then

@@ -68,7 +68,7 @@ def closed_without_reply(desc, data, wait=3.0):
 
 
 def alive(desc):
-    expect(desc, b"version\r\n", b"VERSION 1.6.0-tpckv-0.2.0\r\n")
+    expect(desc, b"version\r\n", b"VERSION 1.6.0-tpckv-0.3.0\r\n")
 
 
 # -- guard data: written first, must be untouched at the end -------------------
@@ -108,7 +108,7 @@ expect("bad exptime number", b"set k 0 soon 1\r\nx\r\n", b"CLIENT_ERROR bad comm
 expect("negative length", b"set k 0 0 -1\r\n", b"CLIENT_ERROR bad command line format\r\n")
 expect("huge length", b"set k 0 0 4294967295\r\n", b"CLIENT_ERROR bad command line format\r\n")
 expect("cas without cas value", b"cas k 0 0 1\r\nx\r\nversion\r\n",
-       b"CLIENT_ERROR bad command line format\r\nVERSION 1.6.0-tpckv-0.2.0\r\n")
+       b"CLIENT_ERROR bad command line format\r\nVERSION 1.6.0-tpckv-0.3.0\r\n")
 expect("bad incr delta", b"incr k x\r\n", b"CLIENT_ERROR invalid numeric delta argument\r\n")
 expect("delete with extra args", b"delete a b c d e\r\n",
        b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n")
@@ -124,7 +124,7 @@ expect("data block missing \\r\\n", b"set nl 0 0 3\r\nabcXYget nl\r\n",
 expect("too many keys in one get", b"get" + b" k" * 100001 + b"\r\n",
        b"CLIENT_ERROR too many keys in one request\r\n")
 expect("noreply error is silent", b"delete k 10 noreply\r\nversion\r\n",
-       b"VERSION 1.6.0-tpckv-0.2.0\r\n")
+       b"VERSION 1.6.0-tpckv-0.3.0\r\n")
 closed_without_reply("line over 2048 bytes without newline: disconnect",
                      b"incr " + b" " * 4000)
 closed_without_reply("HTTP request: disconnect", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -28,6 +28,7 @@ UNIT_REGISTER(hist);
 UNIT_REGISTER(freelist);
 UNIT_REGISTER(outq);
 UNIT_REGISTER(auth);
+UNIT_REGISTER(fence);
 UNIT_REGISTER(skew);
 
 /* Adds a suite or aborts the run: a runner that cannot register is broken. */

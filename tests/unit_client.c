@@ -229,9 +229,9 @@ static void test_fields(void)
     CU_ASSERT_EQUAL(r.items[0].key_len, 6);
     CU_ASSERT_EQUAL(memcmp(r.items[0].key, "user:1", 6), 0);
 
-    CU_ASSERT_EQUAL(client_reply_parse(&r, LIT("VERSION 1.6.0-tpckv-0.2.0\r\n")), 1);
+    CU_ASSERT_EQUAL(client_reply_parse(&r, LIT("VERSION 1.6.0-tpckv-0.3.0\r\n")), 1);
     CU_ASSERT_EQUAL(r.msg_len, 17);
-    CU_ASSERT_EQUAL(memcmp(r.msg, "1.6.0-tpckv-0.2.0", 17), 0);
+    CU_ASSERT_EQUAL(memcmp(r.msg, "1.6.0-tpckv-0.3.0", 17), 0);
 
     CU_ASSERT_EQUAL(client_reply_parse(&r, LIT("12345\r\n")), 1);
     CU_ASSERT_EQUAL(r.type, CLIENT_REPLY_NUMBER);
