@@ -223,6 +223,10 @@ sim: check-deps $(SIM_BIN)
 	$(Q)if $(SIM_BIN) --seeds 20 --inject-bug >$(BUILD)/sim-inject.out 2>&1; then \
 	  echo "the simulator did not catch the planted bug" >&2; exit 1; \
 	else echo "caught: $$(tail -n 1 $(BUILD)/sim-inject.out)"; fi
+	@echo "== 2PC simulator with the fence ignored (a replica on an emptied directory must be caught)"
+	$(Q)if $(SIM_BIN) --seeds 20 --inject-bug=no-fence >$(BUILD)/sim-inject.out 2>&1; then \
+	  echo "the simulator did not catch a replica whose data is behind" >&2; exit 1; \
+	else echo "caught: $$(tail -n 1 $(BUILD)/sim-inject.out)"; fi
 
 e2e: all
 	$(Q)./test.sh

@@ -45,7 +45,14 @@
  *     written), so writes meet dead items, touches revive live ones, and
  *     every replica runs serve's expiry (txn_expire_batch: the dead keys it
  *     owns, deleted by a transaction of its own); reads check what each
- *     replica serves.
+ *     replica serves;
+ *   - in some runs a replica restarts, once, on an emptied data directory
+ *     (its log, snapshot and RUN state gone): the fence (lib/fence.c, as
+ *     serve wires it: STATE exchanged as a link comes up, messages from a
+ *     peer that is behind dropped, clients refused until a peer confirms)
+ *     must find it behind if it had voted on a transaction that committed;
+ *     then nothing may commit after (its vote would have counted), it must
+ *     serve no read, and the run is not expected to settle (no catch-up).
  *
  * DETERMINISM. Time is simulated, in microseconds, and advances only from
  * event to event. Events sit in one binary heap ordered by (time, sequence
@@ -105,7 +112,9 @@
  * can: "skip-commit" (the default) has replica 1 release instead of apply
  * the transactions other replicas coordinate; "flip" has it abort them
  * (while its tpc believes it committed); "lying-disk" loses the last
- * durable log record at every crash. CI runs it and expects failure.
+ * durable log record at every crash; "no-fence" ignores what the fence
+ * (lib/fence.c) says, so a replica restarted on an emptied directory
+ * serves and votes. CI runs them and expects failure.
  *
  * Usage: sim [--seeds N | --seed S] [--replicas N] [--ops N] [-v]
  * (--seeds N runs seeds 1..N, default 200; --seed S runs one, and -v prints
@@ -113,6 +122,7 @@
  * replay with --seed S -v.
  */
 #include "buf.h"
+#include "fence.h"
 #include "limits.h"
 #include "log.h"
 #include "recover.h"
@@ -297,6 +307,16 @@ struct replica {
     char expire_client; /* its address is the client tpc_begin gets */
     struct snapshot *snap;           /* the newest complete snapshot */
     struct snapshot *snap_pending;   /* one being written */
+    /* Is each replica's data current (lib/fence.c)? The RUN state it keeps
+     * across restarts: every txid it logged is at or below hist_ceiling;
+     * run_seen is the fence's seen[] (written at once here). */
+    struct fence fence;
+    uint64_t hist_ceiling;
+    uint64_t run_seen[LIMIT_REPLICAS_MAX];
+    bool emptied;       /* restarted on an emptied directory */
+    size_t wiped_ntx;   /* transactions recorded then */
+    bool wiped;         /* ground truth, at the end: it had voted YES on a
+                           transaction that committed, so it lost data */
 };
 
 enum cmd_kind {
@@ -362,6 +382,7 @@ struct txrec {
     uint32_t coord;
     uint8_t status, reason;
     uint32_t commit_mask, abort_mask;
+    uint32_t voted_mask; /* replicas that sent a YES vote for it */
     uint32_t commit_inc[TPC_REPLICAS_MAX]; /* incarnation + 1 of the last commit */
     char *ops;
     uint32_t nops, nbytes;
@@ -389,9 +410,10 @@ struct counts {
     uint64_t expire_txns, expire_committed;
     uint64_t probes, clock_steps;
     uint64_t settle_us_max;
+    uint64_t wipes, fence_dropped, fence_refused;
 };
 
-enum inject { INJ_NONE, INJ_SKIP_COMMIT, INJ_FLIP, INJ_LYING_DISK };
+enum inject { INJ_NONE, INJ_SKIP_COMMIT, INJ_FLIP, INJ_LYING_DISK, INJ_NO_FENCE };
 
 struct opts {
     uint64_t seeds, seed;
@@ -425,6 +447,9 @@ struct sim {
     uint32_t log_fails_left;
     uint64_t snapshot_every_us; /* 0 = no snapshots */
     uint32_t crashes_left;
+    double p_wipe;       /* a restart finds the data directory emptied */
+    uint32_t wipes_left;
+    bool wiped_any;      /* a replica lost commits that way */
     bool healed, settled, stop;
     uint32_t probes; /* index of the first probe write + 1, 0 = not yet */
     uint32_t probe_rounds;
@@ -1056,6 +1081,12 @@ static void env_send(void *ctx, const struct tpc_msg *m)
     uint32_t to = m->to, from = R->id;
     int copies = 1;
 
+    if (m->type == TPC_MSG_VOTE && m->vote) {
+        struct txrec *vx = tx_find(s, m->txid);
+        if (vx)
+            vx->voted_mask |= 1u << from;
+    }
+
     s->c.msgs++;
     mix(s, 0x5e4d);
     mix(s, ((uint64_t)m->type << 8) | to);
@@ -1162,6 +1193,9 @@ static int64_t env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *
 
     if (R->log_failed)
         return -EIO;
+    if (t->txid > R->hist_ceiling)
+        R->hist_ceiling = t->txid; /* serve raises its RUN ceiling first */
+    fence_logged(&R->fence, t->txid);
     encode_record(&s->logbuf, t);
     R->log = grow(R->log, &R->caplog, R->nlog + 1, sizeof(*R->log));
     rc = &R->log[R->nlog++];
@@ -1450,6 +1484,20 @@ static void env_done(void *ctx, void *client, uint64_t txid, bool committed,
 
 /* ---- links -------------------------------------------------------------------- */
 
+/* May A count b (its link is up for 2PC)? As serve: b's data is current
+ * and A's own is not behind. */
+static bool fence_allows(const struct sim *s, const struct replica *A, uint32_t b)
+{
+    return s->o->inject == INJ_NO_FENCE ||
+           (fence_peer_ok(&A->fence, b) && !A->fence.behind);
+}
+
+/* May A answer clients? */
+static bool fence_serves(const struct sim *s, const struct replica *A)
+{
+    return s->o->inject == INJ_NO_FENCE || (A->fence.verified && !A->fence.behind);
+}
+
 static void peer_notify(struct sim *s, uint32_t a, uint32_t b, bool up)
 {
     struct replica *A = &s->rep[a];
@@ -1458,7 +1506,37 @@ static void peer_notify(struct sim *s, uint32_t a, uint32_t b, bool up)
     mix(s, ((uint64_t)up << 16) | (a << 8) | b);
     trace(s, "r%u sees link to r%u %s", a, b, up ? "up" : "down");
     A->notified[b] = up;
-    tpc_peer(A->tpc, b, up, s->now);
+    tpc_peer(A->tpc, b, up && fence_allows(s, A, b), s->now);
+}
+
+/* y's STATE reaches x, as the first frame of y's new link to x. */
+static void state_in(struct sim *s, uint32_t x, uint32_t y)
+{
+    struct replica *X = &s->rep[x], *Y = &s->rep[y];
+    unsigned ch = fence_state_in(&X->fence, y, Y->fence.mark, Y->fence.seen[x]);
+
+    if (ch & FENCE_PEER_BEHIND)
+        trace(s, "r%u finds r%u behind (mark %" PRIx64 ", saw it vote on %" PRIx64 ")", x, y,
+              Y->fence.mark, X->fence.seen[y]);
+    if (ch & FENCE_SELF_BEHIND)
+        trace(s, "r%u learns from r%u that it is behind", x, y);
+    if (ch & (FENCE_PEER_BEHIND | FENCE_PEER_CURRENT | FENCE_SELF_BEHIND))
+        for (uint32_t z = 0; z < s->n; z++)
+            if (z != x && X->notified[z])
+                tpc_peer(X->tpc, z, fence_allows(s, X, z), s->now);
+}
+
+/* What a message from `from` tells r's fence: a YES vote or an ACK (the
+ * sender logged it), a COMMIT (every replica voted YES). */
+static void fence_note(struct sim *s, struct replica *R, const struct tpc_msg *m, uint32_t from)
+{
+    if ((m->type == TPC_MSG_VOTE && m->vote) || m->type == TPC_MSG_ACK)
+        fence_voted(&R->fence, from, m->txid);
+    if (m->type == TPC_MSG_COMMIT)
+        for (uint32_t z = 0; z < s->n; z++)
+            if (z != R->id)
+                fence_voted(&R->fence, z, m->txid);
+    memcpy(R->run_seen, R->fence.seen, sizeof(R->run_seen));
 }
 
 /* The link a-b breaks, and each live end notices after a while (a reset is
@@ -1501,6 +1579,8 @@ static void on_connect(struct sim *s, const struct ev *e)
     s->link_up[a][b] = s->link_up[b][a] = true;
     s->gen[a][b]++;
     s->gen[b][a]++;
+    state_in(s, a, b);
+    state_in(s, b, a);
     for (int i = 0; i < 2; i++) {
         uint32_t x = i ? b : a, y = i ? a : b;
         /* An end that missed the break (the peer came back before the
@@ -1798,6 +1878,28 @@ static void start(struct sim *s, uint32_t r)
         s->c.clock_steps++;
         trace(s, "r%u clock stepped to %+.1f ms", r, (double)R->skew_us / 1000);
     }
+    if (R->inc > 0 && s->wipes_left > 0 && rng_chance(&s->rng, s->p_wipe)) {
+        /* Its data directory was emptied (a wrong -d, a wipe) while it was
+         * down: the log, the snapshot and RUN are gone. */
+        bool had = R->hist_ceiling > 0; /* it had logged something */
+        free_records(R->log, 0, R->nlog);
+        R->nlog = 0;
+        R->last_lsn = R->durable_lsn = 0;
+        snapshot_free(R->snap);
+        R->snap = NULL;
+        R->hist_ceiling = 0;
+        memset(R->run_seen, 0, sizeof(R->run_seen));
+        s->wipes_left--;
+        s->c.wipes++;
+        R->emptied = true;
+        R->wiped_ntx = s->ntx;
+        /* If it had voted, the fence may well (rightly) refuse it for good:
+         * the cluster is not expected to settle. */
+        s->wiped_any |= had;
+        trace(s, "r%u's data directory was emptied (it had logged: %s)", r,
+              had ? "yes" : "no");
+    }
+    fence_init(&R->fence, s->n, R->hist_ceiling, R->run_seen);
     trace(s, "r%u START (incarnation %u, %zu log records)", r, R->inc, R->nlog);
     R->restart_pending = false;
     if ((R->store = store_new(&sc)) == NULL) {
@@ -2027,6 +2129,12 @@ static void attempt(struct sim *s, uint32_t ci)
         cop_finish(s, c);
         return;
     }
+    if (!fence_serves(s, R)) {
+        /* Not known current (yet), or behind: serve refuses the client. */
+        s->c.fence_refused++;
+        cop_finish(s, c);
+        return;
+    }
     /* A write waits while a transaction holds one of its keys (flush_all:
      * while any transaction is prepared). */
     keys = cmd->kind == K_GAT ? cmd->keys : cmd->kind == K_FLUSH ? 0 : 1u << cmd->key;
@@ -2189,6 +2297,10 @@ static void on_arrival(struct sim *s)
     if (r == UINT32_MAX)
         return;
     if (rng_chance(&s->rng, 0.2)) {
+        if (!fence_serves(s, &s->rep[r])) {
+            s->c.fence_refused++;
+            return;
+        }
         s->c.reads++;
         if (rng_chance(&s->rng, 0.2))
             check_keys(s, r);
@@ -2378,10 +2490,14 @@ static void dispatch(struct sim *s, struct ev *e)
          * still arrives (TCP delivers what left the host). */
         if (!B->alive || B->inc != nm->to_inc || s->cut_gen[e->a][e->b] != nm->cut_gen) {
             s->c.lost_in_flight++;
+        } else if (!fence_allows(s, B, e->a)) {
+            /* A peer whose data is behind (or we are): dropped, as serve. */
+            s->c.fence_dropped++;
         } else {
             mix(s, nm->m.txid);
             trace(s, "r%u recv %s txid %" PRIx64 " from r%u", e->b,
                   tpc_msg_type_name(nm->m.type), nm->m.txid, e->a);
+            fence_note(s, B, &nm->m, e->a);
             tpc_receive(B->tpc, &nm->m, s->now);
         }
         free(nm);
@@ -2499,6 +2615,21 @@ static void dispatch(struct sim *s, struct ev *e)
         heal(s);
         break;
     case EV_SETTLED:
+        if (s->wiped_any) {
+            /* A replica is behind for good (no catch-up yet): writes cannot
+             * go through every replica, so nothing settles. Once every
+             * replica is up and linked (or a while has passed), check what
+             * the fence must have done. */
+            bool up = true;
+            for (uint32_t r = 0; r < s->n; r++)
+                for (uint32_t x = 0; x < s->n; x++)
+                    up &= s->rep[r].alive && (x == r || s->link_up[r][x]);
+            if (up || s->now > s->heal_at + SETTLE_DEADLINE_US / 4)
+                s->settled = true;
+            else
+                schedule(s, 1000, EV_SETTLED, 0, 0, 0, 0);
+            break;
+        }
         if (!settled(s, false)) {
             schedule(s, 1000, EV_SETTLED, 0, 0, 0, 0);
         } else if (s->probes == 0) {
@@ -2562,6 +2693,32 @@ static int snap_item(void *arg, const struct item *it)
 static void final_checks(struct sim *s)
 {
     uint32_t all = (uint32_t)((1ull << s->n) - 1);
+
+    /* A replica restarted on an emptied directory after it had voted YES
+     * on a transaction that committed (it lost data) must be found behind,
+     * and nothing may commit after it was emptied (its vote would have
+     * counted). It is left out below. */
+    for (uint32_t r = 0; r < s->n && !s->stop; r++) {
+        struct replica *R = &s->rep[r];
+        bool linked = false;
+        if (!R->emptied)
+            continue;
+        for (size_t i = 0; i < R->wiped_ntx; i++)
+            R->wiped |= (((s->tx[i].voted_mask | s->tx[i].commit_mask) >> r) & 1) &&
+                        s->tx[i].order;
+        if (!R->wiped)
+            continue;
+        all &= ~(1u << r);
+        for (uint32_t x = 0; x < s->n; x++)
+            linked |= x != r && s->link_up[r][x];
+        if (R->alive && linked && !R->fence.behind)
+            fail(s, "r%u restarted on an emptied directory but was not found behind", r);
+        for (size_t i = R->wiped_ntx; i < s->ntx && !s->stop; i++)
+            if (s->tx[i].commit_mask)
+                fail(s, "txid %" PRIx64 " committed after r%u's directory was emptied: a "
+                        "replica whose data is behind counted",
+                     s->tx[i].txid, r);
+    }
     struct image *sn = calloc(s->n, sizeof(*sn));
 
     if (sn == NULL) {
@@ -2573,7 +2730,7 @@ static void final_checks(struct sim *s)
         if (x->commit_mask && x->abort_mask)
             fail(s, "txid %" PRIx64 " committed on replica mask %#x, aborted on %#x",
                  x->txid, x->commit_mask, x->abort_mask);
-        else if (x->order && x->commit_mask != all)
+        else if (x->order && (x->commit_mask & all) != all)
             fail(s,
                  "txid %" PRIx64
                  " (client: %s) committed but applied only on replica mask "
@@ -2584,10 +2741,15 @@ static void final_checks(struct sim *s)
         else if ((x->status == T_ABORTED || x->status == T_REJECTED) && x->order)
             fail(s, "txid %" PRIx64 " reported %s (%s) but committed", x->txid,
                  status_names[x->status], tpc_reason_name((enum tpc_reason)x->reason));
-        else if (x->status == T_PENDING)
+        else if (x->status == T_PENDING && !s->wiped_any) /* a run cut short: see EV_SETTLED */
             fail(s, "txid %" PRIx64 " never reported to its client", x->txid);
     }
-    for (uint32_t r = 0; r < s->n && !s->stop; r++) {
+    uint32_t ref = 0; /* a replica to compare the others with */
+    while (ref < s->n && s->rep[ref].wiped)
+        ref++;
+    for (uint32_t r = 0; r < s->n && !s->stop && ref < s->n; r++) {
+        if (s->rep[r].wiped)
+            continue;
         sn[r].s = s;
         sn[r].r = r;
         for (uint32_t k = 0; k < s->nkeys; k++) {
@@ -2600,18 +2762,22 @@ static void final_checks(struct sim *s)
         if (store_flush_at(s->rep[r].store) != s->model_flush_at)
             fail(s, "r%u has flush_all at %" PRId64 ", the history at %" PRId64, r,
                  store_flush_at(s->rep[r].store), s->model_flush_at);
-        if (store_digest(s->rep[r].store) != store_digest(s->rep[0].store))
-            fail(s, "r%u's digest differs from r0's", r);
+        if (store_digest(s->rep[r].store) != store_digest(s->rep[ref].store))
+            fail(s, "r%u's digest differs from r%u's", r, ref);
     }
-    for (uint32_t k = 0; k < s->nkeys && !s->stop; k++) {
-        for (uint32_t r = 1; r < s->n; r++) {
-            if (sn[r].fp[k] != sn[0].fp[k]) {
-                fail(s, "replicas differ on k%u: r0 has %s, r%u has %s", k, sn[0].desc[k],
-                     r, sn[r].desc[k]);
+    for (uint32_t k = 0; k < s->nkeys && !s->stop && ref < s->n; k++) {
+        for (uint32_t r = ref + 1; r < s->n; r++) {
+            if (s->rep[r].wiped)
+                continue;
+            if (sn[r].fp[k] != sn[ref].fp[k]) {
+                fail(s, "replicas differ on k%u: r%u has %s, r%u has %s", k, ref,
+                     sn[ref].desc[k], r, sn[r].desc[k]);
                 break;
             }
         }
         for (uint32_t r = 0; r < s->n && !s->stop; r++) {
+            if (s->rep[r].wiped)
+                continue;
             if (!sn[r].model_ok[k]) {
                 const struct mval *m = &s->model[k];
                 char want[128];
@@ -2650,6 +2816,9 @@ static void choose_parameters(struct sim *s)
     s->p_log_fail_hook = rng_chance(g, 0.8) ? 0 : 0.02;
     s->log_fails_left = 2;
     s->crashes_left = 6;
+    /* Now and then a replica restarts on an emptied directory (once). */
+    s->p_wipe = rng_chance(g, 0.15) || s->o->inject == INJ_NO_FENCE ? 0.3 : 0;
+    s->wipes_left = 1;
     s->snapshot_every_us = rng_chance(g, 0.35) ? rng_range(g, 10, 200) * 1000 : 0;
     /* Some clusters run short of memory or have a small --max-value, on
      * some replicas only: participants then vote NO_MEMORY or TOO_LARGE
@@ -2801,6 +2970,7 @@ static bool run(const struct opts *o, uint64_t seed, struct counts *total, uint6
                  o->inject == INJ_NONE          ? ""
                  : o->inject == INJ_SKIP_COMMIT ? " --inject-bug"
                  : o->inject == INJ_FLIP        ? " --inject-bug=flip"
+                 : o->inject == INJ_NO_FENCE    ? " --inject-bug=no-fence"
                                                 : " --inject-bug=lying-disk");
         printf("FAIL seed %" PRIu64
                " (%u replicas): %s; replay with: build/rel/tests/sim "
@@ -2849,6 +3019,9 @@ static void print_totals(const struct counts *c)
            ", partitions %" PRIu64 ", unsynced records that survived a crash %" PRIu64
            "\n",
            c->crashes, c->restarts, c->log_failures, c->partitions, c->survived_records);
+    printf("emptied data directories %" PRIu64 "; fence: messages dropped %" PRIu64
+           ", client requests refused %" PRIu64 "\n",
+           c->wipes, c->fence_dropped, c->fence_refused);
     printf("txids handed out again after a restart %" PRIu64 " (%" PRIu64
            " of them had been sent)\n",
            c->txid_reused, c->txid_reused_sent);
@@ -2875,7 +3048,8 @@ static void usage(FILE *f)
             "  --seeds N     run seeds 1..N (default 200)\n"
             "  --seed S      run seed S only (-v prints every event)\n"
             "  --replicas N  replicas (2..%d; default 3, 4, 5 cycling by seed)\n"
-            "  --ops N       client writes per run (default 200..800, by seed)\n",
+            "  --ops N       client writes per run (default 200..800, by seed)\n"
+            "  --inject-bug[=skip-commit|flip|lying-disk|no-fence]  plant a bug (self-test)\n",
             TPC_REPLICAS_MAX);
 }
 
@@ -2923,6 +3097,8 @@ int main(int argc, char **argv)
             o.inject = INJ_FLIP;
         } else if (strcmp(a, "--inject-bug=lying-disk") == 0) {
             o.inject = INJ_LYING_DISK;
+        } else if (strcmp(a, "--inject-bug=no-fence") == 0) {
+            o.inject = INJ_NO_FENCE;
         } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage(stdout);
             return 0;
