@@ -743,6 +743,15 @@ durability_checks() {
     else
         not_ok "second serve on a busy data dir: exit $rc: $(cat "$log")"
     fi
+    # A start that fails (its port is taken) after creating its data
+    # directory leaves no directory, LOCK or log segment behind.
+    rc=0
+    timeout 10 "$SERVE" -s 127.0.0.1 -p "$port" -t -d "$tmp/never.data" >"$log" 2>&1 || rc=$?
+    if [ "$rc" -eq 1 ] && grep -q "cannot listen" "$log" && [ ! -e "$tmp/never.data" ]; then
+        ok "a serve that cannot listen leaves no data directory behind"
+    else
+        not_ok "failed start: exit $rc, $(ls -A "$tmp/never.data" 2>&1 | tr '\n' ' '): $(tail -n 1 "$log")"
+    fi
     local i
     for ((i = 0; i < 200; i++)); do cl -t -p "$port" -q put "snap:$i" "value $i"; done
     cl -t -p "$port" -q -e 3 put "snap:brief" soon

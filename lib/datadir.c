@@ -39,13 +39,15 @@ static int sync_parent(const char *path)
     return sync_path(parent, O_DIRECTORY);
 }
 
-int datadir_lock(const char *dir, pid_t *holder)
+int datadir_lock(const char *dir, pid_t *holder, bool *created)
 {
     char path[4096], buf[32];
     int fd;
 
     *holder = 0;
+    *created = false;
     if (mkdir(dir, 0755) == 0) {
+        *created = true;
         /* A new directory's name is durable once its parent is synced. */
         int r = sync_parent(dir);
         if (r < 0)
@@ -74,6 +76,33 @@ int datadir_lock(const char *dir, pid_t *holder)
         return -e;
     }
     return fd;
+}
+
+void datadir_remove_new(const char *dir)
+{
+    static const char *const prefixes[] = {"wal-", "snap-"};
+    char path[4200];
+
+    for (size_t p = 0; p < 2; p++) {
+        struct datadir_file *f;
+        for (int pass = 0; pass < 3; pass++) {
+            static const char *const suffixes[] = {".log", ".snap", ".tmp"};
+            long n = datadir_list(dir, prefixes[p], suffixes[pass], &f);
+            for (long i = 0; i < n; i++) {
+                snprintf(path, sizeof(path), "%s/%s", dir, f[i].name);
+                unlink(path);
+            }
+            if (n > 0)
+                free(f);
+        }
+    }
+    static const char *const names[] = {"RUN", "RUN.tmp", "LOCK"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+    if (rmdir(dir) == 0)
+        (void)sync_parent(dir);
 }
 
 /* fsync()s what path names, opened read-only with flags. */

@@ -24,9 +24,15 @@
  * Creates dir if missing (mode 0755) and takes an exclusive lock on its
  * LOCK file, writing our pid there. Returns the lock's fd (keep it open for
  * the life of the process), -EWOULDBLOCK if another process holds it (with
- * its pid in *holder when readable, else 0), or another -errno.
+ * its pid in *holder when readable, else 0), or another -errno. *created:
+ * this call made the directory.
  */
-int datadir_lock(const char *dir, pid_t *holder);
+int datadir_lock(const char *dir, pid_t *holder, bool *created);
+
+/* Removes what serve may have put in dir (LOCK, RUN, log segments,
+ * snapshots), then dir itself if that leaves it empty: a start that failed
+ * after creating it leaves nothing behind. */
+void datadir_remove_new(const char *dir);
 
 /* fsync()s the directory. Returns 0 or -errno. */
 int datadir_sync(const char *dir);

@@ -245,6 +245,7 @@ struct server {
     /* Replication (cfg.nreplicas > 0). */
     bool cluster;
     bool history_lost; /* the last run may have lost records it reported durable */
+    bool dir_created;  /* this start made the data directory */
     uint64_t lost_before; /* then: the txids that may have been among them (RUN) */
     bool run_written;  /* RUN says this run is under way */
     /* A cluster replica's txid ceiling (datadir.h): durable in RUN, every
@@ -4615,7 +4616,7 @@ static int open_data(struct server *srv, char *err, size_t cap)
     pid_t holder;
     int r;
 
-    r = datadir_lock(dir, &holder);
+    r = datadir_lock(dir, &holder, &srv->dir_created);
     if (r == -EWOULDBLOCK) {
         if (holder > 0)
             return util_errf(err, cap, r, "data directory %s is in use by another serve (pid %d); "
@@ -4807,6 +4808,9 @@ fail_quiet:
     server_stop(srv);
     if (srv->mt)
         pthread_mutex_unlock(&srv->mu);
+    /* A data directory this start created and never got to use goes. */
+    if (srv->dir_created)
+        datadir_remove_new(srv->cfg.data_dir);
     return r;
 }
 
