@@ -4,74 +4,110 @@
 # serving until Ctrl-C.
 #
 # Clients use ports 11211, 11212, 11213 and the replicas talk to each other
-# on 11311..11313 when those are free (so plain `./clie get KEY` reaches
-# replica 1); otherwise free ports the kernel picks. The cluster secret is
-# generated once into ./data/secret; each replica keeps its data in
-# ./data/rN, so everything is still there after Ctrl-C and the next
-# `make run`.
+# on 11311..11313 when those can be bound the way serve binds them (a port
+# whose old connections linger in TIME_WAIT still can); otherwise free
+# ports the kernel picks. The cluster secret is generated once into
+# ./data/secret; each replica keeps its data in ./data/rN and its log in
+# ./data/rN.log, so everything is still there after Ctrl-C and the next
+# `make run`. If a replica exits (killed, crashed), the demo says which and
+# how to start it again, and the others keep serving.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=python3
 mkdir -p data
 pids=()
-logs=()
 
 cleanup() {
     local p
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -f "${logs[@]}"
 }
 trap cleanup EXIT
 trap 'echo; echo "stopping the replicas (pids ${pids[*]})"; exit 0' INT TERM
 
-# port_or_free WANT: WANT if it can be bound on 127.0.0.1, else a free port.
+# port_or_free WANT: WANT if serve could bind it on 127.0.0.1 (TCP and UDP,
+# with SO_REUSEADDR as libuv sets it), else a free port the kernel picks.
 port_or_free() {
     "$PY" - "$1" <<'EOF'
 import socket, sys
 def bindable(p):
-    s = socket.socket()
+    t = socket.socket()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        s.bind(("127.0.0.1", p))
-        return s.getsockname()[1]
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        t.bind(("127.0.0.1", p))
+        got = t.getsockname()[1]
+        u.bind(("127.0.0.1", got))
+        return got
     except OSError:
         return 0
     finally:
-        s.close()
+        t.close()
+        u.close()
 print(bindable(int(sys.argv[1])) or bindable(0))
 EOF
 }
+
+# quote ARG: ARG as a person would type it in a shell.
+quote() {
+    case $1 in
+    *[!A-Za-z0-9_./:=@%+-]* | '') printf "'%s'" "${1//\'/\'\\\'\'}" ;;
+    *) printf '%s' "$1" ;;
+    esac
+}
+
+# A replica of an earlier run still holding its data directory (started by
+# hand, say) would make this one fail: say so, and how to stop it.
+for i in 1 2 3; do
+    lock=data/r$i/LOCK
+    [ -s "$lock" ] || continue
+    pid=$(head -c 32 "$lock" | tr -dc 0-9)
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q serve; then
+        echo "make run: replica $i of an earlier run is still running (pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline"))" >&2
+        echo "          and holds data/r$i. Stop it (kill $pid), then run make run again." >&2
+        exit 1
+    fi
+done
 
 if [ ! -s data/secret ]; then
     (umask 077 && openssl rand -hex 32 >data/secret)
     echo "generated the cluster secret in data/secret"
 fi
 
-cport=() pport=()
+cport=() pport=() cmd=()
 for i in 1 2 3; do
     cport[i]=$(port_or_free $((11210 + i)))
     pport[i]=$(port_or_free $((11310 + i)))
 done
 replicas="1@127.0.0.1:${pport[1]},2@127.0.0.1:${pport[2]},3@127.0.0.1:${pport[3]}"
 
-for i in 1 2 3; do
-    log=$(mktemp -t tpckv-demo-r$i.XXXXXX.log)
-    logs[i]=$log
-    ./serve --id "$i" --replicas "$replicas" --secret-file data/secret \
-        -p "${cport[i]}" -d "data/r$i" -l info 2>>"$log" &
+# start I: replica I in the background, logging to data/rI.log.
+start() {
+    local i=$1
+    cmd[i]="./serve --id $i --replicas $replicas --secret-file data/secret -p ${cport[i]} -d data/r$i -l info --log-file data/r$i.log"
+    : >>"data/r$i.log"
+    # shellcheck disable=SC2086 # the command line is split on purpose
+    ${cmd[i]} 2>>"data/r$i.log" &
     pids[i]=$!
+}
+
+marks=()
+for i in 1 2 3; do
+    marks[i]=$(stat -c %s "data/r$i.log" 2>/dev/null || echo 0)
+    start "$i"
 done
 for i in 1 2 3; do
     ok=""
     for _ in $(seq 100); do
-        grep -q 'listening on' "${logs[i]}" && { ok=1; break; }
+        tail -c +$((marks[i] + 1)) "data/r$i.log" | grep -q 'listening on' && { ok=1; break; }
         kill -0 "${pids[i]}" 2>/dev/null || break
         sleep 0.05
     done
     if [ -z "$ok" ]; then
-        cat "${logs[i]}" >&2
-        echo "replica $i did not start" >&2
+        tail -c +$((marks[i] + 1)) "data/r$i.log" | tail -n 20 >&2
+        echo "make run: replica $i did not start (its log: data/r$i.log)" >&2
         exit 1
     fi
 done
@@ -85,12 +121,11 @@ for _ in $(seq 100); do
     [ "$up" -eq 3 ] && break
     sleep 0.1
 done
-cat "${logs[1]}"
 
 run() {
-    local rc=0 out
+    local rc=0 out a
     printf '\n$'
-    printf ' %q' "$@"
+    for a in "$@"; do printf ' %s' "$(quote "$a")"; done
     printf '\n'
     # get prints a value's bytes with no newline: add one for the eye.
     out=$("$@") || rc=$?
@@ -122,7 +157,35 @@ cat <<MSG
    Any memcached client works too: host 127.0.0.1, port $p1, $p2 or $p3.
    Stop one replica (kill ${pids[3]}) and writes fail, naming it, while reads go on.
 
-Serving until Ctrl-C (replica 1's log appears below).
+== The replicas (each logs to data/rN.log):
 MSG
-tail -n 0 -f --pid "${pids[1]}" "${logs[1]}" &
-wait "${pids[1]}"
+for i in 1 2 3; do
+    echo "   replica $i, pid ${pids[i]}: ${cmd[i]}"
+done
+echo
+echo "Serving until Ctrl-C (replica 1's log appears below)."
+tail -n 0 -f "data/r1.log" &
+tailpid=$!
+pids+=("$tailpid")
+# Say when a replica exits, and how to start it again; go on while any
+# serves.
+alive=3
+declare -A gone=()
+while [ "$alive" -gt 0 ]; do
+    sleep 0.5
+    alive=0
+    for i in 1 2 3; do
+        if kill -0 "${pids[i]}" 2>/dev/null; then
+            alive=$((alive + 1))
+        elif [ -z "${gone[$i]+x}" ]; then
+            gone[$i]=1
+            rc=0
+            wait "${pids[i]}" 2>/dev/null || rc=$?
+            echo
+            echo "== replica $i (pid ${pids[i]}) exited (status $rc); the others keep serving."
+            echo "   Its log: data/r$i.log. To start it again, in another terminal:"
+            echo "   ${cmd[i]}"
+        fi
+    done
+done
+echo "== every replica has exited"
