@@ -83,6 +83,7 @@ void bench_config_default(struct bench_config *cfg)
     cfg->ratio_set = 1;
     cfg->ratio_get = 0;
     cfg->key_size = 32;
+    cfg->key_prefix = BENCH_KEY_PREFIX;
     cfg->value_size = 100;
     cfg->keys = 100000;
     cfg->key_dist = BENCH_KEYS_UNIFORM;
@@ -139,7 +140,11 @@ int bench_config_check(const struct bench_config *cfg, char *err, size_t cap)
         return util_errf(err, cap, -EINVAL, "ratio terms must be at most 1000000");
     if (cfg->keys < 1)
         return util_errf(err, cap, -EINVAL, "there must be at least 1 key");
-    need = (unsigned)strlen(BENCH_KEY_PREFIX) + digits_of(cfg->keys - 1);
+    for (const char *q = cfg->key_prefix; *q; q++)
+        if ((unsigned char)*q <= ' ' || (unsigned char)*q == 0x7f)
+            return util_errf(err, cap, -EINVAL,
+                             "the key prefix must have no spaces or control characters");
+    need = (unsigned)strlen(cfg->key_prefix) + digits_of(cfg->keys - 1);
     if (cfg->key_size < need || cfg->key_size > 250)
         return util_errf(err, cap, -EINVAL,
                          "with %" PRIu64 " keys the key size must be %u..250 bytes, "
@@ -331,7 +336,7 @@ static bool key_is(const struct shared *sh, const char *key, size_t len, uint64_
             return false;
         k /= 10;
     }
-    return memcmp(key, BENCH_KEY_PREFIX, strlen(BENCH_KEY_PREFIX)) == 0;
+    return memcmp(key, sh->cfg->key_prefix, strlen(sh->cfg->key_prefix)) == 0;
 }
 
 static int conn_grow(struct conn *c, size_t need);
@@ -1521,9 +1526,9 @@ int bench_run(const struct bench_config *cfg, struct bench_result *res, char *er
     sh.cfg = cfg;
     sh.key_digits = digits_of(cfg->keys - 1);
     {
-        size_t plen = strlen(BENCH_KEY_PREFIX);
+        size_t plen = strlen(cfg->key_prefix);
         char key[256];
-        memcpy(key, BENCH_KEY_PREFIX, plen);
+        memcpy(key, cfg->key_prefix, plen);
         memset(key + plen, '0', cfg->key_size - plen);
         key[cfg->key_size] = '\0';
         sh.set_tpl_len = (size_t)snprintf(sh.set_tpl, sizeof(sh.set_tpl),
@@ -1834,7 +1839,7 @@ void bench_print_text(FILE *f, const struct bench_config *cfg,
             cfg->value_size);
     if (cfg->preload || cfg->ratio_set > 0)
         fprintf(f, "left        up to %" PRIu64 " keys named %s* in the store (they stay)\n",
-                cfg->keys, BENCH_KEY_PREFIX);
+                cfg->keys, cfg->key_prefix);
     if (cfg->preload)
         fprintf(f,
                 "preload     %" PRIu64 " sets in %.2f s (%.0f sets/s), %" PRIu64

@@ -80,7 +80,8 @@ struct bench_config {
     double duration_s;             /* requests == 0: measure this long (> 0) */
     double warmup_s;               /* load before measuring, not counted (>= 0) */
     unsigned ratio_set, ratio_get; /* sets:gets, not both 0 */
-    unsigned key_size;             /* bytes, "bench:" + zero-padded number */
+    unsigned key_size;             /* bytes, key_prefix + zero-padded number */
+    const char *key_prefix;        /* BENCH_KEY_PREFIX unless --key-prefix */
     unsigned value_size;           /* bytes of every value set */
     uint64_t keys;                 /* key space: key numbers 0..keys-1 */
     enum bench_key_dist key_dist;

@@ -61,6 +61,7 @@ enum {
     OPT_WARMUP,
     OPT_RATIO,
     OPT_KEY_SIZE,
+    OPT_KEY_PREFIX,
     OPT_VALUE_SIZE,
     OPT_KEYS,
     OPT_PRELOAD,
@@ -249,7 +250,8 @@ static const struct subcmd subcmds[] = {
      "Each connection sends a request (-d of them), waits for a reply, then sends\n"
      "the next: a closed loop with -d requests outstanding per connection, their\n"
      "replies matched in order. The connections are shared out over the threads,\n"
-     "each running its own event loop. Keys are \"bench:\" and a zero-padded number,\n"
+     "each running its own event loop. Keys are --key-prefix (default \"bench:\") and\n"
+     "a zero-padded number,\n"
      "--key-size bytes in all, chosen among --keys uniformly or (--dist zipf) with\n"
      "key k weighted 1/(k+1)^S, key 0 the hottest; every set stores --value-size\n"
      "bytes.\n"
@@ -272,6 +274,8 @@ static const struct subcmd subcmds[] = {
      "      --warmup=SEC     first run the load SEC seconds, not counted (default 0)\n"
      "      --ratio=SET:GET  sets to gets, e.g. 1:9 (default 1:0, sets only)\n"
      "      --key-size=B     key length in bytes (default 32)\n"
+     "      --key-prefix=P   what every key starts with (default bench:); the report\n"
+     "                       says how many keys a run leaves in the store\n"
      "      --value-size=B   value length in bytes, k or m suffix (default 100)\n"
      "      --keys=N         how many distinct keys (default 100000)\n"
      "      --dist=D         key distribution: uniform (default) or zipf\n"
@@ -1131,6 +1135,7 @@ static const struct option bench_opts[] = {
     {"warmup", required_argument, NULL, OPT_WARMUP},
     {"ratio", required_argument, NULL, OPT_RATIO},
     {"key-size", required_argument, NULL, OPT_KEY_SIZE},
+    {"key-prefix", required_argument, NULL, OPT_KEY_PREFIX},
     {"value-size", required_argument, NULL, OPT_VALUE_SIZE},
     {"keys", required_argument, NULL, OPT_KEYS},
     {"preload", no_argument, NULL, OPT_PRELOAD},
@@ -1215,6 +1220,9 @@ static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n)
                                    "--ratio must be SET:GET, two numbers 0..1000000 "
                                    "not both 0 (e.g. 1:9), not '%s'",
                                    optarg);
+            break;
+        case OPT_KEY_PREFIX:
+            cfg.key_prefix = optarg;
             break;
         case OPT_KEY_SIZE:
             if (parse_u32_arg(optarg, LIMIT_KEY_BYTES_MAX, &u) < 0)
