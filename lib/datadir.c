@@ -278,6 +278,20 @@ int datadir_run_read(const char *dir, struct datadir_run *r)
     if (run_field(buf, "txid_ceiling", v, sizeof(v)) &&
         !run_number(buf, "txid_ceiling", UINT64_MAX, &r->txid_ceiling))
         return -EBADMSG;
+    if (!run_field(buf, "fence_mark", v, sizeof(v)))
+        r->fence_mark = r->txid_ceiling; /* a RUN from before the field */
+    else if (!run_number(buf, "fence_mark", UINT64_MAX, &r->fence_mark))
+        return -EBADMSG;
+    char bh[64];
+    if (run_field(buf, "behind", bh, sizeof(bh))) {
+        unsigned long long by, tx;
+        char extra;
+        if (sscanf(bh, "%llu %llu %c", &by, &tx, &extra) != 2 || by >= LIMIT_REPLICAS_MAX)
+            return -EBADMSG;
+        r->behind = true;
+        r->behind_by = (uint32_t)by;
+        r->behind_seen = tx;
+    }
     /* "seen ID:TXID ID:TXID ..." (optional) */
     char seen[LIMIT_REPLICAS_MAX * 32];
     if (run_field(buf, "seen", seen, sizeof(seen))) {
@@ -311,8 +325,14 @@ int datadir_run_write(const char *dir, const struct datadir_run *run)
 
     datadir_boot_id(boot, sizeof(boot));
     if (run->has_id) {
-        int k = snprintf(idline, sizeof(idline), "id %" PRIu32 "\ntxid_ceiling %" PRIu64 "\nseen",
-                         run->id, run->txid_ceiling);
+        int k = snprintf(idline, sizeof(idline),
+                         "id %" PRIu32 "\ntxid_ceiling %" PRIu64 "\nfence_mark %" PRIu64 "\n",
+                         run->id, run->txid_ceiling, run->fence_mark);
+        if (run->behind && k > 0 && (size_t)k < sizeof(idline))
+            k += snprintf(idline + k, sizeof(idline) - (size_t)k,
+                          "behind %" PRIu32 " %" PRIu64 "\n", run->behind_by, run->behind_seen);
+        if (k > 0 && (size_t)k < sizeof(idline))
+            k += snprintf(idline + k, sizeof(idline) - (size_t)k, "seen");
         for (uint32_t i = 0; i < LIMIT_REPLICAS_MAX; i++)
             if (run->seen[i] && k > 0 && (size_t)k < sizeof(idline))
                 k += snprintf(idline + k, sizeof(idline) - (size_t)k, " %" PRIu32 ":%" PRIu64, i,

@@ -80,6 +80,11 @@ struct datadir_run {
     bool has_id;
     uint32_t id;          /* has_id: the cluster replica id (--id) that owns
                              the directory */
+    uint64_t fence_mark;  /* a cluster replica: its data was last confirmed
+                             current up to this txid (fence.h) */
+    bool behind;          /* a peer found its data behind: it stays refused */
+    uint32_t behind_by;   /* ... that peer */
+    uint64_t behind_seen; /* ... which saw it vote on this txid */
     uint64_t seen[LIMIT_REPLICAS_MAX]; /* by replica id: the highest txid it
                                           voted YES on, as far as this one saw
                                           (fence.h); 0: none */

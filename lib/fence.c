@@ -38,6 +38,19 @@ void fence_voted(struct fence *f, uint32_t id, uint64_t txid)
         f->seen[id] = txid;
 }
 
+void fence_committed(struct fence *f, uint32_t self, uint64_t txid)
+{
+    for (uint32_t id = 0; id < LIMIT_REPLICAS_MAX; id++)
+        if (id != self && !f->stale[id] && f->state[id] == FENCE_CURRENT)
+            fence_voted(f, id, txid);
+}
+
+void fence_link_down(struct fence *f, uint32_t id)
+{
+    if (id < LIMIT_REPLICAS_MAX)
+        f->stale[id] = true;
+}
+
 unsigned fence_state_in(struct fence *f, uint32_t id, uint64_t their_mark, uint64_t seen_of_us)
 {
     unsigned ch = FENCE_NO_CHANGE;
@@ -45,10 +58,15 @@ unsigned fence_state_in(struct fence *f, uint32_t id, uint64_t their_mark, uint6
     if (id >= LIMIT_REPLICAS_MAX)
         return ch;
     f->their_mark[id] = their_mark;
+    f->stale[id] = false;
     uint8_t st = their_mark < f->seen[id] ? FENCE_BEHIND : FENCE_CURRENT;
     if (st != f->state[id])
         ch |= st == FENCE_BEHIND ? FENCE_PEER_BEHIND : FENCE_PEER_CURRENT;
     f->state[id] = st;
+    /* A peer we find behind cannot vouch for us: its seen[] may be as
+     * empty as its data (found by the audit). */
+    if (st != FENCE_CURRENT)
+        return ch;
     if (seen_of_us > f->mark) {
         if (!f->behind) {
             f->behind = true;

@@ -37,7 +37,11 @@ struct fence {
     uint8_t state[LIMIT_REPLICAS_MAX];     /* by replica id: enum fence_state */
     uint64_t their_mark[LIMIT_REPLICAS_MAX]; /* what each said of itself */
     bool verified;     /* a peer found us current */
-    bool behind;       /* a peer found us behind (sticky for the run) */
+    bool behind;       /* a peer found us behind (sticky: kept in RUN) */
+    /* by replica id: its link dropped since its last STATE, so a COMMIT
+     * may reflect a vote it cast after a STATE not read yet: COMMITs do
+     * not raise its seen[] until its next STATE */
+    bool stale[LIMIT_REPLICAS_MAX];
     uint32_t behind_by;       /* that peer */
     uint64_t behind_seen;     /* the txid it saw us vote on */
 };
@@ -60,6 +64,13 @@ void fence_logged(struct fence *f, uint64_t txid);
 
 /* Replica id voted YES on txid (or ACKed its commit): it logged it. */
 void fence_voted(struct fence *f, uint32_t id, uint64_t txid);
+
+/* A COMMIT of txid from its coordinator: every replica voted YES on it.
+ * Raises seen[] of every peer but self and the stale ones. */
+void fence_committed(struct fence *f, uint32_t self, uint64_t txid);
+
+/* Our link to id went down: it may be restarting (see stale). */
+void fence_link_down(struct fence *f, uint32_t id);
 
 /* A STATE from replica id: its mark, and the highest txid it saw us vote
  * on. Returns an OR of enum fence_change. */

@@ -258,12 +258,18 @@ struct server {
     uint64_t ceiling_retry_ms; /* after a failure, not before (monotonic) */
     uint64_t run_ceiling;  /* under run_mu: the ceiling RUN holds */
     uint64_t run_seen[LIMIT_REPLICAS_MAX]; /* under run_mu: the fence's seen[] to write */
+    uint64_t run_fence_mark;  /* under run_mu: the last confirmed mark */
+    bool run_verified;        /* under run_mu: confirmed current in this run */
+    bool run_behind;          /* under run_mu: found behind (kept) */
+    uint32_t run_behind_by;
+    uint64_t run_behind_seen;
     uint64_t seen_persist_ms; /* the fence's seen[] is written again after this */
     /* Is our data, and each peer's, as recent as the others saw it (fence.h)? */
     struct fence fence;
     uint64_t hist_mark;    /* the last run's txid ceiling: the fence's first mark */
     uint64_t prev_seen[LIMIT_REPLICAS_MAX];
     uint32_t peer_cport[LIMIT_REPLICAS_MAX]; /* each peer's client port (its STATE) */
+    bool fence_mark_due; /* confirmed current: write RUN's fence_mark soon */
     uv_work_t ceiling_job;
     pthread_mutex_t run_mu; /* one RUN writer at a time */
     bool run_final;         /* under run_mu: the clean stop is written */
@@ -1852,10 +1858,20 @@ static int write_run_ceiling(struct server *srv, bool clean, uint64_t ceiling,
     pthread_mutex_lock(&srv->run_mu);
     memcpy(run.seen, srv->run_seen, sizeof(run.seen));
     run.txid_ceiling = ceiling > srv->run_ceiling ? ceiling : srv->run_ceiling;
+    /* The fence's mark moves only in a run a peer confirmed current: a
+     * refused run's fresh ceiling must not launder its data (audit). */
+    run.fence_mark = srv->run_fence_mark;
+    if (srv->run_verified && !srv->run_behind && run.txid_ceiling > run.fence_mark)
+        run.fence_mark = run.txid_ceiling;
+    run.behind = srv->run_behind;
+    run.behind_by = srv->run_behind_by;
+    run.behind_seen = srv->run_behind_seen;
     if (!srv->run_final) {
         r = datadir_run_write(srv->cfg.data_dir, &run);
-        if (r == 0)
+        if (r == 0) {
             srv->run_ceiling = run.txid_ceiling;
+            srv->run_fence_mark = run.fence_mark;
+        }
         srv->run_final = clean && r == 0;
     }
     *written = srv->run_ceiling;
@@ -1912,8 +1928,10 @@ static void ceiling_refresh(struct server *srv)
         mono_ms() < srv->ceiling_retry_ms)
         return;
     /* The fence's seen[] goes with it, at most once a second when it moved. */
-    bool seen_moved = mono_ms() >= srv->seen_persist_ms &&
-                      memcmp(srv->fence.seen, srv->run_seen, sizeof(srv->run_seen)) != 0;
+    bool seen_moved = (mono_ms() >= srv->seen_persist_ms &&
+                       memcmp(srv->fence.seen, srv->run_seen, sizeof(srv->run_seen)) != 0) ||
+                      srv->fence_mark_due;
+    srv->fence_mark_due = false;
     if (!seen_moved &&
         ceiling_at(now - (uint64_t)LIMIT_TXID_CEILING_AHEAD_MS * 500u) < srv->txid_ceiling)
         return;
@@ -2053,9 +2071,7 @@ static void on_peer_msg(void *arg, const struct tpc_msg *m)
     if (m->type == TPC_MSG_COMMIT) {
         /* A coordinator commits only once every replica voted YES: every
          * one of them logged it (so each replica knows what all did). */
-        for (size_t i = 0; i < srv->cfg.nreplicas; i++)
-            if (srv->ids[i] != srv->cfg.id)
-                fence_voted(&srv->fence, srv->ids[i], m->txid);
+        fence_committed(&srv->fence, srv->cfg.id, m->txid);
     }
     refresh_now(srv);
     tpc_receive(srv->tpc, m, now_us());
@@ -2193,6 +2209,8 @@ static void on_peer_link(void *arg, uint32_t id, bool up)
     if (srv->tpc == NULL)
         return;
     refresh_now(srv);
+    if (!up)
+        fence_link_down(&srv->fence, id);
     /* Up for two-phase commit once its data is known to be current. */
     tpc_peer(srv->tpc, id, up && fence_peer_ok(&srv->fence, id) && !srv->fence.behind,
              now_us());
@@ -2236,6 +2254,16 @@ static void on_state(void *arg, uint32_t id, uint64_t mark, uint64_t seen_of_us,
     replica_name(srv, id, name, sizeof(name));
     refresh_now(srv);
     if (ch & FENCE_SELF_BEHIND) {
+        /* Kept in RUN at once: a restart must not forget it. */
+        pthread_mutex_lock(&srv->run_mu);
+        srv->run_behind = true;
+        srv->run_behind_by = id;
+        srv->run_behind_seen = seen_of_us;
+        pthread_mutex_unlock(&srv->run_mu);
+        int we = write_run(srv, false);
+        if (we < 0)
+            log_error(MOD, "cannot record in %s/RUN that this replica is behind: %s",
+                      srv->cfg.data_dir, strerror(-we));
         log_error(MOD, "this replica's data is older than %s saw it: that replica saw it vote "
                        "on transaction %" PRIu64 ", but its data in %s ends at %" PRIu64 ". Its "
                        "data directory was emptied, replaced (a wrong -d?) or restored from "
@@ -2261,6 +2289,11 @@ static void on_state(void *arg, uint32_t id, uint64_t mark, uint64_t seen_of_us,
         tpc_peer(srv->tpc, id, true, now_us());
     if (ch & FENCE_SELF_VERIFIED) {
         log_info(MOD, "%s finds this replica's data current: serving clients", name);
+        pthread_mutex_lock(&srv->run_mu);
+        srv->run_verified = true;
+        pthread_mutex_unlock(&srv->run_mu);
+        srv->seen_persist_ms = 0;
+        srv->fence_mark_due = true; /* the next RUN write moves the mark */
         waitlist_wake(&srv->clock_wait);
     }
     after_tpc(srv);
@@ -2814,8 +2847,23 @@ static int cluster_open(struct server *srv, struct recover_ledger *ledger, char 
     if (srv->rec.next_cas > 0 && srv->rec.next_cas - 1 > mark)
         mark = srv->rec.next_cas - 1;
     fence_init(&srv->fence, (uint32_t)srv->cfg.nreplicas, mark, srv->prev_seen);
-    if (srv->cfg.nreplicas == 1)
+    if (srv->cfg.nreplicas == 1) {
         srv->fence.verified = true; /* nobody to ask */
+        pthread_mutex_lock(&srv->run_mu);
+        srv->run_verified = true;
+        pthread_mutex_unlock(&srv->run_mu);
+    }
+    if (srv->run_behind) {
+        /* Found behind in an earlier run: that does not wear off. */
+        srv->fence.behind = true;
+        srv->fence.behind_by = srv->run_behind_by;
+        srv->fence.behind_seen = srv->run_behind_seen;
+        log_error(MOD, "this replica's data was found behind in an earlier run (replica %u saw "
+                       "it vote on transaction %" PRIu64 ", which %s does not hold): it serves "
+                       "nothing and takes no part in writes. Bringing it up to date from its "
+                       "peers is not in this release; see DESIGN.md, A replica that is behind",
+                  srv->run_behind_by, srv->run_behind_seen, srv->cfg.data_dir);
+    }
     /* The participants' backstop (txn.h): a coordinator's clock ahead by
      * more than the bound, or behind by more than the bound plus the time a
      * PREPARE may take to arrive, gets a NO vote. */
@@ -4646,7 +4694,11 @@ static int open_data(struct server *srv, char *err, size_t cap)
                          ": give each replica its own directory",
                          dir, prev.id, srv->cfg.id);
     srv->lost_before = prev.lost_before;
-    srv->hist_mark = prev.txid_ceiling;
+    srv->hist_mark = prev.fence_mark;
+    srv->run_fence_mark = prev.fence_mark;
+    srv->run_behind = prev.behind;
+    srv->run_behind_by = prev.behind_by;
+    srv->run_behind_seen = prev.behind_seen;
     memcpy(srv->prev_seen, prev.seen, sizeof(srv->prev_seen));
     memcpy(srv->run_seen, prev.seen, sizeof(srv->run_seen));
     bool lost_now = datadir_run_lost(&prev, boot);

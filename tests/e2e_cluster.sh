@@ -1018,6 +1018,21 @@ behind_case() {
         bash -c "grep -q \"this replica's data is older than replica\" \"\$1\"" _ "$tmp/r2.log"
     check "11: $desc: replica 1's log names replica 2 behind" \
         bash -c "grep -q 'the data of replica 2 (client port ${CPORT[2]}) is older' \"\$1\"" _ "$tmp/r1.log"
+    # Found by the audit: one more restart used to launder it (the refused
+    # run's fresh ceiling became its mark). It stays behind, and says so.
+    kill9_replica 2
+    if start_replica 2; then
+        rc=0
+        out=$(cl -p "${CPORT[2]}" get down:1 2>&1) || rc=$?
+        if [ "$rc" -eq 4 ] && [[ $out == *"this replica's data is older than its peers saw it"* ]] &&
+            since_start 2 | grep -q "found behind in an earlier run"; then
+            ok "11: $desc: restarted again (after a kill -9), replica 2 is still refused"
+        else
+            not_ok "11: $desc: after another restart: exit $rc: $(head -c 200 <<<"$out")"
+        fi
+    else
+        not_ok "11: $desc: replica 2 did not restart"
+    fi
     stop_replica 2 || not_ok "11: $desc: replica 2 stops cleanly"
 }
 

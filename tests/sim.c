@@ -1506,6 +1506,8 @@ static void peer_notify(struct sim *s, uint32_t a, uint32_t b, bool up)
     mix(s, ((uint64_t)up << 16) | (a << 8) | b);
     trace(s, "r%u sees link to r%u %s", a, b, up ? "up" : "down");
     A->notified[b] = up;
+    if (!up)
+        fence_link_down(&A->fence, b);
     tpc_peer(A->tpc, b, up && fence_allows(s, A, b), s->now);
 }
 
@@ -1528,14 +1530,12 @@ static void state_in(struct sim *s, uint32_t x, uint32_t y)
 
 /* What a message from `from` tells r's fence: a YES vote or an ACK (the
  * sender logged it), a COMMIT (every replica voted YES). */
-static void fence_note(struct sim *s, struct replica *R, const struct tpc_msg *m, uint32_t from)
+static void fence_note(struct replica *R, const struct tpc_msg *m, uint32_t from)
 {
     if ((m->type == TPC_MSG_VOTE && m->vote) || m->type == TPC_MSG_ACK)
         fence_voted(&R->fence, from, m->txid);
     if (m->type == TPC_MSG_COMMIT)
-        for (uint32_t z = 0; z < s->n; z++)
-            if (z != R->id)
-                fence_voted(&R->fence, z, m->txid);
+        fence_committed(&R->fence, R->id, m->txid);
     memcpy(R->run_seen, R->fence.seen, sizeof(R->run_seen));
 }
 
@@ -2497,7 +2497,7 @@ static void dispatch(struct sim *s, struct ev *e)
             mix(s, nm->m.txid);
             trace(s, "r%u recv %s txid %" PRIx64 " from r%u", e->b,
                   tpc_msg_type_name(nm->m.type), nm->m.txid, e->a);
-            fence_note(s, B, &nm->m, e->a);
+            fence_note(B, &nm->m, e->a);
             tpc_receive(B->tpc, &nm->m, s->now);
         }
         free(nm);

@@ -34,7 +34,9 @@ static void test_a_wiped_replica_is_behind(void)
     unsigned ch = fence_state_in(&r1, 2, r2.mark, r2.seen[1]);
     CU_ASSERT(ch & FENCE_PEER_BEHIND);
     CU_ASSERT_FALSE(fence_peer_ok(&r1, 2));
-    CU_ASSERT_TRUE(r1.verified); /* r2 saw nothing of r1: no doubt about r1 */
+    /* Found by the audit: a peer found behind cannot vouch for us (its
+     * seen[] is as empty as its data). */
+    CU_ASSERT_FALSE(r1.verified);
     ch = fence_state_in(&r2, 1, r1.mark, r1.seen[2]);
     CU_ASSERT(ch & FENCE_SELF_BEHIND);
     CU_ASSERT_TRUE(r2.behind && !r2.verified);
@@ -66,6 +68,29 @@ static void test_an_older_copy_is_behind_the_real_one_is_not(void)
     CU_ASSERT_FALSE(r2.behind);
 }
 
+/* Found by the audit: a COMMIT that reaches us before a restarted peer's
+ * STATE may reflect a vote it cast after that STATE; while its link is
+ * down-and-not-yet-reported it is stale and COMMITs do not raise it. */
+static void test_commits_skip_stale_peers(void)
+{
+    struct fence f;
+
+    fence_init(&f, 3, 100, NULL);
+    fence_state_in(&f, 2, 50, 0);
+    fence_state_in(&f, 3, 50, 0);
+    fence_committed(&f, 1, 60);
+    CU_ASSERT_EQUAL(f.seen[2], 60);
+    CU_ASSERT_EQUAL(f.seen[1], 0); /* not ourselves */
+    fence_link_down(&f, 2);
+    fence_committed(&f, 1, 70); /* 2 voted after a STATE we have not read */
+    CU_ASSERT_EQUAL(f.seen[2], 60);
+    CU_ASSERT_EQUAL(f.seen[3], 70);
+    CU_ASSERT(fence_state_in(&f, 2, 65, 0) == FENCE_NO_CHANGE); /* still current */
+    CU_ASSERT_TRUE(fence_peer_ok(&f, 2));
+    fence_committed(&f, 1, 80);
+    CU_ASSERT_EQUAL(f.seen[2], 80);
+}
+
 /* seen[] comes back from RUN at a start. */
 static void test_seen_survives_a_restart(void)
 {
@@ -88,4 +113,5 @@ void unit_fence_register(void)
     unit_test(s, "an older copy is behind; the real one is not",
               test_an_older_copy_is_behind_the_real_one_is_not);
     unit_test(s, "seen survives a restart", test_seen_survives_a_restart);
+    unit_test(s, "COMMITs skip a peer whose link dropped", test_commits_skip_stale_peers);
 }

@@ -821,6 +821,20 @@ static void test_run_state_tells_a_possible_loss(void)
     CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
     CU_ASSERT(r.clean && r.lost_before == 0xfedcba9876543210ull && r.has_id && r.id == 7);
     CU_ASSERT(r.txid_ceiling == 0xfedcba9876543999ull);
+    CU_ASSERT_EQUAL(r.fence_mark, 0); /* written: 0 */
+    CU_ASSERT_FALSE(r.behind);
+    /* The fence's mark and a sticky "behind" come back. */
+    w.fence_mark = 12345;
+    w.behind = true;
+    w.behind_by = 2;
+    w.behind_seen = 999;
+    w.seen[2] = 77;
+    CU_ASSERT_EQUAL(datadir_run_write(d.path, &w), 0);
+    CU_ASSERT_EQUAL(datadir_run_read(d.path, &r), 0);
+    CU_ASSERT(r.fence_mark == 12345 && r.behind && r.behind_by == 2 && r.behind_seen == 999);
+    CU_ASSERT_EQUAL(r.seen[2], 77);
+    w.behind = false;
+    w.seen[2] = 0;
     /* Replica 0 owns its directory too (found by the third audit). */
     w.id = 0;
     CU_ASSERT_EQUAL(datadir_run_write(d.path, &w), 0);
