@@ -4252,6 +4252,11 @@ static int start_snapshot(struct server *srv)
         h.next_cas = store_max_cas(srv->store) + 1;
         if (tpc_txid_floor(srv->tpc) > h.next_cas)
             h.next_cas = tpc_txid_floor(srv->tpc);
+        /* And above every txid logged so far, peers' included (a PREPARE
+         * voted on and aborted leaves no item): the fence's mark at the
+         * next start counts on it once the log is gone. */
+        if (srv->txid_ceiling > h.next_cas)
+            h.next_cas = srv->txid_ceiling;
     }
     refresh_now(srv);
     pid_t parent = getpid();
