@@ -279,7 +279,11 @@ int datadir_run_read(const char *dir, struct datadir_run *r)
         !run_number(buf, "txid_ceiling", UINT64_MAX, &r->txid_ceiling))
         return -EBADMSG;
     if (!run_field(buf, "fence_mark", v, sizeof(v)))
-        r->fence_mark = r->txid_ceiling; /* a RUN from before the field */
+        /* A RUN from before the field: its ceiling, unless it has a seen
+         * line, which only a build with the fence wrote - one that let a
+         * refused run's ceiling pass for history (an audit): then the
+         * data's own highest txid decides (snapshots cover it). */
+        r->fence_mark = strstr(buf, "\nseen") ? 0 : r->txid_ceiling;
     else if (!run_number(buf, "fence_mark", UINT64_MAX, &r->fence_mark))
         return -EBADMSG;
     char bh[64];
