@@ -270,6 +270,8 @@ struct server {
     uint64_t prev_seen[LIMIT_REPLICAS_MAX];
     uint32_t peer_cport[LIMIT_REPLICAS_MAX]; /* each peer's client port (its STATE) */
     bool fence_mark_due; /* confirmed current: write RUN's fence_mark soon */
+    bool fence_gave_up;  /* a request waited --lock-wait-ms for a peer to
+                            confirm us, in vain: the next ones do not wait */
     uv_work_t ceiling_job;
     pthread_mutex_t run_mu; /* one RUN writer at a time */
     bool run_final;         /* under run_mu: the clean stop is written */
@@ -2400,6 +2402,8 @@ static void lock_wait_timeouts(struct server *srv)
             continue;
         waitlist_remove(c);
         srv->st.lock_wait_timeouts++;
+        if (c->waits_fence)
+            srv->fence_gave_up = true; /* the requests behind it need not wait too */
         if (conn_local(c))
             lock_wait_expired(c);
         else
@@ -2421,7 +2425,7 @@ static void wait_for(struct conn *c, struct waitlist *wl)
 static bool fence_must_wait(struct server *srv, struct conn *c)
 {
     c->waits_fence = false;
-    if (srv->fence.verified || srv->fence.behind)
+    if (srv->fence.verified || srv->fence.behind || srv->fence_gave_up)
         return false;
     c->waits_fence = true;
     wait_for(c, &srv->clock_wait);
