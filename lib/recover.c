@@ -363,6 +363,21 @@ static int settle_file(const char *path)
     return r;
 }
 
+/* Cuts the last segment (len bytes) at sc's last valid record, durably,
+ * and counts it: a torn record, or a hole (anything with records after). */
+static int cut_tail(const char *path, size_t len, const struct wal_scan *sc,
+                    struct recover_result *res, char *err, size_t cap)
+{
+    int r = truncate_durably(path, sc->valid_bytes);
+
+    if (r < 0)
+        return util_errf(err, cap, r, "cannot truncate %s: %s", path, strerror(-r));
+    res->truncated_bytes += len - sc->valid_bytes;
+    if (sc->status != WAL_SCAN_TORN)
+        res->holes_cut++;
+    return 0;
+}
+
 /* Replays segments segs[from..n). */
 static int replay_segments(const char *dir, struct datadir_file *segs, long n, long from,
                            const struct recover_opts *opts, struct recover_replay *rp,
@@ -447,20 +462,6 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
         case WAL_SCAN_CLEAN:
             break;
         case WAL_SCAN_TORN:
-            if (!last)
-                return util_errf(err, cap, -EBADMSG,
-                             "%s is damaged at offset %zu and later segments exist, so this "
-                             "is not an interrupted write. %s",
-                             path, sc.bad_offset,
-                             damage_hint(hint, sizeof(hint), dir, segs, n, i, sc.bad_offset,
-                                         sc.last_lsn + 1));
-            log_warn(MOD, "%s: cutting off %zu bytes at offset %zu: a record cut short by a "
-                          "crash (never acknowledged)",
-                     path, len - sc.valid_bytes, sc.valid_bytes);
-            if ((r = truncate_durably(path, sc.valid_bytes)) < 0)
-                return util_errf(err, cap, r, "cannot truncate %s: %s", path, strerror(-r));
-            res->truncated_bytes += len - sc.valid_bytes;
-            break;
         case WAL_SCAN_HOLE:
             if (!last)
                 return util_errf(err, cap, -EBADMSG,
@@ -469,14 +470,18 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
                              path, sc.bad_offset,
                              damage_hint(hint, sizeof(hint), dir, segs, n, i, sc.bad_offset,
                                          sc.last_lsn + 1));
-            log_warn(MOD, "%s: cutting off %zu bytes at offset %zu: a hole there, and the %"
-                          PRIu64 " valid records after it all belong to the last write batch, "
-                          "which a power cut left partly written (never acknowledged)",
-                     path, len - sc.valid_bytes, sc.valid_bytes, sc.records_after);
-            if ((r = truncate_durably(path, sc.valid_bytes)) < 0)
-                return util_errf(err, cap, r, "cannot truncate %s: %s", path, strerror(-r));
-            res->truncated_bytes += len - sc.valid_bytes;
-            res->holes_cut++;
+            if (sc.status == WAL_SCAN_TORN)
+                log_warn(MOD, "%s: cutting off %zu bytes at offset %zu: a record cut short by "
+                              "a crash (never acknowledged)",
+                         path, len - sc.valid_bytes, sc.valid_bytes);
+            else
+                log_warn(MOD, "%s: cutting off %zu bytes at offset %zu: a hole there, and the %"
+                              PRIu64 " valid records after it all belong to the last write "
+                              "batch, which a power cut left partly written (never "
+                              "acknowledged)",
+                         path, len - sc.valid_bytes, sc.valid_bytes, sc.records_after);
+            if ((r = cut_tail(path, len, &sc, res, err, cap)) < 0)
+                return r;
             break;
         case WAL_SCAN_ZERO_TAIL:
             /* The writer's preallocated zeros after the last record: a crash
@@ -497,11 +502,8 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
                                "after it were acknowledged and are lost",
                           path, len - sc.valid_bytes, sc.valid_bytes,
                           sc.search_gave_up ? "at least " : "", sc.records_after);
-                if ((r = truncate_durably(path, sc.valid_bytes)) < 0)
-                    return util_errf(err, cap, r, "cannot truncate %s: %s", path,
-                                     strerror(-r));
-                res->truncated_bytes += len - sc.valid_bytes;
-                res->holes_cut++;
+                if ((r = cut_tail(path, len, &sc, res, err, cap)) < 0)
+                    return r;
                 break;
             }
             return util_errf(err, cap, -EBADMSG,

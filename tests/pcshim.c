@@ -380,22 +380,23 @@ ssize_t write(int fd, const void *buf, size_t n)
     return w;
 }
 
-ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
+static ssize_t pwrite_common(pwrite_fn fn, int fd, const void *buf, size_t n, off_t off)
 {
     struct fdinfo fi, *f = info(fd, &fi);
-    ssize_t w = real_pwrite(fd, buf, n, off);
+    ssize_t w = fn(fd, buf, n, off);
     if (w > 0 && f && !f->dir)
         mark(f, (uint64_t)off, (uint64_t)w);
     return w;
 }
 
+ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+    return pwrite_common(real_pwrite, fd, buf, n, off);
+}
+
 ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off)
 {
-    struct fdinfo fi, *f = info(fd, &fi);
-    ssize_t w = real_pwrite64(fd, buf, n, off);
-    if (w > 0 && f && !f->dir)
-        mark(f, (uint64_t)off, (uint64_t)w);
-    return w;
+    return pwrite_common(real_pwrite64, fd, buf, n, off);
 }
 
 static int trunc_common(ftruncate_fn fn, int fd, off_t len)
