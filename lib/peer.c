@@ -95,6 +95,7 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -628,6 +629,7 @@ enum cause {
     C_BAD_FRAME,
     C_IO,
     C_BUSY,
+    C_TEXT,
 };
 
 struct peer_node;
@@ -1181,14 +1183,13 @@ static void inbound_up(struct peer_conn *c)
     }
 }
 
+/* The acceptor's HELLO, the answer to ours: its nonce, for our AUTH. */
 static void dialer_hello(struct peer_conn *c, const struct peer_frame *f)
 {
     struct peer_net *net = c->net;
     struct peer_node *nd = c->node;
-    char body[PEER_HELLO_BODY_BYTES];
     unsigned char mac[PEER_MAC_BYTES];
     uint32_t id = util_get_le32(f->body);
-    int r;
 
     if (!epoch_ok(c, f))
         return;
@@ -1206,19 +1207,10 @@ static void dialer_hello(struct peer_conn *c, const struct peer_frame *f)
         return;
     }
     memcpy(c->nonce_peer, f->body + 12, PEER_NONCE_BYTES);
-    if ((r = random_bytes(c->nonce_local, PEER_NONCE_BYTES)) < 0) {
-        conn_fail(c, C_IO, LOG_LEVEL_ERROR, "cannot get random bytes: %s", strerror(-r));
-        return;
-    }
     if (handshake_mac(net, dialer_label, c->nonce_peer, c->nonce_local, net->cfg.self,
                       nd->addr.id, mac) < 0) {
         conn_fail(c, C_IO, LOG_LEVEL_ERROR,
                   "cannot compute HMAC-SHA256 (libcrypto failed)");
-        return;
-    }
-    put_hello(net, c->nonce_local, body);
-    if (frame_append(&c->out, PEER_FRAME_HELLO, net->cfg.epoch, body, sizeof(body)) < 0) {
-        conn_fail(c, C_IO, LOG_LEVEL_WARN, "out of memory");
         return;
     }
     c->phase = PH_AUTH;
@@ -1245,9 +1237,12 @@ static void dialer_auth(struct peer_conn *c, const struct peer_frame *f)
     outbound_up(c);
 }
 
+/* The dialer speaks first: its HELLO names the replica it claims to be;
+ * ours answers with our nonce. */
 static void acceptor_hello(struct peer_conn *c, const struct peer_frame *f)
 {
     struct peer_net *net = c->net;
+    char body[PEER_HELLO_BODY_BYTES];
     uint32_t id = util_get_le32(f->body);
 
     if (id >= LIMIT_REPLICAS_MAX || !net->nodes[id].configured || id == net->cfg.self) {
@@ -1266,7 +1261,9 @@ static void acceptor_hello(struct peer_conn *c, const struct peer_frame *f)
         return;
     }
     memcpy(c->nonce_peer, f->body + 12, PEER_NONCE_BYTES);
+    put_hello(net, c->nonce_local, body);
     c->phase = PH_AUTH;
+    send_frame_now(c, PEER_FRAME_HELLO, body, sizeof(body));
 }
 
 static void acceptor_auth(struct peer_conn *c, const struct peer_frame *f)
@@ -1477,6 +1474,40 @@ static void read_ended(struct peer_conn *c, ssize_t nread)
               why);
 }
 
+/* A HELLO starts with its length, 60, in little-endian: its first byte is
+ * '<'. A first byte that is a letter is a client speaking the text
+ * protocol ("get k", "stats", "version") at the wrong port. */
+_Static_assert(((PEER_FRAME_HEADER_BYTES - 4 + PEER_HELLO_BODY_BYTES) & 0xff) < 'A',
+               "a HELLO's first byte must not look like text");
+
+static bool looks_like_text(const char *p, size_t n)
+{
+    return n > 0 && isalpha((unsigned char)p[0]);
+}
+
+/* Answers a text-protocol client with one line naming the client port, and
+ * closes. Nothing was sent on the connection before, so the line goes out
+ * in one try; a client that does not read it loses nothing. */
+static void text_client(struct peer_conn *c)
+{
+    char line[160];
+    uv_buf_t b;
+    int n;
+
+    if (c->net->cfg.client_port > 0)
+        n = snprintf(line, sizeof(line),
+                     "SERVER_ERROR this is the replicas' port; clients use port %u\r\n",
+                     c->net->cfg.client_port);
+    else
+        n = snprintf(line, sizeof(line),
+                     "SERVER_ERROR this is the replicas' port, not a client port\r\n");
+    b = uv_buf_init(line, (unsigned int)n);
+    (void)uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    conn_fail(c, C_TEXT, LOG_LEVEL_INFO,
+              "a client spoke the text protocol at the peer port: told it the client "
+              "port and closed");
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
 {
     struct peer_conn *c = s->data;
@@ -1494,6 +1525,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     c->in.len += (size_t)nread;
     if (c->node != NULL)
         c->node->st.bytes_in += (uint64_t)nread;
+    if (!c->outbound && c->phase == PH_HELLO && looks_like_text(c->in.data, c->in.len)) {
+        text_client(c);
+        return;
+    }
     while (!c->closing && !net->closing) {
         /* Only an authenticated inbound link carries big frames; nothing
          * else may make us buffer more than a handshake frame. */
@@ -1564,6 +1599,8 @@ static void on_connect(uv_connect_t *req, int status)
 {
     struct peer_conn *c = req->data;
     struct peer_node *nd = c->node;
+    char body[PEER_HELLO_BODY_BYTES];
+    int r;
 
     if (c->closing)
         return;
@@ -1575,9 +1612,18 @@ static void on_connect(uv_connect_t *req, int status)
     tune_socket(c);
     c->phase = PH_HELLO;
     nd->state = PEER_LINK_HANDSHAKE;
-    int r = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-    if (r < 0)
+    if ((r = random_bytes(c->nonce_local, PEER_NONCE_BYTES)) < 0) {
+        conn_fail(c, C_IO, LOG_LEVEL_ERROR, "cannot get random bytes: %s", strerror(-r));
+        return;
+    }
+    if ((r = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) < 0) {
         conn_fail(c, C_IO, LOG_LEVEL_WARN, "cannot read: %s", uv_strerror(r));
+        return;
+    }
+    /* The dialer speaks first, so that the acceptor can tell a client that
+     * came to the wrong port from a replica (text_client). */
+    put_hello(c->net, c->nonce_local, body);
+    send_frame_now(c, PEER_FRAME_HELLO, body, sizeof(body));
 }
 
 static void connect_to(struct peer_node *nd, const struct sockaddr_storage *sa)
@@ -1674,7 +1720,6 @@ static void on_connection(uv_stream_t *srv, int status)
     struct sockaddr_storage ss;
     int len = sizeof(ss), r;
     char ip[INET6_ADDRSTRLEN] = "?";
-    char body[PEER_HELLO_BODY_BYTES];
 
     if (net->closing)
         return;
@@ -1722,13 +1767,10 @@ static void on_connection(uv_stream_t *srv, int status)
         conn_fail(c, C_IO, LOG_LEVEL_ERROR, "cannot get random bytes: %s", strerror(-r));
         return;
     }
+    /* Nothing is sent until the dialer's HELLO (acceptor_hello). */
     r = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-    if (r < 0) {
+    if (r < 0)
         conn_fail(c, C_IO, LOG_LEVEL_WARN, "cannot read: %s", uv_strerror(r));
-        return;
-    }
-    put_hello(net, c->nonce_local, body);
-    send_frame_now(c, PEER_FRAME_HELLO, body, sizeof(body));
 }
 
 static void on_net_handle_closed(uv_handle_t *h)

@@ -98,6 +98,9 @@ struct peer_config {
     const unsigned char *secret; /* cluster secret (copied); at least 1 byte */
     size_t nsecret;
     uint64_t epoch;
+    /* Our client port, named in the one line answered to a client that
+     * speaks the text protocol at the peer port; 0 = not named. */
+    uint32_t client_port;
     /* Largest frame accepted or sent, header included (value max +
      * LIMIT_PEER_FRAME_OVERHEAD_BYTES); 0 = LIMIT_VALUE_BYTES_DEFAULT +
      * LIMIT_PEER_FRAME_OVERHEAD_BYTES. */

@@ -2925,6 +2925,7 @@ static int cluster_listen(struct server *srv, char *err, size_t cap)
         .secret = srv->cfg.secret,
         .nsecret = srv->cfg.nsecret,
         .epoch = srv->cfg.epoch,
+        .client_port = srv->port > 0 ? (uint32_t)srv->port : 0,
         .frame_bytes_max = srv->cfg.value_bytes_max + LIMIT_PEER_FRAME_OVERHEAD_BYTES,
         .output_bytes_max = LIMIT_PEER_OUTPUT_BYTES_MAX,
         .on_msg = on_peer_msg,

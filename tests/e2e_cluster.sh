@@ -506,12 +506,14 @@ expiry_check() {
             live+=("$key")
         fi
     done
+    w 0 STORED "set e:g 30 s via 2" -p "${CPORT[2]}" -e 30 put e:g vg
     report "2b: $K sets that expire in 1 s through every replica, a third touched to 0 through another"
-    # gat of a key listed twice: touched once, a VALUE line for each.
-    out=$(raw "${CPORT[1]}" $'gat 0 e:1 e:1\n' 2>&1 || true)
+    # gat of a key listed twice: touched once, a VALUE line for each. (Its
+    # own key, set to expire in 30 s: the sets above may take over 1 s.)
+    out=$(raw "${CPORT[1]}" $'gat 0 e:g e:g\n' 2>&1 || true)
     check "2b: gat 0 of a key given twice answers it twice ($(grep -c '^VALUE' <<<"$out") VALUE lines)" \
-        [ "$(grep -c '^VALUE e:1 ' <<<"$out")" = 2 ]
-    live+=("e:1")
+        [ "$(grep -c '^VALUE e:g ' <<<"$out")" = 2 ]
+    live+=("e:g")
     sleep 2.2
     if settled_agree 15; then
         ok "2b: all three replicas store the same state (stats digest) once expiry settles"
@@ -537,7 +539,7 @@ expiry_check() {
         note "${bad[@]}"
     fi
     check "2b: the expired keys were deleted by the replicas' own expiry ($expired keys; curr_items ${items[*]})" \
-        [ "$expired" -ge $((K - ${#live[@]})) ] && [ "${items[0]}" = "${items[1]}" ] && [ "${items[1]}" = "${items[2]}" ]
+        [ "$expired" -ge $((K + 1 - ${#live[@]})) ] && [ "${items[0]}" = "${items[1]}" ] && [ "${items[1]}" = "${items[2]}" ]
     # A delayed flush_all through replica 3, a write before it comes due, one after.
     w 0 OK "flush_all 2 via 3" -p "${CPORT[3]}" flush 2
     w 0 STORED "set f:before via 1" -p "${CPORT[1]}" put f:before x
@@ -1096,6 +1098,20 @@ wrong_dir() {
     fi
 }
 
+# ---- 1b. a client at the peer port ---------------------------------------------------
+
+peer_port_client() {
+    local rc=0
+    cl --timeout 5000 -p "${PPORT[2]}" get a >/dev/null 2>"$tmp/err" || rc=$?
+    if [ "$rc" -eq 4 ] &&
+        grep -q "SERVER_ERROR this is the replicas' port; clients use port ${CPORT[2]}" "$tmp/err"; then
+        ok "1b: clie at replica 2's peer port is told the client port (exit 4)"
+    else
+        not_ok "1b: clie at the peer port: exit $rc: $(head -c 200 "$tmp/err")"
+    fi
+    check "1b: every peer link is still up" wait_links 1 2 3
+}
+
 # ---- run ---------------------------------------------------------------------------------
 
 echo "== tpckv cluster test: 3 replicas, client ports ${CPORT[*]}, peer ports ${PPORT[*]}, $ROUNDS crash rounds"
@@ -1105,6 +1121,8 @@ if [ "$started" -eq 1 ] && wait_links 1 2 3; then
     ok "3 replicas started, every peer link up"
     echo "-- 1. writes through each replica, read back from the others"
     replicated_ops
+    echo "-- 1b. a client at the peer port"
+    peer_port_client
     echo "-- 2. flush_all"
     flush_check
     echo "-- 2b. expiry, touch, gat, delayed flush_all"

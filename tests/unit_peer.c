@@ -1321,16 +1321,29 @@ static void hmac(const unsigned char *secret, const char *label, const unsigned 
 }
 
 /* Connects to net 0 and completes the handshake as replica `as` by the
- * documented protocol, checking net 0's side of it. Returns the fd. */
+ * documented protocol (the dialer speaks first), checking net 0's side of
+ * it. Returns the fd. */
 static int raw_handshake(struct harness *h, const struct peer_config *c0, uint32_t as,
                          uint64_t epoch)
 {
     int fd = raw_connect(peer_net_port(h->obs[0].net));
-    char hello[20 + 44], auth[20 + 32], out[256];
+    char hello[20 + 44], auth[20 + 32], out[256], body[44], early[1];
     unsigned char nonce_d[32], mac[32];
     uint64_t hash = peer_config_hash(c0->replicas, c0->n);
     struct peer_frame f;
     size_t n;
+
+    /* The acceptor says nothing before the dialer's HELLO. */
+    for (int i = 0; i < 20; i++)
+        uv_run(&h->loop, UV_RUN_NOWAIT);
+    CU_ASSERT_EQUAL(recv(fd, early, 1, MSG_DONTWAIT), -1);
+    for (int i = 0; i < 32; i++)
+        nonce_d[i] = (unsigned char)rnd();
+    util_put_le32(body, as);
+    util_put_le64(body + 4, hash);
+    memcpy(body + 12, nonce_d, 32);
+    n = mk_frame(out, PEER_FRAME_VERSION, PEER_FRAME_HELLO, 0, epoch, body, sizeof(body));
+    raw_send(fd, out, n);
 
     CU_ASSERT_FATAL(raw_read(h, fd, hello, sizeof(hello)));
     CU_ASSERT_EQUAL_FATAL(peer_frame_decode(hello, sizeof(hello), 1024, &f),
@@ -1342,23 +1355,15 @@ static int raw_handshake(struct harness *h, const struct peer_config *c0, uint32
     CU_ASSERT_EQUAL(util_get_le64(f.body + 4), hash);
     const unsigned char *nonce_a = (const unsigned char *)f.body + 12;
 
-    for (int i = 0; i < 32; i++)
-        nonce_d[i] = (unsigned char)rnd();
-    char body[44];
-    util_put_le32(body, as);
-    util_put_le64(body + 4, hash);
-    memcpy(body + 12, nonce_d, 32);
-    n = mk_frame(out, PEER_FRAME_VERSION, PEER_FRAME_HELLO, 0, epoch, body, sizeof(body));
     hmac(c0->secret, "tpckv-peer-v1 dialer", nonce_a, nonce_d, as, c0->self, mac);
-    n += mk_frame(out + n, PEER_FRAME_VERSION, PEER_FRAME_AUTH, 0, epoch, mac, sizeof(mac));
-    raw_send(fd, out, n);
+    raw_send(fd, out, mk_frame(out, PEER_FRAME_VERSION, PEER_FRAME_AUTH, 0, epoch, mac,
+                               sizeof(mac)));
 
     CU_ASSERT_FATAL(raw_read(h, fd, auth, sizeof(auth)));
     CU_ASSERT_EQUAL_FATAL(peer_frame_decode(auth, sizeof(auth), 1024, &f),
                           (long)sizeof(auth));
     CU_ASSERT_EQUAL(f.type, PEER_FRAME_AUTH);
-    hmac(c0->secret, "tpckv-peer-v1 acceptor", nonce_d, (const unsigned char *)hello + 32,
-         c0->self, as, mac);
+    hmac(c0->secret, "tpckv-peer-v1 acceptor", nonce_d, nonce_a, c0->self, as, mac);
     CU_ASSERT(memcmp(f.body, mac, 32) == 0);
     return fd;
 }
@@ -1446,9 +1451,8 @@ static void test_raw_client_handshake_frames_split_and_malformed(void)
 
     /* A HELLO naming an unknown replica, or ourselves: refused before AUTH. */
     for (uint32_t id = 0; id < 3; id += 2) {
-        char hello[64], out[128], body[44] = {0};
+        char out[128], body[44] = {0};
         fd = raw_connect(peer_net_port(h.obs[0].net));
-        CU_ASSERT_FATAL(raw_read(&h, fd, hello, sizeof(hello)));
         util_put_le32(body, id);
         util_put_le64(body + 4, peer_config_hash(c0.replicas, c0.n));
         raw_send(fd, out, mk_frame(out, PEER_FRAME_VERSION, PEER_FRAME_HELLO, 0, 5, body, sizeof(body)));
@@ -1468,7 +1472,7 @@ static void test_raw_garbage_closes_only_that_connection(void)
     struct harness h;
     struct peer_net_stats ns;
     struct tpc_msg m = sample_msg(TPC_MSG_ABORT);
-    char junk[64], hello[64];
+    char junk[64], hello[64], body[44];
     int fd;
 
     h_init(&h);
@@ -1479,9 +1483,13 @@ static void test_raw_garbage_closes_only_that_connection(void)
     raw_send(fd, junk, sizeof(junk));
     CU_ASSERT(raw_wait_closed(&h, fd));
     close(fd);
-    /* A plausible length with a bad checksum, after reading the HELLO. */
+    /* A plausible length with a bad checksum. */
     fd = raw_connect(peer_net_port(h.obs[0].net));
-    CU_ASSERT_FATAL(raw_read(&h, fd, hello, sizeof(hello)));
+    memset(body, 0, sizeof(body));
+    util_put_le32(body, 1);
+    CU_ASSERT_EQUAL_FATAL(mk_frame(hello, PEER_FRAME_VERSION, PEER_FRAME_HELLO, 0, 5, body,
+                                   sizeof(body)),
+                          sizeof(hello));
     hello[30] ^= 1;
     raw_send(fd, hello, sizeof(hello));
     CU_ASSERT(raw_wait_closed(&h, fd));
@@ -1509,11 +1517,77 @@ static void test_raw_garbage_closes_only_that_connection(void)
     h_fini(&h);
 }
 
+/* Reads until the other side closes fd; returns the bytes read. */
+static size_t raw_read_all(struct harness *h, int fd, char *dst, size_t cap)
+{
+    size_t got = 0;
+
+    for (int i = 0; i < STEP_MAX && got < cap; i++) {
+        ssize_t r = recv(fd, dst + got, cap - got, MSG_DONTWAIT);
+        if (r > 0)
+            got += (size_t)r;
+        else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+            break;
+        else
+            uv_run(&h->loop, UV_RUN_ONCE);
+    }
+    return got;
+}
+
+/* A client speaking the text protocol at the peer port is told, in one
+ * memcached-style line, which port is the clients'; a replica's link is
+ * not disturbed. */
+static void test_text_client_at_peer_port_told_the_client_port(void)
+{
+    struct harness h;
+    struct peer_config c0;
+    const char *cmds[] = {"get a\r\n", "version\r\n", "STATS\r\n"};
+    char got[256];
+    size_t n;
+    int fd;
+
+    h_init(&h);
+    base_config(&c0, &h.obs[0], 0, 2, secret_a, 5);
+    c0.client_port = 11211;
+    net_new(&h, 0, &c0);
+    peer_net_start(h.obs[0].net);
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        fd = raw_connect(peer_net_port(h.obs[0].net));
+        raw_send(fd, cmds[i], strlen(cmds[i]));
+        n = raw_read_all(&h, fd, got, sizeof(got) - 1);
+        got[n] = '\0';
+        CU_ASSERT_STRING_EQUAL(got,
+                               "SERVER_ERROR this is the replicas' port; clients use port "
+                               "11211\r\n");
+        close(fd);
+    }
+    /* A replica still gets in afterwards. */
+    fd = raw_handshake(&h, &c0, 1, 5);
+    CU_ASSERT(run_until(&h, a_inbound_from_1));
+    close(fd);
+    h_fini(&h);
+
+    /* Without a client port to name. */
+    h_init(&h);
+    base_config(&c0, &h.obs[0], 0, 2, secret_a, 5);
+    net_new(&h, 0, &c0);
+    peer_net_start(h.obs[0].net);
+    fd = raw_connect(peer_net_port(h.obs[0].net));
+    raw_send(fd, "get a\r\n", 7);
+    n = raw_read_all(&h, fd, got, sizeof(got) - 1);
+    got[n] = '\0';
+    CU_ASSERT_STRING_EQUAL(got, "SERVER_ERROR this is the replicas' port, not a client port\r\n");
+    close(fd);
+    h_fini(&h);
+}
+
 void unit_peer_register(void)
 {
     CU_pSuite s = unit_suite("peer");
 
     unit_test(s, "parse replicas good", test_parse_replicas_good);
+    unit_test(s, "a text client at the peer port is told the client port",
+              test_text_client_at_peer_port_told_the_client_port);
     unit_test(s, "parse replicas bad, each case named", test_parse_replicas_bad);
     unit_test(s, "config hash same list same, any difference differs", test_config_hash);
     unit_test(s, "codec round trip every type", test_codec_round_trip_every_type);
