@@ -1,0 +1,727 @@
+/*
+ * srv_conn.c - one client connection on its own thread: reading, parsing a
+ * batch of requests, processing them in order, flushing the replies,
+ * closing, logging in (--auth-file), and its limits in time.
+ */
+
+#include "srv.h"
+
+static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* Drops the request at the front of c's buffer (one that was kept while it
+ * waited), after running it as a retrieval if it is a gat. */
+int srv_consume_front(struct server *srv, struct conn *c, bool run_retrieval)
+{
+    struct proto_req req;
+    size_t consumed;
+    int r = 0;
+
+    enum proto_status st = proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
+    assert(st == PROTO_OK);
+    (void)st;
+    if (run_retrieval)
+        r = srv_exec_retrieval(srv, c, &req);
+    if (consumed > c->rlen) {
+        /* A set refused for size that waited: its data block is not all
+         * here (it was never going to be kept). Discard the rest as it
+         * comes. */
+        assert(req.too_large);
+        c->swallow = c->udp ? 0 : consumed - c->rlen;
+        consumed = c->rlen;
+    }
+    memmove(c->rbuf, c->rbuf + consumed, c->rlen - consumed);
+    c->rlen -= consumed;
+    c->attempts = 0;
+    c->wait_since_ms = 0;
+    return r;
+}
+
+void srv_conn_link(struct server *srv, struct conn *c)
+{
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    c->id = ++srv->next_conn_id;
+    c->last_active_ms = util_mono_ns() / 1000000u;
+}
+
+/* Frees a connection that has no handle open and no write pending. */
+void srv_conn_free(struct conn *c)
+{
+    struct server *srv = c->srv;
+
+    assert(c->npending == 0 && c->cpending == NULL && c->post_w == NULL &&
+           c->post_q == NULL);
+    srv_waitlist_remove(c);
+    if (c->posted) {
+        struct lthread *lt = c->lt;
+        struct conn *prev = NULL;
+        for (struct conn *x = lt->inbox_head; x; prev = x, x = x->post_next) {
+            if (x != c)
+                continue;
+            if (prev)
+                prev->post_next = c->post_next;
+            else
+                lt->inbox_head = c->post_next;
+            if (lt->inbox_tail == c)
+                lt->inbox_tail = prev;
+            break;
+        }
+    }
+    if (c->deferred)
+        c->lt->ready_conn[c->slot] = NULL;
+    if (c->in_flushq) {
+        struct conn **pp = &c->lt->flushq;
+        while (*pp != c)
+            pp = &(*pp)->flush_next;
+        *pp = c->flush_next;
+    }
+    free(c->post_line);
+    if (!c->udp) {
+        c->lt->nconns--;
+        if (c->lt_prev)
+            c->lt_prev->lt_next = c->lt_next;
+        else
+            c->lt->conns = c->lt_next;
+        if (c->lt_next)
+            c->lt_next->lt_prev = c->lt_prev;
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    if (c->udp)
+        srv->nudp--;
+    else
+        srv->nconns--;
+    for (size_t i = c->keys_pos; i < c->nkeys; i++)
+        item_unref(c->keys[i]);
+    free(c->keys);
+    outq_free(&c->out);
+    free(c->rbuf);
+    log_debug(MOD, "conn %llu closed", (unsigned long long)c->id);
+    free(c);
+}
+
+static void conn_on_close(uv_handle_t *h)
+{
+    struct conn *c = (struct conn *)h;
+    struct server *srv = c->srv;
+
+    srv_lock(srv);
+    c->handle_closed = true;
+    /* A write in the log still points at us: wreq_done (or the 2PC outcome)
+     * frees us then. */
+    if (c->npending == 0 && c->cpending == NULL)
+        srv_conn_free(c);
+    srv_unlock(srv);
+}
+
+void srv_conn_close(struct conn *c, const char *why)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    srv_waitlist_remove(c);
+    if (why)
+        log_info(MOD, "conn %llu from %s closed: %s", (unsigned long long)c->id, c->peer,
+                 why);
+    if (c->udp) {
+        c->handle_closed = true;
+        if (c->npending == 0 && c->cpending == NULL)
+            srv_conn_free(c);
+        return;
+    }
+    uv_close((uv_handle_t *)&c->tcp, conn_on_close);
+}
+
+/* Emits queued "KEY" lines while the output queue has room (TCP), or all of
+ * them (UDP: one reply). */
+static void conn_stream_keys(struct conn *c)
+{
+    struct outq *o = &c->out;
+
+    while (c->keys && c->keys_pos < c->nkeys &&
+           (c->udp || o->bytes < c->srv->cfg.conn_output_bytes_max)) {
+        struct item *it = c->keys[c->keys_pos];
+        if (outq_text(o, "KEY ", 4) < 0 || outq_text(o, item_key(it), it->nkey) < 0 ||
+            outq_text(o, "\r\n", 2) < 0) {
+            srv_conn_close(c, "out of memory");
+            return;
+        }
+        item_unref(it);
+        c->keys_pos++;
+    }
+    if (c->keys && c->keys_pos == c->nkeys) {
+        free(c->keys);
+        c->keys = NULL;
+        c->nkeys = c->keys_pos = 0;
+        if (reply(o, "END\r\n") < 0)
+            srv_conn_close(c, "out of memory");
+    }
+}
+
+static void conn_on_write(uv_write_t *req, int status)
+{
+    struct conn *c = req->data;
+    struct server *srv = c->srv;
+
+    outq_consume(&c->out, c->in_flight);
+    if (status == 0) {
+        __atomic_fetch_add(&srv->st.bytes_written, c->in_flight, __ATOMIC_RELAXED);
+        c->sent_bytes += c->in_flight;
+    }
+    c->in_flight = 0;
+    if (status == UV_ECANCELED || (status == 0 && c->closing))
+        return;
+    srv_lock(srv);
+    if (status < 0) {
+        srv_conn_close(c, uv_strerror(status));
+    } else {
+        /* Output drained: finish a keys listing, then any requests that waited. */
+        conn_stream_keys(c);
+        if (!c->closing)
+            srv_conn_process(c);
+    }
+    srv_unlock(srv);
+    srv_lt_flush(c->lt);
+}
+
+/* srv_conn_close for srv_conn_flush, which runs without the lock. */
+static void conn_close_unlocked(struct conn *c, const char *why)
+{
+    srv_lock(c->srv);
+    srv_conn_close(c, why);
+    srv_unlock(c->srv);
+}
+
+/* Writes c's output queue: at once what the socket takes, the rest queued.
+ * With threads, only c's thread calls it, without the lock (srv_lt_flush). */
+void srv_conn_flush(struct conn *c)
+{
+    struct iovec iov[IOV_BATCH];
+    uv_buf_t bufs[IOV_BATCH];
+    size_t n, total = 0;
+    int r;
+
+    if (c->closing || c->in_flight || c->udp)
+        return;
+    if (c->out.bytes == 0) {
+        if (c->close_after_flush && c->npending == 0)
+            conn_close_unlocked(c, NULL);
+        return;
+    }
+    n = outq_iov(&c->out, iov, IOV_BATCH);
+    for (size_t i = 0; i < n; i++) {
+        bufs[i] = uv_buf_init(iov[i].iov_base, (unsigned)iov[i].iov_len);
+        total += iov[i].iov_len;
+    }
+    /* Write at once what the socket takes: one writev, where a queued
+     * uv_write costs an epoll_ctl and a loop turn more per reply. A keys
+     * listing or a connection held back by --max-output takes the queued
+     * path, whose callback resumes it. */
+    if (c->keys == NULL && c->out.bytes < c->srv->cfg.conn_output_bytes_max) {
+        r = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)n);
+        if (r < 0 && r != UV_EAGAIN) {
+            conn_close_unlocked(c, uv_strerror(r));
+            return;
+        }
+        if (r > 0) {
+            outq_consume(&c->out, (size_t)r);
+            c->sent_bytes += (uint64_t)r;
+            __atomic_fetch_add(&c->srv->st.bytes_written, (uint64_t)r, __ATOMIC_RELAXED);
+            if (c->out.bytes == 0) {
+                if (c->close_after_flush && c->npending == 0)
+                    conn_close_unlocked(c, NULL);
+                return;
+            }
+            /* The rest waits for the socket: queue it. */
+            n = outq_iov(&c->out, iov, IOV_BATCH);
+            total = 0;
+            for (size_t i = 0; i < n; i++) {
+                bufs[i] = uv_buf_init(iov[i].iov_base, (unsigned)iov[i].iov_len);
+                total += iov[i].iov_len;
+            }
+        }
+    }
+    c->wreq.data = c;
+    r = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, conn_on_write);
+    if (r < 0) {
+        conn_close_unlocked(c, uv_strerror(r));
+        return;
+    }
+    c->in_flight = total;
+}
+
+void srv_conn_set_reading(struct conn *c, bool on)
+{
+    if (c->closing || c->udp || c->reading == on)
+        return;
+    c->reading = on;
+    if (!on)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    else if (uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_on_read) < 0)
+        srv_conn_close(c, "cannot read");
+}
+
+/*
+ * One request of a connection that has not authenticated (--auth-file; c's
+ * thread, lock held): memcached's ASCII authentication, proto_parse_auth().
+ * Right credentials: STORED, and the connection runs commands from the next
+ * request on. Wrong ones: CLIENT_ERROR authentication failure, logged (the
+ * user name, never the password), and the --max-auth-failures'th closes the
+ * connection. Anything else: CLIENT_ERROR unauthenticated. Returns 1 with
+ * *consumed bytes done, 0 when more bytes are needed (c->need set), or
+ * -ENOMEM. A connection that must go gets close_after_flush.
+ */
+static int conn_authenticate(struct conn *c, const char *p, size_t n, size_t *consumed)
+{
+    struct server *srv = c->srv;
+    struct proto_auth a;
+    uint64_t dropped = 0;
+    char name[96], note[64];
+    int r = 0;
+
+    switch (proto_parse_auth(p, n, &a, consumed)) {
+    case PROTO_AUTH_NEED_MORE:
+        c->need = a.need;
+        return 0;
+    case PROTO_AUTH_QUIT:
+        c->need = 0;
+        c->close_after_flush = true;
+        return 1;
+    case PROTO_AUTH_CLOSE:
+        srv->st.protocol_closes++;
+        log_info(MOD, "conn %llu from %s: %s; closing", (unsigned long long)c->id,
+                 c->peer, a.error);
+        if (a.reply)
+            r = reply_line(&c->out, a.reply);
+        c->close_after_flush = true;
+        *consumed = n;
+        return r < 0 ? r : 1;
+    case PROTO_AUTH_REFUSE:
+        c->need = 0;
+        return reply_line(&c->out, a.error) < 0 ? -ENOMEM : 1;
+    case PROTO_AUTH_TOKEN:
+        break;
+    }
+    c->need = 0;
+    srv->st.auth_cmds++;
+    log_escape(name, sizeof(name), a.user, a.nuser);
+    if (auth_check(srv->cfg.auth, a.user, a.nuser, a.pass, a.npass)) {
+        c->authed = true;
+        log_debug(MOD, "conn %llu from %s: authenticated as %s",
+                  (unsigned long long)c->id, c->peer, name);
+        return reply(&c->out, "STORED\r\n") < 0 ? -ENOMEM : 1;
+    }
+    srv->st.auth_errors++;
+    bool last = ++c->auth_failures >= srv->cfg.auth_failures_max;
+    if (last) {
+        srv->st.auth_failure_closes++;
+        c->close_after_flush = true;
+    }
+    if (srv_ratelog_allow(&srv->rl_auth, &dropped))
+        log_warn(MOD,
+                 "conn %llu from %s: authentication failed for user '%s' (attempt %u of "
+                 "%u%s)%s",
+                 (unsigned long long)c->id, c->peer, name, c->auth_failures,
+                 srv->cfg.auth_failures_max, last ? "; closing" : "",
+                 srv_ratelog_note(note, sizeof(note), dropped));
+    return reply(&c->out, "CLIENT_ERROR authentication failure\r\n") < 0 ? -ENOMEM : 1;
+}
+
+/* No lock needed (see above); c's thread only. */
+static void parse_batch(struct server *srv, const struct conn *c, struct parsed *p)
+{
+    size_t pos = 0;
+
+    p->n = p->next = p->nh = 0;
+    if (!c->authed || c->rlen <= c->need)
+        return;
+    while (p->n < PREFETCH_MAX && pos < c->rlen) {
+        struct proto_req *req = &p->req[p->n];
+        size_t consumed, kpos = 0, nk = 0;
+        const char *k = NULL;
+
+        if (proto_parse(c->rbuf + pos, c->rlen - pos, &srv->lim, req, &consumed) !=
+                PROTO_OK ||
+            consumed > c->rlen - pos)
+            break;
+        p->start[p->n] = pos;
+        p->consumed[p->n] = consumed;
+        p->n++;
+        pos += consumed;
+        if (req->key != NULL && req->nkey > 0) {
+            k = req->key;
+            nk = req->nkey;
+        } else if (req->keys == NULL || !proto_next_key(req, &kpos, &k, &nk)) {
+            continue;
+        }
+        p->hash[p->nh++] = store_hash(srv->store, k, nk);
+    }
+}
+
+/* Under the lock: the buckets of the keys np parsed batches hold, then
+ * their first items. */
+void srv_prefetch_parsed(struct server *srv, const struct parsed *p, size_t np)
+{
+    size_t nh = 0;
+
+    for (size_t i = 0; i < np; i++)
+        nh += p[i].nh;
+    if (nh < 2)
+        return; /* nothing to overlap a lone lookup with */
+    for (size_t i = 0; i < np; i++)
+        for (size_t j = 0; j < p[i].nh; j++)
+            store_prefetch(srv->store, p[i].hash[j]);
+    for (size_t i = 0; i < np; i++)
+        for (size_t j = 0; j < p[i].nh; j++)
+            store_prefetch_item(srv->store, p[i].hash[j]);
+}
+
+void srv_conn_process(struct conn *c)
+{
+    struct parsed pre; /* not zeroed: parse_batch sets what is read */
+
+    parse_batch(c->srv, c, &pre);
+    srv_prefetch_parsed(c->srv, &pre, 1);
+    srv_conn_process_parsed(c, &pre);
+}
+
+/* Parses and executes every complete request in the read buffer, until one
+ * has to wait: what pre holds (parsed from c's buffer as it is now), then
+ * whatever follows it. */
+void srv_conn_process_parsed(struct conn *c, struct parsed *pre)
+{
+    struct server *srv = c->srv;
+    size_t pos = 0;
+
+    assert(srv_conn_local(c));
+    /* Whatever parse waited for the turn's end is stale once this runs. */
+    if (c->deferred) {
+        c->deferred = false;
+        c->lt->ready_conn[c->slot] = NULL;
+    }
+    srv_refresh_now(srv);
+    while (!c->closing && !c->close_after_flush && c->keys == NULL &&
+           c->npending < srv->cfg.conn_writes_max && c->cpending == NULL &&
+           c->waiting == NULL && !srv->stopping) {
+        struct proto_req req;
+        size_t consumed;
+        enum proto_status st;
+        int r = 0;
+
+        if (!c->udp && c->out.bytes >= srv->cfg.conn_output_bytes_max)
+            break; /* backpressure: resume from conn_on_write */
+        if (c->rlen - pos == 0 || c->rlen - pos < c->need)
+            break;
+        if (!c->authed) {
+            r = conn_authenticate(c, c->rbuf + pos, c->rlen - pos, &consumed);
+            if (r == 0)
+                break;
+            if (r < 0)
+                goto oom;
+            pos += consumed;
+            continue;
+        }
+        /* The buffer does not move in this loop, so what parse_batch
+         * parsed at this offset is what parsing it again would give. */
+        if (pre->next < pre->n && pre->start[pre->next] == pos) {
+            req = pre->req[pre->next];
+            consumed = pre->consumed[pre->next++];
+            st = PROTO_OK;
+        } else {
+            st = proto_parse(c->rbuf + pos, c->rlen - pos, &srv->lim, &req, &consumed);
+        }
+        if (st == PROTO_NEED_MORE) {
+            if (c->udp) {
+                /* A UDP request must be whole in its datagram. */
+                r = reply_line(&c->out, "CLIENT_ERROR incomplete request: a UDP request "
+                                        "must fit one datagram");
+                pos = c->rlen;
+                if (r < 0)
+                    goto oom;
+                continue;
+            }
+            c->need = req.need;
+            break;
+        }
+        /* With writes of ours in the log, only more plain writes go ahead
+         * (their replies come in log order); anything else would answer
+         * before them, or read around them: it waits, unconsumed, until
+         * they are in. */
+        if (c->npending > 0 && (st != PROTO_OK || !proto_cmd_is_write(req.cmd) ||
+                                req.cmd == PROTO_CMD_FLUSH_ALL || req.too_large))
+            break;
+        c->need = 0;
+        if (st == PROTO_CLOSE) {
+            srv->st.protocol_closes++;
+            if (c->udp) {
+                srv->st.udp_dropped++;
+            } else {
+                /* Replies to earlier requests still go out, then we hang up. */
+                log_info(MOD, "conn %llu from %s: %s; closing", (unsigned long long)c->id,
+                         c->peer, req.error);
+                c->close_after_flush = true;
+            }
+            pos = c->rlen;
+            break;
+        }
+        if (st == PROTO_ERROR) {
+            if (!req.noreply)
+                r = reply_line(&c->out, req.error);
+            if (log_enabled(LOG_LEVEL_DEBUG)) {
+                char line[96];
+                const char *nl = memchr(c->rbuf + pos, '\n', c->rlen - pos);
+                size_t ll = nl ? (size_t)(nl - (c->rbuf + pos)) : c->rlen - pos;
+                log_debug(MOD, "conn %llu: %s <- %s", (unsigned long long)c->id,
+                          req.error, log_escape(line, sizeof(line), c->rbuf + pos, ll));
+            }
+        } else {
+            /* A request that waits stays unconsumed, and so does a gat whose
+             * touches are being logged (wreq_done reads it then): the buffer
+             * is compacted below, so either is at its front afterwards. */
+            r = srv_execute(srv, c, &req);
+            if (r == AFTER_WAIT)
+                break;
+            if (r == AFTER_PENDING &&
+                (req.cmd == PROTO_CMD_GAT || req.cmd == PROTO_CMD_GATS))
+                break;
+        }
+        /* A refused data block may extend past what we have: swallow the rest. */
+        if (consumed > c->rlen - pos) {
+            c->swallow = c->udp ? 0 : consumed - (c->rlen - pos);
+            pos = c->rlen;
+        } else {
+            pos += consumed;
+        }
+        if (r < 0)
+            goto oom;
+        if (r == AFTER_CLOSE) {
+            if (c->udp)
+                pos = c->rlen; /* quit: nothing to close, drop the rest */
+            else
+                c->close_after_flush = true;
+        } else if (r == AFTER_KEYS) {
+            conn_stream_keys(c);
+        }
+    }
+    if (c->closing)
+        return;
+
+    /* Keep the unparsed tail at the front of the buffer. */
+    if (pos > 0) {
+        memmove(c->rbuf, c->rbuf + pos, c->rlen - pos);
+        c->rlen -= pos;
+    }
+    if (c->udp) {
+        if (c->rlen == 0 && c->npending == 0 && c->cpending == NULL &&
+            c->waiting == NULL && c->keys == NULL)
+            srv_udp_finish(c);
+        return;
+    }
+    if (c->rlen == 0 && c->rcap > LIMIT_READ_BUF_BYTES_KEEP) {
+        free(c->rbuf);
+        c->rbuf = NULL;
+        c->rcap = 0;
+    }
+    /* Busy connections read on (so their replies keep draining), but stop at
+     * the output limit, or while a request waits. */
+    /* A pending write does not stop reading while the buffer has room: the
+     * next request is usually small and comes after the reply, and stopping
+     * and restarting the socket costs two epoll_ctl calls per write. */
+    bool pend = c->npending > 0 || c->cpending != NULL;
+    bool blocked = c->out.bytes >= srv->cfg.conn_output_bytes_max || c->keys != NULL ||
+                   c->waiting != NULL || (pend && c->rcap - c->rlen < 4096);
+    srv_conn_set_reading(c, !blocked && !c->close_after_flush);
+    if (!srv->mt) {
+        srv_conn_flush(c);
+    } else if (!c->in_flushq) {
+        /* Written by srv_lt_flush once the lock is let go. */
+        c->in_flushq = true;
+        c->flush_next = c->lt->flushq;
+        c->lt->flushq = c;
+    }
+    return;
+oom:
+    srv_conn_close(c, "out of memory");
+}
+
+static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct conn *c = (struct conn *)h;
+    struct server *srv = c->srv;
+    size_t want;
+
+    (void)suggested;
+    if (c->deferred) {
+        /* Requests parsed in place wait for the turn's end: the buffer must
+         * not move. It has room (a read that fills it is not deferred). */
+        *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(c->rcap - c->rlen));
+        return;
+    }
+    if (c->swallow) {
+        /* Reuse the buffer as a sink; what arrives is discarded. */
+        want = c->rlen + LIMIT_READ_BUF_BYTES_INITIAL;
+    } else if (c->need > c->rlen) {
+        want = c->need; /* a data block is on its way: room for all of it */
+    } else if (c->rcap - c->rlen < 4096) {
+        /* A line without its newline yet: grow, up to the retrieval limit
+         * plus one byte so the parser can see it is too long (or that the
+         * byte is the "\r" before the newline: then it grows on). */
+        want = c->rcap ? c->rcap * 2 : LIMIT_READ_BUF_BYTES_INITIAL;
+        if (want > srv->cfg.get_line_bytes_max + 1 &&
+            c->rlen < srv->cfg.get_line_bytes_max + 1)
+            want = srv->cfg.get_line_bytes_max + 1;
+    } else {
+        want = c->rcap;
+    }
+    if (want < LIMIT_READ_BUF_BYTES_INITIAL)
+        want = LIMIT_READ_BUF_BYTES_INITIAL;
+    if (want > c->rcap) {
+        char *p = realloc(c->rbuf, want);
+        if (p == NULL) {
+            *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
+            return;
+        }
+        c->rbuf = p;
+        c->rcap = want;
+    }
+    *buf = uv_buf_init(c->rbuf + c->rlen, (unsigned)(c->rcap - c->rlen));
+}
+
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = (struct conn *)s;
+    struct server *srv = c->srv;
+    struct lthread *lt = c->lt;
+
+    struct parsed one, *pre = &one;
+
+    (void)buf;
+    if (nread == 0)
+        return;
+    if (nread > 0) {
+        /* The buffer is this thread's alone: take the bytes in and parse
+         * what they complete before taking the lock. */
+        c->rlen += (size_t)nread;
+        if (c->swallow) {
+            size_t d = c->rlen < c->swallow ? c->rlen : (size_t)c->swallow;
+            memmove(c->rbuf, c->rbuf + d, c->rlen - d);
+            c->rlen -= d;
+            c->swallow -= d;
+        }
+        if (c->swallow == 0) {
+            bool defer = lt->ready != NULL && !c->udp && c->rlen < c->rcap &&
+                         (c->deferred || lt->nready < LT_READY_MAX);
+            if (defer) {
+                if (!c->deferred) {
+                    c->slot = (unsigned)lt->nready++;
+                    lt->ready_conn[c->slot] = c;
+                }
+                pre = &lt->ready[c->slot];
+            }
+            parse_batch(srv, c, pre);
+            if (defer && pre->n > 0) {
+                /* lt_on_check runs it, with the turn's other reads. */
+                c->deferred = true;
+                lt->ready_bytes += (uint64_t)nread;
+                return;
+            }
+            if (defer && !c->deferred)
+                lt->ready_conn[--lt->nready] = NULL; /* the slot just taken */
+        }
+    }
+    srv_lock(srv);
+    if (c->deferred) {
+        srv_lt_run_ready(lt); /* what came before this, first */
+        pre = &one;           /* that moved the buffer: parse it anew */
+        one.n = one.next = one.nh = 0;
+    }
+    if (nread < 0) {
+        srv_conn_close(c, nread == UV_EOF ? NULL : uv_strerror((int)nread));
+        srv_unlock(srv);
+        srv_lt_flush(lt);
+        return;
+    }
+    srv->st.bytes_read += (uint64_t)nread;
+    c->last_active_ms = util_mono_ns() / 1000000u;
+    if (c->swallow == 0) {
+        srv_prefetch_parsed(srv, pre, 1);
+        srv_conn_process_parsed(c, pre);
+    }
+    srv_unlock(srv);
+    srv_lt_flush(lt);
+}
+
+/* Bytes of c's replies the socket has taken: written, plus the part of the
+ * write in flight libuv has written already (c's thread). */
+static uint64_t conn_sent(struct conn *c)
+{
+    size_t unwritten =
+        c->in_flight ? uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) : 0;
+
+    return c->sent_bytes + (c->in_flight > unwritten ? c->in_flight - unwritten : 0);
+}
+
+/*
+ * Closes c if it is past one of its time limits (c's thread, lock held):
+ *   --output-stall-timeout  replies queued and the client has not taken a
+ *                           byte of them for that long (it sends and never
+ *                           reads: its queue, and the items it references,
+ *                           would be held for good);
+ *   --auth-timeout          not authenticated that long after connecting;
+ *   --idle-timeout          silent that long, with nothing owed to it.
+ */
+void srv_conn_check_time(struct conn *c, uint64_t now)
+{
+    struct server *srv = c->srv;
+    const struct server_config *cfg = &srv->cfg;
+    uint64_t dropped;
+    char note[64];
+
+    if (c->closing || c->udp)
+        return;
+    if (cfg->output_stall_timeout_s && c->out.bytes > 0) {
+        uint64_t sent = conn_sent(c);
+        if (c->stall_since_ms == 0 || sent != c->stall_sent) {
+            c->stall_sent = sent;
+            c->stall_since_ms = now;
+        } else if (now - c->stall_since_ms >=
+                   (uint64_t)cfg->output_stall_timeout_s * 1000) {
+            srv->st.output_stall_closes++;
+            log_warn(MOD,
+                     "conn %llu from %s closed: it has not read its replies for %u s "
+                     "(%zu bytes queued; --output-stall-timeout)",
+                     (unsigned long long)c->id, c->peer, cfg->output_stall_timeout_s,
+                     c->out.bytes);
+            srv_conn_close(c, NULL);
+            return;
+        }
+    } else {
+        c->stall_since_ms = 0;
+    }
+    if (!c->authed && cfg->auth_timeout_s &&
+        now - c->opened_ms >= (uint64_t)cfg->auth_timeout_s * 1000) {
+        srv->st.auth_timeouts++;
+        if (srv_ratelog_allow(&srv->rl_auth_timeout, &dropped))
+            log_info(MOD,
+                     "conn %llu from %s closed: not authenticated within %u s "
+                     "(--auth-timeout)%s",
+                     (unsigned long long)c->id, c->peer, cfg->auth_timeout_s,
+                     srv_ratelog_note(note, sizeof(note), dropped));
+        srv_conn_close(c, NULL);
+        return;
+    }
+    if (cfg->idle_timeout_s &&
+        now - c->last_active_ms > (uint64_t)cfg->idle_timeout_s * 1000 &&
+        c->out.bytes == 0 && c->npending == 0 && c->cpending == NULL &&
+        c->waiting == NULL) {
+        srv->st.idle_kicks++;
+        srv_conn_close(c, "idle timeout");
+    }
+}

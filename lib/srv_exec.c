@@ -1,0 +1,333 @@
+/*
+ * srv_exec.c - runs one parsed request against the store: retrievals at
+ * once, writes by the single-replica path (srv_write.c) or under two-phase
+ * commit (srv_cluster.c), the rest (stats, version, verbosity...) here.
+ * Also the wait lists on which a request that cannot run yet waits, and the
+ * bound on how long it may wait (--lock-wait-ms).
+ */
+
+#include "srv.h"
+
+static bool read_must_wait(struct server *srv, struct conn *c,
+                           const struct proto_req *req);
+
+void srv_waitlist_push(struct waitlist *wl, struct conn *c)
+{
+    assert(c->waiting == NULL);
+    c->wait_next = NULL;
+    if (wl->tail)
+        wl->tail->wait_next = c;
+    else
+        wl->head = c;
+    wl->tail = c;
+    c->waiting = wl;
+}
+
+/* Takes c off the list it waits on (a connection that closes). */
+void srv_waitlist_remove(struct conn *c)
+{
+    struct waitlist *wl = c->waiting;
+    struct conn *prev = NULL;
+
+    if (wl == NULL)
+        return;
+    for (struct conn *x = wl->head; x; prev = x, x = x->wait_next) {
+        if (x != c)
+            continue;
+        if (prev)
+            prev->wait_next = c->wait_next;
+        else
+            wl->head = c->wait_next;
+        if (wl->tail == c)
+            wl->tail = prev;
+        break;
+    }
+    c->waiting = NULL;
+    c->wait_next = NULL;
+}
+
+/* Takes the first connection off wl (NULL if empty). */
+struct conn *srv_waitlist_pop(struct waitlist *wl)
+{
+    struct conn *c = wl->head;
+
+    if (c == NULL)
+        return NULL;
+    wl->head = c->wait_next;
+    if (wl->head == NULL)
+        wl->tail = NULL;
+    c->waiting = NULL;
+    c->wait_next = NULL;
+    return c;
+}
+
+/* Moves every connection on src to the end of dst, in order. */
+void srv_waitlist_move(struct waitlist *dst, struct waitlist *src)
+{
+    struct conn *c;
+
+    while ((c = srv_waitlist_pop(src)) != NULL)
+        srv_waitlist_push(dst, c);
+}
+
+/* Lets every connection on wl run again, in arrival order. Those still to
+ * run wait on a list of our own meanwhile, so one that closes while an
+ * earlier one runs leaves it properly (srv_waitlist_remove), and connections
+ * that start waiting on wl again are left for the next wake. */
+void srv_waitlist_wake(struct waitlist *wl)
+{
+    struct waitlist run = {0};
+    struct conn *c;
+
+    srv_waitlist_move(&run, wl);
+    while ((c = srv_waitlist_pop(&run)) != NULL)
+        srv_conn_resume(c);
+}
+
+enum store_op_type srv_op_type_of(enum proto_cmd cmd)
+{
+    switch (cmd) {
+    case PROTO_CMD_SET:
+        return STORE_SET;
+    case PROTO_CMD_ADD:
+        return STORE_ADD;
+    case PROTO_CMD_REPLACE:
+        return STORE_REPLACE;
+    case PROTO_CMD_APPEND:
+        return STORE_APPEND;
+    case PROTO_CMD_PREPEND:
+        return STORE_PREPEND;
+    case PROTO_CMD_CAS:
+        return STORE_CAS;
+    case PROTO_CMD_DELETE:
+        return STORE_DELETE;
+    case PROTO_CMD_INCR:
+        return STORE_INCR;
+    case PROTO_CMD_DECR:
+        return STORE_DECR;
+    case PROTO_CMD_TOUCH:
+    case PROTO_CMD_GAT:
+    case PROTO_CMD_GATS:
+        return STORE_TOUCH;
+    default:
+        assert(cmd == PROTO_CMD_FLUSH_ALL);
+        return STORE_FLUSH;
+    }
+}
+
+/* Answers a retrieval (get, gets; gat and gats once their touches are in). */
+int srv_exec_retrieval(struct server *srv, struct conn *c, const struct proto_req *req)
+{
+    bool with_cas = req->cmd == PROTO_CMD_GETS || req->cmd == PROTO_CMD_GATS;
+    struct outq *o = &c->out;
+    size_t pos = 0, nk;
+    const char *k;
+    char hdr[PROTO_VALUE_HDR_MAX];
+    int r;
+
+    while (proto_next_key(req, &pos, &k, &nk)) {
+        struct item *it;
+        srv->st.cmd_get++;
+        it = store_get(srv->store, k, nk, srv->now_ms);
+        if (it == NULL) {
+            srv->st.get_misses++;
+            continue;
+        }
+        srv->st.get_hits++;
+        size_t n =
+            proto_fmt_value_hdr(hdr, k, nk, it->flags, it->nval, with_cas, it->cas);
+        if ((r = outq_text(o, hdr, n)) < 0 || (r = outq_item(o, it)) < 0)
+            return r;
+    }
+    if (log_enabled(LOG_LEVEL_DEBUG)) {
+        char ks[96];
+        size_t skip = strspn(req->keys, " ");
+        log_debug(MOD, "conn %llu: %s %zu key(s): %s", (unsigned long long)c->id,
+                  proto_cmd_name(req->cmd), req->nkeys,
+                  log_escape(ks, sizeof(ks), req->keys + skip, req->keys_len - skip));
+    }
+    return reply(o, "END\r\n");
+}
+
+/*
+ * Executes one request, queueing its reply on c->out. Returns what the
+ * connection must do next (enum after), or -ENOMEM.
+ */
+int srv_execute(struct server *srv, struct conn *c, const struct proto_req *req)
+{
+    struct outq *o = &c->out;
+    int r = 0;
+
+    if (proto_cmd_is_write(req->cmd) || req->too_large || req->cmd == PROTO_CMD_GAT ||
+        req->cmd == PROTO_CMD_GATS)
+        return srv->cluster ? srv_exec_write_cluster(srv, c, req)
+                            : srv_exec_write(srv, c, req);
+
+    switch (req->cmd) {
+    case PROTO_CMD_GET:
+    case PROTO_CMD_GETS:
+        if (srv->cluster && srv_fence_must_wait(srv, c))
+            return AFTER_WAIT;
+        if (srv->cluster && (r = srv_reply_not_current(srv, o, false)) <= 0)
+            return r;
+        if (srv->cluster && (r = srv_reply_clock_skew(srv, o, false)) <= 0)
+            return r;
+        if (srv->cluster && read_must_wait(srv, c, req))
+            return AFTER_WAIT;
+        c->wait_since_ms = 0;
+        return srv_exec_retrieval(srv, c, req);
+    case PROTO_CMD_VERSION:
+        return reply(o, "VERSION " PROTO_VERSION_STRING "\r\n");
+    case PROTO_CMD_VERBOSITY: {
+        /* memcached's 0 is its normal level: ours is the one serve started
+         * with. 1 raises it to at least info, 2 and up to debug. */
+        enum log_level lvl =
+            req->verbosity == 0 ? srv->log_base
+            : req->verbosity == 1
+                ? (srv->log_base > LOG_LEVEL_INFO ? srv->log_base : LOG_LEVEL_INFO)
+                : LOG_LEVEL_DEBUG;
+        if (lvl != log_get_level()) {
+            log_warn(MOD, "verbosity %u from a client: log level now %s", req->verbosity,
+                     log_level_name(lvl));
+            log_set_level(lvl);
+        }
+        return req->noreply ? 0 : reply(o, "OK\r\n");
+    }
+    case PROTO_CMD_STATS:
+        return srv_exec_stats(srv, o, req);
+    case PROTO_CMD_QUIT:
+        return AFTER_CLOSE;
+    case PROTO_CMD_SNAPSHOT:
+        /* Answered when a snapshot that includes every write committed so
+         * far is durable. */
+        if (srv->snap_pid == 0) {
+            if ((r = srv_start_snapshot(srv)) < 0) {
+                char line[128];
+                snprintf(line, sizeof(line), "SERVER_ERROR cannot snapshot: %s\r\n",
+                         strerror(-r));
+                return reply(o, line);
+            }
+            srv_waitlist_push(&srv->snap_cur, c);
+        } else {
+            srv_waitlist_push(&srv->snap_next, c);
+        }
+        return AFTER_PENDING;
+    case PROTO_CMD_KEYS: {
+        struct item **items;
+        if (srv->cluster && srv_fence_must_wait(srv, c))
+            return AFTER_WAIT;
+        if (srv->cluster && (r = srv_reply_not_current(srv, o, false)) <= 0)
+            return r;
+        if (srv->cluster && (r = srv_reply_clock_skew(srv, o, false)) <= 0)
+            return r;
+        if (srv->cluster) {
+            /* As a get waits for a held key: a prepared transaction on a
+             * key of the list may be one another replica acknowledged. */
+            struct txn_prep *p = txn_holder_prefix(&srv->rm, req->arg, req->narg);
+            if (p) {
+                srv->st.reads_waited++;
+                srv_wait_for(c, &((struct ptx *)p->user)->waiters);
+                return AFTER_WAIT;
+            }
+            c->wait_since_ms = 0;
+        }
+        long n = store_collect(srv->store, req->arg, req->narg, srv->now_ms, &items);
+        if (n < 0)
+            return reply(o, "SERVER_ERROR out of memory listing keys\r\n");
+        if (n == 0) {
+            free(items);
+            return reply(o, "END\r\n"); /* nothing to stream */
+        }
+        c->keys = items;
+        c->nkeys = (size_t)n;
+        c->keys_pos = 0;
+        return AFTER_KEYS;
+    }
+    default:
+        return reply_line(o, "ERROR");
+    }
+}
+
+/* c's request waited too long for a transaction's outcome: answer it with
+ * an error and go on (c's thread). */
+void srv_lock_wait_expired(struct conn *c)
+{
+    struct server *srv = c->srv;
+    struct proto_req req;
+    size_t consumed;
+    char line[200];
+
+    if (c->closing)
+        return;
+    proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
+    if (c->waits_fence)
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR timed out after %u ms waiting for a peer to confirm this "
+                 "replica's data is current (is any peer up?)\r\n",
+                 srv->cfg.lock_wait_ms);
+    else if (c->waits_clock)
+        snprintf(
+            line, sizeof(line),
+            "SERVER_ERROR timed out after %u ms waiting for the replicas' clocks to be "
+            "measured (do their clock probes get through?)\r\n",
+            srv->cfg.lock_wait_ms);
+    else
+        snprintf(
+            line, sizeof(line),
+            "SERVER_ERROR timed out after %u ms waiting for an undecided transaction "
+            "on this key (is a replica down?)\r\n",
+            srv->cfg.lock_wait_ms);
+    c->waits_clock = c->waits_fence = false;
+    if (!req.noreply && reply(&c->out, line) < 0)
+        c->close_after_flush = true;
+    srv_consume_front(srv, c, false);
+    srv_conn_process(c);
+}
+
+/* Requests waiting for a transaction's outcome longer than --lock-wait-ms
+ * get an error (the transaction's coordinator may be down). */
+void srv_lock_wait_timeouts(struct server *srv)
+{
+    uint64_t now = srv_mono_ms();
+
+    for (struct conn *c = srv->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->waiting == NULL || c->waiting == &srv->retry ||
+            c->waiting == &srv->snap_cur || c->waiting == &srv->snap_next ||
+            c->wait_since_ms == 0 || now - c->wait_since_ms < srv->cfg.lock_wait_ms ||
+            c->closing)
+            continue;
+        srv_waitlist_remove(c);
+        srv->st.lock_wait_timeouts++;
+        if (c->waits_fence)
+            srv->fence_gave_up = true; /* the requests behind it need not wait too */
+        if (srv_conn_local(c))
+            srv_lock_wait_expired(c);
+        else
+            srv_conn_post(c, POST_LOCK_TIMEOUT);
+    }
+}
+
+void srv_wait_for(struct conn *c, struct waitlist *wl)
+{
+    if (c->wait_since_ms == 0)
+        c->wait_since_ms = srv_mono_ms();
+    srv_waitlist_push(wl, c);
+}
+
+static bool read_must_wait(struct server *srv, struct conn *c,
+                           const struct proto_req *req)
+{
+    size_t pos = 0, nk;
+    const char *k;
+
+    while (proto_next_key(req, &pos, &k, &nk)) {
+        struct txn_prep *p = txn_holder(&srv->rm, k, nk);
+        if (p) {
+            srv->st.reads_waited++;
+            srv_wait_for(c, &((struct ptx *)p->user)->waiters);
+            return true;
+        }
+    }
+    return false;
+}

@@ -1,0 +1,425 @@
+/*
+ * srv_loop.c - the event loops: the connection threads, their inboxes (what
+ * other threads post to a connection), the server lock and the log records
+ * a loop turn hands to the writer.
+ */
+
+#include "srv.h"
+
+/* What this thread queued during its loop's turn: log records (the main
+ * loop hands them to the log writer when it turns, but it may be asleep)
+ * and peer frames (written by the main loop: wake it). */
+__thread bool srv_tl_wal_staged, srv_tl_kick_main;
+
+static void lt_on_sweep(uv_timer_t *t);
+
+/* Taken by connection threads around what they run; the main thread holds
+ * it whenever its loop runs (server_run). */
+void srv_lock(struct server *srv)
+{
+    srv_clock_stale();
+    if (srv->mt) {
+        pthread_mutex_lock(&srv->mu);
+        item_defer_frees(true);
+    }
+}
+
+/* Items overwritten meanwhile are freed after the lock is let go: the
+ * other threads need not wait for free(3). */
+void srv_unlock(struct server *srv)
+{
+    if (srv->mt) {
+        item_defer_frees(false);
+        pthread_mutex_unlock(&srv->mu);
+        item_reap();
+    }
+}
+
+static void lt_on_check(uv_check_t *h)
+{
+    struct lthread *lt = h->data;
+    struct server *srv = lt->srv;
+    bool staged, kick;
+
+    if (!srv_tl_wal_staged && !srv_tl_kick_main && lt->nready == 0)
+        return;
+    srv_lock(srv);
+    if (lt->nready > 0)
+        srv_lt_run_ready(lt);
+    staged = srv_tl_wal_staged;
+    kick = srv_tl_kick_main;
+    srv_tl_wal_staged = srv_tl_kick_main = false;
+    /* Under --fsync none this writes the batch and runs its callbacks:
+     * our connections' replies are queued for srv_lt_flush, and their next
+     * writes staged anew (srv_tl_wal_staged again). */
+    if (staged && srv->wal)
+        wal_hand_over(srv->wal);
+    if ((kick || srv_tl_kick_main) && srv->lt[0].async_open)
+        uv_async_send(&srv->lt[0].async);
+    srv_tl_kick_main = false;
+    /* Records staged meanwhile go at the next turn: make it come now. */
+    if (srv_tl_wal_staged && lt->async_open)
+        uv_async_send(&lt->async);
+    srv_unlock(srv);
+    srv_lt_flush(lt);
+}
+
+/* Does the calling thread own c (or has its owner exited)? */
+bool srv_conn_local(const struct conn *c)
+{
+    return !c->srv->mt || c->lt->exited || pthread_equal(pthread_self(), c->lt->thread);
+}
+
+/* Asks c's thread to run what was set in c (the post_ fields, POST_ bits). */
+void srv_conn_post(struct conn *c, unsigned what)
+{
+    struct lthread *lt = c->lt;
+
+    c->post |= what;
+    if (c->posted)
+        return;
+    c->posted = true;
+    c->post_next = NULL;
+    if (lt->inbox_tail)
+        lt->inbox_tail->post_next = c;
+    else
+        lt->inbox_head = c;
+    lt->inbox_tail = c;
+    if (lt->async_open)
+        uv_async_send(&lt->async);
+}
+
+/* Lets c run its buffered requests again, on its own thread. */
+void srv_conn_resume(struct conn *c)
+{
+    if (srv_conn_local(c))
+        srv_conn_process(c);
+    else
+        srv_conn_post(c, POST_RUN);
+}
+
+/*
+ * A connection thread's reads run at the end of their loop turn, all under
+ * one hold of the lock (srv_lt_run_ready): the lock is taken once per turn, not
+ * once per read, and the lookups of requests from different connections
+ * overlap their cache misses as a pipeline's do. The main loop (which holds
+ * the lock anyway) runs them at once.
+ */
+void srv_lt_run_ready(struct lthread *lt)
+{
+    struct server *srv = lt->srv;
+    size_t n = lt->nready;
+    uint64_t now_ms = util_mono_ns() / 1000000u;
+
+    srv->st.bytes_read += lt->ready_bytes;
+    lt->ready_bytes = 0;
+    /* A slot emptied since (its connection freed or run) costs a useless
+     * prefetch at most: its hashes are only numbers. */
+    srv_prefetch_parsed(srv, lt->ready, n);
+    for (size_t i = 0; i < n; i++) {
+        struct conn *c = lt->ready_conn[i];
+        if (c == NULL)
+            continue; /* freed, or run since by another path */
+        assert(c->deferred && c->slot == i);
+        c->last_active_ms = now_ms;
+        srv_conn_process_parsed(c, &lt->ready[i]);
+    }
+    assert(lt->nready == n);
+    lt->nready = 0;
+}
+
+/* Takes the sockets handed to lt (lt's thread, lock held). */
+static void lt_adopt(struct lthread *lt)
+{
+    struct server *srv = lt->srv;
+
+    for (size_t i = 0; i < lt->nfds; i++) {
+        struct conn *c = calloc(1, sizeof(*c));
+        if (c == NULL) {
+            close(lt->fds[i]);
+            srv->nconns--;
+            continue;
+        }
+        c->srv = srv;
+        c->lt = lt;
+        uv_tcp_init(lt->loop, &c->tcp);
+        if (uv_tcp_open(&c->tcp, lt->fds[i]) < 0) {
+            close(lt->fds[i]);
+            srv->nconns--;
+            uv_close((uv_handle_t *)&c->tcp, srv_reject_on_close);
+            continue;
+        }
+        srv_conn_start(c);
+    }
+    lt->nfds = 0;
+}
+
+/* Writes the output of the connections lt ran (lt's thread, lock let go). */
+void srv_lt_flush(struct lthread *lt)
+{
+    struct conn *c;
+
+    while ((c = lt->flushq) != NULL) {
+        lt->flushq = c->flush_next;
+        c->in_flushq = false;
+        srv_conn_flush(c);
+    }
+}
+
+/* Runs what other threads posted for c (c's thread, lock held). */
+static void conn_run_posted(struct conn *c)
+{
+    unsigned what = c->post;
+    struct wreq *w = c->post_w;
+    struct creq *q = c->post_q;
+    char *line = c->post_line;
+
+    c->post = 0;
+    c->post_w = c->post_w_tail = NULL;
+    c->post_q = NULL;
+    c->post_line = NULL;
+    if (line) {
+        if (!c->closing && reply(&c->out, line) < 0)
+            c->close_after_flush = true;
+        free(line);
+    }
+    if (what & POST_LOCK_TIMEOUT)
+        srv_lock_wait_expired(c);
+    /* These may free c (the last of them); they go on with c's requests. */
+    if (w) {
+        while (w) {
+            struct wreq *next = w->post_next;
+            srv_wreq_finish(c, w, w->post_status);
+            w = next;
+        }
+    } else if (q)
+        srv_deliver_outcome(q);
+    else if ((what & POST_RUN) || line)
+        srv_conn_process(c);
+}
+
+static void lt_run_inbox(struct lthread *lt)
+{
+    struct conn *c;
+
+    while ((c = lt->inbox_head) != NULL) {
+        lt->inbox_head = c->post_next;
+        if (lt->inbox_head == NULL)
+            lt->inbox_tail = NULL;
+        c->posted = false;
+        conn_run_posted(c);
+    }
+}
+
+/* The log writer finished a batch (its thread): wake the connection
+ * threads, the first of which runs the callbacks, so replies need not wait
+ * for the main loop to wake, run them and post them. */
+void srv_on_wal_batch(void *arg)
+{
+    struct server *srv = arg;
+
+    pthread_mutex_lock(&srv->wake_mu);
+    for (unsigned i = 1; i < srv->nlt; i++)
+        if (srv->lt[i].async_live)
+            uv_async_send(&srv->lt[i].async);
+    pthread_mutex_unlock(&srv->wake_mu);
+}
+
+static void lt_async_dead(struct lthread *lt)
+{
+    pthread_mutex_lock(&lt->srv->wake_mu);
+    lt->async_live = false;
+    pthread_mutex_unlock(&lt->srv->wake_mu);
+}
+
+/* Closes the sockets handed to lt that it has not adopted (it stops). */
+static void lt_drop_fds(struct lthread *lt)
+{
+    for (size_t i = 0; i < lt->nfds; i++) {
+        close(lt->fds[i]);
+        lt->srv->nconns--;
+    }
+    lt->nfds = 0;
+}
+
+/* A connection thread stops: close its connections and its wake-up
+ * handle, so its loop runs out (lock held). */
+static void lt_close(struct lthread *lt)
+{
+    struct server *srv = lt->srv;
+
+    for (struct conn *c = srv->conns; c; c = c->next)
+        if (c->lt == lt && !c->closing)
+            srv_conn_close(c, NULL);
+    lt_drop_fds(lt);
+    if (lt->async_open) {
+        lt->async_open = false;
+        lt_async_dead(lt);
+        uv_close((uv_handle_t *)&lt->async, NULL);
+        uv_close((uv_handle_t *)&lt->check, NULL);
+    }
+    if (lt->sweep_open) {
+        lt->sweep_open = false;
+        uv_close((uv_handle_t *)&lt->sweep, NULL);
+    }
+}
+
+static void lt_on_async(uv_async_t *h)
+{
+    struct lthread *lt = h->data;
+    struct server *srv = lt->srv;
+    bool main = lt == &srv->lt[0]; /* the main loop runs with the lock held */
+
+    if (!main)
+        srv_lock(srv);
+    if (!main && srv->wal)
+        wal_deliver(srv->wal); /* srv_on_wal_batch; runs nothing otherwise */
+    lt_adopt(lt);
+    lt_run_inbox(lt);
+    if (lt->stop)
+        lt_close(lt);
+    if (!main) {
+        srv_unlock(srv);
+        srv_lt_flush(lt);
+    }
+}
+
+static void *lt_main(void *arg)
+{
+    struct lthread *lt = arg;
+
+    uv_run(lt->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+int srv_lt_start(struct server *srv, char *err, size_t cap)
+{
+    struct lthread *main = &srv->lt[0];
+    int r;
+
+    main->thread = pthread_self();
+    if (!srv->mt)
+        return 0;
+    if ((r = uv_async_init(srv->loop, &main->async, lt_on_async)) < 0)
+        return util_errf(err, cap, r, "cannot create the main loop's wake-up: %s",
+                         uv_strerror(r));
+    main->async.data = main;
+    main->async_open = true;
+    for (unsigned i = 1; i < srv->nlt; i++) {
+        struct lthread *lt = &srv->lt[i];
+        if ((r = uv_loop_init(&lt->own)) < 0)
+            return util_errf(err, cap, r, "cannot create an event loop: %s",
+                             uv_strerror(r));
+        lt->loop = &lt->own;
+        lt->ready = calloc(LT_READY_MAX, sizeof(*lt->ready));
+        lt->ready_conn = calloc(LT_READY_MAX, sizeof(*lt->ready_conn));
+        if (lt->ready == NULL || lt->ready_conn == NULL) {
+            uv_loop_close(lt->loop);
+            lt->loop = NULL;
+            return util_errf(err, cap, -ENOMEM, "cannot create an event loop: %s",
+                             strerror(ENOMEM));
+        }
+        if ((r = uv_async_init(lt->loop, &lt->async, lt_on_async)) < 0) {
+            uv_loop_close(lt->loop);
+            lt->loop = NULL;
+            return util_errf(err, cap, r, "cannot create an event loop: %s",
+                             uv_strerror(r));
+        }
+        lt->async.data = lt;
+        lt->async_open = true;
+        pthread_mutex_lock(&srv->wake_mu);
+        lt->async_live = true;
+        pthread_mutex_unlock(&srv->wake_mu);
+        uv_check_init(lt->loop, &lt->check);
+        lt->check.data = lt;
+        uv_check_start(&lt->check, lt_on_check);
+        uv_unref((uv_handle_t *)&lt->check);
+        if (srv_sweep_wanted(srv)) {
+            /* Each thread checks its own connections' time limits: their
+             * output queues and handles are its alone. */
+            uv_timer_init(lt->loop, &lt->sweep);
+            lt->sweep.data = lt;
+            uv_timer_start(&lt->sweep, lt_on_sweep, LIMIT_CONN_SWEEP_MS,
+                           LIMIT_CONN_SWEEP_MS);
+            uv_unref((uv_handle_t *)&lt->sweep);
+            lt->sweep_open = true;
+        }
+        if ((r = pthread_create(&lt->thread, NULL, lt_main, lt)) != 0) {
+            lt_async_dead(lt);
+            uv_close((uv_handle_t *)&lt->async, NULL);
+            uv_close((uv_handle_t *)&lt->check, NULL);
+            if (lt->sweep_open)
+                uv_close((uv_handle_t *)&lt->sweep, NULL);
+            lt->sweep_open = false;
+            lt->async_open = false;
+            uv_run(lt->loop, UV_RUN_DEFAULT);
+            uv_loop_close(lt->loop);
+            lt->loop = NULL;
+            return util_errf(err, cap, -r, "cannot start a connection thread: %s",
+                             strerror(r));
+        }
+        lt->started = true;
+    }
+    return 0;
+}
+
+/* Stops the connection threads and waits for them (main thread, lock
+ * held: let go meanwhile). What they leave posted runs here. */
+void srv_lt_stop_all(struct server *srv)
+{
+    for (unsigned i = 1; i < srv->nlt; i++) {
+        struct lthread *lt = &srv->lt[i];
+        if (lt->started && lt->async_open) {
+            lt->stop = true;
+            uv_async_send(&lt->async);
+        }
+    }
+    pthread_mutex_unlock(&srv->mu);
+    for (unsigned i = 1; i < srv->nlt; i++) {
+        struct lthread *lt = &srv->lt[i];
+        if (lt->started) {
+            pthread_join(lt->thread, NULL);
+            lt->started = false;
+        }
+    }
+    pthread_mutex_lock(&srv->mu);
+    for (unsigned i = 1; i < srv->nlt; i++) {
+        struct lthread *lt = &srv->lt[i];
+        lt->exited = true;
+        if (lt->loop) {
+            int r = uv_loop_close(lt->loop);
+            if (r < 0)
+                log_warn(MOD, "connection thread %u: loop closed with handles open: %s",
+                         i, uv_strerror(r));
+            lt->loop = NULL;
+        }
+        lt_run_inbox(lt);
+        lt_drop_fds(lt);
+    }
+    lt_run_inbox(&srv->lt[0]);
+    if (srv->lt[0].async_open) {
+        srv->lt[0].async_open = false;
+        uv_close((uv_handle_t *)&srv->lt[0].async, NULL);
+    }
+}
+
+/* Checks the time limits of lt's connections (lt's thread, lock held). */
+void srv_lt_sweep(struct lthread *lt)
+{
+    uint64_t now = util_mono_ns() / 1000000u;
+
+    for (struct conn *c = lt->conns, *next; c; c = next) {
+        next = c->lt_next;
+        srv_conn_check_time(c, now);
+    }
+}
+
+/* A connection thread's sweep timer. */
+static void lt_on_sweep(uv_timer_t *t)
+{
+    struct lthread *lt = t->data;
+
+    srv_lock(lt->srv);
+    srv_lt_sweep(lt);
+    srv_unlock(lt->srv);
+}

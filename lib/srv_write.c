@@ -1,0 +1,408 @@
+/*
+ * srv_write.c - a write on a single replica: store_prepare() evaluates its
+ * condition against the committed state; a failed one is answered at once.
+ * Otherwise the write locks its keys, appends its record to the log, and
+ * commits and answers only once the log says the record is durable
+ * (wreq_done). flush_all drains the writes in flight first.
+ */
+
+#include "srv.h"
+
+const char *srv_write_reply(enum proto_cmd cmd, enum store_status st)
+{
+    switch (st) {
+    case STORE_OK:
+        switch (cmd) {
+        case PROTO_CMD_DELETE:
+            return "DELETED\r\n";
+        case PROTO_CMD_TOUCH:
+            return "TOUCHED\r\n";
+        case PROTO_CMD_FLUSH_ALL:
+            return "OK\r\n";
+        default:
+            return "STORED\r\n";
+        }
+    case STORE_NOT_STORED:
+        return "NOT_STORED\r\n";
+    case STORE_EXISTS:
+        return "EXISTS\r\n";
+    case STORE_NOT_FOUND:
+        return "NOT_FOUND\r\n";
+    case STORE_NON_NUMERIC:
+        return "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n";
+    case STORE_TOO_LARGE:
+        return "SERVER_ERROR object too large for cache\r\n";
+    case STORE_NO_MEMORY:
+        return "SERVER_ERROR out of memory storing object\r\n";
+    }
+    return "SERVER_ERROR internal error\r\n";
+}
+
+/* The reply to a write that is in (both write paths): the new number of
+ * an incr/decr, memcached's error for a refused oversized set (whose old
+ * value was dropped), or STORED/DELETED/TOUCHED/OK. */
+int srv_reply_write_done(struct outq *o, enum proto_cmd cmd, bool too_large,
+                         uint64_t number)
+{
+    if (too_large)
+        return reply(o, "SERVER_ERROR object too large for cache\r\n");
+    if (cmd == PROTO_CMD_INCR || cmd == PROTO_CMD_DECR) {
+        char num[24];
+        size_t n = util_fmt_u64(num, number);
+        memcpy(num + n, "\r\n", 2);
+        return outq_text(o, num, n + 2);
+    }
+    return reply(o, srv_write_reply(cmd, STORE_OK));
+}
+
+int srv_reply_log_failed(struct server *srv, struct outq *o)
+{
+    char line[160];
+    snprintf(line, sizeof(line),
+             "SERVER_ERROR write-ahead log failed (%s): writes are refused\r\n",
+             strerror(-wal_error(srv->wal)));
+    return reply(o, line);
+}
+
+/* A write whose own log record was in the batch that failed: whether it is
+ * on disk depends on whether the log could be cut back (wal_rolled_back). */
+static int reply_write_failed(struct server *srv, struct outq *o)
+{
+    char line[256];
+
+    if (wal_rolled_back(srv->wal))
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR write-ahead log failed (%s): the write was not done\r\n",
+                 strerror(-wal_error(srv->wal)));
+    else
+        snprintf(
+            line, sizeof(line),
+            "SERVER_ERROR write-ahead log failed (%s): the write may or may not be on "
+            "disk (known once serve restarts; do not assume either)\r\n",
+            strerror(-wal_error(srv->wal)));
+    return reply(o, line);
+}
+
+/* The store operation a single-key write request (or flush_all) asks for. */
+void srv_op_of_request(const struct server *srv, const struct proto_req *req,
+                       struct store_op *op)
+{
+    memset(op, 0, sizeof(*op));
+    op->type = srv_op_type_of(req->cmd);
+    op->key = req->key;
+    op->nkey = req->nkey;
+    op->value = req->data;
+    op->nvalue = req->ndata;
+    op->flags = req->flags;
+    op->cas = req->cas;
+    op->delta = req->delta;
+    op->exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
+    if (req->cmd == PROTO_CMD_FLUSH_ALL)
+        op->flush_at_ms =
+            req->delay > 0 ? proto_exptime_abs_ms(req->delay, srv->now_ms) : 0;
+}
+
+/* Encodes the WRITE record for w's changes into srv->scratch. */
+static int encode_write(struct server *srv, struct wreq *w)
+{
+    struct wal_txn txn = {
+        .txid = w->cas, .epoch = 0, .coordinator = 0, .nops = (uint32_t)w->nch};
+    struct wal_op op;
+    size_t n = WAL_TXN_BYTES;
+    int r;
+
+    for (size_t i = 0; i < w->nch; i++) {
+        txn_change_to_op(&w->ch[i], &op);
+        n += wal_op_size(&op);
+    }
+    srv->scratch.len = 0;
+    if ((r = buf_reserve(&srv->scratch, n)) < 0)
+        return r;
+    wal_txn_encode(srv->scratch.data, &txn);
+    srv->scratch.len = WAL_TXN_BYTES;
+    for (size_t i = 0; i < w->nch; i++) {
+        txn_change_to_op(&w->ch[i], &op);
+        srv->scratch.len += wal_op_encode(srv->scratch.data + srv->scratch.len, &op);
+    }
+    return 0;
+}
+
+static void wreq_free(struct wreq *w)
+{
+    if (w->ch != &w->one)
+        free(w->ch);
+    freelist_put(&w->srv->wreqs, w);
+}
+
+static void wreq_unlock(struct wreq *w)
+{
+    struct server *srv = w->srv;
+
+    if (!w->locked)
+        return;
+    for (size_t i = 0; i < w->nch; i++)
+        if (w->ch[i].type != STORE_FLUSH)
+            store_unlock_change(srv->store, &w->ch[i], w);
+    w->locked = false;
+}
+
+/* c's side of a finished write, on c's thread: the reply, then the next
+ * requests. Frees w, and c if it closed meanwhile. */
+void srv_wreq_finish(struct conn *c, struct wreq *w, int status)
+{
+    struct server *srv = c->srv;
+
+    assert(c->npending > 0);
+    c->npending--;
+    if (c->handle_closed || c->closing) {
+        wreq_free(w);
+        if (c->handle_closed && c->npending == 0 && c->cpending == NULL)
+            srv_conn_free(c);
+        return;
+    }
+    if (status < 0) {
+        if (!w->noreply && reply_write_failed(srv, &c->out) < 0)
+            c->close_after_flush = true;
+    } else if (w->cmd == PROTO_CMD_GAT || w->cmd == PROTO_CMD_GATS) {
+        /* The touches are in: now read, and answer the request. The
+         * request line is still at the front of the buffer. */
+        if (srv_consume_front(srv, c, true) < 0)
+            c->close_after_flush = true;
+    } else if (!w->noreply) {
+        if (srv_reply_write_done(&c->out, w->cmd, w->too_large, w->ch[0].number) < 0)
+            c->close_after_flush = true;
+    }
+    wreq_free(w);
+    srv_conn_process(c);
+}
+
+/* The log record of w is durable (status 0) or never will be: finish it. */
+static void wreq_done(void *arg, uint64_t lsn, int status)
+{
+    struct wreq *w = arg;
+    struct server *srv = w->srv;
+    struct conn *c = w->c;
+
+    srv_refresh_now(srv);
+    if (status == 0) {
+        for (size_t i = 0; i < w->nch; i++)
+            store_commit(srv->store, &w->ch[i]);
+        srv->applied_lsn = lsn;
+    } else {
+        for (size_t i = 0; i < w->nch; i++)
+            store_abort(srv->store, &w->ch[i]);
+        srv->st.writes_failed++;
+    }
+    wreq_unlock(w);
+    srv->npending--;
+    if (srv->flush_wreq == w)
+        srv->flush_wreq = NULL;
+
+    struct waitlist waiters = {0};
+    srv_waitlist_move(&waiters, &w->waiters);
+    if (c == NULL) {
+        wreq_free(w);
+    } else if (srv_conn_local(c)) {
+        srv_wreq_finish(c, w, status);
+    } else {
+        w->post_status = status;
+        w->post_next = NULL;
+        if (c->post_w_tail)
+            c->post_w_tail->post_next = w;
+        else
+            c->post_w = w;
+        c->post_w_tail = w;
+        srv_conn_post(c, 0);
+    }
+    srv_waitlist_wake(&waiters);
+    if (srv->npending == 0)
+        srv_waitlist_wake(&srv->barrier);
+    srv_snapshot_maybe(srv);
+}
+
+/*
+ * Blocks c until whatever holds one of the keys of the request finishes.
+ * Returns true if c must wait.
+ */
+static bool must_wait(struct server *srv, struct conn *c, const struct proto_req *req)
+{
+    struct wreq *holder = NULL;
+
+    if (srv->flush_wreq) {
+        holder = srv->flush_wreq;
+    } else if (srv->barrier.head ||
+               (req->cmd == PROTO_CMD_FLUSH_ALL && srv->npending > 0)) {
+        /* A flush waits for the writes in flight to drain, and writes that
+         * come after it queue behind it (so it is not starved). */
+        srv->st.writes_waited++;
+        srv_waitlist_push(&srv->barrier, c);
+        return true;
+    } else if (req->cmd == PROTO_CMD_FLUSH_ALL) {
+        return false; /* no write in flight: it may go */
+    } else if (req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS) {
+        size_t pos = 0, nk;
+        const char *k;
+        while (holder == NULL && proto_next_key(req, &pos, &k, &nk))
+            holder = store_lock_holder(srv->store, k, nk);
+    } else {
+        holder = store_lock_holder(srv->store, req->key, req->nkey);
+    }
+    if (holder == NULL)
+        return false;
+    srv->st.writes_waited++;
+    srv_waitlist_push(&holder->waiters, c);
+    return true;
+}
+
+/* Runs a write: prepare, and either answer at once (condition failed) or
+ * lock, log and wait for durability. */
+int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *req)
+{
+    struct outq *o = &c->out;
+    struct store_op op = {0};
+    struct wreq *w;
+    enum store_status st = STORE_OK;
+    int r;
+
+    if (wal_error(srv->wal)) {
+        if (c->npending > 0)
+            return AFTER_WAIT; /* our writes in the log are answered first */
+        srv->st.writes_failed++;
+        return req->noreply ? 0 : srv_reply_log_failed(srv, o);
+    }
+    if (must_wait(srv, c, req))
+        return AFTER_WAIT;
+
+    w = freelist_get(&srv->wreqs);
+    if (w == NULL)
+        return -ENOMEM;
+    w->srv = srv;
+    w->cmd = req->cmd;
+    w->noreply = req->noreply;
+    w->cas = srv->next_cas++;
+    w->ch = &w->one;
+
+    if (req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS) {
+        /* One touch per key present; keys absent are simply not found. */
+        size_t pos = 0, nk, n = 0;
+        const char *k;
+        if (req->nkeys > 1 && (w->ch = calloc(req->nkeys, sizeof(*w->ch))) == NULL) {
+            freelist_put(&srv->wreqs, w);
+            return -ENOMEM;
+        }
+        op.type = STORE_TOUCH;
+        op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
+        /* Lock as we go: a key already ours is a repeat in the list. */
+        w->locked = true;
+        while (proto_next_key(req, &pos, &k, &nk)) {
+            void *holder;
+            srv->st.cmd_touch++;
+            r = store_lock(srv->store, k, nk, w, &holder);
+            if (r == -EDEADLK)
+                continue;
+            if (r < 0) {
+                w->nch = n;
+                goto fail;
+            }
+            op.key = k;
+            op.nkey = nk;
+            if (store_prepare(srv->store, &op, w->cas, srv->now_ms, &w->ch[n]) == 0) {
+                n++;
+                srv->st.touch_hits++;
+            } else {
+                store_unlock(srv->store, k, nk, w);
+                srv->st.touch_misses++;
+            }
+        }
+        w->nch = n;
+        if (n == 0) {
+            wreq_free(w);
+            return srv_exec_retrieval(srv, c, req);
+        }
+    } else {
+        srv_op_of_request(srv, req, &op);
+        if (req->too_large) {
+            /* memcached drops the old value of a set refused for size, so a
+             * reader never takes it for the new one. */
+            srv->st.store_too_large++;
+            srv->st.cmd_set++;
+            w->too_large = true;
+            op.type = STORE_DELETE;
+            if (req->cmd != PROTO_CMD_SET ||
+                store_prepare(srv->store, &op, w->cas, srv->now_ms, &w->one) < 0) {
+                wreq_free(w);
+                return req->noreply
+                           ? 0
+                           : reply(o, "SERVER_ERROR object too large for cache\r\n");
+            }
+        } else {
+            store_prepare(srv->store, &op, w->cas, srv->now_ms, &w->one);
+            st = w->one.status;
+            if (st != STORE_OK && c->npending > 0) {
+                /* Answered now, it would overtake the replies to our writes
+                 * still in the log: evaluate it again once they are in
+                 * (srv_wreq_finish runs us again). */
+                store_abort(srv->store, &w->one);
+                wreq_free(w);
+                return AFTER_WAIT;
+            }
+            srv_count_write(srv, req->cmd, st);
+        }
+        w->nch = 1;
+        if (log_enabled(LOG_LEVEL_DEBUG)) {
+            char k[96];
+            log_debug(MOD, "conn %llu: %s %s (%zu bytes) -> %s",
+                      (unsigned long long)c->id, proto_cmd_name(req->cmd),
+                      log_escape(k, sizeof(k), req->key, req->nkey), req->ndata,
+                      st == STORE_OK ? "logging" : store_status_name(st));
+        }
+        if (st != STORE_OK) {
+            /* Nothing changes, so nothing to log: answer now. */
+            wreq_free(w);
+            return req->noreply ? 0 : reply(o, srv_write_reply(req->cmd, st));
+        }
+    }
+
+    /* Lock the keys (gat's are already), log the effect, wait for
+     * durability. */
+    if (!w->locked) {
+        w->locked = true; /* from here on, failure unlocks what we hold */
+        for (size_t i = 0; i < w->nch; i++) {
+            void *holder;
+            if (w->ch[i].type == STORE_FLUSH)
+                continue;
+            r = store_lock_change(srv->store, &w->ch[i], w, &holder);
+            assert(r == 0 || r == -ENOMEM); /* must_wait saw every key free */
+            if (r < 0)
+                goto fail;
+        }
+    }
+    if ((r = encode_write(srv, w)) < 0)
+        goto fail;
+    srv_tl_wal_staged = true;
+    int64_t lsn = wal_append(srv->wal, WAL_REC_WRITE, srv->scratch.data, srv->scratch.len,
+                             wreq_done, w);
+    if (lsn < 0) {
+        r = (int)lsn;
+        goto fail;
+    }
+    srv->appended_bytes += WAL_RECORD_HEADER_BYTES + srv->scratch.len;
+    srv->st.writes_logged++;
+    srv->npending++;
+    if (req->cmd == PROTO_CMD_FLUSH_ALL)
+        srv->flush_wreq = w;
+    w->c = c;
+    c->npending++;
+    return AFTER_PENDING;
+fail:
+    for (size_t i = 0; i < w->nch; i++)
+        store_abort(srv->store, &w->ch[i]);
+    wreq_unlock(w);
+    wreq_free(w);
+    if (r == -ENOMEM)
+        return r;
+    if (c->npending > 0)
+        return AFTER_WAIT; /* answered after our writes in the log */
+    srv->st.writes_failed++;
+    return req->noreply ? 0 : srv_reply_log_failed(srv, o);
+}
