@@ -198,13 +198,13 @@ static bool looks_like_retrieval(const char *buf, size_t len)
     return false;
 }
 
-/* NULL if key[0..n) is a valid key, else the error line saying why. */
+/* NULL if key[0..n) is a valid key, else what is wrong with it (for the
+ * log: the reply is memcached's E_FORMAT). */
 static const char *key_error(const char *key, size_t n)
 {
     if (proto_key_valid(key, n))
         return NULL;
-    return n > LIMIT_KEY_BYTES_MAX ? E_FORMAT ": key longer than 250 bytes"
-                                   : E_FORMAT ": key has control characters";
+    return n > LIMIT_KEY_BYTES_MAX ? "key longer than 250 bytes" : "key has control characters";
 }
 
 static enum proto_status fail(struct proto_req *req, const char *msg, size_t consume,
@@ -213,6 +213,14 @@ static enum proto_status fail(struct proto_req *req, const char *msg, size_t con
     req->error = msg;
     *consumed = consume;
     return PROTO_ERROR;
+}
+
+/* A bad key: memcached's reply, the detail for the log. */
+static enum proto_status fail_key(struct proto_req *req, const char *why, size_t consume,
+                                  size_t *consumed)
+{
+    req->detail = why;
+    return fail(req, E_FORMAT, consume, consumed);
 }
 
 static enum proto_status close_conn(struct proto_req *req, const char *why)
@@ -235,21 +243,28 @@ static enum proto_status parse_storage(const char *buf, size_t len, size_t line_
     uint64_t nbytes;
 
     req->noreply = ntok > 0 && tok_is(&tok[ntok - 1], "noreply");
+    if (ntok < 5)
+        return fail(req, "ERROR", line_len, consumed);
     /* <bytes> decides whether the stream can stay in sync. */
-    if (ntok < 5 || util_parse_u64(tok[4].p, tok[4].n, &nbytes) < 0 ||
-        nbytes > DATA_BYTES_VALID_MAX)
+    if (util_parse_u64(tok[4].p, tok[4].n, &nbytes) < 0 || nbytes > DATA_BYTES_VALID_MAX)
         return fail(req, E_FORMAT, line_len, consumed);
 
     size_t total = line_len + (size_t)nbytes + 2;
-    /* The line is bad but its data block is delimited: swallow it. */
-    if (!(ntok == base || (ntok == base + 1 && req->noreply)) ||
-        util_parse_u32(tok[2].p, tok[2].n, &req->flags) < 0 ||
+    /* The line is bad but its data block is delimited: swallow it (where
+     * memcached would run the block's bytes as commands). A wrong number of
+     * arguments is memcached's "ERROR", a bad one its E_FORMAT. */
+    if (!(ntok == base || (ntok == base + 1 && req->noreply))) {
+        req->detail = "wrong number of arguments";
+        req->noreply = false; /* memcached answers, noreply or not */
+        return fail(req, "ERROR", total, consumed);
+    }
+    if (util_parse_u32(tok[2].p, tok[2].n, &req->flags) < 0 ||
         util_parse_i64(tok[3].p, tok[3].n, &req->exptime) < 0 ||
         (is_cas && util_parse_u64(tok[5].p, tok[5].n, &req->cas) < 0))
         return fail(req, E_FORMAT, total, consumed);
     const char *why = key_error(tok[1].p, tok[1].n);
     if (why != NULL)
-        return fail(req, why, total, consumed);
+        return fail_key(req, why, total, consumed);
 
     req->key = tok[1].p;
     req->nkey = tok[1].n;
@@ -278,7 +293,9 @@ static enum proto_status parse_retrieval(const char *line, size_t n, size_t line
     size_t ntok = tokenize(line, n, first, 2);
     size_t nkeys_start = req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS ? 2 : 1;
 
-    if (ntok <= nkeys_start)
+    /* "get" needs a key; "gat" an exptime ("gat <exptime>" without a key
+     * is answered END, like memcached). */
+    if (ntok < 2)
         return fail(req, "ERROR", line_len, consumed);
     if (nkeys_start == 2 && util_parse_i64(first[1].p, first[1].n, &req->exptime) < 0)
         return fail(req, E_EXPTIME, line_len, consumed);
@@ -294,7 +311,7 @@ static enum proto_status parse_retrieval(const char *line, size_t n, size_t line
     while (proto_next_key(req, &pos, &k, &nk)) {
         const char *why = key_error(k, nk);
         if (why != NULL)
-            return fail(req, why, line_len, consumed);
+            return fail_key(req, why, line_len, consumed);
         if (++count > lim->get_keys_max)
             return fail(req, "CLIENT_ERROR too many keys in one request", line_len, consumed);
     }
@@ -339,7 +356,7 @@ static enum proto_status parse_other(const struct token *tok, size_t ntok, size_
         if (args > 2 || (args == 2 && !tok_is(&tok[2], "0")))
             return fail(req, E_FORMAT ".  Usage: delete <key> [noreply]", line_len, consumed);
         if ((why = key_error(tok[1].p, tok[1].n)) != NULL)
-            return fail(req, why, line_len, consumed);
+            return fail_key(req, why, line_len, consumed);
         break;
     case PROTO_CMD_INCR:
     case PROTO_CMD_DECR:
@@ -347,7 +364,7 @@ static enum proto_status parse_other(const struct token *tok, size_t ntok, size_
         if (args != 2)
             return fail(req, ntok < 3 ? "ERROR" : E_FORMAT, line_len, consumed);
         if ((why = key_error(tok[1].p, tok[1].n)) != NULL)
-            return fail(req, why, line_len, consumed);
+            return fail_key(req, why, line_len, consumed);
         if (util_parse_u64(tok[2].p, tok[2].n, &req->delta) < 0)
             return fail(req, E_DELTA, line_len, consumed);
         break;
@@ -356,7 +373,7 @@ static enum proto_status parse_other(const struct token *tok, size_t ntok, size_
         if (args != 2)
             return fail(req, ntok < 3 ? "ERROR" : E_FORMAT, line_len, consumed);
         if ((why = key_error(tok[1].p, tok[1].n)) != NULL)
-            return fail(req, why, line_len, consumed);
+            return fail_key(req, why, line_len, consumed);
         if (util_parse_i64(tok[2].p, tok[2].n, &req->exptime) < 0)
             return fail(req, E_EXPTIME, line_len, consumed);
         break;

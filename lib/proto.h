@@ -88,6 +88,9 @@ struct proto_req {
     /* PROTO_ERROR / PROTO_CLOSE: the reply line without \r\n, or for a
      * close the reason to log. Static storage. */
     const char *error;
+    /* PROTO_ERROR: what exactly was wrong, for the log (the reply stays
+     * memcached's, word for word), or NULL. Static storage. */
+    const char *detail;
     /* PROTO_NEED_MORE: total bytes the request needs when known, else 0
      * (the line is not complete yet). */
     size_t need;

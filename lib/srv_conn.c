@@ -478,8 +478,9 @@ void srv_conn_process_parsed(struct conn *c, struct parsed *pre)
                 char line[96];
                 const char *nl = memchr(c->rbuf + pos, '\n', c->rlen - pos);
                 size_t ll = nl ? (size_t)(nl - (c->rbuf + pos)) : c->rlen - pos;
-                log_debug(MOD, "conn %llu: %s <- %s", (unsigned long long)c->id,
-                          req.error, log_escape(line, sizeof(line), c->rbuf + pos, ll));
+                log_debug(MOD, "conn %llu: %s%s%s <- %s", (unsigned long long)c->id,
+                          req.error, req.detail ? ": " : "", req.detail ? req.detail : "",
+                          log_escape(line, sizeof(line), c->rbuf + pos, ll));
             }
         } else {
             /* A request that waits stays unconsumed, and so does a gat whose

@@ -158,6 +158,8 @@ int srv_execute(struct server *srv, struct conn *c, const struct proto_req *req)
     struct outq *o = &c->out;
     int r = 0;
 
+    if ((req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS) && req->nkeys == 0)
+        return reply(o, "END\r\n"); /* "gat <exptime>" and no key: memcached's answer */
     if (proto_cmd_is_write(req->cmd) || req->too_large || req->cmd == PROTO_CMD_GAT ||
         req->cmd == PROTO_CMD_GATS)
         return srv->cluster ? srv_exec_write_cluster(srv, c, req)

@@ -131,7 +131,7 @@ int srv_exec_stats(struct server *srv, struct outq *o, const struct proto_req *r
             if (req->narg == strlen(empty[i]) &&
                 memcmp(req->arg, empty[i], req->narg) == 0)
                 return reply(o, "END\r\n");
-        return reply(o, "CLIENT_ERROR unknown stats argument\r\n");
+        return reply(o, "ERROR\r\n"); /* memcached's answer to an unknown group */
     }
 
     store_get_stats(srv->store, &ss);
