@@ -350,6 +350,11 @@ basic_ops() {
     else
         not_ok "$name: stats fields: $(head -c 300 "$tmp/stats")"
     fi
+    cl "$mode" -p "$port" stats settings >"$tmp/settings" 2>&1 || true
+    local th nth
+    th=$(sed -n 's/^threads //p' "$tmp/stats")
+    nth=$(sed -n 's/^num_threads //p' "$tmp/settings")
+    check "$name: stats settings num_threads ($nth) = stats threads ($th)" [ -n "$th" -a "$nth" = "$th" ]
 }
 
 clie_exit_codes() {
