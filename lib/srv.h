@@ -559,7 +559,6 @@ const char *srv_replica_addr(const struct server *srv, uint32_t id, char *buf,
 void srv_deliver_outcome(struct creq *q);
 void srv_after_tpc(struct server *srv);
 void srv_env_send(void *ctx, const struct tpc_msg *m);
-int srv_encode_txn_record(struct buf *b, const struct tpc_txn *t);
 int64_t srv_env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *t);
 int srv_env_prepare(void *ctx, const struct tpc_txn *t, void **handle);
 void srv_env_commit(void *ctx, const struct tpc_txn *t, void *handle);

@@ -292,27 +292,6 @@ static void on_tpc_durable(void *arg, uint64_t lsn, int status)
     srv_snapshot_maybe(srv);
 }
 
-/* Encodes a 2PC log record's payload (txn head, then PREPARE's ops). */
-int srv_encode_txn_record(struct buf *b, const struct tpc_txn *t)
-{
-    struct wal_txn head = {.txid = t->txid,
-                           .epoch = t->epoch,
-                           .coordinator = t->coord,
-                           .nops = t->ops ? t->nops : 0};
-    int r;
-
-    b->len = 0;
-    if ((r = buf_reserve(b, WAL_TXN_BYTES + (t->ops ? t->nbytes : 0))) < 0)
-        return r;
-    wal_txn_encode(b->data, &head);
-    b->len = WAL_TXN_BYTES;
-    if (t->ops) {
-        memcpy(b->data + b->len, t->ops, t->nbytes);
-        b->len += t->nbytes;
-    }
-    return 0;
-}
-
 int64_t srv_env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *t)
 {
     struct server *srv = ctx;
@@ -323,7 +302,7 @@ int64_t srv_env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *t)
     if ((r = srv_ceiling_cover(srv, t->txid)) < 0)
         return r;
     fence_logged(&srv->fence, t->txid);
-    if ((r = srv_encode_txn_record(&srv->scratch, t)) < 0)
+    if ((r = txn_encode_record(&srv->scratch, t)) < 0)
         return r;
     srv_tl_wal_staged = true;
     int64_t lsn = wal_append(srv->wal, (uint8_t)type, srv->scratch.data, srv->scratch.len,

@@ -11,7 +11,7 @@ static int snap_open_txn(void *arg, const struct tpc_txn *t, bool prepared)
 {
     struct snap_writer *sw = arg;
     struct buf b = {0};
-    int r = srv_encode_txn_record(&b, t);
+    int r = txn_encode_record(&b, t);
 
     if (r == 0)
         r = snap_write_record(sw, prepared ? WAL_REC_PREPARE : WAL_REC_COMMIT, b.data,

@@ -379,3 +379,24 @@ int txn_resume(struct tpc *t, const struct recover_ledger *l, uint64_t now_us,
     tpc_recovered(t, now_us);
     return 0;
 }
+
+/* Encodes a 2PC log record's payload (txn head, then PREPARE's ops). */
+int txn_encode_record(struct buf *b, const struct tpc_txn *t)
+{
+    struct wal_txn head = {.txid = t->txid,
+                           .epoch = t->epoch,
+                           .coordinator = t->coord,
+                           .nops = t->ops ? t->nops : 0};
+    int r;
+
+    b->len = 0;
+    if ((r = buf_reserve(b, WAL_TXN_BYTES + (t->ops ? t->nbytes : 0))) < 0)
+        return r;
+    wal_txn_encode(b->data, &head);
+    b->len = WAL_TXN_BYTES;
+    if (t->ops) {
+        memcpy(b->data + b->len, t->ops, t->nbytes);
+        b->len += t->nbytes;
+    }
+    return 0;
+}

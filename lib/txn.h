@@ -35,6 +35,10 @@ uint64_t txn_version(struct store *s, const char *key, size_t nkey);
  * store (status STORE_OK): a CHECK of expected (skipped for a flush) and
  * the effect. Adds the number of operations to *nops. Returns 0 or -ENOMEM.
  */
+/* Sets b to a 2PC log record's payload: the transaction's head (wal.h),
+ * then, for a PREPARE, its ops. Returns 0 or -ENOMEM. */
+int txn_encode_record(struct buf *b, const struct tpc_txn *t);
+
 int txn_encode_change(struct buf *b, const struct store_change *ch, uint64_t expected,
                       uint32_t *nops);
 
