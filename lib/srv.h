@@ -503,6 +503,16 @@ void srv_lock_wait_timeouts(struct server *srv);
 void srv_wait_for(struct conn *c, struct waitlist *wl);
 
 /* ---- srv_write.c ---- */
+/* What srv_prepare_write found. */
+enum prep {
+    PREP_CHANGES,   /* changes to make, each prepared (STORE_OK) */
+    PREP_FAILED,    /* a failed condition: answer it; nothing changes */
+    PREP_READ,      /* a gat none of whose keys is present: run it as a read */
+    PREP_TOO_LARGE, /* refused for size, nothing to delete: answer the error */
+};
+int srv_prepare_write(struct server *srv, const struct proto_req *req, uint64_t version,
+                      void *owner, struct store_change *ch, size_t *nch,
+                      enum store_status *st);
 
 const char *srv_write_reply(enum proto_cmd cmd, enum store_status st);
 int srv_reply_write_done(struct outq *o, enum proto_cmd cmd, bool too_large,

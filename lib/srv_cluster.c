@@ -411,13 +411,11 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
                            const struct proto_req *req)
 {
     struct outq *o = &c->out;
-    struct store_op op = {0};
-    struct store_change ch;
     struct txn_prep *holder = NULL;
     struct creq *q;
     uint32_t nops = 0, culprit;
     uint64_t txid;
-    int r;
+    int r, r2;
 
     if (wal_error(srv->wal)) {
         srv->st.writes_failed++;
@@ -483,90 +481,64 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
     txid = tpc_next_txid(srv->tpc, util_now_unix_us());
     srv->ops.len = 0;
 
-    if (req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS) {
-        size_t pos = 0, nk;
-        const char *k;
-        op.type = STORE_TOUCH;
-        op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
-        r = 0;
-        while (r == 0 && proto_next_key(req, &pos, &k, &nk)) {
-            void *h;
-            srv->st.cmd_touch++;
-            /* A key held for this request already is a repeat in the list:
-             * touched once (the locks go before the transaction begins, in
-             * this same hold of the server lock). */
-            if ((r = store_lock(srv->store, k, nk, q, &h)) == -EDEADLK) {
-                r = 0;
-                continue;
-            }
-            if (r < 0)
-                break;
-            op.key = k;
-            op.nkey = nk;
-            if (store_prepare(srv->store, &op, txid, srv->now_ms, &ch) == 0) {
-                srv->st.touch_hits++;
-                r = encode_and_drop(srv, &ch, &nops);
-            } else {
-                srv->st.touch_misses++;
-            }
-        }
-        for (pos = 0; proto_next_key(req, &pos, &k, &nk);)
-            store_unlock(srv->store, k, nk, q);
-        if (r < 0)
-            goto fail;
-        if (srv->ops.len + PEER_FRAME_HEADER_BYTES + PEER_MSG_FIXED_BYTES >
-            srv->cfg.value_bytes_max + LIMIT_PEER_FRAME_OVERHEAD_BYTES) {
-            /* The replicas could not take the PREPARE in one frame. */
-            char line[200];
-            free(q);
-            c->wait_since_ms = 0;
-            srv->st.writes_failed++;
-            snprintf(
-                line, sizeof(line),
-                "SERVER_ERROR too many keys for one gat in a cluster: their touches take "
-                "%zu bytes, more than --max-value plus %d\r\n",
-                srv->ops.len, LIMIT_PEER_FRAME_OVERHEAD_BYTES);
-            return req->noreply ? 0 : reply(o, line);
-        }
-        if (nops == 0) {
-            free(q);
-            c->wait_since_ms = 0;
-            return srv_exec_retrieval(srv, c, req);
-        }
-    } else {
-        enum store_status st;
-        srv_op_of_request(srv, req, &op);
-        if (req->too_large) {
-            /* As on one replica: a set refused for size drops the old value.
-             * Its data block is being swallowed, so it cannot be kept for a
-             * retry. */
-            srv->st.store_too_large++;
-            srv->st.cmd_set++;
-            q->too_large = true;
-            q->kept = false;
-            op.type = STORE_DELETE;
-            if (req->cmd != PROTO_CMD_SET ||
-                store_prepare(srv->store, &op, txid, srv->now_ms, &ch) < 0) {
-                free(q);
-                return req->noreply
-                           ? 0
-                           : reply(o, "SERVER_ERROR object too large for cache\r\n");
-            }
-            st = STORE_OK;
-        } else {
-            store_prepare(srv->store, &op, txid, srv->now_ms, &ch);
-            st = ch.status;
-            if (c->attempts == 0)
-                srv_count_write(srv, req->cmd, st);
-        }
-        if (st != STORE_OK) {
-            free(q);
-            c->wait_since_ms = 0;
-            return req->noreply ? 0 : reply(o, srv_write_reply(req->cmd, st));
-        }
-        q->number = ch.number;
-        if ((r = encode_and_drop(srv, &ch, &nops)) < 0)
-            goto fail;
+    /* Evaluated here, then encoded as operations and dropped: every
+     * replica prepares it again. A gat's keys are locked (by q) only while
+     * its touches are evaluated, in this same hold of the server lock. */
+    struct store_change one, *ch = &one;
+    enum store_status st;
+    size_t nch = 0;
+    if (req->nkeys > 1 && (ch = calloc(req->nkeys, sizeof(*ch))) == NULL) {
+        free(q);
+        return -ENOMEM;
+    }
+    q->too_large = req->too_large;
+    q->kept = !req->too_large; /* its data block is being swallowed: no retry */
+    r = srv_prepare_write(srv, req, txid, q, ch, &nch, &st);
+    /* Counted once, however many times it is evaluated (gat's touches
+     * and refusals for size are counted by srv_prepare_write). */
+    if ((r == PREP_FAILED || r == PREP_CHANGES) && !req->too_large &&
+        req->cmd != PROTO_CMD_GAT && req->cmd != PROTO_CMD_GATS && c->attempts == 0)
+        srv_count_write(srv, req->cmd, st);
+    q->number = nch > 0 ? ch[0].number : 0;
+    for (size_t i = 0; i < nch; i++) {
+        if (r >= 0 && (r2 = encode_and_drop(srv, &ch[i], &nops)) < 0)
+            r = r2;
+        else if (r < 0)
+            store_abort(srv->store, &ch[i]);
+        if (req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS)
+            store_unlock_change(srv->store, &ch[i], q);
+    }
+    if (ch != &one)
+        free(ch);
+    if (r < 0)
+        goto fail;
+    if (r == PREP_TOO_LARGE) {
+        free(q);
+        return req->noreply ? 0 : reply(o, "SERVER_ERROR object too large for cache\r\n");
+    }
+    if (r == PREP_FAILED) {
+        free(q);
+        c->wait_since_ms = 0;
+        return req->noreply ? 0 : reply(o, srv_write_reply(req->cmd, st));
+    }
+    if (r == PREP_READ) {
+        free(q);
+        c->wait_since_ms = 0;
+        return srv_exec_retrieval(srv, c, req);
+    }
+    if (srv->ops.len + PEER_FRAME_HEADER_BYTES + PEER_MSG_FIXED_BYTES >
+        srv->cfg.value_bytes_max + LIMIT_PEER_FRAME_OVERHEAD_BYTES) {
+        /* The replicas could not take the PREPARE in one frame (a gat of
+         * many keys). */
+        char line[200];
+        free(q);
+        c->wait_since_ms = 0;
+        srv->st.writes_failed++;
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR too many keys for one gat in a cluster: their touches take "
+                 "%zu bytes, more than --max-value plus %d\r\n",
+                 srv->ops.len, LIMIT_PEER_FRAME_OVERHEAD_BYTES);
+        return req->noreply ? 0 : reply(o, line);
     }
 
     r = tpc_begin(srv->tpc, txid, nops, srv->ops.data, (uint32_t)srv->ops.len, q,

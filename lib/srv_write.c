@@ -254,12 +254,81 @@ static bool must_wait(struct server *srv, struct conn *c, const struct proto_req
     return true;
 }
 
+/*
+ * Evaluates write request req on the local store, version its new CAS, for
+ * both write paths (this one and srv_cluster.c). ch has room for
+ * req->nkeys changes (gat, gats) or one.
+ *   - gat: one touch per key present, each key locked by owner as it goes
+ *     (a key listed twice is touched once; an absent one is unlocked
+ *     again): on PREP_CHANGES, the keys of ch[0..*nch) are owner's.
+ *   - a set refused for size: the delete of its old value (memcached drops
+ *     it, so a reader never takes it for the new one); another command
+ *     refused for size changes nothing: PREP_TOO_LARGE.
+ *   - anything else: store_prepare(); a failed condition is PREP_FAILED
+ *     with *st saying which (nothing to undo).
+ * Counts touches and refusals for size; the caller counts the rest (it may
+ * evaluate a request again). Returns an enum prep or -ENOMEM (the keys
+ * locked so far, those of ch[0..*nch), still owner's).
+ */
+int srv_prepare_write(struct server *srv, const struct proto_req *req, uint64_t version,
+                      void *owner, struct store_change *ch, size_t *nch,
+                      enum store_status *st)
+{
+    struct store_op op;
+
+    *nch = 0;
+    *st = STORE_OK;
+    if (req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS) {
+        size_t pos = 0, nk;
+        const char *k;
+        memset(&op, 0, sizeof(op));
+        op.type = STORE_TOUCH;
+        op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
+        while (proto_next_key(req, &pos, &k, &nk)) {
+            void *holder;
+            int r;
+            srv->st.cmd_touch++;
+            r = store_lock(srv->store, k, nk, owner, &holder);
+            if (r == -EDEADLK)
+                continue; /* ours already: a repeat in the list */
+            if (r < 0)
+                return r;
+            op.key = k;
+            op.nkey = nk;
+            if (store_prepare(srv->store, &op, version, srv->now_ms, &ch[*nch]) == 0) {
+                (*nch)++;
+                srv->st.touch_hits++;
+            } else {
+                store_unlock(srv->store, k, nk, owner);
+                srv->st.touch_misses++;
+            }
+        }
+        return *nch > 0 ? PREP_CHANGES : PREP_READ;
+    }
+    srv_op_of_request(srv, req, &op);
+    if (req->too_large) {
+        srv->st.store_too_large++;
+        srv->st.cmd_set++;
+        op.type = STORE_DELETE;
+        if (req->cmd != PROTO_CMD_SET ||
+            store_prepare(srv->store, &op, version, srv->now_ms, &ch[0]) < 0)
+            return PREP_TOO_LARGE;
+        *nch = 1;
+        return PREP_CHANGES;
+    }
+    store_prepare(srv->store, &op, version, srv->now_ms, &ch[0]);
+    *st = ch[0].status;
+    if (*st != STORE_OK)
+        return PREP_FAILED;
+    *nch = 1;
+    return PREP_CHANGES;
+}
+
 /* Runs a write: prepare, and either answer at once (condition failed) or
  * lock, log and wait for durability. */
 int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *req)
 {
     struct outq *o = &c->out;
-    struct store_op op = {0};
     struct wreq *w;
     enum store_status st = STORE_OK;
     int r;
@@ -281,86 +350,42 @@ int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *r
     w->noreply = req->noreply;
     w->cas = srv->next_cas++;
     w->ch = &w->one;
-
-    if (req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS) {
-        /* One touch per key present; keys absent are simply not found. */
-        size_t pos = 0, nk, n = 0;
-        const char *k;
-        if (req->nkeys > 1 && (w->ch = calloc(req->nkeys, sizeof(*w->ch))) == NULL) {
-            freelist_put(&srv->wreqs, w);
-            return -ENOMEM;
-        }
-        op.type = STORE_TOUCH;
-        op.exptime_ms = proto_exptime_abs_ms(req->exptime, srv->now_ms);
-        /* Lock as we go: a key already ours is a repeat in the list. */
-        w->locked = true;
-        while (proto_next_key(req, &pos, &k, &nk)) {
-            void *holder;
-            srv->st.cmd_touch++;
-            r = store_lock(srv->store, k, nk, w, &holder);
-            if (r == -EDEADLK)
-                continue;
-            if (r < 0) {
-                w->nch = n;
-                goto fail;
-            }
-            op.key = k;
-            op.nkey = nk;
-            if (store_prepare(srv->store, &op, w->cas, srv->now_ms, &w->ch[n]) == 0) {
-                n++;
-                srv->st.touch_hits++;
-            } else {
-                store_unlock(srv->store, k, nk, w);
-                srv->st.touch_misses++;
-            }
-        }
-        w->nch = n;
-        if (n == 0) {
-            wreq_free(w);
-            return srv_exec_retrieval(srv, c, req);
-        }
-    } else {
-        srv_op_of_request(srv, req, &op);
-        if (req->too_large) {
-            /* memcached drops the old value of a set refused for size, so a
-             * reader never takes it for the new one. */
-            srv->st.store_too_large++;
-            srv->st.cmd_set++;
-            w->too_large = true;
-            op.type = STORE_DELETE;
-            if (req->cmd != PROTO_CMD_SET ||
-                store_prepare(srv->store, &op, w->cas, srv->now_ms, &w->one) < 0) {
-                wreq_free(w);
-                return req->noreply
-                           ? 0
-                           : reply(o, "SERVER_ERROR object too large for cache\r\n");
-            }
-        } else {
-            store_prepare(srv->store, &op, w->cas, srv->now_ms, &w->one);
-            st = w->one.status;
-            if (st != STORE_OK && c->npending > 0) {
-                /* Answered now, it would overtake the replies to our writes
-                 * still in the log: evaluate it again once they are in
-                 * (srv_wreq_finish runs us again). */
-                store_abort(srv->store, &w->one);
-                wreq_free(w);
-                return AFTER_WAIT;
-            }
-            srv_count_write(srv, req->cmd, st);
-        }
-        w->nch = 1;
-        if (log_enabled(LOG_LEVEL_DEBUG)) {
-            char k[96];
-            log_debug(MOD, "conn %llu: %s %s (%zu bytes) -> %s",
-                      (unsigned long long)c->id, proto_cmd_name(req->cmd),
-                      log_escape(k, sizeof(k), req->key, req->nkey), req->ndata,
-                      st == STORE_OK ? "logging" : store_status_name(st));
-        }
-        if (st != STORE_OK) {
-            /* Nothing changes, so nothing to log: answer now. */
-            wreq_free(w);
-            return req->noreply ? 0 : reply(o, srv_write_reply(req->cmd, st));
-        }
+    w->too_large = req->too_large;
+    if (req->nkeys > 1 && (w->ch = calloc(req->nkeys, sizeof(*w->ch))) == NULL) {
+        freelist_put(&srv->wreqs, w);
+        return -ENOMEM;
+    }
+    w->locked = req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS;
+    r = srv_prepare_write(srv, req, w->cas, w, w->ch, &w->nch, &st);
+    if (r < 0)
+        goto fail;
+    if (r == PREP_READ) {
+        wreq_free(w);
+        return srv_exec_retrieval(srv, c, req);
+    }
+    if (r == PREP_TOO_LARGE) {
+        wreq_free(w);
+        return req->noreply ? 0 : reply(o, "SERVER_ERROR object too large for cache\r\n");
+    }
+    if (r == PREP_FAILED && c->npending > 0) {
+        /* Answered now, it would overtake the replies to our writes still
+         * in the log: evaluate it again once they are in (srv_wreq_finish
+         * runs us again). */
+        wreq_free(w);
+        return AFTER_WAIT;
+    }
+    if (!req->too_large && !w->locked)
+        srv_count_write(srv, req->cmd, st);
+    if (!w->locked && log_enabled(LOG_LEVEL_DEBUG)) {
+        char k[96];
+        log_debug(MOD, "conn %llu: %s %s (%zu bytes) -> %s", (unsigned long long)c->id,
+                  proto_cmd_name(req->cmd), log_escape(k, sizeof(k), req->key, req->nkey),
+                  req->ndata, st == STORE_OK ? "logging" : store_status_name(st));
+    }
+    if (r == PREP_FAILED) {
+        /* Nothing changes, so nothing to log: answer now. */
+        wreq_free(w);
+        return req->noreply ? 0 : reply(o, srv_write_reply(req->cmd, st));
     }
 
     /* Lock the keys (gat's are already), log the effect, wait for

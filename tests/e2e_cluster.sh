@@ -935,6 +935,20 @@ stats_check() {
     fi
     grep -q "link up" "$tmp/r1.log" && grep -q "link up" "$tmp/r2.log" && grep -q "link up" "$tmp/r3.log" &&
         ok "8: every replica's log says link up" || not_ok "8: a replica log lacks 'link up'"
+    # The counters of the replica a request came through: a touch, a gat of
+    # a key present and one absent, a failed add.
+    local before after d=()
+    cl -p "${CPORT[2]}" put st:k v >/dev/null 2>&1 || true
+    cl -p "${CPORT[2]}" stats >"$tmp/st.before" 2>&1 || true
+    cl -p "${CPORT[2]}" touch st:k 0 >/dev/null 2>&1 || true
+    raw "${CPORT[2]}" $'gat 0 st:k st:absent\n' >/dev/null 2>&1 || true
+    cl -p "${CPORT[2]}" add st:k x >/dev/null 2>&1 || true
+    cl -p "${CPORT[2]}" stats >"$tmp/st.after" 2>&1 || true
+    for s in cmd_touch touch_hits touch_misses cmd_set; do
+        d+=("$s+$(($(stat_of "$tmp/st.after" "$s") - $(stat_of "$tmp/st.before" "$s")))")
+    done
+    check "8: counters through replica 2: ${d[*]} (want cmd_touch+3 touch_hits+2 touch_misses+1 cmd_set+1)" \
+        [ "${d[*]}" = "cmd_touch+3 touch_hits+2 touch_misses+1 cmd_set+1" ]
 }
 
 # ---- 8b. a replica whose log may have lost records ---------------------------------------
