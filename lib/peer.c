@@ -37,15 +37,19 @@
  * peer, the receiver is us. Every field is range-checked on decode.
  *
  * HANDSHAKE (mutual challenge-response over the cluster secret; only HELLO
- * and AUTH are accepted until it completes, within LIMIT_PEER_HANDSHAKE_MS):
- *   acceptor -> dialer   HELLO{acceptor id, hash, nonce_a}
- *   dialer checks the epoch (frame header), the hash of the --replicas
- *   list, and that the id is the one it dialed, then:
+ * and AUTH are accepted until it completes, within LIMIT_PEER_HANDSHAKE_MS).
+ * The dialer speaks first, so an acceptor can tell a client that came to
+ * the wrong port (its first byte is a letter) and answer it in text:
  *   dialer -> acceptor   HELLO{dialer id, hash, nonce_d}
+ *   acceptor checks the dialer id is another configured replica, the epoch
+ *   (frame header) and the hash of the --replicas list (a mismatch: it
+ *   closes, and logs why), then:
+ *   acceptor -> dialer   HELLO{acceptor id, hash, nonce_a}
+ *   dialer checks the epoch, the hash, and that the id is the one it
+ *   dialed, then:
  *   dialer -> acceptor   AUTH{HMAC(secret, "tpckv-peer-v1 dialer" | nonce_a |
  *                                  nonce_d | u32 dialer id | u32 acceptor id)}
- *   acceptor checks the dialer id is another configured replica, the epoch,
- *   the hash, and the MAC (CRYPTO_memcmp), then:
+ *   acceptor checks the MAC (CRYPTO_memcmp), then:
  *   acceptor -> dialer   AUTH{HMAC(secret, "tpckv-peer-v1 acceptor" | nonce_d |
  *                                  nonce_a | u32 acceptor id | u32 dialer id)}
  *   dialer checks the MAC: its outbound link is up.
@@ -693,6 +697,9 @@ struct peer_net {
     unsigned pending;            /* handles and requests not yet given back */
     unsigned inbound_handshakes; /* inbound connections not yet up */
     enum cause last_anon;        /* the last cause logged for unnamed connections */
+    uint64_t anon_second;        /* their log lines: the current second (loop time), */
+    unsigned anon_logged;        /* lines in it, */
+    uint64_t anon_dropped;       /* and lines not logged since the last one */
     bool started, closing;
     int port;
     uint64_t rng;
@@ -806,10 +813,32 @@ static void note_failure(struct peer_net *net, struct peer_node *nd, const char 
     if (*last == cause)
         lvl = LOG_LEVEL_DEBUG;
     *last = cause;
-    if (nd != NULL)
+    if (nd != NULL) {
         log_at(lvl, MOD, "%s: %s", nd->name, msg);
-    else
-        log_at(lvl, MOD, "connection from %s: %s", remote, msg);
+        return;
+    }
+    /* Anyone can open connections: at most LIMIT_LOG_BURST_PER_S lines a
+     * second about them above debug, whatever their causes. */
+    uint64_t sec = uv_now(net->loop) / 1000;
+    if (sec != net->anon_second) {
+        net->anon_second = sec;
+        net->anon_logged = 0;
+    }
+    if (lvl < LOG_LEVEL_DEBUG && net->anon_logged >= LIMIT_LOG_BURST_PER_S) {
+        net->anon_dropped++;
+        lvl = LOG_LEVEL_DEBUG;
+    }
+    if (lvl < LOG_LEVEL_DEBUG) {
+        net->anon_logged++;
+        if (net->anon_dropped > 0) {
+            log_at(lvl, MOD, "connection from %s: %s (and %llu lines about other "
+                   "connections not logged before this)",
+                   remote, msg, (unsigned long long)net->anon_dropped);
+            net->anon_dropped = 0;
+            return;
+        }
+    }
+    log_at(lvl, MOD, "connection from %s: %s", remote, msg);
 }
 
 /* A connection failed for cause: note it (see note_failure) and close it. */
@@ -1197,6 +1226,17 @@ static void dialer_hello(struct peer_conn *c, const struct peer_frame *f)
         refuse_config(c);
         return;
     }
+    if (id == net->cfg.self &&
+        memcmp(f->body + 12, c->nonce_local, PEER_NONCE_BYTES) == 0) {
+        /* Our own HELLO: the kernel connected the socket to itself (the
+         * peer port lies in the range it picks local ports from). */
+        conn_fail(c, C_WRONG_ID, LOG_LEVEL_WARN,
+                  "the connection reached itself: replica %u's port %d is in the "
+                  "kernel's ephemeral range (net.ipv4.ip_local_port_range); choose peer "
+                  "ports outside it",
+                  nd->addr.id, nd->addr.port);
+        return;
+    }
     if (id != nd->addr.id) {
         nd->st.auth_failures++;
         conn_fail(
@@ -1457,11 +1497,19 @@ static void read_ended(struct peer_conn *c, ssize_t nread)
         conn_close(c, why, false);
         return;
     }
-    if (c->outbound && c->phase == PH_AUTH) {
-        /* It read our HELLO and AUTH and hung up: it refused them. */
+    if (c->outbound && c->phase == PH_AUTH && nread == UV_EOF) {
+        /* It read our AUTH and hung up: its MAC check failed. */
         conn_fail(c, C_CLOSED, LOG_LEVEL_WARN,
-                  "it closed the connection during the handshake: it refused our epoch, "
-                  "--replicas list or secret (see its log)");
+                  "it refused our AUTH: do the replicas' --secret-file contents differ? "
+                  "(see its log)");
+        return;
+    }
+    if (c->outbound && c->phase == PH_HELLO && nread == UV_EOF) {
+        /* It read our HELLO and hung up without answering. */
+        conn_fail(c, C_CLOSED, LOG_LEVEL_WARN,
+                  "it refused our HELLO: does it have another --epoch, another --replicas "
+                  "list, or no replica %u in it? (see its log)",
+                  c->net->cfg.self);
         return;
     }
     if (c->outbound) {

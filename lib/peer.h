@@ -195,7 +195,7 @@ void peer_net_close(struct peer_net *net);
 
 /* ---- pure codec (also for fuzzing) ------------------------------------- */
 
-#define PEER_FRAME_VERSION 3 /* 3: STATE */
+#define PEER_FRAME_VERSION 4 /* 3: STATE; 4: the dialer speaks first */
 #define PEER_FRAME_HEADER_BYTES 20 /* len, crc, version, type, flags, epoch */
 #define PEER_FRAME_HELLO 32
 #define PEER_FRAME_AUTH 33

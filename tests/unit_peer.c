@@ -1581,6 +1581,142 @@ static void test_text_client_at_peer_port_told_the_client_port(void)
     h_fini(&h);
 }
 
+/* A listening socket on a kernel-picked 127.0.0.1 port; sets *port. */
+static int raw_listen(int *port)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    CU_ASSERT_FATAL(fd >= 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CU_ASSERT_EQUAL_FATAL(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    CU_ASSERT_EQUAL_FATAL(listen(fd, 4), 0);
+    CU_ASSERT_EQUAL_FATAL(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    *port = ntohs(sa.sin_port);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return fd;
+}
+
+/* Accepts one connection on lfd, running the loop meanwhile; -1 if none. */
+static int raw_accept(struct harness *h, int lfd)
+{
+    for (int i = 0; i < STEP_MAX; i++) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd >= 0) {
+            fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+            return fd;
+        }
+        uv_run(&h->loop, UV_RUN_ONCE);
+    }
+    return -1;
+}
+
+static bool last_error_has(struct harness *h, const char *what)
+{
+    struct peer_link_stats st;
+
+    peer_get_link_stats(h->obs[0].net, 1, &st);
+    return strstr(st.last_error, what) != NULL;
+}
+
+static bool refused_hello_logged(struct harness *h)
+{
+    return last_error_has(h, "it refused our HELLO");
+}
+
+/* A real dialer speaks first, with a fresh nonce on every connection; an
+ * acceptor that hangs up on its HELLO is reported as having refused it. */
+static void test_dialer_speaks_first_fresh_nonce(void)
+{
+    struct harness h;
+    struct peer_config c0;
+    unsigned char nonces[3][32];
+    int lfd, port;
+
+    h_init(&h);
+    lfd = raw_listen(&port);
+    base_config(&c0, &h.obs[0], 0, 2, secret_a, 5);
+    net_new(&h, 0, &c0);
+    peer_net_set_port(h.obs[0].net, 1, port);
+    peer_net_start(h.obs[0].net);
+    for (int i = 0; i < 3; i++) {
+        char hello[20 + 44];
+        struct peer_frame f;
+        int fd = raw_accept(&h, lfd);
+        CU_ASSERT_FATAL(fd >= 0);
+        /* We say nothing: the dialer's HELLO comes anyway. */
+        CU_ASSERT_FATAL(raw_read(&h, fd, hello, sizeof(hello)));
+        CU_ASSERT_EQUAL_FATAL(peer_frame_decode(hello, sizeof(hello), 1024, &f),
+                              (long)sizeof(hello));
+        CU_ASSERT_EQUAL(f.type, PEER_FRAME_HELLO);
+        CU_ASSERT_EQUAL(f.version, PEER_FRAME_VERSION);
+        CU_ASSERT_EQUAL(util_get_le32(f.body), 0);
+        CU_ASSERT_EQUAL(util_get_le64(f.body + 4), peer_config_hash(c0.replicas, c0.n));
+        memcpy(nonces[i], f.body + 12, 32);
+        for (int j = 0; j < i; j++)
+            CU_ASSERT(memcmp(nonces[i], nonces[j], 32) != 0);
+        close(fd); /* refused: the dialer says so, and dials again */
+        CU_ASSERT(run_until(&h, refused_hello_logged));
+    }
+    close(lfd);
+    h_fini(&h);
+}
+
+/* Failures of connections that name no replica are logged at most 5 lines
+ * a second above debug, however their causes alternate. */
+static void test_unnamed_failures_rate_limited(void)
+{
+    struct harness h;
+    struct peer_config c0;
+    char path[] = "/tmp/tpckv-peer-log-XXXXXX", line[512];
+    int lfd = mkstemp(path), n = 0;
+    uint64_t first_s, last_s;
+    FILE *f;
+
+    CU_ASSERT_FATAL(lfd >= 0);
+    h_init(&h);
+    log_set_level(LOG_LEVEL_INFO);
+    log_set_fd(lfd);
+    base_config(&c0, &h.obs[0], 0, 2, secret_a, 5);
+    c0.client_port = 11211;
+    net_new(&h, 0, &c0);
+    peer_net_start(h.obs[0].net);
+    first_s = uv_now(&h.loop) / 1000;
+    for (int i = 0; i < 40; i++) {
+        int fd = raw_connect(peer_net_port(h.obs[0].net));
+        char junk[8];
+        if (i % 2) {
+            raw_send(fd, "get a\r\n", 7);
+        } else {
+            memset(junk, 0xff, sizeof(junk));
+            raw_send(fd, junk, sizeof(junk));
+        }
+        CU_ASSERT(raw_wait_closed(&h, fd));
+        close(fd);
+    }
+    uv_update_time(&h.loop);
+    last_s = uv_now(&h.loop) / 1000;
+    log_set_level(LOG_LEVEL_ERROR);
+    f = fdopen(dup(lfd), "r");
+    CU_ASSERT_FATAL(f != NULL);
+    rewind(f);
+    while (fgets(line, sizeof(line), f))
+        n += strstr(line, "connection from") != NULL;
+    fclose(f);
+    /* 40 failures; 5 lines in each second the run spanned at most. */
+    CU_ASSERT(n >= 1);
+    CU_ASSERT(n <= 5 * (int)(last_s - first_s + 1));
+    if (n > 5 * (int)(last_s - first_s + 1))
+        fprintf(stderr, "\n  %d lines in %llu s\n", n,
+                (unsigned long long)(last_s - first_s + 1));
+    h_fini(&h);
+    close(lfd);
+    unlink(path);
+}
+
 void unit_peer_register(void)
 {
     CU_pSuite s = unit_suite("peer");
@@ -1588,6 +1724,10 @@ void unit_peer_register(void)
     unit_test(s, "parse replicas good", test_parse_replicas_good);
     unit_test(s, "a text client at the peer port is told the client port",
               test_text_client_at_peer_port_told_the_client_port);
+    unit_test(s, "the dialer speaks first, a fresh nonce each time; a refused HELLO is said",
+              test_dialer_speaks_first_fresh_nonce);
+    unit_test(s, "failures of unnamed connections: at most 5 log lines a second",
+              test_unnamed_failures_rate_limited);
     unit_test(s, "parse replicas bad, each case named", test_parse_replicas_bad);
     unit_test(s, "config hash same list same, any difference differs", test_config_hash);
     unit_test(s, "codec round trip every type", test_codec_round_trip_every_type);
