@@ -476,11 +476,20 @@ void server_stop(struct server *srv)
     /* Transactions in flight: their clients are going away, prepared ones
      * stay in the log for recovery. Nothing re-enters tpc after this. */
     for (struct conn *c = srv->conns; c; c = c->next) {
-        if (c->post_q) {
-            free(c->post_q); /* an outcome posted to c's thread, not run yet */
-            c->post_q = NULL;
+        struct wdone **link = &c->done_head, *last = NULL;
+        while (*link) {
+            struct wdone *d = *link;
+            if (d->kind != WDONE_TXN) {
+                last = d;
+                link = &d->next;
+                continue;
+            }
+            *link = d->next; /* an outcome posted to c's thread, not run yet */
+            free(d);
             c->cpending = NULL;
-        } else if (c->cpending) {
+        }
+        c->done_tail = last;
+        if (c->cpending) {
             c->cpending->c = NULL;
             c->cpending = NULL;
         }
@@ -509,7 +518,8 @@ void server_stop(struct server *srv)
         srv_conn_close(c, NULL);
     }
     /* Pending writes finish (durable or not) before the log closes; their
-     * connections are gone, so nobody is told, and they free themselves. */
+     * connections are gone, so nobody is told, and they free themselves
+     * (their outcomes run here). */
     if (srv->wal) {
         int e = wal_close(srv->wal);
         srv->wal = NULL;
@@ -521,6 +531,7 @@ void server_stop(struct server *srv)
             log_warn(MOD, "cannot record the clean stop in %s/RUN: %s", srv->cfg.data_dir,
                      strerror(-e));
     }
+    srv_lt_close_main(srv); /* after the log: its last outcomes run here */
 }
 
 void server_free(struct server *srv)

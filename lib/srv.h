@@ -179,8 +179,12 @@ struct lthread {
     struct server *srv;
     uv_loop_t *loop; /* the main loop, or &own */
     uv_loop_t own;
-    uv_async_t async; /* posted connections, new sockets, log batches, stop */
-    uv_check_t check; /* the end of a loop turn (lt_on_check) */
+    uv_async_t async;   /* posted connections, new sockets, log batches, stop */
+    uv_check_t check;   /* the end of a loop turn (lt_on_check) */
+    uv_idle_t idle;     /* posted by its own thread: run the inbox before sleeping */
+    uv_idle_cb on_idle; /* srv_loop.c's, which runs the inbox */
+    bool check_open, idle_open;
+    bool self_posted; /* its own thread posted to its inbox this turn */
     bool async_open;
     pthread_t thread;
     bool started, stop, exited;
@@ -322,20 +326,40 @@ struct server {
     uint64_t rng;
 };
 
+/*
+ * A client write's outcome on its way to its connection: the one route
+ * both write paths take. The path fills it and posts it (srv_post_done);
+ * the connection's own thread turns it into the reply and goes on with
+ * the connection's requests (srv_conn_run_posted). It sits at the start of
+ * the write's own record (struct wreq, struct creq).
+ */
+enum wdone_kind {
+    WDONE_LOG, /* one replica: the write's log record is durable, or failed */
+    WDONE_TXN, /* a cluster: the transaction committed, or aborted */
+};
+struct wdone {
+    struct wdone *next; /* the connection's outcomes, in order */
+    enum wdone_kind kind;
+    enum proto_cmd cmd;
+    bool noreply;
+    bool too_large;  /* a refused oversized set: the reply is an error */
+    bool kept;       /* the request is still at the front of the buffer */
+    bool ok;         /* applied: durable and committed */
+    bool busy;       /* WDONE_TXN: lost to another write; may be tried again */
+    uint64_t number; /* incr/decr: the new value */
+};
+
 /* A client write under two-phase commit (this replica coordinates it). */
 struct creq {
+    struct wdone done; /* first: what the client's connection is handed */
     struct server *srv;
     struct conn *c;
     struct creq *next; /* on the done list */
-    enum proto_cmd cmd;
-    bool noreply;
-    bool too_large; /* a refused oversized set: the reply is an error */
-    bool kept;      /* the request is still at the front of c's buffer */
     bool committed;
     bool expire; /* the replica's own delete of expired keys (no client) */
     uint8_t reason;
     uint32_t culprit;
-    uint64_t number; /* incr/decr result; expire: keys */
+    uint64_t keys; /* expire: keys */
 };
 
 /* What a prepared transaction carries for the server: readers and writers
@@ -346,19 +370,15 @@ struct ptx {
 
 /* A write between its log append and its commit. */
 struct wreq {
+    struct wdone done; /* first: what the client's connection is handed */
     struct server *srv;
     struct conn *c;
-    enum proto_cmd cmd;
-    bool noreply;
-    bool too_large; /* a refused oversized set: the reply is an error */
     bool locked;
     uint64_t cas;
     size_t nch;
     struct store_change *ch; /* nch prepared changes */
     struct store_change one;
     struct waitlist waiters; /* connections waiting for our keys */
-    struct wreq *post_next;  /* posted to c's thread: see srv_conn_post */
-    int post_status;
 };
 
 struct conn {
@@ -408,10 +428,9 @@ struct conn {
     bool deferred; /* its parsed reads wait in lt->ready[slot] */
     unsigned slot;
     struct conn *post_next, *flush_next;
-    unsigned post;                     /* POST_* */
-    struct wreq *post_w, *post_w_tail; /* our writes durable (or failed), in order */
-    struct creq *post_q;               /* a 2PC outcome for us */
-    char *post_line;                   /* a line to answer (snapshot) */
+    unsigned post;                       /* POST_* */
+    struct wdone *done_head, *done_tail; /* our writes' outcomes, in order */
+    char *post_line;                     /* a line to answer (snapshot) */
 };
 
 /* What another thread posts to a connection. */
@@ -488,19 +507,24 @@ uint64_t srv_rng_next(struct server *srv);
 void srv_count_write(struct server *srv, enum proto_cmd cmd, enum store_status st);
 int srv_exec_stats(struct server *srv, struct outq *o, const struct proto_req *req);
 
-/* ---- srv_exec.c ---- */
-
+/* ---- srv_post.c ---- */
+bool srv_conn_local(const struct conn *c);
+void srv_conn_post(struct conn *c, unsigned what);
+void srv_post_done(struct conn *c, struct wdone *d);
+void srv_conn_resume(struct conn *c);
 void srv_waitlist_push(struct waitlist *wl, struct conn *c);
 void srv_waitlist_remove(struct conn *c);
 struct conn *srv_waitlist_pop(struct waitlist *wl);
 void srv_waitlist_move(struct waitlist *dst, struct waitlist *src);
 void srv_waitlist_wake(struct waitlist *wl);
+void srv_wait_for(struct conn *c, struct waitlist *wl);
+
+/* ---- srv_exec.c ---- */
+
 enum store_op_type srv_op_type_of(enum proto_cmd cmd);
 int srv_exec_retrieval(struct server *srv, struct conn *c, const struct proto_req *req);
 int srv_execute(struct server *srv, struct conn *c, const struct proto_req *req);
-void srv_lock_wait_expired(struct conn *c);
 void srv_lock_wait_timeouts(struct server *srv);
-void srv_wait_for(struct conn *c, struct waitlist *wl);
 
 /* ---- srv_write.c ---- */
 /* What srv_prepare_write found. */
@@ -520,10 +544,12 @@ int srv_reply_write_done(struct outq *o, enum proto_cmd cmd, bool too_large,
 int srv_reply_log_failed(struct server *srv, struct outq *o);
 void srv_op_of_request(const struct server *srv, const struct proto_req *req,
                        struct store_op *op);
-void srv_wreq_finish(struct conn *c, struct wreq *w, int status);
+void srv_wreq_free(struct wreq *w);
+int srv_reply_write_failed(struct server *srv, struct outq *o);
 int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *req);
 
 /* ---- srv_conn.c ---- */
+void srv_conn_run_posted(struct conn *c);
 
 int srv_consume_front(struct server *srv, struct conn *c, bool run_retrieval);
 void srv_conn_link(struct server *srv, struct conn *c);
@@ -549,12 +575,11 @@ void srv_udp_on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
                      const struct sockaddr *addr, unsigned flags);
 
 /* ---- srv_loop.c ---- */
+void srv_lt_run_inboxes(struct server *srv);
+void srv_lt_close_main(struct server *srv);
 
 void srv_lock(struct server *srv);
 void srv_unlock(struct server *srv);
-bool srv_conn_local(const struct conn *c);
-void srv_conn_post(struct conn *c, unsigned what);
-void srv_conn_resume(struct conn *c);
 void srv_lt_run_ready(struct lthread *lt);
 void srv_lt_flush(struct lthread *lt);
 void srv_on_wal_batch(void *arg);
@@ -566,7 +591,9 @@ void srv_lt_sweep(struct lthread *lt);
 
 const char *srv_replica_addr(const struct server *srv, uint32_t id, char *buf,
                              size_t cap);
-void srv_deliver_outcome(struct creq *q);
+int srv_reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason why,
+                         uint32_t culprit, unsigned attempts);
+void srv_schedule_retry(struct server *srv, struct conn *c);
 void srv_after_tpc(struct server *srv);
 void srv_env_send(void *ctx, const struct tpc_msg *m);
 int64_t srv_env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *t);

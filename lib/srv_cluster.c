@@ -65,8 +65,8 @@ static bool peer_auth_refused(const struct server *srv, uint32_t id)
 }
 
 /* The reply to a write that did not commit. */
-static int reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason why,
-                            uint32_t culprit, unsigned attempts)
+int srv_reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason why,
+                         uint32_t culprit, unsigned attempts)
 {
     char line[512], addr[300];
 
@@ -175,7 +175,7 @@ static int reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason 
 }
 
 /* The request in front of c lost a lock conflict: run it again later. */
-static void schedule_retry(struct server *srv, struct conn *c)
+void srv_schedule_retry(struct server *srv, struct conn *c)
 {
     unsigned step = c->attempts < 6 ? c->attempts : 6;
     uint64_t max = (uint64_t)LIMIT_RETRY_BACKOFF_MS_MIN << step;
@@ -188,53 +188,6 @@ static void schedule_retry(struct server *srv, struct conn *c)
     srv_waitlist_push(&srv->retry, c);
 }
 
-void srv_deliver_outcome(struct creq *q)
-{
-    struct server *srv = q->srv;
-    struct conn *c = q->c;
-    int r = 0;
-
-    if (q->expire) {
-        expire_done(q);
-        return;
-    }
-    if (c == NULL)
-        goto out;
-    c->cpending = NULL;
-    if (c->handle_closed || c->closing) {
-        if (c->handle_closed)
-            srv_conn_free(c);
-        goto out;
-    }
-    if (!q->committed && (q->reason == TPC_R_BUSY || q->reason == TPC_R_CONFLICT) &&
-        q->kept && c->attempts < LIMIT_WRITE_RETRIES) {
-        schedule_retry(srv, c);
-        goto out;
-    }
-    if (q->committed) {
-        srv->st.writes_logged++;
-        if (q->cmd == PROTO_CMD_GAT || q->cmd == PROTO_CMD_GATS) {
-            r = srv_consume_front(srv, c, true);
-            q->kept = false;
-        } else if (!q->noreply) {
-            r = srv_reply_write_done(&c->out, q->cmd, q->too_large, q->number);
-        }
-    } else {
-        srv->st.writes_failed++;
-        if (!q->noreply)
-            r = reply_txn_failed(srv, &c->out, (enum tpc_reason)q->reason, q->culprit,
-                                 c->attempts);
-    }
-    if (q->kept)
-        srv_consume_front(srv, c, false);
-    c->attempts = 0;
-    if (r < 0)
-        c->close_after_flush = true;
-    srv_conn_process(c);
-out:
-    free(q);
-}
-
 /* Delivers what tpc produced during the call that just returned. */
 void srv_after_tpc(struct server *srv)
 {
@@ -243,11 +196,16 @@ void srv_after_tpc(struct server *srv)
         srv->done_head = srv->done_tail = NULL;
         while (q) {
             struct creq *next = q->next;
-            if (q->c == NULL || srv_conn_local(q->c)) {
-                srv_deliver_outcome(q);
+            if (q->expire) {
+                expire_done(q);
+            } else if (q->c == NULL) {
+                free(q); /* its client went away */
             } else {
-                q->c->post_q = q;
-                srv_conn_post(q->c, 0);
+                /* The client's thread answers, and frees q. */
+                q->done.ok = q->committed;
+                q->done.busy = !q->committed &&
+                               (q->reason == TPC_R_BUSY || q->reason == TPC_R_CONFLICT);
+                srv_post_done(q->c, &q->done);
             }
             q = next;
         }
@@ -475,9 +433,9 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
     if ((q = calloc(1, sizeof(*q))) == NULL)
         return -ENOMEM;
     q->srv = srv;
-    q->cmd = req->cmd;
-    q->noreply = req->noreply;
-    q->kept = true;
+    q->done.kind = WDONE_TXN;
+    q->done.cmd = req->cmd;
+    q->done.noreply = req->noreply;
     txid = tpc_next_txid(srv->tpc, util_now_unix_us());
     srv->ops.len = 0;
 
@@ -491,15 +449,15 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
         free(q);
         return -ENOMEM;
     }
-    q->too_large = req->too_large;
-    q->kept = !req->too_large; /* its data block is being swallowed: no retry */
+    q->done.too_large = req->too_large;
+    q->done.kept = !req->too_large; /* its data block is being swallowed: no retry */
     r = srv_prepare_write(srv, req, txid, q, ch, &nch, &st);
     /* Counted once, however many times it is evaluated (gat's touches
      * and refusals for size are counted by srv_prepare_write). */
     if ((r == PREP_FAILED || r == PREP_CHANGES) && !req->too_large &&
         req->cmd != PROTO_CMD_GAT && req->cmd != PROTO_CMD_GATS && c->attempts == 0)
         srv_count_write(srv, req->cmd, st);
-    q->number = nch > 0 ? ch[0].number : 0;
+    q->done.number = nch > 0 ? ch[0].number : 0;
     for (size_t i = 0; i < nch; i++) {
         if (r >= 0 && (r2 = encode_and_drop(srv, &ch[i], &nops)) < 0)
             r = r2;
@@ -534,10 +492,11 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
         free(q);
         c->wait_since_ms = 0;
         srv->st.writes_failed++;
-        snprintf(line, sizeof(line),
-                 "SERVER_ERROR too many keys for one gat in a cluster: their touches take "
-                 "%zu bytes, more than --max-value plus %d\r\n",
-                 srv->ops.len, LIMIT_PEER_FRAME_OVERHEAD_BYTES);
+        snprintf(
+            line, sizeof(line),
+            "SERVER_ERROR too many keys for one gat in a cluster: their touches take "
+            "%zu bytes, more than --max-value plus %d\r\n",
+            srv->ops.len, LIMIT_PEER_FRAME_OVERHEAD_BYTES);
         return req->noreply ? 0 : reply(o, line);
     }
 
@@ -547,22 +506,23 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
         q->c = c;
         c->cpending = q;
         srv_after_tpc(srv); /* a failed local prepare of another may have woken someone */
-        return q->kept ? AFTER_WAIT : AFTER_PENDING;
+        return q->done.kept ? AFTER_WAIT : AFTER_PENDING;
     }
     srv_after_tpc(srv);
-    bool kept = q->kept;
+    bool kept = q->done.kept;
     free(q);
     if ((r == TPC_R_BUSY || r == TPC_R_CONFLICT) && kept &&
         c->attempts < LIMIT_WRITE_RETRIES) {
-        schedule_retry(srv, c);
+        srv_schedule_retry(srv, c);
         return AFTER_WAIT;
     }
     srv->st.writes_failed++;
     c->wait_since_ms = 0;
     unsigned attempts = c->attempts;
     c->attempts = 0;
-    return req->noreply ? 0
-                        : reply_txn_failed(srv, o, (enum tpc_reason)r, culprit, attempts);
+    return req->noreply
+               ? 0
+               : srv_reply_txn_failed(srv, o, (enum tpc_reason)r, culprit, attempts);
 fail:
     free(q);
     return r;
@@ -593,7 +553,7 @@ void srv_expire_step(struct server *srv)
         return;
     q->srv = srv;
     q->expire = true;
-    q->number = (uint64_t)keys;
+    q->keys = (uint64_t)keys;
     uint64_t txid = tpc_next_txid(srv->tpc, util_now_unix_us());
     int r = tpc_begin(srv->tpc, txid, nops, srv->ops.data, (uint32_t)srv->ops.len, q,
                       srv_now_us(), &culprit);
@@ -619,11 +579,11 @@ static void expire_done(struct creq *q)
     srv->expiring = false;
     if (q->committed) {
         srv->st.expire_txns++;
-        srv->st.expire_keys += q->number;
+        srv->st.expire_keys += q->keys;
     } else {
         srv->st.expire_failed++;
         log_debug(MOD, "expiry of %llu key(s) aborted: %s (replica %u)",
-                  (unsigned long long)q->number,
+                  (unsigned long long)q->keys,
                   tpc_reason_name((enum tpc_reason)q->reason), q->culprit);
     }
     free(q);

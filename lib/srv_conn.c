@@ -52,8 +52,7 @@ void srv_conn_free(struct conn *c)
 {
     struct server *srv = c->srv;
 
-    assert(c->npending == 0 && c->cpending == NULL && c->post_w == NULL &&
-           c->post_q == NULL);
+    assert(c->npending == 0 && c->cpending == NULL && c->done_head == NULL);
     srv_waitlist_remove(c);
     if (c->posted) {
         struct lthread *lt = c->lt;
@@ -725,4 +724,158 @@ void srv_conn_check_time(struct conn *c, uint64_t now)
         srv->st.idle_kicks++;
         srv_conn_close(c, "idle timeout");
     }
+}
+
+/* c's request waited too long for a transaction's outcome: answer it with
+ * an error and go on (c's thread). */
+static void lock_wait_expired(struct conn *c)
+{
+    struct server *srv = c->srv;
+    struct proto_req req;
+    size_t consumed;
+    char line[200];
+
+    if (c->closing)
+        return;
+    proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
+    if (c->waits_fence)
+        snprintf(line, sizeof(line),
+                 "SERVER_ERROR timed out after %u ms waiting for a peer to confirm this "
+                 "replica's data is current (is any peer up?)\r\n",
+                 srv->cfg.lock_wait_ms);
+    else if (c->waits_clock)
+        snprintf(
+            line, sizeof(line),
+            "SERVER_ERROR timed out after %u ms waiting for the replicas' clocks to be "
+            "measured (do their clock probes get through?)\r\n",
+            srv->cfg.lock_wait_ms);
+    else
+        snprintf(
+            line, sizeof(line),
+            "SERVER_ERROR timed out after %u ms waiting for an undecided transaction "
+            "on this key (is a replica down?)\r\n",
+            srv->cfg.lock_wait_ms);
+    c->waits_clock = c->waits_fence = false;
+    if (!req.noreply && reply(&c->out, line) < 0)
+        c->close_after_flush = true;
+    srv_consume_front(srv, c, false);
+}
+
+/* Frees a write's record once its outcome is answered. */
+static void done_free(struct wdone *d)
+{
+    if (d->kind == WDONE_LOG)
+        srv_wreq_free((struct wreq *)d);
+    else
+        free(d);
+}
+
+/* What a connection does after a write's outcome (conn_done). */
+enum done_next {
+    DONE_GO_ON, /* answered: go on with its requests */
+    DONE_WAIT,  /* closing, or waiting to try the write again */
+    DONE_FREED, /* it was the last thing a closed connection waited for */
+};
+
+/*
+ * A write's outcome, on c's thread: the one way a finished write reaches
+ * its connection, for both write paths. Answers it (a gat: the read, now
+ * that its touches are in), or, for a transaction that lost to another
+ * write, schedules its retry; drops the request if it is still at the
+ * front of the buffer; frees d.
+ */
+static enum done_next conn_done(struct conn *c, struct wdone *d)
+{
+    struct server *srv = c->srv;
+    int r = 0;
+
+    if (d->kind == WDONE_LOG) {
+        assert(c->npending > 0);
+        c->npending--;
+    } else {
+        c->cpending = NULL;
+    }
+    if (c->handle_closed || c->closing) {
+        done_free(d);
+        if (c->handle_closed && c->npending == 0 && c->cpending == NULL &&
+            c->done_head == NULL) {
+            srv_conn_free(c);
+            return DONE_FREED;
+        }
+        return DONE_WAIT;
+    }
+    if (!d->ok && d->busy && d->kept && c->attempts < LIMIT_WRITE_RETRIES) {
+        srv_schedule_retry(srv, c);
+        done_free(d);
+        return DONE_WAIT;
+    }
+    if (d->kind == WDONE_TXN) {
+        if (d->ok)
+            srv->st.writes_logged++;
+        else
+            srv->st.writes_failed++;
+    }
+    if (d->ok && d->kept && (d->cmd == PROTO_CMD_GAT || d->cmd == PROTO_CMD_GATS)) {
+        r = srv_consume_front(srv, c, true); /* the read answers it */
+        d->kept = false;
+    } else if (d->ok && !d->noreply) {
+        r = srv_reply_write_done(&c->out, d->cmd, d->too_large, d->number);
+    } else if (!d->ok && !d->noreply) {
+        struct creq *q = (struct creq *)d;
+        r = d->kind == WDONE_LOG
+                ? srv_reply_write_failed(srv, &c->out)
+                : srv_reply_txn_failed(srv, &c->out, (enum tpc_reason)q->reason,
+                                       q->culprit, c->attempts);
+    }
+    if (d->kept)
+        srv_consume_front(srv, c, false);
+    c->attempts = 0;
+    if (r < 0)
+        c->close_after_flush = true;
+    done_free(d);
+    return DONE_GO_ON;
+}
+
+/*
+ * Runs what was posted to c (srv_post.c), on c's thread at the end of its
+ * loop turn (lock held): a line to answer, a wait that timed out, the
+ * outcomes of its writes in order; then goes on with its requests. May
+ * free c.
+ */
+void srv_conn_run_posted(struct conn *c)
+{
+    unsigned what = c->post;
+    char *line = c->post_line;
+    bool run = (what & POST_RUN) != 0, wait = false;
+
+    c->post = 0;
+    c->post_line = NULL;
+    if (line) {
+        if (!c->closing && reply(&c->out, line) < 0)
+            c->close_after_flush = true;
+        free(line);
+        run = true;
+    }
+    if (what & POST_LOCK_TIMEOUT) {
+        lock_wait_expired(c);
+        run = true;
+    }
+    while (c->done_head) {
+        struct wdone *d = c->done_head;
+        c->done_head = d->next;
+        if (c->done_head == NULL)
+            c->done_tail = NULL;
+        switch (conn_done(c, d)) {
+        case DONE_FREED:
+            return;
+        case DONE_WAIT:
+            wait = true;
+            break;
+        case DONE_GO_ON:
+            run = true;
+            break;
+        }
+    }
+    if (run && !wait && !c->closing)
+        srv_conn_process(c);
 }

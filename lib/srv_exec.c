@@ -11,79 +11,6 @@
 static bool read_must_wait(struct server *srv, struct conn *c,
                            const struct proto_req *req);
 
-void srv_waitlist_push(struct waitlist *wl, struct conn *c)
-{
-    assert(c->waiting == NULL);
-    c->wait_next = NULL;
-    if (wl->tail)
-        wl->tail->wait_next = c;
-    else
-        wl->head = c;
-    wl->tail = c;
-    c->waiting = wl;
-}
-
-/* Takes c off the list it waits on (a connection that closes). */
-void srv_waitlist_remove(struct conn *c)
-{
-    struct waitlist *wl = c->waiting;
-    struct conn *prev = NULL;
-
-    if (wl == NULL)
-        return;
-    for (struct conn *x = wl->head; x; prev = x, x = x->wait_next) {
-        if (x != c)
-            continue;
-        if (prev)
-            prev->wait_next = c->wait_next;
-        else
-            wl->head = c->wait_next;
-        if (wl->tail == c)
-            wl->tail = prev;
-        break;
-    }
-    c->waiting = NULL;
-    c->wait_next = NULL;
-}
-
-/* Takes the first connection off wl (NULL if empty). */
-struct conn *srv_waitlist_pop(struct waitlist *wl)
-{
-    struct conn *c = wl->head;
-
-    if (c == NULL)
-        return NULL;
-    wl->head = c->wait_next;
-    if (wl->head == NULL)
-        wl->tail = NULL;
-    c->waiting = NULL;
-    c->wait_next = NULL;
-    return c;
-}
-
-/* Moves every connection on src to the end of dst, in order. */
-void srv_waitlist_move(struct waitlist *dst, struct waitlist *src)
-{
-    struct conn *c;
-
-    while ((c = srv_waitlist_pop(src)) != NULL)
-        srv_waitlist_push(dst, c);
-}
-
-/* Lets every connection on wl run again, in arrival order. Those still to
- * run wait on a list of our own meanwhile, so one that closes while an
- * earlier one runs leaves it properly (srv_waitlist_remove), and connections
- * that start waiting on wl again are left for the next wake. */
-void srv_waitlist_wake(struct waitlist *wl)
-{
-    struct waitlist run = {0};
-    struct conn *c;
-
-    srv_waitlist_move(&run, wl);
-    while ((c = srv_waitlist_pop(&run)) != NULL)
-        srv_conn_resume(c);
-}
-
 enum store_op_type srv_op_type_of(enum proto_cmd cmd)
 {
     switch (cmd) {
@@ -250,42 +177,6 @@ int srv_execute(struct server *srv, struct conn *c, const struct proto_req *req)
     }
 }
 
-/* c's request waited too long for a transaction's outcome: answer it with
- * an error and go on (c's thread). */
-void srv_lock_wait_expired(struct conn *c)
-{
-    struct server *srv = c->srv;
-    struct proto_req req;
-    size_t consumed;
-    char line[200];
-
-    if (c->closing)
-        return;
-    proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
-    if (c->waits_fence)
-        snprintf(line, sizeof(line),
-                 "SERVER_ERROR timed out after %u ms waiting for a peer to confirm this "
-                 "replica's data is current (is any peer up?)\r\n",
-                 srv->cfg.lock_wait_ms);
-    else if (c->waits_clock)
-        snprintf(
-            line, sizeof(line),
-            "SERVER_ERROR timed out after %u ms waiting for the replicas' clocks to be "
-            "measured (do their clock probes get through?)\r\n",
-            srv->cfg.lock_wait_ms);
-    else
-        snprintf(
-            line, sizeof(line),
-            "SERVER_ERROR timed out after %u ms waiting for an undecided transaction "
-            "on this key (is a replica down?)\r\n",
-            srv->cfg.lock_wait_ms);
-    c->waits_clock = c->waits_fence = false;
-    if (!req.noreply && reply(&c->out, line) < 0)
-        c->close_after_flush = true;
-    srv_consume_front(srv, c, false);
-    srv_conn_process(c);
-}
-
 /* Requests waiting for a transaction's outcome longer than --lock-wait-ms
  * get an error (the transaction's coordinator may be down). */
 void srv_lock_wait_timeouts(struct server *srv)
@@ -303,18 +194,8 @@ void srv_lock_wait_timeouts(struct server *srv)
         srv->st.lock_wait_timeouts++;
         if (c->waits_fence)
             srv->fence_gave_up = true; /* the requests behind it need not wait too */
-        if (srv_conn_local(c))
-            srv_lock_wait_expired(c);
-        else
-            srv_conn_post(c, POST_LOCK_TIMEOUT);
+        srv_conn_post(c, POST_LOCK_TIMEOUT);
     }
-}
-
-void srv_wait_for(struct conn *c, struct waitlist *wl)
-{
-    if (c->wait_since_ms == 0)
-        c->wait_since_ms = srv_mono_ms();
-    srv_waitlist_push(wl, c);
 }
 
 static bool read_must_wait(struct server *srv, struct conn *c,

@@ -35,17 +35,27 @@ void srv_unlock(struct server *srv)
     }
 }
 
-static void lt_on_check(uv_check_t *h)
+static void lt_run_inbox(struct lthread *lt);
+
+/*
+ * The end of a connection thread's loop turn (uv_check, after its I/O
+ * callbacks; or its idle handle, when it posted to itself from a timer):
+ * run the reads of the turn, what was posted to its connections, hand its
+ * log records to the writer, wake the main loop for its frames. Once per
+ * turn, however many requests the turn ran.
+ */
+static void lt_end_turn(struct lthread *lt)
 {
-    struct lthread *lt = h->data;
     struct server *srv = lt->srv;
     bool staged, kick;
 
-    if (!srv_tl_wal_staged && !srv_tl_kick_main && lt->nready == 0)
+    if (!srv_tl_wal_staged && !srv_tl_kick_main && lt->nready == 0 && !lt->self_posted)
         return;
     srv_lock(srv);
     if (lt->nready > 0)
         srv_lt_run_ready(lt);
+    lt->self_posted = false;
+    lt_run_inbox(lt);
     staged = srv_tl_wal_staged;
     kick = srv_tl_kick_main;
     srv_tl_wal_staged = srv_tl_kick_main = false;
@@ -54,6 +64,9 @@ static void lt_on_check(uv_check_t *h)
      * writes staged anew (srv_tl_wal_staged again). */
     if (staged && srv->wal)
         wal_hand_over(srv->wal);
+    /* What those callbacks posted to our connections. */
+    lt->self_posted = false;
+    lt_run_inbox(lt);
     if ((kick || srv_tl_kick_main) && srv->lt[0].async_open)
         uv_async_send(&srv->lt[0].async);
     srv_tl_kick_main = false;
@@ -64,38 +77,36 @@ static void lt_on_check(uv_check_t *h)
     srv_lt_flush(lt);
 }
 
-/* Does the calling thread own c (or has its owner exited)? */
-bool srv_conn_local(const struct conn *c)
+static void lt_on_check(uv_check_t *h)
 {
-    return !c->srv->mt || c->lt->exited || pthread_equal(pthread_self(), c->lt->thread);
+    lt_end_turn(h->data);
 }
 
-/* Asks c's thread to run what was set in c (the post_ fields, POST_ bits). */
-void srv_conn_post(struct conn *c, unsigned what)
+/* The main loop's turn is over: run what was posted to its connections
+ * (UDP, and TCP without --threads; the lock is held while it runs). */
+static void main_end_turn(struct lthread *lt)
 {
-    struct lthread *lt = c->lt;
-
-    c->post |= what;
-    if (c->posted)
-        return;
-    c->posted = true;
-    c->post_next = NULL;
-    if (lt->inbox_tail)
-        lt->inbox_tail->post_next = c;
-    else
-        lt->inbox_head = c;
-    lt->inbox_tail = c;
-    if (lt->async_open)
-        uv_async_send(&lt->async);
+    lt->self_posted = false;
+    lt_run_inbox(lt);
 }
 
-/* Lets c run its buffered requests again, on its own thread. */
-void srv_conn_resume(struct conn *c)
+static void main_on_check(uv_check_t *h)
 {
-    if (srv_conn_local(c))
-        srv_conn_process(c);
+    main_end_turn(h->data);
+}
+
+/* A loop posted to its own connection from a timer or the like: run it
+ * before the loop sleeps (srv_conn_post starts this). */
+static void lt_on_idle(uv_idle_t *h)
+{
+    struct lthread *lt = h->data;
+
+    uv_idle_stop(h);
+    lt->self_posted = true;
+    if (lt == &lt->srv->lt[0])
+        main_end_turn(lt);
     else
-        srv_conn_post(c, POST_RUN);
+        lt_end_turn(lt);
 }
 
 /*
@@ -166,38 +177,6 @@ void srv_lt_flush(struct lthread *lt)
     }
 }
 
-/* Runs what other threads posted for c (c's thread, lock held). */
-static void conn_run_posted(struct conn *c)
-{
-    unsigned what = c->post;
-    struct wreq *w = c->post_w;
-    struct creq *q = c->post_q;
-    char *line = c->post_line;
-
-    c->post = 0;
-    c->post_w = c->post_w_tail = NULL;
-    c->post_q = NULL;
-    c->post_line = NULL;
-    if (line) {
-        if (!c->closing && reply(&c->out, line) < 0)
-            c->close_after_flush = true;
-        free(line);
-    }
-    if (what & POST_LOCK_TIMEOUT)
-        srv_lock_wait_expired(c);
-    /* These may free c (the last of them); they go on with c's requests. */
-    if (w) {
-        while (w) {
-            struct wreq *next = w->post_next;
-            srv_wreq_finish(c, w, w->post_status);
-            w = next;
-        }
-    } else if (q)
-        srv_deliver_outcome(q);
-    else if ((what & POST_RUN) || line)
-        srv_conn_process(c);
-}
-
 static void lt_run_inbox(struct lthread *lt)
 {
     struct conn *c;
@@ -207,7 +186,7 @@ static void lt_run_inbox(struct lthread *lt)
         if (lt->inbox_head == NULL)
             lt->inbox_tail = NULL;
         c->posted = false;
-        conn_run_posted(c);
+        srv_conn_run_posted(c);
     }
 }
 
@@ -256,7 +235,11 @@ static void lt_close(struct lthread *lt)
         lt->async_open = false;
         lt_async_dead(lt);
         uv_close((uv_handle_t *)&lt->async, NULL);
+    }
+    if (lt->check_open) {
+        lt->check_open = lt->idle_open = false;
         uv_close((uv_handle_t *)&lt->check, NULL);
+        uv_close((uv_handle_t *)&lt->idle, NULL);
     }
     if (lt->sweep_open) {
         lt->sweep_open = false;
@@ -298,6 +281,16 @@ int srv_lt_start(struct server *srv, char *err, size_t cap)
     int r;
 
     main->thread = pthread_self();
+    /* The main loop runs what is posted to its connections at the end of
+     * each turn too. */
+    uv_check_init(srv->loop, &main->check);
+    main->check.data = main;
+    uv_check_start(&main->check, main_on_check);
+    uv_unref((uv_handle_t *)&main->check);
+    uv_idle_init(srv->loop, &main->idle);
+    main->idle.data = main;
+    main->on_idle = lt_on_idle;
+    main->check_open = main->idle_open = true;
     if (!srv->mt)
         return 0;
     if ((r = uv_async_init(srv->loop, &main->async, lt_on_async)) < 0)
@@ -334,6 +327,10 @@ int srv_lt_start(struct server *srv, char *err, size_t cap)
         lt->check.data = lt;
         uv_check_start(&lt->check, lt_on_check);
         uv_unref((uv_handle_t *)&lt->check);
+        uv_idle_init(lt->loop, &lt->idle);
+        lt->idle.data = lt;
+        lt->on_idle = lt_on_idle;
+        lt->check_open = lt->idle_open = true;
         if (srv_sweep_wanted(srv)) {
             /* Each thread checks its own connections' time limits: their
              * output queues and handles are its alone. */
@@ -348,6 +345,8 @@ int srv_lt_start(struct server *srv, char *err, size_t cap)
             lt_async_dead(lt);
             uv_close((uv_handle_t *)&lt->async, NULL);
             uv_close((uv_handle_t *)&lt->check, NULL);
+            uv_close((uv_handle_t *)&lt->idle, NULL);
+            lt->check_open = lt->idle_open = false;
             if (lt->sweep_open)
                 uv_close((uv_handle_t *)&lt->sweep, NULL);
             lt->sweep_open = false;
@@ -400,6 +399,27 @@ void srv_lt_stop_all(struct server *srv)
     if (srv->lt[0].async_open) {
         srv->lt[0].async_open = false;
         uv_close((uv_handle_t *)&srv->lt[0].async, NULL);
+    }
+}
+
+/* Runs what is posted to every connection (the main thread, once the
+ * connection threads are gone: at the stop). */
+void srv_lt_run_inboxes(struct server *srv)
+{
+    for (unsigned i = 0; i < srv->nlt; i++)
+        lt_run_inbox(&srv->lt[i]);
+}
+
+/* The main loop's own handles go (the stop, after the last posts ran). */
+void srv_lt_close_main(struct server *srv)
+{
+    struct lthread *main = &srv->lt[0];
+
+    srv_lt_run_inboxes(srv);
+    if (main->check_open) {
+        main->check_open = main->idle_open = false;
+        uv_close((uv_handle_t *)&main->check, NULL);
+        uv_close((uv_handle_t *)&main->idle, NULL);
     }
 }
 

@@ -160,12 +160,8 @@ void srv_snapshot_answer(struct waitlist *wl, const char *line)
     for (struct conn *c = wl->head; c; c = c->wait_next) {
         if (c->closing)
             continue;
-        if (srv_conn_local(c)) {
-            reply(&c->out, line);
-        } else {
-            free(c->post_line);
-            c->post_line = strdup(line); /* NULL: the wake-up goes alone */
-        }
+        free(c->post_line);
+        c->post_line = strdup(line); /* NULL: the wake-up goes alone */
     }
     srv_waitlist_wake(wl);
 }

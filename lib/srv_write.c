@@ -66,7 +66,7 @@ int srv_reply_log_failed(struct server *srv, struct outq *o)
 
 /* A write whose own log record was in the batch that failed: whether it is
  * on disk depends on whether the log could be cut back (wal_rolled_back). */
-static int reply_write_failed(struct server *srv, struct outq *o)
+int srv_reply_write_failed(struct server *srv, struct outq *o)
 {
     char line[256];
 
@@ -127,7 +127,7 @@ static int encode_write(struct server *srv, struct wreq *w)
     return 0;
 }
 
-static void wreq_free(struct wreq *w)
+void srv_wreq_free(struct wreq *w)
 {
     if (w->ch != &w->one)
         free(w->ch);
@@ -144,36 +144,6 @@ static void wreq_unlock(struct wreq *w)
         if (w->ch[i].type != STORE_FLUSH)
             store_unlock_change(srv->store, &w->ch[i], w);
     w->locked = false;
-}
-
-/* c's side of a finished write, on c's thread: the reply, then the next
- * requests. Frees w, and c if it closed meanwhile. */
-void srv_wreq_finish(struct conn *c, struct wreq *w, int status)
-{
-    struct server *srv = c->srv;
-
-    assert(c->npending > 0);
-    c->npending--;
-    if (c->handle_closed || c->closing) {
-        wreq_free(w);
-        if (c->handle_closed && c->npending == 0 && c->cpending == NULL)
-            srv_conn_free(c);
-        return;
-    }
-    if (status < 0) {
-        if (!w->noreply && reply_write_failed(srv, &c->out) < 0)
-            c->close_after_flush = true;
-    } else if (w->cmd == PROTO_CMD_GAT || w->cmd == PROTO_CMD_GATS) {
-        /* The touches are in: now read, and answer the request. The
-         * request line is still at the front of the buffer. */
-        if (srv_consume_front(srv, c, true) < 0)
-            c->close_after_flush = true;
-    } else if (!w->noreply) {
-        if (srv_reply_write_done(&c->out, w->cmd, w->too_large, w->ch[0].number) < 0)
-            c->close_after_flush = true;
-    }
-    wreq_free(w);
-    srv_conn_process(c);
 }
 
 /* The log record of w is durable (status 0) or never will be: finish it. */
@@ -201,18 +171,14 @@ static void wreq_done(void *arg, uint64_t lsn, int status)
     struct waitlist waiters = {0};
     srv_waitlist_move(&waiters, &w->waiters);
     if (c == NULL) {
-        wreq_free(w);
-    } else if (srv_conn_local(c)) {
-        srv_wreq_finish(c, w, status);
+        srv_wreq_free(w);
     } else {
-        w->post_status = status;
-        w->post_next = NULL;
-        if (c->post_w_tail)
-            c->post_w_tail->post_next = w;
-        else
-            c->post_w = w;
-        c->post_w_tail = w;
-        srv_conn_post(c, 0);
+        /* c's thread answers, and frees w (srv_conn_run_posted). A gat's
+         * request line is still at the front of c's buffer: read then. */
+        w->done.ok = status == 0;
+        w->done.kept = w->done.cmd == PROTO_CMD_GAT || w->done.cmd == PROTO_CMD_GATS;
+        w->done.number = w->nch > 0 ? w->ch[0].number : 0;
+        srv_post_done(c, &w->done);
     }
     srv_waitlist_wake(&waiters);
     if (srv->npending == 0)
@@ -346,11 +312,13 @@ int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *r
     if (w == NULL)
         return -ENOMEM;
     w->srv = srv;
-    w->cmd = req->cmd;
-    w->noreply = req->noreply;
+    memset(&w->done, 0, sizeof(w->done));
+    w->done.kind = WDONE_LOG;
+    w->done.cmd = req->cmd;
+    w->done.noreply = req->noreply;
     w->cas = srv->next_cas++;
     w->ch = &w->one;
-    w->too_large = req->too_large;
+    w->done.too_large = req->too_large;
     if (req->nkeys > 1 && (w->ch = calloc(req->nkeys, sizeof(*w->ch))) == NULL) {
         freelist_put(&srv->wreqs, w);
         return -ENOMEM;
@@ -360,18 +328,18 @@ int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *r
     if (r < 0)
         goto fail;
     if (r == PREP_READ) {
-        wreq_free(w);
+        srv_wreq_free(w);
         return srv_exec_retrieval(srv, c, req);
     }
     if (r == PREP_TOO_LARGE) {
-        wreq_free(w);
+        srv_wreq_free(w);
         return req->noreply ? 0 : reply(o, "SERVER_ERROR object too large for cache\r\n");
     }
     if (r == PREP_FAILED && c->npending > 0) {
         /* Answered now, it would overtake the replies to our writes still
-         * in the log: evaluate it again once they are in (srv_wreq_finish
-         * runs us again). */
-        wreq_free(w);
+         * in the log: evaluate it again once they are in (their outcomes
+         * run us again). */
+        srv_wreq_free(w);
         return AFTER_WAIT;
     }
     if (!req->too_large && !w->locked)
@@ -384,7 +352,7 @@ int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *r
     }
     if (r == PREP_FAILED) {
         /* Nothing changes, so nothing to log: answer now. */
-        wreq_free(w);
+        srv_wreq_free(w);
         return req->noreply ? 0 : reply(o, srv_write_reply(req->cmd, st));
     }
 
@@ -423,7 +391,7 @@ fail:
     for (size_t i = 0; i < w->nch; i++)
         store_abort(srv->store, &w->ch[i]);
     wreq_unlock(w);
-    wreq_free(w);
+    srv_wreq_free(w);
     if (r == -ENOMEM)
         return r;
     if (c->npending > 0)

@@ -268,6 +268,22 @@ static void script_fsync_fails(struct harness *h)
     expect_value(h, "b", "two");
     /* Every write is refused, even one whose condition would fail. */
     CU_ASSERT_EQUAL(req(h, "add a 0 0 1", "x", NULL, 0), CLIENT_REPLY_SERVER_ERROR);
+    /* One reply per request, a gat's too: the next request's reply is its
+     * own. */
+    CU_ASSERT_EQUAL(req(h, "gat 0 a", NULL, NULL, 0), CLIENT_REPLY_SERVER_ERROR);
+    expect_value(h, "a", "one");
+}
+
+/* A gat whose own touches are in the batch whose fsync fails: one error
+ * line, and the connection stays in step. */
+static void script_gat_fsync_fails(struct harness *h)
+{
+    set_ok(h, "a", "one");
+    atomic_store(&fail_sync_errno, EIO);
+    CU_ASSERT_EQUAL(req(h, "gat 0 a", NULL, NULL, 0), CLIENT_REPLY_SERVER_ERROR);
+    expect_value(h, "a", "one");
+    CU_ASSERT_EQUAL(req(h, "gat 0 a", NULL, NULL, 0), CLIENT_REPLY_SERVER_ERROR);
+    expect_value(h, "a", "one");
 }
 
 static void script_write_enospc(struct harness *h)
@@ -626,6 +642,16 @@ static void test_fsync_failure_acknowledges_nothing(void)
     run_then_restart(&faulty_io, script_fsync_fails, script_check_after_fsync_failure);
 }
 
+static void script_check_a_one(struct harness *h)
+{
+    expect_value(h, "a", "one");
+}
+
+static void test_gat_fsync_failure_one_reply(void)
+{
+    run_then_restart(&faulty_io, script_gat_fsync_fails, script_check_a_one);
+}
+
 static void test_enospc_acknowledges_nothing(void)
 {
     run_then_restart(&faulty_io, script_write_enospc, script_check_after_enospc);
@@ -698,6 +724,8 @@ void unit_server_register(void)
 {
     CU_pSuite s = unit_suite("server");
     unit_test(s, "fsync failure: nothing more acknowledged", test_fsync_failure_acknowledges_nothing);
+    unit_test(s, "a gat whose fsync fails gets one reply",
+              test_gat_fsync_failure_one_reply);
     unit_test(s, "ENOSPC: refused writes never visible", test_enospc_acknowledges_nothing);
     unit_test(s, "short writes are completed", test_short_writes_are_completed);
     unit_test(s, "flush_all with nothing pending is logged", test_flush_all_is_durable);
