@@ -58,13 +58,6 @@ int server_run(struct server *srv)
     return alive;
 }
 
-/* Whether any connection time limit is set (srv_lt_sweep has work). */
-bool srv_sweep_wanted(const struct server *srv)
-{
-    return srv->cfg.idle_timeout_s || srv->cfg.output_stall_timeout_s ||
-           (srv->cfg.auth && srv->cfg.auth_timeout_s);
-}
-
 static void on_timer(uv_timer_t *t)
 {
     struct server *srv = t->data;

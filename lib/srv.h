@@ -486,11 +486,21 @@ static inline int reply_line(struct outq *o, const char *s)
     return r ? r : outq_text(o, "\r\n", 2);
 }
 
-/* What this thread queued during its loop turn (srv_loop.c). */
+/* What this thread queued during its loop turn (srv_post.c). */
 extern __thread bool srv_tl_wal_staged, srv_tl_kick_main;
 
-/* ---- srv_time.c ---- */
+/* What srv_prepare_write found. */
+enum prep {
+    PREP_CHANGES,   /* changes to make, each prepared (STORE_OK) */
+    PREP_FAILED,    /* a failed condition: answer it; nothing changes */
+    PREP_READ,      /* a gat none of whose keys is present: run it as a read */
+    PREP_TOO_LARGE, /* refused for size, nothing to delete: answer the error */
+};
 
+/* ---- prototypes, file by file, from the bottom layer up: a file calls only
+ * the files listed before it (server.c, on top, calls any) ---- */
+
+/* srv_time.c */
 void srv_clock_stale(void);
 void srv_clock_on_prepare(uv_prepare_t *h);
 void srv_clock_on_check(uv_check_t *h);
@@ -502,12 +512,9 @@ uint64_t srv_now_us(void);
 uint64_t srv_mono_ms(void);
 uint64_t srv_rng_next(struct server *srv);
 
-/* ---- srv_stats.c ---- */
-
-void srv_count_write(struct server *srv, enum proto_cmd cmd, enum store_status st);
-int srv_exec_stats(struct server *srv, struct outq *o, const struct proto_req *req);
-
-/* ---- srv_post.c ---- */
+/* srv_post.c */
+void srv_lock(struct server *srv);
+void srv_unlock(struct server *srv);
 bool srv_conn_local(const struct conn *c);
 void srv_conn_post(struct conn *c, unsigned what);
 void srv_post_done(struct conn *c, struct wdone *d);
@@ -519,78 +526,55 @@ void srv_waitlist_move(struct waitlist *dst, struct waitlist *src);
 void srv_waitlist_wake(struct waitlist *wl);
 void srv_wait_for(struct conn *c, struct waitlist *wl);
 
-/* ---- srv_exec.c ---- */
+/* srv_auth.c */
+int srv_conn_authenticate(struct conn *c, const char *p, size_t n, size_t *consumed);
 
-enum store_op_type srv_op_type_of(enum proto_cmd cmd);
+/* srv_gate.c */
+const char *srv_replica_addr(const struct server *srv, uint32_t id, char *buf,
+                             size_t cap);
+bool srv_peer_auth_refused(const struct server *srv, uint32_t id);
+int srv_write_run(struct server *srv, bool clean);
+uint64_t srv_ceiling_at(uint64_t seq_us);
+void srv_ceiling_refresh(struct server *srv);
+int srv_ceiling_cover(struct server *srv, uint64_t txid);
+bool srv_link_up(void *arg, uint32_t id);
+bool srv_clocks_allow_writes(struct server *srv, struct skew_verdict *v);
+void srv_fmt_clock_verdict(struct server *srv, const struct skew_verdict *v, char *dst,
+                           size_t cap);
+int srv_reply_clock_skew(struct server *srv, struct outq *o, bool write);
+const char *srv_replica_name(struct server *srv, uint32_t id, char *dst, size_t cap);
+int srv_reply_not_current(struct server *srv, struct outq *o, bool noreply);
+bool srv_fence_must_wait(struct server *srv, struct conn *c);
+
+/* srv_stats.c */
+void srv_count_write(struct server *srv, enum proto_cmd cmd, enum store_status st);
+int srv_exec_stats(struct server *srv, struct outq *o, const struct proto_req *req);
+
+/* srv_snap.c */
+int srv_start_snapshot(struct server *srv);
+void srv_snapshot_answer(struct waitlist *wl, const char *line);
+void srv_snapshot_check(struct server *srv);
+void srv_on_sigchld(uv_signal_t *h, int signum);
+void srv_snapshot_maybe(struct server *srv);
+
+/* srv_read.c */
 int srv_exec_retrieval(struct server *srv, struct conn *c, const struct proto_req *req);
-int srv_execute(struct server *srv, struct conn *c, const struct proto_req *req);
-void srv_lock_wait_timeouts(struct server *srv);
 
-/* ---- srv_write.c ---- */
-/* What srv_prepare_write found. */
-enum prep {
-    PREP_CHANGES,   /* changes to make, each prepared (STORE_OK) */
-    PREP_FAILED,    /* a failed condition: answer it; nothing changes */
-    PREP_READ,      /* a gat none of whose keys is present: run it as a read */
-    PREP_TOO_LARGE, /* refused for size, nothing to delete: answer the error */
-};
-int srv_prepare_write(struct server *srv, const struct proto_req *req, uint64_t version,
-                      void *owner, struct store_change *ch, size_t *nch,
-                      enum store_status *st);
-
+/* srv_write.c */
 const char *srv_write_reply(enum proto_cmd cmd, enum store_status st);
 int srv_reply_write_done(struct outq *o, enum proto_cmd cmd, bool too_large,
                          uint64_t number);
 int srv_reply_log_failed(struct server *srv, struct outq *o);
+int srv_reply_write_failed(struct server *srv, struct outq *o);
 void srv_op_of_request(const struct server *srv, const struct proto_req *req,
                        struct store_op *op);
 void srv_wreq_free(struct wreq *w);
-int srv_reply_write_failed(struct server *srv, struct outq *o);
+int srv_prepare_write(struct server *srv, const struct proto_req *req, uint64_t version,
+                      void *owner, struct store_change *ch, size_t *nch,
+                      enum store_status *st);
 int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *req);
 
-/* ---- srv_conn.c ---- */
-void srv_conn_run_posted(struct conn *c);
-
-int srv_consume_front(struct server *srv, struct conn *c, bool run_retrieval);
-void srv_conn_link(struct server *srv, struct conn *c);
-void srv_conn_free(struct conn *c);
-void srv_conn_close(struct conn *c, const char *why);
-void srv_conn_flush(struct conn *c);
-void srv_conn_set_reading(struct conn *c, bool on);
-void srv_prefetch_parsed(struct server *srv, const struct parsed *p, size_t np);
-void srv_conn_process(struct conn *c);
-void srv_conn_process_parsed(struct conn *c, struct parsed *pre);
-void srv_conn_check_time(struct conn *c, uint64_t now);
-
-/* ---- srv_listen.c ---- */
-
-void srv_reject_on_close(uv_handle_t *h);
-void srv_addr_name(const struct sockaddr_storage *ss, char *dst, size_t cap);
-int srv_addr_port(const struct sockaddr_storage *ss);
-void srv_on_connection(uv_stream_t *listener, int status);
-void srv_conn_start(struct conn *c);
-void srv_udp_finish(struct conn *c);
-void srv_udp_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
-void srv_udp_on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
-                     const struct sockaddr *addr, unsigned flags);
-
-/* ---- srv_loop.c ---- */
-void srv_lt_run_inboxes(struct server *srv);
-void srv_lt_close_main(struct server *srv);
-
-void srv_lock(struct server *srv);
-void srv_unlock(struct server *srv);
-void srv_lt_run_ready(struct lthread *lt);
-void srv_lt_flush(struct lthread *lt);
-void srv_on_wal_batch(void *arg);
-int srv_lt_start(struct server *srv, char *err, size_t cap);
-void srv_lt_stop_all(struct server *srv);
-void srv_lt_sweep(struct lthread *lt);
-
-/* ---- srv_cluster.c ---- */
-
-const char *srv_replica_addr(const struct server *srv, uint32_t id, char *buf,
-                             size_t cap);
+/* srv_cluster.c */
 int srv_reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason why,
                          uint32_t culprit, unsigned attempts);
 void srv_schedule_retry(struct server *srv, struct conn *c);
@@ -607,33 +591,54 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
                            const struct proto_req *req);
 void srv_expire_step(struct server *srv);
 
-/* ---- srv_peers.c ---- */
+/* srv_exec.c */
+int srv_execute(struct server *srv, struct conn *c, const struct proto_req *req);
+void srv_lock_wait_timeouts(struct server *srv);
 
-int srv_write_run(struct server *srv, bool clean);
-uint64_t srv_ceiling_at(uint64_t seq_us);
-void srv_ceiling_refresh(struct server *srv);
-int srv_ceiling_cover(struct server *srv, uint64_t txid);
-bool srv_clocks_allow_writes(struct server *srv, struct skew_verdict *v);
+/* srv_peers.c */
 void srv_skew_changed(struct server *srv);
 void srv_clock_probe(struct server *srv);
 void srv_clock_step_check(struct server *srv);
-int srv_reply_clock_skew(struct server *srv, struct outq *o, bool write);
-int srv_reply_not_current(struct server *srv, struct outq *o, bool noreply);
-bool srv_fence_must_wait(struct server *srv, struct conn *c);
 int srv_cluster_open(struct server *srv, struct recover_ledger *ledger, char *err,
                      size_t cap);
 int srv_cluster_listen(struct server *srv, char *err, size_t cap);
 
-/* ---- srv_snap.c ---- */
+/* srv_udp.c */
+void srv_udp_send_reply(struct server *srv, uint16_t req_id, const char *reply_bytes,
+                        size_t n, const struct sockaddr *addr);
 
-int srv_start_snapshot(struct server *srv);
-void srv_snapshot_answer(struct waitlist *wl, const char *line);
-void srv_snapshot_check(struct server *srv);
-void srv_on_sigchld(uv_signal_t *h, int signum);
-void srv_snapshot_maybe(struct server *srv);
+/* srv_conn.c */
+int srv_consume_front(struct server *srv, struct conn *c, bool run_retrieval);
+void srv_conn_link(struct server *srv, struct conn *c);
+void srv_conn_free(struct conn *c);
+void srv_conn_close(struct conn *c, const char *why);
+void srv_conn_flush(struct conn *c);
+void srv_conn_set_reading(struct conn *c, bool on);
+void srv_prefetch_parsed(struct server *srv, const struct parsed *p, size_t np);
+void srv_conn_process(struct conn *c);
+void srv_conn_process_parsed(struct conn *c, struct parsed *pre);
+void srv_conn_run_posted(struct conn *c);
+void srv_lt_run_ready(struct lthread *lt);
+void srv_lt_flush(struct lthread *lt);
 
-/* ---- server.c ---- */
+/* srv_listen.c */
+void srv_reject_on_close(uv_handle_t *h);
+void srv_addr_name(const struct sockaddr_storage *ss, char *dst, size_t cap);
+int srv_addr_port(const struct sockaddr_storage *ss);
+void srv_on_connection(uv_stream_t *listener, int status);
+void srv_conn_start(struct conn *c);
+void srv_udp_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+void srv_udp_on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
+                     const struct sockaddr *addr, unsigned flags);
 
+/* srv_loop.c */
+void srv_on_wal_batch(void *arg);
+int srv_lt_start(struct server *srv, char *err, size_t cap);
+void srv_lt_stop_all(struct server *srv);
+void srv_lt_run_inboxes(struct server *srv);
+void srv_lt_close_main(struct server *srv);
+void srv_lt_sweep(struct lthread *lt);
 bool srv_sweep_wanted(const struct server *srv);
+void srv_conn_check_time(struct conn *c, uint64_t now);
 
 #endif

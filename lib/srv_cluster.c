@@ -34,36 +34,6 @@
 
 static void expire_done(struct creq *q);
 
-const char *srv_replica_addr(const struct server *srv, uint32_t id, char *buf, size_t cap)
-{
-    for (size_t i = 0; i < srv->cfg.nreplicas; i++) {
-        const struct peer_addr *a = &srv->cfg.replicas[i];
-        if (a->id == id) {
-            /* The peer address, and the port clients use (from its STATE):
-             * the one to try with clie -p. */
-            if (id < LIMIT_REPLICAS_MAX && srv->peer_cport[id])
-                snprintf(buf, cap, "%s:%d, client port %u", a->host, a->port,
-                         srv->peer_cport[id]);
-            else
-                snprintf(buf, cap, "%s:%d", a->host, a->port);
-            return buf;
-        }
-    }
-    snprintf(buf, cap, "?");
-    return buf;
-}
-
-/* Did id's last link attempt fail its authentication (another secret)? */
-static bool peer_auth_refused(const struct server *srv, uint32_t id)
-{
-    struct peer_link_stats ls;
-
-    if (srv->peers == NULL)
-        return false;
-    peer_get_link_stats(srv->peers, id, &ls);
-    return ls.state != PEER_LINK_UP && ls.auth_refused;
-}
-
 /* The reply to a write that did not commit. */
 int srv_reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason why,
                          uint32_t culprit, unsigned attempts)
@@ -147,7 +117,7 @@ int srv_reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason why
                 line, sizeof(line),
                 "SERVER_ERROR this replica's data is older than its peers saw it: it "
                 "serves nothing until rebuilt (see its log)\r\n");
-        else if (peer_auth_refused(srv, culprit))
+        else if (srv_peer_auth_refused(srv, culprit))
             snprintf(
                 line, sizeof(line),
                 "SERVER_ERROR replica %u (%s) is not authenticated (do the replicas' "

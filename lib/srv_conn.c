@@ -267,72 +267,6 @@ void srv_conn_set_reading(struct conn *c, bool on)
         srv_conn_close(c, "cannot read");
 }
 
-/*
- * One request of a connection that has not authenticated (--auth-file; c's
- * thread, lock held): memcached's ASCII authentication, proto_parse_auth().
- * Right credentials: STORED, and the connection runs commands from the next
- * request on. Wrong ones: CLIENT_ERROR authentication failure, logged (the
- * user name, never the password), and the --max-auth-failures'th closes the
- * connection. Anything else: CLIENT_ERROR unauthenticated. Returns 1 with
- * *consumed bytes done, 0 when more bytes are needed (c->need set), or
- * -ENOMEM. A connection that must go gets close_after_flush.
- */
-static int conn_authenticate(struct conn *c, const char *p, size_t n, size_t *consumed)
-{
-    struct server *srv = c->srv;
-    struct proto_auth a;
-    uint64_t dropped = 0;
-    char name[96], note[64];
-    int r = 0;
-
-    switch (proto_parse_auth(p, n, &a, consumed)) {
-    case PROTO_AUTH_NEED_MORE:
-        c->need = a.need;
-        return 0;
-    case PROTO_AUTH_QUIT:
-        c->need = 0;
-        c->close_after_flush = true;
-        return 1;
-    case PROTO_AUTH_CLOSE:
-        srv->st.protocol_closes++;
-        log_info(MOD, "conn %llu from %s: %s; closing", (unsigned long long)c->id,
-                 c->peer, a.error);
-        if (a.reply)
-            r = reply_line(&c->out, a.reply);
-        c->close_after_flush = true;
-        *consumed = n;
-        return r < 0 ? r : 1;
-    case PROTO_AUTH_REFUSE:
-        c->need = 0;
-        return reply_line(&c->out, a.error) < 0 ? -ENOMEM : 1;
-    case PROTO_AUTH_TOKEN:
-        break;
-    }
-    c->need = 0;
-    srv->st.auth_cmds++;
-    log_escape(name, sizeof(name), a.user, a.nuser);
-    if (auth_check(srv->cfg.auth, a.user, a.nuser, a.pass, a.npass)) {
-        c->authed = true;
-        log_debug(MOD, "conn %llu from %s: authenticated as %s",
-                  (unsigned long long)c->id, c->peer, name);
-        return reply(&c->out, "STORED\r\n") < 0 ? -ENOMEM : 1;
-    }
-    srv->st.auth_errors++;
-    bool last = ++c->auth_failures >= srv->cfg.auth_failures_max;
-    if (last) {
-        srv->st.auth_failure_closes++;
-        c->close_after_flush = true;
-    }
-    if (srv_ratelog_allow(&srv->rl_auth, &dropped))
-        log_warn(MOD,
-                 "conn %llu from %s: authentication failed for user '%s' (attempt %u of "
-                 "%u%s)%s",
-                 (unsigned long long)c->id, c->peer, name, c->auth_failures,
-                 srv->cfg.auth_failures_max, last ? "; closing" : "",
-                 srv_ratelog_note(note, sizeof(note), dropped));
-    return reply(&c->out, "CLIENT_ERROR authentication failure\r\n") < 0 ? -ENOMEM : 1;
-}
-
 /* No lock needed (see above); c's thread only. */
 static void parse_batch(struct server *srv, const struct conn *c, struct parsed *p)
 {
@@ -391,6 +325,19 @@ void srv_conn_process(struct conn *c)
     srv_conn_process_parsed(c, &pre);
 }
 
+/* A UDP request ran: its replies leave in datagrams, and its short-lived
+ * connection goes. */
+static void udp_finish(struct conn *c)
+{
+    struct server *srv = c->srv;
+
+    if (c->out.bytes)
+        srv_udp_send_reply(srv, c->udp_req_id, c->out.flatbuf.data, c->out.flatbuf.len,
+                           (const struct sockaddr *)&c->addr);
+    c->closing = c->handle_closed = true;
+    srv_conn_free(c);
+}
+
 /* Parses and executes every complete request in the read buffer, until one
  * has to wait: what pre holds (parsed from c's buffer as it is now), then
  * whatever follows it. */
@@ -419,7 +366,7 @@ void srv_conn_process_parsed(struct conn *c, struct parsed *pre)
         if (c->rlen - pos == 0 || c->rlen - pos < c->need)
             break;
         if (!c->authed) {
-            r = conn_authenticate(c, c->rbuf + pos, c->rlen - pos, &consumed);
+            r = srv_conn_authenticate(c, c->rbuf + pos, c->rlen - pos, &consumed);
             if (r == 0)
                 break;
             if (r < 0)
@@ -521,7 +468,7 @@ void srv_conn_process_parsed(struct conn *c, struct parsed *pre)
     if (c->udp) {
         if (c->rlen == 0 && c->npending == 0 && c->cpending == NULL &&
             c->waiting == NULL && c->keys == NULL)
-            srv_udp_finish(c);
+            udp_finish(c);
         return;
     }
     if (c->rlen == 0 && c->rcap > LIMIT_READ_BUF_BYTES_KEEP) {
@@ -656,74 +603,6 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     srv_unlock(srv);
     srv_lt_flush(lt);
-}
-
-/* Bytes of c's replies the socket has taken: written, plus the part of the
- * write in flight libuv has written already (c's thread). */
-static uint64_t conn_sent(struct conn *c)
-{
-    size_t unwritten =
-        c->in_flight ? uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) : 0;
-
-    return c->sent_bytes + (c->in_flight > unwritten ? c->in_flight - unwritten : 0);
-}
-
-/*
- * Closes c if it is past one of its time limits (c's thread, lock held):
- *   --output-stall-timeout  replies queued and the client has not taken a
- *                           byte of them for that long (it sends and never
- *                           reads: its queue, and the items it references,
- *                           would be held for good);
- *   --auth-timeout          not authenticated that long after connecting;
- *   --idle-timeout          silent that long, with nothing owed to it.
- */
-void srv_conn_check_time(struct conn *c, uint64_t now)
-{
-    struct server *srv = c->srv;
-    const struct server_config *cfg = &srv->cfg;
-    uint64_t dropped;
-    char note[64];
-
-    if (c->closing || c->udp)
-        return;
-    if (cfg->output_stall_timeout_s && c->out.bytes > 0) {
-        uint64_t sent = conn_sent(c);
-        if (c->stall_since_ms == 0 || sent != c->stall_sent) {
-            c->stall_sent = sent;
-            c->stall_since_ms = now;
-        } else if (now - c->stall_since_ms >=
-                   (uint64_t)cfg->output_stall_timeout_s * 1000) {
-            srv->st.output_stall_closes++;
-            log_warn(MOD,
-                     "conn %llu from %s closed: it has not read its replies for %u s "
-                     "(%zu bytes queued; --output-stall-timeout)",
-                     (unsigned long long)c->id, c->peer, cfg->output_stall_timeout_s,
-                     c->out.bytes);
-            srv_conn_close(c, NULL);
-            return;
-        }
-    } else {
-        c->stall_since_ms = 0;
-    }
-    if (!c->authed && cfg->auth_timeout_s &&
-        now - c->opened_ms >= (uint64_t)cfg->auth_timeout_s * 1000) {
-        srv->st.auth_timeouts++;
-        if (srv_ratelog_allow(&srv->rl_auth_timeout, &dropped))
-            log_info(MOD,
-                     "conn %llu from %s closed: not authenticated within %u s "
-                     "(--auth-timeout)%s",
-                     (unsigned long long)c->id, c->peer, cfg->auth_timeout_s,
-                     srv_ratelog_note(note, sizeof(note), dropped));
-        srv_conn_close(c, NULL);
-        return;
-    }
-    if (cfg->idle_timeout_s &&
-        now - c->last_active_ms > (uint64_t)cfg->idle_timeout_s * 1000 &&
-        c->out.bytes == 0 && c->npending == 0 && c->cpending == NULL &&
-        c->waiting == NULL) {
-        srv->st.idle_kicks++;
-        srv_conn_close(c, "idle timeout");
-    }
 }
 
 /* c's request waited too long for a transaction's outcome: answer it with
@@ -878,4 +757,46 @@ void srv_conn_run_posted(struct conn *c)
     }
     if (run && !wait && !c->closing)
         srv_conn_process(c);
+}
+
+/*
+ * A connection thread's reads run at the end of their loop turn, all under
+ * one hold of the lock (srv_lt_run_ready): the lock is taken once per turn, not
+ * once per read, and the lookups of requests from different connections
+ * overlap their cache misses as a pipeline's do. The main loop (which holds
+ * the lock anyway) runs them at once.
+ */
+void srv_lt_run_ready(struct lthread *lt)
+{
+    struct server *srv = lt->srv;
+    size_t n = lt->nready;
+    uint64_t now_ms = util_mono_ns() / 1000000u;
+
+    srv->st.bytes_read += lt->ready_bytes;
+    lt->ready_bytes = 0;
+    /* A slot emptied since (its connection freed or run) costs a useless
+     * prefetch at most: its hashes are only numbers. */
+    srv_prefetch_parsed(srv, lt->ready, n);
+    for (size_t i = 0; i < n; i++) {
+        struct conn *c = lt->ready_conn[i];
+        if (c == NULL)
+            continue; /* freed, or run since by another path */
+        assert(c->deferred && c->slot == i);
+        c->last_active_ms = now_ms;
+        srv_conn_process_parsed(c, &lt->ready[i]);
+    }
+    assert(lt->nready == n);
+    lt->nready = 0;
+}
+
+/* Writes the output of the connections lt ran (lt's thread, lock let go). */
+void srv_lt_flush(struct lthread *lt)
+{
+    struct conn *c;
+
+    while ((c = lt->flushq) != NULL) {
+        lt->flushq = c->flush_next;
+        c->in_flushq = false;
+        srv_conn_flush(c);
+    }
 }

@@ -6,34 +6,7 @@
 
 #include "srv.h"
 
-/* What this thread queued during its loop's turn: log records (the main
- * loop hands them to the log writer when it turns, but it may be asleep)
- * and peer frames (written by the main loop: wake it). */
-__thread bool srv_tl_wal_staged, srv_tl_kick_main;
-
 static void lt_on_sweep(uv_timer_t *t);
-
-/* Taken by connection threads around what they run; the main thread holds
- * it whenever its loop runs (server_run). */
-void srv_lock(struct server *srv)
-{
-    srv_clock_stale();
-    if (srv->mt) {
-        pthread_mutex_lock(&srv->mu);
-        item_defer_frees(true);
-    }
-}
-
-/* Items overwritten meanwhile are freed after the lock is let go: the
- * other threads need not wait for free(3). */
-void srv_unlock(struct server *srv)
-{
-    if (srv->mt) {
-        item_defer_frees(false);
-        pthread_mutex_unlock(&srv->mu);
-        item_reap();
-    }
-}
 
 static void lt_run_inbox(struct lthread *lt);
 
@@ -109,36 +82,6 @@ static void lt_on_idle(uv_idle_t *h)
         lt_end_turn(lt);
 }
 
-/*
- * A connection thread's reads run at the end of their loop turn, all under
- * one hold of the lock (srv_lt_run_ready): the lock is taken once per turn, not
- * once per read, and the lookups of requests from different connections
- * overlap their cache misses as a pipeline's do. The main loop (which holds
- * the lock anyway) runs them at once.
- */
-void srv_lt_run_ready(struct lthread *lt)
-{
-    struct server *srv = lt->srv;
-    size_t n = lt->nready;
-    uint64_t now_ms = util_mono_ns() / 1000000u;
-
-    srv->st.bytes_read += lt->ready_bytes;
-    lt->ready_bytes = 0;
-    /* A slot emptied since (its connection freed or run) costs a useless
-     * prefetch at most: its hashes are only numbers. */
-    srv_prefetch_parsed(srv, lt->ready, n);
-    for (size_t i = 0; i < n; i++) {
-        struct conn *c = lt->ready_conn[i];
-        if (c == NULL)
-            continue; /* freed, or run since by another path */
-        assert(c->deferred && c->slot == i);
-        c->last_active_ms = now_ms;
-        srv_conn_process_parsed(c, &lt->ready[i]);
-    }
-    assert(lt->nready == n);
-    lt->nready = 0;
-}
-
 /* Takes the sockets handed to lt (lt's thread, lock held). */
 static void lt_adopt(struct lthread *lt)
 {
@@ -163,18 +106,6 @@ static void lt_adopt(struct lthread *lt)
         srv_conn_start(c);
     }
     lt->nfds = 0;
-}
-
-/* Writes the output of the connections lt ran (lt's thread, lock let go). */
-void srv_lt_flush(struct lthread *lt)
-{
-    struct conn *c;
-
-    while ((c = lt->flushq) != NULL) {
-        lt->flushq = c->flush_next;
-        c->in_flushq = false;
-        srv_conn_flush(c);
-    }
 }
 
 static void lt_run_inbox(struct lthread *lt)
@@ -442,4 +373,79 @@ static void lt_on_sweep(uv_timer_t *t)
     srv_lock(lt->srv);
     srv_lt_sweep(lt);
     srv_unlock(lt->srv);
+}
+
+/* Whether any connection time limit is set (srv_lt_sweep has work). */
+bool srv_sweep_wanted(const struct server *srv)
+{
+    return srv->cfg.idle_timeout_s || srv->cfg.output_stall_timeout_s ||
+           (srv->cfg.auth && srv->cfg.auth_timeout_s);
+}
+
+/* Bytes of c's replies the socket has taken: written, plus the part of the
+ * write in flight libuv has written already (c's thread). */
+static uint64_t conn_sent(struct conn *c)
+{
+    size_t unwritten =
+        c->in_flight ? uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) : 0;
+
+    return c->sent_bytes + (c->in_flight > unwritten ? c->in_flight - unwritten : 0);
+}
+
+/*
+ * Closes c if it is past one of its time limits (c's thread, lock held):
+ *   --output-stall-timeout  replies queued and the client has not taken a
+ *                           byte of them for that long (it sends and never
+ *                           reads: its queue, and the items it references,
+ *                           would be held for good);
+ *   --auth-timeout          not authenticated that long after connecting;
+ *   --idle-timeout          silent that long, with nothing owed to it.
+ */
+void srv_conn_check_time(struct conn *c, uint64_t now)
+{
+    struct server *srv = c->srv;
+    const struct server_config *cfg = &srv->cfg;
+    uint64_t dropped;
+    char note[64];
+
+    if (c->closing || c->udp)
+        return;
+    if (cfg->output_stall_timeout_s && c->out.bytes > 0) {
+        uint64_t sent = conn_sent(c);
+        if (c->stall_since_ms == 0 || sent != c->stall_sent) {
+            c->stall_sent = sent;
+            c->stall_since_ms = now;
+        } else if (now - c->stall_since_ms >=
+                   (uint64_t)cfg->output_stall_timeout_s * 1000) {
+            srv->st.output_stall_closes++;
+            log_warn(MOD,
+                     "conn %llu from %s closed: it has not read its replies for %u s "
+                     "(%zu bytes queued; --output-stall-timeout)",
+                     (unsigned long long)c->id, c->peer, cfg->output_stall_timeout_s,
+                     c->out.bytes);
+            srv_conn_close(c, NULL);
+            return;
+        }
+    } else {
+        c->stall_since_ms = 0;
+    }
+    if (!c->authed && cfg->auth_timeout_s &&
+        now - c->opened_ms >= (uint64_t)cfg->auth_timeout_s * 1000) {
+        srv->st.auth_timeouts++;
+        if (srv_ratelog_allow(&srv->rl_auth_timeout, &dropped))
+            log_info(MOD,
+                     "conn %llu from %s closed: not authenticated within %u s "
+                     "(--auth-timeout)%s",
+                     (unsigned long long)c->id, c->peer, cfg->auth_timeout_s,
+                     srv_ratelog_note(note, sizeof(note), dropped));
+        srv_conn_close(c, NULL);
+        return;
+    }
+    if (cfg->idle_timeout_s &&
+        now - c->last_active_ms > (uint64_t)cfg->idle_timeout_s * 1000 &&
+        c->out.bytes == 0 && c->npending == 0 && c->cpending == NULL &&
+        c->waiting == NULL) {
+        srv->st.idle_kicks++;
+        srv_conn_close(c, "idle timeout");
+    }
 }

@@ -3,10 +3,38 @@
  * server has for it (a write's outcome, a wake-up, a line to answer) is
  * posted to it, and its own thread runs it at the end of its loop turn
  * (srv_loop.c runs the inbox, srv_conn.c what is posted). Nothing here
- * runs a connection's code. Also the wait lists connections wait on.
+ * runs a connection's code. Also the wait lists connections wait on, the
+ * server lock, and what a thread queued during its loop turn.
  */
 
 #include "srv.h"
+
+/* What this thread queued during its loop's turn: log records (the main
+ * loop hands them to the log writer when it turns, but it may be asleep)
+ * and peer frames (written by the main loop: wake it). */
+__thread bool srv_tl_wal_staged, srv_tl_kick_main;
+
+/* Taken by connection threads around what they run; the main thread holds
+ * it whenever its loop runs (server_run). */
+void srv_lock(struct server *srv)
+{
+    srv_clock_stale();
+    if (srv->mt) {
+        pthread_mutex_lock(&srv->mu);
+        item_defer_frees(true);
+    }
+}
+
+/* Items overwritten meanwhile are freed after the lock is let go: the
+ * other threads need not wait for free(3). */
+void srv_unlock(struct server *srv)
+{
+    if (srv->mt) {
+        item_defer_frees(false);
+        pthread_mutex_unlock(&srv->mu);
+        item_reap();
+    }
+}
 
 /* Does the calling thread own c (or has its owner exited)? */
 bool srv_conn_local(const struct conn *c)

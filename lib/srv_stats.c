@@ -98,7 +98,8 @@ int srv_exec_stats(struct server *srv, struct outq *o, const struct proto_req *r
         stat_u64(o, "auth_timeout", cfg->auth_timeout_s);
         stat_u64(o, "max_auth_failures", cfg->auth_failures_max);
         stat_str(o, "evictions", "off");
-        stat_u64(o, "num_threads", srv->cfg.threads ? srv->cfg.threads : 1); /* = threads */
+        stat_u64(o, "num_threads",
+                 srv->cfg.threads ? srv->cfg.threads : 1); /* = threads */
         stat_str(o, "data_dir", cfg->data_dir);
         stat_str(o, "fsync", wal_fsync_mode_name(cfg->fsync_mode));
         stat_u64(o, "fsync_interval_ms", cfg->fsync_interval_ms);

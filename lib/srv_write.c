@@ -83,12 +83,43 @@ int srv_reply_write_failed(struct server *srv, struct outq *o)
     return reply(o, line);
 }
 
+static enum store_op_type op_type_of(enum proto_cmd cmd)
+{
+    switch (cmd) {
+    case PROTO_CMD_SET:
+        return STORE_SET;
+    case PROTO_CMD_ADD:
+        return STORE_ADD;
+    case PROTO_CMD_REPLACE:
+        return STORE_REPLACE;
+    case PROTO_CMD_APPEND:
+        return STORE_APPEND;
+    case PROTO_CMD_PREPEND:
+        return STORE_PREPEND;
+    case PROTO_CMD_CAS:
+        return STORE_CAS;
+    case PROTO_CMD_DELETE:
+        return STORE_DELETE;
+    case PROTO_CMD_INCR:
+        return STORE_INCR;
+    case PROTO_CMD_DECR:
+        return STORE_DECR;
+    case PROTO_CMD_TOUCH:
+    case PROTO_CMD_GAT:
+    case PROTO_CMD_GATS:
+        return STORE_TOUCH;
+    default:
+        assert(cmd == PROTO_CMD_FLUSH_ALL);
+        return STORE_FLUSH;
+    }
+}
+
 /* The store operation a single-key write request (or flush_all) asks for. */
 void srv_op_of_request(const struct server *srv, const struct proto_req *req,
                        struct store_op *op)
 {
     memset(op, 0, sizeof(*op));
-    op->type = srv_op_type_of(req->cmd);
+    op->type = op_type_of(req->cmd);
     op->key = req->key;
     op->nkey = req->nkey;
     op->value = req->data;

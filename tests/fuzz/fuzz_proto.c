@@ -140,7 +140,9 @@ static void check_req(const char *buf, size_t len, const struct proto_limits *li
     if (is_retrieval(r->cmd)) {
         size_t pos = 0, count = 0, nk;
         const char *k;
-        FUZZ_CHECK(r->nkeys >= 1 && r->nkeys <= lim->get_keys_max);
+        /* "gat <exptime>" alone is a request without keys (memcached: END). */
+        bool gat = r->cmd == PROTO_CMD_GAT || r->cmd == PROTO_CMD_GATS;
+        FUZZ_CHECK((r->nkeys >= 1 || gat) && r->nkeys <= lim->get_keys_max);
         FUZZ_CHECK(inside(r->keys, r->keys_len, buf, line_len));
         while (proto_next_key(r, &pos, &k, &nk)) {
             FUZZ_CHECK(proto_key_valid(k, nk));
