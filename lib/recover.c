@@ -50,8 +50,6 @@
 
 #define MOD "recover"
 
-
-
 /* Replay reproduces the stored state, dead items included (a later TOUCH
  * may refer to one touched while it was alive); it reads no clock. */
 static int load_item(void *arg, const struct wal_op *op)
@@ -98,7 +96,8 @@ void recover_ledger_free(struct recover_ledger *l)
 }
 
 /* Keeps the newest decided_max decisions (a ring). */
-static int note_decided(struct recover_ledger *l, const struct wal_txn *txn, bool committed)
+static int note_decided(struct recover_ledger *l, const struct wal_txn *txn,
+                        bool committed)
 {
     struct recover_decided d = {txn->txid, txn->epoch, txn->coordinator, committed};
 
@@ -125,7 +124,8 @@ static long find_txn(const struct recover_txn *a, size_t n, uint64_t txid)
     return -1;
 }
 
-static int push_txn(struct recover_txn **a, size_t *n, size_t *cap, const struct recover_txn *t)
+static int push_txn(struct recover_txn **a, size_t *n, size_t *cap,
+                    const struct recover_txn *t)
 {
     if (*n == *cap) {
         size_t c = *cap ? *cap * 2 : 16;
@@ -215,7 +215,8 @@ int recover_replay_payload(struct recover_replay *rp, uint8_t type, const char *
          * participant has it. */
         if ((txn.txid & 0xff) == l->self &&
             find_txn(l->committed, l->ncommitted, txn.txid) < 0) {
-            struct recover_txn t = {.txid = txn.txid, .epoch = txn.epoch, .coord = l->self};
+            struct recover_txn t = {
+                .txid = txn.txid, .epoch = txn.epoch, .coord = l->self};
             return push_txn(&l->committed, &l->ncommitted, &l->cap_committed, &t);
         }
         return 0;
@@ -327,21 +328,20 @@ static int truncate_durably(const char *path, size_t len)
  * cut is spelled out with the records it gives up, which were
  * acknowledged. */
 static const char *damage_hint(char *buf, size_t cap, const char *dir,
-                               const struct datadir_file *segs, long n, long i, size_t off,
-                               uint64_t lsn)
+                               const struct datadir_file *segs, long n, long i,
+                               size_t off, uint64_t lsn)
 {
-    int k = snprintf(buf, cap,
-                     "Keep a copy of the data directory as it is. Restore it from a backup if "
-                     "you have one (a replica of a cluster: from a healthy replica's, both "
-                     "stopped). To start instead with every record before the damage, giving "
-                     "up records from %" PRIu64 " on (acknowledged writes among them): "
-                     "truncate -s %zu %s/%s",
-                     lsn, off, dir, segs[i].name);
+    int k = snprintf(
+        buf, cap,
+        "Keep a copy of the data directory as it is. Restore it from a backup if "
+        "you have one (a replica of a cluster: from a healthy replica's, both "
+        "stopped). To start instead with every record before the damage, giving "
+        "up records from %" PRIu64 " on (acknowledged writes among them): "
+        "truncate -s %zu %s/%s",
+        lsn, off, dir, segs[i].name);
     if (i + 1 < n && k > 0 && (size_t)k < cap)
-        snprintf(buf + k, cap - (size_t)k,
-                 ", and move %s%s out of the directory",
-                 segs[i + 1].name,
-                 i + 2 < n ? " and every later wal-*.log" : "");
+        snprintf(buf + k, cap - (size_t)k, ", and move %s%s out of the directory",
+                 segs[i + 1].name, i + 2 < n ? " and every later wal-*.log" : "");
     return buf;
 }
 
@@ -378,6 +378,130 @@ static int cut_tail(const char *path, size_t len, const struct wal_scan *sc,
     return 0;
 }
 
+/* One log segment as replay_segments scanned it. */
+struct seg {
+    const char *dir;
+    struct datadir_file *segs;
+    long n, i; /* segs[i] of n */
+    bool last;
+    const char *path;
+    size_t len;
+    uint64_t scan_ms;
+};
+
+/* What a segment's scan means: a clean end, a tail to cut (a crash or, with
+ * opts->unsynced_tail, a power cut under --fsync none), or damage recovery
+ * must not guess past (an error naming what to do). Returns 0 or -errno. */
+static int judge_scan(const struct seg *g, const struct wal_scan *sc,
+                      const struct recover_opts *opts, struct recover_result *res,
+                      char *err, size_t cap)
+{
+    char hint[1200];
+    int r;
+
+    switch (sc->status) {
+    case WAL_SCAN_CLEAN:
+        break;
+    case WAL_SCAN_TORN:
+    case WAL_SCAN_HOLE:
+        if (!g->last)
+            return util_errf(
+                err, cap, -EBADMSG,
+                "%s is damaged at offset %zu and later segments exist, so this "
+                "is not an interrupted write. %s",
+                g->path, sc->bad_offset,
+                damage_hint(hint, sizeof(hint), g->dir, g->segs, g->n, g->i,
+                            sc->bad_offset, sc->last_lsn + 1));
+        if (sc->status == WAL_SCAN_TORN)
+            log_warn(MOD,
+                     "%s: cutting off %zu bytes at offset %zu: a record cut short by "
+                     "a crash (never acknowledged)",
+                     g->path, g->len - sc->valid_bytes, sc->valid_bytes);
+        else
+            log_warn(
+                MOD,
+                "%s: cutting off %zu bytes at offset %zu: a hole there, and the %" PRIu64
+                " valid records after it all belong to the last write "
+                "batch, which a power cut left partly written (never "
+                "acknowledged)",
+                g->path, g->len - sc->valid_bytes, sc->valid_bytes, sc->records_after);
+        if ((r = cut_tail(g->path, g->len, sc, res, err, cap)) < 0)
+            return r;
+        break;
+    case WAL_SCAN_ZERO_TAIL:
+        /* The writer's preallocated zeros after the last record: a crash
+         * (or a failed trim) left them. Nothing was lost; cut them so the
+         * segment ends at its records like any closed one. */
+        log_debug(MOD, "%s: trimming %zu preallocated bytes after its last record",
+                  g->path, g->len - sc->valid_bytes);
+        if ((r = truncate_durably(g->path, sc->valid_bytes)) < 0)
+            return util_errf(err, cap, r, "cannot truncate %s: %s", g->path,
+                             strerror(-r));
+        break;
+    case WAL_SCAN_CORRUPT:
+        if (g->last && opts && opts->unsynced_tail) {
+            /* The last run wrote without fsync and lost power: anything
+             * after its last segment switch may be missing, holes
+             * included. Those records were reported durable. */
+            log_error(MOD,
+                      "%s: cutting off %zu bytes at offset %zu: a hole left by the "
+                      "power cut under --fsync none; the %s%" PRIu64 " valid records "
+                      "after it were acknowledged and are lost",
+                      g->path, g->len - sc->valid_bytes, sc->valid_bytes,
+                      sc->search_gave_up ? "at least " : "", sc->records_after);
+            if ((r = cut_tail(g->path, g->len, sc, res, err, cap)) < 0)
+                return r;
+            break;
+        }
+        return util_errf(
+            err, cap, -EBADMSG,
+            "%s is damaged at offset %zu: a record there fails its checksum and "
+            "%s follow it%s (%" PRIu64 " ms to look). %s",
+            g->path, sc->bad_offset,
+            sc->search_gave_up ? "what may be valid records" : "valid records",
+            sc->search_gave_up ? " (the search stopped at its bound)"
+            : sc->records_after && sc->version >= 2
+                ? ", one written by a later batch: data an fsync had covered is "
+                  "damaged (or the last record's value holds bytes shaped like "
+                  "records)"
+                : "",
+            g->scan_ms,
+            damage_hint(hint, sizeof(hint), g->dir, g->segs, g->n, g->i, sc->bad_offset,
+                        sc->last_lsn + 1));
+    case WAL_SCAN_BAD_HEADER:
+        return util_errf(err, cap, -EBADMSG,
+                         "%s does not start with a valid segment header. %s", g->path,
+                         damage_hint(hint, sizeof(hint), g->dir, g->segs, g->n, g->i, 0,
+                                     g->segs[g->i].seq));
+    case WAL_SCAN_NEWER_FORMAT:
+        return util_errf(
+            err, cap, -EPROTONOSUPPORT,
+            "%s was written by a newer serve (log format above %d); run that "
+            "version",
+            g->path, WAL_FORMAT_VERSION);
+    case WAL_SCAN_LSN_GAP:
+        return util_errf(err, cap, -EBADMSG,
+                         "%s: the record at offset %zu is out of sequence (after %" PRIu64
+                         "). %s",
+                         g->path, sc->bad_offset, sc->last_lsn,
+                         damage_hint(hint, sizeof(hint), g->dir, g->segs, g->n, g->i,
+                                     sc->bad_offset, sc->last_lsn + 1));
+    case WAL_SCAN_STOPPED:
+        return util_errf(
+            err, cap, sc->cb_error == -ENOMEM ? -ENOMEM : -EBADMSG,
+            "%s: cannot apply the record at offset %zu: %s. %s", g->path, sc->bad_offset,
+            sc->cb_error == -ENOTSUP ? "a two-phase commit record: this data directory "
+                                       "belongs to a replica; start serve with its "
+                                       "--id and --replicas"
+                                     : strerror(-sc->cb_error),
+            sc->cb_error == -ENOMEM
+                ? "free memory and retry"
+                : damage_hint(hint, sizeof(hint), g->dir, g->segs, g->n, g->i,
+                              sc->bad_offset, sc->last_lsn + 1));
+    }
+    return 0;
+}
+
 /* Replays segments segs[from..n). */
 static int replay_segments(const char *dir, struct datadir_file *segs, long n, long from,
                            const struct recover_opts *opts, struct recover_replay *rp,
@@ -406,29 +530,33 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
         uint64_t scan_ms = (util_mono_ns() - scan_t0) / 1000000u;
         /* A segment must start where the previous one ended (the first may
          * start before the snapshot's lsn: those records are skipped). */
-        bool header_ok = sc.status != WAL_SCAN_BAD_HEADER && sc.status != WAL_SCAN_NEWER_FORMAT;
+        bool header_ok =
+            sc.status != WAL_SCAN_BAD_HEADER && sc.status != WAL_SCAN_NEWER_FORMAT;
         if (header_ok && sc.first_lsn != segs[i].seq) {
             munmap(data, len);
-            return util_errf(err, cap, -EBADMSG,
-                         "%s: its header says it starts at record %" PRIu64 ", its name "
-                         "says %" PRIu64 ". %s",
-                         path, sc.first_lsn, segs[i].seq,
-                         damage_hint(hint, sizeof(hint), dir, segs, n, i, 0, segs[i].seq));
+            return util_errf(
+                err, cap, -EBADMSG,
+                "%s: its header says it starts at record %" PRIu64 ", its name "
+                "says %" PRIu64 ". %s",
+                path, sc.first_lsn, segs[i].seq,
+                damage_hint(hint, sizeof(hint), dir, segs, n, i, 0, segs[i].seq));
         }
-        bool starts_ok = !header_ok ||
-                         (i == from ? sc.first_lsn <= expect : sc.first_lsn == expect);
+        bool starts_ok =
+            !header_ok || (i == from ? sc.first_lsn <= expect : sc.first_lsn == expect);
         if (!starts_ok) {
             if (data)
                 munmap(data, len);
-            return util_errf(err, cap, -ENOENT,
-                         "the log has a gap: records %" PRIu64 " to %" PRIu64 " are missing "
-                         "before %s (a segment file was removed?). Put the missing segment "
-                         "back, or restore the directory from a backup (a replica of a "
-                         "cluster: from a healthy replica's). Keep a copy as it is",
-                         expect, sc.first_lsn - 1, path);
+            return util_errf(
+                err, cap, -ENOENT,
+                "the log has a gap: records %" PRIu64 " to %" PRIu64 " are missing "
+                "before %s (a segment file was removed?). Put the missing segment "
+                "back, or restore the directory from a backup (a replica of a "
+                "cluster: from a healthy replica's). Keep a copy as it is",
+                expect, sc.first_lsn - 1, path);
         }
         if (sc.status == WAL_SCAN_BAD_HEADER && last &&
-            (len < WAL_SEGMENT_HEADER_BYTES || all_zero(data, WAL_SEGMENT_HEADER_BYTES))) {
+            (len < WAL_SEGMENT_HEADER_BYTES ||
+             all_zero(data, WAL_SEGMENT_HEADER_BYTES))) {
             /* Created, but the crash came before its header was written -
              * unless records follow it: then a damaged sector took the
              * header of a segment that was in use. */
@@ -439,116 +567,30 @@ static int replay_segments(const char *dir, struct datadir_file *segs, long n, l
                         : 0;
             if (v != 0 || found > 0) {
                 munmap(data, len);
-                return util_errf(err, cap, -EBADMSG,
-                                 "%s: its header is zeros, yet %s follow it: the header "
-                                 "was damaged, not left unwritten by a crash. %s",
-                                 path, v < 0 ? "what may be valid records" : "valid records",
-                                 damage_hint(hint, sizeof(hint), dir, segs, n, i, 0,
-                                             segs[i].seq));
+                return util_errf(
+                    err, cap, -EBADMSG,
+                    "%s: its header is zeros, yet %s follow it: the header "
+                    "was damaged, not left unwritten by a crash. %s",
+                    path, v < 0 ? "what may be valid records" : "valid records",
+                    damage_hint(hint, sizeof(hint), dir, segs, n, i, 0, segs[i].seq));
             }
             if (data)
                 munmap(data, len);
-            log_warn(MOD, "removing %s: its header was never completely written (%zu bytes)",
+            log_warn(MOD,
+                     "removing %s: its header was never completely written (%zu bytes)",
                      path, len);
             if (unlink(path) < 0)
-                return util_errf(err, cap, -errno, "cannot remove %s: %s", path, strerror(errno));
+                return util_errf(err, cap, -errno, "cannot remove %s: %s", path,
+                                 strerror(errno));
             datadir_sync(dir);
             break;
         }
         if (data)
             munmap(data, len);
         res->segments++;
-        switch (sc.status) {
-        case WAL_SCAN_CLEAN:
-            break;
-        case WAL_SCAN_TORN:
-        case WAL_SCAN_HOLE:
-            if (!last)
-                return util_errf(err, cap, -EBADMSG,
-                             "%s is damaged at offset %zu and later segments exist, so this "
-                             "is not an interrupted write. %s",
-                             path, sc.bad_offset,
-                             damage_hint(hint, sizeof(hint), dir, segs, n, i, sc.bad_offset,
-                                         sc.last_lsn + 1));
-            if (sc.status == WAL_SCAN_TORN)
-                log_warn(MOD, "%s: cutting off %zu bytes at offset %zu: a record cut short by "
-                              "a crash (never acknowledged)",
-                         path, len - sc.valid_bytes, sc.valid_bytes);
-            else
-                log_warn(MOD, "%s: cutting off %zu bytes at offset %zu: a hole there, and the %"
-                              PRIu64 " valid records after it all belong to the last write "
-                              "batch, which a power cut left partly written (never "
-                              "acknowledged)",
-                         path, len - sc.valid_bytes, sc.valid_bytes, sc.records_after);
-            if ((r = cut_tail(path, len, &sc, res, err, cap)) < 0)
-                return r;
-            break;
-        case WAL_SCAN_ZERO_TAIL:
-            /* The writer's preallocated zeros after the last record: a crash
-             * (or a failed trim) left them. Nothing was lost; cut them so the
-             * segment ends at its records like any closed one. */
-            log_debug(MOD, "%s: trimming %zu preallocated bytes after its last record", path,
-                      len - sc.valid_bytes);
-            if ((r = truncate_durably(path, sc.valid_bytes)) < 0)
-                return util_errf(err, cap, r, "cannot truncate %s: %s", path, strerror(-r));
-            break;
-        case WAL_SCAN_CORRUPT:
-            if (last && opts && opts->unsynced_tail) {
-                /* The last run wrote without fsync and lost power: anything
-                 * after its last segment switch may be missing, holes
-                 * included. Those records were reported durable. */
-                log_error(MOD, "%s: cutting off %zu bytes at offset %zu: a hole left by the "
-                               "power cut under --fsync none; the %s%" PRIu64 " valid records "
-                               "after it were acknowledged and are lost",
-                          path, len - sc.valid_bytes, sc.valid_bytes,
-                          sc.search_gave_up ? "at least " : "", sc.records_after);
-                if ((r = cut_tail(path, len, &sc, res, err, cap)) < 0)
-                    return r;
-                break;
-            }
-            return util_errf(err, cap, -EBADMSG,
-                         "%s is damaged at offset %zu: a record there fails its checksum and "
-                         "%s follow it%s (%" PRIu64 " ms to look). %s",
-                         path, sc.bad_offset,
-                         sc.search_gave_up ? "what may be valid records" : "valid records",
-                         sc.search_gave_up ? " (the search stopped at its bound)"
-                         : sc.records_after && sc.version >= 2
-                             ? ", one written by a later batch: data an fsync had covered is "
-                               "damaged (or the last record's value holds bytes shaped like "
-                               "records)"
-                             : "",
-                         scan_ms,
-                         damage_hint(hint, sizeof(hint), dir, segs, n, i, sc.bad_offset,
-                                     sc.last_lsn + 1));
-        case WAL_SCAN_BAD_HEADER:
-            return util_errf(err, cap, -EBADMSG, "%s does not start with a valid segment header. %s",
-                         path,
-                         damage_hint(hint, sizeof(hint), dir, segs, n, i, 0, segs[i].seq));
-        case WAL_SCAN_NEWER_FORMAT:
-            return util_errf(err, cap, -EPROTONOSUPPORT,
-                         "%s was written by a newer serve (log format above %d); run that "
-                         "version",
-                         path, WAL_FORMAT_VERSION);
-        case WAL_SCAN_LSN_GAP:
-            return util_errf(err, cap, -EBADMSG,
-                         "%s: the record at offset %zu is out of sequence (after %" PRIu64
-                         "). %s",
-                         path, sc.bad_offset, sc.last_lsn,
-                         damage_hint(hint, sizeof(hint), dir, segs, n, i, sc.bad_offset,
-                                     sc.last_lsn + 1));
-        case WAL_SCAN_STOPPED:
-            return util_errf(err, cap, sc.cb_error == -ENOMEM ? -ENOMEM : -EBADMSG,
-                         "%s: cannot apply the record at offset %zu: %s. %s", path,
-                         sc.bad_offset,
-                         sc.cb_error == -ENOTSUP ? "a two-phase commit record: this data directory "
-                                                   "belongs to a replica; start serve with its "
-                                                   "--id and --replicas"
-                                                 : strerror(-sc.cb_error),
-                         sc.cb_error == -ENOMEM
-                             ? "free memory and retry"
-                             : damage_hint(hint, sizeof(hint), dir, segs, n, i, sc.bad_offset,
-                                           sc.last_lsn + 1));
-        }
+        struct seg g = {dir, segs, n, i, last, path, len, scan_ms};
+        if ((r = judge_scan(&g, &sc, opts, res, err, cap)) < 0)
+            return r;
         if (sc.last_lsn + 1 > expect)
             expect = sc.last_lsn + 1;
         /* An empty last segment would collide with the one the log starts
@@ -569,6 +611,30 @@ int recover(const char *dir, struct store *s, int64_t now_ms, struct recover_res
             char *err, size_t cap)
 {
     return recover_cluster(dir, s, now_ms, NULL, NULL, res, err, cap);
+}
+
+/* The snapshots snaps[from..n) did not read back: they are renamed out of
+ * the way (kept for inspection), so the next snapshot does not keep one of
+ * them as the previous one and delete the good one recovery fell back to. */
+static int set_aside_damaged(const char *dir, const struct datadir_file *snaps, long from,
+                             long n, char *err, size_t cap)
+{
+    char path[4200], to[4300];
+    int r;
+
+    for (long i = from; i < n; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, snaps[i].name);
+        snprintf(to, sizeof(to), "%s.damaged", path);
+        if (rename(path, to) == 0)
+            log_warn(MOD, "%s does not read back: renamed to %s (kept for inspection)",
+                     path, to);
+        else
+            log_warn(MOD, "cannot rename %s, which does not read back: %s", path,
+                     strerror(errno));
+    }
+    if (from < n && (r = datadir_sync(dir)) < 0)
+        return util_errf(err, cap, r, "cannot make %s durable: %s", dir, strerror(-r));
+    return 0;
 }
 
 int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
@@ -605,7 +671,8 @@ int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
             recover_ledger_free(ledger);
         r = snap_read(path, &sh, load_item, snap_txn, &rp, why, sizeof(why));
         if (r == 0 && sh.lsn != snaps[i].seq)
-            r = util_errf(why, sizeof(why), -EBADMSG, "%s: header says lsn %" PRIu64, path, sh.lsn);
+            r = util_errf(why, sizeof(why), -EBADMSG, "%s: header says lsn %" PRIu64,
+                          path, sh.lsn);
         if (r == 0) {
             res->snap_lsn = sh.lsn;
             good = i;
@@ -623,8 +690,9 @@ int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
         r = 0;
     }
     if (nsnap > 0 && res->snap_lsn == 0)
-        log_error(MOD, "no snapshot in %s reads back whole; replaying the whole log instead "
-                       "(this fails if the log no longer reaches back to its start)",
+        log_error(MOD,
+                  "no snapshot in %s reads back whole; replaying the whole log instead "
+                  "(this fails if the log no longer reaches back to its start)",
                   dir);
     {
         struct store_stats st;
@@ -648,32 +716,17 @@ int recover_cluster(const char *dir, struct store *s, int64_t now_ms,
         goto out;
     /* A damaged snapshot's records must still be in the log. */
     if (damaged >= 0 && res->next_lsn <= snaps[damaged].seq) {
-        r = util_errf(err, cap, -ENOENT,
-                  "%s/%s does not read back and records %" PRIu64 " to %" PRIu64 " are "
-                  "nowhere else (the log ends before them). Keep the data directory for "
-                  "inspection and restore that snapshot from a backup; to start anyway "
-                  "without those records, move it out of the directory",
-                  dir, snaps[damaged].name, res->next_lsn, snaps[damaged].seq);
+        r = util_errf(
+            err, cap, -ENOENT,
+            "%s/%s does not read back and records %" PRIu64 " to %" PRIu64 " are "
+            "nowhere else (the log ends before them). Keep the data directory for "
+            "inspection and restore that snapshot from a backup; to start anyway "
+            "without those records, move it out of the directory",
+            dir, snaps[damaged].name, res->next_lsn, snaps[damaged].seq);
         goto out;
     }
-    /* The snapshots that did not read back are renamed out of the way (kept
-     * for inspection): the next snapshot must not keep one of them as the
-     * previous one and delete the good one it fell back to. */
-    for (long i = good + 1; i < nsnap; i++) {
-        char to[4300];
-        snprintf(path, sizeof(path), "%s/%s", dir, snaps[i].name);
-        snprintf(to, sizeof(to), "%s.damaged", path);
-        if (rename(path, to) == 0)
-            log_warn(MOD, "%s does not read back: renamed to %s (kept for inspection)", path,
-                     to);
-        else
-            log_warn(MOD, "cannot rename %s, which does not read back: %s", path,
-                     strerror(errno));
-    }
-    if (good + 1 < nsnap && (r = datadir_sync(dir)) < 0) {
-        r = util_errf(err, cap, r, "cannot make %s durable: %s", dir, strerror(-r));
+    if ((r = set_aside_damaged(dir, snaps, good + 1, nsnap, err, cap)) < 0)
         goto out;
-    }
     res->records = rp.records;
     /* What is dead by now goes (a single replica; a replica of a cluster
      * keeps its stored state until the cluster deletes it). */

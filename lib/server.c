@@ -197,20 +197,10 @@ static int resolve(const char *host, int port, struct sockaddr_storage *ss)
     return 0;
 }
 
-/* Locks the data directory, recovers the store, opens the log. */
-static int open_data(struct server *srv, char *err, size_t cap)
+/* Takes the data directory's lock (datadir.h), saying who holds it. */
+static int lock_dir(struct server *srv, char *err, size_t cap)
 {
     const char *dir = srv->cfg.data_dir;
-    struct wal_config wc = {
-        .dir = dir,
-        .fsync_mode = srv->cfg.fsync_mode,
-        .fsync_interval_ms = srv->cfg.fsync_interval_ms,
-        .segment_bytes = srv->cfg.wal_segment_bytes,
-        .prealloc_bytes = srv->cfg.wal_prealloc_bytes,
-        .io = srv->cfg.wal_io,
-        .on_batch = srv->mt ? srv_on_wal_batch : NULL,
-        .on_batch_arg = srv,
-    };
     pid_t holder;
     int r;
 
@@ -228,13 +218,23 @@ static int open_data(struct server *srv, char *err, size_t cap)
         return util_errf(err, cap, r, "cannot lock data directory %s: %s", dir,
                          strerror(-r));
     srv->lock_fd = r;
+    return 0;
+}
+
+/* Reads what the last run left in RUN (datadir.h) into prev and srv:
+ * whether its log may have lost records (*lost_now), which replica owns
+ * the directory, the fence's state. */
+static int read_run(struct server *srv, struct datadir_run *prev, bool *lost_now,
+                    char *err, size_t cap)
+{
+    const char *dir = srv->cfg.data_dir;
+    char boot[40];
+    int r;
 
     /* Whether the last run can have lost records it reported durable:
      * asked before recovery, which makes durable what it replays. */
-    struct datadir_run prev;
-    char boot[40];
     datadir_boot_id(boot, sizeof(boot));
-    if ((r = datadir_run_read(dir, &prev)) < 0)
+    if ((r = datadir_run_read(dir, prev)) < 0)
         return util_errf(
             err, cap, r,
             "%s/RUN, which tells whether the last run may have lost records, "
@@ -242,21 +242,45 @@ static int open_data(struct server *srv, char *err, size_t cap)
             "state is unknown. If it was edited by hand, restore its fields "
             "(DESIGN.md, \"A log that lost records\")",
             dir, strerror(-r));
-    if (srv->cluster && prev.has_id && prev.id != srv->cfg.id)
+    if (srv->cluster && prev->has_id && prev->id != srv->cfg.id)
         return util_errf(err, cap, -EINVAL,
                          "data directory %s belongs to replica %" PRIu32
                          ", not to --id %" PRIu32 ": give each replica its own directory",
-                         dir, prev.id, srv->cfg.id);
-    srv->lost_before = prev.lost_before;
-    srv->hist_mark = prev.fence_mark;
-    srv->run_fence_mark = prev.fence_mark;
-    srv->run_behind = prev.behind;
-    srv->run_behind_by = prev.behind_by;
-    srv->run_behind_seen = prev.behind_seen;
-    memcpy(srv->prev_seen, prev.seen, sizeof(srv->prev_seen));
-    memcpy(srv->run_seen, prev.seen, sizeof(srv->run_seen));
-    bool lost_now = datadir_run_lost(&prev, boot);
-    srv->history_lost = lost_now || prev.lost_before != 0;
+                         dir, prev->id, srv->cfg.id);
+    srv->lost_before = prev->lost_before;
+    srv->hist_mark = prev->fence_mark;
+    srv->run_fence_mark = prev->fence_mark;
+    srv->run_behind = prev->behind;
+    srv->run_behind_by = prev->behind_by;
+    srv->run_behind_seen = prev->behind_seen;
+    memcpy(srv->prev_seen, prev->seen, sizeof(srv->prev_seen));
+    memcpy(srv->run_seen, prev->seen, sizeof(srv->run_seen));
+    *lost_now = datadir_run_lost(prev, boot);
+    srv->history_lost = *lost_now || prev->lost_before != 0;
+    return 0;
+}
+
+/* Locks the data directory, recovers the store, opens the log. */
+static int open_data(struct server *srv, char *err, size_t cap)
+{
+    const char *dir = srv->cfg.data_dir;
+    struct wal_config wc = {
+        .dir = dir,
+        .fsync_mode = srv->cfg.fsync_mode,
+        .fsync_interval_ms = srv->cfg.fsync_interval_ms,
+        .segment_bytes = srv->cfg.wal_segment_bytes,
+        .prealloc_bytes = srv->cfg.wal_prealloc_bytes,
+        .io = srv->cfg.wal_io,
+        .on_batch = srv->mt ? srv_on_wal_batch : NULL,
+        .on_batch_arg = srv,
+    };
+    struct datadir_run prev;
+    bool lost_now = false;
+    int r;
+
+    if ((r = lock_dir(srv, err, cap)) < 0 ||
+        (r = read_run(srv, &prev, &lost_now, err, cap)) < 0)
+        return r;
 
     srv_refresh_now(srv);
     struct recover_ledger ledger = {.self = srv->cfg.id,

@@ -335,15 +335,21 @@ static int encode_and_drop(struct server *srv, struct store_change *ch, uint32_t
     return r;
 }
 
-int srv_exec_write_cluster(struct server *srv, struct conn *c,
-                           const struct proto_req *req)
+/* The number no AFTER_* is: a write that may go ahead (may_write). */
+#define GO_AHEAD 1000
+
+/*
+ * Whether c's write may be evaluated now: the log works, this replica is
+ * confirmed current, the clocks are measured and within bound, and no
+ * transaction holds one of its keys. Returns GO_AHEAD, or what the request
+ * gets instead (AFTER_WAIT: c waits on a list, bounded by --lock-wait-ms;
+ * 0 or -ENOMEM: answered).
+ */
+static int may_write(struct server *srv, struct conn *c, const struct proto_req *req)
 {
     struct outq *o = &c->out;
     struct txn_prep *holder = NULL;
-    struct creq *q;
-    uint32_t nops = 0, culprit;
-    uint64_t txid;
-    int r, r2;
+    int r;
 
     if (wal_error(srv->wal)) {
         srv->st.writes_failed++;
@@ -399,7 +405,20 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
         srv_wait_for(c, &((struct ptx *)holder->user)->waiters);
         return AFTER_WAIT;
     }
+    return GO_AHEAD;
+}
 
+int srv_exec_write_cluster(struct server *srv, struct conn *c,
+                           const struct proto_req *req)
+{
+    struct outq *o = &c->out;
+    struct creq *q;
+    uint32_t nops = 0, culprit;
+    uint64_t txid;
+    int r, r2;
+
+    if ((r = may_write(srv, c, req)) != GO_AHEAD)
+        return r;
     if ((q = calloc(1, sizeof(*q))) == NULL)
         return -ENOMEM;
     q->srv = srv;

@@ -338,6 +338,25 @@ static void udp_finish(struct conn *c)
     srv_conn_free(c);
 }
 
+static void after_batch(struct conn *c, size_t pos);
+
+/* A request that does not parse (PROTO_ERROR) at pos: memcached's error
+ * line, unless noreply; what exactly was wrong goes to the debug log. */
+static int answer_bad_request(struct conn *c, const struct proto_req *req, size_t pos)
+{
+    int r = req->noreply ? 0 : reply_line(&c->out, req->error);
+
+    if (log_enabled(LOG_LEVEL_DEBUG)) {
+        char line[96];
+        const char *nl = memchr(c->rbuf + pos, '\n', c->rlen - pos);
+        size_t ll = nl ? (size_t)(nl - (c->rbuf + pos)) : c->rlen - pos;
+        log_debug(MOD, "conn %llu: %s%s%s <- %s", (unsigned long long)c->id, req->error,
+                  req->detail ? ": " : "", req->detail ? req->detail : "",
+                  log_escape(line, sizeof(line), c->rbuf + pos, ll));
+    }
+    return r;
+}
+
 /* Parses and executes every complete request in the read buffer, until one
  * has to wait: what pre holds (parsed from c's buffer as it is now), then
  * whatever follows it. */
@@ -418,16 +437,7 @@ void srv_conn_process_parsed(struct conn *c, struct parsed *pre)
             break;
         }
         if (st == PROTO_ERROR) {
-            if (!req.noreply)
-                r = reply_line(&c->out, req.error);
-            if (log_enabled(LOG_LEVEL_DEBUG)) {
-                char line[96];
-                const char *nl = memchr(c->rbuf + pos, '\n', c->rlen - pos);
-                size_t ll = nl ? (size_t)(nl - (c->rbuf + pos)) : c->rlen - pos;
-                log_debug(MOD, "conn %llu: %s%s%s <- %s", (unsigned long long)c->id,
-                          req.error, req.detail ? ": " : "", req.detail ? req.detail : "",
-                          log_escape(line, sizeof(line), c->rbuf + pos, ll));
-            }
+            r = answer_bad_request(c, &req, pos);
         } else {
             /* A request that waits stays unconsumed, and so does a gat whose
              * touches are being logged (wreq_done reads it then): the buffer
@@ -457,8 +467,18 @@ void srv_conn_process_parsed(struct conn *c, struct parsed *pre)
             conn_stream_keys(c);
         }
     }
-    if (c->closing)
-        return;
+    if (!c->closing)
+        after_batch(c, pos);
+    return;
+oom:
+    srv_conn_close(c, "out of memory");
+}
+
+/* The requests before pos ran (or wait): keep the rest of the buffer, let
+ * a UDP request go, read on or not, queue the replies for writing. */
+static void after_batch(struct conn *c, size_t pos)
+{
+    struct server *srv = c->srv;
 
     /* Keep the unparsed tail at the front of the buffer. */
     if (pos > 0) {
@@ -493,9 +513,6 @@ void srv_conn_process_parsed(struct conn *c, struct parsed *pre)
         c->flush_next = c->lt->flushq;
         c->lt->flushq = c;
     }
-    return;
-oom:
-    srv_conn_close(c, "out of memory");
 }
 
 static void conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)

@@ -65,78 +65,69 @@ static void stat_str(struct outq *o, const char *name, const char *v)
     outq_text(o, line, (size_t)(n < (int)sizeof(line) ? n : (int)sizeof(line) - 1));
 }
 
-int srv_exec_stats(struct server *srv, struct outq *o, const struct proto_req *req)
+/* stats settings: the limits and settings serve runs with. */
+static void stats_settings(struct server *srv, struct outq *o)
+{
+    const struct server_config *cfg = &srv->cfg;
+
+    stat_u64(o, "maxbytes", cfg->max_memory_bytes);
+    stat_u64(o, "maxconns", cfg->max_conns);
+    stat_u64(o, "tcpport", cfg->tcp ? (uint64_t)srv->port : 0);
+    stat_u64(o, "udpport", cfg->udp ? (uint64_t)srv->port : 0);
+    stat_str(o, "inter", cfg->host);
+    stat_u64(o, "verbosity", (uint64_t)log_get_level());
+    stat_u64(o, "item_size_max", cfg->value_bytes_max);
+    stat_u64(o, "max_get_keys", cfg->get_keys_max);
+    stat_u64(o, "max_line", cfg->get_line_bytes_max);
+    stat_u64(o, "max_output", cfg->conn_output_bytes_max);
+    stat_u64(o, "output_stall_timeout", cfg->output_stall_timeout_s);
+    stat_u64(o, "max_conn_writes", cfg->conn_writes_max);
+    stat_u64(o, "idle_timeout", cfg->idle_timeout_s);
+    stat_str(o, "auth_enabled_ascii",
+             cfg->auth ? (cfg->auth_file ? cfg->auth_file : "yes") : "no");
+    stat_u64(o, "auth_timeout", cfg->auth_timeout_s);
+    stat_u64(o, "max_auth_failures", cfg->auth_failures_max);
+    stat_str(o, "evictions", "off");
+    stat_u64(o, "num_threads",
+             srv->cfg.threads ? srv->cfg.threads : 1); /* = threads */
+    stat_str(o, "data_dir", cfg->data_dir);
+    stat_str(o, "fsync", wal_fsync_mode_name(cfg->fsync_mode));
+    stat_u64(o, "fsync_interval_ms", cfg->fsync_interval_ms);
+    stat_u64(o, "snapshot_bytes", cfg->snapshot_bytes);
+    stat_u64(o, "wal_segment_bytes", cfg->wal_segment_bytes);
+    stat_u64(o, "wal_prealloc_bytes", cfg->wal_prealloc_bytes);
+    stat_u64(o, "replica_id", cfg->id);
+    stat_u64(o, "prepare_timeout_ms", cfg->prepare_timeout_ms);
+    stat_u64(o, "lock_wait_ms", cfg->lock_wait_ms);
+}
+
+/* stats digest: the stored state's fingerprint. */
+static void stats_digest(struct server *srv, struct outq *o)
+{
+    struct store_stats ss;
+    char v[64];
+
+    /* The stored state's fingerprint: replicas that hold the same items
+     * (dead ones too) and flush_all have the same digest. It means
+     * something only while no write is under way (locked_keys 0). */
+    store_get_stats(srv->store, &ss);
+    snprintf(v, sizeof(v), "%016llx", (unsigned long long)store_digest(srv->store));
+    stat_str(o, "digest", v);
+    stat_u64(o, "stored_items", ss.curr_items);
+    stat_u64(o, "flush_at_ms", (uint64_t)store_flush_at(srv->store));
+    stat_u64(o, "locked_keys",
+             store_locks(srv->store) + (srv->rm.flush_holder != NULL));
+}
+
+/* stats: the general group, memcached's names first. */
+static void stats_general(struct server *srv, struct outq *o)
 {
     const struct server_config *cfg = &srv->cfg;
     struct counters *c = &srv->st;
     struct store_stats ss;
-    struct wal_stats ws;
     char v[64];
 
-    if (req->narg == 5 && memcmp(req->arg, "reset", 5) == 0) {
-        uint64_t total = c->total_connections;
-        memset(c, 0, sizeof(*c));
-        c->total_connections = total; /* memcached keeps this one too */
-        return reply(o, "RESET\r\n");
-    }
-    if (req->narg == 8 && memcmp(req->arg, "settings", 8) == 0) {
-        stat_u64(o, "maxbytes", cfg->max_memory_bytes);
-        stat_u64(o, "maxconns", cfg->max_conns);
-        stat_u64(o, "tcpport", cfg->tcp ? (uint64_t)srv->port : 0);
-        stat_u64(o, "udpport", cfg->udp ? (uint64_t)srv->port : 0);
-        stat_str(o, "inter", cfg->host);
-        stat_u64(o, "verbosity", (uint64_t)log_get_level());
-        stat_u64(o, "item_size_max", cfg->value_bytes_max);
-        stat_u64(o, "max_get_keys", cfg->get_keys_max);
-        stat_u64(o, "max_line", cfg->get_line_bytes_max);
-        stat_u64(o, "max_output", cfg->conn_output_bytes_max);
-        stat_u64(o, "output_stall_timeout", cfg->output_stall_timeout_s);
-        stat_u64(o, "max_conn_writes", cfg->conn_writes_max);
-        stat_u64(o, "idle_timeout", cfg->idle_timeout_s);
-        stat_str(o, "auth_enabled_ascii",
-                 cfg->auth ? (cfg->auth_file ? cfg->auth_file : "yes") : "no");
-        stat_u64(o, "auth_timeout", cfg->auth_timeout_s);
-        stat_u64(o, "max_auth_failures", cfg->auth_failures_max);
-        stat_str(o, "evictions", "off");
-        stat_u64(o, "num_threads",
-                 srv->cfg.threads ? srv->cfg.threads : 1); /* = threads */
-        stat_str(o, "data_dir", cfg->data_dir);
-        stat_str(o, "fsync", wal_fsync_mode_name(cfg->fsync_mode));
-        stat_u64(o, "fsync_interval_ms", cfg->fsync_interval_ms);
-        stat_u64(o, "snapshot_bytes", cfg->snapshot_bytes);
-        stat_u64(o, "wal_segment_bytes", cfg->wal_segment_bytes);
-        stat_u64(o, "wal_prealloc_bytes", cfg->wal_prealloc_bytes);
-        stat_u64(o, "replica_id", cfg->id);
-        stat_u64(o, "prepare_timeout_ms", cfg->prepare_timeout_ms);
-        stat_u64(o, "lock_wait_ms", cfg->lock_wait_ms);
-        return reply(o, "END\r\n");
-    }
-    if (req->narg == 6 && memcmp(req->arg, "digest", 6) == 0) {
-        /* The stored state's fingerprint: replicas that hold the same items
-         * (dead ones too) and flush_all have the same digest. It means
-         * something only while no write is under way (locked_keys 0). */
-        store_get_stats(srv->store, &ss);
-        snprintf(v, sizeof(v), "%016llx", (unsigned long long)store_digest(srv->store));
-        stat_str(o, "digest", v);
-        stat_u64(o, "stored_items", ss.curr_items);
-        stat_u64(o, "flush_at_ms", (uint64_t)store_flush_at(srv->store));
-        stat_u64(o, "locked_keys",
-                 store_locks(srv->store) + (srv->rm.flush_holder != NULL));
-        return reply(o, "END\r\n");
-    }
-    if (req->narg > 0) {
-        /* "items", "slabs", "sizes", "conns": tools ask for these; we have no
-         * slab allocator to describe, so the answer is empty. */
-        static const char *const empty[] = {"items", "slabs", "sizes", "conns"};
-        for (size_t i = 0; i < ARRAY_SIZE(empty); i++)
-            if (req->narg == strlen(empty[i]) &&
-                memcmp(req->arg, empty[i], req->narg) == 0)
-                return reply(o, "END\r\n");
-        return reply(o, "ERROR\r\n"); /* memcached's answer to an unknown group */
-    }
-
     store_get_stats(srv->store, &ss);
-    wal_get_stats(srv->wal, &ws);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     stat_u64(o, "pid", (uint64_t)getpid());
@@ -197,7 +188,16 @@ int srv_exec_stats(struct server *srv, struct outq *o, const struct proto_req *r
     stat_u64(o, "hash_buckets", ss.hash_buckets);
     stat_u64(o, "hash_bytes", ss.hash_bytes);
     stat_u64(o, "hash_is_expanding", ss.hash_is_expanding);
-    /* durability */
+}
+
+/* stats: the log, recovery and snapshots. */
+static void stats_durability(struct server *srv, struct outq *o)
+{
+    const struct server_config *cfg = &srv->cfg;
+    struct counters *c = &srv->st;
+    struct wal_stats ws;
+
+    wal_get_stats(srv->wal, &ws);
     stat_str(o, "fsync", wal_fsync_mode_name(cfg->fsync_mode));
     stat_u64(o, "recovery_ms", srv->rec.elapsed_ms);
     stat_u64(o, "recovery_snapshot_lsn", srv->rec.snap_lsn);
@@ -225,6 +225,38 @@ int srv_exec_stats(struct server *srv, struct outq *o, const struct proto_req *r
     stat_u64(o, "snapshot_last_lsn", srv->snap_last_lsn);
     stat_u64(o, "snapshot_last_bytes", srv->snap_last_bytes);
     stat_u64(o, "snapshot_last_ms", srv->snap_last_ms);
+}
+
+int srv_exec_stats(struct server *srv, struct outq *o, const struct proto_req *req)
+{
+    struct counters *c = &srv->st;
+
+    if (req->narg == 5 && memcmp(req->arg, "reset", 5) == 0) {
+        uint64_t total = c->total_connections;
+        memset(c, 0, sizeof(*c));
+        c->total_connections = total; /* memcached keeps this one too */
+        return reply(o, "RESET\r\n");
+    }
+    if (req->narg == 8 && memcmp(req->arg, "settings", 8) == 0) {
+        stats_settings(srv, o);
+        return reply(o, "END\r\n");
+    }
+    if (req->narg == 6 && memcmp(req->arg, "digest", 6) == 0) {
+        stats_digest(srv, o);
+        return reply(o, "END\r\n");
+    }
+    if (req->narg > 0) {
+        /* "items", "slabs", "sizes", "conns": tools ask for these; we have no
+         * slab allocator to describe, so the answer is empty. */
+        static const char *const empty[] = {"items", "slabs", "sizes", "conns"};
+        for (size_t i = 0; i < ARRAY_SIZE(empty); i++)
+            if (req->narg == strlen(empty[i]) &&
+                memcmp(req->arg, empty[i], req->narg) == 0)
+                return reply(o, "END\r\n");
+        return reply(o, "ERROR\r\n"); /* memcached's answer to an unknown group */
+    }
+    stats_general(srv, o);
+    stats_durability(srv, o);
     stats_cluster(srv, o);
     return reply(o, "END\r\n");
 }
