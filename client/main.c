@@ -237,8 +237,7 @@ static const struct subcmd subcmds[] = {
      "Asks a tpckv server to snapshot its store (tpckv extension) and waits until\n"
      "the snapshot is on disk, then prints OK. Log segments it covers are removed.\n"
      "Without --timeout, waits up to 10 minutes (a large store takes a while).\n",
-     "  clie snapshot\n",
-     run_snapshot},
+     "  clie snapshot\n", run_snapshot},
     {"version", NULL, "version", 0, 0, "", "print the server's version",
      "Prints the version string the server reports.\n", "  clie version\n", run_version},
     {"bench", NULL, "set/get", 0, -1, "[OPTION]...",
@@ -534,7 +533,8 @@ static int read_password(struct ctx *x)
     FILE *f = fopen(path, "re");
 
     if (f == NULL)
-        return usage_error(NULL, "cannot read --password-file %s: %s", path, strerror(errno));
+        return usage_error(NULL, "cannot read --password-file %s: %s", path,
+                           strerror(errno));
     n = fread(buf, 1, sizeof(buf), f);
     fclose(f);
     char *nl = memchr(buf, '\n', n);
@@ -544,16 +544,19 @@ static int read_password(struct ctx *x)
         n--;
     if (n == 0 || n > LIMIT_AUTH_PASSWORD_BYTES_MAX) {
         memset(buf, 0, sizeof(buf));
-        return usage_error(NULL, "--password-file %s: the first line must hold the password, "
-                                 "1..%d bytes",
+        return usage_error(NULL,
+                           "--password-file %s: the first line must hold the password, "
+                           "1..%d bytes",
                            path, LIMIT_AUTH_PASSWORD_BYTES_MAX);
     }
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)buf[i];
         if (ch < 0x20 || ch == 0x7f) {
             memset(buf, 0, sizeof(buf));
-            return usage_error(NULL, "--password-file %s: the password has a control "
-                                     "character", path);
+            return usage_error(NULL,
+                               "--password-file %s: the password has a control "
+                               "character",
+                               path);
         }
     }
     x->o.password = malloc(n);
@@ -635,7 +638,8 @@ static int exchange(struct ctx *x, const void *data, size_t len, bool has_data)
                 return exit_for_error(rc);
             }
             if (rc == 1)
-                log_info("clie", "the server does not ask for authentication: --user unused");
+                log_info("clie",
+                         "the server does not ask for authentication: --user unused");
         }
     }
     rc = client_request(&x->c, &req, &x->r);
@@ -1127,6 +1131,45 @@ static int parse_ratio_arg(const char *s, unsigned *set, unsigned *get)
     return 0;
 }
 
+/*
+ * The options that say where and how to connect, the same for every
+ * command and for bench: -s, -p, -t, -u, --timeout. Returns 0 if ch was one
+ * (set in o), -1 if it is not, or the exit status of a bad value.
+ */
+static int connection_opt(struct opts *o, const struct subcmd *sc, int ch,
+                          const char *arg)
+{
+    uint32_t u;
+
+    switch (ch) {
+    case 's':
+        if (arg[0] == '\0')
+            return usage_error(sc, "--host must not be empty");
+        o->host = arg;
+        return 0;
+    case 'p':
+        if (parse_u32_arg(arg, 65535, &u) < 0 || u == 0)
+            return usage_error(sc, "--port must be 1..65535, not '%s'", arg);
+        o->port = (uint16_t)u;
+        return 0;
+    case 't':
+        o->transport = CLIENT_TCP;
+        return 0;
+    case 'u':
+        o->transport = CLIENT_UDP;
+        return 0;
+    case OPT_TIMEOUT:
+        if (parse_u32_arg(arg, TIMEOUT_MS_MAX, &u) < 0 || u == 0)
+            return usage_error(sc, "--timeout must be 1..%d milliseconds, not '%s'",
+                               TIMEOUT_MS_MAX, arg);
+        o->timeout_ms = (int)u;
+        o->timeout_given = true;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
 static const struct option bench_opts[] = {
     {"conns", required_argument, NULL, 'c'},
     {"threads", required_argument, NULL, 'T'},
@@ -1153,189 +1196,193 @@ static const struct option bench_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
+/* What bench's command line says besides its configuration. */
+struct bench_args {
+    bool json, duration_given;
+};
+
 /*
- * args[-1] is "bench" and args[0..n) the words after it, unparsed (see
- * parse_args), so they can be given to getopt_long as an argv.
+ * One of bench's own options into cfg (the connection options are
+ * connection_opt's). Returns 0, -1 if ch is not one of them, or the exit
+ * status of a bad value.
  */
-static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n)
+static int bench_opt(const struct subcmd *sc, int ch, const char *arg,
+                     struct bench_config *cfg, struct bench_args *ba)
 {
-    struct bench_config cfg;
-    struct bench_result *res;
-    struct sigaction sa, old_int, old_term;
-    bool json = false, duration_given = false;
-    char err[256];
     uint64_t u64;
     uint32_t u;
-    int ch, rc;
 
-    bench_config_default(&cfg);
-    cfg.host = x->o.host;
-    cfg.port = x->o.port;
-    bool timeout_given = x->o.timeout_given;
-    if (x->o.timeout_given)
-        cfg.timeout_ms = x->o.timeout_ms;
-    cfg.udp = x->o.transport == CLIENT_UDP;
+    switch (ch) {
+    case 'c':
+        if (parse_u32_arg(arg, BENCH_CONNS_MAX, &u) < 0 || u == 0)
+            return usage_error(sc, "--conns must be 1..%d, not '%s'", BENCH_CONNS_MAX,
+                               arg);
+        cfg->conns = u;
+        return 0;
+    case 'T':
+        if (parse_u32_arg(arg, BENCH_THREADS_MAX, &u) < 0 || u == 0)
+            return usage_error(sc, "--threads must be 1..%d, not '%s'", BENCH_THREADS_MAX,
+                               arg);
+        cfg->threads = u;
+        return 0;
+    case 'n':
+        if (util_parse_u64(arg, strlen(arg), &u64) < 0 || u64 == 0)
+            return usage_error(sc, "--requests must be a number from 1, not '%s'", arg);
+        cfg->requests = u64;
+        return 0;
+    case OPT_DURATION:
+        if (parse_seconds_arg(arg, 0, true, &cfg->duration_s) < 0)
+            return usage_error(sc,
+                               "--duration must be a number of seconds above 0 "
+                               "(e.g. 10 or 0.5), not '%s'",
+                               arg);
+        ba->duration_given = true;
+        return 0;
+    case OPT_WARMUP:
+        if (parse_seconds_arg(arg, 0, false, &cfg->warmup_s) < 0)
+            return usage_error(
+                sc, "--warmup must be a number of seconds from 0, not '%s'", arg);
+        return 0;
+    case OPT_RATIO:
+        if (parse_ratio_arg(arg, &cfg->ratio_set, &cfg->ratio_get) < 0)
+            return usage_error(sc,
+                               "--ratio must be SET:GET, two numbers 0..1000000 "
+                               "not both 0 (e.g. 1:9), not '%s'",
+                               arg);
+        return 0;
+    case OPT_KEY_PREFIX:
+        cfg->key_prefix = arg;
+        return 0;
+    case OPT_KEY_SIZE:
+        if (parse_u32_arg(arg, LIMIT_KEY_BYTES_MAX, &u) < 0)
+            return usage_error(sc,
+                               "--key-size must be a number of bytes up to %d, not '%s'",
+                               LIMIT_KEY_BYTES_MAX, arg);
+        cfg->key_size = u;
+        return 0;
+    case OPT_VALUE_SIZE:
+        if (util_parse_size(arg, &u64) < 0 || u64 > BENCH_VALUE_MAX)
+            return usage_error(sc,
+                               "--value-size must be a number of bytes up to %u "
+                               "(k and m suffixes allowed), not '%s'",
+                               BENCH_VALUE_MAX, arg);
+        cfg->value_size = (unsigned)u64;
+        return 0;
+    case OPT_KEYS:
+        if (util_parse_u64(arg, strlen(arg), &u64) < 0 || u64 == 0)
+            return usage_error(sc, "--keys must be a number from 1, not '%s'", arg);
+        cfg->keys = u64;
+        return 0;
+    case OPT_PRELOAD:
+        cfg->preload = true;
+        return 0;
+    case OPT_SEED:
+        if (util_parse_u64(arg, strlen(arg), &u64) < 0)
+            return usage_error(sc, "--seed must be a number, not '%s'", arg);
+        cfg->seed = u64;
+        return 0;
+    case OPT_JSON:
+        ba->json = true;
+        return 0;
+    case 'd':
+        if (parse_u32_arg(arg, BENCH_PIPELINE_MAX, &u) < 0 || u == 0)
+            return usage_error(sc, "--depth must be 1..%d, not '%s'", BENCH_PIPELINE_MAX,
+                               arg);
+        cfg->pipeline = u;
+        return 0;
+    case OPT_DIST:
+        if (strcmp(arg, "uniform") == 0)
+            cfg->key_dist = BENCH_KEYS_UNIFORM;
+        else if (strcmp(arg, "zipf") == 0)
+            cfg->key_dist = BENCH_KEYS_ZIPF;
+        else
+            return usage_error(sc, "--dist must be uniform or zipf, not '%s'", arg);
+        return 0;
+    case OPT_ZIPF_S: {
+        char *end;
+        double v;
+        errno = 0;
+        v = strtod(arg, &end);
+        if (arg[0] == '\0' || *end != '\0' || errno != 0 || !(v > 0) || v > ZIPF_S_MAX)
+            return usage_error(
+                sc, "--zipf-s must be a number above 0 and at most %g, not '%s'",
+                ZIPF_S_MAX, arg);
+        cfg->zipf_s = v;
+        return 0;
+    }
+    default:
+        return -1;
+    }
+}
 
+/*
+ * Parses bench's words (args[-1] is "bench", args[0..n) the words after it,
+ * unparsed by parse_args, so they can be given to getopt_long as an argv)
+ * into cfg. Returns -1 to go on, or the exit status to stop with.
+ */
+static int bench_args(struct ctx *x, const struct subcmd *sc, char **args, int n,
+                      struct bench_config *cfg, struct bench_args *ba)
+{
+    struct opts o = x->o; /* the connection options given before "bench" */
+    char err[256];
+    int ch, r;
+
+    memset(ba, 0, sizeof(*ba));
+    bench_config_default(cfg);
     optind = 0; /* glibc: start afresh on a new argv */
     opterr = 0;
     while ((ch = getopt_long(n + 1, args - 1, "+:c:T:n:s:p:d:uth", bench_opts, NULL)) !=
            -1) {
-        switch (ch) {
-        case 'c':
-            if (parse_u32_arg(optarg, BENCH_CONNS_MAX, &u) < 0 || u == 0)
-                return usage_error(sc, "--conns must be 1..%d, not '%s'", BENCH_CONNS_MAX,
-                                   optarg);
-            cfg.conns = u;
-            break;
-        case 'T':
-            if (parse_u32_arg(optarg, BENCH_THREADS_MAX, &u) < 0 || u == 0)
-                return usage_error(sc, "--threads must be 1..%d, not '%s'",
-                                   BENCH_THREADS_MAX, optarg);
-            cfg.threads = u;
-            break;
-        case 'n':
-            if (util_parse_u64(optarg, strlen(optarg), &u64) < 0 || u64 == 0)
-                return usage_error(sc, "--requests must be a number from 1, not '%s'",
-                                   optarg);
-            cfg.requests = u64;
-            break;
-        case OPT_DURATION:
-            if (parse_seconds_arg(optarg, 0, true, &cfg.duration_s) < 0)
-                return usage_error(sc,
-                                   "--duration must be a number of seconds above 0 "
-                                   "(e.g. 10 or 0.5), not '%s'",
-                                   optarg);
-            duration_given = true;
-            break;
-        case OPT_WARMUP:
-            if (parse_seconds_arg(optarg, 0, false, &cfg.warmup_s) < 0)
-                return usage_error(sc,
-                                   "--warmup must be a number of seconds from 0, not "
-                                   "'%s'",
-                                   optarg);
-            break;
-        case OPT_RATIO:
-            if (parse_ratio_arg(optarg, &cfg.ratio_set, &cfg.ratio_get) < 0)
-                return usage_error(sc,
-                                   "--ratio must be SET:GET, two numbers 0..1000000 "
-                                   "not both 0 (e.g. 1:9), not '%s'",
-                                   optarg);
-            break;
-        case OPT_KEY_PREFIX:
-            cfg.key_prefix = optarg;
-            break;
-        case OPT_KEY_SIZE:
-            if (parse_u32_arg(optarg, LIMIT_KEY_BYTES_MAX, &u) < 0)
-                return usage_error(sc,
-                                   "--key-size must be a number of bytes up to %d, "
-                                   "not '%s'",
-                                   LIMIT_KEY_BYTES_MAX, optarg);
-            cfg.key_size = u;
-            break;
-        case OPT_VALUE_SIZE:
-            if (util_parse_size(optarg, &u64) < 0 || u64 > BENCH_VALUE_MAX)
-                return usage_error(sc,
-                                   "--value-size must be a number of bytes up to %u "
-                                   "(k and m suffixes allowed), not '%s'",
-                                   BENCH_VALUE_MAX, optarg);
-            cfg.value_size = (unsigned)u64;
-            break;
-        case OPT_KEYS:
-            if (util_parse_u64(optarg, strlen(optarg), &u64) < 0 || u64 == 0)
-                return usage_error(sc, "--keys must be a number from 1, not '%s'",
-                                   optarg);
-            cfg.keys = u64;
-            break;
-        case OPT_PRELOAD:
-            cfg.preload = true;
-            break;
-        case OPT_SEED:
-            if (util_parse_u64(optarg, strlen(optarg), &u64) < 0)
-                return usage_error(sc, "--seed must be a number, not '%s'", optarg);
-            cfg.seed = u64;
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        case 'd':
-            if (parse_u32_arg(optarg, BENCH_PIPELINE_MAX, &u) < 0 || u == 0)
-                return usage_error(sc, "--depth must be 1..%d, not '%s'",
-                                   BENCH_PIPELINE_MAX, optarg);
-            cfg.pipeline = u;
-            break;
-        case 'u':
-            cfg.udp = true;
-            break;
-        case 't':
-            cfg.udp = false;
-            break;
-        case OPT_DIST:
-            if (strcmp(optarg, "uniform") == 0)
-                cfg.key_dist = BENCH_KEYS_UNIFORM;
-            else if (strcmp(optarg, "zipf") == 0)
-                cfg.key_dist = BENCH_KEYS_ZIPF;
-            else
-                return usage_error(sc, "--dist must be uniform or zipf, not '%s'",
-                                   optarg);
-            break;
-        case OPT_ZIPF_S: {
-            char *end;
-            double v;
-            errno = 0;
-            v = strtod(optarg, &end);
-            if (optarg[0] == '\0' || *end != '\0' || errno != 0 || !(v > 0) ||
-                v > ZIPF_S_MAX)
-                return usage_error(
-                    sc, "--zipf-s must be a number above 0 and at most %g, not '%s'",
-                    ZIPF_S_MAX, optarg);
-            cfg.zipf_s = v;
-            break;
+        if ((r = connection_opt(&o, sc, ch, optarg)) >= 0 ||
+            (r = bench_opt(sc, ch, optarg, cfg, ba)) >= 0) {
+            if (r > 0)
+                return r;
+            continue;
         }
-        case 's':
-            if (optarg[0] == '\0')
-                return usage_error(sc, "--host must not be empty");
-            cfg.host = optarg;
-            break;
-        case 'p':
-            if (parse_u32_arg(optarg, 65535, &u) < 0 || u == 0)
-                return usage_error(sc, "--port must be 1..65535, not '%s'", optarg);
-            cfg.port = (uint16_t)u;
-            break;
-        case OPT_TIMEOUT:
-            if (parse_u32_arg(optarg, TIMEOUT_MS_MAX, &u) < 0 || u == 0)
-                return usage_error(sc, "--timeout must be 1..%d milliseconds, not '%s'",
-                                   TIMEOUT_MS_MAX, optarg);
-            cfg.timeout_ms = (int)u;
-            timeout_given = true;
-            break;
-        case 'h':
+        if (ch == 'h') {
             print_subcmd_help(stdout, sc);
             return EXIT_OK;
-        case ':':
-            return usage_error(sc, "option '%s' needs an argument", args[optind - 2]);
-        default:
-            if (optopt != 0)
-                return usage_error(sc, "unknown bench option '-%c'", optopt);
-            return usage_error(sc, "unknown bench option '%s'", args[optind - 2]);
         }
+        if (ch == ':')
+            return usage_error(sc, "option '%s' needs an argument", args[optind - 2]);
+        if (optopt != 0)
+            return usage_error(sc, "unknown bench option '-%c'", optopt);
+        return usage_error(sc, "unknown bench option '%s'", args[optind - 2]);
     }
     if (optind <= n)
         return usage_error(sc, "unexpected argument '%s'", args[optind - 1]);
-    if (cfg.requests > 0 && duration_given)
+    if (cfg->requests > 0 && ba->duration_given)
         return usage_error(sc, "give -n/--requests or --duration, not both");
+    cfg->host = o.host;
+    cfg->port = o.port;
+    cfg->udp = o.transport == CLIENT_UDP;
+    if (o.timeout_given)
+        cfg->timeout_ms = o.timeout_ms;
+    else if (cfg->udp)
+        cfg->timeout_ms = BENCH_UDP_TIMEOUT_MS; /* a lost datagram is not worth 10 s */
     if (x->o.user) {
-        if (cfg.udp)
+        if (cfg->udp)
             return usage_error(sc, "--user works over TCP only");
-        cfg.user = x->o.user;
-        cfg.pass = x->o.password;
-        cfg.npass = x->o.npassword;
+        cfg->user = x->o.user;
+        cfg->pass = x->o.password;
+        cfg->npass = x->o.npassword;
     }
-    /* A lost datagram is not worth 10 s of a socket's time. */
-    if (cfg.udp && !timeout_given)
-        cfg.timeout_ms = BENCH_UDP_TIMEOUT_MS;
-    if (bench_config_check(&cfg, err, sizeof(err)) < 0)
+    if (bench_config_check(cfg, err, sizeof(err)) < 0)
         return usage_error(sc, "%s", err);
+    return -1;
+}
 
+static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n)
+{
+    struct bench_config cfg;
+    struct bench_args ba;
+    struct bench_result *res;
+    struct sigaction sa, old_int, old_term;
+    char err[256];
+    int rc;
+
+    if ((rc = bench_args(x, sc, args, n, &cfg, &ba)) >= 0)
+        return rc;
     res = malloc(sizeof(*res));
     if (res == NULL) {
         diag("out of memory");
@@ -1343,7 +1390,7 @@ static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n)
     }
     bench_interrupt = 0;
     cfg.interrupt = &bench_interrupt;
-    cfg.live = !json && isatty(STDOUT_FILENO) ? stdout : NULL;
+    cfg.live = !ba.json && isatty(STDOUT_FILENO) ? stdout : NULL;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_bench_signal;
     sigemptyset(&sa.sa_mask);
@@ -1357,7 +1404,7 @@ static int run_bench(struct ctx *x, const struct subcmd *sc, char **args, int n)
         free(res);
         return rc == -EINVAL ? EXIT_USAGE : rc == -EACCES ? EXIT_AUTH : EXIT_NOANSWER;
     }
-    if (json)
+    if (ba.json)
         bench_print_json(stdout, &cfg, res);
     else
         bench_print_text(stdout, &cfg, res);
@@ -1415,6 +1462,9 @@ static const struct option long_opts[] = {
     {NULL, 0, NULL, 0},
 };
 
+static int after_args(struct ctx *x, char **pos, int npos, bool want_help,
+                      bool want_version);
+
 /*
  * Parses argv into x->o and the positional arguments (in order) into pos.
  * Returns -1 to go on, or the exit status to stop with (help, version, error).
@@ -1432,6 +1482,11 @@ static int parse_args(struct ctx *x, int argc, char **argv, char **pos, int *npo
     opterr = 0;
     *npos = 0;
     while ((ch = getopt_long(argc, argv, shortopts, long_opts, NULL)) != -1) {
+        int r = connection_opt(&x->o, NULL, ch, optarg);
+        if (r > 0)
+            return r;
+        if (r == 0)
+            continue;
         switch (ch) {
         case 1:
             pos[(*npos)++] = optarg;
@@ -1439,35 +1494,12 @@ static int parse_args(struct ctx *x, int argc, char **argv, char **pos, int *npo
             if (*npos == 1 && strcmp(optarg, "bench") == 0)
                 goto rest;
             break;
-        case 's':
-            if (optarg[0] == '\0')
-                return usage_error(NULL, "--host must not be empty");
-            x->o.host = optarg;
-            break;
-        case 'p':
-            if (parse_u32_arg(optarg, 65535, &u) < 0 || u == 0)
-                return usage_error(NULL, "--port must be 1..65535, not '%s'", optarg);
-            x->o.port = (uint16_t)u;
-            break;
-        case 't':
-            x->o.transport = CLIENT_TCP;
-            break;
-        case 'u':
-            x->o.transport = CLIENT_UDP;
-            break;
         case 'l':
             if (log_parse_level(optarg, &lvl) < 0)
                 return usage_error(NULL,
                                    "--log must be error, warn, info, debug, 0, 1 or 2, "
                                    "not '%s'",
                                    optarg);
-            break;
-        case OPT_TIMEOUT:
-            if (parse_u32_arg(optarg, TIMEOUT_MS_MAX, &u) < 0 || u == 0)
-                return usage_error(NULL, "--timeout must be 1..%d milliseconds, not '%s'",
-                                   TIMEOUT_MS_MAX, optarg);
-            x->o.timeout_ms = (int)u;
-            x->o.timeout_given = true;
             break;
         case OPT_RETRIES:
             if (parse_u32_arg(optarg, RETRIES_MAX, &u) < 0)
@@ -1493,10 +1525,11 @@ static int parse_args(struct ctx *x, int argc, char **argv, char **pos, int *npo
             break;
         case 'e':
             if (parse_i32_arg(optarg, &x->o.exptime) < 0)
-                return usage_error(NULL,
-                                   "--exptime must be a whole number of seconds from %d to "
-                                   "%d, not '%s'",
-                                   INT32_MIN, INT32_MAX, optarg);
+                return usage_error(
+                    NULL,
+                    "--exptime must be a whole number of seconds from %d to "
+                    "%d, not '%s'",
+                    INT32_MIN, INT32_MAX, optarg);
             break;
         case 'q':
             x->o.quiet = true;
@@ -1537,11 +1570,18 @@ static int parse_args(struct ctx *x, int argc, char **argv, char **pos, int *npo
 rest:
     while (optind < argc)
         pos[(*npos)++] = argv[optind++];
-
     log_set_level(lvl);
+    return after_args(x, pos, *npos, want_help, want_version);
+}
+
+/* After the options: --help, --version, and the checks that take several
+ * options together. Returns -1 to go on, or the exit status to stop with. */
+static int after_args(struct ctx *x, char **pos, int npos, bool want_help,
+                      bool want_version)
+{
     if (want_help) {
         /* `clie put --help` shows put's page. */
-        const struct subcmd *sc = *npos > 0 ? find_subcmd(pos[0]) : NULL;
+        const struct subcmd *sc = npos > 0 ? find_subcmd(pos[0]) : NULL;
         if (sc != NULL && x->o.oprtn < 0)
             print_subcmd_help(stdout, sc);
         else
@@ -1555,8 +1595,9 @@ rest:
     if ((x->o.user != NULL) != (x->o.password_file != NULL))
         return usage_error(NULL, "--user and --password-file go together");
     if (x->o.user && x->o.transport == CLIENT_UDP)
-        return usage_error(NULL, "--user works over TCP only (memcached's authentication has "
-                                 "no UDP form; a server that asks for it serves no UDP)");
+        return usage_error(NULL,
+                           "--user works over TCP only (memcached's authentication has "
+                           "no UDP form; a server that asks for it serves no UDP)");
     if (x->o.password_file)
         return read_password(x);
     return -1;
