@@ -1302,17 +1302,13 @@ static int udp_probe(int fd, const struct sockaddr *addr, socklen_t len, int tim
 static int resolve(struct shared *sh, char *err, size_t cap)
 {
     const struct bench_config *cfg = sh->cfg;
-    struct addrinfo hints = {0}, *res = NULL, *ai;
-    char port[8];
-    int rc, e = EHOSTUNREACH;
+    struct addrinfo *res = NULL, *ai;
+    const char *why;
+    int e = EHOSTUNREACH;
 
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = cfg->udp ? SOCK_DGRAM : SOCK_STREAM;
-    snprintf(port, sizeof(port), "%u", cfg->port);
-    rc = getaddrinfo(cfg->host, port, &hints, &res);
-    if (rc != 0)
-        return util_errf(err, cap, -EHOSTUNREACH, "cannot resolve %s: %s", cfg->host,
-                         gai_strerror(rc));
+    if (util_resolve(cfg->host, cfg->port, cfg->udp ? SOCK_DGRAM : SOCK_STREAM, 0, &res,
+                     &why) < 0)
+        return util_errf(err, cap, -EHOSTUNREACH, "cannot resolve %s: %s", cfg->host, why);
     for (ai = res; ai != NULL; ai = ai->ai_next) {
         int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
                         ai->ai_protocol);

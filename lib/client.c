@@ -659,7 +659,8 @@ static uint16_t random_id(void)
 
 int client_open(struct client *c, const struct client_config *cfg)
 {
-    struct addrinfo hints, *res = NULL, *ai;
+    struct addrinfo *res = NULL, *ai;
+    const char *why;
     char port[8], addr[64];
     int rc = -EHOSTUNREACH, socktype;
 
@@ -679,16 +680,9 @@ int client_open(struct client *c, const struct client_config *cfg)
     snprintf(port, sizeof(port), "%u", (unsigned)cfg->port);
 
     socktype = cfg->transport == CLIENT_TCP ? SOCK_STREAM : SOCK_DGRAM;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = socktype;
-    hints.ai_flags = AI_NUMERICSERV;
-    rc = getaddrinfo(cfg->host, port, &hints, &res);
-    if (rc != 0) {
-        int e = rc == EAI_MEMORY ? ENOMEM : rc == EAI_SYSTEM ? errno : EHOSTUNREACH;
-        set_err(c, "cannot resolve %s: %s", cfg->host,
-                rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
-        return -e;
+    if ((rc = util_resolve(cfg->host, cfg->port, socktype, 0, &res, &why)) < 0) {
+        set_err(c, "cannot resolve %s: %s", cfg->host, why);
+        return rc == -EADDRNOTAVAIL ? -EHOSTUNREACH : rc;
     }
 
     rc = -EHOSTUNREACH;

@@ -1877,23 +1877,17 @@ static int check_config(const struct peer_config *cfg, char *err, size_t errcap)
  * libuv handle to close. */
 static int open_listener(const char *host, int port, int *bound, char *err, size_t errcap)
 {
-    struct addrinfo hints, *res = NULL;
+    struct addrinfo *res = NULL;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
-    char ps[16], hp[280];
+    const char *why;
+    char hp[280];
     int fd = -1, one = 1, r;
 
     fmt_hostport(hp, sizeof(hp), host, port);
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    snprintf(ps, sizeof(ps), "%d", port);
-    r = getaddrinfo(host, ps, &hints, &res);
-    if (r != 0) {
-        r = r == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL;
+    if ((r = util_resolve(host, (unsigned)port, SOCK_STREAM, 0, &res, &why)) < 0) {
         util_errf(err, errcap, r, "cannot listen on %s for peers: cannot resolve %s: %s",
-                  hp, host, r == -EADDRNOTAVAIL ? "no such host" : uv_strerror(r));
+                  hp, host, why);
         goto fail;
     }
     fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);

@@ -179,18 +179,15 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     return srv;
 }
 
+/* The address serve listens on: host's first. */
 static int resolve(const char *host, int port, struct sockaddr_storage *ss)
 {
-    struct addrinfo hints = {0}, *res;
-    char ps[16];
+    struct addrinfo *res;
+    const char *why;
     int r;
 
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    snprintf(ps, sizeof(ps), "%d", port);
-    r = getaddrinfo(host, ps, &hints, &res);
-    if (r != 0)
-        return r == EAI_SYSTEM ? -errno : -EADDRNOTAVAIL;
+    if ((r = util_resolve(host, (unsigned)port, 0, 1, &res, &why)) < 0)
+        return r;
     memset(ss, 0, sizeof(*ss));
     memcpy(ss, res->ai_addr, res->ai_addrlen);
     freeaddrinfo(res);

@@ -4,6 +4,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -158,4 +159,31 @@ int util_write_all(int fd, const void *buf, size_t n)
         n -= (size_t)w;
     }
     return 0;
+}
+
+int util_resolve(const char *host, unsigned port, int socktype, int passive,
+                 struct addrinfo **res, const char **why)
+{
+    struct addrinfo hints;
+    char ps[16];
+    int r;
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = socktype;
+    hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+    snprintf(ps, sizeof(ps), "%u", port);
+    r = getaddrinfo(host && host[0] ? host : NULL, ps, &hints, res);
+    if (r == 0) {
+        *why = "";
+        return 0;
+    }
+    *res = NULL;
+    if (r == EAI_SYSTEM) {
+        int e = errno ? errno : EIO;
+        *why = strerror(e);
+        return -e;
+    }
+    *why = r == EAI_NONAME ? "no such host" : gai_strerror(r);
+    return r == EAI_MEMORY ? -ENOMEM : -EADDRNOTAVAIL;
 }

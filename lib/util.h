@@ -118,6 +118,18 @@ int util_errf(char *err, size_t cap, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 /* write(2) that retries EINTR and short writes. Returns 0 or -errno. */
+/*
+ * Looks up host and port (a number) for sockets of socktype (SOCK_STREAM,
+ * SOCK_DGRAM); passive: for bind (a NULL or empty host: every address).
+ * Sets *res, to free with freeaddrinfo. Returns 0, or -EADDRNOTAVAIL (no
+ * such host), -ENOMEM, -errno; *why then says it in words. Every lookup of
+ * the tree goes through here (serve's listeners, the peer listener,
+ * lib/client's connections).
+ */
+struct addrinfo;
+int util_resolve(const char *host, unsigned port, int socktype, int passive,
+                 struct addrinfo **res, const char **why);
+
 int util_write_all(int fd, const void *buf, size_t n);
 
 #endif /* TPCKV_UTIL_H */

@@ -224,11 +224,11 @@ static uint64_t num_arg(const char *name, const char *s, uint64_t lo, uint64_t h
 /* True when host resolves to a loopback address only. */
 static bool host_is_loopback(const char *host)
 {
-    struct addrinfo hints = {0}, *res, *ai;
+    struct addrinfo *res, *ai;
+    const char *why;
     bool loop = true;
 
-    hints.ai_flags = AI_PASSIVE;
-    if (getaddrinfo(host, NULL, &hints, &res) != 0)
+    if (util_resolve(host, 0, 0, 1, &res, &why) < 0)
         return false;
     for (ai = res; ai; ai = ai->ai_next) {
         /* Copied out: ai_addr is only as aligned as a struct sockaddr. */
