@@ -43,7 +43,7 @@ int server_run(struct server *srv)
 {
     int alive;
 
-    if (!srv->mt)
+    if (!srv->threaded)
         return uv_run(srv->loop, UV_RUN_DEFAULT);
     srv_lock(srv);
     while ((alive = uv_run(srv->loop, UV_RUN_NOWAIT)) != 0) {
@@ -58,7 +58,7 @@ int server_run(struct server *srv)
     return alive;
 }
 
-static void on_timer(uv_timer_t *t)
+static void on_housekeeping(uv_timer_t *t)
 {
     struct server *srv = t->data;
 
@@ -83,7 +83,7 @@ static void on_timer(uv_timer_t *t)
     if (srv->cluster && srv->cfg.lock_wait_ms)
         srv_lock_wait_timeouts(srv);
     /* Without connection threads, the main loop owns the connections. */
-    if (!srv->mt && srv_sweep_wanted(srv))
+    if (!srv->threaded && srv_sweep_wanted(srv))
         srv_lt_sweep(&srv->lt[0]);
     srv_ratelog_flush(&srv->rl_refused);
     srv_ratelog_flush(&srv->rl_accept);
@@ -122,7 +122,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     }
     srv->loop = loop;
     srv->cfg = *cfg;
-    srv->mt = cfg->threads > 0;
+    srv->threaded = cfg->threads > 0;
     srv->nlt = 1 + cfg->threads;
     srv->lt = calloc(srv->nlt, sizeof(*srv->lt));
     if (srv->lt == NULL) {
@@ -148,7 +148,7 @@ struct server *server_new(uv_loop_t *loop, const struct server_config *cfg, int 
     srv->rl_accept.what = "accept failures";
     srv->rl_auth.what = "authentication failures";
     srv->rl_auth_timeout.what = "authentication timeouts";
-    freelist_init(&srv->wreqs, sizeof(struct wreq), cfg->max_conns);
+    freelist_init(&srv->log_writes, sizeof(struct log_write), cfg->max_conns);
     srv->lim.value_bytes_max = cfg->value_bytes_max;
     srv->lim.get_line_bytes_max = cfg->get_line_bytes_max;
     srv->lim.get_keys_max = cfg->get_keys_max;
@@ -268,7 +268,7 @@ static int open_data(struct server *srv, char *err, size_t cap)
         .segment_bytes = srv->cfg.wal_segment_bytes,
         .prealloc_bytes = srv->cfg.wal_prealloc_bytes,
         .io = srv->cfg.wal_io,
-        .on_batch = srv->mt ? srv_on_wal_batch : NULL,
+        .on_batch = srv->threaded ? srv_on_wal_batch : NULL,
         .on_batch_arg = srv,
     };
     struct datadir_run prev;
@@ -417,7 +417,7 @@ int server_start(struct server *srv, char *err, size_t errcap)
     uv_timer_init(srv->loop, &srv->timer);
     srv->timer.data = srv;
     srv->timer_open = true;
-    uv_timer_start(&srv->timer, on_timer, TIMER_INTERVAL_MS, TIMER_INTERVAL_MS);
+    uv_timer_start(&srv->timer, on_housekeeping, TIMER_INTERVAL_MS, TIMER_INTERVAL_MS);
     /* The timer also polls, in case a SIGCHLD is coalesced or missed. */
     uv_signal_init(srv->loop, &srv->sigchld);
     srv->sigchld.data = srv;
@@ -441,10 +441,10 @@ fail_listen:
               srv->cfg.port, uv_strerror(r));
 fail:
 fail_quiet:
-    if (srv->mt)
+    if (srv->threaded)
         pthread_mutex_lock(&srv->mu); /* server_stop runs as if from the loop */
     server_stop(srv);
-    if (srv->mt)
+    if (srv->threaded)
         pthread_mutex_unlock(&srv->mu);
     /* A data directory this start created and never got to use goes. */
     if (srv->dir_created)
@@ -513,7 +513,7 @@ void server_stop(struct server *srv)
         tpc_free(srv->tpc);
         srv->tpc = NULL;
         srv->wake.head = srv->wake.tail = NULL;
-        for (struct creq *q = srv->done_head, *next; q; q = next) {
+        for (struct txn_write *q = srv->done_head, *next; q; q = next) {
             next = q->next;
             free(q);
         }
@@ -525,7 +525,7 @@ void server_stop(struct server *srv)
     }
     /* Connection threads close their connections and exit; what they leave
      * is this thread's to finish. */
-    if (srv->mt)
+    if (srv->threaded)
         srv_lt_stop_all(srv);
     for (struct conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
@@ -556,7 +556,7 @@ void server_free(struct server *srv)
     store_free(srv->store);
     buf_free(&srv->scratch);
     buf_free(&srv->ops);
-    freelist_clear(&srv->wreqs);
+    freelist_clear(&srv->log_writes);
     free(srv->udp_rbuf);
     if (srv->lock_fd >= 0)
         close(srv->lock_fd);

@@ -167,9 +167,9 @@ struct ratelog {
 
 struct conn;
 
-struct wreq;
+struct log_write;
 
-struct creq;
+struct txn_write;
 
 struct server;
 
@@ -214,7 +214,7 @@ struct waitlist {
 struct server {
     uv_loop_t *loop;
     /* Threads: see THREADS above. */
-    bool mt; /* cfg.threads > 0 */
+    bool threaded; /* cfg.threads > 0 */
     pthread_mutex_t mu;
     pthread_mutex_t wake_mu; /* the log writer's wake-ups vs closing loops */
     unsigned nlt;            /* loops: the main one and the connection threads */
@@ -242,17 +242,17 @@ struct server {
     uint64_t started_mono_ns;
     int64_t now_ms;          /* wall clock, read once per event */
     enum log_level log_base; /* the level serve started with ("verbosity 0") */
-    struct counters st;
+    struct counters counters;
     struct ratelog rl_refused, rl_accept, rl_auth, rl_auth_timeout, rl_ceiling;
     char *udp_rbuf;
     struct buf scratch;    /* encodes log records */
-    struct freelist wreqs; /* spare struct wreq: one per write, reused (freelist.h) */
+    struct freelist log_writes; /* spare struct log_write: one per write, reused (freelist.h) */
 
     /* Writes. */
     size_t npending;         /* writes appended and not yet durable */
     uint64_t applied_lsn;    /* last log record committed to the store */
     uint64_t appended_bytes; /* log bytes appended since start */
-    struct wreq *flush_wreq; /* a flush_all in flight holds every key */
+    struct log_write *flush_write; /* a flush_all in flight holds every key */
     struct waitlist barrier; /* a flush waiting for pending writes to drain,
                                 and the writes queued behind it */
 
@@ -322,7 +322,7 @@ struct server {
     bool clock_gap_known;
     bool expiring;                      /* an expiry transaction is under way */
     bool expire_more;                   /* its walk stopped with a full batch */
-    struct creq *done_head, *done_tail; /* outcomes to deliver, likewise */
+    struct txn_write *done_head, *done_tail; /* outcomes to deliver, likewise */
     uint64_t rng;
 };
 
@@ -331,7 +331,7 @@ struct server {
  * both write paths take. The path fills it and posts it (srv_post_done);
  * the connection's own thread turns it into the reply and goes on with
  * the connection's requests (srv_conn_run_posted). It sits at the start of
- * the write's own record (struct wreq, struct creq).
+ * the write's own record (struct log_write, struct txn_write).
  */
 enum wdone_kind {
     WDONE_LOG, /* one replica: the write's log record is durable, or failed */
@@ -350,11 +350,11 @@ struct wdone {
 };
 
 /* A client write under two-phase commit (this replica coordinates it). */
-struct creq {
+struct txn_write {
     struct wdone done; /* first: what the client's connection is handed */
     struct server *srv;
     struct conn *c;
-    struct creq *next; /* on the done list */
+    struct txn_write *next; /* on the done list */
     bool committed;
     bool expire; /* the replica's own delete of expired keys (no client) */
     uint8_t reason;
@@ -364,12 +364,12 @@ struct creq {
 
 /* What a prepared transaction carries for the server: readers and writers
  * waiting for its outcome. */
-struct ptx {
+struct txn_waiters {
     struct waitlist waiters;
 };
 
 /* A write between its log append and its commit. */
-struct wreq {
+struct log_write {
     struct wdone done; /* first: what the client's connection is handed */
     struct server *srv;
     struct conn *c;
@@ -392,7 +392,7 @@ struct conn {
     size_t need;      /* don't parse until rlen >= need */
     uint64_t swallow; /* bytes still to discard (a refused data block) */
     struct outq out;
-    uv_write_t wreq;
+    uv_write_t write_req;
     size_t in_flight; /* bytes handed to uv_write */
     bool reading;
     bool closing;
@@ -406,7 +406,7 @@ struct conn {
      * what srv_lt_sweep saw last, and since when it has not moved. */
     uint64_t sent_bytes, stall_sent, stall_since_ms;
     unsigned npending;        /* our writes in the log, awaiting durability */
-    struct creq *cpending;    /* our write under two-phase commit */
+    struct txn_write *cpending;    /* our write under two-phase commit */
     unsigned attempts;        /* conflict retries of the request in front */
     uint64_t wait_since_ms;   /* waiting for a transaction's outcome since */
     bool waits_clock;         /* ... or for a peer's clock to be measured */
@@ -530,8 +530,7 @@ void srv_wait_for(struct conn *c, struct waitlist *wl);
 int srv_conn_authenticate(struct conn *c, const char *p, size_t n, size_t *consumed);
 
 /* srv_gate.c */
-const char *srv_replica_addr(const struct server *srv, uint32_t id, char *buf,
-                             size_t cap);
+const char *srv_replica_addr(const struct server *srv, uint32_t id, char *buf, size_t cap);
 bool srv_peer_auth_refused(const struct server *srv, uint32_t id);
 int srv_write_run(struct server *srv, bool clean);
 uint64_t srv_ceiling_at(uint64_t seq_us);
@@ -568,7 +567,7 @@ int srv_reply_log_failed(struct server *srv, struct outq *o);
 int srv_reply_write_failed(struct server *srv, struct outq *o);
 void srv_op_of_request(const struct server *srv, const struct proto_req *req,
                        struct store_op *op);
-void srv_wreq_free(struct wreq *w);
+void srv_log_write_free(struct log_write *w);
 int srv_prepare_write(struct server *srv, const struct proto_req *req, uint64_t version,
                       void *owner, struct store_change *ch, size_t *nch,
                       enum store_status *st);
@@ -586,7 +585,7 @@ void srv_env_commit(void *ctx, const struct tpc_txn *t, void *handle);
 void srv_env_abort(void *ctx, const struct tpc_txn *t, void *handle);
 void srv_env_done(void *ctx, void *client, uint64_t txid, bool committed,
                   enum tpc_reason reason, uint32_t culprit);
-void srv_on_tick(uv_timer_t *h);
+void srv_on_tpc_tick(uv_timer_t *h);
 int srv_exec_write_cluster(struct server *srv, struct conn *c,
                            const struct proto_req *req);
 void srv_expire_step(struct server *srv);

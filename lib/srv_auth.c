@@ -34,7 +34,7 @@ int srv_conn_authenticate(struct conn *c, const char *p, size_t n, size_t *consu
         c->close_after_flush = true;
         return 1;
     case PROTO_AUTH_CLOSE:
-        srv->st.protocol_closes++;
+        srv->counters.protocol_closes++;
         log_info(MOD, "conn %llu from %s: %s; closing", (unsigned long long)c->id,
                  c->peer, a.error);
         if (a.reply)
@@ -49,7 +49,7 @@ int srv_conn_authenticate(struct conn *c, const char *p, size_t n, size_t *consu
         break;
     }
     c->need = 0;
-    srv->st.auth_cmds++;
+    srv->counters.auth_cmds++;
     log_escape(name, sizeof(name), a.user, a.nuser);
     if (auth_check(srv->cfg.auth, a.user, a.nuser, a.pass, a.npass)) {
         c->authed = true;
@@ -57,10 +57,10 @@ int srv_conn_authenticate(struct conn *c, const char *p, size_t n, size_t *consu
                   (unsigned long long)c->id, c->peer, name);
         return reply(&c->out, "STORED\r\n") < 0 ? -ENOMEM : 1;
     }
-    srv->st.auth_errors++;
+    srv->counters.auth_errors++;
     bool last = ++c->auth_failures >= srv->cfg.auth_failures_max;
     if (last) {
-        srv->st.auth_failure_closes++;
+        srv->counters.auth_failure_closes++;
         c->close_after_flush = true;
     }
     if (srv_ratelog_allow(&srv->rl_auth, &dropped))

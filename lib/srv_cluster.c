@@ -32,7 +32,7 @@
 
 #include "srv.h"
 
-static void expire_done(struct creq *q);
+static void expire_done(struct txn_write *q);
 
 /* The reply to a write that did not commit. */
 int srv_reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason why,
@@ -42,7 +42,7 @@ int srv_reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason why
 
     switch (why) {
     case TPC_R_BUSY:
-        srv->st.txn_busy++;
+        srv->counters.txn_busy++;
         snprintf(line, sizeof(line),
                  "SERVER_ERROR busy: the key is being written through another replica "
                  "(gave up after %u retries)\r\n",
@@ -51,7 +51,7 @@ int srv_reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason why
     case TPC_R_CONFLICT:
         /* Every retry read the key again here and replica culprit still
          * stored another version: not a race but replicas that differ. */
-        srv->st.txn_conflicts++;
+        srv->counters.txn_conflicts++;
         log_error(MOD,
                   "a write failed %u times because replica %u stores another version "
                   "of the key than this one: the replicas have diverged (stats digest "
@@ -64,7 +64,7 @@ int srv_reply_txn_failed(struct server *srv, struct outq *o, enum tpc_reason why
             culprit, attempts);
         break;
     case TPC_R_NO_MEMORY:
-        srv->st.store_no_memory++;
+        srv->counters.store_no_memory++;
         if (culprit == srv->cfg.id)
             snprintf(line, sizeof(line), "SERVER_ERROR out of memory storing object\r\n");
         else
@@ -153,7 +153,7 @@ void srv_schedule_retry(struct server *srv, struct conn *c)
     if (max > LIMIT_RETRY_BACKOFF_MS_MAX)
         max = LIMIT_RETRY_BACKOFF_MS_MAX;
     c->attempts++;
-    srv->st.txn_retries++;
+    srv->counters.txn_retries++;
     c->retry_at_ms = srv_mono_ms() + LIMIT_RETRY_BACKOFF_MS_MIN + srv_rng_next(srv) % max;
     srv_waitlist_push(&srv->retry, c);
 }
@@ -162,10 +162,10 @@ void srv_schedule_retry(struct server *srv, struct conn *c)
 void srv_after_tpc(struct server *srv)
 {
     while (srv->done_head || srv->wake.head) {
-        struct creq *q = srv->done_head;
+        struct txn_write *q = srv->done_head;
         srv->done_head = srv->done_tail = NULL;
         while (q) {
-            struct creq *next = q->next;
+            struct txn_write *next = q->next;
             if (q->expire) {
                 expire_done(q);
             } else if (q->c == NULL) {
@@ -255,13 +255,13 @@ int srv_env_prepare(void *ctx, const struct tpc_txn *t, void **handle)
 
     if (r != 0)
         return r;
-    *handle = p; /* p->user: a zeroed struct ptx (rm.user_bytes) */
+    *handle = p; /* p->user: a zeroed struct txn_waiters (rm.user_bytes) */
     return 0;
 }
 
 static void env_release(struct server *srv, struct txn_prep *p, bool commit)
 {
-    struct ptx *x = p->user; /* freed with p */
+    struct txn_waiters *x = p->user; /* freed with p */
 
     wake_later(srv, &x->waiters);
     if (commit)
@@ -287,7 +287,7 @@ void srv_env_done(void *ctx, void *client, uint64_t txid, bool committed,
                   enum tpc_reason reason, uint32_t culprit)
 {
     struct server *srv = ctx;
-    struct creq *q = client;
+    struct txn_write *q = client;
 
     (void)txid;
     q->committed = committed;
@@ -301,7 +301,7 @@ void srv_env_done(void *ctx, void *client, uint64_t txid, bool committed,
     srv->done_tail = q;
 }
 
-void srv_on_tick(uv_timer_t *h)
+void srv_on_tpc_tick(uv_timer_t *h)
 {
     struct server *srv = h->data;
     uint64_t now = srv_mono_ms();
@@ -352,15 +352,15 @@ static int may_write(struct server *srv, struct conn *c, const struct proto_req 
     int r;
 
     if (wal_error(srv->wal)) {
-        srv->st.writes_failed++;
+        srv->counters.writes_failed++;
         return req->noreply ? 0 : srv_reply_log_failed(srv, o);
     }
     if (srv_fence_must_wait(srv, c)) {
-        srv->st.writes_waited++;
+        srv->counters.writes_waited++;
         return AFTER_WAIT;
     }
     if ((r = srv_reply_not_current(srv, o, req->noreply)) <= 0) {
-        srv->st.writes_failed++;
+        srv->counters.writes_failed++;
         c->wait_since_ms = 0;
         c->attempts = 0;
         return r;
@@ -371,16 +371,16 @@ static int may_write(struct server *srv, struct conn *c, const struct proto_req 
         /* A link just came up: its clock is measured within a round trip
          * (bounded by --lock-wait-ms, like a held key). */
         c->waits_clock = true;
-        srv->st.writes_waited++;
+        srv->counters.writes_waited++;
         srv_wait_for(c, &srv->clock_wait);
         return AFTER_WAIT;
     }
     if (!srv_clocks_allow_writes(srv, &sv)) {
-        srv->st.writes_failed++;
+        srv->counters.writes_failed++;
         c->wait_since_ms = 0;
         c->attempts = 0;
         if (req->noreply) {
-            srv->st.clock_skew_refused++;
+            srv->counters.clock_skew_refused++;
             return 0;
         }
         return srv_reply_clock_skew(srv, o, true);
@@ -388,7 +388,7 @@ static int may_write(struct server *srv, struct conn *c, const struct proto_req 
     /* Wait while a transaction holds a key (a flush_all: any transaction). */
     if (req->cmd == PROTO_CMD_FLUSH_ALL) {
         if (srv->rm.prepared > 0) {
-            srv->st.writes_waited++;
+            srv->counters.writes_waited++;
             srv_wait_for(c, &srv->txn_any);
             return AFTER_WAIT;
         }
@@ -401,8 +401,8 @@ static int may_write(struct server *srv, struct conn *c, const struct proto_req 
         holder = txn_holder(&srv->rm, req->key, req->nkey);
     }
     if (holder) {
-        srv->st.writes_waited++;
-        srv_wait_for(c, &((struct ptx *)holder->user)->waiters);
+        srv->counters.writes_waited++;
+        srv_wait_for(c, &((struct txn_waiters *)holder->user)->waiters);
         return AFTER_WAIT;
     }
     return GO_AHEAD;
@@ -412,7 +412,7 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
                            const struct proto_req *req)
 {
     struct outq *o = &c->out;
-    struct creq *q;
+    struct txn_write *q;
     uint32_t nops = 0, culprit;
     uint64_t txid;
     int r, r2;
@@ -480,7 +480,7 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
         char line[200];
         free(q);
         c->wait_since_ms = 0;
-        srv->st.writes_failed++;
+        srv->counters.writes_failed++;
         snprintf(
             line, sizeof(line),
             "SERVER_ERROR too many keys for one gat in a cluster: their touches take "
@@ -505,7 +505,7 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
         srv_schedule_retry(srv, c);
         return AFTER_WAIT;
     }
-    srv->st.writes_failed++;
+    srv->counters.writes_failed++;
     c->wait_since_ms = 0;
     unsigned attempts = c->attempts;
     c->attempts = 0;
@@ -522,7 +522,7 @@ fail:
 void srv_expire_step(struct server *srv)
 {
     uint32_t nops = 0, culprit;
-    struct creq *q;
+    struct txn_write *q;
     bool full;
     long keys;
 
@@ -548,7 +548,7 @@ void srv_expire_step(struct server *srv)
                       srv_now_us(), &culprit);
     if (r != 0) {
         free(q);
-        srv->st.expire_failed++;
+        srv->counters.expire_failed++;
         log_debug(MOD, "expiry of %ld key(s) not begun: %s (replica %u)", keys,
                   tpc_reason_name((enum tpc_reason)r), culprit);
     } else {
@@ -560,17 +560,17 @@ void srv_expire_step(struct server *srv)
 
 /* An expiry transaction is decided: count it, and go on at once if its walk
  * had more to delete. */
-static void expire_done(struct creq *q)
+static void expire_done(struct txn_write *q)
 {
     struct server *srv = q->srv;
     bool more = q->committed && srv->expire_more;
 
     srv->expiring = false;
     if (q->committed) {
-        srv->st.expire_txns++;
-        srv->st.expire_keys += q->keys;
+        srv->counters.expire_txns++;
+        srv->counters.expire_keys += q->keys;
     } else {
-        srv->st.expire_failed++;
+        srv->counters.expire_failed++;
         log_debug(MOD, "expiry of %llu key(s) aborted: %s (replica %u)",
                   (unsigned long long)q->keys,
                   tpc_reason_name((enum tpc_reason)q->reason), q->culprit);

@@ -113,7 +113,7 @@ static void conn_on_close(uv_handle_t *h)
 
     srv_lock(srv);
     c->handle_closed = true;
-    /* A write in the log still points at us: wreq_done (or the 2PC outcome)
+    /* A write in the log still points at us: log_write_done (or the 2PC outcome)
      * frees us then. */
     if (c->npending == 0 && c->cpending == NULL)
         srv_conn_free(c);
@@ -171,7 +171,7 @@ static void conn_on_write(uv_write_t *req, int status)
 
     outq_consume(&c->out, c->in_flight);
     if (status == 0) {
-        __atomic_fetch_add(&srv->st.bytes_written, c->in_flight, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&srv->counters.bytes_written, c->in_flight, __ATOMIC_RELAXED);
         c->sent_bytes += c->in_flight;
     }
     c->in_flight = 0;
@@ -232,7 +232,7 @@ void srv_conn_flush(struct conn *c)
         if (r > 0) {
             outq_consume(&c->out, (size_t)r);
             c->sent_bytes += (uint64_t)r;
-            __atomic_fetch_add(&c->srv->st.bytes_written, (uint64_t)r, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&c->srv->counters.bytes_written, (uint64_t)r, __ATOMIC_RELAXED);
             if (c->out.bytes == 0) {
                 if (c->close_after_flush && c->npending == 0)
                     conn_close_unlocked(c, NULL);
@@ -247,8 +247,8 @@ void srv_conn_flush(struct conn *c)
             }
         }
     }
-    c->wreq.data = c;
-    r = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, conn_on_write);
+    c->write_req.data = c;
+    r = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, bufs, (unsigned)n, conn_on_write);
     if (r < 0) {
         conn_close_unlocked(c, uv_strerror(r));
         return;
@@ -424,9 +424,9 @@ void srv_conn_process_parsed(struct conn *c, struct parsed *pre)
             break;
         c->need = 0;
         if (st == PROTO_CLOSE) {
-            srv->st.protocol_closes++;
+            srv->counters.protocol_closes++;
             if (c->udp) {
-                srv->st.udp_dropped++;
+                srv->counters.udp_dropped++;
             } else {
                 /* Replies to earlier requests still go out, then we hang up. */
                 log_info(MOD, "conn %llu from %s: %s; closing", (unsigned long long)c->id,
@@ -440,7 +440,7 @@ void srv_conn_process_parsed(struct conn *c, struct parsed *pre)
             r = answer_bad_request(c, &req, pos);
         } else {
             /* A request that waits stays unconsumed, and so does a gat whose
-             * touches are being logged (wreq_done reads it then): the buffer
+             * touches are being logged (log_write_done reads it then): the buffer
              * is compacted below, so either is at its front afterwards. */
             r = srv_execute(srv, c, &req);
             if (r == AFTER_WAIT)
@@ -505,7 +505,7 @@ static void after_batch(struct conn *c, size_t pos)
     bool blocked = c->out.bytes >= srv->cfg.conn_output_bytes_max || c->keys != NULL ||
                    c->waiting != NULL || (pend && c->rcap - c->rlen < 4096);
     srv_conn_set_reading(c, !blocked && !c->close_after_flush);
-    if (!srv->mt) {
+    if (!srv->threaded) {
         srv_conn_flush(c);
     } else if (!c->in_flushq) {
         /* Written by srv_lt_flush once the lock is let go. */
@@ -612,7 +612,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         srv_lt_flush(lt);
         return;
     }
-    srv->st.bytes_read += (uint64_t)nread;
+    srv->counters.bytes_read += (uint64_t)nread;
     c->last_active_ms = util_mono_ns() / 1000000u;
     if (c->swallow == 0) {
         srv_prefetch_parsed(srv, pre, 1);
@@ -661,7 +661,7 @@ static void lock_wait_expired(struct conn *c)
 static void done_free(struct wdone *d)
 {
     if (d->kind == WDONE_LOG)
-        srv_wreq_free((struct wreq *)d);
+        srv_log_write_free((struct log_write *)d);
     else
         free(d);
 }
@@ -707,9 +707,9 @@ static enum done_next conn_done(struct conn *c, struct wdone *d)
     }
     if (d->kind == WDONE_TXN) {
         if (d->ok)
-            srv->st.writes_logged++;
+            srv->counters.writes_logged++;
         else
-            srv->st.writes_failed++;
+            srv->counters.writes_failed++;
     }
     if (d->ok && d->kept && (d->cmd == PROTO_CMD_GAT || d->cmd == PROTO_CMD_GATS)) {
         r = srv_consume_front(srv, c, true); /* the read answers it */
@@ -717,7 +717,7 @@ static enum done_next conn_done(struct conn *c, struct wdone *d)
     } else if (d->ok && !d->noreply) {
         r = srv_reply_write_done(&c->out, d->cmd, d->too_large, d->number);
     } else if (!d->ok && !d->noreply) {
-        struct creq *q = (struct creq *)d;
+        struct txn_write *q = (struct txn_write *)d;
         r = d->kind == WDONE_LOG
                 ? srv_reply_write_failed(srv, &c->out)
                 : srv_reply_txn_failed(srv, &c->out, (enum tpc_reason)q->reason,
@@ -789,7 +789,7 @@ void srv_lt_run_ready(struct lthread *lt)
     size_t n = lt->nready;
     uint64_t now_ms = util_mono_ns() / 1000000u;
 
-    srv->st.bytes_read += lt->ready_bytes;
+    srv->counters.bytes_read += lt->ready_bytes;
     lt->ready_bytes = 0;
     /* A slot emptied since (its connection freed or run) costs a useless
      * prefetch at most: its hashes are only numbers. */

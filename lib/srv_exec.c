@@ -8,7 +8,7 @@
 
 #include "srv.h"
 
-static bool read_must_wait(struct server *srv, struct conn *c,
+static bool read_waits_for_txn(struct server *srv, struct conn *c,
                            const struct proto_req *req);
 
 /*
@@ -36,7 +36,7 @@ int srv_execute(struct server *srv, struct conn *c, const struct proto_req *req)
             return r;
         if (srv->cluster && (r = srv_reply_clock_skew(srv, o, false)) <= 0)
             return r;
-        if (srv->cluster && read_must_wait(srv, c, req))
+        if (srv->cluster && read_waits_for_txn(srv, c, req))
             return AFTER_WAIT;
         c->wait_since_ms = 0;
         return srv_exec_retrieval(srv, c, req);
@@ -89,8 +89,8 @@ int srv_execute(struct server *srv, struct conn *c, const struct proto_req *req)
              * key of the list may be one another replica acknowledged. */
             struct txn_prep *p = txn_holder_prefix(&srv->rm, req->arg, req->narg);
             if (p) {
-                srv->st.reads_waited++;
-                srv_wait_for(c, &((struct ptx *)p->user)->waiters);
+                srv->counters.reads_waited++;
+                srv_wait_for(c, &((struct txn_waiters *)p->user)->waiters);
                 return AFTER_WAIT;
             }
             c->wait_since_ms = 0;
@@ -126,14 +126,14 @@ void srv_lock_wait_timeouts(struct server *srv)
             c->closing)
             continue;
         srv_waitlist_remove(c);
-        srv->st.lock_wait_timeouts++;
+        srv->counters.lock_wait_timeouts++;
         if (c->waits_fence)
             srv->fence_gave_up = true; /* the requests behind it need not wait too */
         srv_conn_post(c, POST_LOCK_TIMEOUT);
     }
 }
 
-static bool read_must_wait(struct server *srv, struct conn *c,
+static bool read_waits_for_txn(struct server *srv, struct conn *c,
                            const struct proto_req *req)
 {
     size_t pos = 0, nk;
@@ -142,8 +142,8 @@ static bool read_must_wait(struct server *srv, struct conn *c,
     while (proto_next_key(req, &pos, &k, &nk)) {
         struct txn_prep *p = txn_holder(&srv->rm, k, nk);
         if (p) {
-            srv->st.reads_waited++;
-            srv_wait_for(c, &((struct ptx *)p->user)->waiters);
+            srv->counters.reads_waited++;
+            srv_wait_for(c, &((struct txn_waiters *)p->user)->waiters);
             return true;
         }
     }

@@ -118,7 +118,7 @@ static void ceiling_job_done(uv_work_t *w, int status)
     srv->ceiling_next = 0;
 }
 
-/* Keeps the ceiling ahead of the clock (srv_on_tick), off the loop: once the
+/* Keeps the ceiling ahead of the clock (srv_on_tpc_tick), off the loop: once the
  * clock is within half the lead of it, a job writes a new one. */
 void srv_ceiling_refresh(struct server *srv)
 {
@@ -233,7 +233,7 @@ int srv_reply_clock_skew(struct server *srv, struct outq *o, bool write)
     } else {
         return 1; /* in bound */
     }
-    srv->st.clock_skew_refused++;
+    srv->counters.clock_skew_refused++;
     return reply(o, line);
 }
 
@@ -256,7 +256,7 @@ int srv_reply_not_current(struct server *srv, struct outq *o, bool noreply)
 
     if (srv->fence.verified && !srv->fence.behind)
         return 1;
-    srv->st.not_current_refused++;
+    srv->counters.not_current_refused++;
     if (noreply)
         return 0;
     if (srv->fence.behind)

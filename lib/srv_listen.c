@@ -28,7 +28,7 @@ static void reject_conn(struct server *srv, uv_tcp_t *t)
     uv_write_t *req = malloc(sizeof(*req));
     uv_buf_t b = uv_buf_init(msg, sizeof(msg) - 1);
 
-    srv->st.rejected_connections++;
+    srv->counters.rejected_connections++;
     if (req == NULL || uv_write(req, (uv_stream_t *)t, &b, 1, reject_on_write) < 0) {
         free(req);
         uv_close((uv_handle_t *)t, srv_reject_on_close);
@@ -84,7 +84,7 @@ void srv_on_connection(uv_stream_t *listener, int status)
         }
         return;
     }
-    if (srv->mt) {
+    if (srv->threaded) {
         conn_hand_over(srv, listener);
         return;
     }
@@ -99,7 +99,7 @@ void srv_on_connection(uv_stream_t *listener, int status)
         return;
     }
     srv->nconns++;
-    srv->st.total_connections++;
+    srv->counters.total_connections++;
     srv_conn_start(c);
 }
 
@@ -139,7 +139,7 @@ static void conn_hand_over(struct server *srv, uv_stream_t *listener)
     }
     lt->fds[lt->nfds++] = nfd;
     srv->nconns++;
-    srv->st.total_connections++;
+    srv->counters.total_connections++;
     uv_async_send(&lt->async);
 }
 
@@ -191,21 +191,21 @@ void srv_udp_on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
         log_warn(MOD, "udp receive: %s", uv_strerror((int)nread));
         return;
     }
-    srv->st.bytes_read += (uint64_t)nread;
+    srv->counters.bytes_read += (uint64_t)nread;
     if ((flags & UV_UDP_PARTIAL) || addr == NULL ||
         proto_udp_decode(buf->base, (size_t)nread, &hdr) < 0 || srv->stopping ||
         srv->nudp >= srv->cfg.max_conns) {
-        srv->st.udp_dropped++;
+        srv->counters.udp_dropped++;
         log_debug(MOD, "udp: dropped a datagram of %zd bytes", nread);
         return;
     }
-    srv->st.udp_requests++;
+    srv->counters.udp_requests++;
     /* Run the datagram's requests as a connection of its own. */
     n = (size_t)nread - LIMIT_UDP_HEADER_BYTES;
     c = calloc(1, sizeof(*c));
     if (c == NULL || (n && (c->rbuf = malloc(n)) == NULL)) {
         free(c);
-        srv->st.udp_dropped++;
+        srv->counters.udp_dropped++;
         return;
     }
     c->srv = srv;

@@ -222,7 +222,7 @@ int srv_lt_start(struct server *srv, char *err, size_t cap)
     main->idle.data = main;
     main->on_idle = lt_on_idle;
     main->check_open = main->idle_open = true;
-    if (!srv->mt)
+    if (!srv->threaded)
         return 0;
     if ((r = uv_async_init(srv->loop, &main->async, lt_on_async)) < 0)
         return util_errf(err, cap, r, "cannot create the main loop's wake-up: %s",
@@ -417,7 +417,7 @@ void srv_conn_check_time(struct conn *c, uint64_t now)
             c->stall_since_ms = now;
         } else if (now - c->stall_since_ms >=
                    (uint64_t)cfg->output_stall_timeout_s * 1000) {
-            srv->st.output_stall_closes++;
+            srv->counters.output_stall_closes++;
             log_warn(MOD,
                      "conn %llu from %s closed: it has not read its replies for %u s "
                      "(%zu bytes queued; --output-stall-timeout)",
@@ -431,7 +431,7 @@ void srv_conn_check_time(struct conn *c, uint64_t now)
     }
     if (!c->authed && cfg->auth_timeout_s &&
         now - c->opened_ms >= (uint64_t)cfg->auth_timeout_s * 1000) {
-        srv->st.auth_timeouts++;
+        srv->counters.auth_timeouts++;
         if (srv_ratelog_allow(&srv->rl_auth_timeout, &dropped))
             log_info(MOD,
                      "conn %llu from %s closed: not authenticated within %u s "
@@ -445,7 +445,7 @@ void srv_conn_check_time(struct conn *c, uint64_t now)
         now - c->last_active_ms > (uint64_t)cfg->idle_timeout_s * 1000 &&
         c->out.bytes == 0 && c->npending == 0 && c->cpending == NULL &&
         c->waiting == NULL) {
-        srv->st.idle_kicks++;
+        srv->counters.idle_kicks++;
         srv_conn_close(c, "idle timeout");
     }
 }

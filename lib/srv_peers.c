@@ -16,7 +16,7 @@ static void on_peer_msg(void *arg, const struct tpc_msg *m)
     /* A peer whose data is behind (or who is, here) does not count: its
      * votes, answers and decisions are dropped (fence.h). */
     if (!fence_peer_ok(&srv->fence, m->from) || srv->fence.behind) {
-        srv->st.fence_dropped++;
+        srv->counters.fence_dropped++;
         return;
     }
     if ((m->type == TPC_MSG_VOTE && m->vote) || m->type == TPC_MSG_ACK)
@@ -266,7 +266,7 @@ int srv_cluster_open(struct server *srv, struct recover_ledger *ledger, char *er
     }
 
     srv->rm.store = srv->store;
-    srv->rm.user_bytes = sizeof(struct ptx);
+    srv->rm.user_bytes = sizeof(struct txn_waiters);
     if ((srv->tpc = tpc_new(&tc, &env, &r)) == NULL)
         return util_errf(err, cap, r, "cannot start two-phase commit: %s", strerror(-r));
     uint64_t min = srv->rec.next_cas;
@@ -330,7 +330,7 @@ int srv_cluster_listen(struct server *srv, char *err, size_t cap)
     uv_timer_init(srv->loop, &srv->tick);
     srv->tick.data = srv;
     srv->tick_open = true;
-    uv_timer_start(&srv->tick, srv_on_tick, TICK_INTERVAL_MS, TICK_INTERVAL_MS);
+    uv_timer_start(&srv->tick, srv_on_tpc_tick, TICK_INTERVAL_MS, TICK_INTERVAL_MS);
     return 0;
 }
 

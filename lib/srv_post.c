@@ -19,7 +19,7 @@ __thread bool srv_tl_wal_staged, srv_tl_kick_main;
 void srv_lock(struct server *srv)
 {
     srv_clock_stale();
-    if (srv->mt) {
+    if (srv->threaded) {
         pthread_mutex_lock(&srv->mu);
         item_defer_frees(true);
     }
@@ -29,7 +29,7 @@ void srv_lock(struct server *srv)
  * other threads need not wait for free(3). */
 void srv_unlock(struct server *srv)
 {
-    if (srv->mt) {
+    if (srv->threaded) {
         item_defer_frees(false);
         pthread_mutex_unlock(&srv->mu);
         item_reap();
@@ -39,7 +39,7 @@ void srv_unlock(struct server *srv)
 /* Does the calling thread own c (or has its owner exited)? */
 bool srv_conn_local(const struct conn *c)
 {
-    return !c->srv->mt || c->lt->exited || pthread_equal(pthread_self(), c->lt->thread);
+    return !c->srv->threaded || c->lt->exited || pthread_equal(pthread_self(), c->lt->thread);
 }
 
 /*

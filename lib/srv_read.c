@@ -18,13 +18,13 @@ int srv_exec_retrieval(struct server *srv, struct conn *c, const struct proto_re
 
     while (proto_next_key(req, &pos, &k, &nk)) {
         struct item *it;
-        srv->st.cmd_get++;
+        srv->counters.cmd_get++;
         it = store_get(srv->store, k, nk, srv->now_ms);
         if (it == NULL) {
-            srv->st.get_misses++;
+            srv->counters.get_misses++;
             continue;
         }
-        srv->st.get_hits++;
+        srv->counters.get_hits++;
         size_t n =
             proto_fmt_value_hdr(hdr, k, nk, it->flags, it->nval, with_cas, it->cas);
         if ((r = outq_text(o, hdr, n)) < 0 || (r = outq_item(o, it)) < 0)

@@ -9,7 +9,7 @@ static void stats_cluster(struct server *srv, struct outq *o);
 
 void srv_count_write(struct server *srv, enum proto_cmd cmd, enum store_status st)
 {
-    struct counters *c = &srv->st;
+    struct counters *c = &srv->counters;
     bool ok = st == STORE_OK;
 
     switch (cmd) {
@@ -123,7 +123,7 @@ static void stats_digest(struct server *srv, struct outq *o)
 static void stats_general(struct server *srv, struct outq *o)
 {
     const struct server_config *cfg = &srv->cfg;
-    struct counters *c = &srv->st;
+    struct counters *c = &srv->counters;
     struct store_stats ss;
     char v[64];
 
@@ -194,7 +194,7 @@ static void stats_general(struct server *srv, struct outq *o)
 static void stats_durability(struct server *srv, struct outq *o)
 {
     const struct server_config *cfg = &srv->cfg;
-    struct counters *c = &srv->st;
+    struct counters *c = &srv->counters;
     struct wal_stats ws;
 
     wal_get_stats(srv->wal, &ws);
@@ -229,7 +229,7 @@ static void stats_durability(struct server *srv, struct outq *o)
 
 int srv_exec_stats(struct server *srv, struct outq *o, const struct proto_req *req)
 {
-    struct counters *c = &srv->st;
+    struct counters *c = &srv->counters;
 
     if (req->narg == 5 && memcmp(req->arg, "reset", 5) == 0) {
         uint64_t total = c->total_connections;
@@ -282,12 +282,12 @@ static void stats_cluster(struct server *srv, struct outq *o)
                  tpc_reason_name((enum tpc_reason)i));
         stat_u64(o, name, ts.aborted[i]);
     }
-    stat_u64(o, "txn_retries", srv->st.txn_retries);
-    stat_u64(o, "expire_txns", srv->st.expire_txns);
-    stat_u64(o, "expire_keys", srv->st.expire_keys);
-    stat_u64(o, "expire_failed", srv->st.expire_failed);
-    stat_u64(o, "txn_busy", srv->st.txn_busy);
-    stat_u64(o, "txn_conflicts", srv->st.txn_conflicts);
+    stat_u64(o, "txn_retries", srv->counters.txn_retries);
+    stat_u64(o, "expire_txns", srv->counters.expire_txns);
+    stat_u64(o, "expire_keys", srv->counters.expire_keys);
+    stat_u64(o, "expire_failed", srv->counters.expire_failed);
+    stat_u64(o, "txn_busy", srv->counters.txn_busy);
+    stat_u64(o, "txn_conflicts", srv->counters.txn_conflicts);
     stat_u64(o, "txn_active", ts.active);
     stat_u64(o, "txn_in_doubt", ts.in_doubt);
     stat_u64(o, "txn_prepare_us_avg",
@@ -301,8 +301,8 @@ static void stats_cluster(struct server *srv, struct outq *o)
     stat_u64(o, "txn_resolved_by_query", ts.resolved_by_query);
     stat_u64(o, "txn_msgs_ignored", ts.msgs_ignored);
     stat_u64(o, "txn_bad_epoch", ts.bad_epoch);
-    stat_u64(o, "reads_waited", srv->st.reads_waited);
-    stat_u64(o, "lock_wait_timeouts", srv->st.lock_wait_timeouts);
+    stat_u64(o, "reads_waited", srv->counters.reads_waited);
+    stat_u64(o, "lock_wait_timeouts", srv->counters.lock_wait_timeouts);
     for (size_t i = 0; i < srv->cfg.nreplicas; i++) {
         uint32_t id = srv->cfg.replicas[i].id;
         struct peer_link_stats ls;
@@ -341,13 +341,13 @@ static void stats_cluster(struct server *srv, struct outq *o)
                  : srv->fence.state[id] == FENCE_BEHIND ? "behind"
                                                         : "unknown");
     }
-    stat_u64(o, "clock_skew_refused", srv->st.clock_skew_refused);
+    stat_u64(o, "clock_skew_refused", srv->counters.clock_skew_refused);
     stat_u64(o, "history_lost", srv->history_lost);
     stat_str(o, "data_current",
              srv->fence.behind     ? "behind"
              : srv->fence.verified ? "yes"
                                    : "unknown");
-    stat_u64(o, "fence_dropped", srv->st.fence_dropped);
-    stat_u64(o, "not_current_refused", srv->st.not_current_refused);
+    stat_u64(o, "fence_dropped", srv->counters.fence_dropped);
+    stat_u64(o, "not_current_refused", srv->counters.not_current_refused);
     stat_u64(o, "txn_commits_refused", ts.commits_refused);
 }

@@ -64,6 +64,6 @@ void srv_udp_send_reply(struct server *srv, uint16_t req_id, const char *reply_b
             return;
         }
     }
-    srv->st.udp_replies++;
-    __atomic_fetch_add(&srv->st.bytes_written, (uint64_t)n, __ATOMIC_RELAXED);
+    srv->counters.udp_replies++;
+    __atomic_fetch_add(&srv->counters.bytes_written, (uint64_t)n, __ATOMIC_RELAXED);
 }

@@ -3,7 +3,7 @@
  * condition against the committed state; a failed one is answered at once.
  * Otherwise the write locks its keys, appends its record to the log, and
  * commits and answers only once the log says the record is durable
- * (wreq_done). flush_all drains the writes in flight first.
+ * (log_write_done). flush_all drains the writes in flight first.
  */
 
 #include "srv.h"
@@ -134,7 +134,7 @@ void srv_op_of_request(const struct server *srv, const struct proto_req *req,
 }
 
 /* Encodes the WRITE record for w's changes into srv->scratch. */
-static int encode_write(struct server *srv, struct wreq *w)
+static int encode_write(struct server *srv, struct log_write *w)
 {
     struct wal_txn txn = {
         .txid = w->cas, .epoch = 0, .coordinator = 0, .nops = (uint32_t)w->nch};
@@ -158,14 +158,14 @@ static int encode_write(struct server *srv, struct wreq *w)
     return 0;
 }
 
-void srv_wreq_free(struct wreq *w)
+void srv_log_write_free(struct log_write *w)
 {
     if (w->ch != &w->one)
         free(w->ch);
-    freelist_put(&w->srv->wreqs, w);
+    freelist_put(&w->srv->log_writes, w);
 }
 
-static void wreq_unlock(struct wreq *w)
+static void log_write_unlock(struct log_write *w)
 {
     struct server *srv = w->srv;
 
@@ -178,9 +178,9 @@ static void wreq_unlock(struct wreq *w)
 }
 
 /* The log record of w is durable (status 0) or never will be: finish it. */
-static void wreq_done(void *arg, uint64_t lsn, int status)
+static void log_write_done(void *arg, uint64_t lsn, int status)
 {
-    struct wreq *w = arg;
+    struct log_write *w = arg;
     struct server *srv = w->srv;
     struct conn *c = w->c;
 
@@ -192,17 +192,17 @@ static void wreq_done(void *arg, uint64_t lsn, int status)
     } else {
         for (size_t i = 0; i < w->nch; i++)
             store_abort(srv->store, &w->ch[i]);
-        srv->st.writes_failed++;
+        srv->counters.writes_failed++;
     }
-    wreq_unlock(w);
+    log_write_unlock(w);
     srv->npending--;
-    if (srv->flush_wreq == w)
-        srv->flush_wreq = NULL;
+    if (srv->flush_write == w)
+        srv->flush_write = NULL;
 
     struct waitlist waiters = {0};
     srv_waitlist_move(&waiters, &w->waiters);
     if (c == NULL) {
-        srv_wreq_free(w);
+        srv_log_write_free(w);
     } else {
         /* c's thread answers, and frees w (srv_conn_run_posted). A gat's
          * request line is still at the front of c's buffer: read then. */
@@ -221,17 +221,17 @@ static void wreq_done(void *arg, uint64_t lsn, int status)
  * Blocks c until whatever holds one of the keys of the request finishes.
  * Returns true if c must wait.
  */
-static bool must_wait(struct server *srv, struct conn *c, const struct proto_req *req)
+static bool write_must_wait(struct server *srv, struct conn *c, const struct proto_req *req)
 {
-    struct wreq *holder = NULL;
+    struct log_write *holder = NULL;
 
-    if (srv->flush_wreq) {
-        holder = srv->flush_wreq;
+    if (srv->flush_write) {
+        holder = srv->flush_write;
     } else if (srv->barrier.head ||
                (req->cmd == PROTO_CMD_FLUSH_ALL && srv->npending > 0)) {
         /* A flush waits for the writes in flight to drain, and writes that
          * come after it queue behind it (so it is not starved). */
-        srv->st.writes_waited++;
+        srv->counters.writes_waited++;
         srv_waitlist_push(&srv->barrier, c);
         return true;
     } else if (req->cmd == PROTO_CMD_FLUSH_ALL) {
@@ -246,7 +246,7 @@ static bool must_wait(struct server *srv, struct conn *c, const struct proto_req
     }
     if (holder == NULL)
         return false;
-    srv->st.writes_waited++;
+    srv->counters.writes_waited++;
     srv_waitlist_push(&holder->waiters, c);
     return true;
 }
@@ -284,7 +284,7 @@ int srv_prepare_write(struct server *srv, const struct proto_req *req, uint64_t 
         while (proto_next_key(req, &pos, &k, &nk)) {
             void *holder;
             int r;
-            srv->st.cmd_touch++;
+            srv->counters.cmd_touch++;
             r = store_lock(srv->store, k, nk, owner, &holder);
             if (r == -EDEADLK)
                 continue; /* ours already: a repeat in the list */
@@ -294,18 +294,18 @@ int srv_prepare_write(struct server *srv, const struct proto_req *req, uint64_t 
             op.nkey = nk;
             if (store_prepare(srv->store, &op, version, srv->now_ms, &ch[*nch]) == 0) {
                 (*nch)++;
-                srv->st.touch_hits++;
+                srv->counters.touch_hits++;
             } else {
                 store_unlock(srv->store, k, nk, owner);
-                srv->st.touch_misses++;
+                srv->counters.touch_misses++;
             }
         }
         return *nch > 0 ? PREP_CHANGES : PREP_READ;
     }
     srv_op_of_request(srv, req, &op);
     if (req->too_large) {
-        srv->st.store_too_large++;
-        srv->st.cmd_set++;
+        srv->counters.store_too_large++;
+        srv->counters.cmd_set++;
         op.type = STORE_DELETE;
         if (req->cmd != PROTO_CMD_SET ||
             store_prepare(srv->store, &op, version, srv->now_ms, &ch[0]) < 0)
@@ -326,20 +326,20 @@ int srv_prepare_write(struct server *srv, const struct proto_req *req, uint64_t 
 int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *req)
 {
     struct outq *o = &c->out;
-    struct wreq *w;
+    struct log_write *w;
     enum store_status st = STORE_OK;
     int r;
 
     if (wal_error(srv->wal)) {
         if (c->npending > 0)
             return AFTER_WAIT; /* our writes in the log are answered first */
-        srv->st.writes_failed++;
+        srv->counters.writes_failed++;
         return req->noreply ? 0 : srv_reply_log_failed(srv, o);
     }
-    if (must_wait(srv, c, req))
+    if (write_must_wait(srv, c, req))
         return AFTER_WAIT;
 
-    w = freelist_get(&srv->wreqs);
+    w = freelist_get(&srv->log_writes);
     if (w == NULL)
         return -ENOMEM;
     w->srv = srv;
@@ -351,7 +351,7 @@ int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *r
     w->ch = &w->one;
     w->done.too_large = req->too_large;
     if (req->nkeys > 1 && (w->ch = calloc(req->nkeys, sizeof(*w->ch))) == NULL) {
-        freelist_put(&srv->wreqs, w);
+        freelist_put(&srv->log_writes, w);
         return -ENOMEM;
     }
     w->locked = req->cmd == PROTO_CMD_GAT || req->cmd == PROTO_CMD_GATS;
@@ -359,18 +359,18 @@ int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *r
     if (r < 0)
         goto fail;
     if (r == PREP_READ) {
-        srv_wreq_free(w);
+        srv_log_write_free(w);
         return srv_exec_retrieval(srv, c, req);
     }
     if (r == PREP_TOO_LARGE) {
-        srv_wreq_free(w);
+        srv_log_write_free(w);
         return req->noreply ? 0 : reply(o, "SERVER_ERROR object too large for cache\r\n");
     }
     if (r == PREP_FAILED && c->npending > 0) {
         /* Answered now, it would overtake the replies to our writes still
          * in the log: evaluate it again once they are in (their outcomes
          * run us again). */
-        srv_wreq_free(w);
+        srv_log_write_free(w);
         return AFTER_WAIT;
     }
     if (!req->too_large && !w->locked)
@@ -383,7 +383,7 @@ int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *r
     }
     if (r == PREP_FAILED) {
         /* Nothing changes, so nothing to log: answer now. */
-        srv_wreq_free(w);
+        srv_log_write_free(w);
         return req->noreply ? 0 : reply(o, srv_write_reply(req->cmd, st));
     }
 
@@ -396,7 +396,7 @@ int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *r
             if (w->ch[i].type == STORE_FLUSH)
                 continue;
             r = store_lock_change(srv->store, &w->ch[i], w, &holder);
-            assert(r == 0 || r == -ENOMEM); /* must_wait saw every key free */
+            assert(r == 0 || r == -ENOMEM); /* write_must_wait saw every key free */
             if (r < 0)
                 goto fail;
         }
@@ -405,28 +405,28 @@ int srv_exec_write(struct server *srv, struct conn *c, const struct proto_req *r
         goto fail;
     srv_tl_wal_staged = true;
     int64_t lsn = wal_append(srv->wal, WAL_REC_WRITE, srv->scratch.data, srv->scratch.len,
-                             wreq_done, w);
+                             log_write_done, w);
     if (lsn < 0) {
         r = (int)lsn;
         goto fail;
     }
     srv->appended_bytes += WAL_RECORD_HEADER_BYTES + srv->scratch.len;
-    srv->st.writes_logged++;
+    srv->counters.writes_logged++;
     srv->npending++;
     if (req->cmd == PROTO_CMD_FLUSH_ALL)
-        srv->flush_wreq = w;
+        srv->flush_write = w;
     w->c = c;
     c->npending++;
     return AFTER_PENDING;
 fail:
     for (size_t i = 0; i < w->nch; i++)
         store_abort(srv->store, &w->ch[i]);
-    wreq_unlock(w);
-    srv_wreq_free(w);
+    log_write_unlock(w);
+    srv_log_write_free(w);
     if (r == -ENOMEM)
         return r;
     if (c->npending > 0)
         return AFTER_WAIT; /* answered after our writes in the log */
-    srv->st.writes_failed++;
+    srv->counters.writes_failed++;
     return req->noreply ? 0 : srv_reply_log_failed(srv, o);
 }
