@@ -310,7 +310,7 @@ $(CLOCKSHIM): tests/clockshim.c
 	@echo "  CC      $@"
 	$(Q)$(CC) $(CPPFLAGS) -std=c11 -O2 -g $(WARN) -fPIC -shared -o $@ $< -ldl
 
-# ---- fuzzing (tests/fuzz/; README.md, Tests, says how to use it)
+# ---- fuzzing (tests/fuzz/; TESTING.md says how to use it)
 
 fuzz-bins: $(FUZZ_BINS)
 
