@@ -30,6 +30,7 @@ UNIT_REGISTER(outq);
 UNIT_REGISTER(auth);
 UNIT_REGISTER(fence);
 UNIT_REGISTER(skew);
+UNIT_REGISTER(zipf);
 
 /* Adds a suite or aborts the run: a runner that cannot register is broken. */
 CU_pSuite unit_suite(const char *name);

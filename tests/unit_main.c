@@ -40,6 +40,7 @@ int main(int argc, char **argv)
         unit_wal_register, unit_recover_register, unit_tpc_register,
         unit_peer_register, unit_txn_register, unit_hist_register, unit_freelist_register,
         unit_outq_register, unit_auth_register, unit_skew_register, unit_fence_register,
+        unit_zipf_register,
     };
     unsigned failed;
 
