@@ -44,6 +44,7 @@
 #include "limits.h"
 #include "util.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <string.h>
 
@@ -624,4 +625,16 @@ void proto_udp_encode(void *dst, const struct proto_udp_hdr *hdr)
 size_t proto_udp_datagrams(size_t n)
 {
     return (n + LIMIT_UDP_PAYLOAD_BYTES - 1) / LIMIT_UDP_PAYLOAD_BYTES;
+}
+
+size_t proto_udp_cut(void *dst, uint16_t req_id, const char *reply, size_t n, size_t i)
+{
+    size_t count = proto_udp_datagrams(n), off = i * LIMIT_UDP_PAYLOAD_BYTES;
+    size_t len = n - off < LIMIT_UDP_PAYLOAD_BYTES ? n - off : LIMIT_UDP_PAYLOAD_BYTES;
+    struct proto_udp_hdr h = {req_id, (uint16_t)i, (uint16_t)count, 0};
+
+    assert(i < count && count <= LIMIT_UDP_DATAGRAMS_MAX);
+    proto_udp_encode(dst, &h);
+    memcpy((char *)dst + LIMIT_UDP_HEADER_BYTES, reply + off, len);
+    return LIMIT_UDP_HEADER_BYTES + len;
 }

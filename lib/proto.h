@@ -206,4 +206,12 @@ void proto_udp_encode(void *dst, const struct proto_udp_hdr *hdr);
 /* Datagrams needed for a reply of n bytes (0 for an empty reply). */
 size_t proto_udp_datagrams(size_t n);
 
+/*
+ * Writes datagram i of the reply reply[0..n) to request req_id into dst
+ * (room for LIMIT_UDP_HEADER_BYTES + LIMIT_UDP_PAYLOAD_BYTES): the header
+ * (sequence i of proto_udp_datagrams(n)) and its part of the reply. Returns
+ * its length. i < proto_udp_datagrams(n) <= LIMIT_UDP_DATAGRAMS_MAX.
+ */
+size_t proto_udp_cut(void *dst, uint16_t req_id, const char *reply, size_t n, size_t i);
+
 #endif /* TPCKV_PROTO_H */

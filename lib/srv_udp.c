@@ -48,14 +48,9 @@ void srv_udp_send_reply(struct server *srv, uint16_t req_id, const char *reply_b
     }
     us->pending = (unsigned)count;
     for (size_t i = 0; i < count; i++) {
-        size_t off = i * LIMIT_UDP_PAYLOAD_BYTES;
-        size_t len =
-            n - off < LIMIT_UDP_PAYLOAD_BYTES ? n - off : LIMIT_UDP_PAYLOAD_BYTES;
         char *d = us->data + i * dg;
-        struct proto_udp_hdr h = {req_id, (uint16_t)i, (uint16_t)count, 0};
-        proto_udp_encode(d, &h);
-        memcpy(d + LIMIT_UDP_HEADER_BYTES, reply_bytes + off, len);
-        uv_buf_t b = uv_buf_init(d, (unsigned)(LIMIT_UDP_HEADER_BYTES + len));
+        uv_buf_t b =
+            uv_buf_init(d, (unsigned)proto_udp_cut(d, req_id, reply_bytes, n, i));
         us->reqs[i].data = us;
         if (uv_udp_send(&us->reqs[i], &srv->udp, &b, 1, addr, udp_on_send) < 0 &&
             --us->pending == 0) {

@@ -1,9 +1,9 @@
 /*
- * fuzz_udp.c - a UDP request datagram as serve handles it (udp_on_recv in
- * lib/server.c): proto_udp_decode on the 8-byte frame header, then the
+ * fuzz_udp.c - a UDP request datagram as serve handles it (srv_udp_on_recv in
+ * lib/srv_listen.c): proto_udp_decode on the 8-byte frame header, then the
  * requests after it parsed as one connection whose bytes all arrived at
  * once (a request must be whole in its datagram), then the reply cut into
- * datagrams as udp_send_reply does.
+ * datagrams by proto_udp_cut, which serve's srv_udp_send_reply uses.
  *
  * Checked: the header decodes as the frame rules say (too short, part of
  * several, not sequence 0), proto_udp_read agrees with it and
@@ -27,31 +27,38 @@ static const struct proto_limits lim = {
     .get_keys_max = LIMIT_GET_KEYS_DEFAULT,
 };
 
-/* Cuts a reply of n bytes into datagrams for req_id and reads them back. */
+/* Cuts a reply of n bytes into datagrams for req_id, as serve does
+ * (proto_udp_cut), and reads them back: every byte once, in order, with
+ * sequence numbers 0..total-1. */
 static void check_reply_framing(uint16_t req_id, size_t n)
 {
     size_t count = proto_udp_datagrams(n);
     size_t got = 0;
+    char *reply, d[LIMIT_UDP_HEADER_BYTES + LIMIT_UDP_PAYLOAD_BYTES];
 
     FUZZ_CHECK(n == 0 ? count == 0 : count >= 1);
     FUZZ_CHECK(count * LIMIT_UDP_PAYLOAD_BYTES >= n);
     FUZZ_CHECK(count == 0 || (count - 1) * LIMIT_UDP_PAYLOAD_BYTES < n);
     if (count > LIMIT_UDP_DATAGRAMS_MAX)
         return; /* serve answers SERVER_ERROR reply too large for UDP */
+    reply = malloc(n ? n : 1);
+    FUZZ_CHECK(reply != NULL);
+    for (size_t i = 0; i < n; i++)
+        reply[i] = (char)(i * 31 + req_id);
     for (size_t i = 0; i < count; i++) {
-        unsigned char d[LIMIT_UDP_HEADER_BYTES];
-        struct proto_udp_hdr h = {req_id, (uint16_t)i, (uint16_t)count, 0}, back;
-        size_t off = i * LIMIT_UDP_PAYLOAD_BYTES;
-        size_t len = n - off < LIMIT_UDP_PAYLOAD_BYTES ? n - off : LIMIT_UDP_PAYLOAD_BYTES;
+        struct proto_udp_hdr back;
+        size_t len = proto_udp_cut(d, req_id, reply, n, i);
 
-        proto_udp_encode(d, &h);
+        FUZZ_CHECK(len > LIMIT_UDP_HEADER_BYTES && len <= sizeof(d));
         proto_udp_read(d, &back);
         FUZZ_CHECK(back.req_id == req_id && back.seq == i && back.total == count &&
                    back.reserved == 0);
-        FUZZ_CHECK(len > 0 && off == got);
-        got += len;
+        FUZZ_CHECK(memcmp(d + LIMIT_UDP_HEADER_BYTES, reply + got,
+                          len - LIMIT_UDP_HEADER_BYTES) == 0);
+        got += len - LIMIT_UDP_HEADER_BYTES;
     }
     FUZZ_CHECK(got == n);
+    free(reply);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
