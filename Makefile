@@ -21,9 +21,9 @@
 #   make powercut   power cuts modelled (tests/powercut.py, tests/pcshim.c):
 #                   only what was fsynced survives, holes in unsynced pages;
 #                   every acknowledged write must read back, each --fsync mode
-#   make bench      tpckv against memcached (tests/bench.sh: installs memcached
-#                   if missing; BENCH_SECONDS, BENCH_ROUNDS...). tests/bench_wal.sh
-#                   and tests/bench_repl.sh (fsyncs per set, 1 connection) run alone
+#   make bench      tpckv against memcached (bench/bench.sh: installs memcached
+#                   if missing; BENCH_SECONDS, BENCH_ROUNDS...). bench/bench_wal.sh
+#                   and bench/bench_repl.sh (fsyncs per set, 1 connection) run alone
 #   make fuzz       libFuzzer targets (tests/fuzz/, built with clang into
 #                   build/fuzz/), each run FUZZ_SECONDS; crashes are saved
 #                   in tests/fuzz/crashes/<target>/. make fuzz-merge adds
@@ -350,7 +350,7 @@ e2e-valgrind: all
 # Figures, not a test: tpckv against memcached, the issue-5 targets.
 bench: deps
 	$(Q)$(MAKE) --no-print-directory all
-	$(Q)tests/bench.sh
+	$(Q)bench/bench.sh
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin

@@ -19,8 +19,8 @@
 # so that a slow spell of the machine spreads over every setup, and the table
 # shows each figure's median over the rounds.
 #
-#   tests/bench_repl.sh            (or: make bench, after bench_wal.sh)
-#   BENCH_SECONDS=10 BENCH_ROUNDS=5 tests/bench_repl.sh
+#   bench/bench_repl.sh            (or: make bench, after bench_wal.sh)
+#   BENCH_SECONDS=10 BENCH_ROUNDS=5 bench/bench_repl.sh
 #
 # The load generator runs on the same machine as the servers (and, for the
 # cluster, the three replicas share it too): the figures are for comparing
@@ -148,7 +148,7 @@ run() {
     python3 - "$((f1 - f0))" "$((s1 - s0))" "$tmp/$name".*.json <<'EOF'
 import json, sys
 
-sys.path.insert(0, "tests")  # run from the repository root
+sys.path.insert(0, "bench")  # run from the repository root
 import bench_hist
 
 fsyncs, sets = int(sys.argv[1]), int(sys.argv[2])

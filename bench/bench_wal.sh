@@ -9,8 +9,8 @@
 # server's own counters (writes_logged, wal_fsyncs). Each figure is the median
 # of BENCH_ROUNDS runs (default 3).
 #
-#   tests/bench_wal.sh            (or: make bench)
-#   BENCH_SETS_1=3000 BENCH_SETS_50=2000 BENCH_ROUNDS=5 tests/bench_wal.sh
+#   bench/bench_wal.sh            (or: make bench)
+#   BENCH_SETS_1=3000 BENCH_SETS_50=2000 BENCH_ROUNDS=5 bench/bench_wal.sh
 #
 # memcslap's keys are 20-50 bytes and its values about 2.5 KB. The load
 # generator runs on the same machine as the server.

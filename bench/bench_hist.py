@@ -3,7 +3,7 @@
 Several clie bench processes driving one setup at once (one per replica)
 each report their own latency histogram; every clie uses the same buckets,
 so the histograms add up, and percentiles are taken of the sum as clie
-takes them of its threads'. Used by tests/bench.sh and tests/bench_repl.sh.
+takes them of its threads'. Used by bench/bench.sh and bench/bench_repl.sh.
 """
 
 

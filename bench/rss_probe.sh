@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# rss_probe.sh - the memory row of tests/bench.sh on its own: preload KEYS keys
+# rss_probe.sh - the memory row of bench/bench.sh on its own: preload KEYS keys
 # (32-byte keys, 100-byte values, clie bench --preload -n 1, 50 connections,
 # 2 threads) into a fresh tpckv (--fsync none, one replica) and, with
 # PROBE_MEMCACHED=1, into memcached -m 1024 -t 2, and print VmRSS (KiB) after
 # the preload; then tpckv is killed (SIGKILL) and restarted on its data dir
 # and its VmRSS printed again.
 #
-#   tests/rss_probe.sh [KEYS]          (default 1000000)
+#   bench/rss_probe.sh [KEYS]          (default 1000000)
 #   PROBE_MEMCACHED=1                  also measure memcached
 #   PROBE_RESTART=0                    skip the restart
 #   PROBE_HOOK='cmd'                   run with $PID set (the loaded tpckv)

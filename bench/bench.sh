@@ -17,8 +17,8 @@
 # It prints a table of medians over the rounds, with tpckv/memcached ratios
 # and the issue's targets, and stops (by PID) everything it started.
 #
-#   tests/bench.sh                 (or: make bench)
-#   BENCH_SECONDS=10 BENCH_ROUNDS=5 tests/bench.sh
+#   bench/bench.sh                 (or: make bench)
+#   BENCH_SECONDS=10 BENCH_ROUNDS=5 bench/bench.sh
 #
 # Environment knobs:
 #   BENCH_SECONDS=4        measured seconds per run
@@ -268,7 +268,7 @@ run() {
 cat >"$tmp/report.py" <<'EOF'
 import glob, json, os, statistics, sys
 
-sys.path.insert(0, "tests")  # bench.sh runs from the repository root
+sys.path.insert(0, "bench")  # bench.sh runs from the repository root
 import bench_hist
 
 def load(prefix):

@@ -5,7 +5,7 @@
 # a fresh server and data directory; it prints the median ops/s of each and
 # B/A.
 #
-#   tests/bench_ab.sh OLD_SERVE NEW_SERVE
+#   bench/bench_ab.sh OLD_SERVE NEW_SERVE
 #
 # Knobs (environment):
 #   AB_ROUNDS=3        rounds (medians over them)
@@ -19,8 +19,8 @@
 # directory; every process it starts is stopped by its PID.
 set -u
 
-A=${1:?usage: tests/bench_ab.sh OLD_SERVE NEW_SERVE}
-B=${2:?usage: tests/bench_ab.sh OLD_SERVE NEW_SERVE}
+A=${1:?usage: bench/bench_ab.sh OLD_SERVE NEW_SERVE}
+B=${2:?usage: bench/bench_ab.sh OLD_SERVE NEW_SERVE}
 ROUNDS=${AB_ROUNDS:-3}
 SECS=${AB_SECONDS:-4}
 ONLY=${AB_ONLY:-get_d1,set_d1,get_d16,set_d16,set_3}
