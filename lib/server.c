@@ -529,7 +529,14 @@ void server_stop(struct server *srv)
         srv_lt_stop_all(srv);
     for (struct conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
-        srv_conn_close(c, NULL);
+        /* One whose client left while its transaction was in flight waited
+         * only for that outcome, dropped above: nothing will free it but
+         * this. */
+        if (c->handle_closed && c->npending == 0 && c->cpending == NULL &&
+            c->done_head == NULL)
+            srv_conn_free(c);
+        else
+            srv_conn_close(c, NULL);
     }
     /* Pending writes finish (durable or not) before the log closes; their
      * connections are gone, so nobody is told, and they free themselves

@@ -268,6 +268,7 @@ struct server {
     uint64_t snapshots, snapshot_failures;
     struct waitlist snap_cur;  /* "snapshot" commands the running one answers */
     struct waitlist snap_next; /* ...and those that need a newer one */
+    struct waitlist answered;  /* answered, until their own thread has the line */
 
     /* Replication (cfg.nreplicas > 0). */
     bool cluster;
@@ -412,6 +413,7 @@ struct conn {
     bool waits_clock;         /* ... or for a peer's clock to be measured */
     bool waits_fence;         /* ... or for a peer to confirm our data is current */
     uint64_t retry_at_ms;     /* on the retry list until then */
+    bool timeout_posted;      /* its lock wait timed out: its thread answers */
     struct waitlist *waiting; /* the list we wait on, or NULL */
     struct conn *wait_next;
     /* keys [prefix] streams its reply: the point-in-time list and position. */

@@ -232,7 +232,8 @@ void srv_conn_flush(struct conn *c)
         if (r > 0) {
             outq_consume(&c->out, (size_t)r);
             c->sent_bytes += (uint64_t)r;
-            __atomic_fetch_add(&c->srv->counters.bytes_written, (uint64_t)r, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&c->srv->counters.bytes_written, (uint64_t)r,
+                               __ATOMIC_RELAXED);
             if (c->out.bytes == 0) {
                 if (c->close_after_flush && c->npending == 0)
                     conn_close_unlocked(c, NULL);
@@ -445,6 +446,10 @@ void srv_conn_process_parsed(struct conn *c, struct parsed *pre)
             r = srv_execute(srv, c, &req);
             if (r == AFTER_WAIT)
                 break;
+            /* Done with, from here: the next request starts afresh (its
+             * retries, and how long it waited). */
+            c->attempts = 0;
+            c->wait_since_ms = 0;
             if (r == AFTER_PENDING &&
                 (req.cmd == PROTO_CMD_GAT || req.cmd == PROTO_CMD_GATS))
                 break;
@@ -631,9 +636,21 @@ static void lock_wait_expired(struct conn *c)
     size_t consumed;
     char line[200];
 
-    if (c->closing)
+    c->timeout_posted = false;
+    if (c->closing || c->waiting == NULL)
+        return; /* the wait ended meanwhile: the request runs after all */
+    srv_waitlist_remove(c);
+    srv->counters.lock_wait_timeouts++;
+    if (c->waits_fence)
+        srv->fence_gave_up = true; /* the requests behind it need not wait too */
+    if (proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed) != PROTO_OK) {
+        log_error(MOD,
+                  "conn %llu: a request timed out waiting, but it is not in the "
+                  "buffer any more; closing the connection",
+                  (unsigned long long)c->id);
+        srv_conn_close(c, NULL);
         return;
-    proto_parse(c->rbuf, c->rlen, &srv->lim, &req, &consumed);
+    }
     if (c->waits_fence)
         snprintf(line, sizeof(line),
                  "SERVER_ERROR timed out after %u ms waiting for a peer to confirm this "
@@ -747,6 +764,8 @@ void srv_conn_run_posted(struct conn *c)
     c->post = 0;
     c->post_line = NULL;
     if (line) {
+        if (c->waiting == &c->srv->answered)
+            srv_waitlist_remove(c);
         if (!c->closing && reply(&c->out, line) < 0)
             c->close_after_flush = true;
         free(line);

@@ -9,7 +9,7 @@
 #include "srv.h"
 
 static bool read_waits_for_txn(struct server *srv, struct conn *c,
-                           const struct proto_req *req);
+                               const struct proto_req *req);
 
 /*
  * Executes one request, queueing its reply on c->out. Returns what the
@@ -122,19 +122,20 @@ void srv_lock_wait_timeouts(struct server *srv)
         next = c->next;
         if (c->waiting == NULL || c->waiting == &srv->retry ||
             c->waiting == &srv->snap_cur || c->waiting == &srv->snap_next ||
-            c->wait_since_ms == 0 || now - c->wait_since_ms < srv->cfg.lock_wait_ms ||
-            c->closing)
+            c->waiting == &srv->answered || c->wait_since_ms == 0 ||
+            now - c->wait_since_ms < srv->cfg.lock_wait_ms || c->closing ||
+            c->timeout_posted)
             continue;
-        srv_waitlist_remove(c);
-        srv->counters.lock_wait_timeouts++;
-        if (c->waits_fence)
-            srv->fence_gave_up = true; /* the requests behind it need not wait too */
+        /* c stays on its list, so nothing runs its requests before its own
+         * thread answers the timeout (lock_wait_expired), unless the wait
+         * ends first: then the request runs after all. */
+        c->timeout_posted = true;
         srv_conn_post(c, POST_LOCK_TIMEOUT);
     }
 }
 
 static bool read_waits_for_txn(struct server *srv, struct conn *c,
-                           const struct proto_req *req)
+                               const struct proto_req *req)
 {
     size_t pos = 0, nk;
     const char *k;

@@ -59,8 +59,22 @@ static void lt_on_check(uv_check_t *h)
  * (UDP, and TCP without --threads; the lock is held while it runs). */
 static void main_end_turn(struct lthread *lt)
 {
+    struct server *srv = lt->srv;
+
     lt->self_posted = false;
     lt_run_inbox(lt);
+    /* Records this turn appended (UDP writes; votes and commits on peer
+     * messages) go to the writer now, not when the loop next turns: with
+     * connection threads, server_run polls first, until the next timer.
+     * Their callbacks (--fsync none writes inline) may run requests that
+     * append more; a few rounds here, then the loop comes back for them. */
+    for (int i = 0; i < 4 && srv_tl_wal_staged && srv->wal; i++) {
+        srv_tl_wal_staged = false;
+        wal_hand_over(srv->wal);
+        lt_run_inbox(lt);
+    }
+    if (srv_tl_wal_staged && lt->idle_open)
+        uv_idle_start(&lt->idle, lt->on_idle);
 }
 
 static void main_on_check(uv_check_t *h)

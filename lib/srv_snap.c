@@ -157,13 +157,21 @@ static void remove_old_snapshots(struct server *srv, uint64_t lsn)
  * thread's connection gets the line with its wake-up (conn_run_posted). */
 void srv_snapshot_answer(struct waitlist *wl, const char *line)
 {
-    for (struct conn *c = wl->head; c; c = c->wait_next) {
-        if (c->closing)
-            continue;
+    struct conn *c;
+
+    /* Each connection stays on a wait list (srv->answered) until its own
+     * thread has put the line in its replies: nothing may answer the
+     * requests after it first. */
+    while ((c = srv_waitlist_pop(wl)) != NULL) {
         free(c->post_line);
-        c->post_line = strdup(line); /* NULL: the wake-up goes alone */
+        c->post_line = strdup(line);
+        if (c->post_line == NULL) {
+            srv_conn_resume(c); /* out of memory: the wake-up goes alone */
+            continue;
+        }
+        srv_waitlist_push(&c->srv->answered, c);
+        srv_conn_post(c, POST_RUN);
     }
-    srv_waitlist_wake(wl);
 }
 
 /* Polled by the timer: has the snapshot child finished? */

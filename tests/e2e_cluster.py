@@ -12,6 +12,10 @@ tests/e2e_cluster.sh).
       sorted (the key list comes from the tpckv `keys` extension)
   e2e_cluster.py toolarge PORT SIZE SENT
       a set of SIZE bytes sent in two parts around its reply (a refused one)
+  e2e_cluster.py retries PORT1 PORT2 ROUNDS
+      two connections race an add of the same key through two replicas,
+      then each deletes a key that is absent; prints the retries and how
+      many of the deletes each replica counted
 
 write: each thread owns its keys (cr:ID:T:I) and sends one request at a time
 (set, add, append, delete, incr), recording in STATE what each key may hold.
@@ -285,6 +289,68 @@ def cmd_toolarge(port, size, sent):
         s.close()
 
 
+def stat_of(port, name):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(b"stats\r\n")
+        buf = b""
+        while not buf.endswith(b"END\r\n"):
+            d = s.recv(65536)
+            if not d:
+                raise Broken("stats: connection closed")
+            buf += d
+    finally:
+        s.close()
+    for line in buf.split(b"\r\n"):
+        if line.startswith(b"STAT %s " % name.encode()):
+            return int(line.split()[2])
+    raise RuntimeError("no stat " + name)
+
+
+def cmd_retries(p1, p2, rounds):
+    """A write that lost a conflict and was retried must not leave its retry
+    count to the next request of its connection (which would then not be
+    counted in stats, and have fewer retries). Prints
+    "retries R1 R2 deletes D1 D2 counted C1 C2"."""
+    ports = (p1, p2)
+    socks = [socket.create_connection(("127.0.0.1", p), timeout=20) for p in ports]
+    files = [s.makefile("rb") for s in socks]
+    misses0 = [stat_of(p, "delete_misses") for p in ports]
+    retries0 = [stat_of(p, "txn_retries") for p in ports]
+    tag = "%d" % random.randrange(1 << 30)
+    sent = [0, 0]
+    errors = []
+    for i in range(rounds):
+        bar = threading.Barrier(2)
+
+        def one(j):
+            try:
+                bar.wait()
+                socks[j].sendall(b"add retry:%s:%d 0 0 1\r\nx\r\n" % (tag.encode(), i))
+                files[j].readline()
+                socks[j].sendall(b"delete retry:%s:absent:%d:%d\r\n" % (tag.encode(), i, j))
+                line = files[j].readline()
+                if line != b"NOT_FOUND\r\n":
+                    errors.append(line)
+                sent[j] += 1
+            except OSError as e:
+                errors.append(str(e))
+
+        ts = [threading.Thread(target=one, args=(j,)) for j in (0, 1)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    for s in socks:
+        s.close()
+    if errors:
+        raise RuntimeError("unexpected replies: %r" % errors[:3])
+    counted = [stat_of(p, "delete_misses") - m for p, m in zip(ports, misses0)]
+    retries = [stat_of(p, "txn_retries") - r for p, r in zip(ports, retries0)]
+    print("retries %d %d deletes %d %d counted %d %d" % (retries[0], retries[1], sent[0],
+                                                        sent[1], counted[0], counted[1]))
+
+
 if __name__ == "__main__":
     a = sys.argv
     try:
@@ -295,6 +361,8 @@ if __name__ == "__main__":
             cmd_verify(a[2], [int(x) for x in a[3:]])
         elif len(a) == 5 and a[1] == "toolarge":
             cmd_toolarge(int(a[2]), int(a[3]), int(a[4]))
+        elif len(a) == 5 and a[1] == "retries":
+            cmd_retries(int(a[2]), int(a[3]), int(a[4]))
         elif len(a) == 4 and a[1] == "dump":
             cmd_dump(int(a[2]), a[3])
         else:

@@ -690,6 +690,19 @@ concurrent_incr() {
     expect_all "4: the counter is $okn (the acknowledged incr count) on all three replicas" "1 2 3" "$CTR" "${KEYS3[0]}"
 }
 
+# ---- 4b. a retried write's connection goes on afresh ------------------------------------
+
+retried_then_next() {
+    local out r1 r2 d1 d2 c1 c2
+    out=$("$PY" "$HELPER" retries "${CPORT[1]}" "${CPORT[2]}" 60 2>&1) || true
+    read -r _ r1 r2 _ d1 d2 _ c1 c2 <<<"$out"
+    if [ "${d1:-x}" = 60 ] && [ "${d2:-x}" = 60 ] && [ "${c1:-}" = 60 ] && [ "${c2:-}" = 60 ]; then
+        ok "4b: after adds that lost a conflict ($r1 and $r2 retries), each replica counted every later delete (60 and 60)"
+    else
+        not_ok "4b: deletes after conflicting adds: $out"
+    fi
+}
+
 # ---- 5. a replica down ---------------------------------------------------------------
 
 replica_down() {
@@ -750,6 +763,20 @@ replica_down() {
 replica_paused() {
     local out rc=0
     kill -STOP "${PID[3]}"
+    # A client that leaves while its write waits for replica 3's vote, then a
+    # clean stop of the replica it wrote through (that connection used to be
+    # left behind, and the stop aborted on an assertion).
+    python3 - "${CPORT[2]}" <<'PY'
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"set left:1 0 0 1\r\nx\r\n")
+time.sleep(0.3)
+s.close()
+time.sleep(0.3)
+PY
+    check "5b: replica 2 stops cleanly (exit 0) after a client left with its write undecided" \
+        stop_replica 2
+    check "5b: replica 2 starts again" start_replica 2
     sleep 11
     out=$(python3 "$HELPER" toolarge "${CPORT[1]}" 2000000 100000 2>&1) || rc=$?
     if [ "$rc" -eq 0 ] && [[ $out == *"SERVER_ERROR timed out after 3000 ms waiting for the replicas' clocks"* ]] &&
@@ -1145,6 +1172,8 @@ if [ "$started" -eq 1 ] && wait_links 1 2 3; then
     concurrent_add
     echo "-- 4. concurrent incr"
     concurrent_incr
+    echo "-- 4b. a retried write, then the next request"
+    retried_then_next
     echo "-- 5. a replica down"
     replica_down
     echo "-- 5b. a paused replica"
