@@ -14,6 +14,7 @@
 #                      set_d16 (one replica, --fsync none, 50 connections,
 #                      depth 1 or 16) and set_3 (3 replicas, --fsync always,
 #                      50 connections spread over them)
+#   AB_FSYNC3=always   --fsync of the set_3 replicas (none: the CPU path alone)
 #   CLIE=./clie
 # Servers listen on free 127.0.0.1 ports with data under a temporary
 # directory; every process it starts is stopped by its PID.
@@ -25,6 +26,7 @@ ROUNDS=${AB_ROUNDS:-3}
 SECS=${AB_SECONDS:-4}
 ONLY=${AB_ONLY:-get_d1,set_d1,get_d16,set_d16,set_3}
 CLIE=${CLIE:-./clie}
+FSYNC3=${AB_FSYNC3:-always}
 tmp=$(mktemp -d /tmp/tpckv-ab.XXXXXX)
 PIDS=()
 
@@ -85,19 +87,20 @@ ops() {
         i=1
         for port in "$p" "$p2" "$p3"; do
             "$serve" --id "$i" --replicas "$R" --secret-file "$secret" -p "$port" \
-                -d "$d/r$i" --threads 0 -l warn 2>>"$tmp/serve.log" &
+                -d "$d/r$i" --threads 0 --fsync "$FSYNC3" -l warn 2>>"$tmp/serve.log" &
             PIDS+=($!)
             i=$((i + 1))
         done
         for port in "$p" "$p2" "$p3"; do wait_port "$port" || { echo 0; stop_all; return; }; done
         sleep 0.5
-        out=$(
-            for port in "$p" "$p2" "$p3"; do
-                "$CLIE" -p "$port" bench -c 17 -T 1 --ratio 1:0 --keys 100000 --warmup 1 \
-                    --duration "$SECS" --json 2>/dev/null &
-            done
-            wait
-        )
+        local bp=()
+        for port in "$p" "$p2" "$p3"; do
+            "$CLIE" -p "$port" bench -c 17 -T 1 --ratio 1:0 --keys 100000 --warmup 1 \
+                --duration "$SECS" --json >"$d/out.$port" 2>/dev/null &
+            bp+=($!)
+        done
+        wait "${bp[@]}"
+        out=$(cat "$d"/out.*)
         ;;
     esac
     stop_all
