@@ -402,16 +402,18 @@ static int shared_init(struct shared *sh, const struct bench_config *cfg, char *
         zipf_init(&sh->zipf, cfg->keys, cfg->zipf_s) < 0)
         return util_errf(err, cap, -EINVAL, "bad zipf parameters");
     if (cfg->user) {
-        size_t nu = strlen(cfg->user), cap_req = 64 + nu + cfg->npass;
-        int h;
-        if ((sh->auth_req = malloc(cap_req)) == NULL)
-            return util_errf(err, cap, -ENOMEM, "out of memory");
-        h = snprintf(sh->auth_req, cap_req, "set auth 0 0 %zu\r\n", nu + 1 + cfg->npass);
-        memcpy(sh->auth_req + h, cfg->user, nu);
-        sh->auth_req[h + nu] = ' ';
-        memcpy(sh->auth_req + h + nu + 1, cfg->pass, cfg->npass);
-        memcpy(sh->auth_req + h + nu + 1 + cfg->npass, "\r\n", 2);
-        sh->auth_len = (size_t)h + nu + 1 + cfg->npass + 2;
+        /* The same credentials set lib/client sends (client_auth). */
+        struct buf req = BUF_INIT;
+        size_t nline;
+        int r = client_auth_request(&req, &nline, cfg->user, cfg->pass, cfg->npass);
+        if (r < 0) {
+            buf_free(&req);
+            return util_errf(err, cap, r,
+                             r == -ENOMEM ? "out of memory"
+                                          : "invalid --user or password");
+        }
+        sh->auth_req = req.data; /* shared_free zeroes and frees it */
+        sh->auth_len = req.len;
     }
     atomic_init(&sh->phase, PH_CONNECT);
     atomic_init(&sh->settled, 0);

@@ -1130,52 +1130,73 @@ static bool reply_is(const struct client_reply *r, const char *line)
     return span_is(r->line, r->line_len, line);
 }
 
+int client_auth_request(struct buf *out, size_t *nline, const char *user, const void *pass,
+                        size_t npass)
+{
+    size_t nuser = strlen(user), ndata = nuser + 1 + npass;
+    char line[64];
+    int n;
+
+    if (!client_auth_user_valid(user, nuser) || npass == 0 ||
+        npass > LIMIT_AUTH_PASSWORD_BYTES_MAX)
+        return -EINVAL;
+    for (size_t i = 0; i < npass; i++) {
+        unsigned char ch = ((const unsigned char *)pass)[i];
+        if (ch < 0x20 || ch == 0x7f)
+            return -EINVAL;
+    }
+    n = snprintf(line, sizeof(line), "set auth 0 0 %zu\r\n", ndata);
+    out->len = 0;
+    if (buf_reserve(out, (size_t)n + ndata + 2) < 0)
+        return -ENOMEM;
+    memcpy(out->data, line, (size_t)n);
+    memcpy(out->data + n, user, nuser);
+    out->data[n + nuser] = ' ';
+    memcpy(out->data + n + nuser + 1, pass, npass);
+    memcpy(out->data + n + ndata, "\r\n", 2);
+    out->len = (size_t)n + ndata + 2;
+    *nline = (size_t)n;
+    return 0;
+}
+
 int client_auth(struct client *c, const char *user, const void *pass, size_t npass,
                 struct client_reply *r)
 {
     struct client_request req = {.line = "version", .line_len = 7};
     char line[64], esc[200];
     struct buf data = {0};
-    size_t nuser = strlen(user);
+    size_t nuser = strlen(user), nline;
     int rc;
 
     if (c->transport != CLIENT_TCP) {
         set_err(c, "%s: authentication works over TCP only", c->peer);
         return -EINVAL;
     }
-    if (!client_auth_user_valid(user, nuser) || npass == 0 ||
-        npass > LIMIT_AUTH_PASSWORD_BYTES_MAX) {
-        set_err(c, "invalid user name or password");
-        return -EINVAL;
-    }
-    for (size_t i = 0; i < npass; i++) {
-        unsigned char ch = ((const unsigned char *)pass)[i];
-        if (ch < 0x20 || ch == 0x7f) {
-            set_err(c, "the password has a control character");
-            return -EINVAL;
-        }
-    }
-    if ((rc = client_request(c, &req, r)) < 0)
+    if ((rc = client_auth_request(&data, &nline, user, pass, npass)) < 0) {
+        buf_free(&data);
+        set_err(c, rc == -ENOMEM ? "out of memory"
+                   : "invalid user name or password (or a control character in it)");
         return rc;
-    if (r->type == CLIENT_REPLY_VERSION)
-        return 1; /* it runs commands: no authentication asked for */
-    if (!reply_is(r, "CLIENT_ERROR unauthenticated")) {
+    }
+    if ((rc = client_request(c, &req, r)) < 0) {
+        memset(data.data, 0, data.len);
+        buf_free(&data);
+        return rc;
+    }
+    if (r->type == CLIENT_REPLY_VERSION || !reply_is(r, "CLIENT_ERROR unauthenticated")) {
+        memset(data.data, 0, data.len);
+        buf_free(&data);
+        if (r->type == CLIENT_REPLY_VERSION)
+            return 1; /* it runs commands: no authentication asked for */
         set_err(c, "%s: unexpected reply to version: %s", c->peer,
                 log_escape(esc, sizeof(esc), r->line, r->line_len));
         return -EPROTO;
     }
-    if (buf_reserve(&data, nuser + 1 + npass) < 0) {
-        set_err(c, "out of memory");
-        return -ENOMEM;
-    }
-    memcpy(data.data, user, nuser);
-    data.data[nuser] = ' ';
-    memcpy(data.data + nuser + 1, pass, npass);
-    data.len = nuser + 1 + npass;
-    req.line = line;
-    req.line_len = (size_t)snprintf(line, sizeof(line), "set auth 0 0 %zu", data.len);
-    req.data = data.data;
-    req.data_len = data.len;
+    /* The line without its CRLF; the data between it and the final CRLF. */
+    req.line = data.data;
+    req.line_len = nline - 2;
+    req.data = data.data + nline;
+    req.data_len = data.len - nline - 2;
     req.has_data = true;
     rc = client_request(c, &req, r);
     memset(data.data, 0, data.len); /* the password */

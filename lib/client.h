@@ -220,6 +220,16 @@ int client_auth(struct client *c, const char *user, const void *pass, size_t npa
 /* Whether user[0..n) may be sent as a user name (see client_auth). */
 bool client_auth_user_valid(const char *user, size_t n);
 
+/*
+ * The credentials set client_auth sends, whole, into out (emptied first):
+ * "set auth 0 0 N\r\nUSER PASSWORD\r\n"; *nline is the length of its
+ * line, CRLF included. For a client that sends it itself (clie bench). It
+ * holds the password: zero it once sent. Returns 0, -EINVAL (the user or
+ * password is not valid, as for client_auth), -ENOMEM.
+ */
+int client_auth_request(struct buf *out, size_t *nline, const char *user, const void *pass,
+                        size_t npass);
+
 void client_reply_init(struct client_reply *r);
 /* Frees what r owns (items, raw) and re-initialises it. */
 void client_reply_free(struct client_reply *r);
