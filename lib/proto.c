@@ -622,6 +622,25 @@ void proto_udp_encode(void *dst, const struct proto_udp_hdr *hdr)
     }
 }
 
+size_t proto_stream_consume(size_t len, size_t pos, size_t consumed, uint64_t *swallow)
+{
+    if (consumed > len - pos) {
+        *swallow += consumed - (len - pos);
+        return len;
+    }
+    return pos + consumed;
+}
+
+size_t proto_stream_swallow(char *buf, size_t *len, uint64_t *swallow)
+{
+    size_t d = *len < *swallow ? *len : (size_t)*swallow;
+
+    memmove(buf, buf + d, *len - d);
+    *len -= d;
+    *swallow -= d;
+    return d;
+}
+
 size_t proto_udp_datagrams(size_t n)
 {
     return (n + LIMIT_UDP_PAYLOAD_BYTES - 1) / LIMIT_UDP_PAYLOAD_BYTES;

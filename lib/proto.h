@@ -183,6 +183,17 @@ int64_t proto_exptime_abs_ms(int64_t exptime, int64_t now_ms);
 size_t proto_fmt_value_hdr(char *dst, const char *key, size_t nkey, uint32_t flags,
                            size_t nbytes, bool with_cas, uint64_t cas);
 
+/*
+ * A connection's byte stream around proto_parse, as serve runs it (and
+ * fuzz_proto checks it). proto_stream_consume: a request at buf[pos..len)
+ * consumed `consumed` bytes; returns the position after it. What it
+ * consumed beyond len (a refused data block still arriving) is added to
+ * *swallow. proto_stream_swallow: drops from the front of buf[0..*len) what
+ * *swallow still owes, as bytes arrive; returns how many it dropped.
+ */
+size_t proto_stream_consume(size_t len, size_t pos, size_t consumed, uint64_t *swallow);
+size_t proto_stream_swallow(char *buf, size_t *len, uint64_t *swallow);
+
 /* UDP frame header (memcached): four big-endian u16. */
 struct proto_udp_hdr {
     uint16_t req_id;

@@ -22,14 +22,13 @@ int srv_consume_front(struct server *srv, struct conn *c, bool run_retrieval)
     (void)st;
     if (run_retrieval)
         r = srv_exec_retrieval(srv, c, &req);
-    if (consumed > c->rlen) {
-        /* A set refused for size that waited: its data block is not all
-         * here (it was never going to be kept). Discard the rest as it
-         * comes. */
-        assert(req.too_large);
-        c->swallow = c->udp ? 0 : consumed - c->rlen;
-        consumed = c->rlen;
-    }
+    /* A set refused for size that waited: its data block may not be all
+     * here (it was never going to be kept); the rest is discarded as it
+     * comes. */
+    assert(consumed <= c->rlen || req.too_large);
+    consumed = proto_stream_consume(c->rlen, 0, consumed, &c->swallow);
+    if (c->udp)
+        c->swallow = 0;
     memmove(c->rbuf, c->rbuf + consumed, c->rlen - consumed);
     c->rlen -= consumed;
     c->attempts = 0;
@@ -454,13 +453,11 @@ void srv_conn_process_parsed(struct conn *c, struct parsed *pre)
                 (req.cmd == PROTO_CMD_GAT || req.cmd == PROTO_CMD_GATS))
                 break;
         }
-        /* A refused data block may extend past what we have: swallow the rest. */
-        if (consumed > c->rlen - pos) {
-            c->swallow = c->udp ? 0 : consumed - (c->rlen - pos);
-            pos = c->rlen;
-        } else {
-            pos += consumed;
-        }
+        /* A refused data block may extend past what we have: swallow the
+         * rest as it comes (a UDP request has nothing more coming). */
+        pos = proto_stream_consume(c->rlen, pos, consumed, &c->swallow);
+        if (c->udp)
+            c->swallow = 0;
         if (r < 0)
             goto oom;
         if (r == AFTER_CLOSE) {
@@ -578,12 +575,8 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         /* The buffer is this thread's alone: take the bytes in and parse
          * what they complete before taking the lock. */
         c->rlen += (size_t)nread;
-        if (c->swallow) {
-            size_t d = c->rlen < c->swallow ? c->rlen : (size_t)c->swallow;
-            memmove(c->rbuf, c->rbuf + d, c->rlen - d);
-            c->rlen -= d;
-            c->swallow -= d;
-        }
+        if (c->swallow)
+            proto_stream_swallow(c->rbuf, &c->rlen, &c->swallow);
         if (c->swallow == 0) {
             bool defer = lt->ready != NULL && !c->udp && c->rlen < c->rcap &&
                          (c->deferred || lt->nready < LT_READY_MAX);

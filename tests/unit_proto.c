@@ -283,6 +283,32 @@ static void test_error_replies_pinned_to_memcached(void)
     CU_ASSERT_EQUAL(req.nkeys, 0);
 }
 
+/* The stream around the parser: a refused data block past the buffer is
+ * swallowed as it arrives, whatever the reads' sizes. */
+static void test_stream_consume_and_swallow(void)
+{
+    uint64_t sw = 0;
+    char buf[32] = "0123456789";
+    size_t len = 10;
+
+    CU_ASSERT_EQUAL(proto_stream_consume(10, 2, 5, &sw), 7);
+    CU_ASSERT_EQUAL(sw, 0);
+    CU_ASSERT_EQUAL(proto_stream_consume(10, 2, 8, &sw), 10);
+    CU_ASSERT_EQUAL(sw, 0);
+    CU_ASSERT_EQUAL(proto_stream_consume(10, 2, 20, &sw), 10);
+    CU_ASSERT_EQUAL(sw, 12);
+    /* 12 owed: a read of 10 is dropped whole, then 2 of the next. */
+    CU_ASSERT_EQUAL(proto_stream_swallow(buf, &len, &sw), 10);
+    CU_ASSERT_EQUAL(len, 0);
+    CU_ASSERT_EQUAL(sw, 2);
+    memcpy(buf, "abcdef", 6);
+    len = 6;
+    CU_ASSERT_EQUAL(proto_stream_swallow(buf, &len, &sw), 2);
+    CU_ASSERT_EQUAL(len, 4);
+    CU_ASSERT_EQUAL(sw, 0);
+    CU_ASSERT_NSTRING_EQUAL(buf, "cdef", 4);
+}
+
 static void test_noreply_on_errors(void)
 {
     struct proto_req req;
@@ -913,6 +939,8 @@ void unit_proto_register(void)
     unit_test(s, "bad numbers", test_bad_numbers);
     unit_test(s, "noreply silences errors", test_noreply_on_errors);
     unit_test(s, "bad keys", test_bad_keys);
+    unit_test(s, "stream: consume past the buffer, swallow as it arrives",
+              test_stream_consume_and_swallow);
     unit_test(s, "error replies pinned to memcached's", test_error_replies_pinned_to_memcached);
     unit_test(s, "key check: every byte at every position", test_key_valid_every_byte);
     unit_test(s, "too many keys", test_too_many_keys);

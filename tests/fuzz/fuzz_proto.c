@@ -61,9 +61,17 @@ static bool inside(const char *p, size_t n, const char *buf, size_t len)
 static uint64_t req_hash(const struct proto_req *r, const char *buf)
 {
     uint64_t h = FUZZ_HASH_INIT;
-    uint64_t nums[] = {r->noreply,   r->too_large,      r->flags, (uint64_t)r->exptime,
-                       r->cas,       r->delta,          r->ndata, r->nkeys,
-                       r->narg,      (uint64_t)r->delay, r->verbosity,
+    uint64_t nums[] = {r->noreply,
+                       r->too_large,
+                       r->flags,
+                       (uint64_t)r->exptime,
+                       r->cas,
+                       r->delta,
+                       r->ndata,
+                       r->nkeys,
+                       r->narg,
+                       (uint64_t)r->delay,
+                       r->verbosity,
                        r->key ? (uint64_t)(r->key - buf) : ~0ull,
                        r->data ? (uint64_t)(r->data - buf) : ~0ull};
 
@@ -151,8 +159,8 @@ static void check_req(const char *buf, size_t len, const struct proto_limits *li
             count++;
             /* What serve writes for each hit fits the header it reserves. */
             char hdr[PROTO_VALUE_HDR_MAX];
-            size_t hn = proto_fmt_value_hdr(hdr, k, nk, UINT32_MAX, (size_t)INT32_MAX, true,
-                                            UINT64_MAX);
+            size_t hn = proto_fmt_value_hdr(hdr, k, nk, UINT32_MAX, (size_t)INT32_MAX,
+                                            true, UINT64_MAX);
             FUZZ_CHECK(hn < sizeof(hdr) && hdr[hn] == '\0');
         }
         FUZZ_CHECK(count == r->nkeys);
@@ -180,8 +188,9 @@ static void check_req(const char *buf, size_t len, const struct proto_limits *li
 }
 
 /* proto_parse plus its checks. */
-static enum proto_status parse(const char *buf, size_t len, const struct proto_limits *lim,
-                               struct proto_req *r, size_t *consumed)
+static enum proto_status parse(const char *buf, size_t len,
+                               const struct proto_limits *lim, struct proto_req *r,
+                               size_t *consumed)
 {
     enum proto_status st = proto_parse(buf, len, lim, r, consumed);
 
@@ -219,7 +228,8 @@ static void run_conn(const char *data, size_t size, const struct proto_limits *l
                      uint64_t *rnd, size_t first, struct events *out)
 {
     char *rbuf = malloc(size ? size : 1);
-    size_t rlen = 0, need = 0, swallow = 0, off = 0;
+    size_t rlen = 0, need = 0, off = 0;
+    uint64_t swallow = 0;
     bool closed = false;
 
     if (rbuf == NULL)
@@ -240,12 +250,8 @@ static void run_conn(const char *data, size_t size, const struct proto_limits *l
         memcpy(rbuf + rlen, data + off, n);
         off += n;
         rlen += n;
-        if (swallow) {
-            size_t d = rlen < swallow ? rlen : swallow;
-            memmove(rbuf, rbuf + d, rlen - d);
-            rlen -= d;
-            swallow -= d;
-        }
+        if (swallow)
+            proto_stream_swallow(rbuf, &rlen, &swallow);
         /* Bytes past rlen are not there yet: reading them is an ASan report. */
         fuzz_poison(rbuf + rlen, size - rlen);
         size_t pos = 0;
@@ -263,12 +269,7 @@ static void run_conn(const char *data, size_t size, const struct proto_limits *l
                 closed = true;
                 break;
             }
-            if (consumed > rlen - pos) {
-                swallow = consumed - (rlen - pos);
-                pos = rlen;
-            } else {
-                pos += consumed;
-            }
+            pos = proto_stream_consume(rlen, pos, consumed, &swallow);
         }
         fuzz_unpoison(rbuf, size);
         memmove(rbuf, rbuf + pos, rlen - pos);
