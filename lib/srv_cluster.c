@@ -361,8 +361,6 @@ static int may_write(struct server *srv, struct conn *c, const struct proto_req 
     }
     if ((r = srv_reply_not_current(srv, o, req->noreply)) <= 0) {
         srv->counters.writes_failed++;
-        c->wait_since_ms = 0;
-        c->attempts = 0;
         return r;
     }
     struct skew_verdict sv;
@@ -377,8 +375,6 @@ static int may_write(struct server *srv, struct conn *c, const struct proto_req 
     }
     if (!srv_clocks_allow_writes(srv, &sv)) {
         srv->counters.writes_failed++;
-        c->wait_since_ms = 0;
-        c->attempts = 0;
         if (req->noreply) {
             srv->counters.clock_skew_refused++;
             return 0;
@@ -465,12 +461,10 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
     }
     if (r == PREP_FAILED) {
         free(q);
-        c->wait_since_ms = 0;
         return req->noreply ? 0 : reply(o, srv_write_reply(req->cmd, st));
     }
     if (r == PREP_READ) {
         free(q);
-        c->wait_since_ms = 0;
         return srv_exec_retrieval(srv, c, req);
     }
     if (srv->ops.len + PEER_FRAME_HEADER_BYTES + PEER_MSG_FIXED_BYTES >
@@ -479,7 +473,6 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
          * many keys). */
         char line[200];
         free(q);
-        c->wait_since_ms = 0;
         srv->counters.writes_failed++;
         snprintf(
             line, sizeof(line),
@@ -506,12 +499,9 @@ int srv_exec_write_cluster(struct server *srv, struct conn *c,
         return AFTER_WAIT;
     }
     srv->counters.writes_failed++;
-    c->wait_since_ms = 0;
-    unsigned attempts = c->attempts;
-    c->attempts = 0;
     return req->noreply
                ? 0
-               : srv_reply_txn_failed(srv, o, (enum tpc_reason)r, culprit, attempts);
+               : srv_reply_txn_failed(srv, o, (enum tpc_reason)r, culprit, c->attempts);
 fail:
     free(q);
     return r;

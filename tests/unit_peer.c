@@ -1270,21 +1270,28 @@ static void raw_send(int fd, const void *p, size_t n)
     CU_ASSERT_EQUAL(send(fd, p, n, MSG_NOSIGNAL), (ssize_t)n);
 }
 
-/* Reads exactly n bytes, running the loop meanwhile. */
-static bool raw_read(struct harness *h, int fd, char *dst, size_t n)
+/* Reads up to cap bytes, until the other side closes fd, running the loop
+ * meanwhile; returns the bytes read. */
+static size_t raw_read_all(struct harness *h, int fd, char *dst, size_t cap)
 {
     size_t got = 0;
 
-    for (int i = 0; i < STEP_MAX && got < n; i++) {
-        ssize_t r = recv(fd, dst + got, n - got, MSG_DONTWAIT);
+    for (int i = 0; i < STEP_MAX && got < cap; i++) {
+        ssize_t r = recv(fd, dst + got, cap - got, MSG_DONTWAIT);
         if (r > 0)
             got += (size_t)r;
         else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
-            return false;
+            break;
         else
             uv_run(&h->loop, UV_RUN_ONCE);
     }
-    return got == n;
+    return got;
+}
+
+/* Reads exactly n bytes, running the loop meanwhile. */
+static bool raw_read(struct harness *h, int fd, char *dst, size_t n)
+{
+    return raw_read_all(h, fd, dst, n) == n;
 }
 
 /* Runs the loop until the other side closes fd (reading what it sent). */
@@ -1515,23 +1522,6 @@ static void test_raw_garbage_closes_only_that_connection(void)
     CU_ASSERT(run_until(&h, both_got_want));
     CU_ASSERT_EQUAL(stats(&h, 0, 1).bad_frames, 0);
     h_fini(&h);
-}
-
-/* Reads until the other side closes fd; returns the bytes read. */
-static size_t raw_read_all(struct harness *h, int fd, char *dst, size_t cap)
-{
-    size_t got = 0;
-
-    for (int i = 0; i < STEP_MAX && got < cap; i++) {
-        ssize_t r = recv(fd, dst + got, cap - got, MSG_DONTWAIT);
-        if (r > 0)
-            got += (size_t)r;
-        else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
-            break;
-        else
-            uv_run(&h->loop, UV_RUN_ONCE);
-    }
-    return got;
 }
 
 /* A client speaking the text protocol at the peer port is told, in one
