@@ -47,9 +47,10 @@ int log_parse_level(const char *s, enum log_level *out)
         const char *name;
         enum log_level lvl;
     } map[] = {
-        {"error", LOG_LEVEL_ERROR}, {"warn", LOG_LEVEL_WARN},   {"warning", LOG_LEVEL_WARN},
-        {"info", LOG_LEVEL_INFO},   {"debug", LOG_LEVEL_DEBUG}, {"0", LOG_LEVEL_ERROR},
-        {"1", LOG_LEVEL_INFO},      {"2", LOG_LEVEL_DEBUG},
+        {"error", LOG_LEVEL_ERROR},  {"warn", LOG_LEVEL_WARN},
+        {"warning", LOG_LEVEL_WARN}, {"info", LOG_LEVEL_INFO},
+        {"debug", LOG_LEVEL_DEBUG},  {"0", LOG_LEVEL_ERROR},
+        {"1", LOG_LEVEL_INFO},       {"2", LOG_LEVEL_DEBUG},
     };
     if (s == NULL)
         return -EINVAL;
@@ -161,4 +162,49 @@ void log_write(enum log_level lvl, const char *mod, const char *fmt, ...)
     do {
         w = write(log_fd, line, n);
     } while (w < 0 && errno == EINTR);
+}
+
+static uint64_t mono_second(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec;
+}
+
+bool log_limit_allow(struct log_limit *l, uint64_t *dropped)
+{
+    uint64_t sec = mono_second();
+
+    if (sec != l->second) {
+        l->second = sec;
+        l->n = 0;
+    }
+    if (l->n >= LIMIT_LOG_BURST_PER_S) {
+        l->dropped++;
+        return false;
+    }
+    l->n++;
+    *dropped = l->dropped;
+    l->dropped = 0;
+    return true;
+}
+
+const char *log_limit_note(char *buf, size_t cap, uint64_t dropped)
+{
+    if (dropped == 0)
+        buf[0] = '\0';
+    else
+        snprintf(buf, cap, " (%llu more not logged before this)",
+                 (unsigned long long)dropped);
+    return buf;
+}
+
+void log_limit_flush(struct log_limit *l, const char *mod)
+{
+    if (l->dropped == 0 || mono_second() == l->second)
+        return;
+    log_warn(mod, "%llu more %s not logged (at most %d a second are)",
+             (unsigned long long)l->dropped, l->what, LIMIT_LOG_BURST_PER_S);
+    l->dropped = 0;
 }

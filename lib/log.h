@@ -19,7 +19,9 @@
 #ifndef TPCKV_LOG_H
 #define TPCKV_LOG_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 enum log_level {
     LOG_LEVEL_ERROR = 0,
@@ -83,5 +85,30 @@ int log_get_fd(void);
  * always NUL-terminated.
  */
 char *log_escape(char *dst, size_t cap, const void *src, size_t n);
+
+/*
+ * Warnings of one kind that anyone can cause at will (refused connections,
+ * failed logins, connections that fail their handshake): at most
+ * LIMIT_LOG_BURST_PER_S lines a second, the rest counted. A log flood must
+ * not follow a connection flood.
+ */
+struct log_limit {
+    const char *what; /* "refused connections", for log_limit_flush's line */
+    uint64_t second;  /* the current one-second window (monotonic) */
+    unsigned n;       /* lines let through in it */
+    uint64_t dropped; /* not let through since the last line that was */
+};
+
+/* Whether one more line of l's kind may be logged now. When it may,
+ * *dropped is how many were not before it (log_limit_note says so). */
+bool log_limit_allow(struct log_limit *l, uint64_t *dropped);
+
+/* " (N more not logged before this)" for a line log_limit_allow() let
+ * through after dropping N, or "". Returns buf. */
+const char *log_limit_note(char *buf, size_t cap, uint64_t dropped);
+
+/* Logs, under mod, how many lines of l's kind went unlogged, once their
+ * second is over (call it from a timer). */
+void log_limit_flush(struct log_limit *l, const char *mod);
 
 #endif /* TPCKV_LOG_H */

@@ -697,9 +697,7 @@ struct peer_net {
     unsigned pending;            /* handles and requests not yet given back */
     unsigned inbound_handshakes; /* inbound connections not yet up */
     enum cause last_anon;        /* the last cause logged for unnamed connections */
-    uint64_t anon_second;        /* their log lines: the current second (loop time), */
-    unsigned anon_logged;        /* lines in it, */
-    uint64_t anon_dropped;       /* and lines not logged since the last one */
+    struct log_limit anon_log;   /* their log lines: at most a burst a second */
     bool started, closing;
     int port;
     uint64_t rng;
@@ -818,27 +816,17 @@ static void note_failure(struct peer_net *net, struct peer_node *nd, const char 
         return;
     }
     /* Anyone can open connections: at most LIMIT_LOG_BURST_PER_S lines a
-     * second about them above debug, whatever their causes. */
-    uint64_t sec = uv_now(net->loop) / 1000;
-    if (sec != net->anon_second) {
-        net->anon_second = sec;
-        net->anon_logged = 0;
-    }
-    if (lvl < LOG_LEVEL_DEBUG && net->anon_logged >= LIMIT_LOG_BURST_PER_S) {
-        net->anon_dropped++;
-        lvl = LOG_LEVEL_DEBUG;
-    }
+     * second about them above debug, whatever their causes; the rest at
+     * debug, counted in the next line let through. */
+    uint64_t dropped = 0;
+    char note[80] = "";
     if (lvl < LOG_LEVEL_DEBUG) {
-        net->anon_logged++;
-        if (net->anon_dropped > 0) {
-            log_at(lvl, MOD, "connection from %s: %s (and %llu lines about other "
-                   "connections not logged before this)",
-                   remote, msg, (unsigned long long)net->anon_dropped);
-            net->anon_dropped = 0;
-            return;
-        }
+        if (log_limit_allow(&net->anon_log, &dropped))
+            log_limit_note(note, sizeof(note), dropped);
+        else
+            lvl = LOG_LEVEL_DEBUG;
     }
-    log_at(lvl, MOD, "connection from %s: %s", remote, msg);
+    log_at(lvl, MOD, "connection from %s: %s%s", remote, msg, note);
 }
 
 /* A connection failed for cause: note it (see note_failure) and close it. */

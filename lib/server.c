@@ -85,11 +85,11 @@ static void on_housekeeping(uv_timer_t *t)
     /* Without connection threads, the main loop owns the connections. */
     if (!srv->threaded && srv_sweep_wanted(srv))
         srv_lt_sweep(&srv->lt[0]);
-    srv_ratelog_flush(&srv->rl_refused);
-    srv_ratelog_flush(&srv->rl_accept);
-    srv_ratelog_flush(&srv->rl_auth);
-    srv_ratelog_flush(&srv->rl_auth_timeout);
-    srv_ratelog_flush(&srv->rl_ceiling);
+    log_limit_flush(&srv->rl_refused, MOD);
+    log_limit_flush(&srv->rl_accept, MOD);
+    log_limit_flush(&srv->rl_auth, MOD);
+    log_limit_flush(&srv->rl_auth_timeout, MOD);
+    log_limit_flush(&srv->rl_ceiling, MOD);
 }
 
 void server_set_auth(struct server *srv, const struct auth *a)

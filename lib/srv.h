@@ -4,7 +4,7 @@
  * srv_ prefix; everything else in a file is static to it.
  *
  * THE FILES, each with one job:
- *   srv_time.c     the clocks as read once per loop turn, rate-limited logs
+ *   srv_time.c     the clocks as read once per loop turn
  *   srv_stats.c    counters and the "stats" replies
  *   srv_exec.c     the dispatch of one parsed request; wait lists
  *   srv_write.c    the single-replica write path (prepare, log, commit)
@@ -155,16 +155,6 @@ struct counters {
     uint64_t output_stall_closes;
 };
 
-/* Warnings of one kind that a client can cause at will (refused connections,
- * failed authentications...): at most LIMIT_LOG_BURST_PER_S a second; the
- * rest are counted and the count is logged later (ratelog_*). */
-struct ratelog {
-    const char *what; /* "refused connections", for the summary line */
-    uint64_t second;  /* the current one-second window (monotonic) */
-    unsigned n;       /* lines logged in it */
-    uint64_t dropped; /* not logged since the last summary */
-};
-
 struct conn;
 
 struct log_write;
@@ -243,7 +233,7 @@ struct server {
     int64_t now_ms;          /* wall clock, read once per event */
     enum log_level log_base; /* the level serve started with ("verbosity 0") */
     struct counters counters;
-    struct ratelog rl_refused, rl_accept, rl_auth, rl_auth_timeout, rl_ceiling;
+    struct log_limit rl_refused, rl_accept, rl_auth, rl_auth_timeout, rl_ceiling;
     char *udp_rbuf;
     struct buf scratch;    /* encodes log records */
     struct freelist log_writes; /* spare struct log_write: one per write, reused (freelist.h) */
@@ -507,9 +497,6 @@ void srv_clock_stale(void);
 void srv_clock_on_prepare(uv_prepare_t *h);
 void srv_clock_on_check(uv_check_t *h);
 void srv_refresh_now(struct server *srv);
-bool srv_ratelog_allow(struct ratelog *rl, uint64_t *dropped);
-const char *srv_ratelog_note(char *buf, size_t cap, uint64_t dropped);
-void srv_ratelog_flush(struct ratelog *rl);
 uint64_t srv_now_us(void);
 uint64_t srv_mono_ms(void);
 uint64_t srv_rng_next(struct server *srv);

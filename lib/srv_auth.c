@@ -63,12 +63,12 @@ int srv_conn_authenticate(struct conn *c, const char *p, size_t n, size_t *consu
         srv->counters.auth_failure_closes++;
         c->close_after_flush = true;
     }
-    if (srv_ratelog_allow(&srv->rl_auth, &dropped))
+    if (log_limit_allow(&srv->rl_auth, &dropped))
         log_warn(MOD,
                  "conn %llu from %s: authentication failed for user '%s' (attempt %u of "
                  "%u%s)%s",
                  (unsigned long long)c->id, c->peer, name, c->auth_failures,
                  srv->cfg.auth_failures_max, last ? "; closing" : "",
-                 srv_ratelog_note(note, sizeof(note), dropped));
+                 log_limit_note(note, sizeof(note), dropped));
     return reply(&c->out, "CLIENT_ERROR authentication failure\r\n") < 0 ? -ENOMEM : 1;
 }

@@ -108,12 +108,12 @@ static void ceiling_job_done(uv_work_t *w, int status)
         srv->txid_ceiling = srv->ceiling_written;
     if (status == 0 && srv->ceiling_err < 0) {
         srv->ceiling_retry_ms = srv_mono_ms() + 1000; /* not at every tick */
-        if (srv_ratelog_allow(&srv->rl_ceiling, &dropped))
+        if (log_limit_allow(&srv->rl_ceiling, &dropped))
             log_warn(MOD,
                      "cannot raise the txid ceiling in %s/RUN: %s (retried every second; "
                      "writes are refused once the clock reaches it)%s",
                      srv->cfg.data_dir, strerror(-srv->ceiling_err),
-                     srv_ratelog_note(note, sizeof(note), dropped));
+                     log_limit_note(note, sizeof(note), dropped));
     }
     srv->ceiling_next = 0;
 }
@@ -165,12 +165,12 @@ int srv_ceiling_cover(struct server *srv, uint64_t txid)
     if (written > srv->txid_ceiling)
         srv->txid_ceiling = written;
     if (r < 0 || txid >= srv->txid_ceiling) {
-        if (srv_ratelog_allow(&srv->rl_ceiling, &dropped))
+        if (log_limit_allow(&srv->rl_ceiling, &dropped))
             log_error(MOD,
                       "cannot raise the txid ceiling in %s/RUN: %s: transaction %" PRIu64
                       " gets a NO vote%s",
                       srv->cfg.data_dir, strerror(r < 0 ? -r : EIO), txid,
-                      srv_ratelog_note(note, sizeof(note), dropped));
+                      log_limit_note(note, sizeof(note), dropped));
         return -EIO;
     }
     return 0;

@@ -59,13 +59,13 @@ void srv_on_connection(uv_stream_t *listener, int status)
 
     if (status < 0) {
         /* EMFILE: libuv accepted and closed it (its spare descriptor). */
-        if (srv_ratelog_allow(&srv->rl_accept, &dropped))
+        if (log_limit_allow(&srv->rl_accept, &dropped))
             log_warn(MOD, "accept: %s%s%s", uv_strerror(status),
                      status == UV_EMFILE
                          ? " (the connection was closed: raise ulimit -n, "
                            "or lower --max-conns)"
                          : "",
-                     srv_ratelog_note(note, sizeof(note), dropped));
+                     log_limit_note(note, sizeof(note), dropped));
         return;
     }
     if (srv->nconns >= srv->cfg.max_conns) {
@@ -74,10 +74,10 @@ void srv_on_connection(uv_stream_t *listener, int status)
             return;
         uv_tcp_init(srv->loop, t);
         if (uv_accept(listener, (uv_stream_t *)t) == 0) {
-            if (srv_ratelog_allow(&srv->rl_refused, &dropped))
+            if (log_limit_allow(&srv->rl_refused, &dropped))
                 log_warn(MOD, "connection refused: %zu open, --max-conns is %zu%s",
                          srv->nconns, srv->cfg.max_conns,
-                         srv_ratelog_note(note, sizeof(note), dropped));
+                         log_limit_note(note, sizeof(note), dropped));
             reject_conn(srv, t);
         } else {
             uv_close((uv_handle_t *)t, srv_reject_on_close);
@@ -122,9 +122,9 @@ static void conn_hand_over(struct server *srv, uv_stream_t *listener)
     if (nfd < 0) {
         uint64_t dropped;
         char note[64];
-        if (srv_ratelog_allow(&srv->rl_accept, &dropped))
+        if (log_limit_allow(&srv->rl_accept, &dropped))
             log_warn(MOD, "accept: cannot hand the connection over: %s%s",
-                     strerror(errno), srv_ratelog_note(note, sizeof(note), dropped));
+                     strerror(errno), log_limit_note(note, sizeof(note), dropped));
         return;
     }
     if (lt->nfds == lt->capfds) {

@@ -446,12 +446,12 @@ void srv_conn_check_time(struct conn *c, uint64_t now)
     if (!c->authed && cfg->auth_timeout_s &&
         now - c->opened_ms >= (uint64_t)cfg->auth_timeout_s * 1000) {
         srv->counters.auth_timeouts++;
-        if (srv_ratelog_allow(&srv->rl_auth_timeout, &dropped))
+        if (log_limit_allow(&srv->rl_auth_timeout, &dropped))
             log_info(MOD,
                      "conn %llu from %s closed: not authenticated within %u s "
                      "(--auth-timeout)%s",
                      (unsigned long long)c->id, c->peer, cfg->auth_timeout_s,
-                     srv_ratelog_note(note, sizeof(note), dropped));
+                     log_limit_note(note, sizeof(note), dropped));
         srv_conn_close(c, NULL);
         return;
     }

@@ -58,49 +58,6 @@ void srv_refresh_now(struct server *srv)
     srv->now_ms = wall_ms();
 }
 
-/* Whether one more warning of rl's kind may be logged now (lock held). When
- * it may, *dropped is how many were not logged before it, to mention. */
-bool srv_ratelog_allow(struct ratelog *rl, uint64_t *dropped)
-{
-    uint64_t sec = util_mono_ns() / 1000000000u;
-
-    if (sec != rl->second) {
-        rl->second = sec;
-        rl->n = 0;
-    }
-    if (rl->n >= LIMIT_LOG_BURST_PER_S) {
-        rl->dropped++;
-        return false;
-    }
-    rl->n++;
-    *dropped = rl->dropped;
-    rl->dropped = 0;
-    return true;
-}
-
-/* " (N more not logged before this)" for a line srv_ratelog_allow() let through
- * after dropping N, or "". Returns buf. */
-const char *srv_ratelog_note(char *buf, size_t cap, uint64_t dropped)
-{
-    if (dropped == 0)
-        buf[0] = '\0';
-    else
-        snprintf(buf, cap, " (%llu more not logged before this)",
-                 (unsigned long long)dropped);
-    return buf;
-}
-
-/* Logs how many warnings of rl's kind went unlogged, once their second is
- * over (the timer; lock held). */
-void srv_ratelog_flush(struct ratelog *rl)
-{
-    if (rl->dropped == 0 || util_mono_ns() / 1000000000u == rl->second)
-        return;
-    log_warn(MOD, "%llu more %s not logged (at most %d a second are)",
-             (unsigned long long)rl->dropped, rl->what, LIMIT_LOG_BURST_PER_S);
-    rl->dropped = 0;
-}
-
 uint64_t srv_now_us(void)
 {
     return mono_ns() / 1000u;
