@@ -887,7 +887,11 @@ damage_checks() {
             grep -q 'listening on\|cannot start' "$log" && break
             sleep 0.05
         done
-        kill -TERM "$p" 2>/dev/null || true
+        # A refused start exits by itself: a SIGTERM sent after its message
+        # but before its exit would turn its status into 143.
+        if ! grep -q 'cannot start' "$log"; then
+            kill -TERM "$p" 2>/dev/null || true
+        fi
         wait "$p" || rc=$?
     }
     copy() { rm -rf "$tmp/$1"; cp -a "$src" "$tmp/$1"; rm -f "$tmp/$1/LOCK"; }
