@@ -10,15 +10,15 @@
 #                   ASan+UBSan and with TSan (smaller workload), ./test.sh
 #                   against the release build, make powercut, then make chaos
 #   make unit       unit tests only;  make e2e   ./test.sh only
-#   make sim        the 2PC simulator over SIM_SEEDS seeds (tests/sim.c)
-#   make chaos      fault injection (tests/chaos.py): every scenario (kill,
+#   make sim        the 2PC simulator over SIM_SEEDS seeds (tests/sim/sim.c)
+#   make chaos      fault injection (tests/chaos/chaos.py): every scenario (kill,
 #                   pause, partition, netslow, disk, clock skew, mixed) for
 #                   CHAOS_SECONDS (20) each, then a linearizability check and
 #                   a comparison of the replicas' stored states (stats
 #                   digest); as root (network namespace, nftables, tmpfs).
-#                   The replicas run with tests/clockshim.so preloaded
+#                   The replicas run with tests/chaos/clockshim.so preloaded
 #   make chaos-short  the same for CHAOS_SHORT_SECONDS (8) each
-#   make powercut   power cuts modelled (tests/powercut.py, tests/pcshim.c):
+#   make powercut   power cuts modelled (tests/powercut/powercut.py, tests/powercut/pcshim.c):
 #                   only what was fsynced survives, holes in unsynced pages;
 #                   every acknowledged write must read back, each --fsync mode
 #   make bench      tpckv against memcached (bench/bench.sh: installs memcached
@@ -94,11 +94,11 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 SERVE_OBJ := $(BUILD)/server/main.o
 CLIE_OBJ := $(BUILD)/client/main.o $(BUILD)/client/bench.o $(BUILD)/client/bench_conn.o \
             $(BUILD)/client/bench_report.o
-UNIT_SRC := $(wildcard tests/unit_*.c)
+UNIT_SRC := $(wildcard tests/unit/*.c)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/%.o)
-UNIT_BIN := $(BUILD)/tests/unit
-SIM_OBJ := $(BUILD)/tests/sim.o
-SIM_BIN := $(BUILD)/tests/sim
+UNIT_BIN := $(BUILD)/unit
+SIM_OBJ := $(BUILD)/tests/sim/sim.o
+SIM_BIN := $(BUILD)/sim
 SIM_SEEDS ?= 2000
 FUZZ_TARGETS := fuzz_proto fuzz_udp fuzz_peer fuzz_wal
 FUZZ_SECONDS ?= 60
@@ -270,42 +270,42 @@ check-layers:
 # The linearizability checker fed histories whose verdict is known.
 chaos-unit:
 	@echo "== chaos checker unit tests"
-	$(Q)python3 tests/test_chaos_check.py
+	$(Q)python3 tests/chaos/test_chaos_check.py
 
-# Fault injection against a 3-replica cluster (tests/chaos.py); the last
+# Fault injection against a 3-replica cluster (tests/chaos/chaos.py); the last
 # line is "N passed, N failed". CHAOS_SECONDS: seconds of faults per scenario.
-# The replicas run with tests/clockshim.so preloaded (the clock-skew nemesis
+# The replicas run with tests/chaos/clockshim.so preloaded (the clock-skew nemesis
 # shifts each one's wall clock through it).
 CHAOS_SECONDS ?= 20
 CHAOS_SHORT_SECONDS ?= 8
-CLOCKSHIM := $(BUILD)/tests/clockshim.so
+CLOCKSHIM := $(BUILD)/tests/chaos/clockshim.so
 chaos: all chaos-unit $(CLOCKSHIM)
 	@echo "== chaos: every scenario, $(CHAOS_SECONDS)s of faults each"
-	$(Q)python3 tests/chaos.py --seconds $(CHAOS_SECONDS) --clock-shim $(CLOCKSHIM)
+	$(Q)python3 tests/chaos/chaos.py --seconds $(CHAOS_SECONDS) --clock-shim $(CLOCKSHIM)
 
 chaos-short: all chaos-unit $(CLOCKSHIM)
 	@echo "== chaos (short): every scenario, $(CHAOS_SHORT_SECONDS)s of faults each"
-	$(Q)python3 tests/chaos.py --seconds $(CHAOS_SHORT_SECONDS) --clock-shim $(CLOCKSHIM)
+	$(Q)python3 tests/chaos/chaos.py --seconds $(CHAOS_SHORT_SECONDS) --clock-shim $(CLOCKSHIM)
 
-# Power cuts, modelled (tests/powercut.py): serve under tests/pcshim.so,
+# Power cuts, modelled (tests/powercut/powercut.py): serve under tests/powercut/pcshim.so,
 # which records what each fsync made durable; after a kill -9 the image a
 # power cut could leave (holes included) must start by itself and hold every
 # acknowledged write, under each --fsync mode. POWERCUT_ROUNDS per mode.
 POWERCUT_ROUNDS ?= 2
-PCSHIM := $(BUILD)/tests/pcshim.so
+PCSHIM := $(BUILD)/tests/powercut/pcshim.so
 powercut: all $(PCSHIM)
 	@echo "== power cuts: only what was fsynced survives"
-	$(Q)python3 tests/powercut.py --serve ./serve --shim $(PCSHIM) --rounds $(POWERCUT_ROUNDS)
+	$(Q)python3 tests/powercut/powercut.py --serve ./serve --shim $(PCSHIM) --rounds $(POWERCUT_ROUNDS)
 
-$(PCSHIM): tests/pcshim.c
+$(PCSHIM): tests/powercut/pcshim.c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $@"
 	$(Q)$(CC) $(CPPFLAGS) -std=gnu11 -O2 -g $(WARN) -fPIC -shared -o $@ $< -ldl -lpthread
 
-# Test-only LD_PRELOAD library (tests/clockshim.c): CLOCK_REALTIME shifted by
+# Test-only LD_PRELOAD library (tests/chaos/clockshim.c): CLOCK_REALTIME shifted by
 # the milliseconds in the file $TPCKV_CLOCK_OFFSET_FILE names. Built without
 # the sanitizers: it goes into a release serve.
-$(CLOCKSHIM): tests/clockshim.c
+$(CLOCKSHIM): tests/chaos/clockshim.c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $@"
 	$(Q)$(CC) $(CPPFLAGS) -std=c11 -O2 -g $(WARN) -fPIC -shared -o $@ $< -ldl
@@ -343,9 +343,9 @@ fuzz-seeds: check-deps $(BUILD)/tests/fuzz/gen_corpus
 	$(Q)$(BUILD)/tests/fuzz/gen_corpus tests/fuzz/corpus
 
 # serve under valgrind memcheck on a small workload: no error and no
-# definite leak (tests/e2e_valgrind.sh).
+# definite leak (tests/e2e/e2e_valgrind.sh).
 e2e-valgrind: all
-	$(Q)tests/e2e_valgrind.sh
+	$(Q)tests/e2e/e2e_valgrind.sh
 
 # Figures, not a test: tpckv against memcached, the issue-5 targets.
 bench: deps

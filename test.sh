@@ -8,12 +8,12 @@
 # them, runs a memcached client library nobody on the team wrote (pymemcache)
 # and libmemcached's conformance checker (memccapable), checks limits (memory,
 # -c, idle and output-stall timeouts, a client that never reads, floods of
-# thousands of connections: tests/e2e_limits.py) and client authentication
+# thousands of connections: tests/e2e/e2e_limits.py) and client authentication
 # (--auth-file, clie --user), kills servers with SIGKILL at random moments and
 # checks that every acknowledged write survived, and stops everything it
 # started by PID, whatever happens.
 #
-# Then it runs tests/e2e_cluster.sh: three replicas on 127.0.0.1, writes
+# Then it runs tests/e2e/e2e_cluster.sh: three replicas on 127.0.0.1, writes
 # through each read from the others, conflicting writers, kill -9 of a
 # participant and of a coordinator under load, a replica down, a wrong secret.
 #
@@ -412,7 +412,7 @@ raw_checks() {
     local name=$1 port=$2
     shift 2
     local line rc=0
-    MAX_VALUE=$TCP_MAX_VALUE timeout 300 "$PY" tests/e2e_raw.py "$port" "$@" >"$tmp/raw.out" 2>&1 || rc=$?
+    MAX_VALUE=$TCP_MAX_VALUE timeout 300 "$PY" tests/e2e/e2e_raw.py "$port" "$@" >"$tmp/raw.out" 2>&1 || rc=$?
     while IFS= read -r line; do
         case $line in
         "ok - "*) ok "$name: ${line#ok - }" ;;
@@ -511,15 +511,15 @@ flood_checks() {
         echo "     (ulimit -Hn is $hard: flooding with $n sockets)"
     fi
     start_server stall 0 -t --max-output 256k --output-stall-timeout 2
-    py_checks stall tests/e2e_limits.py stall "${SPORT[stall]}" "${SPID[stall]}" 2
+    py_checks stall tests/e2e/e2e_limits.py stall "${SPORT[stall]}" "${SPID[stall]}" 2
     check "stall: the server logged why it closed the connection" \
         grep -q 'has not read its replies for 2 s' "$tmp/stall.log"
     stop_server stall
     start_server flood 0 -t -c $((n + 1000))
-    py_checks flood tests/e2e_limits.py flood "${SPORT[flood]}" "${SPID[flood]}" "$n" $((n + 1000))
+    py_checks flood tests/e2e/e2e_limits.py flood "${SPORT[flood]}" "${SPID[flood]}" "$n" $((n + 1000))
     stop_server flood
     start_server flood 0 -t -c 300
-    py_checks "flood -c 300" tests/e2e_limits.py flood "${SPORT[flood]}" "${SPID[flood]}" \
+    py_checks "flood -c 300" tests/e2e/e2e_limits.py flood "${SPORT[flood]}" "${SPID[flood]}" \
         $((n / 2)) 300
     check "flood -c 300: refused connections are logged, a few a second" \
         grep -q 'more refused connections (--max-conns) not logged' "$tmp/flood.log"
@@ -649,9 +649,9 @@ limits_checks() {
     check "limits: nothing was evicted" [ "$intact" -eq 1 ]
     cl -t -p "$port" delete fill:0 >/dev/null
     expect_out STORED "limits: a delete makes room again" -t -p "$port" put "fill:new" - <"$tmp/100k"
-    # -c 5 and --idle-timeout 1 (tests/e2e_limits.py).
-    py_checks limits tests/e2e_limits.py conns "$port" 5
-    py_checks limits tests/e2e_limits.py idle "$port" 1
+    # -c 5 and --idle-timeout 1 (tests/e2e/e2e_limits.py).
+    py_checks limits tests/e2e/e2e_limits.py conns "$port" 5
+    py_checks limits tests/e2e/e2e_limits.py idle "$port" 1
     stop_server limits
 }
 
@@ -700,7 +700,7 @@ crash_rounds() {
     start_server crash 0 -t --snapshot-bytes 64k --wal-segment-bytes 32k
     port=${SPORT[crash]}
     for ((r = 1; r <= rounds; r++)); do
-        timeout 120 "$PY" tests/e2e_crash.py write "$port" "$state" 60 >"$tmp/crash.w" 2>&1 &
+        timeout 120 "$PY" tests/e2e/e2e_crash.py write "$port" "$state" 60 >"$tmp/crash.w" 2>&1 &
         wpid=$!
         sleep "$((RANDOM % 2)).$((RANDOM % 10))$((RANDOM % 10))"
         # A snapshot under load in the first round, so the last restart
@@ -716,7 +716,7 @@ crash_rounds() {
             return
         }
         rc=0
-        timeout 120 "$PY" tests/e2e_crash.py verify "$port" "$state" >"$tmp/crash.v" 2>&1 || rc=$?
+        timeout 120 "$PY" tests/e2e/e2e_crash.py verify "$port" "$state" >"$tmp/crash.v" 2>&1 || rc=$?
         while IFS= read -r line; do
             case $line in
             "ok - "*) ok "crash round $r: ${line#ok - }" ;;
@@ -989,15 +989,15 @@ PYEOF
     check "damage: the undamaged copy starts (exit $rc)" [ "$rc" -eq 0 ]
 }
 
-# cluster_checks: the 3-replica cluster test (tests/e2e_cluster.sh), its
+# cluster_checks: the 3-replica cluster test (tests/e2e/e2e_cluster.sh), its
 # checks counted with ours.
 cluster_checks() {
     local out=$tmp/cluster.out rc=0 summary p f
-    SERVE="$SERVE" CLIE="$CLIE" timeout 600 tests/e2e_cluster.sh >"$out" 2>&1 || rc=$?
+    SERVE="$SERVE" CLIE="$CLIE" timeout 600 tests/e2e/e2e_cluster.sh >"$out" 2>&1 || rc=$?
     grep -E '^(ok|FAIL) ' "$out" || true
     summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1 || true)
     if [ -z "$summary" ]; then
-        not_ok "cluster: tests/e2e_cluster.sh ended without a summary (exit $rc): $(tail -n 5 "$out")"
+        not_ok "cluster: tests/e2e/e2e_cluster.sh ended without a summary (exit $rc): $(tail -n 5 "$out")"
         return
     fi
     p=${summary%% passed*}
@@ -1006,7 +1006,7 @@ cluster_checks() {
     passed=$((passed + p))
     failed=$((failed + f))
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
-        not_ok "cluster: tests/e2e_cluster.sh exited $rc"
+        not_ok "cluster: tests/e2e/e2e_cluster.sh exited $rc"
     fi
 }
 

@@ -61,7 +61,8 @@ int snap_write_store(const char *dir, struct store *s, const struct snap_header 
 /*
  * Reads and checks a snapshot file, calling cb for each item (a PUT op whose
  * pointers are valid during the call) and txn_cb for each 2PC record (if
- * txn_cb is NULL, a snapshot holding one is refused with -ENOTSUP).
+ * txn_cb is NULL, a snapshot holding one is refused with -EBADMSG, err
+ * saying it was not expected).
  * Returns 0; -EPROTONOSUPPORT for a newer format; -EBADMSG if the file is
  * damaged (err says where); a callback's negative return; or -errno. err
  * (errcap bytes) receives a sentence.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/e2e_cluster.sh - end-to-end test of a three-replica tpckv cluster.
+# tests/e2e/e2e_cluster.sh - end-to-end test of a three-replica tpckv cluster.
 #
 # Starts three serve replicas on free 127.0.0.1 ports (client and peer ports)
 # with a fresh cluster secret, data directories and logs under one temp dir,
@@ -28,7 +28,7 @@ SERVE=${SERVE:-./serve}
 CLIE=${CLIE:-./clie}
 ROUNDS=${E2E_CLUSTER_ROUNDS:-2}
 PY=$(command -v python3 || true)
-HELPER=tests/e2e_cluster.py
+HELPER=tests/e2e/e2e_cluster.py
 N=3 # replicas
 
 for bin in "$SERVE" "$CLIE"; do

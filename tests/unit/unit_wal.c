@@ -5,7 +5,7 @@
  * files, with faults (short writes, ENOSPC, EIO from fdatasync, EINTR)
  * injected through the wal_io seam. One suite, "wal":
  *
- *   build/rel/tests/unit wal
+ *   build/rel/unit wal
  *
  * Every test that touches the disk makes its own directory under $TMPDIR
  * (or /tmp) and removes it. Tests that run the writer drive a libuv loop

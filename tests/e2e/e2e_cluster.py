@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """e2e_cluster.py - acknowledged-writes checks for a replicated cluster (run by
-tests/e2e_cluster.sh).
+tests/e2e/e2e_cluster.sh).
 
   e2e_cluster.py write STATE STOPFILE SECONDS ID:PORT...
       write through the replicas listed (THREADS threads each) until STOPFILE

@@ -1,7 +1,7 @@
 /*
  * unit.h - the CUnit runner's registry.
  *
- * Each tests/unit_<module>.c defines unit_<module>_register(), which adds its
+ * Each tests/unit/unit_<module>.c defines unit_<module>_register(), which adds its
  * suite(s) to the CUnit registry. The runner (unit_main.c) calls every one
  * that is linked in; they are declared weak so a module's suite can land in
  * its own commit without touching the runner.
@@ -21,6 +21,8 @@ UNIT_REGISTER(client);
 UNIT_REGISTER(server);
 UNIT_REGISTER(wal);
 UNIT_REGISTER(recover);
+UNIT_REGISTER(snap);
+UNIT_REGISTER(datadir);
 UNIT_REGISTER(tpc);
 UNIT_REGISTER(peer);
 UNIT_REGISTER(txn);

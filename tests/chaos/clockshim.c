@@ -1,8 +1,8 @@
 /* clockshim.c - a test-only LD_PRELOAD library that shifts a process's wall
  * clock by an offset the test can change while the process runs (the clock
- * skew nemesis of tests/chaos.py). Never linked into serve.
+ * skew nemesis of tests/chaos/chaos.py). Never linked into serve.
  *
- *   TPCKV_CLOCK_OFFSET_FILE=/tmp/x/clock-r1 LD_PRELOAD=build/rel/tests/clockshim.so ./serve ...
+ *   TPCKV_CLOCK_OFFSET_FILE=/tmp/x/clock-r1 LD_PRELOAD=build/rel/tests/chaos/clockshim.so ./serve ...
  *
  * The file holds one signed integer: milliseconds added to CLOCK_REALTIME and
  * CLOCK_REALTIME_COARSE as clock_gettime reports them, and to gettimeofday()

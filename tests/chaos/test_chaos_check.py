@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""test_chaos_check.py - the linearizability checker of tests/chaos.py fed
+"""test_chaos_check.py - the linearizability checker of tests/chaos/chaos.py fed
 histories whose verdict is known (run by `make chaos-unit`, part of `make
 test`, and first by `make chaos`).
 

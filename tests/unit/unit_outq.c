@@ -2,7 +2,7 @@
  * unit_outq.c - CUnit tests for a connection's reply queue (lib/outq.c).
  * One suite, "outq":
  *
- *   build/rel/tests/unit outq
+ *   build/rel/unit outq
  */
 #include "outq.h"
 #include "store.h"

@@ -1,9 +1,9 @@
 /* pcshim.c - a test-only LD_PRELOAD library that records what a power cut
- * would keep of a directory tree: only what was fsynced (tests/powercut.py
+ * would keep of a directory tree: only what was fsynced (tests/powercut/powercut.py
  * builds that image after a kill -9). Never linked into serve.
  *
  *   PCSHIM_ROOT=/tmp/x/root PCSHIM_STATE=/tmp/x/state \
- *       LD_PRELOAD=build/rel/tests/pcshim.so ./serve -d /tmp/x/root/data ...
+ *       LD_PRELOAD=build/rel/tests/powercut/pcshim.so ./serve -d /tmp/x/root/data ...
  *
  * The model, per inode under PCSHIM_ROOT (absolute, no trailing slash):
  *   - a regular file's durable content is what it held at its last

@@ -1,8 +1,8 @@
 /*
  * unit_main.c - runs every CUnit suite linked into the binary.
  *
- *   build/rel/tests/unit            all suites
- *   build/rel/tests/unit SUITE...   only the named suites
+ *   build/rel/unit            all suites
+ *   build/rel/unit SUITE...   only the named suites
  *
  * Exits 0 when every assertion passed, 1 otherwise. Ends with CUnit's
  * summary table.
@@ -35,12 +35,13 @@ void unit_test(CU_pSuite s, const char *name, void (*fn)(void))
 int main(int argc, char **argv)
 {
     void (*registers[])(void) = {
-        unit_log_register,  unit_util_register,  unit_proto_register,
-        unit_store_register, unit_client_register, unit_server_register,
-        unit_wal_register, unit_recover_register, unit_tpc_register,
-        unit_peer_register, unit_txn_register, unit_hist_register, unit_freelist_register,
-        unit_outq_register, unit_auth_register, unit_skew_register, unit_fence_register,
-        unit_zipf_register,
+        unit_log_register,     unit_util_register,    unit_proto_register,
+        unit_store_register,   unit_client_register,  unit_server_register,
+        unit_wal_register,     unit_recover_register, unit_snap_register,
+        unit_datadir_register, unit_tpc_register,     unit_peer_register,
+        unit_txn_register,     unit_hist_register,    unit_freelist_register,
+        unit_outq_register,    unit_auth_register,    unit_skew_register,
+        unit_fence_register,   unit_zipf_register,
     };
     unsigned failed;
 

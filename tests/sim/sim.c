@@ -3052,7 +3052,7 @@ static bool run(const struct opts *o, uint64_t seed, struct counts *total, uint6
                  : o->inject == INJ_NO_FENCE    ? " --inject-bug=no-fence"
                                                 : " --inject-bug=lying-disk");
         printf("FAIL seed %" PRIu64
-               " (%u replicas): %s; replay with: build/rel/tests/sim "
+               " (%u replicas): %s; replay with: build/rel/sim "
                "--seed %" PRIu64 "%s\n",
                seed, s->n, s->reason, seed, extra);
     }

@@ -7,7 +7,7 @@
  * that speaks the documented handshake itself, and the output limit.
  * One suite, "peer":
  *
- *   build/rel/tests/unit peer
+ *   build/rel/unit peer
  *
  * Each network test makes its own loop with a 1 ms ticker, so one
  * UV_RUN_ONCE never blocks for long, and runs it until a condition holds,

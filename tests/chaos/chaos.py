@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """chaos.py - fault injection against a 3-replica tpckv cluster, Jepsen style,
-with a linearizability checker (tests/chaos_check.py). Run by `make chaos`
+with a linearizability checker (tests/chaos/chaos_check.py). Run by `make chaos`
 (every scenario, CHAOS_SECONDS each, default 20) and `make chaos-short`
 (part of `make test`).
 
@@ -22,7 +22,7 @@ SCENARIOS, each on a fresh cluster; the nemesis injects one fault at a time
              freeing it and restarting the replica (its log error is sticky)
   clock      clock skew: each replica's wall clock (CLOCK_REALTIME; not the
              monotonic clock its timers use) is shifted by an offset the test
-             sets (tests/clockshim.c, preloaded into every replica in every
+             sets (tests/chaos/clockshim.c, preloaded into every replica in every
              scenario, reads it from a file in the scenario's temp dir, at
              most 50 ms late). A fault is one of: one replica off; all three
              off by different amounts; clocks stepping back and forth every
@@ -157,7 +157,7 @@ EXPIRY_CLIENTS_PER_REPLICA = 1  # 2 in "clock", where the register clients do no
 # replicas diverge) or beyond it (the refusals), half and half.
 SKEW_WITHIN_MS = (100, 450)  # one replica off by this much, either way
 SKEW_BEYOND_MS = (600, 1500)
-CLOCK_ENV = "TPCKV_CLOCK_OFFSET_FILE"  # read by tests/clockshim.c
+CLOCK_ENV = "TPCKV_CLOCK_OFFSET_FILE"  # read by tests/chaos/clockshim.c
 TMPFS_MB = 16
 NFT_TABLE = "tpckv_chaos"
 SO_MARK = getattr(socket, "SO_MARK", 36)
@@ -683,7 +683,7 @@ class Replica:
         self.dir = os.path.join(cl.tmp, "r%d" % rid)
         self.data = os.path.join(self.dir, "data")
         self.logf = os.path.join(self.dir, "serve.log")
-        # Its clock offset (ms), read by tests/clockshim.c in the replica.
+        # Its clock offset (ms), read by tests/chaos/clockshim.c in the replica.
         self.clockf = os.path.join(cl.tmp, "clock-r%d" % rid)
         self.offset_ms = 0
         self.proc = None
@@ -1490,7 +1490,7 @@ def run_scenario(args, scenario, seed, privileged, rep, abort):
         path = os.path.join(args.out, "%s-%d.jsonl" % (scenario, seed))
         hist.write(path, meta)
         if rep.failed > failed_before or args.keep:
-            log("   history kept: %s; re-check: python3 tests/chaos.py --check %s" % (
+            log("   history kept: %s; re-check: python3 tests/chaos/chaos.py --check %s" % (
                 os.path.relpath(path, ROOT), os.path.relpath(path, ROOT)))
             log("   replica logs kept in %s" % cl.tmp)
         else:
@@ -1875,8 +1875,8 @@ def main():
                     help="the serve binary to test (SERVE, default ./serve)")
     ap.add_argument("--clock-shim", default=os.environ.get(
         "CLOCKSHIM", os.path.join(ROOT, "build", "rel", "tests", "clockshim.so")),
-                    help="tests/clockshim.c built, preloaded into every replica (CLOCKSHIM, "
-                    "default build/rel/tests/clockshim.so)")
+                    help="tests/chaos/clockshim.c built, preloaded into every replica (CLOCKSHIM, "
+                    "default build/rel/tests/chaos/clockshim.so)")
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "chaos"))
     ap.add_argument("--check", metavar="FILE", help="check a kept history and exit")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
@@ -1894,7 +1894,7 @@ def main():
     args.serve = os.path.abspath(args.serve)
     args.clock_shim = os.path.abspath(args.clock_shim)
     if not os.access(args.clock_shim, os.R_OK):
-        print("chaos.py: %s missing: run 'make build/rel/tests/clockshim.so' (make chaos "
+        print("chaos.py: %s missing: run 'make build/rel/tests/chaos/clockshim.so' (make chaos "
               "builds it)" % args.clock_shim, file=sys.stderr)
         return 2
     if args.seconds < 3:

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""chaos_check.py - linearizability checker for the histories tests/chaos.py
+"""chaos_check.py - linearizability checker for the histories tests/chaos/chaos.py
 records (a register per key, with gets/cas), and the history file format.
 
 HISTORY FILE (JSON lines). The first line is a header object with "meta":

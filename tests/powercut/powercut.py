@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """powercut.py - power cuts, modelled: only what was fsynced survives.
 
-Each round starts serve (single server) under tests/pcshim.so on a fresh
+Each round starts serve (single server) under tests/powercut/pcshim.so on a fresh
 root directory, drives writes through several connections (each its own
 keys, overwriting them: one request at a time, so every key's history is
 known), kills serve with SIGKILL at a random moment, and builds the image a
@@ -15,7 +15,7 @@ in flight at the cut); nothing may read back that was never written. Under
 there the image must still start by itself (RUN says the machine booted
 again: the loss is reported) and hold only values that were written.
 
-  powercut.py --serve ./serve --shim build/rel/tests/pcshim.so [--rounds N]
+  powercut.py --serve ./serve --shim build/rel/tests/powercut/pcshim.so [--rounds N]
               [--seed S] [--keep]
 
 Prints one line per check and ends with "N passed, N failed".

@@ -1,5 +1,5 @@
-"""e2e_util.py - helpers the end-to-end scripts share (tests/e2e_raw.py,
-tests/e2e_limits.py)."""
+"""e2e_util.py - helpers the end-to-end scripts share (tests/e2e/e2e_raw.py,
+tests/e2e/e2e_limits.py)."""
 import socket
 
 

@@ -5,7 +5,7 @@
  * the store at the end; every item reference a test takes is dropped, so the
  * suite is leak-free under ASan. One suite, "store":
  *
- *   build/rel/tests/unit store
+ *   build/rel/unit store
  */
 #include "limits.h"
 #include "store.h"
@@ -1145,7 +1145,7 @@ static uint64_t collected_bytes(struct store *s, int64_t now_ms)
     return sum;
 }
 
-/* Found by tests/chaos.py under UBSan: `keys` with no prefix passed
+/* Found by tests/chaos/chaos.py under UBSan: `keys` with no prefix passed
  * (NULL, 0), and memcmp with a NULL pointer is undefined even for 0 bytes. */
 static void test_collect_without_prefix(void)
 {

@@ -2,7 +2,7 @@
  * unit_freelist.c - CUnit tests for the cache of spare objects
  * (lib/freelist.c). One suite, "freelist":
  *
- *   build/rel/tests/unit freelist
+ *   build/rel/unit freelist
  */
 #include "freelist.h"
 #include "unit.h"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# tests/e2e_valgrind.sh - serve under valgrind memcheck (make e2e-valgrind).
+# tests/e2e/e2e_valgrind.sh - serve under valgrind memcheck (make e2e-valgrind).
 #
 # Runs serve under valgrind --leak-check=full with definite leaks counted as
 # errors, on a small workload each time, and stops it with SIGTERM:
-#   1. --threads 0: tests/e2e_raw.py --udp (malformed and edge-case input,
+#   1. --threads 0: tests/e2e/e2e_raw.py --udp (malformed and edge-case input,
 #      TCP and UDP) and a round of clie commands, a snapshot; then a restart on the
 #      same data directory (recovery from the snapshot and the log);
 #   2. the default --threads: the clie round over TCP and UDP;
@@ -147,7 +147,7 @@ echo "== serve under valgrind memcheck"
 if vg_start single --threads 0 -t -u --max-value 65536; then
     p=${SPORT[single]}
     rc=0
-    MAX_VALUE=65536 timeout 120 "$PY" tests/e2e_raw.py "$p" --udp >"$tmp/raw.out" 2>&1 || rc=$?
+    MAX_VALUE=65536 timeout 120 "$PY" tests/e2e/e2e_raw.py "$p" --udp >"$tmp/raw.out" 2>&1 || rc=$?
     check "single: e2e_raw.py --udp (TCP and UDP): $(grep -c '^ok' "$tmp/raw.out") checks pass" [ "$rc" -eq 0 ]
     [ "$rc" -eq 0 ] || grep -v '^ok' "$tmp/raw.out" | head -n 20 | sed 's/^/     /'
     timeout 30 "$CLIE" -p "$p" flush >/dev/null 2>&1

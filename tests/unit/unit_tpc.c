@@ -386,7 +386,7 @@ static void test_log_fails_at_commit_point_rolled_back(void)
     tpc_free(t);
 }
 
-/* Found by tests/chaos.py (full disk): the log reports a failure once per
+/* Found by tests/chaos/chaos.py (full disk): the log reports a failure once per
  * failed batch, and the second report told a committing transaction's
  * client again, with client NULL (serve crashed in env_done). */
 static void test_log_failure_reported_twice(void)
