@@ -126,7 +126,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import chaos_check  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCENARIOS = ["kill", "pause", "partition", "netslow", "disk", "clock", "mixed"]
 NEEDS_NETNS = {"partition", "netslow", "disk", "mixed"}
 # The faults each scenario's nemesis draws from.
@@ -1874,7 +1874,7 @@ def main():
     ap.add_argument("--serve", default=os.environ.get("SERVE", os.path.join(ROOT, "serve")),
                     help="the serve binary to test (SERVE, default ./serve)")
     ap.add_argument("--clock-shim", default=os.environ.get(
-        "CLOCKSHIM", os.path.join(ROOT, "build", "rel", "tests", "clockshim.so")),
+        "CLOCKSHIM", os.path.join(ROOT, "build", "rel", "tests", "chaos", "clockshim.so")),
                     help="tests/chaos/clockshim.c built, preloaded into every replica (CLOCKSHIM, "
                     "default build/rel/tests/chaos/clockshim.so)")
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "chaos"))

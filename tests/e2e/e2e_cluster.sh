@@ -22,7 +22,7 @@
 # default ./serve ./clie), E2E_CLUSTER_ROUNDS (crash rounds, default 2),
 # E2E_CLUSTER_KEEP (set: keep the temp dir with the logs and data).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 SERVE=${SERVE:-./serve}
 CLIE=${CLIE:-./clie}

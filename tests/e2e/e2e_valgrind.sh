@@ -16,7 +16,7 @@
 # under one mktemp -d directory, and is stopped by its PID on exit.
 # Prints one line per check and ends with "N passed, N failed".
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 SERVE=${SERVE:-./serve}
 CLIE=${CLIE:-./clie}
