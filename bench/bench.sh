@@ -89,16 +89,8 @@ for tool in "$SERVE" "$CLIE" "$MEMCACHED" openssl python3; do
     command -v "$tool" >/dev/null || die "$tool missing (make; make deps)"
 done
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tpckv-bench.XXXXXX")
-pids=() # every server this script started, by PID
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$(dirname "$0")/lib.sh"
+bench_setup bench.sh
 
 # Does this clie bench have pipelining and UDP yet?
 help_bench=$("$CLIE" help bench 2>&1 || true)
@@ -106,52 +98,6 @@ has_depth=0
 has_udp=0
 grep -q -- '--depth' <<<"$help_bench" && has_depth=1
 grep -q -- '--udp' <<<"$help_bench" && has_udp=1
-
-# Free ports, free for both TCP and UDP (each found by binding port 0; a port
-# could in principle be taken in between).
-free_ports() { # free_ports N
-    python3 - "$1" <<'EOF'
-import socket, sys
-out, held = [], []
-while len(out) < int(sys.argv[1]):
-    t = socket.socket()
-    t.bind(("127.0.0.1", 0))
-    port = t.getsockname()[1]
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        u.bind(("127.0.0.1", port))
-    except OSError:
-        t.close(); u.close()
-        continue
-    held += [t, u]
-    out.append(str(port))
-print(" ".join(out))
-EOF
-}
-
-stats() { timeout 10 "$CLIE" -p "$1" stats; } # stats PORT
-
-wait_ready() { # wait_ready PEERS PORT...: answering, with PEERS peer links up
-    local peers=$1 p out up all
-    shift
-    for _ in $(seq 300); do
-        all=1
-        for p in "$@"; do
-            if out=$(stats "$p" 2>/dev/null); then
-                up=$(grep -c '^peer_[0-9]*_link up$' <<<"$out" || true)
-                [ "$up" -ge "$peers" ] || all=0
-            else
-                all=0
-            fi
-            [ "$all" = 1 ] || break
-        done
-        [ "$all" = 1 ] && return 0
-        sleep 0.1
-    done
-    echo "bench.sh: servers on ports $* not ready after 30 s; logs:" >&2
-    cat "$tmp"/*.log >&2 || true
-    exit 1
-}
 
 cpu_ticks() { # cpu_ticks PID...: utime+stime of the processes, in clock ticks
     local p s=0 f
@@ -162,8 +108,6 @@ cpu_ticks() { # cpu_ticks PID...: utime+stime of the processes, in clock ticks
     done
     echo "$s"
 }
-
-rss_kib() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/status"; }
 
 read -r -a P < <(free_ports 9)
 mc_port=${P[0]}

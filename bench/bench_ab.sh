@@ -27,37 +27,8 @@ SECS=${AB_SECONDS:-4}
 ONLY=${AB_ONLY:-get_d1,set_d1,get_d16,set_d16,set_3}
 CLIE=${CLIE:-./clie}
 FSYNC3=${AB_FSYNC3:-always}
-tmp=$(mktemp -d /tmp/tpckv-ab.XXXXXX)
-PIDS=()
-
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-    local i
-    for ((i = 0; i < 100; i++)); do
-        "$CLIE" -p "$1" --timeout 500 version >/dev/null 2>&1 && return 0
-        sleep 0.05
-    done
-    return 1
-}
-
-stop_all() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    PIDS=()
-}
+. "$(dirname "$0")/lib.sh"
+bench_setup bench_ab.sh
 
 # ops WORKLOAD SERVE: one run, prints its ops/s.
 ops() {
@@ -68,8 +39,8 @@ ops() {
     get_d1 | set_d1 | get_d16 | set_d16)
         p=$(free_port)
         "$serve" -p "$p" -d "$d/r" --fsync none -l warn 2>>"$tmp/serve.log" &
-        PIDS+=($!)
-        wait_port "$p" || { echo 0; stop_all; return; }
+        pids+=($!)
+        wait_up "$p" "${pids[-1]}" || { echo 0; bench_stop_all; return; }
         local ratio=1:0 depth=1
         [[ $w == get_* ]] && ratio=0:1
         [[ $w == *_d16 ]] && depth=16
@@ -88,11 +59,10 @@ ops() {
         for port in "$p" "$p2" "$p3"; do
             "$serve" --id "$i" --replicas "$R" --secret-file "$secret" -p "$port" \
                 -d "$d/r$i" --threads 0 --fsync "$FSYNC3" -l warn 2>>"$tmp/serve.log" &
-            PIDS+=($!)
+            pids+=($!)
             i=$((i + 1))
         done
-        for port in "$p" "$p2" "$p3"; do wait_port "$port" || { echo 0; stop_all; return; }; done
-        sleep 0.5
+        wait_ready 2 "$p" "$p2" "$p3"
         local bp=()
         for port in "$p" "$p2" "$p3"; do
             "$CLIE" -p "$port" bench -c 17 -T 1 --ratio 1:0 --keys 100000 --warmup 1 \
@@ -103,7 +73,7 @@ ops() {
         out=$(cat "$d"/out.*)
         ;;
     esac
-    stop_all
+    bench_stop_all
     python3 -c '
 import json, sys
 tot = 0.0
@@ -129,7 +99,6 @@ for ((r = 0; r < ROUNDS; r++)); do
     done
 done
 
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf '%-8s %14s %14s %8s   (%d rounds of %d s, A=%s, B=%s)\n' workload "A ops/s" \
     "B ops/s" "B/A" "$ROUNDS" "$SECS" "$A" "$B"
 for w in "${WL[@]}"; do

@@ -41,16 +41,8 @@ done
 case "$ROUNDS" in '' | *[!0-9]* | 0) echo "bench_repl.sh: BENCH_ROUNDS must be a number from 1" >&2; exit 2 ;; esac
 case "$SECS" in '' | *[!0-9.]* | 0) echo "bench_repl.sh: BENCH_SECONDS must be a positive number" >&2; exit 2 ;; esac
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tpckv-bench-repl.XXXXXX")
-pids=()
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$(dirname "$0")/lib.sh"
+bench_setup bench_repl.sh
 
 # Seven free TCP ports: the single serve, three client ports, three peer ports.
 # (Found by binding port 0; a port could in principle be taken in between.)
@@ -78,41 +70,6 @@ for i in 1 2 3; do
         -p "${cport[i - 1]}" -d "$tmp/r$i" --fsync always -l warn --log-file "$tmp/r$i.log" &
     pids+=($!)
 done
-
-stats() { # stats PORT: the server's statistics, "NAME VALUE" lines
-    timeout 10 "$CLIE" -p "$1" stats
-}
-
-stat_sum() { # stat_sum NAME PORT...: a counter summed over servers
-    local name=$1 p total=0 v
-    shift
-    for p in "$@"; do
-        v=$(stats "$p" | sed -n "s/^$name //p")
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-
-ready() { # ready PORT [PEERS_EXPECTED]: up, and every peer link up
-    local out up
-    out=$(stats "$1" 2>/dev/null) || return 1
-    up=$(grep -c '^peer_[0-9]*_link up$' <<<"$out" || true)
-    [ "$up" -ge "${2:-0}" ]
-}
-
-wait_ready() { # wait_ready PEERS PORT...
-    local peers=$1 p
-    shift
-    for _ in $(seq 300); do
-        local all=1
-        for p in "$@"; do ready "$p" "$peers" || { all=0; break; }; done
-        [ "$all" = 1 ] && return 0
-        sleep 0.1
-    done
-    echo "bench_repl.sh: servers on ports $* not ready after 30 s; logs:" >&2
-    cat "$tmp"/*.log >&2
-    exit 1
-}
 
 wait_ready 0 "$single_port"
 wait_ready 2 "${cport[@]}"
@@ -168,7 +125,6 @@ fmt_us() { # fmt_us MICROSECONDS
         else printf "%.1f ms", u / 1000 }'
 }
 
-median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 setups=(A B C D)
 declare -A label conns_of nrep

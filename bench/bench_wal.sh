@@ -27,22 +27,15 @@ for tool in "$SERVE" "$CLIE" memcslap; do
     command -v "$tool" >/dev/null || { echo "bench_wal.sh: $tool missing (make; make deps)" >&2; exit 2; }
 done
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/tpckv-bench.XXXXXX")
-pid=""
-cleanup() {
-    if [ -n "$pid" ]; then
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/lib.sh"
+bench_setup bench_wal.sh
 
 start() { # start MODE: a fresh server; sets $port
     rm -rf "$tmp/data"
     : >"$tmp/log"
     "$SERVE" -s 127.0.0.1 -p 0 -t -d "$tmp/data" --fsync "$1" --log-file "$tmp/log" &
     pid=$!
+    pids+=("$pid")
     for _ in $(seq 200); do
         grep -q 'listening on' "$tmp/log" && break
         sleep 0.05
@@ -51,11 +44,7 @@ start() { # start MODE: a fresh server; sets $port
     [ -n "$port" ] || { cat "$tmp/log" >&2; exit 1; }
 }
 
-stop() {
-    kill -TERM "$pid"
-    wait "$pid" || true
-    pid=""
-}
+stop() { bench_stop_all; }
 
 stat() { # stat NAME: one counter from the server
     timeout 10 "$CLIE" -p "$port" stats | sed -n "s/^$1 //p"
@@ -74,7 +63,6 @@ run() {
         'BEGIN { if (s <= 0 || w <= 0) { print "0 0"; exit } printf "%.0f %.3f\n", w / s, f / w }'
 }
 
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 echo "tpckv durable set throughput: memcslap sets, median of $ROUNDS runs"
 echo "machine: $(nproc) cores; $(uname -sr); data dir on $(df -P "$tmp" | awk 'NR==2 {print $1}')"

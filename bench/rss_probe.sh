@@ -18,28 +18,8 @@ KEYS=${1:-1000000}
 SERVE=${SERVE:-./serve}
 CLIE=${CLIE:-./clie}
 MEMCACHED=${MEMCACHED:-/usr/bin/memcached}
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-rss_kib() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/status"; }
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_ready() { # wait_ready PORT PID
-    for _ in $(seq 600); do
-        "$CLIE" -p "$1" --timeout 200 version >/dev/null 2>&1 && return 0
-        kill -0 "$2" 2>/dev/null || { echo "rss_probe: server died" >&2; exit 2; }
-        sleep 0.05
-    done
-    echo "rss_probe: server on port $1 not ready" >&2
-    exit 2
-}
+. bench/lib.sh
+bench_setup rss_probe
 preload() { # preload PORT
     "$CLIE" -p "$1" bench -c 50 -T 2 --key-size 32 --value-size "${PROBE_VALUE:-100}" --keys "$KEYS" \
         --preload -n 1 --json >"$tmp/preload.$1.json" 2>"$tmp/preload.$1.err" ||
@@ -52,7 +32,7 @@ port=$(free_port)
     --log-file "$tmp/serve.log" &
 PID=$!
 pids+=("$PID")
-wait_ready "$port" "$PID"
+wait_up "$port" "$PID" || exit 2
 before=$(rss_kib "$PID")
 preload "$port"
 echo "tpckv     keys $KEYS items $(items "$port") VmRSS before $before KiB after $(rss_kib "$PID") KiB"
@@ -67,7 +47,7 @@ if [ "${PROBE_RESTART:-1}" = 1 ]; then
         --log-file "$tmp/serve2.log" &
     PID=$!
     pids+=("$PID")
-    wait_ready "$port" "$PID"
+    wait_up "$port" "$PID" || exit 2
     echo "tpckv     restarted: items $(items "$port") VmRSS $(rss_kib "$PID") KiB"
 fi
 if [ "${PROBE_MEMCACHED:-0}" = 1 ]; then
@@ -77,7 +57,7 @@ if [ "${PROBE_MEMCACHED:-0}" = 1 ]; then
     "$MEMCACHED" "${user[@]}" -l 127.0.0.1 -p "$mport" -U 0 -t 2 -m 1024 -c 4096 &
     mpid=$!
     pids+=("$mpid")
-    wait_ready "$mport" "$mpid"
+    wait_up "$mport" "$mpid" || exit 2
     before=$(rss_kib "$mpid")
     preload "$mport"
     echo "memcached keys $KEYS items $(items "$mport") VmRSS before $before KiB after $(rss_kib "$mpid") KiB"

@@ -57,8 +57,6 @@ static bool key_is(const struct shared *sh, const char *key, size_t len, uint64_
 
 static int conn_grow(struct conn *c, size_t need);
 
-static int udp_grow(struct conn *c, unsigned parts);
-
 /* Datagrams the reply to a get of one value may take, so that reassembly
  * seldom has to grow its buffer while running. */
 static unsigned udp_parts_expected(const struct bench_config *cfg)
@@ -87,7 +85,10 @@ int bench_conn_init(struct conn *c, struct worker *w)
     if (c->q == NULL || c->hdrs == NULL || c->iov == NULL)
         return -ENOMEM;
     if (cfg->udp)
-        return conn_grow(c, UDP_IN_CAP) < 0 || udp_grow(c, udp_parts_expected(cfg)) < 0
+        return conn_grow(c, UDP_IN_CAP) < 0 ||
+                       client_udp_asm_reserve(&c->udp, udp_parts_expected(cfg),
+                                              (size_t)udp_parts_expected(cfg) *
+                                                  LIMIT_UDP_PAYLOAD_BYTES) < 0
                    ? -ENOMEM
                    : 0;
     return conn_grow(c, IN_BUF_MIN);
@@ -106,10 +107,7 @@ void bench_conn_free(struct conn *c)
     c->hdrs = NULL;
     free(c->iov);
     c->iov = NULL;
-    free(c->udp_len);
-    c->udp_len = NULL;
-    free(c->udp_asm);
-    c->udp_asm = NULL;
+    client_udp_asm_free(&c->udp);
     client_reply_free(&c->r);
 }
 
@@ -148,7 +146,7 @@ static void conn_close(struct conn *c, uint64_t now)
     c->iov_i = c->iov_n = 0;
     c->in_len = 0;
     c->in_need = 0;
-    c->udp_total = c->udp_received = 0;
+    client_udp_asm_start(&c->udp, c->udp_id);
     conn_schedule_retry(c, now);
 }
 
@@ -411,7 +409,7 @@ static void conn_issue(struct conn *c, enum bench_op op, uint64_t key, int phase
         /* A new id for every request, so a late reply is told apart. */
         struct proto_udp_hdr fh = {.req_id = ++c->udp_id, .seq = 0, .total = 1};
         proto_udp_encode(hdr, &fh);
-        c->udp_total = c->udp_received = 0;
+        client_udp_asm_start(&c->udp, c->udp_id);
     }
     if (c->iov_n + 2 > c->iov_cap) {
         /* The unwritten iovecs belong to outstanding requests, at most two
@@ -671,26 +669,6 @@ static void conn_read(struct conn *c)
     conn_fill(c, now);
 }
 
-/* Makes room for a reply of `parts` datagrams. */
-static int udp_grow(struct conn *c, unsigned parts)
-{
-    uint32_t *len;
-    char *buf;
-
-    if (parts <= c->udp_parts_cap)
-        return 0;
-    len = realloc(c->udp_len, parts * sizeof(*len));
-    if (len == NULL)
-        return -ENOMEM;
-    c->udp_len = len;
-    buf = realloc(c->udp_asm, (size_t)parts * UDP_STRIDE);
-    if (buf == NULL)
-        return -ENOMEM;
-    c->udp_asm = buf;
-    c->udp_parts_cap = parts;
-    return 0;
-}
-
 /* The outstanding UDP request is given up on (no reply in time, or a reply
  * that cannot be parsed): its slot is freed and a datagram still to be sent
  * is dropped; a reply that comes later is a late one. */
@@ -700,7 +678,7 @@ static void udp_give_up(struct conn *c)
     c->q_n--;
     c->w->inflight--;
     c->iov_i = c->iov_n = 0;
-    c->udp_total = c->udp_received = 0;
+    client_udp_asm_start(&c->udp, c->udp_id);
     relaxed_inc(&c->w->progress);
 }
 
@@ -709,7 +687,7 @@ static void udp_reply(struct conn *c, const char *buf, size_t len, uint64_t now)
 {
     int rc = client_reply_parse(&c->r, buf, len);
 
-    c->udp_total = c->udp_received = 0;
+    client_udp_asm_start(&c->udp, c->udp_id);
     if (rc == 1) {
         conn_reply(c, now);
         return;
@@ -727,60 +705,32 @@ static void udp_reply(struct conn *c, const char *buf, size_t len, uint64_t now)
     }
 }
 
-/* One datagram of a reply (header checked to be there). */
+/* One datagram of a reply. */
 static void udp_datagram(struct conn *c, const char *d, size_t n, uint64_t now)
 {
-    struct worker *w = c->w;
-    struct proto_udp_hdr h;
-    const char *payload = d + LIMIT_UDP_HEADER_BYTES;
-    size_t plen = n - LIMIT_UDP_HEADER_BYTES;
+    const char *payload;
+    size_t len;
+    int rc = c->q_n == 0 ? CLIENT_UDP_OTHER : client_udp_asm_add(&c->udp, d, n);
 
-    proto_udp_read(d, &h);
-    if (c->q_n == 0 || h.req_id != c->udp_id) {
-        w->late_replies++;
+    switch (rc) {
+    case CLIENT_UDP_MORE:
+    case CLIENT_UDP_DUP:
         return;
-    }
-    if (h.total == 0 || h.seq >= h.total ||
-        (c->udp_total != 0 && h.total != c->udp_total)) {
+    case CLIENT_UDP_OTHER:
+        c->w->late_replies++;
+        return;
+    case CLIENT_UDP_BAD:
         udp_error(c, "reply", EPROTO);
         return;
-    }
-    if (h.total == 1) {
-        udp_reply(c, payload, plen, now);
-        return;
-    }
-    if (c->udp_total == 0) {
-        if (udp_grow(c, h.total) < 0) {
-            udp_error(c, "reply", ENOMEM);
+    case CLIENT_UDP_DONE:
+        payload = client_udp_asm_payload(&c->udp, &len);
+        if (payload != NULL) {
+            udp_reply(c, payload, len, now);
             return;
         }
-        for (unsigned i = 0; i < h.total; i++)
-            c->udp_len[i] = UINT32_MAX;
-        c->udp_total = h.total;
-        c->udp_received = 0;
+        break;
     }
-    if (c->udp_len[h.seq] != UINT32_MAX)
-        return; /* a duplicate */
-    if (plen > UDP_STRIDE) {
-        udp_error(c, "reply", EMSGSIZE);
-        return;
-    }
-    memcpy(c->udp_asm + (size_t)h.seq * UDP_STRIDE, payload, plen);
-    c->udp_len[h.seq] = (uint32_t)plen;
-    if (++c->udp_received < c->udp_total)
-        return;
-    {
-        /* Every part is in: close the gaps of the parts shorter than the
-         * stride (normally the last one only, so nothing moves). */
-        size_t off = 0;
-        for (unsigned i = 0; i < c->udp_total; i++) {
-            if (off != (size_t)i * UDP_STRIDE)
-                memmove(c->udp_asm + off, c->udp_asm + (size_t)i * UDP_STRIDE,
-                        c->udp_len[i]);
-            off += c->udp_len[i];
-        }
-        udp_reply(c, c->udp_asm, off, now);
-    }
+    udp_error(c, "reply", ENOMEM);
 }
 
 static void udp_read(struct conn *c)

@@ -66,9 +66,6 @@
 /* A UDP frame header, then "set " KEY " 0 0 N\r\n". */
 #define HDR_CAP (LIMIT_UDP_HEADER_BYTES + 4 + 250 + 32)
 #define UDP_IN_CAP (65536u + LIMIT_UDP_HEADER_BYTES) /* any datagram */
-/* Reassembly: the payload of datagram i of a reply lands at i * UDP_STRIDE;
- * memcached and serve fill every datagram but the last to 1392 bytes. */
-#define UDP_STRIDE 1400u
 #define UDP_RCVBUF (1024 * 1024)
 
 enum phase {
@@ -120,12 +117,9 @@ struct conn {
     unsigned q_head, q_n;
     unsigned cycle; /* position in the set:get cycle */
     /* UDP: the request id of the outstanding request, and its reply's
-     * datagrams so far (udp_len[i] of datagram i, UINT32_MAX if missing). */
+     * datagrams so far (reassembled by lib/client, buffers kept). */
     uint16_t udp_id;
-    uint16_t udp_total, udp_received;
-    uint32_t *udp_len;
-    char *udp_asm;
-    unsigned udp_parts_cap; /* entries of udp_len, UDP_STRIDE-byte parts of udp_asm */
+    struct client_udp_asm udp;
 };
 
 /* Written by its worker, read by the main thread while running. */

@@ -503,73 +503,108 @@ int client_reply_parse_more(struct client_reply *r, const char *buf, size_t len)
 /* ------------------------------------------------------------------------ */
 /* UDP reassembly                                                           */
 
-void client_udp_asm_init(struct client_udp_asm *a, uint16_t id)
+void client_udp_asm_init(struct client_udp_asm *a)
 {
     memset(a, 0, sizeof(*a));
-    a->id = id;
 }
 
 void client_udp_asm_free(struct client_udp_asm *a)
 {
-    if (a->parts) {
-        for (size_t i = 0; i < a->total; i++)
-            free(a->parts[i].data);
-        free(a->parts);
-    }
-    client_udp_asm_init(a, a->id);
+    free(a->data);
+    free(a->parts);
+    free(a->joined);
+    client_udp_asm_init(a);
+}
+
+/* Grows the array whose pointer is at pp (*cap elements of size bytes) to
+ * hold at least want. Returns 0 or -ENOMEM (the array is then unchanged). */
+static int grow_to(void *pp, size_t *cap, size_t want, size_t size)
+{
+    void *p, *q;
+
+    if (want <= *cap)
+        return 0;
+    if (want < *cap * 2)
+        want = *cap * 2;
+    memcpy(&p, pp, sizeof(p));
+    q = realloc(p, want * size);
+    if (q == NULL)
+        return -ENOMEM;
+    memcpy(pp, &q, sizeof(q));
+    *cap = want;
+    return 0;
+}
+
+int client_udp_asm_reserve(struct client_udp_asm *a, size_t parts, size_t bytes)
+{
+    if (grow_to(&a->parts, &a->parts_cap, parts, sizeof(*a->parts)) < 0 ||
+        grow_to(&a->data, &a->data_cap, bytes, 1) < 0)
+        return -ENOMEM;
+    return 0;
+}
+
+void client_udp_asm_start(struct client_udp_asm *a, uint16_t id)
+{
+    a->id = id;
+    a->total = a->received = 0;
+    a->in_order = true;
+    a->bytes = 0;
 }
 
 int client_udp_asm_add(struct client_udp_asm *a, const void *dgram, size_t len)
 {
     struct proto_udp_hdr h;
-    uint16_t seq, total;
     struct client_udp_part *part;
     size_t n;
 
     if (len < LIMIT_UDP_HEADER_BYTES)
-        return CLIENT_UDP_IGNORED;
+        return CLIENT_UDP_BAD;
     proto_udp_read(dgram, &h);
-    seq = h.seq;
-    total = h.total;
-    if (h.req_id != a->id || total == 0 || seq >= total)
-        return CLIENT_UDP_IGNORED;
-    if (a->total == 0) {
-        a->parts = calloc(total, sizeof(*a->parts));
-        if (a->parts == NULL)
-            return -ENOMEM;
-        a->total = total;
-    } else if (total != a->total) {
-        return CLIENT_UDP_IGNORED;
-    }
-    part = &a->parts[seq];
-    if (part->have)
-        return CLIENT_UDP_IGNORED;
+    if (h.req_id != a->id)
+        return CLIENT_UDP_OTHER;
+    if (h.total == 0 || h.seq >= h.total || (a->total != 0 && h.total != a->total))
+        return CLIENT_UDP_BAD;
     n = len - LIMIT_UDP_HEADER_BYTES;
-    if (n > 0) {
-        part->data = malloc(n);
-        if (part->data == NULL)
+    if (a->total == 0) {
+        if (grow_to(&a->parts, &a->parts_cap, h.total, sizeof(*a->parts)) < 0)
             return -ENOMEM;
-        memcpy(part->data, (const char *)dgram + LIMIT_UDP_HEADER_BYTES, n);
+        for (size_t i = 0; i < h.total; i++)
+            a->parts[i].have = false;
+        a->total = h.total;
     }
+    part = &a->parts[h.seq];
+    if (part->have)
+        return CLIENT_UDP_DUP;
+    if (grow_to(&a->data, &a->data_cap, a->bytes + n, 1) < 0)
+        return -ENOMEM;
+    if (n > 0)
+        memcpy(a->data + a->bytes, (const char *)dgram + LIMIT_UDP_HEADER_BYTES, n);
+    part->off = a->bytes;
     part->len = n;
     part->have = true;
+    a->in_order = a->in_order && h.seq == a->received;
     a->received++;
     a->bytes += n;
     return a->received == a->total ? CLIENT_UDP_DONE : CLIENT_UDP_MORE;
 }
 
-int client_udp_asm_join(const struct client_udp_asm *a, struct buf *out)
+const char *client_udp_asm_payload(struct client_udp_asm *a, size_t *len)
 {
-    int rc;
+    size_t off = 0;
 
+    *len = 0;
     if (a->total == 0 || a->received != a->total)
-        return -EINVAL;
-    rc = buf_reserve(out, a->bytes);
-    if (rc < 0)
-        return rc;
-    for (size_t i = 0; i < a->total; i++)
-        buf_append(out, a->parts[i].data, a->parts[i].len); /* reserved: cannot fail */
-    return 0;
+        return NULL;
+    *len = a->bytes;
+    if (a->in_order)
+        return a->data != NULL ? a->data : "";
+    if (grow_to(&a->joined, &a->joined_cap, a->bytes, 1) < 0)
+        return NULL;
+    for (size_t i = 0; i < a->total; i++) {
+        memcpy(a->joined + off, a->data + a->parts[i].off, a->parts[i].len);
+        off += a->parts[i].len;
+    }
+    return a->joined != NULL ? a->joined : "";
 }
 
 /* ------------------------------------------------------------------------ */
@@ -925,7 +960,8 @@ static int udp_collect(struct client *c, struct client_reply *r, uint16_t id,
     r->raw.len = 0;
     r->need = 0;
     r->res_off = 0; /* a new reply: nothing to resume */
-    client_udp_asm_init(&a, id);
+    client_udp_asm_init(&a);
+    client_udp_asm_start(&a, id);
     for (;;) {
         rc = wait_fd(c->fd, POLLIN, deadline);
         if (rc < 0)
@@ -947,16 +983,21 @@ static int udp_collect(struct client *c, struct client_reply *r, uint16_t id,
                 struct proto_udp_hdr h;
                 if (n >= LIMIT_UDP_HEADER_BYTES) {
                     proto_udp_read(c->dgram, &h);
-                    log_debug(MOD, "udp datagram id %u seq %u of %u, %zd bytes%s", h.req_id,
-                              h.seq, h.total, n, rc == CLIENT_UDP_IGNORED ? ": ignored" : "");
+                    log_debug(MOD, "udp datagram id %u seq %u of %u, %zd bytes%s",
+                              h.req_id, h.seq, h.total, n,
+                              rc > CLIENT_UDP_DONE ? ": ignored" : "");
                 } else {
                     log_debug(MOD, "udp datagram of %zd bytes: ignored", n);
                 }
             }
             if (rc != CLIENT_UDP_DONE)
                 continue;
-            rc = client_udp_asm_join(&a, &r->raw);
-            client_udp_asm_free(&a);
+            {
+                size_t plen;
+                const char *p = client_udp_asm_payload(&a, &plen);
+                rc = p == NULL ? -ENOMEM : buf_append(&r->raw, p, plen);
+            }
+            client_udp_asm_start(&a, id);
             if (rc < 0)
                 goto out;
             rc = parse_raw(c, r);
@@ -1130,8 +1171,8 @@ static bool reply_is(const struct client_reply *r, const char *line)
     return span_is(r->line, r->line_len, line);
 }
 
-int client_auth_request(struct buf *out, size_t *nline, const char *user, const void *pass,
-                        size_t npass)
+int client_auth_request(struct buf *out, size_t *nline, const char *user,
+                        const void *pass, size_t npass)
 {
     size_t nuser = strlen(user), ndata = nuser + 1 + npass;
     char line[64];
@@ -1174,8 +1215,9 @@ int client_auth(struct client *c, const char *user, const void *pass, size_t npa
     }
     if ((rc = client_auth_request(&data, &nline, user, pass, npass)) < 0) {
         buf_free(&data);
-        set_err(c, rc == -ENOMEM ? "out of memory"
-                   : "invalid user name or password (or a control character in it)");
+        set_err(c, rc == -ENOMEM
+                       ? "out of memory"
+                       : "invalid user name or password (or a control character in it)");
         return rc;
     }
     if ((rc = client_request(c, &req, r)) < 0) {

@@ -227,8 +227,8 @@ bool client_auth_user_valid(const char *user, size_t n);
  * holds the password: zero it once sent. Returns 0, -EINVAL (the user or
  * password is not valid, as for client_auth), -ENOMEM.
  */
-int client_auth_request(struct buf *out, size_t *nline, const char *user, const void *pass,
-                        size_t npass);
+int client_auth_request(struct buf *out, size_t *nline, const char *user,
+                        const void *pass, size_t npass);
 
 void client_reply_init(struct client_reply *r);
 /* Frees what r owns (items, raw) and re-initialises it. */
@@ -283,46 +283,70 @@ bool client_cmd_idempotent(const char *line, size_t len);
  * UDP reply reassembly (memcached framing). Every reply datagram starts with
  * 8 bytes, big-endian u16s: request id, sequence number, datagram count,
  * reserved. Payloads are joined in sequence order. One client_udp_asm
- * collects one datagram set; a reply may be several sets in a row under the
- * same id (memcached 1.6 sends one per VALUE of a multi-key get): after
- * CLIENT_UDP_DONE, join, free, and init again for the next set.
+ * collects one datagram set at a time; a reply may be several sets in a row
+ * under the same id (memcached 1.6 sends one per VALUE of a multi-key get):
+ * after CLIENT_UDP_DONE, take the payload, then client_udp_asm_start again.
+ *
+ * Its buffers are kept from one set to the next and grow only for a larger
+ * reply than any before, so a caller that reserves once (clie bench, per
+ * connection) reassembles without allocating. Payloads are stored in the
+ * order they arrive; when that is the sequence order (the usual case on one
+ * path) the joined payload is read where it lies, else it is gathered into a
+ * second kept buffer.
  */
 struct client_udp_part {
-    char *data;
+    size_t off; /* in data */
     size_t len;
     bool have;
 };
 
 struct client_udp_asm {
-    uint16_t id;                   /* the request id being waited for */
-    uint16_t total;                /* datagram count, 0 until the first one arrives */
-    uint16_t received;             /* distinct sequence numbers received */
-    size_t bytes;                  /* payload bytes received */
-    struct client_udp_part *parts; /* total entries */
+    uint16_t id;       /* the request id being waited for */
+    uint16_t total;    /* datagram count, 0 until the first one arrives */
+    uint16_t received; /* distinct sequence numbers received */
+    bool in_order;     /* each part so far arrived in sequence order */
+    size_t bytes;      /* payload bytes received */
+    char *data;        /* payloads in arrival order (data_cap bytes) */
+    size_t data_cap;
+    struct client_udp_part *parts; /* parts_cap entries, total in use */
+    size_t parts_cap;
+    char *joined; /* payloads gathered in order when they came out of it */
+    size_t joined_cap;
 };
 
 enum client_udp_verdict {
-    CLIENT_UDP_MORE = 0,    /* accepted; more datagrams needed */
-    CLIENT_UDP_DONE = 1,    /* accepted; every datagram is in */
-    CLIENT_UDP_IGNORED = 2, /* not ours: short, other id, duplicate, bad seq/count */
+    CLIENT_UDP_MORE = 0,  /* accepted; more datagrams needed */
+    CLIENT_UDP_DONE = 1,  /* accepted; every datagram is in */
+    CLIENT_UDP_OTHER = 2, /* for another request id (a late reply) */
+    CLIENT_UDP_DUP = 3,   /* a sequence number already received */
+    CLIENT_UDP_BAD = 4,   /* short, a zero count, a sequence past the count, or a
+                             count that disagrees with the set's first datagram */
 };
 
-/* Starts waiting for the reply to request `id`. Owns nothing yet. */
-void client_udp_asm_init(struct client_udp_asm *a, uint16_t id);
+/* An empty assembler (owns nothing yet); then client_udp_asm_start. */
+void client_udp_asm_init(struct client_udp_asm *a);
+
+/* Makes room for a set of `parts` datagrams and `bytes` of payload, so that
+ * adding one of that size does not allocate. Returns 0 or -ENOMEM. */
+int client_udp_asm_reserve(struct client_udp_asm *a, size_t parts, size_t bytes);
+
+/* Starts waiting for a datagram set of the reply to request `id`, forgetting
+ * any earlier set but keeping the buffers. */
+void client_udp_asm_start(struct client_udp_asm *a, uint16_t id);
 
 /*
  * Offers one received datagram (header included). Datagrams may come in any
- * order; duplicates, datagrams for other request ids, and datagrams whose
- * count disagrees with the first one seen are ignored. Copies what it keeps.
- * Returns an enum client_udp_verdict, or -ENOMEM.
+ * order. Copies what it keeps. Returns an enum client_udp_verdict (anything
+ * but MORE and DONE leaves the set as it was), or -ENOMEM.
  */
 int client_udp_asm_add(struct client_udp_asm *a, const void *dgram, size_t len);
 
-/* Appends the payloads in sequence order to out. Returns 0, -EINVAL when not
- * every datagram has arrived, -ENOMEM. */
-int client_udp_asm_join(const struct client_udp_asm *a, struct buf *out);
+/* The set's payloads joined in sequence order (valid until the next start or
+ * add), and their length in *len; NULL when not every datagram has arrived,
+ * or without memory for an out-of-order gather. */
+const char *client_udp_asm_payload(struct client_udp_asm *a, size_t *len);
 
-/* Frees the kept payloads; a stays usable after client_udp_asm_init(). */
+/* Frees the buffers; a is then as after client_udp_asm_init. */
 void client_udp_asm_free(struct client_udp_asm *a);
 
 #endif /* TPCKV_CLIENT_H */

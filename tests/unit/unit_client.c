@@ -450,47 +450,86 @@ static size_t dgram(char *out, uint16_t id, uint16_t seq, uint16_t total, const 
 static void test_udp_basic(void)
 {
     struct client_udp_asm a;
-    struct buf out = BUF_INIT;
+    const char *p;
     char d[64];
-    size_t n;
+    size_t n, len;
 
-    client_udp_asm_init(&a, 0x1234);
-    CU_ASSERT_EQUAL(client_udp_asm_join(&a, &out), -EINVAL);
+    client_udp_asm_init(&a);
+    client_udp_asm_start(&a, 0x1234);
+    CU_ASSERT_PTR_NULL(client_udp_asm_payload(&a, &len));
     /* Short, foreign, zero count, sequence out of range. */
-    CU_ASSERT_EQUAL(client_udp_asm_add(&a, "\x12\x34\0\0\0\1\0", 7), CLIENT_UDP_IGNORED);
+    CU_ASSERT_EQUAL(client_udp_asm_add(&a, "\x12\x34\0\0\0\1\0", 7), CLIENT_UDP_BAD);
     n = dgram(d, 0x1235, 0, 2, "xx", 2);
-    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_IGNORED);
+    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_OTHER);
     n = dgram(d, 0x1234, 0, 0, "xx", 2);
-    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_IGNORED);
+    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_BAD);
     n = dgram(d, 0x1234, 2, 2, "xx", 2);
-    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_IGNORED);
+    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_BAD);
     /* Second half first, then a duplicate, a disagreeing count, the first. */
     n = dgram(d, 0x1234, 1, 2, "D\r\n", 3);
     CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_MORE);
-    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_IGNORED);
-    CU_ASSERT_EQUAL(client_udp_asm_join(&a, &out), -EINVAL);
+    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_DUP);
+    CU_ASSERT_PTR_NULL(client_udp_asm_payload(&a, &len));
     n = dgram(d, 0x1234, 0, 3, "STORE", 5);
-    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_IGNORED);
+    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_BAD);
     n = dgram(d, 0x1234, 0, 2, "STORE", 5);
     CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_DONE);
-    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_IGNORED);
-    CU_ASSERT_EQUAL(client_udp_asm_join(&a, &out), 0);
-    CU_ASSERT_EQUAL(out.len, 8);
-    CU_ASSERT_EQUAL(memcmp(out.data, "STORED\r\n", 8), 0);
-    client_udp_asm_free(&a);
+    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_DUP);
+    p = client_udp_asm_payload(&a, &len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    CU_ASSERT_EQUAL(len, 8);
+    CU_ASSERT_EQUAL(memcmp(p, "STORED\r\n", 8), 0);
 
-    /* Reusable; a datagram with an empty payload counts. */
-    client_udp_asm_init(&a, 7);
+    /* Started again for the next set: a datagram with an empty payload counts. */
+    client_udp_asm_start(&a, 7);
     n = dgram(d, 7, 1, 2, "", 0);
     CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_MORE);
     n = dgram(d, 7, 0, 2, "END\r\n", 5);
     CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_DONE);
-    out.len = 0;
-    CU_ASSERT_EQUAL(client_udp_asm_join(&a, &out), 0);
-    CU_ASSERT_EQUAL(out.len, 5);
+    p = client_udp_asm_payload(&a, &len);
+    CU_ASSERT(p != NULL && len == 5 && memcmp(p, "END\r\n", 5) == 0);
+    /* A one-datagram set with no payload at all. */
+    client_udp_asm_start(&a, 8);
+    n = dgram(d, 8, 0, 1, "", 0);
+    CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_DONE);
+    p = client_udp_asm_payload(&a, &len);
+    CU_ASSERT(p != NULL && len == 0);
     client_udp_asm_free(&a);
     client_udp_asm_free(&a); /* twice is harmless */
-    buf_free(&out);
+}
+
+/* Reserved once, sets that fit are reassembled in the same buffers; those
+ * that arrive in order are read where they lie. */
+static void test_udp_reserved_buffers_are_kept(void)
+{
+    struct client_udp_asm a;
+    const char *p, *data;
+    char d[64];
+    size_t n, len;
+
+    client_udp_asm_init(&a);
+    CU_ASSERT_EQUAL_FATAL(client_udp_asm_reserve(&a, 4, 4 * LIMIT_UDP_PAYLOAD_BYTES), 0);
+    data = a.data;
+    for (uint16_t id = 1; id <= 50; id++) {
+        client_udp_asm_start(&a, id);
+        for (uint16_t seq = 0; seq < 3; seq++) {
+            n = dgram(d, id, seq, 3,
+                      seq == 0   ? "VALUE k 0 1\r\n"
+                      : seq == 1 ? "x\r\n"
+                                 : "END\r\n",
+                      seq == 0   ? 13
+                      : seq == 1 ? 3
+                                 : 5);
+            CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n),
+                            seq == 2 ? CLIENT_UDP_DONE : CLIENT_UDP_MORE);
+        }
+        p = client_udp_asm_payload(&a, &len);
+        CU_ASSERT(p == a.data && len == 21 &&
+                  memcmp(p, "VALUE k 0 1\r\nx\r\nEND\r\n", 21) == 0);
+    }
+    CU_ASSERT_PTR_EQUAL(a.data, data);
+    CU_ASSERT_PTR_NULL(a.joined); /* never gathered */
+    client_udp_asm_free(&a);
 }
 
 /* A ~20 KB value split memcached-style into 1392-byte payloads, delivered in
@@ -526,7 +565,8 @@ static void test_udp_scrambled(void)
         order[j] = t;
     }
 
-    client_udp_asm_init(&a, 0xfffe);
+    client_udp_asm_init(&a);
+    client_udp_asm_start(&a, 0xfffe);
     for (size_t i = 0; i < total; i++) {
         size_t s = order[i], off = s * CHUNK;
         size_t len = reply.len - off < CHUNK ? reply.len - off : CHUNK;
@@ -534,15 +574,21 @@ static void test_udp_scrambled(void)
         /* A foreign datagram that looks right otherwise. */
         char f[16];
         size_t fn = dgram(f, 0xfffd, (uint16_t)s, (uint16_t)total, "VALUE ", 6);
-        CU_ASSERT_EQUAL(client_udp_asm_add(&a, f, fn), CLIENT_UDP_IGNORED);
+        CU_ASSERT_EQUAL(client_udp_asm_add(&a, f, fn), CLIENT_UDP_OTHER);
         rc = client_udp_asm_add(&a, d, n);
         CU_ASSERT_EQUAL(rc, i + 1 == total ? CLIENT_UDP_DONE : CLIENT_UDP_MORE);
         nd++;
         if (i % 3 == 0 && i + 1 < total) /* a duplicate */
-            CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_IGNORED);
+            CU_ASSERT_EQUAL(client_udp_asm_add(&a, d, n), CLIENT_UDP_DUP);
     }
     CU_ASSERT_EQUAL(nd, total);
-    CU_ASSERT_EQUAL(client_udp_asm_join(&a, &out), 0);
+    {
+        size_t plen;
+        const char *p = client_udp_asm_payload(&a, &plen);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+        CU_ASSERT_PTR_EQUAL(p, a.joined); /* out of order: gathered */
+        CU_ASSERT_EQUAL(buf_append(&out, p, plen), 0);
+    }
     CU_ASSERT_EQUAL(out.len, reply.len);
     CU_ASSERT_EQUAL(memcmp(out.data, reply.data, reply.len), 0);
 
@@ -774,6 +820,8 @@ void unit_client_register(void)
     unit_test(s, "key validation", test_keys);
     unit_test(s, "idempotent commands", test_idempotent);
     unit_test(s, "udp reassembly", test_udp_basic);
+    unit_test(s, "udp reassembly keeps its reserved buffers",
+              test_udp_reserved_buffers_are_kept);
     unit_test(s, "udp scrambled multi-datagram value", test_udp_scrambled);
     unit_test(s, "open: invalid config", test_open_invalid);
     unit_test(s, "tcp exchange over loopback", test_tcp_exchange);
