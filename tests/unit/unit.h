@@ -33,6 +33,7 @@ UNIT_REGISTER(auth);
 UNIT_REGISTER(fence);
 UNIT_REGISTER(skew);
 UNIT_REGISTER(zipf);
+UNIT_REGISTER(lease);
 
 /* Adds a suite or aborts the run: a runner that cannot register is broken. */
 CU_pSuite unit_suite(const char *name);

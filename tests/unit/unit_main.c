@@ -41,7 +41,7 @@ int main(int argc, char **argv)
         unit_datadir_register, unit_tpc_register,     unit_peer_register,
         unit_txn_register,     unit_hist_register,    unit_freelist_register,
         unit_outq_register,    unit_auth_register,    unit_skew_register,
-        unit_fence_register,   unit_zipf_register,
+        unit_fence_register,   unit_zipf_register,    unit_lease_register,
     };
     unsigned failed;
 
