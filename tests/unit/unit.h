@@ -34,6 +34,7 @@ UNIT_REGISTER(fence);
 UNIT_REGISTER(skew);
 UNIT_REGISTER(zipf);
 UNIT_REGISTER(lease);
+UNIT_REGISTER(view);
 
 /* Adds a suite or aborts the run: a runner that cannot register is broken. */
 CU_pSuite unit_suite(const char *name);

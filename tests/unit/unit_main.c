@@ -42,6 +42,7 @@ int main(int argc, char **argv)
         unit_txn_register,     unit_hist_register,    unit_freelist_register,
         unit_outq_register,    unit_auth_register,    unit_skew_register,
         unit_fence_register,   unit_zipf_register,    unit_lease_register,
+        unit_view_register,
     };
     unsigned failed;
 
