@@ -5,10 +5,11 @@
  * FRAME (little-endian):
  *    0  4  len: bytes after this field (at least 16)
  *    4  4  CRC32C of bytes 8 .. 4+len (everything after this field)
- *    8  1  version (2; a frame of another version is refused, so replicas of
- *          different releases refuse each other's links, with a log line)
+ *    8  1  version (PEER_FRAME_VERSION; a frame of another version is
+ *          refused, so replicas of different releases refuse each other's
+ *          links, with a log line)
  *    9  1  type: 1..7 a tpc message (enum tpc_msg_type), 32 HELLO, 33 AUTH,
- *          34 PING, 35 PONG
+ *          34 PING, 35 PONG, 36 STATE
  *   10  2  flags (0)
  *   12  8  epoch: the sender's cluster configuration epoch
  *   20     body
@@ -19,11 +20,14 @@
  * of a HELLO, so an unauthenticated client cannot make us buffer more.
  *
  * BODIES:
- *   PREPARE  u64 txid | u32 coord | u32 nops (>= 1) | ops (the rest, >= 1 byte)
- *   VOTE     u64 txid | u32 coord | u8 vote (0 no, 1 yes) | u8 reason | u16 0
+ *   PREPARE  u64 txid | u32 coord | u32 nops (>= 1) | u64 view | ops (the
+ *            rest, >= 1 byte)
+ *   VOTE     u64 txid | u32 coord | u8 vote (0 no, 1 yes) | u8 reason | u16 0 |
+ *            u64 view
  *   COMMIT, ABORT, ACK, QUERY
- *            u64 txid | u32 coord | u8 reason | u8 0 | u16 0
- *   ANSWER   u64 txid | u32 coord | u8 outcome | u8 0 | u16 0
+ *            u64 txid | u32 coord | u8 reason | u8 0 | u16 0 | u64 view
+ *   ANSWER   u64 txid | u32 coord | u8 outcome | u8 0 | u16 0 | u64 view
+ *            (view: the view the transaction was prepared in)
  *   HELLO    u32 replica id | u64 config hash | 32-byte random nonce
  *   AUTH     32-byte HMAC-SHA256
  *   PING     u64 t0: the sender's wall clock, unix microseconds
@@ -234,14 +238,14 @@ static size_t msg_body_size(const struct tpc_msg *m)
             return 0;
         return PEER_MSG_FIXED_BYTES + (size_t)m->nbytes;
     case TPC_MSG_VOTE:
-        if (m->vote > 1 || m->reason > TPC_REASON_WIRE_MAX)
+        if (m->vote > 1 || !tpc_reason_on_wire(m->reason))
             return 0;
         return PEER_MSG_FIXED_BYTES;
     case TPC_MSG_COMMIT:
     case TPC_MSG_ABORT:
     case TPC_MSG_ACK:
     case TPC_MSG_QUERY:
-        if (m->reason > TPC_REASON_WIRE_MAX)
+        if (!tpc_reason_on_wire(m->reason))
             return 0;
         return PEER_MSG_FIXED_BYTES;
     case TPC_MSG_ANSWER:
@@ -274,10 +278,11 @@ int peer_msg_encode(struct buf *b, const struct tpc_msg *m)
     p = frame_start(b, m->type, m->epoch, body);
     util_put_le64(p, m->txid);
     util_put_le32(p + 8, m->coord);
+    util_put_le64(p + 16, m->view);
     switch (m->type) {
     case TPC_MSG_PREPARE:
         util_put_le32(p + 12, m->nops);
-        memcpy(p + 16, m->ops, m->nbytes);
+        memcpy(p + PEER_MSG_FIXED_BYTES, m->ops, m->nbytes);
         break;
     case TPC_MSG_VOTE:
         p[12] = (char)m->vote;
@@ -318,6 +323,7 @@ static int msg_decode(const struct peer_frame *f, struct tpc_msg *m, const char 
     m->epoch = f->epoch;
     m->txid = util_get_le64(p);
     m->coord = util_get_le32(p + 8);
+    m->view = util_get_le64(p + 16);
     if (m->coord >= TPC_REPLICAS_MAX) {
         *why = "coordinator id out of range";
         return -EBADMSG;
@@ -364,7 +370,7 @@ static int msg_decode(const struct peer_frame *f, struct tpc_msg *m, const char 
         }
         break;
     }
-    if (m->reason > TPC_REASON_WIRE_MAX) {
+    if (!tpc_reason_on_wire(m->reason)) {
         *why = "reason out of range";
         return -EBADMSG;
     }
@@ -1375,8 +1381,9 @@ static bool clock_frame(struct peer_conn *c, const struct peer_frame *f)
     if (t2 < t0 || t2 - t0 > (uint64_t)LIMIT_PEER_HANDSHAKE_MS * 1000u)
         return true; /* our clock stepped back, or a stale answer: no sample */
     uint64_t rtt = t2 - t0, mid = t0 + rtt / 2;
-    int64_t off = t1 >= mid ? (int64_t)(t1 - mid > (uint64_t)INT64_MAX ? INT64_MAX : t1 - mid)
-                            : -(int64_t)(mid - t1 > (uint64_t)INT64_MAX ? INT64_MAX : mid - t1);
+    int64_t off = t1 >= mid
+                      ? (int64_t)(t1 - mid > (uint64_t)INT64_MAX ? INT64_MAX : t1 - mid)
+                      : -(int64_t)(mid - t1 > (uint64_t)INT64_MAX ? INT64_MAX : mid - t1);
     nd->st.clock_probes++;
     nd->st.clock_offset_us = off;
     nd->st.clock_rtt_us = rtt;
@@ -1494,10 +1501,11 @@ static void read_ended(struct peer_conn *c, ssize_t nread)
     }
     if (c->outbound && c->phase == PH_HELLO && nread == UV_EOF) {
         /* It read our HELLO and hung up without answering. */
-        conn_fail(c, C_CLOSED, LOG_LEVEL_WARN,
-                  "it refused our HELLO: does it have another --epoch, another --replicas "
-                  "list, or no replica %u in it? (see its log)",
-                  c->net->cfg.self);
+        conn_fail(
+            c, C_CLOSED, LOG_LEVEL_WARN,
+            "it refused our HELLO: does it have another --epoch, another --replicas "
+            "list, or no replica %u in it? (see its log)",
+            c->net->cfg.self);
         return;
     }
     if (c->outbound) {

@@ -195,7 +195,7 @@ void peer_net_close(struct peer_net *net);
 
 /* ---- pure codec (also for fuzzing) ------------------------------------- */
 
-#define PEER_FRAME_VERSION 4 /* 3: STATE; 4: the dialer speaks first */
+#define PEER_FRAME_VERSION 5 /* 3: STATE; 4: the dialer speaks first; 5: the view */
 #define PEER_FRAME_HEADER_BYTES 20 /* len, crc, version, type, flags, epoch */
 #define PEER_FRAME_HELLO 32
 #define PEER_FRAME_AUTH 33
@@ -208,7 +208,9 @@ void peer_net_close(struct peer_net *net);
 #define PEER_NONCE_BYTES 32
 #define PEER_MAC_BYTES 32
 #define PEER_HELLO_BODY_BYTES (4 + 8 + PEER_NONCE_BYTES)
-#define PEER_MSG_FIXED_BYTES 16 /* the body of every message but PREPARE's ops */
+/* The body of every 2PC message but PREPARE's ops: u64 txid | u32 coord |
+ * 4 bytes by type | u64 the transaction's view. */
+#define PEER_MSG_FIXED_BYTES 24
 /* The smallest frame_bytes_max peer_net_new accepts. */
 #define PEER_FRAME_BYTES_MIN 256
 

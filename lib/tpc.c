@@ -93,6 +93,8 @@ struct tx {
     struct tx *anext, *aprev; /* active list (undecided, or awaiting ACKs) */
     struct tx *rnext;         /* remembered FIFO */
     uint64_t txid, epoch;
+    uint64_t view;    /* the view it was prepared in */
+    uint32_t members; /* ... and that view's members (bitmask over replica index) */
     uint32_t coord;
     uint8_t cstate, pstate;
     uint8_t outcome; /* enum tpc_outcome once decided, else TPC_O_PENDING */
@@ -105,7 +107,7 @@ struct tx {
     bool ghost;            /* ours, no record of it left at all: asked about
                               by a participant in doubt (QUERY), we settle it */
     uint32_t nothing_from; /* ours: replicas that answered PENDING */
-    bool told; /* the coordinator's client has had its answer (env.done) */
+    bool told;             /* the coordinator's client has had its answer (env.done) */
     /* participant */
     void *handle;
     uint64_t query_at_us;
@@ -146,11 +148,17 @@ struct tpc {
     struct tpc_config cfg;
     struct tpc_env env;
     uint32_t self_idx;
-    uint32_t all; /* mask of every replica */
+    uint32_t all;        /* mask of every replica */
+    uint64_t view;       /* the current view (DESIGN.md, Availability) */
+    uint32_t members;    /* its members (bitmask over replica index) */
+    uint64_t promised;   /* > view: promised a later view (frozen) */
+    uint64_t forgot_seq; /* a decision of a txid whose sequence is at or below
+                            this may have been forgotten (evicted, or from
+                            before a restart) */
     bool up[TPC_REPLICAS_MAX];
     bool log_failed;
-    bool history_lost;     /* tpc_history_lost */
-    uint64_t lost_before;  /* ... for txids below this */
+    bool history_lost;    /* tpc_history_lost */
+    uint64_t lost_before; /* ... for txids below this */
     uint64_t seq, min_seq;
     uint64_t now_us;
     /* Two tables: the live transactions (a few hundred: they stay in the
@@ -170,9 +178,9 @@ struct tpc {
 };
 
 static const char *const reason_names[TPC_REASON_MAX + 1] = {
-    "none",      "busy",    "conflict", "no_memory", "log_failed", "timeout",
-    "peer_down", "bad_ops", "recovery", "stopping",  "too_large", "clock",
-    "outcome_unknown",
+    "none",      "busy",      "conflict",        "no_memory",   "log_failed",
+    "timeout",   "peer_down", "bad_ops",         "recovery",    "stopping",
+    "too_large", "clock",     "outcome_unknown", "view_change", "not_member",
 };
 
 const char *tpc_reason_name(enum tpc_reason r)
@@ -218,6 +226,41 @@ static uint32_t bit_of(const struct tpc *t, uint32_t id)
 {
     int i = idx_of(t, id);
     return i < 0 ? 0 : 1u << i;
+}
+
+/* A set of replica ids as a bitmask over replica index, and back. */
+static uint32_t idx_mask(const struct tpc *t, uint32_t ids)
+{
+    uint32_t m = 0;
+
+    for (uint32_t i = 0; i < t->cfg.n; i++)
+        if (ids & (1u << t->cfg.ids[i]))
+            m |= 1u << i;
+    return m;
+}
+
+static uint32_t id_mask(const struct tpc *t, uint32_t idx)
+{
+    uint32_t m = 0;
+
+    for (uint32_t i = 0; i < t->cfg.n; i++)
+        if (idx & (1u << i))
+            m |= 1u << t->cfg.ids[i];
+    return m;
+}
+
+static bool frozen(const struct tpc *t)
+{
+    return t->promised > t->view;
+}
+
+/* Every member whose ACK a commit of x needs has sent it: the members of
+ * its view that are still members (a replica left out catches up). */
+static bool acks_done(const struct tpc *t, const struct tx *x)
+{
+    uint32_t need = x->members & t->members;
+
+    return (x->acks & need) == need;
 }
 
 /* ---- the transaction table --------------------------------------------------- */
@@ -379,6 +422,8 @@ static struct tx *tx_new(struct tpc *t, uint64_t txid, uint64_t epoch, uint32_t 
     }
     x->txid = txid;
     x->epoch = epoch;
+    x->view = t->view;
+    x->members = t->members;
     x->coord = coord;
     x->outcome = TPC_O_PENDING;
     tab_add(&t->live, x);
@@ -465,6 +510,8 @@ static void remember(struct tpc *t, struct tx *x)
            (t->rhead->pstate != P_DONE || t->rhead->outcome != TPC_O_COMMITTED ||
             t->rhead->ack_durable || t->rhead->coord == t->cfg.self || t->log_failed)) {
         struct tx *old = t->rhead;
+        if ((old->txid >> 8) > t->forgot_seq)
+            t->forgot_seq = old->txid >> 8;
         t->rhead = old->rnext;
         if (t->rhead == NULL)
             t->rtail = NULL;
@@ -515,6 +562,7 @@ static void send_msg(struct tpc *t, uint32_t to, uint8_t type, const struct tx *
                         .from = t->cfg.self,
                         .to = to,
                         .epoch = t->cfg.epoch,
+                        .view = x->view,
                         .txid = x->txid,
                         .coord = x->coord};
 
@@ -538,6 +586,14 @@ static void send_peers(struct tpc *t, uint8_t type, const struct tx *x, uint8_t 
 {
     for (uint32_t i = 0; i < t->cfg.n; i++)
         if (i != t->self_idx)
+            send_msg(t, t->cfg.ids[i], type, x, arg);
+}
+
+/* To the other members of x's view. */
+static void send_members(struct tpc *t, uint8_t type, const struct tx *x, uint8_t arg)
+{
+    for (uint32_t i = 0; i < t->cfg.n; i++)
+        if (i != t->self_idx && (x->members & (1u << i)))
             send_msg(t, t->cfg.ids[i], type, x, arg);
 }
 
@@ -635,13 +691,22 @@ static void on_prepare(struct tpc *t, const struct tpc_msg *m)
     }
     if ((x = tx_new(t, m->txid, m->epoch, m->coord)) == NULL)
         return; /* no vote: the coordinator times out */
+    x->view = m->view;
     txn = (struct tpc_txn){.txid = m->txid,
                            .epoch = m->epoch,
                            .coord = m->coord,
                            .nops = m->nops,
                            .ops = m->ops,
                            .nbytes = m->nbytes};
-    r = t->log_failed ? TPC_R_LOG_FAILED : t->env.prepare(t->env.ctx, &txn, &handle);
+    /* Another view's PREPARE, or one of this view after a promise of a
+     * later one, or to a replica outside the view: refused (it can never
+     * be voted for by this replica from now on). */
+    if (m->view != t->view || frozen(t) || !(t->members & (1u << t->self_idx)))
+        r = TPC_R_VIEW;
+    else if (t->log_failed)
+        r = TPC_R_LOG_FAILED;
+    else
+        r = t->env.prepare(t->env.ctx, &txn, &handle);
     if (r == 0 && (x->ops = malloc(m->nbytes ? m->nbytes : 1)) == NULL) {
         t->env.abort(t->env.ctx, &txn, handle);
         r = TPC_R_NO_MEMORY;
@@ -685,7 +750,8 @@ static void record_latency(struct tpc *t, struct tx *x)
 
 /* Gives the coordinator's client its answer, once: the client handle is
  * opaque (NULL too), so a flag says whether it was given. */
-static void tell_client(struct tpc *t, struct tx *x, bool committed, int why, uint32_t culprit)
+static void tell_client(struct tpc *t, struct tx *x, bool committed, int why,
+                        uint32_t culprit)
 {
     void *client = x->client;
 
@@ -710,7 +776,7 @@ static void coord_abort(struct tpc *t, struct tx *x, enum tpc_reason why,
         part_abort(t, x);
     x->pstate = P_DONE;
     x->outcome = TPC_O_ABORTED;
-    send_peers(t, TPC_MSG_ABORT, x, (uint8_t)why);
+    send_members(t, TPC_MSG_ABORT, x, (uint8_t)why);
     remember(t, x);
     tell_client(t, x, false, why, culprit);
 }
@@ -726,7 +792,8 @@ static void coord_finish(struct tpc *t, struct tx *x)
 
 static void check_votes(struct tpc *t, struct tx *x)
 {
-    if (x->cstate != C_PREPARING || x->yes != t->all)
+    /* Frozen: a view change settles it (DESIGN.md, Settlement: rule 3). */
+    if (x->cstate != C_PREPARING || (x->yes & x->members) != x->members || frozen(t))
         return;
     int64_t lsn = t->log_failed ? -EIO : log_rec(t, TPC_LOG_COMMIT, x);
     if (lsn < 0 || wait_push(t, (uint64_t)lsn, x->txid, W_COMMIT_COORD) < 0) {
@@ -754,10 +821,10 @@ static void coord_committed(struct tpc *t, struct tx *x)
     x->pstate = P_DONE;
     x->acks = 1u << t->self_idx;
     x->resend_at_us = t->now_us + t->cfg.resend_us;
-    send_peers(t, TPC_MSG_COMMIT, x, 0);
+    send_members(t, TPC_MSG_COMMIT, x, 0);
     free(x->ops); /* participants have them */
     x->ops = NULL;
-    if (x->acks == t->all)
+    if (acks_done(t, x))
         coord_finish(t, x);
     tell_client(t, x, true, TPC_R_NONE, t->cfg.self);
 }
@@ -806,8 +873,16 @@ int tpc_begin(struct tpc *t, uint64_t txid, uint32_t nops, const char *ops,
 
     t->now_us = now_us;
     *culprit = t->cfg.self;
+    if (!(t->members & (1u << t->self_idx))) {
+        t->st.aborted[TPC_R_NOT_MEMBER]++;
+        return TPC_R_NOT_MEMBER;
+    }
+    if (frozen(t)) {
+        t->st.aborted[TPC_R_VIEW]++;
+        return TPC_R_VIEW;
+    }
     for (uint32_t i = 0; i < t->cfg.n; i++) {
-        if (i != t->self_idx && !t->up[i]) {
+        if (i != t->self_idx && (t->members & (1u << i)) && !t->up[i]) {
             *culprit = t->cfg.ids[i];
             t->st.aborted[TPC_R_PEER_DOWN]++;
             return TPC_R_PEER_DOWN;
@@ -855,7 +930,7 @@ int tpc_begin(struct tpc *t, uint64_t txid, uint32_t nops, const char *ops,
     x->begun_us = now_us;
     x->deadline_us = now_us + t->cfg.prepare_timeout_us;
     active_add(t, x);
-    send_peers(t, TPC_MSG_PREPARE, x, 0);
+    send_members(t, TPC_MSG_PREPARE, x, 0);
     return 0;
 }
 
@@ -914,10 +989,10 @@ static void doubt_commit(struct tpc *t, struct tx *x)
     x->resend_at_us = t->now_us + t->cfg.resend_us;
     if (!x->ghost && !t->log_failed)
         log_rec(t, TPC_LOG_COMMIT, x);
-    send_peers(t, TPC_MSG_COMMIT, x, 0);
+    send_members(t, TPC_MSG_COMMIT, x, 0);
     free(x->ops);
     x->ops = NULL;
-    if (x->acks == t->all)
+    if (acks_done(t, x))
         coord_finish(t, x);
 }
 
@@ -931,7 +1006,7 @@ static void doubt_abort(struct tpc *t, struct tx *x)
         x->outcome = TPC_O_ABORTED;
     }
     if (x->coord == t->cfg.self)
-        send_peers(t, TPC_MSG_ABORT, x, TPC_R_RECOVERY);
+        send_members(t, TPC_MSG_ABORT, x, TPC_R_RECOVERY);
     remember(t, x);
 }
 
@@ -951,13 +1026,16 @@ static void doubt_abort(struct tpc *t, struct tx *x)
  * does UNKNOWN (applied and forgotten). A participant never aborts on
  * PENDING answers: only the coordinator's new links give that fence.
  */
-static void doubt_answer(struct tpc *t, struct tx *x, const struct tpc_msg *m, uint32_t from_bit)
+static void doubt_answer(struct tpc *t, struct tx *x, const struct tpc_msg *m,
+                         uint32_t from_bit)
 {
     if (m->outcome == TPC_O_COMMITTED) {
         t->st.resolved_by_query++;
         doubt_commit(t, x);
         return;
     }
+    if (frozen(t))
+        return; /* an abort now is the view change's to decide */
     if (m->outcome == TPC_O_ABORTED ||
         (m->outcome == TPC_O_UNKNOWN && m->from == x->coord && !x->lost_decision)) {
         t->st.resolved_by_query++;
@@ -1023,7 +1101,7 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
             t->st.msgs_ignored++; /* late: already decided */
         } else if (!m->vote) {
             uint8_t why =
-                m->reason && m->reason <= TPC_REASON_WIRE_MAX ? m->reason : TPC_R_BAD_OPS;
+                m->reason && tpc_reason_on_wire(m->reason) ? m->reason : TPC_R_BAD_OPS;
             coord_abort(t, x, (enum tpc_reason)why, m->from);
         } else {
             x->yes |= from_bit;
@@ -1065,11 +1143,11 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
                 x->outcome = TPC_O_ABORTED;
                 remember(t, x);
             }
-        } else if (x->pstate == P_PREPARING || x->pstate == P_PREPARED) {
+        } else if ((x->pstate == P_PREPARING || x->pstate == P_PREPARED) && !frozen(t)) {
             part_abort(t, x);
             remember(t, x);
         } else {
-            t->st.msgs_ignored++;
+            t->st.msgs_ignored++; /* frozen: the view change settles it */
         }
         break;
     case TPC_MSG_ACK:
@@ -1077,7 +1155,7 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
             t->st.msgs_ignored++;
         } else {
             x->acks |= from_bit;
-            if (x->acks == t->all)
+            if (acks_done(t, x))
                 coord_finish(t, x);
         }
         break;
@@ -1176,7 +1254,8 @@ void tpc_tick(struct tpc *t, uint64_t now_us)
     t->now_us = now_us;
     for (x = t->active; x; x = next) {
         next = x->anext;
-        if (x->cstate == C_PREPARING && now_us >= x->deadline_us) {
+        if (x->cstate == C_PREPARING && now_us >= x->deadline_us &&
+            !t->cfg.decide_by_view && !frozen(t)) {
             uint32_t culprit = t->cfg.self;
             for (uint32_t i = 0; i < t->cfg.n; i++) {
                 if (!(x->yes & (1u << i))) {
@@ -1188,7 +1267,8 @@ void tpc_tick(struct tpc *t, uint64_t now_us)
             coord_abort(t, x, TPC_R_TIMEOUT, culprit);
         } else if (x->cstate == C_COMMITTED && now_us >= x->resend_at_us) {
             for (uint32_t i = 0; i < t->cfg.n; i++)
-                if (!(x->acks & (1u << i)) && t->up[i])
+                if (!(x->acks & (1u << i)) && (x->members & t->members & (1u << i)) &&
+                    t->up[i])
                     send_msg(t, t->cfg.ids[i], TPC_MSG_COMMIT, x, 0);
             x->resend_at_us = now_us + t->cfg.resend_us;
         } else if (in_doubt(x) && now_us >= x->query_at_us) {
@@ -1213,9 +1293,11 @@ void tpc_peer(struct tpc *t, uint32_t id, bool up, uint64_t now_us)
     t->up[i] = up;
     for (x = t->active; x; x = next) {
         next = x->anext;
-        if (!up && x->cstate == C_PREPARING && !(x->yes & (1u << i))) {
+        if (!up && x->cstate == C_PREPARING && !(x->yes & (1u << i)) &&
+            (x->members & (1u << i)) && !t->cfg.decide_by_view && !frozen(t)) {
             coord_abort(t, x, TPC_R_PEER_DOWN, id);
-        } else if (up && x->cstate == C_COMMITTED && !(x->acks & (1u << i))) {
+        } else if (up && x->cstate == C_COMMITTED && !(x->acks & (1u << i)) &&
+                   (x->members & t->members & (1u << i))) {
             send_msg(t, id, TPC_MSG_COMMIT, x, 0);
         } else if (up && in_doubt(x) && x->queried) {
             t->st.queries_sent++;
@@ -1325,12 +1407,16 @@ void tpc_recovered(struct tpc *t, uint64_t now_us)
             /* We never logged a decision, so nobody committed it. */
             part_abort(t, x);
             t->st.aborted[TPC_R_RECOVERY]++;
-            send_peers(t, TPC_MSG_ABORT, x, TPC_R_RECOVERY);
+            send_members(t, TPC_MSG_ABORT, x, TPC_R_RECOVERY);
             remember(t, x);
-        } else if (x->cstate == C_COMMITTED && x->acks == t->all) {
+        } else if (x->cstate == C_COMMITTED && acks_done(t, x)) {
             coord_finish(t, x);
         }
     }
+    /* Decisions from before the restart are remembered only as far as the
+     * log replayed them: any older one may be forgotten. */
+    if (t->min_seq > t->forgot_seq)
+        t->forgot_seq = t->min_seq;
 }
 
 /* ---- life cycle and inspection --------------------------------------------------- */
@@ -1362,8 +1448,11 @@ struct tpc *tpc_new(const struct tpc_config *cfg, const struct tpc_env *env, int
     t->env = *env;
     t->self_idx = (uint32_t)self;
     t->all = (1u << cfg->n) - 1; /* n <= TPC_REPLICAS_MAX (16) */
+    t->view = 1;
+    t->members = t->all;
     t->gone.n = 256;
-    if (tab_init(&t->live) < 0 || (t->gone.s = calloc(t->gone.n, sizeof(*t->gone.s))) == NULL) {
+    if (tab_init(&t->live) < 0 ||
+        (t->gone.s = calloc(t->gone.n, sizeof(*t->gone.s))) == NULL) {
         free(t->live.b);
         free(t);
         return NULL;
@@ -1457,4 +1546,117 @@ uint64_t tpc_unapplied_lsn(const struct tpc *t)
         if (x->cstate == C_COMMITTING && (min == 0 || x->commit_lsn < min))
             min = x->commit_lsn;
     return min;
+}
+
+/* ---- views ------------------------------------------------------------------------ */
+
+void tpc_set_view(struct tpc *t, uint64_t view, uint32_t members, uint64_t now_us)
+{
+    struct tx *x, *next;
+
+    t->now_us = now_us;
+    t->view = view;
+    t->members = idx_mask(t, members);
+    t->promised = 0;
+    /* Commits of earlier views wait no more for replicas left out. */
+    for (x = t->active; x; x = next) {
+        next = x->anext;
+        if (x->cstate == C_COMMITTED && acks_done(t, x))
+            coord_finish(t, x);
+    }
+}
+
+uint64_t tpc_view(const struct tpc *t)
+{
+    return t->view;
+}
+
+uint32_t tpc_view_members(const struct tpc *t)
+{
+    return id_mask(t, t->members);
+}
+
+void tpc_freeze(struct tpc *t, uint64_t promised)
+{
+    if (promised > t->view && promised > t->promised)
+        t->promised = promised;
+}
+
+bool tpc_frozen(const struct tpc *t)
+{
+    return frozen(t);
+}
+
+/* Undecided here: a participant's prepare, or ours not decided. */
+static bool undecided(const struct tx *x)
+{
+    return x->cstate == C_PREPARING ||
+           (x->cstate == C_NONE && (x->pstate == P_PREPARING || x->pstate == P_PREPARED));
+}
+
+int tpc_for_each_doubt(const struct tpc *t,
+                       int (*fn)(void *arg, uint64_t txid, uint32_t coord, uint64_t view,
+                                 uint32_t members),
+                       void *arg)
+{
+    for (const struct tx *x = t->active; x; x = x->anext) {
+        int r = undecided(x) ? fn(arg, x->txid, x->coord, x->view, id_mask(t, x->members))
+                             : 0;
+        if (r)
+            return r;
+    }
+    return 0;
+}
+
+enum tpc_know tpc_know(const struct tpc *t, uint64_t txid)
+{
+    const struct tx *x = tx_find(t, txid);
+
+    if (x == NULL)
+        return maybe_lost(t, txid) || (txid >> 8) <= t->forgot_seq ? TPC_K_UNSURE
+                                                                   : TPC_K_ABSENT;
+    if (x->ghost || x->lost_decision)
+        return x->outcome == TPC_O_COMMITTED ? TPC_K_COMMITTED
+               : x->outcome == TPC_O_ABORTED ? TPC_K_ABORTED
+                                             : TPC_K_UNSURE;
+    if (x->cstate == C_COMMITTING || x->outcome == TPC_O_COMMITTED)
+        return TPC_K_COMMITTED; /* its COMMIT record is written: decided */
+    if (x->outcome == TPC_O_ABORTED)
+        return TPC_K_ABORTED;
+    return TPC_K_PREPARED;
+}
+
+int tpc_settle(struct tpc *t, uint64_t txid, bool commit, uint64_t now_us)
+{
+    struct tx *x = tx_find(t, txid);
+
+    t->now_us = now_us;
+    if (x == NULL)
+        return -ENOENT;
+    if (!undecided(x)) {
+        bool committed = x->cstate == C_COMMITTING || x->outcome == TPC_O_COMMITTED;
+        return committed == commit ? 0 : -EALREADY;
+    }
+    /* The view's settlement is durable (its VIEW record) before this: a
+     * PREPARE not yet reported durable is on disk before it. */
+    if (x->pstate == P_PREPARING)
+        x->pstate = P_PREPARED;
+    if (x->cstate == C_PREPARING) {
+        if (!commit) {
+            coord_abort(t, x, TPC_R_VIEW, t->cfg.self);
+            return 0;
+        }
+        x->cstate = C_NONE;
+        t->st.committed++;
+        record_latency(t, x);
+        doubt_commit(t, x);
+        x->told = false;
+        tell_client(t, x, true, TPC_R_NONE, t->cfg.self);
+        return 0;
+    }
+    if (commit)
+        doubt_commit(t, x);
+    else
+        doubt_abort(t, x);
+    return 0;
 }

@@ -54,11 +54,21 @@ enum tpc_reason {
     TPC_R_UNKNOWN = 12,   /* done() only, never a vote: the coordinator's log failed
                              at the commit point and may hold the COMMIT; its
                              restart settles the outcome */
+    TPC_R_VIEW = 13,      /* the replicas are changing their view (a PREPARE of
+                             another view, or a participant that promised a
+                             later one; retryable) */
+    TPC_R_NOT_MEMBER = 14, /* begin only: this replica is not a member of the
+                              current view */
 };
-#define TPC_REASON_MAX 12
-/* The reasons a message may carry (a vote, an abort): TPC_R_UNKNOWN is not
- * one, and a peer that sends it is refused like any malformed frame. */
-#define TPC_REASON_WIRE_MAX 11
+#define TPC_REASON_MAX 14
+
+/* The reasons a message may carry (a vote, an abort): not TPC_R_UNKNOWN nor
+ * TPC_R_NOT_MEMBER; a peer that sends one is refused like any malformed
+ * frame. */
+static inline bool tpc_reason_on_wire(unsigned r)
+{
+    return r <= 11 || r == 13;
+}
 
 const char *tpc_reason_name(enum tpc_reason r);
 
@@ -84,6 +94,8 @@ struct tpc_msg {
     uint8_t outcome; /* ANSWER: enum tpc_outcome */
     uint32_t from, to;
     uint64_t epoch; /* the sender's cluster configuration epoch */
+    uint64_t view;  /* the view the transaction belongs to (PREPARE: the
+                       coordinator's current view) */
     uint64_t txid;
     uint32_t coord;  /* the transaction's coordinator */
     uint32_t nops;   /* PREPARE: operations in ops */
@@ -136,9 +148,16 @@ struct tpc_config {
     uint32_t n;                     /* replicas */
     uint32_t ids[TPC_REPLICAS_MAX]; /* their ids (self among them) */
     uint64_t epoch;
-    uint64_t prepare_timeout_us; /* votes must come by then, or abort */
+    uint64_t prepare_timeout_us; /* votes must come by then, or abort (but
+                                    see decide_by_view) */
     uint64_t resend_us;          /* COMMIT resent, QUERY repeated this often */
     size_t remembered_max;       /* decided txids kept to answer duplicates */
+    /* Views decide what a silent member leaves undecided (DESIGN.md,
+     * Availability): a coordinator whose votes do not come, or whose peer's
+     * link went down, waits instead of aborting, and a view change settles
+     * its transaction. Off: the timeout and a link down abort, as they
+     * always did. */
+    bool decide_by_view;
 };
 
 struct tpc_stats {
@@ -156,7 +175,7 @@ struct tpc_stats {
     uint64_t msgs_ignored; /* duplicates, late, unknown txid */
     uint64_t bad_epoch;
     uint64_t prepare_us_total, prepare_us_max, prepare_count; /* begin to decision */
-    uint64_t remembered; /* now: decided transactions kept to answer duplicates */
+    uint64_t remembered;      /* now: decided transactions kept to answer duplicates */
     uint64_t commits_refused; /* COMMITs of txids without a record, not acknowledged
                                  (a failed or lost log) */
 };
@@ -276,6 +295,54 @@ void tpc_history_lost(struct tpc *t, uint64_t lost_before);
  * aborted (presumed abort; asked about instead after tpc_history_lost), the
  * others wait for their coordinators. */
 void tpc_recovered(struct tpc *t, uint64_t now_us);
+
+/* ---- views (DESIGN.md, Availability) --------------------------------------
+ * A view is an epoch and its members (a bit per replica id). Writes go to
+ * the members of the current view; every transaction remembers the view it
+ * was prepared in. Until tpc_set_view() is called the view is 1 with every
+ * replica a member. */
+
+/* Installs view `view` with members (bit per replica id): PREPAREs of other
+ * views are refused, new transactions go to these members, and commits of
+ * earlier views stop waiting for the ACKs of replicas no longer members
+ * (they catch up instead). Ends a freeze. */
+void tpc_set_view(struct tpc *t, uint64_t view, uint32_t members, uint64_t now_us);
+uint64_t tpc_view(const struct tpc *t);
+uint32_t tpc_view_members(const struct tpc *t);
+
+/* This replica promised view `promised` (> the current one): it refuses
+ * PREPAREs and begins, decides none of its own transactions as coordinator
+ * but on a NO vote, and applies COMMITs of earlier views but not ABORTs,
+ * until the settlement (tpc_settle) and tpc_set_view. */
+void tpc_freeze(struct tpc *t, uint64_t promised);
+bool tpc_frozen(const struct tpc *t);
+
+/* Every transaction undecided here: prepared as a participant (voted or
+ * about to), or coordinated and not decided. fn gets its txid, coordinator,
+ * view and that view's members (bit per id); stops on a nonzero return. */
+int tpc_for_each_doubt(const struct tpc *t,
+                       int (*fn)(void *arg, uint64_t txid, uint32_t coord, uint64_t view,
+                                 uint32_t members),
+                       void *arg);
+
+/* What this replica knows of txid, for a view change (the values are those
+ * of enum view_know in view.h). */
+enum tpc_know {
+    TPC_K_ABSENT = 1,   /* never prepared here, and refused from now on (frozen) */
+    TPC_K_PREPARED = 2, /* prepared, undecided */
+    TPC_K_COMMITTED = 3,
+    TPC_K_ABORTED = 4,
+    TPC_K_UNSURE = 5, /* no record, but one may have been forgotten */
+};
+enum tpc_know tpc_know(const struct tpc *t, uint64_t txid);
+
+/* A view change settled txid. An undecided transaction here commits
+ * (applied; the coordinator's client is told it committed) or aborts (a
+ * coordinator's client is told TPC_R_VIEW: retry). Returns 0, -ENOENT (no
+ * undecided transaction txid here: nothing to do for an abort; a commit
+ * must reach this replica by catch-up), or -EALREADY (decided here
+ * otherwise: a bug the caller logs). */
+int tpc_settle(struct tpc *t, uint64_t txid, bool commit, uint64_t now_us);
 
 /* ---- inspection --------------------------------------------------------- */
 

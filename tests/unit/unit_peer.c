@@ -78,6 +78,7 @@ static size_t mk_frame(char *dst, uint8_t ver, uint8_t type, uint16_t flags,
 }
 
 /* A 16-byte message body. */
+/* A message body of the fixed part (PEER_MSG_FIXED_BYTES): view 7. */
 static void mk_body16(char *b, uint64_t txid, uint32_t coord, uint8_t b12, uint8_t b13,
                       uint16_t pad)
 {
@@ -86,6 +87,7 @@ static void mk_body16(char *b, uint64_t txid, uint32_t coord, uint8_t b12, uint8
     b[12] = (char)b12;
     b[13] = (char)b13;
     util_put_le16(b + 14, pad);
+    util_put_le64(b + 16, 7);
 }
 
 /* Decodes a frame body built by mk_frame; returns peer_msg_decode's result. */
@@ -109,6 +111,7 @@ static struct tpc_msg sample_msg(uint8_t type)
     m.epoch = 42;
     m.txid = 0x0123456789abcdefULL + type;
     m.coord = 3;
+    m.view = 0x1122334455667788ULL;
     switch (type) {
     case TPC_MSG_PREPARE:
         m.nops = 2;
@@ -135,6 +138,7 @@ static void assert_msg_equal(const struct tpc_msg *a, const struct tpc_msg *b)
     CU_ASSERT_EQUAL(a->txid, b->txid);
     CU_ASSERT_EQUAL(a->coord, b->coord);
     CU_ASSERT_EQUAL(a->epoch, b->epoch);
+    CU_ASSERT_EQUAL(a->view, b->view);
     switch (a->type) {
     case TPC_MSG_PREPARE:
         CU_ASSERT_EQUAL(a->nops, b->nops);
@@ -348,7 +352,10 @@ static void test_codec_round_trip_every_type(void)
         m.epoch = i == 1 ? UINT64_MAX : rnd();
         m.coord = rnd() % TPC_REPLICAS_MAX;
         m.vote = (uint8_t)(rnd() % 2);
-        m.reason = (uint8_t)(rnd() % (TPC_REASON_WIRE_MAX + 1));
+        m.view = i == 3 ? UINT64_MAX : rnd();
+        do
+            m.reason = (uint8_t)(rnd() % (TPC_REASON_MAX + 1));
+        while (!tpc_reason_on_wire(m.reason));
         m.outcome = (uint8_t)(rnd() % (TPC_O_LOST + 1));
         if (t == TPC_MSG_PREPARE) {
             for (size_t k = 0; k < sizeof(ops); k++)
@@ -384,7 +391,7 @@ static void test_decode_rejects_bad_frames(void)
     struct buf b = BUF_INIT;
     struct tpc_msg m = sample_msg(TPC_MSG_COMMIT);
     struct peer_frame f;
-    char frame[128], body[16];
+    char frame[128], body[PEER_MSG_FIXED_BYTES];
     size_t n;
 
     CU_ASSERT_EQUAL_FATAL(peer_msg_encode(&b, &m), 0);
@@ -415,98 +422,103 @@ static void test_decode_rejects_bad_frames(void)
 
     /* Version and flags, with a valid checksum. */
     mk_body16(body, 1, 0, 0, 0, 0);
-    n = mk_frame(frame, PEER_FRAME_VERSION, TPC_MSG_ACK, 0, 1, body, 16);
+    n = mk_frame(frame, PEER_FRAME_VERSION, TPC_MSG_ACK, 0, 1, body,
+                 PEER_MSG_FIXED_BYTES);
     CU_ASSERT_EQUAL(peer_frame_decode(frame, n, 1 << 20, &f), (long)n);
     /* Another release's version (1 was 0.1's: its CHECK read a clock). */
-    n = mk_frame(frame, PEER_FRAME_VERSION + 1, TPC_MSG_ACK, 0, 1, body, 16);
+    n = mk_frame(frame, PEER_FRAME_VERSION + 1, TPC_MSG_ACK, 0, 1, body,
+                 PEER_MSG_FIXED_BYTES);
     CU_ASSERT_EQUAL(peer_frame_decode(frame, n, 1 << 20, &f), -EBADMSG);
-    n = mk_frame(frame, PEER_FRAME_VERSION - 1, TPC_MSG_ACK, 0, 1, body, 16);
+    n = mk_frame(frame, PEER_FRAME_VERSION - 1, TPC_MSG_ACK, 0, 1, body,
+                 PEER_MSG_FIXED_BYTES);
     CU_ASSERT_EQUAL(peer_frame_decode(frame, n, 1 << 20, &f), -EBADMSG);
-    n = mk_frame(frame, 0, TPC_MSG_ACK, 0, 1, body, 16);
+    n = mk_frame(frame, 0, TPC_MSG_ACK, 0, 1, body, PEER_MSG_FIXED_BYTES);
     CU_ASSERT_EQUAL(peer_frame_decode(frame, n, 1 << 20, &f), -EBADMSG);
-    n = mk_frame(frame, PEER_FRAME_VERSION, TPC_MSG_ACK, 1, 1, body, 16);
+    n = mk_frame(frame, PEER_FRAME_VERSION, TPC_MSG_ACK, 1, 1, body,
+                 PEER_MSG_FIXED_BYTES);
     CU_ASSERT_EQUAL(peer_frame_decode(frame, n, 1 << 20, &f), -EBADMSG);
     buf_free(&b);
 }
 
 static void test_decode_rejects_bad_messages(void)
 {
+    enum { FIX = PEER_MSG_FIXED_BYTES };
     struct tpc_msg m;
     char body[64];
 
     /* Unknown types, including the handshake's. */
     mk_body16(body, 1, 0, 0, 0, 0);
-    CU_ASSERT_EQUAL(decode_body(0, body, 16, &m), -EBADMSG);
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_TYPE_MAX + 1, body, 16, &m), -EBADMSG);
-    CU_ASSERT_EQUAL(decode_body(PEER_FRAME_HELLO, body, 16, &m), -EBADMSG);
-    CU_ASSERT_EQUAL(decode_body(PEER_FRAME_AUTH, body, 16, &m), -EBADMSG);
-    CU_ASSERT_EQUAL(decode_body(255, body, 16, &m), -EBADMSG);
+    CU_ASSERT_EQUAL(decode_body(0, body, FIX, &m), -EBADMSG);
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_TYPE_MAX + 1, body, FIX, &m), -EBADMSG);
+    CU_ASSERT_EQUAL(decode_body(PEER_FRAME_HELLO, body, FIX, &m), -EBADMSG);
+    CU_ASSERT_EQUAL(decode_body(PEER_FRAME_AUTH, body, FIX, &m), -EBADMSG);
+    CU_ASSERT_EQUAL(decode_body(255, body, FIX, &m), -EBADMSG);
 
     /* Wrong body length for every type: short, and long for fixed ones. */
     for (uint8_t t = 1; t <= TPC_MSG_TYPE_MAX; t++) {
         memset(body, 0, sizeof(body));
         mk_body16(body, 9, 1, 1, 0, 0);
         util_put_le32(body + 12, 1); /* PREPARE: nops 1 */
-        body[16] = 'x';
-        size_t good = t == TPC_MSG_PREPARE ? 17 : 16;
+        body[FIX] = 'x';
+        size_t good = t == TPC_MSG_PREPARE ? FIX + 1 : FIX;
         CU_ASSERT_EQUAL(decode_body(t, body, good, &m), 0);
         for (size_t n = 0; n < good; n++)
             CU_ASSERT_EQUAL(decode_body(t, body, n, &m), -EBADMSG);
         if (t != TPC_MSG_PREPARE) {
-            CU_ASSERT_EQUAL(decode_body(t, body, 17, &m), -EBADMSG);
-            CU_ASSERT_EQUAL(decode_body(t, body, 32, &m), -EBADMSG);
+            CU_ASSERT_EQUAL(decode_body(t, body, FIX + 1, &m), -EBADMSG);
+            CU_ASSERT_EQUAL(decode_body(t, body, FIX + 8, &m), -EBADMSG);
         }
     }
 
     /* PREPARE: nops 0; coordinator out of range. */
     memset(body, 0, sizeof(body));
     util_put_le64(body, 5);
-    body[16] = 'x';
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_PREPARE, body, 17, &m), -EBADMSG);
+    body[FIX] = 'x';
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_PREPARE, body, FIX + 1, &m), -EBADMSG);
     util_put_le32(body + 12, 3);
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_PREPARE, body, 17, &m), 0);
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_PREPARE, body, FIX + 1, &m), 0);
     CU_ASSERT_EQUAL(m.nops, 3);
     CU_ASSERT_EQUAL(m.nbytes, 1);
     CU_ASSERT_EQUAL(m.ops[0], 'x');
     util_put_le32(body + 8, TPC_REPLICAS_MAX);
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_PREPARE, body, 17, &m), -EBADMSG);
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_PREPARE, body, FIX + 1, &m), -EBADMSG);
 
     /* VOTE: vote 2; reason out of range; padding. */
     mk_body16(body, 1, 0, 1, 0, 0);
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, 16, &m), 0);
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, FIX, &m), 0);
     CU_ASSERT_EQUAL(m.vote, 1);
-    mk_body16(body, 1, 0, 0, TPC_REASON_WIRE_MAX, 0);
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, 16, &m), 0);
-    CU_ASSERT_EQUAL(m.reason, TPC_REASON_WIRE_MAX);
+    mk_body16(body, 1, 0, 0, TPC_R_VIEW, 0);
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, FIX, &m), 0);
+    CU_ASSERT_EQUAL(m.reason, TPC_R_VIEW);
     mk_body16(body, 1, 0, 2, 0, 0);
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, 16, &m), -EBADMSG);
-    mk_body16(body, 1, 0, 0, TPC_REASON_WIRE_MAX + 1, 0);
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, 16, &m), -EBADMSG);
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, FIX, &m), -EBADMSG);
+    mk_body16(body, 1, 0, 0, TPC_R_UNKNOWN, 0);
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, FIX, &m), -EBADMSG);
     mk_body16(body, 1, 0, 0, 0, 1);
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, 16, &m), -EBADMSG);
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, FIX, &m), -EBADMSG);
     mk_body16(body, 1, TPC_REPLICAS_MAX, 0, 0, 0);
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, 16, &m), -EBADMSG);
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_VOTE, body, FIX, &m), -EBADMSG);
 
     /* COMMIT, ABORT, ACK, QUERY: reason out of range; padding. */
     for (uint8_t t = TPC_MSG_COMMIT; t <= TPC_MSG_QUERY; t++) {
-        mk_body16(body, 1, 2, TPC_REASON_WIRE_MAX, 0, 0);
-        CU_ASSERT_EQUAL(decode_body(t, body, 16, &m), 0);
-        mk_body16(body, 1, 2, TPC_REASON_WIRE_MAX + 1, 0, 0);
-        CU_ASSERT_EQUAL(decode_body(t, body, 16, &m), -EBADMSG);
+        mk_body16(body, 1, 2, TPC_R_VIEW, 0, 0);
+        CU_ASSERT_EQUAL(decode_body(t, body, FIX, &m), 0);
+        mk_body16(body, 1, 2, TPC_R_UNKNOWN, 0, 0);
+        CU_ASSERT_EQUAL(decode_body(t, body, FIX, &m), -EBADMSG);
         mk_body16(body, 1, 2, 0, 1, 0);
-        CU_ASSERT_EQUAL(decode_body(t, body, 16, &m), -EBADMSG);
+        CU_ASSERT_EQUAL(decode_body(t, body, FIX, &m), -EBADMSG);
         mk_body16(body, 1, 2, 0, 0, 0x100);
-        CU_ASSERT_EQUAL(decode_body(t, body, 16, &m), -EBADMSG);
+        CU_ASSERT_EQUAL(decode_body(t, body, FIX, &m), -EBADMSG);
     }
 
     /* ANSWER: outcome out of range; padding. */
     mk_body16(body, 1, 2, TPC_O_LOST, 0, 0);
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_ANSWER, body, 16, &m), 0);
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_ANSWER, body, FIX, &m), 0);
     CU_ASSERT_EQUAL(m.outcome, TPC_O_LOST);
     mk_body16(body, 1, 2, TPC_O_LOST + 1, 0, 0);
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_ANSWER, body, 16, &m), -EBADMSG);
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_ANSWER, body, FIX, &m), -EBADMSG);
     mk_body16(body, 1, 2, 0, 1, 0);
-    CU_ASSERT_EQUAL(decode_body(TPC_MSG_ANSWER, body, 16, &m), -EBADMSG);
+    CU_ASSERT_EQUAL(decode_body(TPC_MSG_ANSWER, body, FIX, &m), -EBADMSG);
 }
 
 static void test_encode_rejects_invalid_messages(void)
@@ -529,7 +541,9 @@ static void test_encode_rejects_invalid_messages(void)
     m.vote = 2;
     CU_ASSERT_EQUAL(peer_msg_encode(&b, &m), -EINVAL);
     m = sample_msg(TPC_MSG_ABORT);
-    m.reason = TPC_REASON_WIRE_MAX + 1;
+    m.reason = TPC_R_UNKNOWN;
+    CU_ASSERT_EQUAL(peer_msg_encode(&b, &m), -EINVAL);
+    m.reason = TPC_R_NOT_MEMBER;
     CU_ASSERT_EQUAL(peer_msg_encode(&b, &m), -EINVAL);
     m = sample_msg(TPC_MSG_ANSWER);
     m.outcome = TPC_O_LOST + 1;
@@ -982,15 +996,16 @@ static void test_send_errors(void)
     memset(ops, 'o', sizeof(ops));
     m.nops = 1;
     m.ops = ops;
-    m.nbytes = 512 - 20 - 16 + 1;
+    m.nbytes = 512 - PEER_FRAME_HEADER_BYTES - PEER_MSG_FIXED_BYTES + 1;
     CU_ASSERT_EQUAL(peer_send(h.obs[0].net, &m), -EMSGSIZE);
-    m.nbytes = 512 - 20 - 16;
+    m.nbytes = 512 - PEER_FRAME_HEADER_BYTES - PEER_MSG_FIXED_BYTES;
     CU_ASSERT_EQUAL(peer_send(h.obs[0].net, &m), 0);
     want_got = 0;
     for (int i = 0; i < STEP_MAX && h.obs[1].ngot == 0; i++)
         uv_run(&h.loop, UV_RUN_ONCE);
     CU_ASSERT_EQUAL_FATAL(h.obs[1].ngot, 1);
-    CU_ASSERT_EQUAL(h.obs[1].got[0].m.nbytes, 512 - 20 - 16);
+    CU_ASSERT_EQUAL(h.obs[1].got[0].m.nbytes,
+                    512 - PEER_FRAME_HEADER_BYTES - PEER_MSG_FIXED_BYTES);
     CU_ASSERT(peer_link_up(h.obs[0].net, 1));
     h_fini(&h);
 }
@@ -1363,8 +1378,9 @@ static int raw_handshake(struct harness *h, const struct peer_config *c0, uint32
     const unsigned char *nonce_a = (const unsigned char *)f.body + 12;
 
     hmac(c0->secret, "tpckv-peer-v1 dialer", nonce_a, nonce_d, as, c0->self, mac);
-    raw_send(fd, out, mk_frame(out, PEER_FRAME_VERSION, PEER_FRAME_AUTH, 0, epoch, mac,
-                               sizeof(mac)));
+    raw_send(
+        fd, out,
+        mk_frame(out, PEER_FRAME_VERSION, PEER_FRAME_AUTH, 0, epoch, mac, sizeof(mac)));
 
     CU_ASSERT_FATAL(raw_read(h, fd, auth, sizeof(auth)));
     CU_ASSERT_EQUAL_FATAL(peer_frame_decode(auth, sizeof(auth), 1024, &f),
@@ -1451,7 +1467,9 @@ static void test_raw_client_handshake_frames_split_and_malformed(void)
     fd = raw_handshake(&h, &c0, 1, 5);
     CU_ASSERT_FATAL(run_until(&h, a_inbound_from_1));
     char junk[32] = {0}, frame[64];
-    raw_send(fd, frame, mk_frame(frame, PEER_FRAME_VERSION, PEER_FRAME_AUTH, 0, 5, junk, sizeof(junk)));
+    raw_send(
+        fd, frame,
+        mk_frame(frame, PEER_FRAME_VERSION, PEER_FRAME_AUTH, 0, 5, junk, sizeof(junk)));
     CU_ASSERT(raw_wait_closed(&h, fd));
     close(fd);
     CU_ASSERT_EQUAL(stats(&h, 0, 1).bad_frames, 2);
@@ -1462,7 +1480,9 @@ static void test_raw_client_handshake_frames_split_and_malformed(void)
         fd = raw_connect(peer_net_port(h.obs[0].net));
         util_put_le32(body, id);
         util_put_le64(body + 4, peer_config_hash(c0.replicas, c0.n));
-        raw_send(fd, out, mk_frame(out, PEER_FRAME_VERSION, PEER_FRAME_HELLO, 0, 5, body, sizeof(body)));
+        raw_send(fd, out,
+                 mk_frame(out, PEER_FRAME_VERSION, PEER_FRAME_HELLO, 0, 5, body,
+                          sizeof(body)));
         CU_ASSERT(raw_wait_closed(&h, fd));
         close(fd);
     }
@@ -1494,9 +1514,9 @@ static void test_raw_garbage_closes_only_that_connection(void)
     fd = raw_connect(peer_net_port(h.obs[0].net));
     memset(body, 0, sizeof(body));
     util_put_le32(body, 1);
-    CU_ASSERT_EQUAL_FATAL(mk_frame(hello, PEER_FRAME_VERSION, PEER_FRAME_HELLO, 0, 5, body,
-                                   sizeof(body)),
-                          sizeof(hello));
+    CU_ASSERT_EQUAL_FATAL(
+        mk_frame(hello, PEER_FRAME_VERSION, PEER_FRAME_HELLO, 0, 5, body, sizeof(body)),
+        sizeof(hello));
     hello[30] ^= 1;
     raw_send(fd, hello, sizeof(hello));
     CU_ASSERT(raw_wait_closed(&h, fd));
@@ -1546,9 +1566,9 @@ static void test_text_client_at_peer_port_told_the_client_port(void)
         raw_send(fd, cmds[i], strlen(cmds[i]));
         n = raw_read_all(&h, fd, got, sizeof(got) - 1);
         got[n] = '\0';
-        CU_ASSERT_STRING_EQUAL(got,
-                               "SERVER_ERROR this is the replicas' port; clients use port "
-                               "11211\r\n");
+        CU_ASSERT_STRING_EQUAL(
+            got, "SERVER_ERROR this is the replicas' port; clients use port "
+                 "11211\r\n");
         close(fd);
     }
     /* A replica still gets in afterwards. */
@@ -1566,7 +1586,8 @@ static void test_text_client_at_peer_port_told_the_client_port(void)
     raw_send(fd, "get a\r\n", 7);
     n = raw_read_all(&h, fd, got, sizeof(got) - 1);
     got[n] = '\0';
-    CU_ASSERT_STRING_EQUAL(got, "SERVER_ERROR this is the replicas' port, not a client port\r\n");
+    CU_ASSERT_STRING_EQUAL(
+        got, "SERVER_ERROR this is the replicas' port, not a client port\r\n");
     close(fd);
     h_fini(&h);
 }
@@ -1713,7 +1734,8 @@ void unit_peer_register(void)
     unit_test(s, "parse replicas good", test_parse_replicas_good);
     unit_test(s, "a text client at the peer port is told the client port",
               test_text_client_at_peer_port_told_the_client_port);
-    unit_test(s, "the dialer speaks first, a fresh nonce each time; a refused HELLO is said",
+    unit_test(s,
+              "the dialer speaks first, a fresh nonce each time; a refused HELLO is said",
               test_dialer_speaks_first_fresh_nonce);
     unit_test(s, "failures of unnamed connections: at most 5 log lines a second",
               test_unnamed_failures_rate_limited);

@@ -130,6 +130,7 @@ static struct tpc_msg msg(uint8_t type, uint32_t from, uint32_t to, uint64_t txi
                         .from = from,
                         .to = to,
                         .epoch = 7,
+                        .view = 1,
                         .txid = txid,
                         .coord = (uint32_t)(txid & 0xff)};
     if (type == TPC_MSG_PREPARE) {
@@ -776,7 +777,11 @@ static void test_lost_history_no_ack_and_says_lost(void)
 static void test_lost_coordinator_asks_before_deciding(void)
 {
     uint64_t txid = (50 << 8) | 0;
-    struct tpc_txn txn = {.txid = txid, .epoch = 7, .coord = 0, .nops = 1, .ops = OPS,
+    struct tpc_txn txn = {.txid = txid,
+                          .epoch = 7,
+                          .coord = 0,
+                          .nops = 1,
+                          .ops = OPS,
                           .nbytes = sizeof(OPS)};
     struct tpc_msg a;
 
@@ -872,7 +877,11 @@ static void test_lost_coordinator_asks_before_deciding(void)
 static void test_in_doubt_after_a_loss(void)
 {
     uint64_t txid = (60 << 8) | 1;
-    struct tpc_txn txn = {.txid = txid, .epoch = 7, .coord = 1, .nops = 1, .ops = OPS,
+    struct tpc_txn txn = {.txid = txid,
+                          .epoch = 7,
+                          .coord = 1,
+                          .nops = 1,
+                          .ops = OPS,
                           .nbytes = sizeof(OPS)};
     struct tpc_msg a;
 
@@ -989,7 +998,11 @@ static void test_lost_coordinator_settles_a_ghost(void)
 static void test_lost_history_prepared_says_lost(void)
 {
     uint64_t txid = (90 << 8) | 1;
-    struct tpc_txn txn = {.txid = txid, .epoch = 7, .coord = 1, .nops = 1, .ops = OPS,
+    struct tpc_txn txn = {.txid = txid,
+                          .epoch = 7,
+                          .coord = 1,
+                          .nops = 1,
+                          .ops = OPS,
                           .nbytes = sizeof(OPS)};
     struct tpc_msg q = msg(TPC_MSG_QUERY, 1, 0, txid);
 
@@ -1036,7 +1049,11 @@ static void test_lost_history_is_bounded(void)
     /* A prepare recovered above the bound is settled as without a loss:
      * ours, presumed aborted at once. */
     uint64_t txid = LOST_BEFORE | 0;
-    struct tpc_txn txn = {.txid = txid, .epoch = 7, .coord = 0, .nops = 1, .ops = OPS,
+    struct tpc_txn txn = {.txid = txid,
+                          .epoch = 7,
+                          .coord = 0,
+                          .nops = 1,
+                          .ops = OPS,
                           .nbytes = sizeof(OPS)};
     t = mk(0, 3);
     tpc_history_lost(t, LOST_BEFORE);
@@ -1264,9 +1281,226 @@ static void test_bad_config(void)
     CU_ASSERT_PTR_NULL(tpc_new(&cfg, &env, &err));
 }
 
+/* ---- views (DESIGN.md, Availability) ------------------------------------------ */
+
+/* View 2 without replica 2: its link down stops nothing; PREPARE, COMMIT
+ * and the ACKs waited for are the members' only. */
+static void test_view_members_only(void)
+{
+    struct tpc *t = mk(0, 3);
+    int client;
+    uint64_t txid;
+    struct tpc_msg m;
+
+    tpc_set_view(t, 2, 0x3, 0);
+    CU_ASSERT_EQUAL(tpc_view(t), 2);
+    CU_ASSERT_EQUAL(tpc_view_members(t), 0x3);
+    tpc_peer(t, 2, false, 0);
+    txid = begin(t, &client);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_PREPARE), 1);
+    CU_ASSERT(F.sent[0].to == 1 && F.sent[0].view == 2);
+    m = msg(TPC_MSG_VOTE, 1, 0, txid);
+    tpc_receive(t, &m, 1);
+    tpc_durable(t, 1, 2);
+    CU_ASSERT_EQUAL_FATAL(F.nlog, 2);
+    tpc_durable(t, 2, 3);
+    CU_ASSERT(F.dones == 1 && F.done_committed);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_COMMIT), 1);
+    m = msg(TPC_MSG_ACK, 1, 0, txid);
+    tpc_receive(t, &m, 4);
+    CU_ASSERT_EQUAL(F.log_types[F.nlog - 1], TPC_LOG_END);
+    /* A replica outside the view begins nothing. */
+    tpc_set_view(t, 3, 0x6, 5);
+    uint32_t culprit;
+    CU_ASSERT_EQUAL(
+        tpc_begin(t, tpc_next_txid(t, 2000), 1, OPS, sizeof(OPS), NULL, 6, &culprit),
+        TPC_R_NOT_MEMBER);
+    tpc_free(t);
+}
+
+/* A PREPARE of another view, or of this one after a promise of a later
+ * view, is refused (NO, view_change), and so is a begin while frozen. */
+static void test_view_refuses_other_views(void)
+{
+    struct tpc *t = mk(0, 3);
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, (5 << 8) | 1);
+    uint32_t culprit;
+
+    tpc_set_view(t, 2, 0x7, 0);
+    tpc_receive(t, &m, 1); /* view 1 */
+    CU_ASSERT_EQUAL_FATAL(F.nsent, 1);
+    CU_ASSERT(F.sent[0].type == TPC_MSG_VOTE && !F.sent[0].vote &&
+              F.sent[0].reason == TPC_R_VIEW);
+    CU_ASSERT_EQUAL(F.prepares, 0);
+    tpc_freeze(t, 3);
+    CU_ASSERT_TRUE(tpc_frozen(t));
+    m = msg(TPC_MSG_PREPARE, 1, 0, (6 << 8) | 1);
+    m.view = 2;
+    tpc_receive(t, &m, 2);
+    CU_ASSERT(F.nsent == 2 && !F.sent[1].vote && F.sent[1].reason == TPC_R_VIEW);
+    CU_ASSERT_EQUAL(tpc_know(t, (6 << 8) | 1), TPC_K_ABORTED);
+    CU_ASSERT_EQUAL(
+        tpc_begin(t, tpc_next_txid(t, 2000), 1, OPS, sizeof(OPS), NULL, 3, &culprit),
+        TPC_R_VIEW);
+    tpc_set_view(t, 3, 0x7, 4);
+    CU_ASSERT_FALSE(tpc_frozen(t));
+    tpc_free(t);
+}
+
+/* Frozen, a coordinator decides nothing itself (all YES or not), and the
+ * settlement decides: abort tells its client view_change, commit applies
+ * and tells it committed. A NO vote still aborts. */
+static void test_view_frozen_coordinator_waits_for_settlement(void)
+{
+    struct tpc *t = mk(0, 3);
+    int c1, c2, c3;
+    uint64_t a = begin(t, &c1), b = begin(t, &c2), c = begin(t, &c3);
+    struct tpc_msg m;
+
+    tpc_durable(t, 3, 1); /* our three PREPAREs */
+    tpc_freeze(t, 2);
+    for (uint32_t from = 1; from <= 2; from++) {
+        m = msg(TPC_MSG_VOTE, from, 0, a);
+        tpc_receive(t, &m, 2);
+        m = msg(TPC_MSG_VOTE, from, 0, b);
+        tpc_receive(t, &m, 2);
+    }
+    CU_ASSERT_EQUAL(F.nlog, 3); /* no COMMIT record */
+    tpc_tick(t, 10 * TIMEOUT);  /* nor a timeout */
+    CU_ASSERT_EQUAL(F.dones, 0);
+    CU_ASSERT_EQUAL(tpc_know(t, a), TPC_K_PREPARED);
+    m = msg(TPC_MSG_VOTE, 1, 0, c);
+    m.vote = 0;
+    m.reason = TPC_R_BUSY;
+    tpc_receive(t, &m, 3);
+    CU_ASSERT(F.dones == 1 && !F.done_committed && F.done_reason == TPC_R_BUSY);
+    CU_ASSERT_EQUAL(tpc_know(t, c), TPC_K_ABORTED);
+    CU_ASSERT_EQUAL(tpc_settle(t, a, false, 4), 0);
+    CU_ASSERT(F.dones == 2 && !F.done_committed && F.done_reason == TPC_R_VIEW);
+    CU_ASSERT_PTR_EQUAL(F.done_client, &c1);
+    CU_ASSERT_EQUAL(tpc_settle(t, b, true, 5), 0);
+    CU_ASSERT(F.dones == 3 && F.done_committed);
+    CU_ASSERT_PTR_EQUAL(F.done_client, &c2);
+    CU_ASSERT_EQUAL(F.commits, 1);
+    CU_ASSERT_EQUAL(tpc_known_outcome(t, b), TPC_O_COMMITTED);
+    CU_ASSERT_EQUAL(tpc_settle(t, b, true, 6), 0);          /* again: nothing */
+    CU_ASSERT_EQUAL(tpc_settle(t, b, false, 6), -EALREADY); /* the other way: refused */
+    CU_ASSERT_EQUAL(tpc_settle(t, 0x999, true, 6), -ENOENT);
+    CU_ASSERT_EQUAL(F.dones, 3);
+    tpc_free(t);
+}
+
+/* Frozen, a participant applies a COMMIT but keeps an ABORT's transaction
+ * prepared for the settlement; it reports what it holds. */
+static void test_view_frozen_participant(void)
+{
+    struct tpc *t = mk(0, 3);
+    uint64_t x = (7 << 8) | 1, y = (8 << 8) | 2;
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, x);
+
+    tpc_receive(t, &m, 1);
+    m = msg(TPC_MSG_PREPARE, 2, 0, y);
+    tpc_receive(t, &m, 1);
+    tpc_durable(t, 2, 2);
+    tpc_freeze(t, 2);
+    m = msg(TPC_MSG_ABORT, 1, 0, x);
+    tpc_receive(t, &m, 3);
+    CU_ASSERT_EQUAL(F.aborts, 0);
+    CU_ASSERT_EQUAL(tpc_know(t, x), TPC_K_PREPARED);
+    m = msg(TPC_MSG_COMMIT, 2, 0, y);
+    tpc_receive(t, &m, 3);
+    CU_ASSERT_EQUAL(F.commits, 1);
+    CU_ASSERT_EQUAL(tpc_know(t, y), TPC_K_COMMITTED);
+    CU_ASSERT_EQUAL(tpc_settle(t, x, false, 4), 0);
+    CU_ASSERT_EQUAL(F.aborts, 1);
+    CU_ASSERT_EQUAL(tpc_know(t, x), TPC_K_ABORTED);
+    tpc_free(t);
+}
+
+static int collect_doubt(void *arg, uint64_t txid, uint32_t coord, uint64_t view,
+                         uint32_t members)
+{
+    uint64_t *out = arg;
+
+    CU_ASSERT(view == 2 && members == 0x7);
+    out[0]++;
+    out[out[0]] = txid ^ (uint64_t)coord << 56;
+    return 0;
+}
+
+/* Undecided transactions are listed; what is known of others is told,
+ * absent or unsure when a decision may have been forgotten. */
+static void test_view_doubts_and_knowledge(void)
+{
+    struct tpc *t = mk(0, 3); /* remembered_max 4 */
+    uint64_t mine, theirs = (9 << 8) | 2, out[4] = {0};
+    struct tpc_msg m;
+
+    tpc_set_view(t, 2, 0x7, 0);
+    mine = begin(t, NULL);
+    m = msg(TPC_MSG_PREPARE, 2, 0, theirs);
+    m.view = 2;
+    tpc_receive(t, &m, 1);
+    CU_ASSERT_EQUAL(tpc_for_each_doubt(t, collect_doubt, out), 0);
+    CU_ASSERT_EQUAL(out[0], 2);
+    CU_ASSERT_EQUAL(tpc_know(t, mine), TPC_K_PREPARED);
+    CU_ASSERT_EQUAL(tpc_know(t, theirs), TPC_K_PREPARED);
+    CU_ASSERT_EQUAL(tpc_know(t, (10 << 8) | 1), TPC_K_ABSENT);
+    /* Decide and forget a few: their sequence numbers become "unsure". */
+    for (uint64_t i = 20; i < 30; i++) {
+        m = msg(TPC_MSG_ABORT, 1, 0, (i << 8) | 1);
+        tpc_receive(t, &m, 2);
+    }
+    CU_ASSERT_EQUAL(tpc_know(t, (29 << 8) | 1), TPC_K_ABORTED);
+    CU_ASSERT_EQUAL(tpc_know(t, (20 << 8) | 1), TPC_K_UNSURE);
+    CU_ASSERT_EQUAL(tpc_know(t, (19 << 8) | 2), TPC_K_UNSURE);
+    CU_ASSERT_EQUAL(tpc_know(t, (31 << 8) | 2), TPC_K_ABSENT);
+    tpc_free(t);
+}
+
+/* With decide_by_view, neither the vote timeout nor a member's link going
+ * down aborts: the view change will settle it. */
+static void test_view_decide_by_view_waits(void)
+{
+    struct tpc_config cfg = {.self = 0,
+                             .n = 3,
+                             .ids = {0, 1, 2},
+                             .epoch = 7,
+                             .prepare_timeout_us = TIMEOUT,
+                             .resend_us = RESEND,
+                             .remembered_max = 4,
+                             .decide_by_view = true};
+    int err;
+    struct tpc *t;
+    uint64_t txid;
+
+    memset(&F, 0, sizeof(F));
+    t = tpc_new(&cfg, &env, &err);
+    CU_ASSERT_FATAL(t != NULL);
+    for (uint32_t i = 0; i < 3; i++)
+        tpc_peer(t, i, true, 0);
+    txid = begin(t, NULL);
+    tpc_tick(t, 5 * TIMEOUT);
+    tpc_peer(t, 2, false, 5 * TIMEOUT);
+    CU_ASSERT_EQUAL(F.dones, 0);
+    CU_ASSERT_EQUAL(tpc_know(t, txid), TPC_K_PREPARED);
+    tpc_free(t);
+}
+
 void unit_tpc_register(void)
 {
     CU_pSuite s = unit_suite("tpc");
+
+    unit_test(s, "view: members only", test_view_members_only);
+    unit_test(s, "view: other views' PREPAREs refused, and while frozen",
+              test_view_refuses_other_views);
+    unit_test(s, "view: a frozen coordinator waits for the settlement",
+              test_view_frozen_coordinator_waits_for_settlement);
+    unit_test(s, "view: a frozen participant applies COMMITs, not ABORTs",
+              test_view_frozen_participant);
+    unit_test(s, "view: doubts listed, knowledge told", test_view_doubts_and_knowledge);
+    unit_test(s, "view: decide_by_view waits instead of aborting",
+              test_view_decide_by_view_waits);
 
     unit_test(s, "commit path: votes, forced commit, ACKs, END", test_commit_path);
     unit_test(s, "a NO vote aborts; late votes change nothing", test_no_vote_aborts);
@@ -1287,9 +1521,11 @@ void unit_tpc_register(void)
               test_lost_coordinator_asks_before_deciding);
     unit_test(s, "in doubt after a loss: a participant waits for a decision",
               test_in_doubt_after_a_loss);
-    unit_test(s, "lost coordinator settles a ghost", test_lost_coordinator_settles_a_ghost);
+    unit_test(s, "lost coordinator settles a ghost",
+              test_lost_coordinator_settles_a_ghost);
     unit_test(s, "lost history is bounded", test_lost_history_is_bounded);
-    unit_test(s, "after a loss a recovered prepare says LOST; txids start above the bound",
+    unit_test(s,
+              "after a loss a recovered prepare says LOST; txids start above the bound",
               test_lost_history_prepared_says_lost);
     unit_test(s, "decisions replayed from the log are remembered",
               test_replayed_decisions_are_remembered);
