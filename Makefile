@@ -99,6 +99,9 @@ UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN := $(BUILD)/unit
 SIM_OBJ := $(BUILD)/tests/sim/sim.o
 SIM_BIN := $(BUILD)/sim
+VSIM_OBJ := $(BUILD)/tests/sim/vsim.o
+VSIM_BIN := $(BUILD)/vsim
+VSIM_SEEDS ?= 300
 SIM_SEEDS ?= 2000
 FUZZ_TARGETS := fuzz_proto fuzz_udp fuzz_peer fuzz_wal
 FUZZ_SECONDS ?= 60
@@ -148,6 +151,10 @@ $(UNIT_BIN): $(UNIT_OBJ) $(BUILD)/libtpckv.a
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(CUNIT_LIBS) $(UV_LIBS) $(CRYPTO_LIBS) -lm
 
 $(SIM_BIN): $(SIM_OBJ) $(BUILD)/libtpckv.a
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(UV_LIBS) $(CRYPTO_LIBS) -lm
+
+$(VSIM_BIN): $(VSIM_OBJ) $(BUILD)/libtpckv.a
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(UV_LIBS) $(CRYPTO_LIBS) -lm
 

@@ -97,7 +97,8 @@ struct tx {
     uint32_t members; /* ... and that view's members (bitmask over replica index) */
     uint32_t coord;
     uint8_t cstate, pstate;
-    uint8_t outcome; /* enum tpc_outcome once decided, else TPC_O_PENDING */
+    uint8_t no_reason; /* the reason of the NO we voted (0: none) */
+    uint8_t outcome;   /* enum tpc_outcome once decided, else TPC_O_PENDING */
     bool active, remembered, prepare_logged, ack_durable, queried;
     /* Its decision may be among the records a lost log lost
      * (tpc_history_lost): the coordinator's UNKNOWN does not mean aborted
@@ -683,9 +684,13 @@ static void on_prepare(struct tpc *t, const struct tpc_msg *m)
             send_msg(t, m->from, TPC_MSG_VOTE, x, TPC_R_CONFLICT);
             return;
         }
-        /* A repeat, or a PREPARE overtaken by its ABORT. */
+        /* A repeat, or a PREPARE overtaken by its ABORT. A coordinator
+         * that waits for views resends PREPARE to a member whose vote did
+         * not come: it gets the vote again, a NO too. */
         if (x->pstate == P_PREPARED)
             send_msg(t, m->from, TPC_MSG_VOTE, x, 0);
+        else if (t->cfg.decide_by_view && x->no_reason)
+            send_msg(t, m->from, TPC_MSG_VOTE, x, x->no_reason);
         t->st.msgs_ignored++;
         return;
     }
@@ -715,6 +720,7 @@ static void on_prepare(struct tpc *t, const struct tpc_msg *m)
         t->st.voted_no++;
         x->pstate = P_DONE;
         x->outcome = TPC_O_ABORTED;
+        x->no_reason = (uint8_t)r;
         send_msg(t, m->from, TPC_MSG_VOTE, x, (uint8_t)r);
         remember(t, x);
         return;
@@ -1255,7 +1261,15 @@ void tpc_tick(struct tpc *t, uint64_t now_us)
     for (x = t->active; x; x = next) {
         next = x->anext;
         if (x->cstate == C_PREPARING && now_us >= x->deadline_us &&
-            !t->cfg.decide_by_view && !frozen(t)) {
+            (t->cfg.decide_by_view || frozen(t))) {
+            /* A vote lost with a link that went down and up: ask again. A
+             * member that stays silent is a view change's to remove. */
+            for (uint32_t i = 0; i < t->cfg.n; i++)
+                if (i != t->self_idx && (x->members & (1u << i)) &&
+                    !(x->yes & (1u << i)) && t->up[i])
+                    send_msg(t, t->cfg.ids[i], TPC_MSG_PREPARE, x, 0);
+            x->deadline_us = now_us + t->cfg.resend_us;
+        } else if (x->cstate == C_PREPARING && now_us >= x->deadline_us) {
             uint32_t culprit = t->cfg.self;
             for (uint32_t i = 0; i < t->cfg.n; i++) {
                 if (!(x->yes & (1u << i))) {
@@ -1558,6 +1572,12 @@ void tpc_set_view(struct tpc *t, uint64_t view, uint32_t members, uint64_t now_u
     t->view = view;
     t->members = idx_mask(t, members);
     t->promised = 0;
+    /* Left out: what we coordinate and have not decided is the new view's
+     * to settle, and we may never learn how until we catch up. */
+    if (!(t->members & (1u << t->self_idx)))
+        for (x = t->active; x; x = x->anext)
+            if (x->cstate == C_PREPARING)
+                tell_client(t, x, false, TPC_R_UNKNOWN, t->cfg.self);
     /* Commits of earlier views wait no more for replicas left out. */
     for (x = t->active; x; x = next) {
         next = x->anext;

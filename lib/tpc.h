@@ -305,7 +305,9 @@ void tpc_recovered(struct tpc *t, uint64_t now_us);
 /* Installs view `view` with members (bit per replica id): PREPAREs of other
  * views are refused, new transactions go to these members, and commits of
  * earlier views stop waiting for the ACKs of replicas no longer members
- * (they catch up instead). Ends a freeze. */
+ * (they catch up instead). Ends a freeze. A replica left out tells the
+ * clients of the transactions it coordinates and has not decided that the
+ * outcome is unknown (TPC_R_UNKNOWN): the new view settles them. */
 void tpc_set_view(struct tpc *t, uint64_t view, uint32_t members, uint64_t now_us);
 uint64_t tpc_view(const struct tpc *t);
 uint32_t tpc_view_members(const struct tpc *t);

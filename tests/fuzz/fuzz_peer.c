@@ -89,7 +89,7 @@ static void prepare(struct txn_rm *rm, const struct tpc_msg *m)
     struct txn_prep *p = NULL;
     int r = txn_prepare(rm, &t, &p);
 
-    FUZZ_CHECK(r >= 0 && r <= TPC_REASON_WIRE_MAX);
+    FUZZ_CHECK(r >= 0 && tpc_reason_on_wire((unsigned)r));
     if (r != 0) {
         /* A refusal holds nothing. */
         FUZZ_CHECK(rm->flush_holder == NULL && store_locks(rm->store) == 0);
@@ -117,7 +117,7 @@ static void check_msg(struct txn_rm *rm, const struct peer_frame *f, const char 
     }
     FUZZ_CHECK(m.type >= TPC_MSG_PREPARE && m.type <= TPC_MSG_TYPE_MAX && m.type == f->type);
     FUZZ_CHECK(m.coord < TPC_REPLICAS_MAX && m.from == 0 && m.to == 0);
-    FUZZ_CHECK(m.epoch == f->epoch && m.reason <= TPC_REASON_WIRE_MAX);
+    FUZZ_CHECK(m.epoch == f->epoch && tpc_reason_on_wire(m.reason));
     if (m.type == TPC_MSG_PREPARE)
         FUZZ_CHECK(m.nops >= 1 && m.nbytes >= 1 && m.ops == f->body + PEER_MSG_FIXED_BYTES);
     else
