@@ -10,7 +10,8 @@
 #                   ASan+UBSan and with TSan (smaller workload), ./test.sh
 #                   against the release build, make powercut, then make chaos
 #   make unit       unit tests only;  make e2e   ./test.sh only
-#   make sim        the 2PC simulator over SIM_SEEDS seeds (tests/sim/sim.c)
+#   make sim        the 2PC simulator over SIM_SEEDS seeds (tests/sim/sim.c) and
+#                   the view simulator over VSIM_SEEDS (tests/sim/vsim.c)
 #   make chaos      fault injection (tests/chaos/chaos.py): every scenario (kill,
 #                   pause, partition, netslow, disk, clock skew, mixed) for
 #                   CHAOS_SECONDS (20) each, then a linearizability check and
@@ -224,7 +225,7 @@ unit-tsan:
 
 # The deterministic 2PC simulator over many seeds (a failing seed is printed
 # with the command that replays it).
-sim: check-deps $(SIM_BIN)
+sim: check-deps $(SIM_BIN) $(VSIM_BIN)
 	@echo "== 2PC simulator, $(SIM_SEEDS) seeds"
 	$(Q)$(SIM_BIN) --seeds $(SIM_SEEDS)
 	@echo "== 2PC simulator with a bug planted (its checker must catch it)"
@@ -235,6 +236,14 @@ sim: check-deps $(SIM_BIN)
 	$(Q)if $(SIM_BIN) --seeds 20 --inject-bug=no-fence >$(BUILD)/sim-inject.out 2>&1; then \
 	  echo "the simulator did not catch a replica whose data is behind" >&2; exit 1; \
 	else echo "caught: $$(tail -n 1 $(BUILD)/sim-inject.out)"; fi
+	@echo "== views, leases and settlement (tests/sim/vsim.c), $(VSIM_SEEDS) seeds"
+	$(Q)$(VSIM_BIN) --seeds $(VSIM_SEEDS)
+	@echo "== the same with each bug planted (each must be caught)"
+	$(Q)for b in no-lease-wait long-lease no-freeze no-settle; do \
+	  if $(VSIM_BIN) --seeds 300 --until-fail --inject-bug=$$b >$(BUILD)/vsim-inject.out 2>&1; then \
+	    echo "the view simulator did not catch $$b" >&2; exit 1; \
+	  else echo "caught $$b: $$(grep FAILED $(BUILD)/vsim-inject.out | head -n 1)"; fi; \
+	done
 
 e2e: all
 	$(Q)./test.sh

@@ -1105,6 +1105,11 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
     case TPC_MSG_VOTE:
         if (x == NULL || x->cstate != C_PREPARING || x->coord != t->cfg.self) {
             t->st.msgs_ignored++; /* late: already decided */
+        } else if (!m->vote && m->reason == TPC_R_VIEW && t->cfg.decide_by_view) {
+            /* The participant is in another view, or promised one: it says
+             * nothing about this transaction (it may even have committed it
+             * and forgotten); the view change settles it. */
+            t->st.msgs_ignored++;
         } else if (!m->vote) {
             uint8_t why =
                 m->reason && tpc_reason_on_wire(m->reason) ? m->reason : TPC_R_BAD_OPS;

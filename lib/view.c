@@ -195,8 +195,18 @@ int view_on_promise(struct view_proposer *p, uint32_t from, const struct view_pr
 {
     uint64_t until;
 
-    if (p->phase != VIEW_P_PROMISING || from >= p->n || (p->promised & bit(from)))
+    if (p->phase != VIEW_P_PROMISING || from >= p->n ||
+        ((p->promised | p->amnesiacs) & bit(from)))
         return 0;
+    if (pr->amnesiac) {
+        /* A replacement that lost its disk: it may join (it holds a
+         * member's state), but a promise or an answer from it stands for
+         * nothing it once accepted or prepared. */
+        p->amnesiacs |= bit(from);
+        if (pr->current)
+            p->current |= bit(from);
+        return 0;
+    }
     for (uint32_t i = 0; i < pr->ndoubt; i++)
         if (add_doubt(p, &pr->doubt[i]) < 0)
             return -ENOMEM;
@@ -317,7 +327,7 @@ bool view_may_accept(struct view_proposer *p, uint64_t now)
 
 enum view_phase view_on_accepted(struct view_proposer *p, uint32_t from)
 {
-    if (p->phase != VIEW_P_ACCEPTING || from >= p->n)
+    if (p->phase != VIEW_P_ACCEPTING || from >= p->n || (p->amnesiacs & bit(from)))
         return p->phase;
     p->accepted_by |= bit(from);
     if (count(p->accepted_by) >= view_majority(p->n))

@@ -140,7 +140,11 @@ struct view_promise {
     uint64_t accepted;              /* ballot of a value it accepted (0: none) */
     const struct view_value *value; /* ... that value */
     bool current;                   /* a member of the old view, or caught up */
-    uint64_t hold_ns;               /* its lease hold still running */
+    bool amnesiac;    /* its acceptor state was lost (an empty replacement not yet
+                         a member of a view chosen without it): it may become a
+                         member, but counts for no majority, and is not asked
+                         what it knows */
+    uint64_t hold_ns; /* its lease hold still running */
     uint32_t ndoubt;
     const struct view_doubt *doubt; /* txid, coord, members (know ignored) */
 };
@@ -152,11 +156,12 @@ struct view_proposer {
     const char *why; /* VIEW_P_FAILED: a sentence */
     uint64_t epoch;  /* the epoch being decided */
     uint64_t ballot;
-    uint32_t want;     /* members wanted (bit per id) */
-    uint32_t promised; /* who promised */
-    uint32_t current;  /* ... and is current */
-    uint32_t asked;    /* promisers asked what they know (fixed at KNOW-REQ) */
-    uint32_t knew;     /* ... and answered */
+    uint32_t want;      /* members wanted (bit per id) */
+    uint32_t promised;  /* who promised (acceptors whose state is whole) */
+    uint32_t amnesiacs; /* promised, but with no acceptor state */
+    uint32_t current;   /* ... and is current */
+    uint32_t asked;     /* promisers asked what they know (fixed at KNOW-REQ) */
+    uint32_t knew;      /* ... and answered */
     uint32_t accepted_by;
     uint64_t best; /* highest accepted ballot among the promises */
     struct view_value best_value;

@@ -45,7 +45,8 @@
  * old view's PREPAREs), no-settle (an installed view skips its
  * settlement).
  *
- * Usage: vsim [--seeds N | --seed S] [--inject-bug=NAME] [-v]
+ * Usage: vsim [--seeds N | --seed S] [--inject-bug=NAME] [--until-fail] [-v]
+ * (--until-fail stops at the first failed seed: for the planted bugs).
  */
 #include "lease.h"
 #include "tpc.h"
@@ -143,7 +144,7 @@ struct msg {
     struct tpc_msg tm;
     char ops[OPS_BYTES];
     struct view_value value; /* owned */
-    bool current;
+    bool current, amnesiac;
     uint64_t hold;
     uint64_t accepted;
     bool has_value;
@@ -247,11 +248,13 @@ struct rep {
     uint64_t heard[NMAX];
     uint64_t suspect_since;
     uint64_t quiet_until; /* after a failed proposal: not before this */
+    uint32_t joiners;     /* learners that asked us to add them */
     uint64_t next_hb, next_join;
     uint64_t store[KEYS];
     uint64_t lock[KEYS];
     int64_t next_lsn, durable;
     bool learner;
+    bool amnesiac; /* an empty replacement, not yet a member of a view */
     uint64_t snap_ballot;
     struct view_value last; /* the view installed last, to resend to a laggard */
     bool discarding;        /* its state is being replaced: aborts decide nothing */
@@ -715,6 +718,7 @@ static void on_preq(struct rep *r, struct msg *m)
         view_value_copy(&p->value, &r->acc.value);
     }
     p->current = is_member(r) || (r->learner && r->snap_ballot == m->ballot);
+    p->amnesiac = r->amnesiac;
     p->hold = lease_hold_remaining(&r->lg, clk(r));
     tpc_for_each_doubt(r->tpc, add_doubt, p);
     vlog("r%d promises b%" PRIx64 " for e%" PRIu64 " (current %d, %u doubts)", r->id,
@@ -876,6 +880,8 @@ static void on_install(struct rep *r, const struct view_value *v)
     lease_holder_reset(&r->lh, v->epoch);
     lease_grantor_epoch(&r->lg, v->epoch);
     r->learner = false;
+    r->amnesiac = false;
+    r->joiners &= ~v->members;
     vlog("r%d installs e%" PRIu64 " members 0x%x (%u settled)", r->id, v->epoch,
          v->members, v->nsettled);
 }
@@ -1027,6 +1033,7 @@ static void deliver_local(struct rep *r, struct msg *m)
             struct view_promise pr = {.accepted = m->accepted,
                                       .value = m->has_value ? &m->value : NULL,
                                       .current = m->current,
+                                      .amnesiac = m->amnesiac,
                                       .hold_ns = m->hold,
                                       .ndoubt = m->ndoubt,
                                       .doubt = m->doubt};
@@ -1073,8 +1080,10 @@ static void deliver_local(struct rep *r, struct msg *m)
     case M_JOIN:
         /* Added, or (an empty replacement of a member) added back, with our
          * state. */
+        if (is_member(r))
+            r->joiners |= bit(m->from);
         if (is_member(r) && !r->proposing && now >= r->quiet_until)
-            start_proposal(r, r->acc.members | bit(m->from), bit(m->from));
+            start_proposal(r, r->acc.members | r->joiners, r->joiners);
         break;
     case M_CLIENT:
         on_client(r, m->op);
@@ -1095,23 +1104,27 @@ static void detect(struct rep *r)
     for (int i = 0; i < S.n; i++)
         if (i != r->id && (r->acc.members & bit(i)) && now - r->heard[i] > LEASE_NS / 2)
             suspects |= bit(i);
-    if (suspects == 0 && tpc_frozen(r->tpc)) {
-        /* A view change that stopped half way (we promised, no view came):
-         * finish it. */
-        start_proposal(r, r->acc.members, 0);
-        return;
-    }
-    if (suspects == 0) {
+    if (suspects == 0 && !tpc_frozen(r->tpc)) {
         r->suspect_since = 0;
         return;
     }
+    /* Suspects, or a view change that stopped half way (we promised, no
+     * view came): propose, the lowest-ranked live member first - if we hear
+     * a majority at all (a proposal needs one; a replica cut off from it
+     * stops serving when its lease ends, which is what the lease is for). */
+    uint32_t hear = bit(r->id);
+    for (int i = 0; i < S.n; i++)
+        if (i != r->id && now - r->heard[i] <= LEASE_NS / 2)
+            hear |= bit(i);
+    if ((uint32_t)__builtin_popcount(hear) < view_majority((uint32_t)S.n))
+        return;
     if (r->suspect_since == 0)
         r->suspect_since = now;
     for (int i = 0; i < r->id; i++)
         if ((r->acc.members & bit(i)) && !(suspects & bit(i)))
             rank++;
     if (now - r->suspect_since >= rank * LEASE_NS / 2)
-        start_proposal(r, r->acc.members & ~suspects, 0);
+        start_proposal(r, (r->acc.members & ~suspects) | r->joiners, r->joiners);
 }
 
 static void tick(struct rep *r)
@@ -1164,6 +1177,7 @@ static void replica_init(struct rep *r, int id, bool empty)
     view_value_free(&r->last);
     r->proposing = false;
     r->learner = empty;
+    r->amnesiac = empty;
     r->snap_ballot = 0;
     memset(r->store, 0, sizeof(r->store));
     memset(r->lock, 0, sizeof(r->lock));
@@ -1175,7 +1189,7 @@ static void replica_init(struct rep *r, int id, bool empty)
     r->next_lsn = r->durable = 0;
 }
 
-enum fault { F_PAUSE, F_CUT, F_CUT_ONEWAY, F_KILL, F_MAX };
+enum fault { F_PAUSE, F_CUT, F_CUT_ONEWAY, F_CUT_PARTIAL, F_KILL, F_MAX };
 
 static void schedule_faults(void)
 {
@@ -1189,18 +1203,22 @@ static void schedule_faults(void)
     }
 }
 
+/* Replicas whose disk is gone: dead, or replaced and not yet a member (an
+ * acceptor that lost its state). Losing a majority of them loses data no
+ * protocol can bring back; the simulator stays below that. */
 static int killed_count(void)
 {
     int k = 0;
     for (int i = 0; i < S.n; i++)
-        k += S.r[i].dead;
+        k += S.r[i].dead || S.r[i].amnesiac;
     return k;
 }
 
 static void on_fault(int victim, int kind)
 {
     struct rep *r = &S.r[victim];
-    uint64_t len = between(LEASE_NS / 2, 5 * LEASE_NS);
+    uint64_t len =
+        chance(50) ? between(LEASE_NS / 2, LEASE_NS) : between(LEASE_NS, 5 * LEASE_NS);
 
     if (r->dead && kind < 100)
         return;
@@ -1211,20 +1229,28 @@ static void on_fault(int victim, int kind)
         break;
     case F_CUT:
     case F_CUT_ONEWAY:
+    case F_CUT_PARTIAL: {
+        /* Partial: it cannot send, and hears one other replica only (it
+         * learns nothing of a view change, and suspects slowly). */
+        int keep = (victim + 1 + (int)below((uint64_t)S.n - 1)) % S.n;
         for (int i = 0; i < S.n; i++) {
             if (i == victim)
                 continue;
             S.cut[victim] |= bit(i);
-            if (kind == F_CUT)
+            if (kind == F_CUT || (kind == F_CUT_PARTIAL && i != keep))
                 S.cut[i] |= bit(victim);
         }
         push((struct ev){.at = S.now + len, .kind = E_FAULT, .a = 100, .r = victim});
         vlog("r%d cut off%s for %.1f ms", victim,
-             kind == F_CUT_ONEWAY ? " (its sends)" : "", len / 1e6);
+             kind == F_CUT_ONEWAY    ? " (its sends)"
+             : kind == F_CUT_PARTIAL ? " (but for one)"
+                                     : "",
+             len / 1e6);
         break;
+    }
     case F_KILL:
-        if (2 * (killed_count() + 1) > S.n)
-            return; /* keep a majority: losing it is another test */
+        if (2 * (killed_count() + 1) >= S.n + 1)
+            return; /* keep a majority of whole disks */
         r->dead = true;
         r->inc++;
         /* Its clients' connections break: what they sent it may or may not
@@ -1404,6 +1430,7 @@ static bool run(uint64_t seed)
 int main(int argc, char **argv)
 {
     uint64_t first = 1, count = 100, pass = 0, failed = 0;
+    bool until_fail = false;
     uint64_t views = 0, wok = 0, rok = 0;
 
     for (int i = 1; i < argc; i++) {
@@ -1412,6 +1439,8 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
             first = strtoull(argv[++i], NULL, 10);
             count = 1;
+        } else if (strcmp(argv[i], "--until-fail") == 0) {
+            until_fail = true;
         } else if (strcmp(argv[i], "-v") == 0) {
             S.verbose = true;
         } else if (strncmp(argv[i], "--inject-bug=", 13) == 0) {
@@ -1439,6 +1468,8 @@ int main(int argc, char **argv)
             printf("seed %" PRIu64
                    " FAILED: %s; replay with: build/rel/vsim --seed %" PRIu64 " -v\n",
                    s, S.why, s);
+            if (until_fail)
+                break;
         }
         views += S.views;
         wok += S.writes_ok;

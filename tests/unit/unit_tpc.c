@@ -1481,9 +1481,22 @@ static void test_view_decide_by_view_waits(void)
         tpc_peer(t, i, true, 0);
     txid = begin(t, NULL);
     tpc_tick(t, 5 * TIMEOUT);
+    /* The silent members are asked again. */
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_PREPARE), 4);
     tpc_peer(t, 2, false, 5 * TIMEOUT);
     CU_ASSERT_EQUAL(F.dones, 0);
     CU_ASSERT_EQUAL(tpc_know(t, txid), TPC_K_PREPARED);
+    /* A NO because the participant is in another view says nothing of the
+     * transaction (it may have committed it and forgotten): no abort. */
+    struct tpc_msg m = msg(TPC_MSG_VOTE, 1, 0, txid);
+    m.vote = 0;
+    m.reason = TPC_R_VIEW;
+    tpc_receive(t, &m, 6 * TIMEOUT);
+    CU_ASSERT_EQUAL(F.dones, 0);
+    /* Another NO still aborts. */
+    m.reason = TPC_R_BUSY;
+    tpc_receive(t, &m, 6 * TIMEOUT);
+    CU_ASSERT(F.dones == 1 && F.done_reason == TPC_R_BUSY);
     tpc_free(t);
 }
 
@@ -1499,7 +1512,7 @@ void unit_tpc_register(void)
     unit_test(s, "view: a frozen participant applies COMMITs, not ABORTs",
               test_view_frozen_participant);
     unit_test(s, "view: doubts listed, knowledge told", test_view_doubts_and_knowledge);
-    unit_test(s, "view: decide_by_view waits instead of aborting",
+    unit_test(s, "view: decide_by_view asks again, waits, ignores another view's NO",
               test_view_decide_by_view_waits);
 
     unit_test(s, "commit path: votes, forced commit, ACKs, END", test_commit_path);

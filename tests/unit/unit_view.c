@@ -205,6 +205,38 @@ static void test_proposer_paxos_and_failures(void)
     view_proposer_free(&p);
 }
 
+/* A replacement that lost its disk may join but counts for no majority,
+ * and its ACCEPTED counts for nothing: two such and one whole acceptor of
+ * three cannot choose a view. */
+static void test_proposer_amnesiacs_count_for_nothing(void)
+{
+    struct view_proposer p;
+    struct view_promise whole = {.current = true};
+    struct view_promise fresh = {.current = true, .amnesiac = true};
+    struct view_doubt d = doubt(0x102, 2, 0x7);
+
+    memset(&p, 0, sizeof(p));
+    view_propose(&p, 3, 0, &LEASE, 2, 1, 0x7);
+    view_on_promise(&p, 0, &whole, 0);
+    fresh.ndoubt = 1;
+    fresh.doubt = &d;
+    view_on_promise(&p, 1, &fresh, 0);
+    CU_ASSERT_FALSE(view_have_majority(&p));
+    CU_ASSERT_EQUAL(view_close_promises(&p), VIEW_P_FAILED);
+
+    view_propose(&p, 3, 0, &LEASE, 2, 2, 0x7);
+    view_on_promise(&p, 0, &whole, 0);
+    view_on_promise(&p, 1, &fresh, 0);
+    view_on_promise(&p, 2, &whole, 0);
+    CU_ASSERT_EQUAL(view_close_promises(&p), VIEW_P_WAITING); /* its doubt not asked */
+    CU_ASSERT_EQUAL(p.value.members, 0x7);                    /* but it joins */
+    CU_ASSERT_TRUE(view_may_accept(&p, p.wait_until));
+    CU_ASSERT_EQUAL(view_on_accepted(&p, 0), VIEW_P_ACCEPTING);
+    CU_ASSERT_EQUAL(view_on_accepted(&p, 1), VIEW_P_ACCEPTING); /* counts for nothing */
+    CU_ASSERT_EQUAL(view_on_accepted(&p, 2), VIEW_P_CHOSEN);
+    view_proposer_free(&p);
+}
+
 /* ---- one value per epoch, over random runs -------------------------------- */
 
 static uint64_t rs;
@@ -341,6 +373,8 @@ void unit_view_register(void)
               test_proposer_settles_doubts);
     unit_test(s, "a proposer re-proposes an accepted value; failures say why",
               test_proposer_paxos_and_failures);
+    unit_test(s, "a replacement that lost its disk counts for no majority",
+              test_proposer_amnesiacs_count_for_nothing);
     unit_test(s, "one value per epoch, and a planted bug splits it",
               test_one_value_per_epoch);
 }
