@@ -668,6 +668,15 @@ static void on_prepare(struct tpc *t, const struct tpc_msg *m)
     if (x) {
         bool same = x->ops && x->nops == m->nops && x->nbytes == m->nbytes &&
                     memcmp(x->ops, m->ops, m->nbytes) == 0;
+        /* Waiting for views, a coordinator resends PREPARE: one we refused
+         * (we never held its operations) gets the same NO again. */
+        if (t->cfg.decide_by_view && x->ops == NULL && x->outcome == TPC_O_ABORTED &&
+            x->pstate == P_DONE) {
+            send_msg(t, m->from, TPC_MSG_VOTE, x,
+                     x->no_reason ? x->no_reason : TPC_R_VIEW);
+            t->st.msgs_ignored++;
+            return;
+        }
         if (!same && (x->pstate == P_PREPARING || x->pstate == P_PREPARED ||
                       x->outcome == TPC_O_ABORTED)) {
             /* Not a repeat: the txid again with other operations. A
@@ -721,6 +730,8 @@ static void on_prepare(struct tpc *t, const struct tpc_msg *m)
         x->pstate = P_DONE;
         x->outcome = TPC_O_ABORTED;
         x->no_reason = (uint8_t)r;
+        if (r == TPC_R_VIEW)
+            x->view = t->view; /* the NO says which view we are in */
         send_msg(t, m->from, TPC_MSG_VOTE, x, (uint8_t)r);
         remember(t, x);
         return;
@@ -1105,10 +1116,15 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
     case TPC_MSG_VOTE:
         if (x == NULL || x->cstate != C_PREPARING || x->coord != t->cfg.self) {
             t->st.msgs_ignored++; /* late: already decided */
-        } else if (!m->vote && m->reason == TPC_R_VIEW && t->cfg.decide_by_view) {
-            /* The participant is in another view, or promised one: it says
-             * nothing about this transaction (it may even have committed it
-             * and forgotten); the view change settles it. */
+        } else if (!m->vote && t->cfg.decide_by_view &&
+                   ((m->reason == TPC_R_VIEW && m->view > x->view) ||
+                    x->view < t->view)) {
+            /* The participant is in a later view than this transaction's,
+             * or ours moved on since it began: the vote says nothing about
+             * it (that replica may even have committed it and forgotten);
+             * the view change settled it, or will. (A NO from a replica
+             * still in an earlier view, or frozen in this one, is a real
+             * refusal: it reports the transaction aborted.) */
             t->st.msgs_ignored++;
         } else if (!m->vote) {
             uint8_t why =
@@ -1269,7 +1285,7 @@ void tpc_tick(struct tpc *t, uint64_t now_us)
             (t->cfg.decide_by_view || frozen(t))) {
             /* A vote lost with a link that went down and up: ask again. A
              * member that stays silent is a view change's to remove. */
-            for (uint32_t i = 0; i < t->cfg.n; i++)
+            for (uint32_t i = 0; i < t->cfg.n && x->view == t->view; i++)
                 if (i != t->self_idx && (x->members & (1u << i)) &&
                     !(x->yes & (1u << i)) && t->up[i])
                     send_msg(t, t->cfg.ids[i], TPC_MSG_PREPARE, x, 0);

@@ -1189,7 +1189,7 @@ static void replica_init(struct rep *r, int id, bool empty)
     r->next_lsn = r->durable = 0;
 }
 
-enum fault { F_PAUSE, F_CUT, F_CUT_ONEWAY, F_CUT_PARTIAL, F_KILL, F_MAX };
+enum fault { F_PAUSE, F_CUT, F_CUT_ONEWAY, F_CUT_PARTIAL, F_KILL, F_SPLIT, F_MAX };
 
 static void schedule_faults(void)
 {
@@ -1248,6 +1248,15 @@ static void on_fault(int victim, int kind)
              len / 1e6);
         break;
     }
+    case F_SPLIT:
+        /* No majority anywhere: every replica alone (writes must stop, and
+         * reads once the leases run out), then healed. */
+        for (int i = 0; i < S.n; i++)
+            S.cut[i] = all_mask() & ~bit(i);
+        for (int i = 0; i < S.n; i++)
+            push((struct ev){.at = S.now + len, .kind = E_FAULT, .a = 100, .r = i});
+        vlog("every replica cut off from every other for %.1f ms", len / 1e6);
+        break;
     case F_KILL:
         if (2 * (killed_count() + 1) >= S.n + 1)
             return; /* keep a majority of whole disks */
