@@ -356,11 +356,42 @@ static bool is_member(const struct rep *r)
 
 /* ---- transactions: the model --------------------------------------------------- */
 
+/* The transactions of a run, found by txid through an open-addressing
+ * index (slot = position + 1; 0: empty). */
+static uint32_t *txidx;
+static size_t txidx_cap;
+
+static size_t tx_home(uint64_t txid)
+{
+    return (size_t)((txid * 0x9e3779b97f4a7c15ull) >> 20) & (txidx_cap - 1);
+}
+
+static void tx_index_grow(void)
+{
+    size_t cap = txidx_cap ? txidx_cap * 2 : 4096;
+
+    free(txidx);
+    txidx = calloc(cap, sizeof(*txidx));
+    if (txidx == NULL)
+        abort();
+    txidx_cap = cap;
+    for (size_t i = 0; i < S.ntx; i++) {
+        size_t h = tx_home(S.tx[i].txid);
+        while (txidx[h])
+            h = (h + 1) & (txidx_cap - 1);
+        txidx[h] = (uint32_t)(i + 1);
+    }
+}
+
 static struct txr *tx_get(uint64_t txid, bool add)
 {
-    for (size_t i = S.ntx; i-- > 0;)
-        if (S.tx[i].txid == txid)
-            return &S.tx[i];
+    size_t h;
+
+    if (txidx_cap == 0 || 2 * (S.ntx + 1) > txidx_cap)
+        tx_index_grow();
+    for (h = tx_home(txid); txidx[h]; h = (h + 1) & (txidx_cap - 1))
+        if (S.tx[txidx[h] - 1].txid == txid)
+            return &S.tx[txidx[h] - 1];
     if (!add)
         return NULL;
     if (S.ntx == S.captx) {
@@ -370,6 +401,7 @@ static struct txr *tx_get(uint64_t txid, bool add)
             abort();
     }
     S.tx[S.ntx] = (struct txr){.txid = txid, .key = -1};
+    txidx[h] = (uint32_t)(S.ntx + 1);
     return &S.tx[S.ntx++];
 }
 
@@ -1384,6 +1416,9 @@ static void final_checks(void)
 static bool run(uint64_t seed)
 {
     memset(&S.r, 0, sizeof(S.r));
+    free(txidx);
+    txidx = NULL;
+    txidx_cap = 0;
     free(S.tx);
     free(S.ops);
     uint64_t keep_seed = S.seed;
