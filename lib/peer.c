@@ -10,7 +10,8 @@
  *          links, with a log line)
  *    9  1  type: 1..7 a tpc message (enum tpc_msg_type), 32 HELLO, 33 AUTH,
  *          34 PING, 35 PONG, 36 STATE
- *   10  2  flags (0)
+ *   10  2  flags: 0, but PEER_FLAG_RESENT on a PREPARE its coordinator sends
+ *          again (a participant with no record of it refuses it)
  *   12  8  epoch: the sender's cluster configuration epoch
  *   20     body
  *
@@ -168,13 +169,14 @@ static long frame_decode(const char *buf, size_t len, size_t max, struct peer_fr
                    : "a newer frame version: every replica must run the same release";
         return -EBADMSG;
     }
-    if (util_get_le16(buf + 10) != 0) {
+    if ((util_get_le16(buf + 10) & ~PEER_FLAG_RESENT) != 0 ||
+        (util_get_le16(buf + 10) != 0 && (uint8_t)buf[9] != TPC_MSG_PREPARE)) {
         *why = "nonzero flags";
         return -EBADMSG;
     }
     f->version = (uint8_t)buf[8];
     f->type = (uint8_t)buf[9];
-    f->flags = 0;
+    f->flags = util_get_le16(buf + 10);
     f->epoch = util_get_le64(buf + 12);
     f->body = buf + PEER_FRAME_HEADER_BYTES;
     f->nbody = flen - (PEER_FRAME_HEADER_BYTES - 4);
@@ -276,6 +278,8 @@ int peer_msg_encode(struct buf *b, const struct tpc_msg *m)
         return -ENOMEM;
     frame = b->data + b->len;
     p = frame_start(b, m->type, m->epoch, body);
+    if (m->type == TPC_MSG_PREPARE && m->resent)
+        util_put_le16(p - PEER_FRAME_HEADER_BYTES + 10, PEER_FLAG_RESENT);
     util_put_le64(p, m->txid);
     util_put_le32(p + 8, m->coord);
     util_put_le64(p + 16, m->view);
@@ -321,6 +325,7 @@ static int msg_decode(const struct peer_frame *f, struct tpc_msg *m, const char 
     }
     m->type = f->type;
     m->epoch = f->epoch;
+    m->resent = (f->flags & PEER_FLAG_RESENT) != 0;
     m->txid = util_get_le64(p);
     m->coord = util_get_le32(p + 8);
     m->view = util_get_le64(p + 16);

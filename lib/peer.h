@@ -195,8 +195,9 @@ void peer_net_close(struct peer_net *net);
 
 /* ---- pure codec (also for fuzzing) ------------------------------------- */
 
-#define PEER_FRAME_VERSION 5 /* 3: STATE; 4: the dialer speaks first; 5: the view */
+#define PEER_FRAME_VERSION 5       /* 3: STATE; 4: the dialer speaks first; 5: the view */
 #define PEER_FRAME_HEADER_BYTES 20 /* len, crc, version, type, flags, epoch */
+#define PEER_FLAG_RESENT 1         /* a PREPARE sent again (tpc_msg.resent) */
 #define PEER_FRAME_HELLO 32
 #define PEER_FRAME_AUTH 33
 #define PEER_FRAME_PING 34 /* u64 the sender's wall clock (us) */

@@ -583,6 +583,25 @@ static void send_msg(struct tpc *t, uint32_t to, uint8_t type, const struct tx *
     t->env.send(t->env.ctx, &m);
 }
 
+/* A PREPARE sent again to a member whose vote did not come. */
+static void resend_prepare(struct tpc *t, uint32_t to, const struct tx *x)
+{
+    struct tpc_msg m = {.type = TPC_MSG_PREPARE,
+                        .from = t->cfg.self,
+                        .to = to,
+                        .epoch = t->cfg.epoch,
+                        .view = x->view,
+                        .txid = x->txid,
+                        .coord = x->coord,
+                        .nops = x->nops,
+                        .ops = x->ops,
+                        .nbytes = x->nbytes,
+                        .resent = true};
+
+    t->st.msgs_out[TPC_MSG_PREPARE]++;
+    t->env.send(t->env.ctx, &m);
+}
+
 static void send_peers(struct tpc *t, uint8_t type, const struct tx *x, uint8_t arg)
 {
     for (uint32_t i = 0; i < t->cfg.n; i++)
@@ -717,6 +736,8 @@ static void on_prepare(struct tpc *t, const struct tpc_msg *m)
      * be voted for by this replica from now on). */
     if (m->view != t->view || frozen(t) || !(t->members & (1u << t->self_idx)))
         r = TPC_R_VIEW;
+    else if (m->resent)
+        r = TPC_R_TIMEOUT; /* we may have refused it and forgotten: refuse again */
     else if (t->log_failed)
         r = TPC_R_LOG_FAILED;
     else
@@ -809,8 +830,10 @@ static void coord_finish(struct tpc *t, struct tx *x)
 
 static void check_votes(struct tpc *t, struct tx *x)
 {
-    /* Frozen: a view change settles it (DESIGN.md, Settlement: rule 3). */
-    if (x->cstate != C_PREPARING || (x->yes & x->members) != x->members || frozen(t))
+    /* Frozen: a view change settles it (DESIGN.md, Settlement: rule 3);
+     * so it does when views decide and our log failed. */
+    if (x->cstate != C_PREPARING || (x->yes & x->members) != x->members || frozen(t) ||
+        (t->log_failed && t->cfg.decide_by_view))
         return;
     int64_t lsn = t->log_failed ? -EIO : log_rec(t, TPC_LOG_COMMIT, x);
     if (lsn < 0 || wait_push(t, (uint64_t)lsn, x->txid, W_COMMIT_COORD) < 0) {
@@ -1187,10 +1210,15 @@ void tpc_receive(struct tpc *t, const struct tpc_msg *m, uint64_t now_us)
         }
         break;
     case TPC_MSG_QUERY: {
-        struct tx tmp = {.txid = m->txid, .coord = m->coord};
+        struct tx tmp = {.txid = m->txid, .coord = m->coord, .view = m->view};
+        enum tpc_outcome o = outcome_here(t, m->txid);
+        /* A commit waits for the ACKs of current members only, so a
+         * replica outside our view may hold prepared what we committed
+         * and forgot: "no record" tells it nothing (it catches up). */
+        if (o == TPC_O_UNKNOWN && t->cfg.decide_by_view && !(t->members & from_bit))
+            o = TPC_O_LOST;
         t->st.answers_sent++;
-        send_msg(t, m->from, TPC_MSG_ANSWER, x ? x : &tmp,
-                 (uint8_t)outcome_here(t, m->txid));
+        send_msg(t, m->from, TPC_MSG_ANSWER, x ? x : &tmp, (uint8_t)o);
         if (x == NULL && m->coord == t->cfg.self && (m->txid & 0xff) == t->cfg.self &&
             maybe_lost(t, m->txid))
             ghost_begin(t, m);
@@ -1251,7 +1279,16 @@ void tpc_log_failed(struct tpc *t, uint64_t now_us, bool rolled_back)
     t->wlen = 0;
     for (x = t->active; x; x = next) {
         next = x->anext;
-        if (x->cstate == C_PREPARING) {
+        if ((x->cstate == C_PREPARING || x->cstate == C_COMMITTING) &&
+            t->cfg.decide_by_view) {
+            /* Its PREPAREs are out: a view change may commit it without us
+             * (settlement, rule 4), so no abort, and the client learns the
+             * outcome is unknown. */
+            if (!x->told) {
+                t->st.aborted[TPC_R_UNKNOWN]++;
+                tell_client(t, x, false, TPC_R_UNKNOWN, t->cfg.self);
+            }
+        } else if (x->cstate == C_PREPARING) {
             coord_abort(t, x, TPC_R_LOG_FAILED, t->cfg.self);
         } else if (x->cstate == C_COMMITTING && rolled_back) {
             /* The COMMIT record was cut off the log: it is not on disk, no
@@ -1288,7 +1325,7 @@ void tpc_tick(struct tpc *t, uint64_t now_us)
             for (uint32_t i = 0; i < t->cfg.n && x->view == t->view; i++)
                 if (i != t->self_idx && (x->members & (1u << i)) &&
                     !(x->yes & (1u << i)) && t->up[i])
-                    send_msg(t, t->cfg.ids[i], TPC_MSG_PREPARE, x, 0);
+                    resend_prepare(t, t->cfg.ids[i], x);
             x->deadline_us = now_us + t->cfg.resend_us;
         } else if (x->cstate == C_PREPARING && now_us >= x->deadline_us) {
             uint32_t culprit = t->cfg.self;
@@ -1378,6 +1415,10 @@ int tpc_recover_prepared(struct tpc *t, const struct tpc_txn *txn, uint64_t now_
     x->handle = handle;
     x->pstate = P_PREPARED;
     x->prepare_logged = true;
+    if (txn->view != 0) {
+        x->view = txn->view;
+        x->members = idx_mask(t, txn->members);
+    }
     x->query_at_us = now_us; /* ask at the first tick */
     x->queried = true;
     active_add(t, x);

@@ -92,6 +92,9 @@ struct tpc_msg {
     uint8_t vote;    /* VOTE: 1 = yes, 0 = no */
     uint8_t reason;  /* VOTE no, ABORT: enum tpc_reason */
     uint8_t outcome; /* ANSWER: enum tpc_outcome */
+    bool resent;     /* PREPARE: sent again after no vote came (decide_by_view): a
+                        participant with no record of it refuses it, since it may
+                        have refused it once and forgotten */
     uint32_t from, to;
     uint64_t epoch; /* the sender's cluster configuration epoch */
     uint64_t view;  /* the view the transaction belongs to (PREPARE: the
@@ -111,7 +114,10 @@ struct tpc_txn {
     uint32_t nops;
     const char *ops;
     uint32_t nbytes;
-    bool recovered; /* re-locked after a restart: its checks passed before */
+    bool recovered;   /* re-locked after a restart: its checks passed before */
+    uint64_t view;    /* tpc_recover_prepared: the view it was prepared in (0:
+                         the current one) */
+    uint32_t members; /* ... and that view's members (bit per id) */
 };
 
 enum tpc_log_type {

@@ -45,8 +45,13 @@ enum view_outcome view_settle(const struct view_doubt *d, uint32_t promisers,
         return VIEW_COMMIT;
     if (aborted || absent) /* (1), (2) */
         return VIEW_ABORT;
-    if (promisers & bit(d->coord)) /* (3) */
+    /* (3): only from a coordinator that holds it undecided (or never had
+     * it); one that cannot tell decided it and forgot. */
+    if ((promisers & bit(d->coord)) &&
+        (d->know[d->coord] == VIEW_K_PREPARED || d->know[d->coord] == VIEW_K_ABSENT))
         return VIEW_ABORT;
+    if (promisers & bit(d->coord))
+        return VIEW_UNDECIDED;
     for (uint32_t id = 0; id < LIMIT_REPLICAS_MAX; id++) /* (4) */
         if ((d->members & bit(id)) && id != d->coord &&
             (!(promisers & bit(id)) || d->know[id] != VIEW_K_PREPARED))
@@ -207,7 +212,9 @@ int view_on_promise(struct view_proposer *p, uint32_t from, const struct view_pr
             p->current |= bit(from);
         return 0;
     }
-    for (uint32_t i = 0; i < pr->ndoubt; i++)
+    /* Only a current replica's doubts count: one left out of a view holds
+     * what that view settled, or what its members hold in doubt too. */
+    for (uint32_t i = 0; pr->current && i < pr->ndoubt; i++)
         if (add_doubt(p, &pr->doubt[i]) < 0)
             return -ENOMEM;
     if (pr->accepted > p->best && pr->value != NULL) {

@@ -57,8 +57,9 @@ struct view_doubt {
  * The settlement rules (DESIGN.md, Settlement), given the promisers that
  * answered (bit per id, their answers in d->know): (1) a decision one of
  * them knows; (2) abort if a member of its view is absent; (3) abort if its
- * coordinator promised (undecided, it may no longer decide); (4) commit if
- * every member but the coordinator holds it prepared; (5) undecided.
+ * coordinator promised holding it undecided (it may no longer decide), but
+ * leave it undecided if the coordinator cannot tell; (4) commit if every
+ * member but the coordinator holds it prepared; (5) undecided.
  * *conflict is set when promisers report both outcomes (a bug elsewhere).
  */
 enum view_outcome view_settle(const struct view_doubt *d, uint32_t promisers,

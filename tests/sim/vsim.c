@@ -257,7 +257,8 @@ struct rep {
     bool amnesiac; /* an empty replacement, not yet a member of a view */
     uint64_t snap_ballot;
     struct view_value last; /* the view installed last, to resend to a laggard */
-    bool discarding;        /* its state is being replaced: aborts decide nothing */
+    uint16_t log_gen; /* its log's generation: a snapshot install starts a new one */
+    bool discarding;  /* its state is being replaced: aborts decide nothing */
 };
 
 struct txr {
@@ -265,6 +266,12 @@ struct txr {
     int key;
     uint64_t val;
     uint32_t applied, aborted;
+    bool told_failed; /* its client was told it did not happen (and may retry) */
+    /* What each replica's log holds of it (a log outlives tpc's memory of
+     * decisions): 1 PREPARE, 2 COMMIT, 3 ABORT; valid while the replica's
+     * log generation (changed by a snapshot install) is logged_gen. */
+    uint8_t logged[NMAX];
+    uint16_t logged_gen[NMAX];
 };
 
 enum opkind { OP_WRITE, OP_READ };
@@ -286,7 +293,9 @@ static struct {
     bool verbose;
     int n;
     uint32_t drift_ppm;
-    uint64_t now; /* real time, ns */
+    size_t remembered; /* tpc's remembered_max: small in some runs, so decisions
+                          are forgotten while replicas are away */
+    uint64_t now;      /* real time, ns */
     struct rep r[NMAX];
     uint64_t model[KEYS];
     struct txr *tx;
@@ -499,13 +508,22 @@ static void env_send(void *ctx, const struct tpc_msg *tm)
     net_send(m);
 }
 
+static struct txr *tx_get(uint64_t txid, bool add);
+
 static int64_t env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *t)
 {
     struct rep *r = ctx;
     int64_t lsn = ++r->next_lsn;
+    struct txr *x = tx_get(t->txid, true);
+    uint8_t rec = type == TPC_LOG_PREPARE  ? 1
+                  : type == TPC_LOG_COMMIT ? 2
+                  : type == TPC_LOG_ABORT  ? 3
+                                           : 0;
 
-    (void)type;
-    (void)t;
+    if (rec && (x->logged_gen[r->id] != r->log_gen || rec > 1 || x->logged[r->id] == 0)) {
+        x->logged[r->id] = rec;
+        x->logged_gen[r->id] = r->log_gen;
+    }
     push((struct ev){.at = S.now + between(20 * US, 2 * MS),
                      .kind = E_SYNC,
                      .r = r->id,
@@ -543,6 +561,9 @@ static void env_commit(void *ctx, const struct tpc_txn *t, void *handle)
     if (x->aborted)
         fail("txid %" PRIx64 " applied on replica %d, aborted on 0x%x", t->txid, r->id,
              x->aborted);
+    if (x->told_failed)
+        fail("txid %" PRIx64 " applied on replica %d after its client was told it failed",
+             t->txid, r->id);
     if (x->applied == 0)
         S.model[key] = x->val; /* the serialization order: first application */
     x->applied |= bit(r->id);
@@ -577,6 +598,13 @@ static void env_done(void *ctx, void *client, uint64_t txid, bool committed,
     int op = (int)(intptr_t)client - 1;
 
     (void)culprit;
+    if (!committed && reason != TPC_R_UNKNOWN && reason != TPC_R_STOPPING) {
+        struct txr *x = tx_get(txid, true);
+        if (x->applied)
+            fail("txid %" PRIx64 " applied, yet its client was told it failed (%s)", txid,
+                 tpc_reason_name(reason));
+        x->told_failed = true;
+    }
     if (op < 0 || S.ops[op].st != OS_PENDING)
         return;
     vlog("r%d done %" PRIx64 " %s %s", r->id, txid, committed ? "committed" : "aborted",
@@ -584,7 +612,8 @@ static void env_done(void *ctx, void *client, uint64_t txid, bool committed,
     if (committed) {
         S.ops[op].st = OS_OK;
         S.writes_ok++;
-    } else if (reason == TPC_R_BUSY || reason == TPC_R_VIEW || reason == TPC_R_CONFLICT) {
+    } else if (reason == TPC_R_BUSY || reason == TPC_R_VIEW || reason == TPC_R_CONFLICT ||
+               reason == TPC_R_TIMEOUT) {
         client_retry(op, between(1 * MS, 5 * MS));
     } else {
         S.ops[op].st =
@@ -607,7 +636,7 @@ static struct tpc *new_tpc(struct rep *r)
                              .epoch = 1,
                              .prepare_timeout_us = 20000,
                              .resend_us = 10000,
-                             .remembered_max = 4096,
+                             .remembered_max = S.remembered,
                              .decide_by_view = true};
     struct tpc_env env = ENV;
     int err;
@@ -699,29 +728,65 @@ static void send_to(struct rep *r, int to, struct msg *m)
         net_send(m);
 }
 
-/* Our state for a learner, taken at our promise. */
+struct snap_ctx {
+    struct rep *r;
+    struct snapshot *s;
+};
+
+static int snap_doubt(void *arg, uint64_t txid, uint32_t coord, uint64_t view,
+                      uint32_t members)
+{
+    struct snap_ctx *c = arg;
+    struct snapshot *s = c->s;
+    struct txr *x = tx_get(txid, false);
+
+    if (x == NULL || x->key < 0 || s->nprep >= KEYS || c->r->lock[x->key] != txid)
+        return 0;
+    ops_encode(s->ops[s->nprep], x->key, x->val);
+    s->prep[s->nprep] = (struct tpc_txn){.txid = txid,
+                                         .epoch = 1,
+                                         .coord = coord,
+                                         .nops = 1,
+                                         .nbytes = OPS_BYTES,
+                                         .view = view,
+                                         .members = members};
+    s->nprep++;
+    return 0;
+}
+
+/* Our state for a learner, taken at our promise: the store, and what we
+ * hold prepared, each with the view it was prepared in. */
 static struct snapshot *take_snapshot(struct rep *r)
 {
     struct snapshot *s = calloc(1, sizeof(*s));
+    struct snap_ctx c = {r, s};
 
     if (s == NULL)
         abort();
     s->epoch = r->acc.epoch;
     s->members = r->acc.members;
     memcpy(s->store, r->store, sizeof(s->store));
-    for (int k = 0; k < KEYS; k++) {
-        struct txr *x;
-        if (r->lock[k] == 0 || (x = tx_get(r->lock[k], false)) == NULL)
-            continue;
-        ops_encode(s->ops[s->nprep], k, x->val);
-        s->prep[s->nprep] = (struct tpc_txn){.txid = x->txid,
-                                             .epoch = 1,
-                                             .coord = (uint32_t)(x->txid & 0xff),
-                                             .nops = 1,
-                                             .nbytes = OPS_BYTES};
-        s->nprep++;
-    }
+    tpc_for_each_doubt(r->tpc, snap_doubt, &c);
     return s;
+}
+
+/* What r knows of txid: tpc's memory, else its log (a decision tpc
+ * forgot is still there; no PREPARE there means it never voted YES, and
+ * frozen it refuses the transaction from now on). */
+static uint8_t know_of(struct rep *r, uint64_t txid)
+{
+    enum tpc_know k = tpc_know(r->tpc, txid);
+    struct txr *x = tx_get(txid, false);
+
+    if (k != TPC_K_UNSURE)
+        return (uint8_t)k;
+    if (x != NULL && x->logged_gen[r->id] == r->log_gen && x->logged[r->id] != 0)
+        return x->logged[r->id] == 2   ? TPC_K_COMMITTED
+               : x->logged[r->id] == 3 ? TPC_K_ABORTED
+                                       : TPC_K_PREPARED;
+    /* No record in a log that holds all of this replica's history: it never
+     * voted YES. A log that began with a snapshot install cannot say. */
+    return (uint8_t)(r->log_gen == 0 ? TPC_K_ABSENT : TPC_K_UNSURE);
 }
 
 static void on_preq(struct rep *r, struct msg *m)
@@ -738,6 +803,13 @@ static void on_preq(struct rep *r, struct msg *m)
     }
     if (v != VIEW_OK)
         return;
+    /* The promise is forced after every record logged before it (serve's
+     * rule): what they decided is durable, and applied, before it is
+     * reported or copied to a learner. */
+    if (r->next_lsn > r->durable) {
+        r->durable = r->next_lsn;
+        tpc_durable(r->tpc, (uint64_t)r->durable, us_of(r));
+    }
     if (S.bug != BUG_NO_FREEZE)
         tpc_freeze(r->tpc, m->epoch);
     lease_holder_reset(&r->lh, r->acc.epoch);
@@ -815,6 +887,7 @@ static void on_snap(struct rep *r, struct msg *m)
                  r->id);
     }
     r->snap_ballot = m->ballot;
+    r->log_gen++; /* a new data directory: the old log is gone */
     vlog("r%d took a snapshot from r%d (e%" PRIu64 ", %u prepared)", r->id, m->from,
          s->epoch, s->nprep);
     m->kind = M_PREQ;
@@ -928,6 +1001,18 @@ static int random_live(void)
             return i;
     }
     return 0;
+}
+
+/* A replica for a new write: one that is not cut off from the others (a
+ * client stops sending writes where they time out; reads go anywhere). */
+static int write_target(void)
+{
+    for (int tries = 0; tries < 20; tries++) {
+        int i = random_live();
+        if ((S.cut[i] & ~bit(i)) != (all_mask() & ~bit(i)))
+            return i;
+    }
+    return random_live();
 }
 
 static void client_send(int op)
@@ -1078,7 +1163,7 @@ static void deliver_local(struct rep *r, struct msg *m)
         k->ndoubt = m->ndoubt;
         k->know = malloc(m->ndoubt ? m->ndoubt : 1);
         for (uint32_t i = 0; i < m->ndoubt; i++)
-            k->know[i] = (uint8_t)tpc_know(r->tpc, m->doubt[i].txid);
+            k->know[i] = know_of(r, m->doubt[i].txid);
         send_to(r, m->from, k);
         break;
     }
@@ -1330,8 +1415,12 @@ static void dispatch(struct ev *e)
         return;
     }
     if (e->kind == E_NEWOP) {
-        if (S.now < CHAOS_NS + HEAL_NS / 2)
-            new_op(chance(60) ? OP_WRITE : OP_READ, random_live());
+        if (S.now < CHAOS_NS + HEAL_NS / 2) {
+            if (chance(60))
+                new_op(OP_WRITE, write_target());
+            else
+                new_op(OP_READ, random_live());
+        }
         push((struct ev){.at = S.now + between(1 * MS, 6 * MS), .kind = E_NEWOP});
         return;
     }
@@ -1436,6 +1525,7 @@ static bool run(uint64_t seed)
         rnd();
     S.n = 3 + 2 * (int)(seed % 2);
     S.drift_ppm = seed % 3 == 0 ? 100000 : seed % 3 == 1 ? 10000 : 500;
+    S.remembered = seed % 4 == 0 ? 16 : seed % 4 == 1 ? 200 : 4096;
     nheap = 0;
     for (int i = 0; i < S.n; i++) {
         replica_init(&S.r[i], i, false);

@@ -141,6 +141,7 @@ static void assert_msg_equal(const struct tpc_msg *a, const struct tpc_msg *b)
     CU_ASSERT_EQUAL(a->view, b->view);
     switch (a->type) {
     case TPC_MSG_PREPARE:
+        CU_ASSERT_EQUAL(a->resent, b->resent);
         CU_ASSERT_EQUAL(a->nops, b->nops);
         CU_ASSERT_EQUAL_FATAL(a->nbytes, b->nbytes);
         CU_ASSERT(memcmp(a->ops, b->ops, a->nbytes) == 0);
@@ -363,6 +364,7 @@ static void test_codec_round_trip_every_type(void)
             m.ops = ops;
             m.nbytes = 1 + rnd() % sizeof(ops);
             m.nops = i == 2 ? UINT32_MAX : 1 + rnd() % 100;
+            m.resent = rnd() % 2; /* the frame's flag, PREPARE only */
         }
         b.len = 0;
         CU_ASSERT_EQUAL_FATAL(peer_msg_encode(&b, &m), 0);

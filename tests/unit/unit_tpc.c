@@ -1502,11 +1502,105 @@ static void test_view_decide_by_view_waits(void)
     tpc_free(t);
 }
 
+static int check_view2(void *arg, uint64_t txid, uint32_t coord, uint64_t view,
+                       uint32_t members)
+{
+    uint64_t *out = arg;
+
+    (void)txid;
+    (void)coord;
+    CU_ASSERT(view == 2 && members == 0x7);
+    out[0]++;
+    return 0;
+}
+
+static struct tpc *mk_views(uint32_t self)
+{
+    struct tpc_config cfg = {.self = self,
+                             .n = 3,
+                             .ids = {0, 1, 2},
+                             .epoch = 7,
+                             .prepare_timeout_us = TIMEOUT,
+                             .resend_us = RESEND,
+                             .remembered_max = 4,
+                             .decide_by_view = true};
+    int err;
+    struct tpc *t;
+
+    memset(&F, 0, sizeof(F));
+    t = tpc_new(&cfg, &env, &err);
+    CU_ASSERT_FATAL(t != NULL);
+    for (uint32_t i = 0; i < 3; i++)
+        tpc_peer(t, i, true, 0);
+    return t;
+}
+
+/* Found by the audit of issue 19: a resent PREPARE that finds no record
+ * is refused (the participant may have refused it once and forgotten; a
+ * YES now could follow that NO), a QUERY from outside the view about a
+ * forgotten txid is answered "cannot say", a log that fails with PREPAREs
+ * out tells the client the outcome is unknown and sends no ABORT, and a
+ * recovered prepare keeps the view it was prepared in. */
+static void test_view_audit_fixes(void)
+{
+    struct tpc *t = mk_views(0);
+    struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, (40 << 8) | 1);
+    uint64_t txid;
+
+    m.resent = true;
+    tpc_receive(t, &m, 1);
+    CU_ASSERT(F.nsent == 1 && !F.sent[0].vote && F.sent[0].reason == TPC_R_TIMEOUT);
+    CU_ASSERT_EQUAL(F.prepares, 0);
+    m = msg(TPC_MSG_PREPARE, 1, 0, (41 << 8) | 1);
+    tpc_receive(t, &m, 2); /* first sending: prepared */
+    tpc_durable(t, 1, 3);
+    m.resent = true;
+    tpc_receive(t, &m, 4); /* resent: the vote again */
+    CU_ASSERT(F.sent[F.nsent - 1].vote == 1 && F.prepares == 1);
+
+    tpc_set_view(t, 2, 0x3, 5); /* replica 2 left out */
+    m = msg(TPC_MSG_QUERY, 2, 0, (42 << 8) | 0);
+    tpc_receive(t, &m, 6);
+    CU_ASSERT(F.sent[F.nsent - 1].type == TPC_MSG_ANSWER &&
+              F.sent[F.nsent - 1].outcome == TPC_O_LOST);
+    m = msg(TPC_MSG_QUERY, 1, 0, (42 << 8) | 0);
+    tpc_receive(t, &m, 6);
+    CU_ASSERT_EQUAL(F.sent[F.nsent - 1].outcome,
+                    TPC_O_UNKNOWN); /* a member: presumed abort */
+
+    txid = begin(t, NULL);
+    size_t aborts = count_sent(TPC_MSG_ABORT);
+    tpc_log_failed(t, 7, false);
+    CU_ASSERT(F.dones == 1 && !F.done_committed && F.done_reason == TPC_R_UNKNOWN);
+    CU_ASSERT_EQUAL(count_sent(TPC_MSG_ABORT), aborts);
+    CU_ASSERT_EQUAL(tpc_know(t, txid), TPC_K_PREPARED);
+    tpc_free(t);
+
+    t = mk_views(0);
+    tpc_set_view(t, 3, 0x3, 0);
+    struct tpc_txn txn = {.txid = (50 << 8) | 2,
+                          .epoch = 7,
+                          .coord = 2,
+                          .nops = 1,
+                          .ops = OPS,
+                          .nbytes = sizeof(OPS),
+                          .view = 2,
+                          .members = 0x7};
+    uint64_t out[4] = {0};
+    CU_ASSERT_EQUAL(tpc_recover_prepared(t, &txn, 1), 0);
+    CU_ASSERT_EQUAL(tpc_for_each_doubt(t, check_view2, out), 0);
+    CU_ASSERT_EQUAL(out[0], 1);
+    tpc_free(t);
+}
+
 void unit_tpc_register(void)
 {
     CU_pSuite s = unit_suite("tpc");
 
     unit_test(s, "view: members only", test_view_members_only);
+    unit_test(s,
+              "view: resent PREPAREs, answers to outsiders, log failure, recovered views",
+              test_view_audit_fixes);
     unit_test(s, "view: other views' PREPAREs refused, and while frozen",
               test_view_refuses_other_views);
     unit_test(s, "view: a frozen coordinator waits for the settlement",

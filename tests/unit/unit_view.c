@@ -65,6 +65,12 @@ static void test_settlement_rules(void)
     CU_ASSERT_EQUAL(view_settle(&d, 0x3, &conflict), VIEW_UNDECIDED);
     d.know[1] = VIEW_K_NONE;
     CU_ASSERT_EQUAL(view_settle(&d, 0x3, &conflict), VIEW_UNDECIDED);
+    /* (3) needs a coordinator that holds it undecided: one that cannot
+     * tell decided it and forgot. */
+    d.know[2] = VIEW_K_UNSURE;
+    CU_ASSERT_EQUAL(view_settle(&d, 0x7, &conflict), VIEW_UNDECIDED);
+    d.know[2] = VIEW_K_ABSENT;
+    CU_ASSERT_EQUAL(view_settle(&d, 0x7, &conflict), VIEW_ABORT);
     /* Five replicas, coordinator 4 and replica 3 gone: undecided. */
     d = doubt(0x204, 4, 0x1f);
     d.know[0] = d.know[1] = d.know[2] = VIEW_K_PREPARED;
@@ -237,6 +243,26 @@ static void test_proposer_amnesiacs_count_for_nothing(void)
     view_proposer_free(&p);
 }
 
+/* A replica that is not current (left out of a view) holds what that view
+ * settled: its doubts are not asked about (found by the audit: they led a
+ * later view to settle a committed transaction as aborted). */
+static void test_proposer_ignores_doubts_of_non_current(void)
+{
+    struct view_proposer p;
+    struct view_doubt d[1] = {doubt(0x999, 2, 0x7)};
+    struct view_promise cur = {.current = true};
+    struct view_promise stale = {.current = false, .ndoubt = 1, .doubt = d};
+
+    memset(&p, 0, sizeof(p));
+    view_propose(&p, 3, 0, &LEASE, 2, 1, 0x3);
+    view_on_promise(&p, 0, &cur, 0);
+    view_on_promise(&p, 1, &cur, 0);
+    view_on_promise(&p, 2, &stale, 0);
+    CU_ASSERT_EQUAL(view_close_promises(&p), VIEW_P_WAITING);
+    CU_ASSERT(p.ndoubt == 0 && p.value.nsettled == 0);
+    view_proposer_free(&p);
+}
+
 /* ---- one value per epoch, over random runs -------------------------------- */
 
 static uint64_t rs;
@@ -373,6 +399,8 @@ void unit_view_register(void)
               test_proposer_settles_doubts);
     unit_test(s, "a proposer re-proposes an accepted value; failures say why",
               test_proposer_paxos_and_failures);
+    unit_test(s, "a proposer asks nothing about a left-out replica's doubts",
+              test_proposer_ignores_doubts_of_non_current);
     unit_test(s, "a replacement that lost its disk counts for no majority",
               test_proposer_amnesiacs_count_for_nothing);
     unit_test(s, "one value per epoch, and a planted bug splits it",
