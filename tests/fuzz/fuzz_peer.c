@@ -155,7 +155,8 @@ static void run_link(struct txn_rm *rm, const char *data, size_t size, size_t ma
             break; /* the link is closed */
         }
         FUZZ_CHECK(r >= PEER_FRAME_HEADER_BYTES && (size_t)r <= left && (size_t)r <= max);
-        FUZZ_CHECK(f.version == PEER_FRAME_VERSION && f.flags == 0);
+        FUZZ_CHECK(f.version == PEER_FRAME_VERSION &&
+                   (f.flags == 0 || (f.flags == PEER_FLAG_RESENT && f.type == TPC_MSG_PREPARE)));
         FUZZ_CHECK(f.body == data + off + PEER_FRAME_HEADER_BYTES);
         FUZZ_CHECK(f.nbody == (size_t)r - PEER_FRAME_HEADER_BYTES);
         FUZZ_CHECK(f.type == (uint8_t)data[off + 9]);
