@@ -240,7 +240,7 @@ sim: check-deps $(SIM_BIN) $(VSIM_BIN)
 	$(Q)$(VSIM_BIN) --seeds $(VSIM_SEEDS)
 	@echo "== the same with each bug planted (each must be caught)"
 	$(Q)for b in no-lease-wait long-lease no-freeze no-settle; do \
-	  if $(VSIM_BIN) --seeds 300 --until-fail --inject-bug=$$b >$(BUILD)/vsim-inject.out 2>&1; then \
+	  if $(VSIM_BIN) --seeds 1000 --until-fail --inject-bug=$$b >$(BUILD)/vsim-inject.out 2>&1; then \
 	    echo "the view simulator did not catch $$b" >&2; exit 1; \
 	  else echo "caught $$b: $$(grep FAILED $(BUILD)/vsim-inject.out | head -n 1)"; fi; \
 	done

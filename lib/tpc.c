@@ -622,6 +622,8 @@ static int64_t log_rec(struct tpc *t, enum tpc_log_type type, const struct tx *x
     struct tpc_txn txn;
 
     txn_of(x, &txn);
+    txn.view = x->view;
+    txn.members = id_mask(t, x->members);
     if (type != TPC_LOG_PREPARE) {
         txn.ops = NULL;
         txn.nops = 0;
@@ -1604,6 +1606,8 @@ int tpc_for_each_open(const struct tpc *t,
         struct tpc_txn txn;
         int r = 0;
         txn_of(x, &txn);
+        txn.view = x->view;
+        txn.members = id_mask(t, x->members);
         if (x->pstate == P_PREPARING || x->pstate == P_PREPARED)
             r = fn(arg, &txn, true);
         else if (x->cstate == C_COMMITTED)

@@ -12,10 +12,17 @@
  *     on it;
  *   - replicas are paused (SIGSTOP: what reaches them waits until they
  *     wake, requests included, and they must check their lease before
- *     answering), cut off by partitions (one way or both), or killed and
- *     replaced, later, by an empty machine that catches up from a member's
- *     snapshot (its store, and the transactions it holds prepared) and
- *     joins;
+ *     answering), cut off by partitions (one way, both, all but one link,
+ *     or every replica from every other), crashed and restarted on their
+ *     disk (what was durable, and maybe some records written since; the
+ *     acceptor state and a promise re-applied first; the log replayed onto
+ *     the store; presumed abort; sometimes the whole cluster at once), or
+ *     killed and replaced, later, by an empty machine that catches up from
+ *     a member's snapshot (its store, and the transactions it holds
+ *     prepared) and joins;
+ *   - in a quarter of the runs tpc remembers only 16 or 200 decisions, so
+ *     they are forgotten while replicas are away (a KNOW is then answered
+ *     from the log);
  *   - the network delays (0.1..3 ms, so it reorders), drops and duplicates;
  *   - clients write unique values to a few keys through any replica
  *     (retrying, as serve does, when a write loses to a view change) and
@@ -231,6 +238,16 @@ static struct ev pop(void)
 
 /* ---- the world ----------------------------------------------------------------- */
 
+/* One record of a replica's log (what its disk keeps). */
+struct lrec {
+    int64_t lsn;
+    uint8_t type; /* enum tpc_log_type */
+    uint64_t txid, view;
+    uint32_t coord, members;
+    int key;
+    uint64_t val;
+};
+
 struct rep {
     int id, inc;
     bool dead;
@@ -258,7 +275,16 @@ struct rep {
     uint64_t snap_ballot;
     struct view_value last; /* the view installed last, to resend to a laggard */
     uint16_t log_gen; /* its log's generation: a snapshot install starts a new one */
-    bool discarding;  /* its state is being replaced: aborts decide nothing */
+    /* Its disk: the store a snapshot install left (base), what it held
+     * prepared then, and the log since. A crash keeps what is durable. */
+    uint64_t base[KEYS];
+    struct tpc_txn base_prep[KEYS];
+    char base_ops[KEYS][OPS_BYTES];
+    uint32_t nbase_prep;
+    struct lrec *log;
+    size_t nlog, caplog;
+    bool down;       /* crashed, its disk kept: restarts later */
+    bool discarding; /* its state is being replaced: aborts decide nothing */
 };
 
 struct txr {
@@ -524,6 +550,24 @@ static int64_t env_log(void *ctx, enum tpc_log_type type, const struct tpc_txn *
         x->logged[r->id] = rec;
         x->logged_gen[r->id] = r->log_gen;
     }
+    if (r->nlog == r->caplog) {
+        r->caplog = r->caplog ? r->caplog * 2 : 256;
+        r->log = realloc(r->log, r->caplog * sizeof(*r->log));
+        if (r->log == NULL)
+            abort();
+    }
+    {
+        struct lrec l = {.lsn = lsn,
+                         .type = (uint8_t)type,
+                         .txid = t->txid,
+                         .view = t->view,
+                         .coord = t->coord,
+                         .members = t->members,
+                         .key = -1};
+        if (type == TPC_LOG_PREPARE && t->ops)
+            ops_decode(t->ops, &l.key, &l.val);
+        r->log[r->nlog++] = l;
+    }
     push((struct ev){.at = S.now + between(20 * US, 2 * MS),
                      .kind = E_SYNC,
                      .r = r->id,
@@ -558,9 +602,6 @@ static void env_commit(void *ctx, const struct tpc_txn *t, void *handle)
     int key = (int)(uintptr_t)handle - 1;
     struct txr *x = tx_get(t->txid, true);
 
-    if (x->aborted)
-        fail("txid %" PRIx64 " applied on replica %d, aborted on 0x%x", t->txid, r->id,
-             x->aborted);
     if (x->told_failed)
         fail("txid %" PRIx64 " applied on replica %d after its client was told it failed",
              t->txid, r->id);
@@ -579,12 +620,8 @@ static void env_abort(void *ctx, const struct tpc_txn *t, void *handle)
     int key = (int)(uintptr_t)handle - 1;
     struct txr *x = tx_get(t->txid, true);
 
-    if (!r->discarding) {
-        if (x->applied)
-            fail("txid %" PRIx64 " aborted on replica %d, applied on 0x%x", t->txid,
-                 r->id, x->applied);
-        x->aborted |= bit(r->id);
-    }
+    if (!r->discarding)
+        x->aborted |= bit(r->id); /* checked at the end (final_checks) */
     if (r->lock[key] == t->txid)
         r->lock[key] = 0;
 }
@@ -888,6 +925,17 @@ static void on_snap(struct rep *r, struct msg *m)
     }
     r->snap_ballot = m->ballot;
     r->log_gen++; /* a new data directory: the old log is gone */
+    memcpy(r->base, s->store, sizeof(r->base));
+    r->nbase_prep = s->nprep;
+    for (uint32_t i = 0; i < s->nprep; i++) {
+        r->base_prep[i] = s->prep[i];
+        memcpy(r->base_ops[i], s->ops[i], OPS_BYTES);
+    }
+    r->nlog = 0; /* lsns keep counting: syncs still in flight stay meaningful */
+    for (size_t i = 0; i < S.ntx; i++) { /* its earlier decisions are overridden */
+        S.tx[i].aborted &= ~bit(r->id);
+        S.tx[i].applied &= ~bit(r->id);
+    }
     vlog("r%d took a snapshot from r%d (e%" PRIu64 ", %u prepared)", r->id, m->from,
          s->epoch, s->nprep);
     m->kind = M_PREQ;
@@ -1306,7 +1354,144 @@ static void replica_init(struct rep *r, int id, bool empty)
     r->next_lsn = r->durable = 0;
 }
 
-enum fault { F_PAUSE, F_CUT, F_CUT_ONEWAY, F_CUT_PARTIAL, F_KILL, F_SPLIT, F_MAX };
+enum fault {
+    F_PAUSE,
+    F_CUT,
+    F_CUT_ONEWAY,
+    F_CUT_PARTIAL,
+    F_KILL,
+    F_SPLIT,
+    F_CRASH,
+    F_MAX
+};
+
+struct ledger {
+    uint64_t txid;
+    const struct lrec *prep;
+    int base;  /* index + 1 of a prepare its snapshot install brought, or 0 */
+    int state; /* 1 prepared, 2 committed, 3 aborted */
+    bool end;
+};
+
+static struct ledger *led_find(struct ledger *led, size_t *nled, size_t cap,
+                               uint64_t txid)
+{
+    for (size_t j = 0; j < *nled; j++)
+        if (led[j].txid == txid)
+            return &led[j];
+    if (*nled == cap)
+        return NULL;
+    led[*nled] = (struct ledger){.txid = txid};
+    return &led[(*nled)++];
+}
+
+/* The log replayed onto the base store: what it left open goes to tpc. */
+static void replay(struct rep *r, struct ledger *led, size_t *nled, size_t cap)
+{
+    for (uint32_t i = 0; i < r->nbase_prep; i++) {
+        struct ledger *e = led_find(led, nled, cap, r->base_prep[i].txid);
+        if (e) {
+            e->base = (int)i + 1;
+            e->state = 1;
+        }
+    }
+    for (size_t i = 0; i < r->nlog; i++) {
+        const struct lrec *l = &r->log[i];
+        struct ledger *e = led_find(led, nled, cap, l->txid);
+        if (e == NULL)
+            continue;
+        if (l->type == TPC_LOG_PREPARE) {
+            e->prep = l;
+            e->state = 1;
+        } else if (l->type == TPC_LOG_COMMIT) {
+            int key = -1;
+            uint64_t val = 0;
+            if (e->prep) {
+                key = e->prep->key;
+                val = e->prep->val;
+            } else if (e->base) {
+                ops_decode(r->base_ops[e->base - 1], &key, &val);
+            }
+            if (key >= 0) {
+                struct txr *x = tx_get(l->txid, true);
+                if (x->applied == 0)
+                    S.model[key] = val; /* its first application: this replay */
+                x->applied |= bit(r->id);
+                r->store[key] = val;
+            }
+            e->state = 2;
+        } else if (l->type == TPC_LOG_ABORT) {
+            e->state = 3;
+        } else if (l->type == TPC_LOG_END) {
+            e->end = true;
+        }
+    }
+}
+
+/* The restart of a replica whose disk survived: its store is the base its
+ * last snapshot install left plus the log replayed; its acceptor state is
+ * durable (a promise re-applied before anything reaches it); tpc gets what
+ * the log left open, as serve's recovery does. */
+static void restart(struct rep *r)
+{
+    static struct ledger led[8192];
+    size_t nled = 0;
+
+    r->dead = r->down = false;
+    r->inc++;
+    r->off = (double)between(0, 1000000) * MS; /* a new boot: a new monotonic base */
+    memcpy(r->store, r->base, sizeof(r->store));
+    memset(r->lock, 0, sizeof(r->lock));
+    tpc_free(r->tpc);
+    r->tpc = new_tpc(r);
+    tpc_set_view(r->tpc, r->acc.epoch, r->acc.members, us_of(r));
+    replay(r, led, &nled, 8192);
+    if (r->acc.promised)
+        tpc_freeze(r->tpc, r->acc.epoch + 1);
+    for (size_t j = 0; j < nled; j++) {
+        struct ledger *e = &led[j];
+        if (e->state == 1 && (e->prep || e->base)) {
+            struct tpc_txn t;
+            char ops[OPS_BYTES];
+            if (e->prep) {
+                ops_encode(ops, e->prep->key, e->prep->val);
+                t = (struct tpc_txn){.txid = e->txid,
+                                     .epoch = 1,
+                                     .coord = e->prep->coord,
+                                     .nops = 1,
+                                     .ops = ops,
+                                     .nbytes = OPS_BYTES,
+                                     .view = e->prep->view,
+                                     .members = e->prep->members};
+            } else {
+                t = r->base_prep[e->base - 1];
+                t.ops = r->base_ops[e->base - 1];
+            }
+            if (tpc_recover_prepared(r->tpc, &t, us_of(r)) != 0)
+                fail("replica %d could not prepare %" PRIx64 " again", r->id, t.txid);
+        } else if (e->state == 2 && !e->end && (e->txid & 0xff) == (uint64_t)r->id) {
+            tpc_recover_committed(r->tpc, e->txid, 1, us_of(r));
+        } else if (e->state >= 2) {
+            tpc_recover_decided(r->tpc, e->txid, 1, (uint32_t)(e->txid & 0xff),
+                                e->state == 2, us_of(r));
+        }
+    }
+    tpc_recovered(r->tpc, us_of(r));
+    lease_holder_init(&r->lh, &r->lcfg, r->acc.epoch);
+    lease_grantor_init(&r->lg, &r->lcfg, r->acc.epoch, clk(r));
+    if (r->acc.promised)
+        lease_grantor_freeze(&r->lg);
+    view_proposer_free(&r->vp);
+    r->proposing = false;
+    for (int i = 0; i < NMAX; i++)
+        r->heard[i] = clk(r);
+    r->suspect_since = 0;
+    r->next_hb = clk(r);
+    r->next_join = clk(r) + LEASE_NS;
+    push((struct ev){.at = S.now + TICK_NS, .kind = E_TICK, .r = r->id, .inc = r->inc});
+    vlog("r%d restarted on its disk (epoch %" PRIu64 ", %zu records)", r->id,
+         r->acc.epoch, r->nlog);
+}
 
 static void schedule_faults(void)
 {
@@ -1327,7 +1512,7 @@ static int killed_count(void)
 {
     int k = 0;
     for (int i = 0; i < S.n; i++)
-        k += S.r[i].dead || S.r[i].amnesiac;
+        k += (S.r[i].dead && !S.r[i].down) || S.r[i].amnesiac;
     return k;
 }
 
@@ -1393,6 +1578,40 @@ static void on_fault(int victim, int kind)
             S.cut[victim] &= ~bit(i);
             S.cut[i] &= ~bit(victim);
         }
+        break;
+    case F_CRASH: {
+        size_t keep;
+        if (chance(20)) {
+            /* The whole cluster at once (a power cut): every replica on
+             * its disk, restarting one after another. */
+            for (int i = 0; i < S.n; i++)
+                if (i != victim && !S.r[i].dead)
+                    on_fault(i, 103);
+        }
+        /* fall through */
+    case 103:
+        keep = 0;
+        r->dead = r->down = true;
+        r->inc++;
+        for (size_t i = 0; i < S.nops; i++)
+            if (S.ops[i].st == OS_PENDING && S.ops[i].kind == OP_WRITE &&
+                S.ops[i].at == victim)
+                S.ops[i].st = OS_UNKNOWN;
+        /* The disk keeps what was durable, and maybe some written since. */
+        while (keep < r->nlog && r->log[keep].lsn <= r->durable)
+            keep++;
+        while (keep < r->nlog && chance(50))
+            keep++;
+        r->nlog = keep;
+        vlog("r%d crashed (its disk kept)", victim);
+        push((struct ev){.at = S.now + between(1 * MS, 300 * MS),
+                         .kind = E_FAULT,
+                         .a = 102,
+                         .r = victim});
+        break;
+    }
+    case 102:
+        restart(r);
         break;
     case 101: /* the replacement, with an empty disk */
         replica_init(r, victim, true);
@@ -1470,6 +1689,13 @@ static void dispatch(struct ev *e)
 static void final_checks(void)
 {
     uint32_t members = 0;
+
+    for (size_t i = 0; i < S.ntx; i++)
+        if (S.tx[i].applied && S.tx[i].aborted) {
+            fail("txid %" PRIx64 " applied on 0x%x and aborted on 0x%x", S.tx[i].txid,
+                 S.tx[i].applied, S.tx[i].aborted);
+            return;
+        }
 
     for (int i = 0; i < S.n; i++) {
         struct rep *r = &S.r[i];
@@ -1557,6 +1783,8 @@ static bool run(uint64_t seed)
         view_acceptor_free(&S.r[i].acc);
         view_proposer_free(&S.r[i].vp);
         view_value_free(&S.r[i].last);
+        free(S.r[i].log);
+        S.r[i].log = NULL;
     }
     return !S.failed;
 }
