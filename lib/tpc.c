@@ -255,6 +255,11 @@ static bool frozen(const struct tpc *t)
     return t->promised > t->view;
 }
 
+static bool self_member(const struct tpc *t)
+{
+    return (t->members & (1u << t->self_idx)) != 0;
+}
+
 /* Every member whose ACK a commit of x needs has sent it: the members of
  * its view that are still members (a replica left out catches up). */
 static bool acks_done(const struct tpc *t, const struct tx *x)
@@ -575,30 +580,12 @@ static void send_msg(struct tpc *t, uint32_t to, uint8_t type, const struct tx *
     } else if (type == TPC_MSG_ANSWER) {
         m.outcome = arg;
     } else if (type == TPC_MSG_PREPARE) {
+        m.resent = arg != 0; /* sent again: no vote came */
         m.nops = x->nops;
         m.ops = x->ops;
         m.nbytes = x->nbytes;
     }
     t->st.msgs_out[type]++;
-    t->env.send(t->env.ctx, &m);
-}
-
-/* A PREPARE sent again to a member whose vote did not come. */
-static void resend_prepare(struct tpc *t, uint32_t to, const struct tx *x)
-{
-    struct tpc_msg m = {.type = TPC_MSG_PREPARE,
-                        .from = t->cfg.self,
-                        .to = to,
-                        .epoch = t->cfg.epoch,
-                        .view = x->view,
-                        .txid = x->txid,
-                        .coord = x->coord,
-                        .nops = x->nops,
-                        .ops = x->ops,
-                        .nbytes = x->nbytes,
-                        .resent = true};
-
-    t->st.msgs_out[TPC_MSG_PREPARE]++;
     t->env.send(t->env.ctx, &m);
 }
 
@@ -714,13 +701,10 @@ static void on_prepare(struct tpc *t, const struct tpc_msg *m)
             send_msg(t, m->from, TPC_MSG_VOTE, x, TPC_R_CONFLICT);
             return;
         }
-        /* A repeat, or a PREPARE overtaken by its ABORT. A coordinator
-         * that waits for views resends PREPARE to a member whose vote did
-         * not come: it gets the vote again, a NO too. */
+        /* A repeat (a resent one gets the vote again), or a PREPARE
+         * overtaken by its ABORT. */
         if (x->pstate == P_PREPARED)
             send_msg(t, m->from, TPC_MSG_VOTE, x, 0);
-        else if (t->cfg.decide_by_view && x->no_reason)
-            send_msg(t, m->from, TPC_MSG_VOTE, x, x->no_reason);
         t->st.msgs_ignored++;
         return;
     }
@@ -736,7 +720,7 @@ static void on_prepare(struct tpc *t, const struct tpc_msg *m)
     /* Another view's PREPARE, or one of this view after a promise of a
      * later one, or to a replica outside the view: refused (it can never
      * be voted for by this replica from now on). */
-    if (m->view != t->view || frozen(t) || !(t->members & (1u << t->self_idx)))
+    if (m->view != t->view || frozen(t) || !self_member(t))
         r = TPC_R_VIEW;
     else if (m->resent)
         r = TPC_R_TIMEOUT; /* we may have refused it and forgotten: refuse again */
@@ -915,7 +899,7 @@ int tpc_begin(struct tpc *t, uint64_t txid, uint32_t nops, const char *ops,
 
     t->now_us = now_us;
     *culprit = t->cfg.self;
-    if (!(t->members & (1u << t->self_idx))) {
+    if (!self_member(t)) {
         t->st.aborted[TPC_R_NOT_MEMBER]++;
         return TPC_R_NOT_MEMBER;
     }
@@ -1327,7 +1311,7 @@ void tpc_tick(struct tpc *t, uint64_t now_us)
             for (uint32_t i = 0; i < t->cfg.n && x->view == t->view; i++)
                 if (i != t->self_idx && (x->members & (1u << i)) &&
                     !(x->yes & (1u << i)) && t->up[i])
-                    resend_prepare(t, t->cfg.ids[i], x);
+                    send_msg(t, t->cfg.ids[i], TPC_MSG_PREPARE, x, 1);
             x->deadline_us = now_us + t->cfg.resend_us;
         } else if (x->cstate == C_PREPARING && now_us >= x->deadline_us) {
             uint32_t culprit = t->cfg.self;
@@ -1640,7 +1624,7 @@ void tpc_set_view(struct tpc *t, uint64_t view, uint32_t members, uint64_t now_u
     t->promised = 0;
     /* Left out: what we coordinate and have not decided is the new view's
      * to settle, and we may never learn how until we catch up. */
-    if (!(t->members & (1u << t->self_idx)))
+    if (!self_member(t))
         for (x = t->active; x; x = x->anext)
             if (x->cstate == C_PREPARING)
                 tell_client(t, x, false, TPC_R_UNKNOWN, t->cfg.self);
@@ -1671,6 +1655,12 @@ void tpc_freeze(struct tpc *t, uint64_t promised)
 bool tpc_frozen(const struct tpc *t)
 {
     return frozen(t);
+}
+
+/* Decided to commit: its COMMIT record is written (ours), or it committed. */
+static bool decided_commit(const struct tx *x)
+{
+    return x->cstate == C_COMMITTING || x->outcome == TPC_O_COMMITTED;
 }
 
 /* Undecided here: a participant's prepare, or ours not decided. */
@@ -1705,8 +1695,8 @@ enum tpc_know tpc_know(const struct tpc *t, uint64_t txid)
         return x->outcome == TPC_O_COMMITTED ? TPC_K_COMMITTED
                : x->outcome == TPC_O_ABORTED ? TPC_K_ABORTED
                                              : TPC_K_UNSURE;
-    if (x->cstate == C_COMMITTING || x->outcome == TPC_O_COMMITTED)
-        return TPC_K_COMMITTED; /* its COMMIT record is written: decided */
+    if (decided_commit(x))
+        return TPC_K_COMMITTED;
     if (x->outcome == TPC_O_ABORTED)
         return TPC_K_ABORTED;
     return TPC_K_PREPARED;
@@ -1719,10 +1709,8 @@ int tpc_settle(struct tpc *t, uint64_t txid, bool commit, uint64_t now_us)
     t->now_us = now_us;
     if (x == NULL)
         return -ENOENT;
-    if (!undecided(x)) {
-        bool committed = x->cstate == C_COMMITTING || x->outcome == TPC_O_COMMITTED;
-        return committed == commit ? 0 : -EALREADY;
-    }
+    if (!undecided(x))
+        return decided_commit(x) == commit ? 0 : -EALREADY;
     /* The view's settlement is durable (its VIEW record) before this: a
      * PREPARE not yet reported durable is on disk before it. */
     if (x->pstate == P_PREPARING)
@@ -1735,9 +1723,8 @@ int tpc_settle(struct tpc *t, uint64_t txid, bool commit, uint64_t now_us)
         x->cstate = C_NONE;
         t->st.committed++;
         record_latency(t, x);
+        tell_client(t, x, true, TPC_R_NONE, t->cfg.self); /* the VIEW record is durable */
         doubt_commit(t, x);
-        x->told = false;
-        tell_client(t, x, true, TPC_R_NONE, t->cfg.self);
         return 0;
     }
     if (commit)

@@ -1354,6 +1354,16 @@ static void replica_init(struct rep *r, int id, bool empty)
     r->next_lsn = r->durable = 0;
 }
 
+/* A replica's process is gone: its clients' connections break, and what
+ * they sent it may or may not have been applied. */
+static void clients_lose(int victim)
+{
+    for (size_t i = 0; i < S.nops; i++)
+        if (S.ops[i].st == OS_PENDING && S.ops[i].kind == OP_WRITE &&
+            S.ops[i].at == victim)
+            S.ops[i].st = OS_UNKNOWN;
+}
+
 enum fault {
     F_PAUSE,
     F_CUT,
@@ -1564,12 +1574,7 @@ static void on_fault(int victim, int kind)
             return; /* keep a majority of whole disks */
         r->dead = true;
         r->inc++;
-        /* Its clients' connections break: what they sent it may or may not
-         * have been applied. */
-        for (size_t i = 0; i < S.nops; i++)
-            if (S.ops[i].st == OS_PENDING && S.ops[i].kind == OP_WRITE &&
-                S.ops[i].at == victim)
-                S.ops[i].st = OS_UNKNOWN;
+        clients_lose(victim);
         vlog("r%d killed; replaced by an empty machine later", victim);
         push((struct ev){.at = S.now + len * 2, .kind = E_FAULT, .a = 101, .r = victim});
         break;
@@ -1593,10 +1598,7 @@ static void on_fault(int victim, int kind)
         keep = 0;
         r->dead = r->down = true;
         r->inc++;
-        for (size_t i = 0; i < S.nops; i++)
-            if (S.ops[i].st == OS_PENDING && S.ops[i].kind == OP_WRITE &&
-                S.ops[i].at == victim)
-                S.ops[i].st = OS_UNKNOWN;
+        clients_lose(victim);
         /* The disk keeps what was durable, and maybe some written since. */
         while (keep < r->nlog && r->log[keep].lsn <= r->durable)
             keep++;

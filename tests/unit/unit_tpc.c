@@ -104,14 +104,17 @@ static const struct tpc_env env = {.send = f_send,
 #define RESEND 500
 static const char OPS[] = "opaque-ops";
 
-static struct tpc *mk(uint32_t self, uint32_t n)
+/* Replica self of n (ids 0..n-1), every link up; decide_by_view: a view
+ * change settles what a silent member leaves undecided. */
+static struct tpc *mk_with(uint32_t self, uint32_t n, bool decide_by_view)
 {
     struct tpc_config cfg = {.self = self,
                              .n = n,
                              .epoch = 7,
                              .prepare_timeout_us = TIMEOUT,
                              .resend_us = RESEND,
-                             .remembered_max = 4};
+                             .remembered_max = 4,
+                             .decide_by_view = decide_by_view};
     int err;
 
     memset(&F, 0, sizeof(F));
@@ -122,6 +125,11 @@ static struct tpc *mk(uint32_t self, uint32_t n)
     for (uint32_t i = 0; i < n; i++)
         tpc_peer(t, i, true, 0);
     return t;
+}
+
+static struct tpc *mk(uint32_t self, uint32_t n)
+{
+    return mk_with(self, n, false);
 }
 
 static struct tpc_msg msg(uint8_t type, uint32_t from, uint32_t to, uint64_t txid)
@@ -1462,23 +1470,9 @@ static void test_view_doubts_and_knowledge(void)
  * down aborts: the view change will settle it. */
 static void test_view_decide_by_view_waits(void)
 {
-    struct tpc_config cfg = {.self = 0,
-                             .n = 3,
-                             .ids = {0, 1, 2},
-                             .epoch = 7,
-                             .prepare_timeout_us = TIMEOUT,
-                             .resend_us = RESEND,
-                             .remembered_max = 4,
-                             .decide_by_view = true};
-    int err;
-    struct tpc *t;
+    struct tpc *t = mk_with(0, 3, true);
     uint64_t txid;
 
-    memset(&F, 0, sizeof(F));
-    t = tpc_new(&cfg, &env, &err);
-    CU_ASSERT_FATAL(t != NULL);
-    for (uint32_t i = 0; i < 3; i++)
-        tpc_peer(t, i, true, 0);
     txid = begin(t, NULL);
     tpc_tick(t, 5 * TIMEOUT);
     /* The silent members are asked again. */
@@ -1514,27 +1508,6 @@ static int check_view2(void *arg, uint64_t txid, uint32_t coord, uint64_t view,
     return 0;
 }
 
-static struct tpc *mk_views(uint32_t self)
-{
-    struct tpc_config cfg = {.self = self,
-                             .n = 3,
-                             .ids = {0, 1, 2},
-                             .epoch = 7,
-                             .prepare_timeout_us = TIMEOUT,
-                             .resend_us = RESEND,
-                             .remembered_max = 4,
-                             .decide_by_view = true};
-    int err;
-    struct tpc *t;
-
-    memset(&F, 0, sizeof(F));
-    t = tpc_new(&cfg, &env, &err);
-    CU_ASSERT_FATAL(t != NULL);
-    for (uint32_t i = 0; i < 3; i++)
-        tpc_peer(t, i, true, 0);
-    return t;
-}
-
 /* Found by the audit of issue 19: a resent PREPARE that finds no record
  * is refused (the participant may have refused it once and forgotten; a
  * YES now could follow that NO), a QUERY from outside the view about a
@@ -1543,7 +1516,7 @@ static struct tpc *mk_views(uint32_t self)
  * recovered prepare keeps the view it was prepared in. */
 static void test_view_audit_fixes(void)
 {
-    struct tpc *t = mk_views(0);
+    struct tpc *t = mk_with(0, 3, true);
     struct tpc_msg m = msg(TPC_MSG_PREPARE, 1, 0, (40 << 8) | 1);
     uint64_t txid;
 
@@ -1576,7 +1549,7 @@ static void test_view_audit_fixes(void)
     CU_ASSERT_EQUAL(tpc_know(t, txid), TPC_K_PREPARED);
     tpc_free(t);
 
-    t = mk_views(0);
+    t = mk_with(0, 3, true);
     tpc_set_view(t, 3, 0x3, 0);
     struct tpc_txn txn = {.txid = (50 << 8) | 2,
                           .epoch = 7,
